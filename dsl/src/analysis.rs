@@ -1,0 +1,519 @@
+//! Static analysis of workflow scripts: compile errors with ranges, the declaration, and lints
+//! that need the project (channels, templates, workflows).
+//!
+//! Codes:
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | H001 | syntax error |
+//! | H002 | unknown channel |
+//! | H003 | unknown template |
+//! | H004 | unknown workflow in a trigger |
+//! | H005 | wrong number of arguments for a DSL function |
+//! | H006 | wrong argument type for a DSL function |
+//! | H007 | workflow declaration missing or repeated |
+//! | H008 | `fn run(contact, trigger)` missing |
+//! | H009 | error while evaluating the script's top level |
+//! | H010 | unknown operation of a channel |
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rhai::{ASTNode, Dynamic, Engine, EvalAltResult, Expr, Position, Scope, AST};
+
+use crate::api::{self, ArgType};
+use crate::decl::{collect_declarations, Trigger, WorkflowDecl};
+use crate::diagnostic::{line_col_to_offset, token_range, Diagnostic};
+
+/// What a script may refer to in its project.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectContext {
+    /// Channel name → operations it supports for `action` (empty: not known, any accepted).
+    pub channels: BTreeMap<String, Vec<String>>,
+    /// Template names as `send` refers to them: `welcome` for `templates/welcome.liquid`, and
+    /// `welcome.sms` for the channel-specific `templates/welcome.sms.liquid`.
+    pub templates: BTreeSet<String>,
+    /// Names of every workflow in the project.
+    pub workflows: BTreeSet<String>,
+}
+
+/// A compiled workflow script and what it declares.
+#[derive(Debug, Clone)]
+pub struct LoadedWorkflow {
+    /// The declaration from the top level.
+    pub decl: WorkflowDecl,
+    /// The compiled script, with imported stdlib modules embedded.
+    pub ast: AST,
+}
+
+/// Everything `herald check` knows about one script.
+#[derive(Debug, Clone)]
+pub struct ScriptReport {
+    /// The workflow, when the script compiled and declared one.
+    pub workflow: Option<LoadedWorkflow>,
+    /// Errors and warnings, in source order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ScriptReport {
+    /// True when any diagnostic is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Compile a workflow script and read its declaration, reporting only what stops it loading.
+pub fn load_workflow(
+    engine: &Engine,
+    file: &str,
+    source: &str,
+) -> Result<LoadedWorkflow, Vec<Diagnostic>> {
+    let report = check_script(engine, file, source, None);
+    match report.workflow {
+        Some(w) if !report.has_errors() => Ok(w),
+        _ => Err(report
+            .diagnostics
+            .into_iter()
+            .filter(Diagnostic::is_error)
+            .collect()),
+    }
+}
+
+/// Check one workflow script. With a [`ProjectContext`], also lint references to channels,
+/// templates and workflows.
+pub fn check_script(
+    engine: &Engine,
+    file: &str,
+    source: &str,
+    project: Option<&ProjectContext>,
+) -> ScriptReport {
+    let mut diagnostics = Vec::new();
+    let ast = match engine.compile_into_self_contained(&Scope::new(), source) {
+        Ok(ast) => ast,
+        Err(err) => {
+            diagnostics.push(error_diagnostic("H001", file, source, &err));
+            return ScriptReport {
+                workflow: None,
+                diagnostics,
+            };
+        }
+    };
+
+    lint_calls(&ast, file, source, project, &mut diagnostics);
+
+    let (result, decls) = collect_declarations(|| engine.run_ast(&ast));
+    if let Err(err) = result {
+        let d = error_diagnostic("H009", file, source, &err);
+        // A call already reported by a lint fails again when evaluated: say it once.
+        if !diagnostics.iter().any(|x| x.range.start == d.range.start) {
+            diagnostics.push(d);
+        }
+    }
+
+    let mut workflow = None;
+    match decls.len() {
+        0 => diagnostics.push(
+            Diagnostic::error("H007", file, 0..0, "this script declares no workflow")
+                .with_label("expected `workflow(\"name\")` at the top level")
+                .with_help(
+                    "start the file with `workflow(\"my_workflow\").on_event(\"signed_up\");`",
+                ),
+        ),
+        _ => {
+            for extra in &decls[1..] {
+                let range = line_range(source, extra.line);
+                diagnostics.push(
+                    Diagnostic::error(
+                        "H007",
+                        file,
+                        range,
+                        format!(
+                            "a second workflow \"{}\" is declared in this file",
+                            extra.name
+                        ),
+                    )
+                    .with_label("only one `workflow(...)` per file")
+                    .with_help("move each workflow into its own file under workflows/"),
+                );
+            }
+            let decl = decls[0].clone();
+            if let Some(project) = project {
+                lint_triggers(&decl, file, source, project, &mut diagnostics);
+            }
+            workflow = Some(LoadedWorkflow {
+                decl,
+                ast: ast.clone(),
+            });
+        }
+    }
+
+    let has_run = ast.iter_functions().any(|f| f.name == "run");
+    if !has_run {
+        diagnostics.push(
+            Diagnostic::error(
+                "H008",
+                file,
+                0..0,
+                "this workflow has no `fn run(contact, trigger)`",
+            )
+            .with_label("the journey starts in `fn run`")
+            .with_help("add `fn run(contact, trigger) { ... }` with the workflow's steps"),
+        );
+    } else if let Some(f) = ast
+        .iter_functions()
+        .find(|f| f.name == "run" && f.params.len() != 2)
+    {
+        let offset = source.find("fn run").unwrap_or(0);
+        diagnostics.push(
+            Diagnostic::error(
+                "H008",
+                file,
+                offset..offset + 6,
+                format!(
+                    "`fn run` takes (contact, trigger), not {} parameter(s)",
+                    f.params.len()
+                ),
+            )
+            .with_label("declared here")
+            .with_help("write `fn run(contact, trigger) { ... }`"),
+        );
+    }
+
+    diagnostics.sort_by_key(|d| (d.range.start, d.code));
+    diagnostics.dedup();
+    ScriptReport {
+        workflow: workflow.filter(|_| has_run),
+        diagnostics,
+    }
+}
+
+fn line_range(source: &str, line: usize) -> std::ops::Range<usize> {
+    let start = line_col_to_offset(source, line.max(1), 1);
+    let end = source[start..]
+        .find('\n')
+        .map(|i| start + i)
+        .unwrap_or(source.len());
+    start..end
+}
+
+fn pos_range(source: &str, pos: Position) -> std::ops::Range<usize> {
+    match (pos.line(), pos.position()) {
+        (Some(l), Some(c)) => token_range(source, line_col_to_offset(source, l, c)),
+        (Some(l), None) => line_range(source, l),
+        _ => source.len()..source.len(),
+    }
+}
+
+/// Turn a Rhai error (parse or evaluation) into a diagnostic with a range.
+pub fn error_diagnostic(
+    code: &'static str,
+    file: &str,
+    source: &str,
+    err: &EvalAltResult,
+) -> Diagnostic {
+    let (message, pos) = describe_error(err);
+    let range = pos_range(source, pos);
+    let label = if code == "H001" {
+        "here"
+    } else {
+        "raised here"
+    };
+    Diagnostic::error(code, file, range, message).with_label(label)
+}
+
+fn describe_error(err: &EvalAltResult) -> (String, Position) {
+    match err {
+        EvalAltResult::ErrorParsing(ty, pos) => (format!("syntax error: {ty}"), *pos),
+        EvalAltResult::ErrorInFunctionCall(name, _, inner, pos) => {
+            let (msg, p) = describe_error(inner);
+            if p.is_none() {
+                (format!("in `{name}`: {msg}"), *pos)
+            } else {
+                (msg, p)
+            }
+        }
+        EvalAltResult::ErrorRuntime(v, pos) => (v.to_string(), *pos),
+        EvalAltResult::ErrorTooManyOperations(pos) => (
+            "the script exceeded its operation limit while loading (an endless loop?)".into(),
+            *pos,
+        ),
+        other => {
+            let text = other.to_string();
+            let text = match text.rfind(" (line ") {
+                Some(i) => text[..i].to_string(),
+                None => text,
+            };
+            (text, other.position())
+        }
+    }
+}
+
+/// The static type of a literal argument, if it is one.
+fn literal_type(expr: &Expr) -> Option<&'static str> {
+    Some(match expr {
+        Expr::StringConstant(..) | Expr::InterpolatedString(..) => "string",
+        Expr::IntegerConstant(..) => "int",
+        Expr::FloatConstant(..) => "float",
+        Expr::BoolConstant(..) => "bool",
+        Expr::Map(..) => "map",
+        Expr::Array(..) => "array",
+        Expr::Unit(..) => "()",
+        Expr::CharConstant(..) => "char",
+        Expr::DynamicConstant(v, _) => dynamic_type(v)?,
+        _ => return None,
+    })
+}
+
+fn dynamic_type(v: &Dynamic) -> Option<&'static str> {
+    Some(if v.is_map() {
+        "map"
+    } else if v.is_array() {
+        "array"
+    } else if v.is_string() {
+        "string"
+    } else if v.is_int() {
+        "int"
+    } else if v.is_float() {
+        "float"
+    } else if v.is_bool() {
+        "bool"
+    } else {
+        return None;
+    })
+}
+
+fn accepts(ty: ArgType, literal: &str) -> bool {
+    match ty {
+        ArgType::Any => true,
+        ArgType::String => literal == "string",
+        ArgType::Int => literal == "int",
+        ArgType::Number => literal == "int" || literal == "float",
+        ArgType::Map => literal == "map",
+        ArgType::Array => literal == "array",
+        ArgType::Instant => literal == "int" || literal == "string",
+        ArgType::Arms => literal == "array" || literal == "map",
+    }
+}
+
+fn expr_position(expr: &Expr) -> Position {
+    expr.position()
+}
+
+fn lint_calls(
+    ast: &AST,
+    file: &str,
+    source: &str,
+    project: Option<&ProjectContext>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let user_fns: BTreeSet<(String, usize)> = ast
+        .iter_functions()
+        .map(|f| (f.name.to_string(), f.params.len()))
+        .collect();
+    ast.walk(&mut |path: &[ASTNode]| {
+        let (call, pos, method) = match path.last() {
+            Some(ASTNode::Expr(Expr::FnCall(call, pos))) => (call, *pos, false),
+            Some(ASTNode::Expr(Expr::MethodCall(call, pos))) => (call, *pos, true),
+            Some(ASTNode::Stmt(rhai::Stmt::FnCall(call, pos))) => (call, *pos, false),
+            _ => return true,
+        };
+        if call.is_operator_call() || !call.namespace.is_empty() {
+            return true;
+        }
+        let name = call.name.as_str();
+        let Some(f) = api::lookup(name) else {
+            return true;
+        };
+        if f.method != method || user_fns.contains(&(name.to_string(), call.args.len())) {
+            return true;
+        }
+        let args: Vec<&Expr> = call.args.iter().collect();
+        let name_range = pos_range(source, pos);
+        if !f.arities().contains(&args.len()) {
+            let sigs = f.signatures().join("\n      ");
+            out.push(
+                Diagnostic::error(
+                    "H005",
+                    file,
+                    name_range,
+                    format!(
+                        "`{name}` takes {} argument(s), but {} were given",
+                        join_arities(&f.arities()),
+                        args.len()
+                    ),
+                )
+                .with_label(format!("called with {} argument(s)", args.len()))
+                .with_help(format!("expected {sigs}")),
+            );
+            return true;
+        }
+        // Type check literals against every overload of this arity; report when none fits.
+        let overloads: Vec<_> = f
+            .overloads
+            .iter()
+            .filter(|o| o.len() == args.len())
+            .collect();
+        for (i, arg) in args.iter().enumerate() {
+            let Some(lit) = literal_type(arg) else {
+                continue;
+            };
+            if !overloads.iter().any(|o| accepts(o[i].1, lit)) {
+                let (pname, pty) = overloads[0][i];
+                out.push(
+                    Diagnostic::error(
+                        "H006",
+                        file,
+                        pos_range(source, expr_position(arg)),
+                        format!(
+                            "argument `{pname}` of `{name}` must be {}, found {lit}",
+                            pty.label()
+                        ),
+                    )
+                    .with_label(format!("this is {lit}"))
+                    .with_help(format!("expected {}", f.signatures().join(" or "))),
+                );
+            }
+        }
+        if let Some(project) = project {
+            lint_references(name, &args, file, source, project, out);
+        }
+        true
+    });
+}
+
+fn join_arities(a: &[usize]) -> String {
+    let parts: Vec<String> = a.iter().map(|n| n.to_string()).collect();
+    parts.join(" or ")
+}
+
+fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a String>) -> Option<&'a String> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn lint_references(
+    name: &str,
+    args: &[&Expr],
+    file: &str,
+    source: &str,
+    project: &ProjectContext,
+    out: &mut Vec<Diagnostic>,
+) {
+    if name != "send" && name != "action" {
+        return;
+    }
+    let Some(Expr::StringConstant(channel, cpos)) = args.first() else {
+        return;
+    };
+    let Some(operations) = project.channels.get(channel.as_str()) else {
+        let mut d = Diagnostic::error(
+            "H002",
+            file,
+            pos_range(source, *cpos),
+            format!("unknown channel \"{channel}\""),
+        )
+        .with_label("no channel of this name in herald.toml");
+        let known: Vec<&String> = project.channels.keys().collect();
+        d = match closest(channel, project.channels.keys()) {
+            Some(c) => d.with_help(format!("did you mean \"{c}\"?")),
+            None if known.is_empty() => {
+                d.with_help("declare channels under [channels.<name>] in herald.toml")
+            }
+            None => d.with_help(format!(
+                "channels in herald.toml: {}",
+                known
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
+        out.push(d);
+        return;
+    };
+    match (name, args.get(1)) {
+        ("send", Some(Expr::StringConstant(template, tpos))) => {
+            let specific = format!("{template}.{channel}");
+            if !project.templates.contains(template.as_str())
+                && !project.templates.contains(&specific)
+            {
+                let mut d = Diagnostic::error(
+                    "H003",
+                    file,
+                    pos_range(source, *tpos),
+                    format!("unknown template \"{template}\""),
+                )
+                .with_label(format!(
+                    "no templates/{template}.liquid or templates/{specific}.liquid"
+                ));
+                if let Some(c) = closest(template, project.templates.iter()) {
+                    d = d.with_help(format!("did you mean \"{c}\"?"));
+                }
+                out.push(d);
+            }
+        }
+        ("action", Some(Expr::StringConstant(op, opos)))
+            if !operations.is_empty() && !operations.iter().any(|o| o == op.as_str()) =>
+        {
+            out.push(
+                Diagnostic::error(
+                    "H010",
+                    file,
+                    pos_range(source, *opos),
+                    format!("channel \"{channel}\" has no operation \"{op}\""),
+                )
+                .with_label("unknown operation")
+                .with_help(format!(
+                    "operations of \"{channel}\": {}",
+                    operations.join(", ")
+                )),
+            );
+        }
+        _ => {}
+    }
+}
+
+fn lint_triggers(
+    decl: &WorkflowDecl,
+    file: &str,
+    source: &str,
+    project: &ProjectContext,
+    out: &mut Vec<Diagnostic>,
+) {
+    for t in &decl.triggers {
+        if let Trigger::WorkflowCompleted { workflow } = t {
+            if !project.workflows.contains(workflow) {
+                let needle = format!("\"{workflow}\"");
+                let start = source.find(&needle).unwrap_or(0);
+                let mut d = Diagnostic::error(
+                    "H004",
+                    file,
+                    start..start + needle.len(),
+                    format!("unknown workflow \"{workflow}\" in a trigger"),
+                )
+                .with_label("no workflow of this name in the project");
+                if let Some(c) = closest(workflow, project.workflows.iter()) {
+                    d = d.with_help(format!("did you mean \"{c}\"?"));
+                }
+                out.push(d);
+            }
+        }
+    }
+}

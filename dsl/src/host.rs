@@ -1,0 +1,138 @@
+//! The boundary between a running script and the durable engine.
+//!
+//! Every function of the DSL that has an effect, observes time or draws randomness is a *step*.
+//! The script calls it; the DSL turns the call into a [`StepCall`] and hands it to the [`Host`]
+//! bound to the current thread. The host replays a recorded result or performs the step and
+//! records it — the script cannot tell the difference, which is what makes replay work.
+
+use std::cell::RefCell;
+
+use serde_json::Value;
+
+/// When a `wait_until` should end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WaitTarget {
+    /// An absolute instant, in milliseconds since the Unix epoch (UTC).
+    At(i64),
+    /// The next occurrence of a wall-clock time (`hour`, `minute`) in the contact's timezone.
+    LocalTime { hour: u32, minute: u32 },
+}
+
+/// One step requested by a script.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepCall {
+    /// `send(channel, template[, vars])`.
+    Send {
+        channel: String,
+        template: String,
+        vars: Value,
+    },
+    /// `action(channel, operation, payload)`.
+    Action {
+        channel: String,
+        operation: String,
+        payload: Value,
+    },
+    /// `wait(duration)`.
+    Wait { duration_ms: i64 },
+    /// `wait_until(when)`.
+    WaitUntil { target: WaitTarget },
+    /// `wait_for(event[, filter], timeout)`.
+    WaitFor {
+        event: String,
+        filter: Value,
+        timeout_ms: i64,
+    },
+    /// `update(attrs)`.
+    Update { attrs: Value },
+    /// `now()`.
+    Now,
+    /// `random()`.
+    Random,
+    /// `variant(name, arms)`; arms are (name, weight).
+    Variant {
+        name: String,
+        arms: Vec<(String, u32)>,
+    },
+}
+
+impl StepCall {
+    /// The journal kind of this step (`send`, `wait`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepCall::Send { .. } => "send",
+            StepCall::Action { .. } => "action",
+            StepCall::Wait { .. } => "wait",
+            StepCall::WaitUntil { .. } => "wait_until",
+            StepCall::WaitFor { .. } => "wait_for",
+            StepCall::Update { .. } => "update",
+            StepCall::Now => "now",
+            StepCall::Random => "random",
+            StepCall::Variant { .. } => "variant",
+        }
+    }
+
+    /// The name that identifies this step within its kind, checked on replay.
+    pub fn name(&self) -> String {
+        match self {
+            StepCall::Send {
+                channel, template, ..
+            } => format!("{channel}:{template}"),
+            StepCall::Action {
+                channel, operation, ..
+            } => format!("{channel}:{operation}"),
+            StepCall::WaitFor { event, .. } => event.clone(),
+            StepCall::Variant { name, .. } => name.clone(),
+            StepCall::Wait { .. }
+            | StepCall::WaitUntil { .. }
+            | StepCall::Update { .. }
+            | StepCall::Now
+            | StepCall::Random => String::new(),
+        }
+    }
+}
+
+/// Why a step did not return a value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Interrupt {
+    /// The run must stop here and be activated again later (a wait, a retry after backoff).
+    Suspend,
+    /// The run asked to end (`exit(reason)`).
+    Exit(String),
+    /// The run needs an operator (non-determinism, an ambiguous delivery).
+    Park(String),
+    /// The step failed permanently. Scripts may catch this with `try`/`catch`.
+    Fail(String),
+}
+
+/// Implemented by the durable engine for one activation of one run.
+pub trait Host {
+    /// Perform or replay one step. `line` is the 1-based script line of the call, if known.
+    fn step(&mut self, call: StepCall, line: Option<usize>) -> Result<Value, Interrupt>;
+    /// Read an attribute of the contact snapshot recorded at the last step boundary.
+    fn contact_attr(&mut self, key: &str) -> Value;
+    /// A line printed by the script with `print` or `debug`.
+    fn log(&mut self, message: &str);
+}
+
+thread_local! {
+    static HOST: RefCell<Option<Box<dyn Host>>> = const { RefCell::new(None) };
+}
+
+/// Bind `host` to this thread while `f` runs, then hand the host back.
+///
+/// Step functions called outside of `with_host` fail with a clear error (for example a `send`
+/// at the top level of a script, which runs when the script is loaded).
+pub fn with_host<R>(host: Box<dyn Host>, f: impl FnOnce() -> R) -> (R, Box<dyn Host>) {
+    let previous = HOST.with(|h| h.borrow_mut().replace(host));
+    let result = f();
+    let host = HOST
+        .with(|h| std::mem::replace(&mut *h.borrow_mut(), previous))
+        .expect("host is bound for the duration of with_host");
+    (result, host)
+}
+
+/// Run `f` with the bound host, if any.
+pub(crate) fn current_host<R>(f: impl FnOnce(&mut dyn Host) -> R) -> Option<R> {
+    HOST.with(|h| h.borrow_mut().as_mut().map(|host| f(host.as_mut())))
+}

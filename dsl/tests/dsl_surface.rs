@@ -1,0 +1,338 @@
+//! The DSL as a script author sees it: declarations, steps delegated to the host, the contact
+//! snapshot, sandbox limits and diagnostics.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use herald_dsl::{
+    build_engine, check_script, load_workflow, render_diagnostics, run_activation, with_host,
+    ActivationEnd, Host, Interrupt, Limits, ProjectContext, Reentry, StepCall, Trigger,
+};
+use serde_json::{json, Value};
+
+const WELCOME: &str = r#"
+/// Welcome series.
+workflow("welcome")
+    .on_event("newsletter_subscribed", #{ source: "footer" })
+    .goal("order_completed", days(14))
+    .reentry("once");
+
+fn run(contact, trigger) {
+    send("email", "welcome", #{ plan: trigger.properties.plan });
+    let opened = wait_for("email_opened", days(2));
+    if opened == () {
+        send("sms", "nudge");
+    }
+    wait(days(3));
+    if contact.score >= 50 {
+        update(#{ lifecycle: "mql" });
+    }
+}
+"#;
+
+/// A host that answers steps from a queue and records what it was asked.
+#[derive(Clone, Default)]
+struct ScriptedHost {
+    calls: Arc<Mutex<Vec<StepCall>>>,
+    answers: Arc<Mutex<VecDeque<Result<Value, Interrupt>>>>,
+    contact: Value,
+}
+
+impl Host for ScriptedHost {
+    fn step(&mut self, call: StepCall, _line: Option<usize>) -> Result<Value, Interrupt> {
+        self.calls.lock().unwrap().push(call);
+        self.answers
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Err(Interrupt::Suspend))
+    }
+    fn contact_attr(&mut self, key: &str) -> Value {
+        self.contact.get(key).cloned().unwrap_or(Value::Null)
+    }
+    fn log(&mut self, _message: &str) {}
+}
+
+fn run_with(host: ScriptedHost, source: &str, trigger: Value) -> ActivationEnd {
+    let limits = Limits::default();
+    let engine = build_engine(&limits);
+    let wf = load_workflow(&engine, "wf.rhai", source).expect("loads");
+    let (end, _) = with_host(Box::new(host), || {
+        run_activation(&engine, &wf.ast, &trigger, &limits)
+    });
+    end
+}
+
+#[test]
+fn declaration_reads_triggers_goal_and_reentry() {
+    let engine = build_engine(&Limits::default());
+    let wf = load_workflow(&engine, "welcome.rhai", WELCOME).unwrap();
+    assert_eq!(wf.decl.name, "welcome");
+    assert_eq!(
+        wf.decl.triggers,
+        vec![Trigger::Event {
+            name: "newsletter_subscribed".into(),
+            filter: json!({"source": "footer"}).as_object().unwrap().clone()
+        }]
+    );
+    assert_eq!(wf.decl.goal.as_ref().unwrap().window_ms, 14 * 86_400_000);
+    assert_eq!(wf.decl.reentry, Reentry::Once);
+    assert!(wf.decl.triggered_by(
+        "newsletter_subscribed",
+        &json!({"source": "footer", "x": 1})
+    ));
+    assert!(!wf
+        .decl
+        .triggered_by("newsletter_subscribed", &json!({"source": "popup"})));
+}
+
+#[test]
+fn steps_go_to_the_host_in_order_and_timeouts_return_unit() {
+    let host = ScriptedHost {
+        contact: json!({"score": 70}),
+        ..Default::default()
+    };
+    host.answers.lock().unwrap().extend([
+        Ok(json!({"message_id": "m1"})),
+        Ok(Value::Null), // wait_for timed out
+        Ok(json!({"message_id": "m2"})),
+        Ok(Value::Null), // wait
+        Ok(Value::Null), // update
+    ]);
+    let end = run_with(
+        host.clone(),
+        WELCOME,
+        json!({"properties": {"plan": "pro"}}),
+    );
+    assert_eq!(end, ActivationEnd::Completed);
+    let calls = host.calls.lock().unwrap();
+    let kinds: Vec<String> = calls
+        .iter()
+        .map(|c| format!("{}:{}", c.kind(), c.name()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "send:email:welcome",
+            "wait_for:email_opened",
+            "send:sms:nudge",
+            "wait:",
+            "update:"
+        ]
+    );
+    assert_eq!(
+        calls[0],
+        StepCall::Send {
+            channel: "email".into(),
+            template: "welcome".into(),
+            vars: json!({"plan": "pro"})
+        }
+    );
+    assert_eq!(
+        calls[4],
+        StepCall::Update {
+            attrs: json!({"lifecycle": "mql"})
+        }
+    );
+}
+
+#[test]
+fn a_suspending_step_ends_the_activation_even_inside_try_catch() {
+    let src = r#"workflow("w").manual();
+fn run(contact, trigger) {
+    try { wait(days(1)); } catch (e) { send("email", "never"); }
+    send("email", "after");
+}"#;
+    let host = ScriptedHost::default();
+    let end = run_with(host.clone(), src, json!({}));
+    assert_eq!(end, ActivationEnd::Suspended);
+    assert_eq!(host.calls.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn permanent_failures_can_be_caught_by_the_script() {
+    let src = r#"workflow("w").manual();
+fn run(contact, trigger) {
+    try { send("email", "a"); } catch (e) { send("sms", "fallback"); }
+}"#;
+    let host = ScriptedHost::default();
+    host.answers.lock().unwrap().extend([
+        Err(Interrupt::Fail("mailbox unavailable".into())),
+        Ok(json!({})),
+    ]);
+    assert_eq!(
+        run_with(host.clone(), src, json!({})),
+        ActivationEnd::Completed
+    );
+    assert_eq!(host.calls.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn endless_loops_hit_the_operation_limit_with_a_line() {
+    let src = "workflow(\"w\").manual();\nfn run(contact, trigger) {\n    loop { }\n}\n";
+    match run_with(ScriptedHost::default(), src, json!({})) {
+        ActivationEnd::Failed { message, line, .. } => {
+            assert!(message.contains("operation limit"), "{message}");
+            let _ = line;
+        }
+        other => panic!("expected failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn thrown_errors_fail_the_run_with_their_message() {
+    let src = "workflow(\"w\").manual();\nfn run(contact, trigger) {\n    throw \"bad data\";\n}\n";
+    match run_with(ScriptedHost::default(), src, json!({})) {
+        ActivationEnd::Failed { message, line, .. } => {
+            assert_eq!(message, "bad data");
+            assert_eq!(line, Some(3));
+        }
+        other => panic!("expected failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn exit_ends_the_run_with_its_reason() {
+    let src = "workflow(\"w\").manual();\nfn run(contact, trigger) { exit(\"unsubscribed\"); send(\"email\", \"x\"); }";
+    assert_eq!(
+        run_with(ScriptedHost::default(), src, json!({})),
+        ActivationEnd::Exited("unsubscribed".into())
+    );
+}
+
+#[test]
+fn eval_and_wall_clock_are_not_available() {
+    let engine = build_engine(&Limits::default());
+    let src = "workflow(\"w\").manual();\nfn run(contact, trigger) { let t = timestamp(); }";
+    let report = check_script(&engine, "w.rhai", src, None);
+    // `timestamp` is not registered: the call fails when it runs, never reads the clock.
+    let wf = report.workflow.expect("compiles");
+    let (end, _) = with_host(Box::new(ScriptedHost::default()), || {
+        run_activation(&engine, &wf.ast, &json!({}), &Limits::default())
+    });
+    assert!(
+        matches!(end, ActivationEnd::Failed { ref message, .. } if message.contains("timestamp")),
+        "{end:?}"
+    );
+    let report = check_script(
+        &engine,
+        "w.rhai",
+        "workflow(\"w\");\nfn run(c, t) { eval(\"1\") }",
+        None,
+    );
+    assert!(report.has_errors());
+}
+
+#[test]
+fn stdlib_modules_are_importable() {
+    let src = r#"import "herald/text" as text;
+workflow("w").manual();
+fn run(contact, trigger) { update(#{ first: text::first_name(contact.name, "there") }); }"#;
+    let host = ScriptedHost {
+        contact: json!({"name": "Ada Lovelace"}),
+        ..Default::default()
+    };
+    host.answers.lock().unwrap().push_back(Ok(Value::Null));
+    assert_eq!(
+        run_with(host.clone(), src, json!({})),
+        ActivationEnd::Completed
+    );
+    assert_eq!(
+        host.calls.lock().unwrap()[0],
+        StepCall::Update {
+            attrs: json!({"first": "Ada"})
+        }
+    );
+}
+
+fn project() -> ProjectContext {
+    let mut p = ProjectContext::default();
+    p.channels.insert("email".into(), vec![]);
+    p.channels.insert("sms".into(), vec![]);
+    p.templates.insert("welcome".into());
+    p.templates.insert("nudge".into());
+    p.workflows.insert("welcome".into());
+    p
+}
+
+fn diagnostics_for(source: &str) -> String {
+    let engine = build_engine(&Limits::default());
+    let report = check_script(&engine, "workflows/broken.rhai", source, Some(&project()));
+    render_diagnostics(&report.diagnostics, source, false)
+}
+
+#[test]
+fn syntax_errors_render_with_file_line_and_label() {
+    insta::assert_snapshot!(diagnostics_for(
+        "workflow(\"w\").manual();\nfn run(contact, trigger) {\n    let x = ;\n}\n"
+    ));
+}
+
+#[test]
+fn unknown_channel_template_and_workflow_are_reported() {
+    insta::assert_snapshot!(diagnostics_for(
+        "workflow(\"w\").on_workflow_completed(\"welcom\");\nfn run(contact, trigger) {\n    send(\"emial\", \"welcome\");\n    send(\"sms\", \"nudge2\");\n}\n"
+    ));
+}
+
+#[test]
+fn wrong_arity_and_argument_types_are_reported() {
+    insta::assert_snapshot!(diagnostics_for(
+        "workflow(\"w\").manual().goal(\"x\");\nfn run(contact, trigger) {\n    wait(\"3 days\");\n    send(\"email\");\n}\n"
+    ));
+}
+
+#[test]
+fn missing_declaration_and_run_are_reported() {
+    insta::assert_snapshot!(diagnostics_for("let x = 1;\n"));
+}
+
+#[test]
+fn steps_at_the_top_level_are_reported() {
+    insta::assert_snapshot!(diagnostics_for(
+        "workflow(\"w\").manual();\nsend(\"email\", \"welcome\");\nfn run(contact, trigger) {}\n"
+    ));
+}
+
+fn sample(ty: herald_dsl::api::ArgType) -> &'static str {
+    use herald_dsl::api::ArgType::*;
+    match ty {
+        String => "\"once\"",
+        Int | Number | Instant => "1",
+        Map => "#{}",
+        Array => "[]",
+        Arms => "[\"a\"]",
+        Any => "1",
+    }
+}
+
+#[test]
+fn every_documented_function_is_registered_with_every_overload() {
+    use herald_dsl::api::Context;
+    let engine = build_engine(&Limits::default());
+    for f in herald_dsl::DSL_FUNCTIONS {
+        assert!(!f.doc.is_empty(), "{} has no documentation", f.name);
+        for params in f.overloads {
+            let args: Vec<&str> = params.iter().map(|(_, t)| sample(*t)).collect();
+            let call = format!("{}({})", f.name, args.join(", "));
+            let src = match f.context {
+                Context::Declaration if f.method => {
+                    format!("workflow(\"w\").{call};\nfn run(contact, trigger) {{}}")
+                }
+                Context::Declaration => format!("{call};\nfn run(contact, trigger) {{}}"),
+                _ => format!("workflow(\"w\");\nfn run(contact, trigger) {{ {call}; }}"),
+            };
+            let report = check_script(&engine, "w.rhai", &src, None);
+            assert!(!report.has_errors(), "{call}: {:?}", report.diagnostics);
+            if f.context != Context::Declaration {
+                let host = ScriptedHost::default();
+                host.answers.lock().unwrap().push_back(Ok(Value::Null));
+                let end = run_with(host, &src, json!({}));
+                assert!(
+                    matches!(end, ActivationEnd::Completed | ActivationEnd::Exited(_)),
+                    "{call}: {end:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,625 @@
+//! The wasmtime engine, component cache, instance pool and call path.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, Trap};
+
+use crate::bindings::herald::channel::types as wit;
+use crate::bindings::{Plugin, PluginPre};
+use crate::manifest::{sha256_hex, Manifest};
+use crate::net::HostPattern;
+use crate::ratelimit::RateLimiter;
+use crate::state::{HostState, Shared, STDERR_CAPACITY};
+use crate::types::*;
+use crate::{PluginError, SendError};
+
+/// Interval of the epoch ticker that drives interruption.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Stops the epoch ticker thread when the last owner goes away.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn start_ticker(engine: &Engine) -> Arc<Ticker> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let weak = engine.weak();
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("herald-plugin-epoch".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .expect("spawn epoch ticker");
+    Arc::new(Ticker { stop })
+}
+
+/// Build the engine configuration every Herald host uses.
+pub(crate) fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config
+}
+
+/// One wasmtime engine shared by all plugins, with an optional on-disk cache
+/// of compiled components.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    cache_dir: Option<PathBuf>,
+    ticker: Arc<Ticker>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn make_linker(engine: &Engine) -> Result<Linker<HostState>, PluginError> {
+    let mut linker: Linker<HostState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .map_err(|e| PluginError::Engine(format!("linking WASI: {e}")))?;
+    Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(|e| PluginError::Engine(format!("linking herald:channel: {e}")))?;
+    Ok(linker)
+}
+
+impl PluginHost {
+    /// Create the engine (component model, epoch interruption). Compiled
+    /// components are cached in `cache_dir` across restarts when given.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
+        let engine =
+            Engine::new(&engine_config()).map_err(|e| PluginError::Engine(e.to_string()))?;
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir).map_err(|source| PluginError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let linker = Arc::new(make_linker(&engine)?);
+        let ticker = start_ticker(&engine);
+        Ok(PluginHost {
+            engine,
+            linker,
+            cache_dir,
+            ticker,
+        })
+    }
+
+    /// The underlying engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compile `bytes` (digest `sha`) or load the cached compilation.
+    pub(crate) fn compile(
+        &self,
+        bytes: &[u8],
+        sha: &str,
+        wasm_path: &Path,
+    ) -> Result<Component, PluginError> {
+        check_component_header(bytes)?;
+        let cache_file = self.cache_dir.as_ref().map(|dir| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.engine.precompile_compatibility_hash().hash(&mut h);
+            dir.join(format!("{sha}-{:016x}.cwasm", h.finish()))
+        });
+        if let Some(file) = &cache_file {
+            if file.exists() {
+                // SAFETY: the file was written by `Component::serialize` of an
+                // engine with the same compatibility hash, into the operator's
+                // cache directory; wasmtime also validates its header.
+                match unsafe { Component::deserialize_file(&self.engine, file) } {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        tracing::warn!(cache = %file.display(), "ignoring unusable cached component: {e}")
+                    }
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| PluginError::InvalidPlugin(format!("{}: {e}", wasm_path.display())))?;
+        if let Some(file) = &cache_file {
+            match component.serialize() {
+                Ok(data) => {
+                    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+                    if std::fs::write(&tmp, &data)
+                        .and_then(|_| std::fs::rename(&tmp, file))
+                        .is_err()
+                    {
+                        let _ = std::fs::remove_file(&tmp);
+                        tracing::warn!(cache = %file.display(), "could not write component cache");
+                    }
+                }
+                Err(e) => tracing::warn!("could not serialize component: {e}"),
+            }
+        }
+        Ok(component)
+    }
+
+    /// Link `component` and wrap it with its shared state and an empty pool.
+    pub(crate) fn new_inner(
+        &self,
+        component: &Component,
+        shared: Shared,
+    ) -> Result<Arc<Inner>, PluginError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| PluginError::InvalidPlugin(format!("cannot link: {e}")))?;
+        let pre = PluginPre::new(pre).map_err(|e| PluginError::InvalidPlugin(e.to_string()))?;
+        let limits = shared.limits.clone();
+        Ok(Arc::new(Inner {
+            engine: self.engine.clone(),
+            pre,
+            shared: Arc::new(shared),
+            pool: Mutex::new(Vec::new()),
+            rate: RateLimiter::new(limits.rate_per_second, limits.burst),
+            _ticker: self.ticker.clone(),
+        }))
+    }
+
+    /// Load the plugin in `plugin_dir` (`plugin.toml` + wasm): check the
+    /// manifest and the wasm digest, compile (or load from cache), link it
+    /// against the granted capabilities, call `describe` and check it against
+    /// the manifest, and have the plugin validate `grant.config`.
+    pub fn load(&self, plugin_dir: &Path, grant: Grant) -> Result<LoadedPlugin, PluginError> {
+        let manifest = Manifest::load(plugin_dir)?;
+        let wasm_path = manifest.wasm_path(plugin_dir);
+        let bytes = std::fs::read(&wasm_path).map_err(|source| PluginError::Io {
+            path: wasm_path.clone(),
+            source,
+        })?;
+        let actual = sha256_hex(&bytes);
+        if !actual.eq_ignore_ascii_case(&manifest.sha256) {
+            return Err(PluginError::Checksum {
+                path: wasm_path,
+                expected: manifest.sha256.clone(),
+                actual,
+            });
+        }
+        let component = self.compile(&bytes, &actual, &wasm_path)?;
+        check_exports(&self.engine, &component)?;
+        let mut hosts = Vec::new();
+        for h in manifest
+            .allowed_hosts
+            .iter()
+            .chain(grant.allowed_hosts.iter())
+        {
+            hosts.push(HostPattern::parse(h).map_err(|e| PluginError::Manifest {
+                path: plugin_dir.join("plugin.toml"),
+                message: format!("allowed host: {e}"),
+            })?);
+        }
+        let declared: HashSet<String> = manifest.secrets.iter().cloned().collect();
+        for name in &manifest.secrets {
+            if !grant.secrets.contains_key(name) {
+                tracing::warn!(plugin = %manifest.id, secret = %name, "declared secret not supplied by the operator");
+            }
+        }
+        let config = if grant.config.is_null() {
+            serde_json::json!({})
+        } else {
+            grant.config.clone()
+        };
+        let shared = Shared::new(
+            manifest.id.clone(),
+            hosts,
+            grant.allow_private,
+            declared,
+            &grant.secrets,
+            config.clone(),
+            manifest.smtp,
+            grant.smtp.as_ref(),
+            grant.limits.clone(),
+        )
+        .map_err(PluginError::Engine)?;
+        let inner = self.new_inner(&component, shared)?;
+
+        let raw = inner
+            .call(|store, p| p.herald_channel_connector().call_describe(store))
+            .map_err(|f| PluginError::Sandbox(format!("describe(): {}", f.message)))?
+            .0;
+        let description = convert_description(raw, &manifest.api_version)?;
+        if description.id != manifest.id || description.version != manifest.version {
+            return Err(PluginError::InvalidPlugin(format!(
+                "describe() says {} {} but plugin.toml says {} {}",
+                description.id, description.version, manifest.id, manifest.version
+            )));
+        }
+        if let Some(schema) = manifest.config_schema_json() {
+            if schema != description.config_schema {
+                return Err(PluginError::InvalidPlugin(
+                    "describe().config-schema differs from plugin.toml's config_schema".into(),
+                ));
+            }
+        }
+        let verdict = inner
+            .call(|store, p| {
+                p.herald_channel_connector()
+                    .call_validate_config(store, &config.to_string())
+            })
+            .map_err(|f| PluginError::Sandbox(format!("validate-config(): {}", f.message)))?
+            .0;
+        if let Err(message) = verdict {
+            return Err(PluginError::Config {
+                plugin: manifest.id.clone(),
+                message,
+            });
+        }
+        Ok(LoadedPlugin {
+            inner,
+            description,
+            manifest,
+        })
+    }
+}
+
+/// Refuse core modules and garbage with a precise reason.
+pub(crate) fn check_component_header(bytes: &[u8]) -> Result<(), PluginError> {
+    if bytes.len() < 8 || &bytes[0..4] != b"\0asm" {
+        return Err(PluginError::InvalidPlugin(
+            "not a WebAssembly binary (missing \\0asm magic)".into(),
+        ));
+    }
+    if bytes[6..8] == [0, 0] {
+        return Err(PluginError::InvalidPlugin(
+            "this is a core WebAssembly module, not a component; build for wasm32-wasip2 \
+             (or wrap it with `wasm-tools component new`)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The export every plugin must have, without version.
+pub(crate) const CONNECTOR_EXPORT: &str = "herald:channel/connector";
+
+pub(crate) fn check_exports(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let want = format!("{CONNECTOR_EXPORT}@{}", crate::API_VERSION);
+    if names.iter().any(|n| *n == want) {
+        return Ok(());
+    }
+    if let Some(other) = names.iter().find(|n| n.starts_with(CONNECTOR_EXPORT)) {
+        return Err(PluginError::InvalidPlugin(format!(
+            "exports `{other}` but this host implements `{want}`"
+        )));
+    }
+    Err(PluginError::InvalidPlugin(format!(
+        "does not export `{want}` (exports: {})",
+        if names.is_empty() {
+            "nothing".to_string()
+        } else {
+            names.join(", ")
+        }
+    )))
+}
+
+pub(crate) fn convert_description(
+    d: wit::Description,
+    api_version: &str,
+) -> Result<Description, PluginError> {
+    let config_schema = serde_json::from_str(&d.config_schema).map_err(|e| {
+        PluginError::InvalidPlugin(format!("describe().config-schema is not valid JSON: {e}"))
+    })?;
+    Ok(Description {
+        id: d.id,
+        version: d.version,
+        api_version: api_version.to_string(),
+        display_name: d.display_name,
+        delivers_messages: d.delivers_messages,
+        operations: d
+            .operations
+            .into_iter()
+            .map(|o| Operation {
+                name: o.name,
+                description: o.description,
+            })
+            .collect(),
+        supports_idempotency: d.supports_idempotency,
+        config_schema,
+    })
+}
+
+/// A warm instance: its store and typed exports.
+struct Warm {
+    store: Store<HostState>,
+    plugin: Plugin,
+}
+
+/// A call that the sandbox stopped.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+}
+
+pub(crate) struct Inner {
+    engine: Engine,
+    pre: PluginPre<HostState>,
+    pub(crate) shared: Arc<Shared>,
+    pool: Mutex<Vec<Warm>>,
+    pub(crate) rate: RateLimiter,
+    _ticker: Arc<Ticker>,
+}
+
+impl Inner {
+    fn instantiate(&self) -> Result<Warm, Failure> {
+        let mut store = Store::new(&self.engine, HostState::new(self.shared.clone()));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(self.shared.limits.timeout));
+        store.data_mut().deadline = Instant::now() + self.shared.limits.timeout;
+        match self.pre.instantiate(&mut store) {
+            Ok(plugin) => Ok(Warm { store, plugin }),
+            Err(e) => Err(Failure {
+                message: classify(&e, store.data(), &self.shared.limits, "instantiation"),
+            }),
+        }
+    }
+
+    /// Run `f` on a warm (or new) instance under the call limits. Returns the
+    /// result and the capability denials recorded during the call. The
+    /// instance goes back to the pool unless it trapped.
+    pub(crate) fn call<R>(
+        &self,
+        f: impl FnOnce(&mut Store<HostState>, &Plugin) -> wasmtime::Result<R>,
+    ) -> Result<(R, Vec<String>), Failure> {
+        let warm = self.pool.lock().expect("pool lock").pop();
+        let mut warm = match warm {
+            Some(w) => w,
+            None => self.instantiate()?,
+        };
+        let limits = &self.shared.limits;
+        {
+            let data = warm.store.data_mut();
+            data.deadline = Instant::now() + limits.timeout;
+            data.denials.clear();
+            data.limiter.hit = false;
+        }
+        warm.store.set_epoch_deadline(ticks(limits.timeout));
+        let result = f(&mut warm.store, &warm.plugin);
+        match result {
+            Ok(r) => {
+                let denials = std::mem::take(&mut warm.store.data_mut().denials);
+                let reusable = warm.store.data().stderr.contents().len() < STDERR_CAPACITY / 2;
+                if reusable {
+                    let mut pool = self.pool.lock().expect("pool lock");
+                    if pool.len() < limits.pool_size {
+                        pool.push(warm);
+                    }
+                }
+                Ok((r, denials))
+            }
+            Err(e) => {
+                let message = classify(&e, warm.store.data(), limits, "call");
+                tracing::warn!(plugin = %self.shared.id, "plugin call stopped: {message}");
+                // The trapped instance is dropped here; the next call gets a fresh one.
+                Err(Failure { message })
+            }
+        }
+    }
+
+    /// Number of warm instances currently pooled.
+    pub(crate) fn pooled(&self) -> usize {
+        self.pool.lock().expect("pool lock").len()
+    }
+
+    /// Drop all warm instances.
+    pub(crate) fn clear_pool(&self) {
+        self.pool.lock().expect("pool lock").clear();
+    }
+}
+
+fn ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+/// Turn a wasmtime error into a precise, operator-readable reason.
+fn classify(e: &wasmtime::Error, state: &HostState, limits: &CallLimits, phase: &str) -> String {
+    if state.limiter.hit {
+        return format!(
+            "memory limit exceeded: the plugin tried to grow its memory beyond {} MiB during {phase}",
+            limits.max_memory_bytes >> 20
+        );
+    }
+    let stderr = state.stderr_text();
+    let panic_line = stderr
+        .lines()
+        .skip_while(|l| !l.contains("panicked at"))
+        .nth(1)
+        .map(str::to_string);
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!(
+            "time limit exceeded: {phase} ran longer than {} ms and was interrupted",
+            limits.timeout.as_millis()
+        ),
+        Some(Trap::UnreachableCodeReached) => match panic_line {
+            Some(msg) => format!("plugin panicked: {msg}"),
+            None if !stderr.trim().is_empty() => format!(
+                "plugin aborted: {}",
+                stderr.trim().lines().last().unwrap_or_default()
+            ),
+            None => "plugin aborted (wasm `unreachable` executed)".to_string(),
+        },
+        Some(trap) => format!("plugin trapped during {phase}: {trap}"),
+        None => format!("plugin failed during {phase}: {e}"),
+    }
+}
+
+/// A loaded, checked plugin with a pool of warm instances. Cheap to share
+/// between threads (`Send + Sync`); every call runs on its own instance.
+pub struct LoadedPlugin {
+    pub(crate) inner: Arc<Inner>,
+    description: Description,
+    manifest: Manifest,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("id", &self.description.id)
+            .field("version", &self.description.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// The plugin's `describe()` answer, taken at load time.
+    pub fn describe(&self) -> &Description {
+        &self.description
+    }
+
+    /// The plugin's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Number of warm instances currently pooled (for metrics and tests).
+    pub fn warm_instances(&self) -> usize {
+        self.inner.pooled()
+    }
+
+    /// Drop every warm instance, so the next call instantiates afresh.
+    pub fn clear_pool(&self) {
+        self.inner.clear_pool()
+    }
+
+    /// Deliver a message or perform an operation. Blocking.
+    ///
+    /// Errors the plugin reports are passed through; a trap, panic, timeout,
+    /// memory-cap hit — or a plugin error caused by a capability the host
+    /// refused — becomes [`SendError::Sandbox`]. A local rate limit or an
+    /// active provider slow-down returns [`SendError::RateLimited`] without
+    /// calling the plugin.
+    pub fn send(&self, req: &SendRequest) -> Result<SendOutcome, SendError> {
+        if !self.description.supports(req.operation.as_deref()) {
+            return Err(SendError::InvalidInput(match &req.operation {
+                Some(op) => format!("plugin `{}` has no operation `{op}`", self.description.id),
+                None => format!("plugin `{}` does not deliver messages", self.description.id),
+            }));
+        }
+        self.inner.rate.acquire()?;
+        let msg = wit::Outbound {
+            idempotency_key: req.idempotency_key.clone(),
+            operation: req.operation.clone(),
+            to: req.to.clone(),
+            subject: req.subject.clone(),
+            text: req.text.clone(),
+            html: req.html.clone(),
+            fields: json_or_empty(&req.fields),
+            payload: json_or_empty(&req.payload),
+        };
+        let (result, denials) = self
+            .inner
+            .call(|store, p| p.herald_channel_connector().call_send(store, &msg))
+            .map_err(|f| SendError::Sandbox(f.message))?;
+        match result {
+            Ok(sent) => {
+                self.inner.rate.on_success();
+                Ok(SendOutcome {
+                    provider_message_id: sent.provider_message_id,
+                    details: serde_json::from_str(&sent.details).unwrap_or(serde_json::Value::Null),
+                })
+            }
+            Err(_) if !denials.is_empty() => Err(SendError::Sandbox(format!(
+                "denied: {}",
+                denials.join("; ")
+            ))),
+            Err(e) => Err(match e {
+                wit::SendError::InvalidInput(m) => SendError::InvalidInput(m),
+                wit::SendError::Unauthorized(m) => SendError::Unauthorized(m),
+                wit::SendError::RateLimited(r) => {
+                    self.inner
+                        .rate
+                        .on_rate_limited(Duration::from_millis(r.retry_after_ms));
+                    SendError::RateLimited {
+                        retry_after_ms: r.retry_after_ms,
+                        message: r.message,
+                    }
+                }
+                wit::SendError::Transient(m) => SendError::Transient(m),
+                wit::SendError::Ambiguous(m) => SendError::Ambiguous(m),
+            }),
+        }
+    }
+
+    /// Turn a provider callback into events. Blocking.
+    pub fn parse_webhook(&self, req: &WebhookRequest) -> Result<Vec<WebhookEvent>, PluginError> {
+        let wreq = wit::WebhookRequest {
+            method: req.method.to_ascii_uppercase(),
+            path: req.path.clone(),
+            query: req.query.clone(),
+            headers: req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            body: req.body.clone(),
+        };
+        let (result, _) = self
+            .inner
+            .call(|store, p| {
+                p.herald_channel_connector()
+                    .call_parse_webhook(store, &wreq)
+            })
+            .map_err(|f| PluginError::Sandbox(f.message))?;
+        let events = result.map_err(PluginError::Webhook)?;
+        Ok(events
+            .into_iter()
+            .map(|e| WebhookEvent {
+                kind: event_kind_name(e.kind).to_string(),
+                message_id: e.message_id,
+                recipient: e.recipient,
+                properties: serde_json::from_str(&e.properties)
+                    .unwrap_or(serde_json::Value::Object(Default::default())),
+                timestamp_ms: e.timestamp_ms,
+            })
+            .collect())
+    }
+}
+
+fn json_or_empty(v: &serde_json::Value) -> String {
+    if v.is_null() {
+        "{}".to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+/// The Herald name of an event kind.
+pub(crate) fn event_kind_name(k: wit::EventKind) -> &'static str {
+    match k {
+        wit::EventKind::Delivered => "delivered",
+        wit::EventKind::Bounced => "bounced",
+        wit::EventKind::Opened => "opened",
+        wit::EventKind::Clicked => "clicked",
+        wit::EventKind::Replied => "replied",
+        wit::EventKind::Unsubscribed => "unsubscribed",
+        wit::EventKind::Complained => "complained",
+    }
+}

@@ -1,0 +1,91 @@
+//! # herald-plugin-host — sandboxed channel plugins for Herald
+//!
+//! Herald's channel connectors (email, SMS, social, ads, webhooks) are
+//! WebAssembly components implementing the `herald:channel@0.1.0` WIT world
+//! (`plugins/wit/channel.wit`). This crate runs them under wasmtime:
+//!
+//! * one [`PluginHost`] per process: a single engine with the component model
+//!   and epoch interruption, an epoch ticker thread, and an optional on-disk
+//!   cache of compiled components (keyed by wasm digest and engine version);
+//! * [`PluginHost::load`] checks `plugin.toml` (id, version, API version,
+//!   sha256 of the wasm, allowed hosts, secret names, config schema), compiles,
+//!   links against *only* the capabilities below, calls `describe` and
+//!   `validate-config`, and returns a [`LoadedPlugin`];
+//! * every call runs on a warm instance from a small per-plugin pool under a
+//!   wall-clock timeout (epoch interruption + timeouts on blocking host
+//!   calls) and a memory cap; a trapped instance is discarded;
+//! * capabilities: HTTP to manifest-declared or operator-granted hosts only,
+//!   public addresses only unless granted, secrets substituted by name on the
+//!   way out and scrubbed on the way in; SMTP submission through the
+//!   operator's relay (lettre); HMAC-SHA256 keyed by secret name; config
+//!   lookup; structured logging. WASI is linked for `std` but grants nothing:
+//!   no files, no environment, no sockets.
+//!
+//! The API is blocking; call it from a blocking thread in async code.
+#![warn(missing_docs)]
+
+mod error;
+mod host;
+mod inspect;
+pub mod manifest;
+pub mod net;
+pub mod ratelimit;
+mod state;
+mod types;
+
+/// `wasmtime::component::bindgen!` output for the `herald:channel/plugin` world.
+#[allow(missing_docs, clippy::all)]
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit",
+    });
+}
+
+pub use error::{PluginError, SendError};
+pub use host::{LoadedPlugin, PluginHost};
+pub use inspect::{inspect, InspectReport};
+pub use manifest::{Manifest, API_VERSION};
+pub use types::{
+    CallLimits, Description, Grant, Operation, SendOutcome, SendRequest, SmtpRelay, SmtpSecurity,
+    WebhookEvent, WebhookRequest,
+};
+
+/// First-party connectors built by this crate's build script, packaged as
+/// plugin directories (`<id>/plugin.toml` + `<id>/plugin.wasm`).
+pub mod bundled {
+    use std::path::PathBuf;
+
+    /// Directory holding one sub-directory per bundled plugin.
+    pub fn dir() -> PathBuf {
+        PathBuf::from(env!("HERALD_BUNDLED_PLUGINS_DIR"))
+    }
+
+    /// The plugin directory of the bundled plugin `id` (e.g. `twilio-sms`).
+    pub fn plugin_dir(id: &str) -> PathBuf {
+        dir().join(id)
+    }
+
+    /// Ids of the bundled first-party connectors.
+    pub const CONNECTORS: &[&str] = &[
+        "smtp-email",
+        "twilio-sms",
+        "postmark",
+        "mastodon",
+        "x-posts",
+        "meta-audiences",
+        "meta-capi",
+        "webhook",
+    ];
+}
+
+#[cfg(test)]
+mod send_sync {
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn loaded_plugin_is_send_sync() {
+        assert_send_sync::<crate::LoadedPlugin>();
+        assert_send_sync::<crate::PluginHost>();
+    }
+}

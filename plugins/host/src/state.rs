@@ -1,0 +1,643 @@
+//! Per-store state and the host side of the imported capabilities
+//! (`http`, `smtp`, `crypto`, `config`, `log`).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::herald::channel::{config, crypto, http, log, smtp, types};
+use crate::net::{resolve_checked, CheckedResolver, HostPattern, ResolveError};
+use crate::types::{CallLimits, SmtpRelay, SmtpSecurity};
+
+/// Capacity of the captured guest stderr per instance. An instance whose
+/// buffer is more than half full is not returned to the pool.
+pub(crate) const STDERR_CAPACITY: usize = 64 * 1024;
+
+/// Everything about a loaded plugin that host calls need; shared by all of
+/// its instances.
+pub(crate) struct Shared {
+    pub(crate) id: String,
+    pub(crate) hosts: Vec<HostPattern>,
+    pub(crate) allow_private: bool,
+    pub(crate) declared_secrets: HashSet<String>,
+    pub(crate) secrets: HashMap<String, String>,
+    pub(crate) config: serde_json::Value,
+    pub(crate) smtp_declared: bool,
+    pub(crate) smtp: Option<lettre::SmtpTransport>,
+    pub(crate) agent: ureq::Agent,
+    pub(crate) limits: CallLimits,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        id: String,
+        hosts: Vec<HostPattern>,
+        allow_private: bool,
+        declared_secrets: HashSet<String>,
+        granted: &HashMap<String, String>,
+        config: serde_json::Value,
+        smtp_declared: bool,
+        relay: Option<&SmtpRelay>,
+        limits: CallLimits,
+    ) -> Result<Shared, String> {
+        let secrets = granted
+            .iter()
+            .filter(|(k, _)| declared_secrets.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let agent = ureq::AgentBuilder::new()
+            .resolver(CheckedResolver { allow_private })
+            .redirects(0)
+            .timeout_connect(Duration::from_secs(10))
+            .user_agent(&format!("herald-plugin/{id}"))
+            .build();
+        let smtp = match (smtp_declared, relay) {
+            (true, Some(r)) => Some(build_smtp(r)?),
+            _ => None,
+        };
+        Ok(Shared {
+            id,
+            hosts,
+            allow_private,
+            declared_secrets,
+            secrets,
+            config,
+            smtp_declared,
+            smtp,
+            agent,
+            limits,
+        })
+    }
+
+    /// Look up a secret the plugin may use, or say precisely why not.
+    fn secret(&self, name: &str) -> Result<&str, String> {
+        if !self.declared_secrets.contains(name) {
+            return Err(format!(
+                "secret `{name}` is not declared in the plugin manifest"
+            ));
+        }
+        self.secrets
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| format!("secret `{name}` was not supplied by the operator"))
+    }
+
+    /// Replace every `{{secret:NAME}}` in `input`.
+    fn substitute(&self, input: &[u8], url_encode: bool) -> Result<Vec<u8>, String> {
+        const OPEN: &[u8] = b"{{secret:";
+        let mut out = Vec::with_capacity(input.len());
+        let mut i = 0;
+        while i < input.len() {
+            if input[i..].starts_with(OPEN) {
+                let start = i + OPEN.len();
+                let end = input[start..]
+                    .windows(2)
+                    .position(|w| w == b"}}")
+                    .ok_or("unterminated {{secret:…}} placeholder")?;
+                let name = std::str::from_utf8(&input[start..start + end])
+                    .map_err(|_| "secret name is not UTF-8")?;
+                let value = self.secret(name)?;
+                if url_encode {
+                    out.extend(form_encode(value).as_bytes());
+                } else {
+                    out.extend_from_slice(value.as_bytes());
+                }
+                i = start + end + 2;
+            } else {
+                out.push(input[i]);
+                i += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    fn substitute_str(&self, input: &str, url_encode: bool) -> Result<String, String> {
+        String::from_utf8(self.substitute(input.as_bytes(), url_encode)?)
+            .map_err(|_| "substituted value is not UTF-8".to_string())
+    }
+
+    /// Replace secret values in data flowing back to the guest by their placeholders.
+    fn scrub(&self, data: &mut Vec<u8>) {
+        for (name, value) in &self.secrets {
+            if value.len() < 4 {
+                continue;
+            }
+            let needle = value.as_bytes();
+            if data.windows(needle.len()).any(|w| w == needle) {
+                let placeholder = format!("{{{{secret:{name}}}}}");
+                let mut out = Vec::with_capacity(data.len());
+                let mut i = 0;
+                while i < data.len() {
+                    if data[i..].starts_with(needle) {
+                        out.extend_from_slice(placeholder.as_bytes());
+                        i += needle.len();
+                    } else {
+                        out.push(data[i]);
+                        i += 1;
+                    }
+                }
+                *data = out;
+            }
+        }
+    }
+
+    fn host_allowed(&self, host: &str, port: u16) -> bool {
+        self.hosts.iter().any(|p| p.matches(host, port))
+    }
+}
+
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn build_smtp(r: &SmtpRelay) -> Result<lettre::SmtpTransport, String> {
+    use lettre::transport::smtp::authentication::Credentials;
+    let builder = match r.security {
+        SmtpSecurity::None => lettre::SmtpTransport::builder_dangerous(r.host.as_str()),
+        SmtpSecurity::StartTls => lettre::SmtpTransport::starttls_relay(&r.host)
+            .map_err(|e| format!("smtp relay {}: {e}", r.host))?,
+        SmtpSecurity::Tls => lettre::SmtpTransport::relay(&r.host)
+            .map_err(|e| format!("smtp relay {}: {e}", r.host))?,
+    };
+    let mut builder = builder.port(r.port).timeout(Some(r.timeout));
+    if let Some((u, p)) = &r.credentials {
+        builder = builder.credentials(Credentials::new(u.clone(), p.clone()));
+    }
+    Ok(builder.build())
+}
+
+/// Memory limiter that remembers whether it refused a growth.
+pub(crate) struct MemoryLimiter {
+    pub(crate) max_bytes: usize,
+    pub(crate) hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            Ok(false)
+        } else {
+            Ok(true)
+        }
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        16
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+}
+
+/// The `T` of every `Store<T>`: WASI state with nothing granted, the
+/// per-call deadline and a record of refused capability requests.
+pub(crate) struct HostState {
+    pub(crate) shared: Arc<Shared>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) deadline: Instant,
+    pub(crate) denials: Vec<String>,
+}
+
+impl HostState {
+    pub(crate) fn new(shared: Arc<Shared>) -> HostState {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        // No preopened directories, no environment, no arguments, no sockets,
+        // no name lookup: WASI is present only so `std` links; it grants nothing.
+        let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let max_bytes = shared.limits.max_memory_bytes;
+        HostState {
+            shared,
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max_bytes,
+                hit: false,
+            },
+            stderr,
+            deadline: Instant::now() + Duration::from_secs(3600),
+            denials: Vec::new(),
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn deny(&mut self, what: &str, msg: String) -> String {
+        tracing::warn!(target: "herald_plugin", plugin = %self.shared.id, capability = what, "denied: {msg}");
+        self.denials.push(format!("{what}: {msg}"));
+        msg
+    }
+
+    /// Text the guest wrote to stderr (panic messages end up here).
+    pub(crate) fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "proxy-authorization",
+    "te",
+];
+
+impl http::Host for HostState {
+    fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
+        use http::HttpError as E;
+        let shared = self.shared.clone();
+        // 1. URL, scheme and host policy (placeholders are not allowed in the host part).
+        let raw_url = url::Url::parse(&req.url)
+            .map_err(|e| E::InvalidRequest(format!("bad url `{}`: {e}", req.url)))?;
+        if raw_url.scheme() != "http" && raw_url.scheme() != "https" {
+            return Err(E::Denied(self.deny(
+                "http",
+                format!(
+                    "scheme `{}` is not allowed (only http, https)",
+                    raw_url.scheme()
+                ),
+            )));
+        }
+        if !raw_url.username().is_empty() || raw_url.password().is_some() {
+            return Err(E::InvalidRequest(
+                "credentials in the URL are not allowed; use auth".into(),
+            ));
+        }
+        let host = match raw_url.host() {
+            Some(url::Host::Domain(d)) => d.to_ascii_lowercase(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(E::InvalidRequest("url has no host".into())),
+        };
+        let port = raw_url.port_or_known_default().unwrap_or(443);
+        if !shared.host_allowed(&host, port) {
+            return Err(E::Denied(self.deny(
+                "http",
+                format!("host `{host}:{port}` is not in the plugin's allowed hosts nor granted by the operator"),
+            )));
+        }
+        match resolve_checked(&host, port, shared.allow_private) {
+            Ok(_) => {}
+            Err(ResolveError::Private(m)) => return Err(E::Denied(self.deny("http", m))),
+            Err(ResolveError::Lookup(m)) => return Err(E::Connect(m)),
+        }
+        // 2. Secrets.
+        let url = shared
+            .substitute_str(&req.url, true)
+            .map_err(|m| E::Denied(self.deny("secret", m)))?;
+        let method = req.method.to_ascii_uppercase();
+        if !matches!(
+            method.as_str(),
+            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS"
+        ) {
+            return Err(E::InvalidRequest(format!("method `{method}` not allowed")));
+        }
+        let mut request = shared.agent.request(&method, &url);
+        for (name, value) in &req.headers {
+            let lname = name.to_ascii_lowercase();
+            if FORBIDDEN_HEADERS.contains(&lname.as_str()) {
+                return Err(E::InvalidRequest(format!(
+                    "header `{name}` may not be set by plugins"
+                )));
+            }
+            let value = shared
+                .substitute_str(value, false)
+                .map_err(|m| E::Denied(self.deny("secret", m)))?;
+            if value.contains(['\r', '\n']) || name.contains(['\r', '\n', ':']) {
+                return Err(E::InvalidRequest(format!(
+                    "header `{name}` contains a line break"
+                )));
+            }
+            request = request.set(name, &value);
+        }
+        match &req.auth {
+            http::Auth::None => {}
+            http::Auth::Basic(b) => {
+                use base64::Engine;
+                let user = shared
+                    .substitute_str(&b.username, false)
+                    .map_err(|m| E::Denied(self.deny("secret", m)))?;
+                let pass = shared
+                    .substitute_str(&b.password, false)
+                    .map_err(|m| E::Denied(self.deny("secret", m)))?;
+                let token =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                request = request.set("Authorization", &format!("Basic {token}"));
+            }
+            http::Auth::Bearer(name) => {
+                let token = shared
+                    .secret(name)
+                    .map_err(|m| E::Denied(self.deny("secret", m)))?
+                    .to_string();
+                request = request.set("Authorization", &format!("Bearer {token}"));
+            }
+        }
+        let body = shared
+            .substitute(&req.body, false)
+            .map_err(|m| E::Denied(self.deny("secret", m)))?;
+        // 3. Timeout: the smaller of the plugin's wish and the call's remaining budget.
+        let mut timeout = self.remaining();
+        if let Some(ms) = req.timeout_ms {
+            timeout = timeout.min(Duration::from_millis(ms.into()));
+        }
+        if timeout.is_zero() {
+            return Err(E::Connect("call deadline already passed".into()));
+        }
+        request = request.timeout(timeout);
+        let result = if body.is_empty()
+            && matches!(method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS")
+        {
+            request.call()
+        } else {
+            request.send_bytes(&body)
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) => {
+                let msg = t.to_string();
+                return Err(match t.kind() {
+                    ureq::ErrorKind::InvalidUrl
+                    | ureq::ErrorKind::UnknownScheme
+                    | ureq::ErrorKind::BadHeader => E::InvalidRequest(msg),
+                    ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed => E::Connect(msg),
+                    _ => E::Incomplete(msg),
+                });
+            }
+        };
+        let status = response.status();
+        let mut headers: Vec<(String, String)> = response
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| {
+                let v = response.header(&n)?.to_string();
+                Some((n.to_ascii_lowercase(), v))
+            })
+            .collect();
+        let limit = shared.limits.max_http_body_bytes;
+        let mut body = Vec::new();
+        response
+            .into_reader()
+            .take(limit as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| E::Incomplete(format!("reading response body: {e}")))?;
+        if body.len() > limit {
+            return Err(E::Incomplete(format!(
+                "response body larger than {limit} bytes"
+            )));
+        }
+        shared.scrub(&mut body);
+        for (_, v) in headers.iter_mut() {
+            let mut bytes = std::mem::take(v).into_bytes();
+            shared.scrub(&mut bytes);
+            *v = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        Ok(http::Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+impl smtp::Host for HostState {
+    fn submit(
+        &mut self,
+        envelope: smtp::Envelope,
+        message: Vec<u8>,
+    ) -> Result<String, smtp::SmtpError> {
+        use lettre::Transport;
+        use smtp::SmtpError as E;
+        let shared = self.shared.clone();
+        if !shared.smtp_declared {
+            return Err(E::NotGranted(self.deny(
+                "smtp",
+                "the plugin manifest does not declare `smtp = true`".into(),
+            )));
+        }
+        let Some(transport) = &shared.smtp else {
+            return Err(E::NotGranted(self.deny(
+                "smtp",
+                "the operator did not configure an SMTP relay for this channel".into(),
+            )));
+        };
+        if message.is_empty() {
+            return Err(E::Invalid("empty message".into()));
+        }
+        let from = if envelope.mail_from.is_empty() {
+            None
+        } else {
+            Some(
+                envelope
+                    .mail_from
+                    .parse::<lettre::Address>()
+                    .map_err(|e| E::Invalid(format!("MAIL FROM `{}`: {e}", envelope.mail_from)))?,
+            )
+        };
+        let to = envelope
+            .rcpt_to
+            .iter()
+            .map(|a| {
+                a.parse::<lettre::Address>()
+                    .map_err(|e| E::Invalid(format!("RCPT TO `{a}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let env =
+            lettre::address::Envelope::new(from, to).map_err(|e| E::Invalid(e.to_string()))?;
+        if self.remaining().is_zero() {
+            return Err(E::Transient("call deadline already passed".into()));
+        }
+        match transport.send_raw(&env, &message) {
+            Ok(resp) => Ok(format!(
+                "{} {}",
+                resp.code(),
+                resp.message().collect::<Vec<_>>().join(" ")
+            )),
+            Err(e) => {
+                let msg = e.to_string();
+                Err(if e.is_permanent() {
+                    E::Rejected(msg)
+                } else if e.is_transient() {
+                    E::Transient(msg)
+                } else if connection_refused(&e) {
+                    E::Transient(msg)
+                } else {
+                    E::Ambiguous(msg)
+                })
+            }
+        }
+    }
+}
+
+fn connection_refused(e: &lettre::transport::smtp::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            );
+        }
+        src = s.source();
+    }
+    false
+}
+
+impl crypto::Host for HostState {
+    fn hmac_sha256(&mut self, secret_name: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
+        use hmac::{Hmac, Mac};
+        let shared = self.shared.clone();
+        let key = shared
+            .secret(&secret_name)
+            .map_err(|m| self.deny("crypto", m))?;
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).map_err(|e| e.to_string())?;
+        mac.update(&data);
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        let v = if key.starts_with('/') {
+            self.shared.config.pointer(&key)
+        } else {
+            self.shared.config.get(&key)
+        };
+        v.map(|v| v.to_string())
+    }
+
+    fn all(&mut self) -> String {
+        self.shared.config.to_string()
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+        let message: String = message.chars().take(4096).collect();
+        let fields: String = fields
+            .iter()
+            .take(32)
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let id = &self.shared.id;
+        match level {
+            log::Level::Trace => {
+                tracing::trace!(target: "herald_plugin", plugin = %id, %fields, "{message}")
+            }
+            log::Level::Debug => {
+                tracing::debug!(target: "herald_plugin", plugin = %id, %fields, "{message}")
+            }
+            log::Level::Info => {
+                tracing::info!(target: "herald_plugin", plugin = %id, %fields, "{message}")
+            }
+            log::Level::Warn => {
+                tracing::warn!(target: "herald_plugin", plugin = %id, %fields, "{message}")
+            }
+            log::Level::Error => {
+                tracing::error!(target: "herald_plugin", plugin = %id, %fields, "{message}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        let mut granted = HashMap::new();
+        granted.insert("TOKEN".to_string(), "s3cr3t&value".to_string());
+        granted.insert("UNDECLARED".to_string(), "nope".to_string());
+        Shared::new(
+            "t".into(),
+            vec![],
+            false,
+            ["TOKEN".to_string(), "MISSING".to_string()]
+                .into_iter()
+                .collect(),
+            &granted,
+            serde_json::json!({}),
+            false,
+            None,
+            CallLimits::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn substitutes_and_scrubs_secrets() {
+        let s = shared();
+        assert_eq!(
+            s.substitute_str("Bearer {{secret:TOKEN}}!", false).unwrap(),
+            "Bearer s3cr3t&value!"
+        );
+        assert_eq!(
+            s.substitute_str("?k={{secret:TOKEN}}", true).unwrap(),
+            "?k=s3cr3t%26value"
+        );
+        assert!(s
+            .substitute_str("{{secret:UNDECLARED}}", false)
+            .unwrap_err()
+            .contains("not declared"));
+        assert!(s
+            .substitute_str("{{secret:MISSING}}", false)
+            .unwrap_err()
+            .contains("not supplied"));
+        assert!(s.substitute_str("{{secret:TOKEN", false).is_err());
+        let mut echoed = b"you sent s3cr3t&value twice: s3cr3t&value".to_vec();
+        s.scrub(&mut echoed);
+        assert_eq!(
+            String::from_utf8(echoed).unwrap(),
+            "you sent {{secret:TOKEN}} twice: {{secret:TOKEN}}"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! Host-side data types of the plugin API (the Rust face of `herald:channel@0.1.0`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// What the operator grants one plugin instance (one configured channel).
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    /// Hosts the plugin may call in addition to those its manifest declares.
+    /// Entries are `host`, `host:port` or `*.domain` patterns. Self-hosted
+    /// endpoints (a Mastodon instance, a test server) are granted here.
+    pub allowed_hosts: Vec<String>,
+    /// Allow HTTP requests that resolve to loopback, private, link-local or
+    /// otherwise non-public addresses. Off by default; tests turn it on.
+    pub allow_private: bool,
+    /// Secret values by name. Only names the manifest declares are usable;
+    /// the plugin refers to them through placeholders and never sees them.
+    pub secrets: HashMap<String, String>,
+    /// The (non-secret) channel configuration, validated by the plugin on load.
+    pub config: serde_json::Value,
+    /// SMTP relay for plugins whose manifest declares `smtp = true`.
+    pub smtp: Option<SmtpRelay>,
+    /// Limits applied to every call.
+    pub limits: CallLimits,
+}
+
+/// Connection security for an SMTP relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SmtpSecurity {
+    /// Plain text; only sensible on loopback or inside a trusted network.
+    None,
+    /// Plain connection upgraded with STARTTLS (required), usually port 587.
+    #[default]
+    StartTls,
+    /// Implicit TLS from the first byte, usually port 465.
+    Tls,
+}
+
+/// An operator-configured SMTP relay used by the `smtp` capability.
+#[derive(Debug, Clone)]
+pub struct SmtpRelay {
+    /// Relay host name.
+    pub host: String,
+    /// Relay port.
+    pub port: u16,
+    /// Transport security.
+    pub security: SmtpSecurity,
+    /// Optional AUTH credentials (username, password); host-side only.
+    pub credentials: Option<(String, String)>,
+    /// Connection and command timeout.
+    pub timeout: Duration,
+}
+
+impl SmtpRelay {
+    /// A plain-text relay on `host:port` (loopback test servers, local MTAs).
+    pub fn plain(host: &str, port: u16) -> Self {
+        SmtpRelay {
+            host: host.into(),
+            port,
+            security: SmtpSecurity::None,
+            credentials: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Per-call resource limits and per-plugin rate limiting.
+#[derive(Debug, Clone)]
+pub struct CallLimits {
+    /// Wall-clock budget for one call, host calls included. Enforced by epoch
+    /// interruption for guest code and by timeouts on blocking host calls.
+    pub timeout: Duration,
+    /// Maximum size of each linear memory of an instance, in bytes.
+    pub max_memory_bytes: usize,
+    /// Maximum number of warm instances kept for reuse.
+    pub pool_size: usize,
+    /// Sends per second allowed for this plugin (`None` = unlimited).
+    pub rate_per_second: Option<f64>,
+    /// Burst size of the rate limiter.
+    pub burst: u32,
+    /// Maximum HTTP response body size returned to the guest, in bytes.
+    pub max_http_body_bytes: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits {
+            timeout: Duration::from_secs(15),
+            max_memory_bytes: 64 << 20,
+            pool_size: 4,
+            rate_per_second: None,
+            burst: 10,
+            max_http_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// One named operation a plugin supports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Operation {
+    /// Machine name (`SendRequest::operation`).
+    pub name: String,
+    /// Human description.
+    pub description: String,
+}
+
+/// A plugin's answer to `describe()`, checked against its manifest on load.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Description {
+    /// Plugin id (equals the manifest's).
+    pub id: String,
+    /// Plugin version (equals the manifest's).
+    pub version: String,
+    /// WIT API version the plugin was built against (from the manifest / export name).
+    pub api_version: String,
+    /// Human-readable name.
+    pub display_name: String,
+    /// Whether plain message delivery (`operation: None`) is supported.
+    pub delivers_messages: bool,
+    /// Named operations.
+    pub operations: Vec<Operation>,
+    /// Whether the provider honours the idempotency key, so the engine may
+    /// retry the ambiguous window with the same key.
+    pub supports_idempotency: bool,
+    /// JSON Schema of the plugin configuration.
+    pub config_schema: serde_json::Value,
+}
+
+impl Description {
+    /// Whether `operation` (None = plain delivery) is supported.
+    pub fn supports(&self, operation: Option<&str>) -> bool {
+        match operation {
+            None => self.delivers_messages,
+            Some(op) => self.operations.iter().any(|o| o.name == op),
+        }
+    }
+}
+
+/// A message to deliver or an operation to perform.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SendRequest {
+    /// Stable key of this effect (same on every retry).
+    pub idempotency_key: String,
+    /// `None` to deliver a message, or an operation name.
+    pub operation: Option<String>,
+    /// Recipient (email address, phone number, audience member...).
+    pub to: String,
+    /// Subject / title.
+    pub subject: Option<String>,
+    /// Plain-text body.
+    pub text: Option<String>,
+    /// HTML body.
+    pub html: Option<String>,
+    /// Contact fields (JSON object).
+    pub fields: serde_json::Value,
+    /// Channel- or operation-specific payload (JSON).
+    pub payload: serde_json::Value,
+}
+
+/// A successful send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendOutcome {
+    /// Provider id of the message/request, to correlate webhooks.
+    pub provider_message_id: Option<String>,
+    /// Extra details from the plugin (JSON object).
+    pub details: serde_json::Value,
+}
+
+/// An inbound provider callback.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WebhookRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Path after `/v1/webhooks/{channel}`.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// Headers (names are lower-cased by the host).
+    pub headers: Vec<(String, String)>,
+    /// Raw body.
+    pub body: Vec<u8>,
+}
+
+/// One event extracted from a provider callback.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WebhookEvent {
+    /// `delivered`, `bounced`, `opened`, `clicked`, `replied`, `unsubscribed` or `complained`.
+    pub kind: String,
+    /// Provider message id the event concerns.
+    pub message_id: Option<String>,
+    /// Recipient the event concerns.
+    pub recipient: Option<String>,
+    /// Provider-specific properties (JSON object).
+    pub properties: serde_json::Value,
+    /// Event time, ms since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+}
