@@ -1,0 +1,227 @@
+//! `herald bench`: throughput of the real daemon on this machine, against raw sled as the
+//! reference, all in one run so the ratios are comparable on a noisy machine.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use herald_runtime::daemon::{Options, RunningDaemon};
+use serde_json::json;
+
+/// Options of `herald bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Events sent through `/v1/batch` (and raw records written to sled).
+    #[arg(long, default_value_t = 100_000)]
+    events: usize,
+    /// Messages per batch request.
+    #[arg(long, default_value_t = 250)]
+    batch: usize,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Runs started for the activation benchmark.
+    #[arg(long, default_value_t = 10_000)]
+    runs: usize,
+    /// Runs left waiting on timers, to measure memory and restart time (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    waiting: usize,
+}
+
+const WRITE_KEY: &str = "bench-key";
+const TOKEN: &str = "bench-token";
+
+fn project(dir: &Path, workflow: &str) -> Result<()> {
+    std::fs::create_dir_all(dir.join("workflows"))?;
+    std::fs::create_dir_all(dir.join("templates"))?;
+    std::fs::write(
+        dir.join("herald.toml"),
+        format!(
+            "[auth]\nwrite_keys = [\"{WRITE_KEY}\"]\nadmin_token = \"{TOKEN}\"\n\n[channels.email]\ntype = \"outbox\"\npath = \"outbox.jsonl\"\nto = \"email\"\n\n[engine]\ncache_mb = 64\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join("templates/hello.liquid"),
+        "---\nsubject: Hi {{ contact.first_name }}\n---\nHello!\n",
+    )?;
+    std::fs::write(dir.join("workflows/bench.rhai"), workflow)?;
+    Ok(())
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn raw_sled(n: usize, batch: usize) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let db = sled::Config::new()
+        .path(dir.path())
+        .cache_capacity(64 << 20)
+        .mode(sled::Mode::HighThroughput)
+        .open()?;
+    let tree = db.open_tree("events")?;
+    let payload = serde_json::to_vec(
+        &json!({"type": "track", "event": "page_viewed", "properties": {"path": "/pricing", "n": 1}}),
+    )?;
+    let start = Instant::now();
+    let mut i = 0u64;
+    while (i as usize) < n {
+        let mut b = sled::Batch::default();
+        for _ in 0..batch.min(n - i as usize) {
+            b.insert(&i.to_be_bytes(), payload.clone());
+            i += 1;
+        }
+        tree.apply_batch(b)?;
+        db.flush()?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn post(agent: &ureq::Agent, url: &str, body: &serde_json::Value) -> Result<()> {
+    agent
+        .post(url)
+        .set("authorization", &format!("Basic {}", base64_user()))
+        .send_json(body.clone())
+        .map_err(|e| anyhow::anyhow!("POST {url}: {e}"))?;
+    Ok(())
+}
+
+fn base64_user() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:"))
+}
+
+fn ingest_http(url: &str, n: usize, batch: usize, clients: usize, event: &str) -> Result<f64> {
+    let per_client = n.div_ceil(clients);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let url = format!("{url}/v1/batch");
+            let event = event.to_string();
+            std::thread::spawn(move || -> Result<()> {
+                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+                let mut sent = 0;
+                while sent < per_client {
+                    let k = batch.min(per_client - sent);
+                    let msgs: Vec<_> = (0..k)
+                        .map(|i| json!({"type": "track", "userId": format!("u{c}-{}", sent + i), "event": event,
+                                         "messageId": format!("m{c}-{}-{event}", sent + i), "properties": {"path": "/pricing"}}))
+                        .collect();
+                    post(&agent, &url, &json!({"batch": msgs}))?;
+                    sent += k;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    }
+    Ok((per_client * clients) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn wait_for_runs(d: &RunningDaemon, workflow: &str, n: usize, status: &str) -> Result<()> {
+    let metrics = &d.shared.engine.metrics;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        d.shared.engine.barrier();
+        let text = metrics.render(&[]);
+        let count = text
+            .lines()
+            .find(|l| l.starts_with(&format!("herald_runs{{status=\"{status}\"}}")))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if count as usize >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("only {count} of {n} runs of {workflow} reached {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Run every benchmark and print a report.
+pub fn run(args: BenchArgs) -> Result<()> {
+    println!(
+        "herald bench: {} events in batches of {} from {} clients, {} runs",
+        args.events, args.batch, args.clients, args.runs
+    );
+
+    let raw = raw_sled(args.events, args.batch).context("raw sled benchmark")?;
+    println!("raw sled batched writes      {raw:>12.0} records/s   (reference: batches of {}, flushed per batch)", args.batch);
+
+    let dir = tempfile::tempdir()?;
+    project(dir.path(), "workflow(\"bench\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    send(\"email\", \"hello\");\n}\n")?;
+    let d = RunningDaemon::start(Options {
+        project: dir.path().into(),
+        listen: Some("127.0.0.1:0".into()),
+        data: None,
+        test_clock: false,
+    })?;
+    let url = d.url();
+    let ingest = ingest_http(&url, args.events, args.batch, args.clients, "page_viewed")?;
+    println!("ingest over HTTP /v1/batch   {ingest:>12.0} events/s    ratio to raw sled: {:.2} (target >= 0.50)", ingest / raw);
+
+    let start = Instant::now();
+    ingest_http(&url, args.runs, args.batch, args.clients, "go")?;
+    wait_for_runs(&d, "bench", args.runs, "completed")?;
+    let act = args.runs as f64 / start.elapsed().as_secs_f64();
+    println!("workflow activations         {act:>12.0} runs/s      (ingest + trigger + render + outbox send + completion)");
+    d.shutdown();
+
+    if args.waiting > 0 {
+        waiting(args.waiting, args.batch, args.clients)?;
+    }
+    Ok(())
+}
+
+fn waiting(n: usize, batch: usize, clients: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    project(dir.path(), "workflow(\"sleepy\").on_event(\"signup\");\nfn run(contact, trigger) {\n    wait(days(30));\n    send(\"email\", \"hello\");\n}\n")?;
+    let opts = Options {
+        project: dir.path().into(),
+        listen: Some("127.0.0.1:0".into()),
+        data: None,
+        test_clock: false,
+    };
+    let d = RunningDaemon::start(opts.clone())?;
+    let start = Instant::now();
+    ingest_http(&d.url(), n, batch, clients, "signup")?;
+    wait_for_runs(&d, "sleepy", n, "waiting")?;
+    let secs = start.elapsed().as_secs_f64();
+    let timers = d.shared.engine.store.timer_count()?;
+    println!("runs waiting on timers       {timers:>12}          created in {secs:.1} s");
+    println!(
+        "resident memory              {:>12.0} MB         (whole bench process; target < 300 MB)",
+        rss_mb()
+    );
+    d.shutdown();
+    let start = Instant::now();
+    let d = RunningDaemon::start(opts)?;
+    let agent = ureq::agent();
+    agent
+        .get(&format!("{}/healthz", d.url()))
+        .call()
+        .map_err(|e| anyhow::anyhow!("healthz: {e}"))?;
+    println!(
+        "restart to serving           {:>12.2} s          with {} pending timers (target < 10 s)",
+        start.elapsed().as_secs_f64(),
+        d.shared.engine.store.timer_count()?
+    );
+    let _ = Arc::clone(&d.shared);
+    d.shutdown();
+    Ok(())
+}

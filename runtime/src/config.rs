@@ -1,0 +1,223 @@
+//! `herald.toml`: the daemon's settings, its channels and its credentials.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Credentials.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Channels by name.
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelConfig>,
+    /// Engine tuning.
+    #[serde(default)]
+    pub engine: EngineConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address (overridden by `--listen`).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Data directory, relative to the project (overridden by `--data`).
+    #[serde(default = "default_data")]
+    pub data: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            data: default_data(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7700".into()
+}
+
+fn default_data() -> String {
+    ".herald/data".into()
+}
+
+/// `[auth]`. Secrets can be given inline (development) or read from the environment.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Write keys accepted by the ingest API.
+    #[serde(default)]
+    pub write_keys: Vec<String>,
+    /// Environment variable holding one more write key.
+    pub write_key_env: Option<String>,
+    /// Bearer token for the management API.
+    pub admin_token: Option<String>,
+    /// Environment variable holding the admin token.
+    pub admin_token_env: Option<String>,
+}
+
+impl AuthConfig {
+    /// Every accepted write key.
+    pub fn all_write_keys(&self) -> Vec<String> {
+        let mut keys = self.write_keys.clone();
+        if let Some(v) = self
+            .write_key_env
+            .as_ref()
+            .and_then(|e| std::env::var(e).ok())
+        {
+            keys.push(v);
+        }
+        keys
+    }
+
+    /// The admin token, if configured.
+    pub fn token(&self) -> Option<String> {
+        self.admin_token_env
+            .as_ref()
+            .and_then(|e| std::env::var(e).ok())
+            .or_else(|| self.admin_token.clone())
+    }
+}
+
+/// One `[channels.NAME]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChannelConfig {
+    /// Append each message as a JSON line to a file.
+    Outbox {
+        /// The file, relative to the project directory.
+        path: String,
+        /// Contact attribute holding the address (`email`, `phone`, …).
+        #[serde(default)]
+        to: Option<String>,
+        /// Deduplicate by idempotency key, so retries after a crash never write twice.
+        #[serde(default)]
+        idempotent: bool,
+    },
+    /// POST each message as JSON to a URL.
+    Webhook {
+        /// Target URL.
+        url: String,
+        /// Contact attribute holding the address.
+        #[serde(default)]
+        to: Option<String>,
+        /// Request timeout in milliseconds.
+        #[serde(default = "default_timeout")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_timeout() -> u64 {
+    10_000
+}
+
+impl ChannelConfig {
+    /// The contact attribute holding the recipient address.
+    pub fn to_attribute(&self) -> Option<&str> {
+        match self {
+            ChannelConfig::Outbox { to, .. } | ChannelConfig::Webhook { to, .. } => to.as_deref(),
+        }
+    }
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Worker threads running activations; contacts are partitioned across them.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Attempts for a transient channel failure before the step fails.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubles each attempt, with jitter.
+    #[serde(default = "default_backoff")]
+    pub backoff_ms: i64,
+    /// Operation limit per activation.
+    #[serde(default = "default_ops")]
+    pub max_operations: u64,
+    /// Wall-clock deadline per activation, in milliseconds.
+    #[serde(default = "default_deadline")]
+    pub activation_deadline_ms: u64,
+    /// sled page cache, in megabytes.
+    #[serde(default = "default_cache")]
+    pub cache_mb: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: None,
+            max_attempts: default_attempts(),
+            backoff_ms: default_backoff(),
+            max_operations: default_ops(),
+            activation_deadline_ms: default_deadline(),
+            cache_mb: default_cache(),
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+fn default_backoff() -> i64 {
+    30_000
+}
+fn default_ops() -> u64 {
+    1_000_000
+}
+fn default_deadline() -> u64 {
+    2_000
+}
+fn default_cache() -> u64 {
+    64
+}
+
+impl Config {
+    /// Read `herald.toml` from a project directory.
+    pub fn load(project: &Path) -> Result<Config, ConfigError> {
+        let path = project.join("herald.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid { path, message })
+    }
+
+    /// Parse the text of a `herald.toml`.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,244 @@
+//! Wiring: open storage, load the project, start the engine, serve HTTP, shut down cleanly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::engine::{limits_from, Engine};
+use crate::ingest::Ingestor;
+use crate::metrics::Metrics;
+use crate::project::Project;
+use crate::store::{Flusher, SledStore, Store};
+
+/// Daemon start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The project has errors.
+    #[error("the project has errors:\n{0}")]
+    Project(String),
+    /// Storage could not be opened.
+    #[error("cannot open the data directory {path}: {source}")]
+    Storage {
+        /// Data directory.
+        path: PathBuf,
+        /// Why.
+        source: crate::store::StoreError,
+    },
+    /// The engine failed to start.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Runtime failure.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How to run the daemon.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Project directory.
+    pub project: PathBuf,
+    /// Listen address; `herald.toml` or 127.0.0.1:7700 when `None`.
+    pub listen: Option<String>,
+    /// Data directory; `herald.toml` or `PROJECT/.herald/data` when `None`.
+    pub data: Option<PathBuf>,
+    /// Use a manual clock moved through `POST /v1/test/clock`.
+    pub test_clock: bool,
+}
+
+/// State shared by the HTTP handlers.
+pub struct Shared {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The ingest path.
+    pub ingestor: Ingestor,
+    /// Accepted write keys.
+    pub write_keys: Vec<String>,
+    /// Management token.
+    pub admin_token: Option<String>,
+    /// Whether `/v1/test/clock` is enabled.
+    pub test_clock: bool,
+    /// Project directory.
+    pub project_dir: PathBuf,
+    /// The last failed reload, rendered.
+    pub last_reload_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Reload the project from disk; on errors the current version keeps serving.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let (project, report) = Project::load(&self.project_dir, self.engine.rhai());
+        let Some(project) = project else {
+            let text = report.render(false);
+            tracing::error!("reload refused; the previous version keeps serving:\n{text}");
+            self.engine.metrics.reload(false);
+            *self.last_reload_error.lock().expect("reload lock") = Some(text.clone());
+            return Err(text);
+        };
+        let changed = self
+            .engine
+            .swap_project(&project)
+            .map_err(|e| e.to_string())?;
+        self.engine.metrics.reload(true);
+        *self.last_reload_error.lock().expect("reload lock") = None;
+        tracing::info!(?changed, "project reloaded");
+        Ok(changed)
+    }
+}
+
+/// A daemon running on its own thread and runtime (used by `herald run`, tests and `herald bench`).
+pub struct RunningDaemon {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// Shared state (tests reach into the engine).
+    pub shared: Arc<Shared>,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn resolve_dir(project: &Path, configured: &str) -> PathBuf {
+    let p = PathBuf::from(configured);
+    if p.is_absolute() {
+        p
+    } else {
+        project.join(p)
+    }
+}
+
+impl RunningDaemon {
+    /// Load the project, open storage, start the engine and bind the listener.
+    pub fn start(opts: Options) -> Result<RunningDaemon, DaemonError> {
+        let limits = herald_dsl::Limits::default();
+        let checker = herald_dsl::build_engine(&limits);
+        let (project, report) = Project::load(&opts.project, &checker);
+        let project = project.ok_or_else(|| DaemonError::Project(report.render(false)))?;
+        let _ = limits_from(&project.config.engine);
+        let data = opts
+            .data
+            .clone()
+            .unwrap_or_else(|| resolve_dir(&opts.project, &project.config.server.data));
+        std::fs::create_dir_all(&data)?;
+        let store = SledStore::open(&data, project.config.engine.cache_mb * 1024 * 1024).map_err(
+            |source| DaemonError::Storage {
+                path: data.clone(),
+                source,
+            },
+        )?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let clock: Arc<dyn Clock> = if opts.test_clock {
+            let start = std::env::var("HERALD_TEST_CLOCK_START")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| SystemClock.now_ms());
+            Arc::new(ManualClock::new(start))
+        } else {
+            Arc::new(SystemClock)
+        };
+        let flusher = Flusher::start(store.clone());
+        let metrics = Arc::new(Metrics::default());
+        let engine = Engine::start(store, flusher.clone(), clock, metrics, &project)?;
+        let shared = Arc::new(Shared {
+            ingestor: Ingestor::new(engine.clone()),
+            write_keys: project.config.auth.all_write_keys(),
+            admin_token: project.config.auth.token(),
+            test_clock: opts.test_clock,
+            project_dir: opts.project.clone(),
+            last_reload_error: Mutex::new(None),
+            engine: engine.clone(),
+        });
+        let listen = opts
+            .listen
+            .clone()
+            .unwrap_or_else(|| project.config.server.listen.clone());
+        let std_listener =
+            std::net::TcpListener::bind(&listen).map_err(|source| DaemonError::Listen {
+                addr: listen.clone(),
+                source,
+            })?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("herald-http")
+            .enable_all()
+            .build()?;
+        let app = crate::api::router(shared.clone());
+        let e2 = engine.clone();
+        let e3 = engine.clone();
+        let thread = std::thread::Builder::new()
+            .name("herald-server".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                    let timers = tokio::spawn(e2.clone().timer_loop(stop_rx.clone()));
+                    let counter = e2.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = counter.count_runs() {
+                            tracing::error!(error = %e, "counting runs failed");
+                        }
+                    });
+                    let mut srx = stop_rx.clone();
+                    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = srx.wait_for(|s| *s).await;
+                    });
+                    if let Err(e) = server.await {
+                        tracing::error!(error = %e, "server error");
+                    }
+                    let _ = timers.await;
+                });
+                e3.shutdown();
+                flusher.stop();
+            })?;
+        tracing::info!(%addr, data = %data.display(), workflows = project.workflows.len(), "herald is serving");
+        Ok(RunningDaemon {
+            addr,
+            shared,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:7700`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stop accepting, finish in-flight work, flush, and wait for it all.
+    pub fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Block until the daemon stops (after [`RunningDaemon::stopper`] fires).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// A handle that stops the daemon from another thread.
+    pub fn stopper(&self) -> tokio::sync::watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+impl Drop for RunningDaemon {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

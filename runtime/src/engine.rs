@@ -1,0 +1,1575 @@
+//! The durable workflow engine.
+//!
+//! A run is re-executed from the top on every activation against its journal (replay, not
+//! suspension). Recorded steps return their recorded result; the first unrecorded wait stores a
+//! timer or a wait registration and ends the activation; the first unrecorded effect records
+//! its intent durably, calls the channel, and records the result durably.
+//!
+//! Work is partitioned by contact over a fixed set of worker threads, so runs of one contact
+//! never race each other.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use herald_dsl::{
+    build_engine, run_activation, with_host, ActivationEnd, Host, Interrupt, Limits,
+    LoadedWorkflow, Reentry, StepCall, Trigger, WaitTarget,
+};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::channels::{Channel, ChannelError, OutboundMessage, OutboxChannel, WebhookChannel};
+use crate::clock::Clock;
+use crate::config::{ChannelConfig, EngineConfig};
+use crate::metrics::Metrics;
+use crate::model::{
+    Contact, Entry, Event, InboxItem, Intent, Run, RunStatus, Step, StepStatus, WaitReg,
+};
+use crate::project::{Project, WorkflowVersion};
+use crate::store::{Flusher, Store, StoreError, Timer};
+use crate::templates::Templates;
+
+/// Engine errors.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something the caller asked for does not exist or is not allowed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The engine is shutting down.
+    #[error("the engine is shutting down")]
+    Stopped,
+}
+
+/// What the engine serves right now: swapped as a whole on reload.
+pub struct ProjectState {
+    /// Current version of each workflow.
+    pub workflows: BTreeMap<String, Arc<WorkflowVersion>>,
+    /// Templates.
+    pub templates: Arc<Templates>,
+    /// Channels by name.
+    pub channels: BTreeMap<String, Arc<dyn Channel>>,
+    /// Channel settings by name.
+    pub channel_config: BTreeMap<String, ChannelConfig>,
+}
+
+impl ProjectState {
+    /// Build channels and state from a loaded project.
+    pub fn from_project(project: &Project) -> ProjectState {
+        let mut channels: BTreeMap<String, Arc<dyn Channel>> = BTreeMap::new();
+        for (name, cfg) in &project.config.channels {
+            let ch: Arc<dyn Channel> = match cfg {
+                ChannelConfig::Outbox {
+                    path, idempotent, ..
+                } => Arc::new(OutboxChannel::new(project.dir.join(path), *idempotent)),
+                ChannelConfig::Webhook {
+                    url, timeout_ms, ..
+                } => Arc::new(WebhookChannel::new(
+                    url.clone(),
+                    std::time::Duration::from_millis(*timeout_ms),
+                )),
+            };
+            channels.insert(name.clone(), ch);
+        }
+        ProjectState {
+            workflows: project.workflows.clone(),
+            templates: project.templates.clone(),
+            channels,
+            channel_config: project.config.channels.clone(),
+        }
+    }
+}
+
+enum Job {
+    Inbox(u64, InboxItem),
+    Activate(String),
+    Start {
+        workflow: String,
+        contact: String,
+        properties: Value,
+        reply: mpsc::Sender<Result<String, String>>,
+    },
+    Resolve {
+        run: String,
+        step: u32,
+        delivered: bool,
+        reply: mpsc::Sender<Result<(), String>>,
+    },
+    Barrier(mpsc::Sender<()>),
+}
+
+/// The shared part of the engine.
+pub struct Engine {
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// Group commit.
+    pub flusher: Arc<Flusher>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    rhai: rhai::Engine,
+    limits: Limits,
+    config: EngineConfig,
+    state: RwLock<Arc<ProjectState>>,
+    versions: Mutex<HashMap<String, Arc<LoadedWorkflow>>>,
+    workers: Mutex<Vec<mpsc::Sender<Job>>>,
+    worker_count: usize,
+    inflight: Mutex<HashSet<String>>,
+    failpoint: Option<String>,
+    timer_wake: tokio::sync::Notify,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    me: std::sync::OnceLock<std::sync::Weak<Engine>>,
+}
+
+fn shard_of(contact: &str, n: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in contact.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    (h % n as u64) as usize
+}
+
+/// Build the Rhai engine the daemon uses, with limits from `[engine]`.
+pub fn limits_from(config: &EngineConfig) -> Limits {
+    Limits {
+        max_operations: config.max_operations,
+        activation_deadline: std::time::Duration::from_millis(config.activation_deadline_ms),
+        ..Limits::default()
+    }
+}
+
+impl Engine {
+    /// Create the engine and start its workers. Queued events and runs left `running` by a
+    /// crash are picked up again.
+    pub fn start(
+        store: Arc<dyn Store>,
+        flusher: Arc<Flusher>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        project: &Project,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let config = project.config.engine.clone();
+        let limits = limits_from(&config);
+        let worker_count = config.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2)
+        });
+        let engine = Arc::new(Engine {
+            store,
+            flusher,
+            clock,
+            metrics,
+            rhai: build_engine(&limits),
+            limits,
+            config,
+            state: RwLock::new(Arc::new(ProjectState::from_project(project))),
+            versions: Mutex::new(HashMap::new()),
+            workers: Mutex::new(Vec::new()),
+            worker_count,
+            inflight: Mutex::new(HashSet::new()),
+            failpoint: std::env::var("HERALD_FAILPOINT")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            timer_wake: tokio::sync::Notify::new(),
+            threads: Mutex::new(Vec::new()),
+            me: std::sync::OnceLock::new(),
+        });
+        let _ = engine.me.set(Arc::downgrade(&engine));
+        engine.store_versions()?;
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..worker_count {
+            let (tx, rx) = mpsc::channel::<Job>();
+            senders.push(tx);
+            let e = engine.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("herald-worker-{i}"))
+                    .spawn(move || e.worker(rx))
+                    .expect("spawn worker"),
+            );
+        }
+        *engine.workers.lock().expect("workers") = senders;
+        *engine.threads.lock().expect("threads") = threads;
+        engine.recover()?;
+        Ok(engine)
+    }
+
+    /// The Rhai engine (shared with `herald check`).
+    pub fn rhai(&self) -> &rhai::Engine {
+        &self.rhai
+    }
+
+    /// What is being served.
+    pub fn state(&self) -> Arc<ProjectState> {
+        self.state.read().expect("state lock").clone()
+    }
+
+    fn store_versions(&self) -> Result<(), EngineError> {
+        let state = self.state();
+        let now = self.clock.now_ms();
+        let mut versions = self.versions.lock().expect("versions");
+        for wf in state.workflows.values() {
+            self.store.put_script(&crate::model::ScriptVersion {
+                hash: wf.hash.clone(),
+                workflow: wf.loaded.decl.name.clone(),
+                path: wf.path.clone(),
+                source: wf.source.clone(),
+                stored_at: now,
+            })?;
+            versions.insert(wf.hash.clone(), Arc::new(wf.loaded.clone()));
+        }
+        drop(versions);
+        self.flusher
+            .commit_blocking()
+            .map_err(|e| EngineError::Invalid(e))?;
+        Ok(())
+    }
+
+    /// Serve a newly loaded project. Runs in flight keep their pinned versions.
+    pub fn swap_project(&self, project: &Project) -> Result<Vec<String>, EngineError> {
+        let old = self.state();
+        let new = Arc::new(ProjectState::from_project(project));
+        let mut changed = Vec::new();
+        for (name, wf) in &new.workflows {
+            if old.workflows.get(name).map(|o| &o.hash) != Some(&wf.hash) {
+                changed.push(name.clone());
+            }
+        }
+        for name in old.workflows.keys() {
+            if !new.workflows.contains_key(name) {
+                changed.push(name.clone());
+            }
+        }
+        *self.state.write().expect("state lock") = new;
+        self.store_versions()?;
+        Ok(changed)
+    }
+
+    fn version(&self, hash: &str) -> Result<Arc<LoadedWorkflow>, String> {
+        if let Some(v) = self.versions.lock().expect("versions").get(hash) {
+            return Ok(v.clone());
+        }
+        let stored = self
+            .store
+            .script(hash)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("script version {hash} is not stored"))?;
+        let loaded =
+            herald_dsl::load_workflow(&self.rhai, &stored.path, &stored.source).map_err(|d| {
+                format!(
+                    "script version {hash} no longer compiles: {}",
+                    d.first().map(|d| d.message.clone()).unwrap_or_default()
+                )
+            })?;
+        let loaded = Arc::new(loaded);
+        self.versions
+            .lock()
+            .expect("versions")
+            .insert(hash.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
+    fn send_job(&self, contact: &str, job: Job) -> Result<(), EngineError> {
+        let workers = self.workers.lock().expect("workers");
+        if workers.is_empty() {
+            return Err(EngineError::Stopped);
+        }
+        workers[shard_of(contact, self.worker_count)]
+            .send(job)
+            .map_err(|_| EngineError::Stopped)
+    }
+
+    /// Hand accepted events to the workers (after they are durable).
+    pub fn submit_events(&self, items: Vec<(u64, InboxItem)>) {
+        for (seq, item) in items {
+            let contact = item.contact.clone();
+            if self.send_job(&contact, Job::Inbox(seq, item)).is_err() {
+                tracing::warn!(seq, "engine stopped; event stays queued for the next start");
+            }
+        }
+    }
+
+    /// Start a workflow for a contact through the API; returns the run id once it is durable.
+    pub fn start_manual(
+        &self,
+        workflow: &str,
+        contact: &str,
+        properties: Value,
+    ) -> Result<String, EngineError> {
+        let (tx, rx) = mpsc::channel();
+        self.send_job(
+            contact,
+            Job::Start {
+                workflow: workflow.into(),
+                contact: contact.into(),
+                properties,
+                reply: tx,
+            },
+        )?;
+        rx.recv()
+            .map_err(|_| EngineError::Stopped)?
+            .map_err(EngineError::Invalid)
+    }
+
+    /// Settle an ambiguous effect: `delivered` records it as done; otherwise it is sent again.
+    pub fn resolve_step(&self, run: &Run, step: u32, delivered: bool) -> Result<(), EngineError> {
+        let (tx, rx) = mpsc::channel();
+        self.send_job(
+            &run.contact,
+            Job::Resolve {
+                run: run.id.clone(),
+                step,
+                delivered,
+                reply: tx,
+            },
+        )?;
+        rx.recv()
+            .map_err(|_| EngineError::Stopped)?
+            .map_err(EngineError::Invalid)
+    }
+
+    /// Wait until every worker has finished what was queued before this call.
+    pub fn barrier(&self) {
+        let receivers: Vec<_> = {
+            let workers = self.workers.lock().expect("workers");
+            workers
+                .iter()
+                .filter_map(|w| {
+                    let (tx, rx) = mpsc::channel();
+                    w.send(Job::Barrier(tx)).ok().map(|_| rx)
+                })
+                .collect()
+        };
+        for rx in receivers {
+            let _ = rx.recv();
+        }
+    }
+
+    /// Wake the timer loop (after the clock moved).
+    pub fn poke_timers(&self) {
+        self.timer_wake.notify_one();
+    }
+
+    /// Dispatch due timers until `stop` resolves.
+    pub async fn timer_loop(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if let Err(e) = self.dispatch_due() {
+                tracing::error!(error = %e, "timer scan failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                _ = self.timer_wake.notified() => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Dispatch every due timer once; returns how many were dispatched.
+    pub fn dispatch_due(&self) -> Result<usize, EngineError> {
+        let now = self.clock.now_ms();
+        let mut n = 0;
+        loop {
+            let due = self.store.due_timers(now, 1024)?;
+            let mut fresh = 0;
+            for t in &due {
+                if self
+                    .inflight
+                    .lock()
+                    .expect("inflight")
+                    .insert(t.run.clone())
+                {
+                    fresh += 1;
+                    if self
+                        .send_job(&t.contact, Job::Activate(t.run.clone()))
+                        .is_err()
+                    {
+                        self.inflight.lock().expect("inflight").remove(&t.run);
+                        return Ok(n);
+                    }
+                }
+            }
+            n += fresh;
+            if due.len() < 1024 || fresh == 0 {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Re-queue what a crash left behind: queued events, and runs caught mid-activation.
+    fn recover(&self) -> Result<(), EngineError> {
+        let inbox = self.store.inbox()?;
+        if !inbox.is_empty() {
+            tracing::info!(count = inbox.len(), "re-queueing accepted events");
+        }
+        self.submit_events(inbox);
+        for (key, intent) in self.store.intents()? {
+            tracing::warn!(
+                key,
+                run = intent.run,
+                step = intent.step,
+                channel = intent.channel,
+                "effect in the ambiguous window at start-up"
+            );
+            if let Some(run) = self.store.run(&intent.run)? {
+                self.send_job(&run.contact, Job::Activate(run.id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Count stored runs by status for the metrics gauges (runs in the background at start).
+    pub fn count_runs(&self) -> Result<(), EngineError> {
+        let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+        let mut running = Vec::new();
+        self.store.scan_runs(&mut |r| {
+            *counts.entry(r.status.as_str()).or_default() += 1;
+            if r.status == RunStatus::Running {
+                running.push((r.id.clone(), r.contact.clone()));
+            }
+            true
+        })?;
+        self.metrics.set_run_counts(counts);
+        for (id, contact) in running {
+            let _ = self.send_job(&contact, Job::Activate(id));
+        }
+        Ok(())
+    }
+
+    /// Stop the workers after they finish what is queued, and flush.
+    pub fn shutdown(&self) {
+        self.workers.lock().expect("workers").clear();
+        let threads = std::mem::take(&mut *self.threads.lock().expect("threads"));
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = self.flusher.commit_blocking();
+    }
+
+    fn failpoint(&self, name: &str) {
+        if self.failpoint.as_deref() == Some(name) {
+            tracing::warn!(failpoint = name, "failpoint reached: killing the process");
+            // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }
+
+    fn worker(self: Arc<Self>, rx: mpsc::Receiver<Job>) {
+        while let Ok(job) = rx.recv() {
+            let mut batch = vec![job];
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            let mut barriers = Vec::new();
+            for job in batch {
+                match job {
+                    Job::Barrier(tx) => barriers.push(tx),
+                    other => self.handle(other),
+                }
+            }
+            if let Err(e) = self.flusher.commit_blocking() {
+                tracing::error!(error = %e, "flush failed");
+            }
+            for b in barriers {
+                let _ = b.send(());
+            }
+        }
+    }
+
+    fn handle(&self, job: Job) {
+        match job {
+            Job::Inbox(seq, item) => {
+                if let Err(e) = self.process_event(seq, &item) {
+                    tracing::error!(seq, error = %e, "processing event failed; it stays queued");
+                }
+            }
+            Job::Activate(run) => {
+                if let Err(e) = self.activate(&run) {
+                    tracing::error!(run, error = %e, "activation failed");
+                }
+                self.inflight.lock().expect("inflight").remove(&run);
+            }
+            Job::Start {
+                workflow,
+                contact,
+                properties,
+                reply,
+            } => {
+                let _ = reply.send(self.start_manual_inner(&workflow, &contact, properties));
+            }
+            Job::Resolve {
+                run,
+                step,
+                delivered,
+                reply,
+            } => {
+                let _ = reply.send(self.resolve_inner(&run, step, delivered));
+            }
+            Job::Barrier(tx) => {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    fn live_contact(&self, id: &str) -> Result<Option<Contact>, StoreError> {
+        let mut id = id.to_string();
+        for _ in 0..16 {
+            match self.store.contact(&id)? {
+                Some(c) => match &c.merged_into {
+                    Some(next) => id = next.clone(),
+                    None => return Ok(Some(c)),
+                },
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    fn process_event(&self, seq: u64, item: &InboxItem) -> Result<(), EngineError> {
+        let Some(contact) = self.live_contact(&item.contact)? else {
+            self.store.remove_inbox(seq)?;
+            return Ok(());
+        };
+        let event = match self.store.event(&contact.id, item.event_seq)? {
+            Some(e) => e,
+            None => match self.store.event(&item.contact, item.event_seq)? {
+                Some(e) => e,
+                None => {
+                    self.store.remove_inbox(seq)?;
+                    return Ok(());
+                }
+            },
+        };
+        // 1. Runs waiting for this event.
+        for w in self.store.waits(&contact.id, &event.event)? {
+            if herald_dsl::decl::matches_filter(&w.filter, &event.properties) {
+                self.resolve_wait(&contact, &w, &event)?;
+            }
+        }
+        // 2. Goals of runs in flight.
+        for run in self.store.runs_of_contact(&contact.id)? {
+            if run.status.is_terminal() {
+                continue;
+            }
+            let Ok(wf) = self.version(&run.script_hash) else {
+                continue;
+            };
+            if let Some(goal) = &wf.decl.goal {
+                if goal.event == event.event
+                    && event.timestamp.max(event.received_at) - run.created_at <= goal.window_ms
+                {
+                    self.convert(run)?;
+                }
+            }
+        }
+        // 3. Triggers.
+        let state = self.state();
+        for wf in state.workflows.values() {
+            if wf.loaded.decl.triggered_by(&event.event, &event.properties) {
+                let run_id = format!("{}-{:016x}", wf.loaded.decl.name, event.seq);
+                self.start_run(wf, &contact, event.script_value(), run_id, true)?;
+            }
+        }
+        self.store.remove_inbox(seq)?;
+        Ok(())
+    }
+
+    fn resolve_wait(
+        &self,
+        contact: &Contact,
+        w: &WaitReg,
+        event: &Event,
+    ) -> Result<(), EngineError> {
+        let journal = self.store.journal(&w.run)?;
+        if let Some(step) = journal.get(w.step as usize) {
+            if step.status == StepStatus::Pending && step.kind == "wait_for" {
+                let mut step = step.clone();
+                step.status = StepStatus::Done;
+                step.result = event.script_value();
+                step.contact = Some(contact.snapshot());
+                step.finished_at = Some(self.clock.now_ms());
+                self.store.put_step(&w.run, &step)?;
+            }
+        }
+        self.store.remove_wait(&contact.id, &event.event, &w.run)?;
+        self.activate(&w.run)
+    }
+
+    fn convert(&self, mut run: Run) -> Result<(), EngineError> {
+        let now = self.clock.now_ms();
+        self.cancel_pending(&mut run)?;
+        let from = run.status;
+        run.status = RunStatus::Converted;
+        run.converted_at = Some(now);
+        run.updated_at = now;
+        self.store.put_run(&run)?;
+        self.metrics.run_status(Some(from), RunStatus::Converted);
+        self.metrics.conversion(&run.workflow);
+        tracing::info!(run = run.id, workflow = run.workflow, "goal reached");
+        Ok(())
+    }
+
+    /// Drop the timer and wait registration of a run that will not be activated again.
+    fn cancel_pending(&self, run: &mut Run) -> Result<(), EngineError> {
+        if let Some(t) = run.wake_at.take() {
+            self.store.clear_timer(t, &run.id)?;
+        }
+        if let Some(last) = self.store.journal(&run.id)?.last() {
+            if last.kind == "wait_for" && last.status == StepStatus::Pending {
+                self.store.remove_wait(&run.contact, &last.name, &run.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_manual_inner(
+        &self,
+        workflow: &str,
+        contact: &str,
+        properties: Value,
+    ) -> Result<String, String> {
+        let state = self.state();
+        let wf = state
+            .workflows
+            .get(workflow)
+            .ok_or_else(|| format!("no workflow named \"{workflow}\""))?;
+        let decl = &wf.loaded.decl;
+        if !decl.triggers.is_empty() && !decl.triggers.contains(&Trigger::Manual) {
+            return Err(format!(
+                "workflow \"{workflow}\" has no manual trigger: add `.manual()` to its declaration"
+            ));
+        }
+        let c = self
+            .live_contact(contact)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no contact \"{contact}\""))?;
+        let id = format!(
+            "{}-m{:014x}",
+            workflow,
+            self.store.next_id().map_err(|e| e.to_string())?
+        );
+        let trigger = json!({"type": "manual", "event": "manual", "properties": properties, "timestamp": self.clock.now_ms()});
+        self.start_run(wf, &c, trigger, id.clone(), false)
+            .map_err(|e| e.to_string())?;
+        self.flusher.commit_blocking()?;
+        Ok(id)
+    }
+
+    fn start_run(
+        &self,
+        wf: &WorkflowVersion,
+        contact: &Contact,
+        trigger: Value,
+        run_id: String,
+        check_reentry: bool,
+    ) -> Result<bool, EngineError> {
+        if self.store.run(&run_id)?.is_some() {
+            return Ok(false);
+        }
+        let now = self.clock.now_ms();
+        let name = &wf.loaded.decl.name;
+        if check_reentry {
+            if let Some(prev) = self.store.entry(name, &contact.id)? {
+                let allowed = match wf.loaded.decl.reentry {
+                    Reentry::Once => false,
+                    Reentry::Always => true,
+                    Reentry::After { cooldown_ms } => now - prev.started_at >= cooldown_ms,
+                };
+                if !allowed {
+                    return Ok(false);
+                }
+            }
+        }
+        let run = Run {
+            id: run_id.clone(),
+            workflow: name.clone(),
+            script_hash: wf.hash.clone(),
+            contact: contact.id.clone(),
+            status: RunStatus::Running,
+            trigger,
+            start_contact: contact.snapshot(),
+            created_at: now,
+            updated_at: now,
+            wake_at: None,
+            reason: None,
+            error_line: None,
+            activations: 0,
+            converted_at: None,
+            logs: Vec::new(),
+        };
+        self.store.put_run(&run)?;
+        self.store.put_entry(
+            name,
+            &contact.id,
+            &Entry {
+                run: run_id.clone(),
+                started_at: now,
+            },
+        )?;
+        self.metrics.run_started(name);
+        self.metrics.run_status(None, RunStatus::Running);
+        tracing::info!(
+            run = run_id,
+            workflow = name.as_str(),
+            contact = contact.id.as_str(),
+            "run started"
+        );
+        self.activate(&run_id)?;
+        Ok(true)
+    }
+
+    fn resolve_inner(&self, run_id: &str, seq: u32, delivered: bool) -> Result<(), String> {
+        let run = self
+            .store
+            .run(run_id)
+            .map_err(|e| e.to_string())?
+            .ok_or("no such run")?;
+        if run.status != RunStatus::Parked {
+            return Err(format!(
+                "run {run_id} is {}, not parked",
+                run.status.as_str()
+            ));
+        }
+        let journal = self.store.journal(run_id).map_err(|e| e.to_string())?;
+        let mut step = journal.get(seq as usize).cloned().ok_or("no such step")?;
+        if !matches!(step.status, StepStatus::Ambiguous | StepStatus::Intent) {
+            return Err(format!("step {seq} is not ambiguous"));
+        }
+        let now = self.clock.now_ms();
+        if delivered {
+            step.status = StepStatus::Done;
+            step.result = json!({"message_id": step.idempotency_key, "resolved_by": "operator"});
+            step.finished_at = Some(now);
+        } else {
+            step.status = StepStatus::Retrying;
+            step.due_at = Some(now);
+        }
+        step.error = None;
+        self.store
+            .put_step(run_id, &step)
+            .map_err(|e| e.to_string())?;
+        if let Some(key) = &step.idempotency_key {
+            self.store.remove_intent(key).map_err(|e| e.to_string())?;
+        }
+        let mut run = run;
+        run.status = RunStatus::Waiting;
+        run.reason = None;
+        self.store.put_run(&run).map_err(|e| e.to_string())?;
+        self.metrics
+            .run_status(Some(RunStatus::Parked), RunStatus::Waiting);
+        self.activate(run_id).map_err(|e| e.to_string())
+    }
+
+    /// Run one activation of a run.
+    fn activate(&self, run_id: &str) -> Result<(), EngineError> {
+        let Some(mut run) = self.store.run(run_id)? else {
+            return Ok(());
+        };
+        if run.status.is_terminal() {
+            return Ok(());
+        }
+        if let Some(t) = run.wake_at.take() {
+            self.store.clear_timer(t, &run.id)?;
+        }
+        let from = run.status;
+        let started = Instant::now();
+        let workflow = match self.version(&run.script_hash) {
+            Ok(w) => w,
+            Err(msg) => {
+                self.finish(&mut run, from, RunStatus::Parked, Some(msg), None)?;
+                return Ok(());
+            }
+        };
+        let journal = self.store.journal(&run.id)?;
+        let state = RunState {
+            now: self.clock.now_ms(),
+            snapshot: run.start_contact.clone(),
+            run: run.clone(),
+            journal,
+            cursor: 0,
+            wake: None,
+            logs: Vec::new(),
+            store_error: None,
+        };
+        let shared = Rc::new(RefCell::new(state));
+        let me = self
+            .me
+            .get()
+            .and_then(|w| w.upgrade())
+            .ok_or(EngineError::Stopped)?;
+        let host: Box<dyn Host> = Box::new(RunHost {
+            engine: me,
+            state: shared.clone(),
+        });
+        let (end, host) = with_host(host, || {
+            run_activation(&self.rhai, &workflow.ast, &run.trigger, &self.limits)
+        });
+        drop(host);
+        let state = Rc::try_unwrap(shared)
+            .map_err(|_| EngineError::Invalid("host still referenced".into()))?
+            .into_inner();
+        self.metrics
+            .activation(started.elapsed().as_micros() as u64);
+        run.activations += 1;
+        run.logs.extend(state.logs);
+        let excess = run.logs.len().saturating_sub(50);
+        run.logs.drain(..excess);
+        if let Some(e) = state.store_error {
+            return Err(EngineError::Store(e));
+        }
+        match end {
+            ActivationEnd::Completed => {
+                self.finish(&mut run, from, RunStatus::Completed, None, None)?;
+                self.after_completion(&run)?;
+            }
+            ActivationEnd::Suspended => {
+                if let Some(due) = state.wake {
+                    self.store.set_timer(&Timer {
+                        due,
+                        run: run.id.clone(),
+                        contact: run.contact.clone(),
+                    })?;
+                    run.wake_at = Some(due);
+                    if due <= self.clock.now_ms() {
+                        self.timer_wake.notify_one();
+                    }
+                }
+                self.finish(&mut run, from, RunStatus::Waiting, None, None)?;
+            }
+            ActivationEnd::Exited(reason) => {
+                self.cancel_pending(&mut run)?;
+                self.finish(
+                    &mut run,
+                    from,
+                    RunStatus::Exited,
+                    Some(reason).filter(|r| !r.is_empty()),
+                    None,
+                )?;
+            }
+            ActivationEnd::Parked(reason) => {
+                tracing::warn!(run = run.id, reason, "run parked");
+                self.finish(&mut run, from, RunStatus::Parked, Some(reason), None)?;
+            }
+            ActivationEnd::Failed { message, line, .. } => {
+                tracing::warn!(
+                    run = run.id,
+                    workflow = run.workflow,
+                    line,
+                    message,
+                    "run failed"
+                );
+                self.cancel_pending(&mut run)?;
+                self.finish(&mut run, from, RunStatus::Failed, Some(message), line)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(
+        &self,
+        run: &mut Run,
+        from: RunStatus,
+        to: RunStatus,
+        reason: Option<String>,
+        line: Option<usize>,
+    ) -> Result<(), EngineError> {
+        run.status = to;
+        run.reason = reason;
+        run.error_line = line;
+        run.updated_at = self.clock.now_ms();
+        self.store.put_run(run)?;
+        if from != to {
+            self.metrics.run_status(Some(from), to);
+        }
+        Ok(())
+    }
+
+    fn after_completion(&self, run: &Run) -> Result<(), EngineError> {
+        let state = self.state();
+        let Some(contact) = self.live_contact(&run.contact)? else {
+            return Ok(());
+        };
+        for wf in state.workflows.values() {
+            let chained = wf.loaded.decl.triggers.iter().any(
+                |t| matches!(t, Trigger::WorkflowCompleted { workflow } if *workflow == run.workflow),
+            );
+            if chained {
+                let trigger = json!({"type": "workflow_completed", "event": "workflow_completed",
+                    "properties": {"workflow": run.workflow, "run": run.id}, "timestamp": self.clock.now_ms()});
+                self.start_run(
+                    wf,
+                    &contact,
+                    trigger,
+                    format!("{}-after-{}", wf.loaded.decl.name, run.id),
+                    true,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn backoff(&self, attempts: u32) -> i64 {
+        let base = self.config.backoff_ms.max(1) as f64
+            * 2f64.powi(attempts.saturating_sub(1).min(20) as i32);
+        let jitter = 0.5 + rand::random::<f64>();
+        (base * jitter).min(3_600_000.0) as i64
+    }
+}
+
+struct RunState {
+    now: i64,
+    snapshot: Value,
+    run: Run,
+    journal: Vec<Step>,
+    cursor: usize,
+    wake: Option<i64>,
+    logs: Vec<String>,
+    store_error: Option<StoreError>,
+}
+
+struct RunHost {
+    engine: Arc<Engine>,
+    state: Rc<RefCell<RunState>>,
+}
+
+fn merge_snapshot(snapshot: &mut Value, attrs: &Value) {
+    if let (Some(s), Some(a)) = (snapshot.as_object_mut(), attrs.as_object()) {
+        for (k, v) in a {
+            if v.is_null() {
+                s.remove(k);
+            } else {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// Deterministic arm choice: the same contact always gets the same arm of an experiment.
+pub fn pick_variant(contact: &str, experiment: &str, arms: &[(String, u32)]) -> String {
+    let digest = Sha256::digest(format!("{contact}\u{1f}{experiment}").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    let total: u64 = arms.iter().map(|(_, w)| *w as u64).sum();
+    let mut point = u64::from_be_bytes(b) % total.max(1);
+    for (name, w) in arms {
+        if point < *w as u64 {
+            return name.clone();
+        }
+        point -= *w as u64;
+    }
+    arms.last().map(|(n, _)| n.clone()).unwrap_or_default()
+}
+
+/// The next instant at which the contact's local clock shows `hour:minute`.
+pub fn next_local_time(now_ms: i64, timezone: Option<&str>, hour: u32, minute: u32) -> i64 {
+    use chrono::{Duration, TimeZone, Utc};
+    let tz: chrono_tz::Tz = timezone
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(chrono_tz::UTC);
+    let now = Utc
+        .timestamp_millis_opt(now_ms)
+        .single()
+        .unwrap_or_default()
+        .with_timezone(&tz);
+    let mut date = now.date_naive();
+    for _ in 0..3 {
+        let Some(naive) = date.and_hms_opt(hour, minute, 0) else {
+            break;
+        };
+        // In a DST gap the time does not exist that day: take the hour after.
+        let candidate = tz.from_local_datetime(&naive).earliest().or_else(|| {
+            tz.from_local_datetime(&(naive + Duration::hours(1)))
+                .earliest()
+        });
+        if let Some(c) = candidate {
+            if c.timestamp_millis() > now_ms {
+                return c.timestamp_millis();
+            }
+        }
+        date = date.succ_opt().unwrap_or(date);
+    }
+    now_ms + 86_400_000
+}
+
+impl RunHost {
+    fn store(&self) -> &dyn Store {
+        self.engine.store.as_ref()
+    }
+
+    fn save(&self, st: &mut RunState, step: &Step) -> Result<(), Interrupt> {
+        match self.store().put_step(&st.run.id, step) {
+            Ok(()) => {
+                let i = step.seq as usize;
+                if i < st.journal.len() {
+                    st.journal[i] = step.clone();
+                } else {
+                    st.journal.push(step.clone());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                st.store_error = Some(e);
+                Err(Interrupt::Park(format!(
+                    "storage failed while recording a step: {msg}"
+                )))
+            }
+        }
+    }
+
+    fn durable(&self, st: &mut RunState) -> Result<(), Interrupt> {
+        self.engine
+            .flusher
+            .commit_blocking()
+            .map_err(|e| Interrupt::Park(format!("storage flush failed: {e}")))?;
+        let _ = st;
+        Ok(())
+    }
+
+    fn new_step(&self, st: &RunState, call: &StepCall, line: Option<usize>, input: Value) -> Step {
+        Step {
+            seq: st.cursor as u32,
+            kind: call.kind().to_string(),
+            name: call.name(),
+            input,
+            status: StepStatus::Done,
+            result: Value::Null,
+            error: None,
+            attempts: 0,
+            due_at: None,
+            contact: None,
+            idempotency_key: None,
+            line,
+            started_at: st.now,
+            finished_at: Some(st.now),
+        }
+    }
+
+    fn fresh_snapshot(&self, st: &mut RunState) -> Value {
+        match self.engine.live_contact(&st.run.contact) {
+            Ok(Some(c)) => c.snapshot(),
+            _ => st.snapshot.clone(),
+        }
+    }
+
+    fn replay(&self, st: &mut RunState, rec: Step, call: &StepCall) -> Result<Value, Interrupt> {
+        if rec.kind != call.kind() || rec.name != call.name() {
+            return Err(Interrupt::Park(format!(
+                "non-determinism at step {}: the journal recorded `{} {}` but the script now calls `{} {}`",
+                rec.seq,
+                rec.kind,
+                rec.name,
+                call.kind(),
+                call.name()
+            )));
+        }
+        match rec.status {
+            StepStatus::Done => {
+                if let Some(c) = &rec.contact {
+                    st.snapshot = c.clone();
+                }
+                st.cursor += 1;
+                Ok(rec.result)
+            }
+            StepStatus::Failed => {
+                st.cursor += 1;
+                Err(Interrupt::Fail(
+                    rec.error.unwrap_or_else(|| "step failed".into()),
+                ))
+            }
+            StepStatus::Pending => {
+                let due = rec.due_at.unwrap_or(i64::MAX);
+                if st.now < due {
+                    st.wake = Some(due);
+                    return Err(Interrupt::Suspend);
+                }
+                // The wait is over (for wait_for: timed out).
+                let mut step = rec;
+                step.status = StepStatus::Done;
+                step.result = Value::Null;
+                step.finished_at = Some(st.now);
+                let snap = self.fresh_snapshot(st);
+                step.contact = Some(snap.clone());
+                if step.kind == "wait_for" {
+                    if let Err(e) =
+                        self.store()
+                            .remove_wait(&st.run.contact, &step.name, &st.run.id)
+                    {
+                        st.store_error = Some(e);
+                    }
+                }
+                self.save(st, &step)?;
+                st.snapshot = snap;
+                st.cursor += 1;
+                Ok(Value::Null)
+            }
+            StepStatus::Retrying => {
+                let due = rec.due_at.unwrap_or(0);
+                if st.now < due {
+                    st.wake = Some(due);
+                    return Err(Interrupt::Suspend);
+                }
+                self.call_channel(st, rec)
+            }
+            StepStatus::Intent => {
+                let channel = rec
+                    .input
+                    .get("channel")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let idempotent = self
+                    .engine
+                    .state()
+                    .channels
+                    .get(&channel)
+                    .is_some_and(|c| c.supports_idempotency());
+                if idempotent {
+                    tracing::info!(run = st.run.id, step = rec.seq, channel, "retrying an effect from the ambiguous window with the same idempotency key");
+                    self.call_channel(st, rec)
+                } else {
+                    let mut step = rec;
+                    step.status = StepStatus::Ambiguous;
+                    step.error = Some("the process stopped after this effect's intent was recorded and before its result was; the channel does not support idempotency keys, so it was not retried".into());
+                    self.save(st, &step)?;
+                    self.engine.metrics.send(&channel, "ambiguous");
+                    Err(Interrupt::Park(ambiguous_reason(&step)))
+                }
+            }
+            StepStatus::Ambiguous => Err(Interrupt::Park(ambiguous_reason(&rec))),
+        }
+    }
+
+    fn call_channel(&self, st: &mut RunState, mut step: Step) -> Result<Value, Interrupt> {
+        let message: OutboundMessage = match serde_json::from_value(step.input.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                return self.fail_step(st, step, format!("recorded message is unreadable: {e}"))
+            }
+        };
+        let Some(channel) = self.engine.state().channels.get(&message.channel).cloned() else {
+            return self.fail_step(
+                st,
+                step,
+                format!("channel \"{}\" is not configured", message.channel),
+            );
+        };
+        if step.status != StepStatus::Intent || step.attempts == 0 {
+            step.status = StepStatus::Intent;
+            step.attempts += 1;
+            self.engine.failpoint("before_intent");
+            self.save(st, &step)?;
+            let key = message.idempotency_key.clone();
+            let intent = Intent {
+                run: st.run.id.clone(),
+                step: step.seq,
+                channel: message.channel.clone(),
+                at: st.now,
+            };
+            if let Err(e) = self.store().put_intent(&key, &intent) {
+                st.store_error = Some(e);
+                return Err(Interrupt::Park(
+                    "storage failed while recording an intent".into(),
+                ));
+            }
+            self.durable(st)?;
+        } else {
+            step.attempts += 1;
+        }
+        self.engine.failpoint("after_intent");
+        let result = channel.send(&message);
+        self.engine.failpoint("after_send");
+        let key = message.idempotency_key.clone();
+        let outcome = match &result {
+            Ok(_) => "sent",
+            Err(ChannelError::Transient(_)) | Err(ChannelError::RateLimited { .. }) => "retry",
+            Err(ChannelError::Ambiguous(_)) => "ambiguous",
+            Err(_) => "failed",
+        };
+        self.engine.metrics.send(&message.channel, outcome);
+        step.finished_at = Some(self.engine.clock.now_ms());
+        let value = match result {
+            Ok(d) => {
+                step.status = StepStatus::Done;
+                step.error = None;
+                step.due_at = None;
+                step.result = json!({
+                    "message_id": key,
+                    "channel": message.channel,
+                    "template": message.template,
+                    "operation": message.operation,
+                    "provider_id": d.provider_id,
+                    "detail": d.detail,
+                });
+                Ok(step.result.clone())
+            }
+            Err(ChannelError::Ambiguous(msg)) => {
+                step.status = StepStatus::Ambiguous;
+                step.error = Some(msg);
+                Err(Interrupt::Park(ambiguous_reason(&step)))
+            }
+            Err(e @ (ChannelError::Transient(_) | ChannelError::RateLimited { .. }))
+                if step.attempts < self.engine.config.max_attempts =>
+            {
+                let mut delay = self.engine.backoff(step.attempts);
+                if let ChannelError::RateLimited { retry_after_ms, .. } = &e {
+                    delay = delay.max(*retry_after_ms as i64);
+                }
+                let due = st.now + delay;
+                step.status = StepStatus::Retrying;
+                step.due_at = Some(due);
+                step.error = Some(e.to_string());
+                st.wake = Some(due);
+                tracing::info!(run = st.run.id, step = step.seq, attempt = step.attempts, delay_ms = delay, error = %e, "channel call will be retried");
+                Err(Interrupt::Suspend)
+            }
+            Err(e) => {
+                step.status = StepStatus::Failed;
+                let msg = if step.attempts > 1 {
+                    format!("{e} (after {} attempts)", step.attempts)
+                } else {
+                    e.to_string()
+                };
+                step.error = Some(msg.clone());
+                Err(Interrupt::Fail(format!(
+                    "{} {} failed: {msg}",
+                    step.kind, step.name
+                )))
+            }
+        };
+        self.save(st, &step)?;
+        if step.status != StepStatus::Ambiguous {
+            if let Err(e) = self.store().remove_intent(&key) {
+                st.store_error = Some(e);
+            }
+        }
+        self.durable(st)?;
+        if value.is_ok() {
+            st.cursor += 1;
+        } else if step.status == StepStatus::Failed {
+            st.cursor += 1;
+        }
+        value
+    }
+
+    fn fail_step(
+        &self,
+        st: &mut RunState,
+        mut step: Step,
+        msg: String,
+    ) -> Result<Value, Interrupt> {
+        step.status = StepStatus::Failed;
+        step.error = Some(msg.clone());
+        step.finished_at = Some(st.now);
+        self.save(st, &step)?;
+        st.cursor += 1;
+        Err(Interrupt::Fail(msg))
+    }
+
+    fn effect(
+        &self,
+        st: &mut RunState,
+        call: &StepCall,
+        line: Option<usize>,
+    ) -> Result<Value, Interrupt> {
+        let state = self.engine.state();
+        let key = format!("{}:{}", st.run.id, st.cursor);
+        let (channel, template, operation, vars, payload) = match call {
+            StepCall::Send {
+                channel,
+                template,
+                vars,
+            } => (channel, Some(template), None, vars.clone(), Value::Null),
+            StepCall::Action {
+                channel,
+                operation,
+                payload,
+            } => (channel, None, Some(operation), Value::Null, payload.clone()),
+            _ => unreachable!("effect() is only called for send and action"),
+        };
+        let mut step = self.new_step(st, call, line, json!({"channel": channel}));
+        step.idempotency_key = Some(key.clone());
+        step.status = StepStatus::Intent;
+        step.finished_at = None;
+        if !state.channels.contains_key(channel.as_str()) {
+            return self.fail_step(
+                st,
+                step,
+                format!("channel \"{channel}\" is not configured in herald.toml"),
+            );
+        }
+        let to_attr = state
+            .channel_config
+            .get(channel.as_str())
+            .and_then(|c| c.to_attribute());
+        let to = to_attr
+            .and_then(|a| st.snapshot.get(a))
+            .and_then(|v| v.as_str())
+            .map(String::from);
+        let mut message = OutboundMessage {
+            idempotency_key: key,
+            channel: channel.clone(),
+            template: template.cloned(),
+            operation: operation.cloned(),
+            run: st.run.id.clone(),
+            workflow: st.run.workflow.clone(),
+            contact: st.run.contact.clone(),
+            to,
+            subject: None,
+            body: None,
+            fields: Map::new(),
+            payload,
+        };
+        if let Some(template) = template {
+            let globals = json!({
+                "contact": st.snapshot,
+                "trigger": st.run.trigger,
+                "event": st.run.trigger,
+                "vars": vars,
+                "workflow": {"name": st.run.workflow, "run": st.run.id},
+            });
+            match state.templates.render(template, channel, &globals) {
+                Ok(r) => {
+                    message.subject = r.subject;
+                    message.body = Some(r.body);
+                    message.fields = r.fields;
+                }
+                Err(e) => return self.fail_step(st, step, e),
+            }
+        }
+        step.input = serde_json::to_value(&message).unwrap_or(Value::Null);
+        step.attempts = 0;
+        self.call_channel(st, step)
+    }
+
+    fn perform(
+        &self,
+        st: &mut RunState,
+        call: StepCall,
+        line: Option<usize>,
+    ) -> Result<Value, Interrupt> {
+        self.engine.metrics.step(call.kind());
+        let record = |st: &mut RunState,
+                      this: &Self,
+                      mut step: Step,
+                      result: Value|
+         -> Result<Value, Interrupt> {
+            step.result = result.clone();
+            this.save(st, &step)?;
+            st.cursor += 1;
+            Ok(result)
+        };
+        match &call {
+            StepCall::Send { .. } | StepCall::Action { .. } => self.effect(st, &call, line),
+            StepCall::Now => {
+                let step = self.new_step(st, &call, line, Value::Null);
+                record(st, self, step, json!(st.now))
+            }
+            StepCall::Random => {
+                let step = self.new_step(st, &call, line, Value::Null);
+                record(st, self, step, json!(rand::random::<f64>()))
+            }
+            StepCall::Variant { name, arms } => {
+                let arm = pick_variant(&st.run.contact, name, arms);
+                let input =
+                    json!({"arms": arms.iter().map(|(n, w)| json!([n, w])).collect::<Vec<_>>()});
+                let step = self.new_step(st, &call, line, input);
+                record(st, self, step, json!(arm))
+            }
+            StepCall::Update { attrs } => {
+                let contact_id = st.run.contact.clone();
+                match self.engine.live_contact(&contact_id) {
+                    Ok(Some(mut c)) => {
+                        if let Some(map) = attrs.as_object() {
+                            c.merge_attributes(map);
+                            c.updated_at = st.now;
+                            if let Err(e) = self.store().put_contact(&c) {
+                                st.store_error = Some(e);
+                                return Err(Interrupt::Park(
+                                    "storage failed while updating the contact".into(),
+                                ));
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        st.store_error = Some(e);
+                        return Err(Interrupt::Park(
+                            "storage failed while reading the contact".into(),
+                        ));
+                    }
+                }
+                merge_snapshot(&mut st.snapshot, attrs);
+                let mut step = self.new_step(st, &call, line, attrs.clone());
+                step.contact = Some(st.snapshot.clone());
+                record(st, self, step, Value::Null)
+            }
+            StepCall::Wait { duration_ms } => self.pending(
+                st,
+                &call,
+                line,
+                json!({"duration_ms": duration_ms}),
+                st.now + duration_ms,
+            ),
+            StepCall::WaitUntil { target } => {
+                let due = match target {
+                    WaitTarget::At(t) => *t,
+                    WaitTarget::LocalTime { hour, minute } => {
+                        let tz = st
+                            .snapshot
+                            .get("timezone")
+                            .and_then(Value::as_str)
+                            .map(String::from);
+                        next_local_time(st.now, tz.as_deref(), *hour, *minute)
+                    }
+                };
+                let input = match target {
+                    WaitTarget::At(t) => json!({"at": t}),
+                    WaitTarget::LocalTime { hour, minute } => {
+                        json!({"local_time": format!("{hour:02}:{minute:02}"), "at": due})
+                    }
+                };
+                self.pending(st, &call, line, input, due)
+            }
+            StepCall::WaitFor {
+                event,
+                filter,
+                timeout_ms,
+            } => {
+                let due = st.now + timeout_ms;
+                let reg = WaitReg {
+                    run: st.run.id.clone(),
+                    step: st.cursor as u32,
+                    filter: filter.as_object().cloned().unwrap_or_default(),
+                };
+                if let Err(e) = self.store().put_wait(&st.run.contact, event, &reg) {
+                    st.store_error = Some(e);
+                    return Err(Interrupt::Park(
+                        "storage failed while registering a wait".into(),
+                    ));
+                }
+                self.pending(
+                    st,
+                    &call,
+                    line,
+                    json!({"event": event, "filter": filter, "timeout_ms": timeout_ms}),
+                    due,
+                )
+            }
+        }
+    }
+
+    fn pending(
+        &self,
+        st: &mut RunState,
+        call: &StepCall,
+        line: Option<usize>,
+        input: Value,
+        due: i64,
+    ) -> Result<Value, Interrupt> {
+        let mut step = self.new_step(st, call, line, input);
+        step.status = StepStatus::Pending;
+        step.due_at = Some(due);
+        step.finished_at = None;
+        self.save(st, &step)?;
+        if due <= st.now {
+            // A wait that is already over (zero duration, a past instant): finish it now.
+            let rec = st.journal[st.cursor].clone();
+            return self.replay(st, rec, call);
+        }
+        st.wake = Some(due);
+        Err(Interrupt::Suspend)
+    }
+}
+
+fn ambiguous_reason(step: &Step) -> String {
+    format!(
+        "ambiguous delivery at step {} ({} {}): the outcome of the channel call is unknown, so it was not repeated; \
+         resolve with POST /v1/runs/<run>/steps/{}/resolve and {{\"delivered\": true|false}}",
+        step.seq, step.kind, step.name, step.seq
+    )
+}
+
+impl Host for RunHost {
+    fn step(&mut self, call: StepCall, line: Option<usize>) -> Result<Value, Interrupt> {
+        let state = self.state.clone();
+        let mut st = state.borrow_mut();
+        if st.store_error.is_some() {
+            return Err(Interrupt::Park(
+                "storage failed earlier in this activation".into(),
+            ));
+        }
+        if let Some(rec) = st.journal.get(st.cursor).cloned() {
+            return self.replay(&mut st, rec, &call);
+        }
+        self.perform(&mut st, call, line)
+    }
+
+    fn contact_attr(&mut self, key: &str) -> Value {
+        let st = self.state.borrow();
+        if key == "*" {
+            return st.snapshot.clone();
+        }
+        st.snapshot.get(key).cloned().unwrap_or(Value::Null)
+    }
+
+    fn log(&mut self, message: &str) {
+        let mut st = self.state.borrow_mut();
+        if st.logs.len() < 100 {
+            st.logs.push(message.chars().take(1000).collect());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_are_stable_per_contact_and_follow_weights() {
+        let arms = vec![("a".to_string(), 1), ("b".to_string(), 1)];
+        assert_eq!(
+            pick_variant("c1", "x", &arms),
+            pick_variant("c1", "x", &arms)
+        );
+        let b = (0..2000)
+            .filter(|i| pick_variant(&format!("c{i}"), "x", &arms) == "b")
+            .count();
+        assert!((800..1200).contains(&b), "{b}");
+        let skewed = vec![("control".to_string(), 9), ("treatment".to_string(), 1)];
+        let t = (0..2000)
+            .filter(|i| pick_variant(&format!("c{i}"), "y", &skewed) == "treatment")
+            .count();
+        assert!((100..320).contains(&t), "{t}");
+    }
+
+    #[test]
+    fn local_times_follow_the_contacts_timezone() {
+        // 2026-03-01T12:00:00Z; 09:00 in New York (UTC-5) is 14:00Z the same day.
+        let now = 1_772_366_400_000;
+        assert_eq!(
+            next_local_time(now, Some("America/New_York"), 9, 0),
+            now + 2 * 3_600_000
+        );
+        // 09:00 UTC has passed: tomorrow.
+        assert_eq!(next_local_time(now, None, 9, 0), now + 21 * 3_600_000);
+    }
+}

@@ -1,0 +1,487 @@
+//! The Segment-compatible ingest path: validation, identity resolution and merge, durable
+//! acceptance with group commit, and hand-off to the engine.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Map, Value};
+
+use crate::clock::Clock;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::model::{Contact, Event, InboxItem};
+use crate::store::{Flusher, IdKind, Store, StoreError};
+
+/// Largest single message, as Segment documents it.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+/// Largest batch request, as Segment documents it.
+pub const MAX_BATCH_BYTES: usize = 500 * 1024;
+
+/// The Segment call types.
+pub const TYPES: [&str; 6] = ["identify", "track", "page", "screen", "group", "alias"];
+
+/// Why a request was refused. Nothing of a refused request is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The body is not what the API accepts.
+    #[error("{message}")]
+    Invalid {
+        /// Machine-readable code.
+        code: &'static str,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// Storage failed; the request was not accepted.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// The flush failed; the request was not accepted.
+    #[error("durability: {0}")]
+    Durability(String),
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> IngestError {
+    IngestError::Invalid {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Outcome of an accepted request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Messages stored.
+    pub accepted: usize,
+    /// Messages already stored under the same `messageId`.
+    pub duplicates: usize,
+}
+
+/// A validated message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    kind: String,
+    raw: Map<String, Value>,
+    user_id: Option<String>,
+    anonymous_id: Option<String>,
+    message_id: Option<String>,
+    timestamp: Option<i64>,
+}
+
+fn id_field(m: &Map<String, Value>, key: &str) -> Option<String> {
+    match m.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Validate one message. `kind` comes from the endpoint, or from `type` inside a batch.
+pub fn validate(
+    kind: Option<&str>,
+    value: Value,
+    index: Option<usize>,
+) -> Result<Message, IngestError> {
+    let at = |msg: String| match index {
+        Some(i) => format!("batch[{i}]: {msg}"),
+        None => msg,
+    };
+    let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0);
+    if size > MAX_MESSAGE_BYTES {
+        return Err(invalid(
+            "message_too_large",
+            at(format!(
+                "message is {size} bytes; the limit is {MAX_MESSAGE_BYTES} bytes (32 KB)"
+            )),
+        ));
+    }
+    let Value::Object(raw) = value else {
+        return Err(invalid(
+            "invalid_message",
+            at("a message must be a JSON object".into()),
+        ));
+    };
+    let kind = match (kind, raw.get("type").and_then(Value::as_str)) {
+        (Some(k), _) => k.to_string(),
+        (None, Some(t)) if TYPES.contains(&t) => t.to_string(),
+        (None, Some(t)) => {
+            return Err(invalid(
+                "invalid_type",
+                at(format!(
+                    "unknown type \"{t}\"; expected one of {}",
+                    TYPES.join(", ")
+                )),
+            ))
+        }
+        (None, None) => {
+            return Err(invalid(
+                "missing_type",
+                at("a batch message needs a \"type\"".into()),
+            ))
+        }
+    };
+    let user_id = id_field(&raw, "userId");
+    let anonymous_id = id_field(&raw, "anonymousId");
+    if kind == "alias" {
+        if id_field(&raw, "previousId").is_none() || user_id.is_none() {
+            return Err(invalid(
+                "missing_identity",
+                at("alias needs both \"previousId\" and \"userId\"".into()),
+            ));
+        }
+    } else if user_id.is_none() && anonymous_id.is_none() {
+        return Err(invalid(
+            "missing_identity",
+            at(format!("{kind} needs a \"userId\" or an \"anonymousId\"")),
+        ));
+    }
+    match kind.as_str() {
+        "track" => match raw.get("event") {
+            Some(Value::String(e)) if !e.trim().is_empty() => {}
+            _ => {
+                return Err(invalid(
+                    "missing_event",
+                    at("track needs a non-empty \"event\" name".into()),
+                ))
+            }
+        },
+        "group" if id_field(&raw, "groupId").is_none() => {
+            return Err(invalid(
+                "missing_group",
+                at("group needs a \"groupId\"".into()),
+            ));
+        }
+        _ => {}
+    }
+    for key in ["properties", "traits", "context"] {
+        if let Some(v) = raw.get(key) {
+            if !v.is_object() && !v.is_null() {
+                return Err(invalid(
+                    "invalid_field",
+                    at(format!("\"{key}\" must be an object")),
+                ));
+            }
+        }
+    }
+    let timestamp = match raw.get("timestamp") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            Some(herald_dsl::engine::parse_rfc3339_ms(s).ok_or_else(|| {
+                invalid(
+                    "invalid_timestamp",
+                    at(format!("\"timestamp\" is not an ISO 8601 instant: \"{s}\"")),
+                )
+            })?)
+        }
+        Some(_) => {
+            return Err(invalid(
+                "invalid_timestamp",
+                at("\"timestamp\" must be an ISO 8601 string".into()),
+            ))
+        }
+    };
+    let message_id = id_field(&raw, "messageId");
+    Ok(Message {
+        kind,
+        raw,
+        user_id,
+        anonymous_id,
+        message_id,
+        timestamp,
+    })
+}
+
+/// Parse a request body: a single message for `kind`, or a batch when `kind` is `None`.
+pub fn parse_body(
+    kind: Option<&str>,
+    body: &[u8],
+) -> Result<(Vec<Message>, Option<String>), IngestError> {
+    if body.len() > MAX_BATCH_BYTES {
+        return Err(invalid(
+            "payload_too_large",
+            format!(
+                "request body is {} bytes; the limit is {MAX_BATCH_BYTES} bytes (500 KB)",
+                body.len()
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        invalid(
+            "malformed_json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    let body_key = value
+        .get("writeKey")
+        .and_then(Value::as_str)
+        .map(String::from);
+    match kind {
+        Some(k) => Ok((vec![validate(Some(k), value, None)?], body_key)),
+        None => {
+            let Some(Value::Array(items)) = value.get("batch").cloned() else {
+                return Err(invalid(
+                    "missing_batch",
+                    "a batch request needs a \"batch\" array",
+                ));
+            };
+            if items.is_empty() {
+                return Err(invalid("empty_batch", "the \"batch\" array is empty"));
+            }
+            let shared_context = value.get("context").cloned();
+            let mut out = Vec::with_capacity(items.len());
+            for (i, mut item) in items.into_iter().enumerate() {
+                if let (Some(ctx), Some(obj)) = (&shared_context, item.as_object_mut()) {
+                    obj.entry("context").or_insert_with(|| ctx.clone());
+                }
+                out.push(validate(None, item, Some(i))?);
+            }
+            Ok((out, body_key))
+        }
+    }
+}
+
+/// Accepts validated messages.
+pub struct Ingestor {
+    store: Arc<dyn Store>,
+    flusher: Arc<Flusher>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    engine: Arc<Engine>,
+    identity_lock: Mutex<()>,
+}
+
+impl Ingestor {
+    /// An ingestor writing to the engine's store.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Ingestor {
+            store: engine.store.clone(),
+            flusher: engine.flusher.clone(),
+            clock: engine.clock.clone(),
+            metrics: engine.metrics.clone(),
+            engine,
+            identity_lock: Mutex::new(()),
+        }
+    }
+
+    /// Store messages durably (answering only after the flush), then hand them to the engine.
+    pub async fn ingest(&self, messages: Vec<Message>) -> Result<Accepted, IngestError> {
+        let (accepted, items) = self.write(messages)?;
+        self.flusher
+            .commit()
+            .await
+            .map_err(IngestError::Durability)?;
+        self.engine.submit_events(items);
+        Ok(accepted)
+    }
+
+    /// The synchronous part: identity resolution and writes, under one lock.
+    pub fn write(
+        &self,
+        messages: Vec<Message>,
+    ) -> Result<(Accepted, Vec<(u64, InboxItem)>), IngestError> {
+        let _guard = self.identity_lock.lock().expect("identity lock");
+        let now = self.clock.now_ms();
+        let mut seen = HashSet::new();
+        let mut items = Vec::new();
+        let mut dup = 0;
+        for m in messages {
+            if let Some(mid) = &m.message_id {
+                if !seen.insert(mid.clone()) || self.store.message_id_seen(mid)? {
+                    dup += 1;
+                    self.metrics.duplicate();
+                    continue;
+                }
+            }
+            let contact = self.resolve(&m, now)?;
+            let seq = self.store.next_id()?;
+            let event = self.to_event(&m, seq, now);
+            self.store.put_event(&contact, &event)?;
+            if matches!(m.kind.as_str(), "identify" | "group") {
+                if let Some(mut c) = self.store.contact(&contact)? {
+                    if let Some(Value::Object(traits)) = m.raw.get("traits") {
+                        if m.kind == "identify" {
+                            c.merge_attributes(traits);
+                        }
+                    }
+                    if let Some(g) = id_field(&m.raw, "groupId") {
+                        if !c.groups.contains(&g) {
+                            c.groups.push(g);
+                        }
+                    }
+                    c.updated_at = now;
+                    self.store.put_contact(&c)?;
+                }
+            }
+            let item = InboxItem {
+                contact: contact.clone(),
+                event_seq: seq,
+            };
+            self.store.push_inbox(seq, &item)?;
+            if let Some(mid) = &m.message_id {
+                self.store.claim_message_id(mid)?;
+            }
+            self.metrics.event(&m.kind);
+            items.push((seq, item));
+        }
+        Ok((
+            Accepted {
+                accepted: items.len(),
+                duplicates: dup,
+            },
+            items,
+        ))
+    }
+
+    fn to_event(&self, m: &Message, seq: u64, now: i64) -> Event {
+        let obj = |k: &str| {
+            m.raw
+                .get(k)
+                .filter(|v| v.is_object())
+                .cloned()
+                .unwrap_or_else(|| json!({}))
+        };
+        let (event, properties) = match m.kind.as_str() {
+            "track" => (
+                m.raw
+                    .get("event")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                obj("properties"),
+            ),
+            "identify" => ("identify".to_string(), obj("traits")),
+            "group" => {
+                let mut p = obj("traits");
+                p["group_id"] = json!(id_field(&m.raw, "groupId"));
+                ("group".to_string(), p)
+            }
+            "alias" => (
+                "alias".to_string(),
+                json!({"previous_id": id_field(&m.raw, "previousId")}),
+            ),
+            kind => {
+                let mut p = obj("properties");
+                if let Some(n) = m.raw.get("name") {
+                    p["name"] = n.clone();
+                }
+                (kind.to_string(), p)
+            }
+        };
+        Event {
+            seq,
+            kind: m.kind.clone(),
+            event,
+            properties,
+            message_id: m.message_id.clone(),
+            timestamp: m.timestamp.unwrap_or(now),
+            received_at: now,
+            context: m.raw.get("context").cloned().unwrap_or(Value::Null),
+        }
+    }
+
+    fn new_contact(&self, now: i64) -> Result<Contact, StoreError> {
+        let id = format!("c_{:012x}", self.store.next_id()?);
+        Ok(Contact::new(id, now))
+    }
+
+    fn link(&self, contact: &mut Contact, kind: IdKind, id: &str) -> Result<(), StoreError> {
+        self.store.link_identity(kind, id, &contact.id)?;
+        let list = match kind {
+            IdKind::User => &mut contact.user_ids,
+            IdKind::Anonymous => &mut contact.anonymous_ids,
+        };
+        if !list.iter().any(|x| x == id) {
+            list.push(id.to_string());
+        }
+        Ok(())
+    }
+
+    /// Find or create the contact of a message, linking and merging identities as the Segment
+    /// spec describes: `identify` and `alias` tie an anonymous history to a known user.
+    fn resolve(&self, m: &Message, now: i64) -> Result<String, StoreError> {
+        let (user, other, other_kind) = if m.kind == "alias" {
+            // previousId may be an old userId or an anonymousId.
+            let prev = id_field(&m.raw, "previousId").unwrap_or_default();
+            let kind = if self.store.identity(IdKind::User, &prev)?.is_some() {
+                IdKind::User
+            } else {
+                IdKind::Anonymous
+            };
+            (m.user_id.clone(), Some(prev), kind)
+        } else {
+            (m.user_id.clone(), m.anonymous_id.clone(), IdKind::Anonymous)
+        };
+        let cu = match &user {
+            Some(u) => self.store.identity(IdKind::User, u)?,
+            None => None,
+        };
+        let co = match &other {
+            Some(a) => self.store.identity(other_kind, a)?,
+            None => None,
+        };
+        let id = match (cu, co) {
+            (Some(u), Some(a)) if u != a => {
+                self.merge(&a, &u, now)?;
+                u
+            }
+            (Some(u), _) => {
+                if let (Some(a), Some(mut c)) = (&other, self.store.contact(&u)?) {
+                    if !c.anonymous_ids.contains(a) && !c.user_ids.contains(a) {
+                        self.link(&mut c, other_kind, a)?;
+                        self.store.put_contact(&c)?;
+                    }
+                }
+                u
+            }
+            (None, Some(a)) => {
+                if let (Some(u), Some(mut c)) = (&user, self.store.contact(&a)?) {
+                    self.link(&mut c, IdKind::User, u)?;
+                    self.store.put_contact(&c)?;
+                }
+                a
+            }
+            (None, None) => {
+                let mut c = self.new_contact(now)?;
+                if let Some(u) = &user {
+                    self.link(&mut c, IdKind::User, u)?;
+                }
+                if let Some(a) = &other {
+                    self.link(&mut c, other_kind, a)?;
+                }
+                self.store.put_contact(&c)?;
+                c.id
+            }
+        };
+        Ok(id)
+    }
+
+    /// Merge contact `from` into `into`: identities, attributes (`into` wins), events, waits.
+    fn merge(&self, from: &str, into: &str, now: i64) -> Result<(), StoreError> {
+        let (Some(mut f), Some(mut t)) = (self.store.contact(from)?, self.store.contact(into)?)
+        else {
+            return Ok(());
+        };
+        for (k, v) in &f.attributes {
+            t.attributes.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        for u in f.user_ids.clone() {
+            self.link(&mut t, IdKind::User, &u)?;
+        }
+        for a in f.anonymous_ids.clone() {
+            self.link(&mut t, IdKind::Anonymous, &a)?;
+        }
+        for g in &f.groups {
+            if !t.groups.contains(g) {
+                t.groups.push(g.clone());
+            }
+        }
+        t.created_at = t.created_at.min(f.created_at);
+        t.updated_at = now;
+        self.store.move_events(from, into)?;
+        self.store.move_waits(from, into)?;
+        f.merged_into = Some(into.to_string());
+        f.updated_at = now;
+        self.store.put_contact(&t)?;
+        self.store.put_contact(&f)?;
+        tracing::info!(from, into, "contacts merged");
+        Ok(())
+    }
+}

@@ -1,0 +1,324 @@
+//! The records Herald keeps: contacts, events, runs, journal steps, timers and waits.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A person Herald knows, merged across every identity they used.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Contact {
+    /// Herald's own id (`c_…`).
+    pub id: String,
+    /// Traits from `identify`, CSV imports and `update` steps.
+    #[serde(default)]
+    pub attributes: Map<String, Value>,
+    /// Known `userId`s.
+    #[serde(default)]
+    pub user_ids: Vec<String>,
+    /// Known `anonymousId`s.
+    #[serde(default)]
+    pub anonymous_ids: Vec<String>,
+    /// Groups from `group` calls.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Creation time, ms since the epoch.
+    pub created_at: i64,
+    /// Last change, ms since the epoch.
+    pub updated_at: i64,
+    /// Set when this contact was merged into another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
+}
+
+impl Contact {
+    /// A new, empty contact.
+    pub fn new(id: String, now: i64) -> Self {
+        Contact {
+            id,
+            attributes: Map::new(),
+            user_ids: Vec::new(),
+            anonymous_ids: Vec::new(),
+            groups: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            merged_into: None,
+        }
+    }
+
+    /// Merge attributes in; `null` removes a key. Returns whether anything changed.
+    pub fn merge_attributes(&mut self, attrs: &Map<String, Value>) -> bool {
+        let mut changed = false;
+        for (k, v) in attrs {
+            if v.is_null() {
+                changed |= self.attributes.remove(k).is_some();
+            } else if self.attributes.get(k) != Some(v) {
+                self.attributes.insert(k.clone(), v.clone());
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The view scripts and templates get: attributes plus `id`, `user_id`, `score`.
+    pub fn snapshot(&self) -> Value {
+        let mut m = self.attributes.clone();
+        m.insert("id".into(), Value::String(self.id.clone()));
+        if let Some(u) = self.user_ids.first() {
+            m.entry("user_id")
+                .or_insert_with(|| Value::String(u.clone()));
+        }
+        m.entry("score").or_insert(Value::from(0));
+        Value::Object(m)
+    }
+}
+
+/// One event on a contact's timeline.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Position in the global event order.
+    pub seq: u64,
+    /// `track`, `identify`, `page`, `screen`, `group`, `alias`, or `webhook`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The event name: the `track` event, or the kind for the others.
+    pub event: String,
+    /// Properties (track/page/screen) or traits (identify/group).
+    #[serde(default)]
+    pub properties: Value,
+    /// The sender's `messageId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// When it happened according to the sender, ms since the epoch.
+    pub timestamp: i64,
+    /// When Herald accepted it.
+    pub received_at: i64,
+    /// Sender context (library, ip, …).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub context: Value,
+}
+
+impl Event {
+    /// The event as scripts see it (trigger, `wait_for` result).
+    pub fn script_value(&self) -> Value {
+        serde_json::json!({
+            "type": self.kind,
+            "event": self.event,
+            "properties": self.properties,
+            "timestamp": self.timestamp,
+            "message_id": self.message_id,
+        })
+    }
+}
+
+/// Work the engine owes an accepted event (start runs, wake waits, count goals).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InboxItem {
+    /// The contact the event belongs to.
+    pub contact: String,
+    /// The event's sequence number.
+    pub event_seq: u64,
+}
+
+/// The life of a run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Created or being activated.
+    Running,
+    /// Waiting on a timer, an event or a retry.
+    Waiting,
+    /// `run` returned.
+    Completed,
+    /// The goal was reached.
+    Converted,
+    /// The script called `exit`.
+    Exited,
+    /// The script failed.
+    Failed,
+    /// Needs an operator: non-determinism or an ambiguous delivery.
+    Parked,
+}
+
+impl RunStatus {
+    /// Every status, for metrics.
+    pub const ALL: [RunStatus; 7] = [
+        RunStatus::Running,
+        RunStatus::Waiting,
+        RunStatus::Completed,
+        RunStatus::Converted,
+        RunStatus::Exited,
+        RunStatus::Failed,
+        RunStatus::Parked,
+    ];
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Waiting => "waiting",
+            RunStatus::Completed => "completed",
+            RunStatus::Converted => "converted",
+            RunStatus::Exited => "exited",
+            RunStatus::Failed => "failed",
+            RunStatus::Parked => "parked",
+        }
+    }
+
+    /// Parse a lower-case name.
+    pub fn parse(s: &str) -> Option<Self> {
+        RunStatus::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// Will this run never be activated again?
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RunStatus::Running | RunStatus::Waiting)
+    }
+}
+
+/// One run of one workflow for one contact.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Run {
+    /// Run id, derived from what started it so that re-processing cannot start it twice.
+    pub id: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// Content hash of the script version this run is pinned to.
+    pub script_hash: String,
+    /// The contact.
+    pub contact: String,
+    /// Current status.
+    pub status: RunStatus,
+    /// The trigger as the script sees it.
+    pub trigger: Value,
+    /// Contact snapshot when the run started.
+    pub start_contact: Value,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+    /// When its pending timer is due, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<i64>,
+    /// Why it failed, exited or was parked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Script line of the failure, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_line: Option<usize>,
+    /// Activations so far.
+    #[serde(default)]
+    pub activations: u64,
+    /// When the goal was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converted_at: Option<i64>,
+    /// Script output (`print`), most recent last, bounded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
+}
+
+/// State of a journal step.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// An effect's intent is durable; the call may or may not have happened.
+    Intent,
+    /// Finished with a result.
+    Done,
+    /// Failed permanently; replays throw the recorded error.
+    Failed,
+    /// A wait not yet over.
+    Pending,
+    /// A transient failure; tried again at `due_at`.
+    Retrying,
+    /// The provider could not say whether the effect happened; needs an operator.
+    Ambiguous,
+}
+
+/// One recorded step of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Step {
+    /// Position in the run, from 0.
+    pub seq: u32,
+    /// `send`, `wait`, …
+    pub kind: String,
+    /// Identifies the step within its kind (`email:welcome`, an event name, …).
+    pub name: String,
+    /// What the script asked for (and, for effects, the rendered message).
+    pub input: Value,
+    /// State.
+    pub status: StepStatus,
+    /// The result returned to the script.
+    #[serde(default)]
+    pub result: Value,
+    /// Error text for failed, retrying and ambiguous steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Calls made for an effect.
+    #[serde(default)]
+    pub attempts: u32,
+    /// When a pending wait or a retry is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<i64>,
+    /// The contact snapshot seen by the script after this step (waits and updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<Value>,
+    /// Idempotency key of an effect: `run:seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Script line of the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// When the step was first recorded.
+    pub started_at: i64,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+}
+
+/// A run waiting for an event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WaitReg {
+    /// The run.
+    pub run: String,
+    /// The pending `wait_for` step.
+    pub step: u32,
+    /// Property filter.
+    #[serde(default)]
+    pub filter: Map<String, Value>,
+}
+
+/// When a contact last entered a workflow (for re-entry rules).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    /// The run that started then.
+    pub run: String,
+    /// When.
+    pub started_at: i64,
+}
+
+/// A stored script version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScriptVersion {
+    /// sha256 of the source, hex.
+    pub hash: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// File it came from, relative to the project.
+    pub path: String,
+    /// The source text.
+    pub source: String,
+    /// When it was first stored.
+    pub stored_at: i64,
+}
+
+/// An effect whose intent is durable and whose result is not (yet).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Intent {
+    /// The run.
+    pub run: String,
+    /// The step.
+    pub step: u32,
+    /// The channel.
+    pub channel: String,
+    /// When the intent was recorded.
+    pub at: i64,
+}

@@ -1,0 +1,642 @@
+//! Storage behind a trait, with sled as the embedded default.
+//!
+//! Keys are laid out so that every query the engine makes is a point read or a prefix/range
+//! scan: a contact's events and runs by contact prefix, a run's journal by run prefix, due
+//! timers by big-endian due time. Writes are not flushed individually; durability points call
+//! [`Flusher`], which batches concurrent requests into one fsync (group commit).
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::model::{Contact, Entry, Event, InboxItem, Intent, Run, ScriptVersion, Step, WaitReg};
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be (de)serialised.
+    #[error("storage record: {0}")]
+    Codec(#[from] serde_json::Error),
+}
+
+/// Result alias for storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which kind of external id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    /// Segment `userId`.
+    User,
+    /// Segment `anonymousId`.
+    Anonymous,
+}
+
+/// A due timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    /// Due time, ms since the epoch.
+    pub due: i64,
+    /// The run to activate.
+    pub run: String,
+    /// Its contact (to pick the worker without a read).
+    pub contact: String,
+}
+
+/// Everything the daemon stores. Implementations must be safe to share across threads.
+/// A server database can replace the embedded one by implementing this trait.
+pub trait Store: Send + Sync + 'static {
+    /// A new unique, increasing number.
+    fn next_id(&self) -> StoreResult<u64>;
+    /// Make every write so far durable.
+    fn flush(&self) -> StoreResult<()>;
+
+    /// Read a contact.
+    fn contact(&self, id: &str) -> StoreResult<Option<Contact>>;
+    /// Write a contact.
+    fn put_contact(&self, contact: &Contact) -> StoreResult<()>;
+    /// Number of contacts (merged ones included).
+    fn contact_count(&self) -> StoreResult<usize>;
+    /// The contact an external id belongs to.
+    fn identity(&self, kind: IdKind, id: &str) -> StoreResult<Option<String>>;
+    /// Point an external id at a contact.
+    fn link_identity(&self, kind: IdKind, id: &str, contact: &str) -> StoreResult<()>;
+
+    /// Append an event to a contact's timeline.
+    fn put_event(&self, contact: &str, event: &Event) -> StoreResult<()>;
+    /// One event.
+    fn event(&self, contact: &str, seq: u64) -> StoreResult<Option<Event>>;
+    /// The most recent events of a contact, newest first.
+    fn recent_events(&self, contact: &str, limit: usize) -> StoreResult<Vec<Event>>;
+    /// Move every event of `from` to `to` (identity merge).
+    fn move_events(&self, from: &str, to: &str) -> StoreResult<()>;
+    /// Record a `messageId` as accepted; false if it already was.
+    fn claim_message_id(&self, message_id: &str) -> StoreResult<bool>;
+    /// Has this `messageId` been accepted?
+    fn message_id_seen(&self, message_id: &str) -> StoreResult<bool>;
+
+    /// Queue an accepted event for the engine.
+    fn push_inbox(&self, seq: u64, item: &InboxItem) -> StoreResult<()>;
+    /// Every queued event, oldest first.
+    fn inbox(&self) -> StoreResult<Vec<(u64, InboxItem)>>;
+    /// The engine finished with a queued event.
+    fn remove_inbox(&self, seq: u64) -> StoreResult<()>;
+
+    /// Read a run.
+    fn run(&self, id: &str) -> StoreResult<Option<Run>>;
+    /// Write a run (and index it by contact).
+    fn put_run(&self, run: &Run) -> StoreResult<()>;
+    /// Runs of a contact.
+    fn runs_of_contact(&self, contact: &str) -> StoreResult<Vec<Run>>;
+    /// Every run, in id order, passed to `f` until it returns false.
+    fn scan_runs(&self, f: &mut dyn FnMut(Run) -> bool) -> StoreResult<()>;
+    /// Last entry of a contact into a workflow.
+    fn entry(&self, workflow: &str, contact: &str) -> StoreResult<Option<Entry>>;
+    /// Record an entry.
+    fn put_entry(&self, workflow: &str, contact: &str, entry: &Entry) -> StoreResult<()>;
+
+    /// A run's journal, in step order.
+    fn journal(&self, run: &str) -> StoreResult<Vec<Step>>;
+    /// Write one journal step.
+    fn put_step(&self, run: &str, step: &Step) -> StoreResult<()>;
+
+    /// Schedule an activation.
+    fn set_timer(&self, timer: &Timer) -> StoreResult<()>;
+    /// Cancel a scheduled activation.
+    fn clear_timer(&self, due: i64, run: &str) -> StoreResult<()>;
+    /// Timers due at or before `now`, earliest first, at most `limit`.
+    fn due_timers(&self, now: i64, limit: usize) -> StoreResult<Vec<Timer>>;
+    /// The earliest timer, if any.
+    fn next_timer(&self) -> StoreResult<Option<i64>>;
+    /// Number of pending timers.
+    fn timer_count(&self) -> StoreResult<usize>;
+
+    /// Register a run waiting for an event of a contact.
+    fn put_wait(&self, contact: &str, event: &str, wait: &WaitReg) -> StoreResult<()>;
+    /// Runs waiting for this event of this contact.
+    fn waits(&self, contact: &str, event: &str) -> StoreResult<Vec<WaitReg>>;
+    /// Remove a wait registration.
+    fn remove_wait(&self, contact: &str, event: &str, run: &str) -> StoreResult<()>;
+    /// Re-home every wait of `from` to `to` (identity merge).
+    fn move_waits(&self, from: &str, to: &str) -> StoreResult<()>;
+
+    /// Store a script version (content-addressed; storing twice is harmless).
+    fn put_script(&self, version: &ScriptVersion) -> StoreResult<()>;
+    /// Read a script version.
+    fn script(&self, hash: &str) -> StoreResult<Option<ScriptVersion>>;
+
+    /// Record an effect's intent.
+    fn put_intent(&self, key: &str, intent: &Intent) -> StoreResult<()>;
+    /// Drop an intent once its result is recorded.
+    fn remove_intent(&self, key: &str) -> StoreResult<()>;
+    /// Every intent without a result.
+    fn intents(&self) -> StoreResult<Vec<(String, Intent)>>;
+}
+
+/// The embedded store.
+pub struct SledStore {
+    db: sled::Db,
+    contacts: sled::Tree,
+    identities: sled::Tree,
+    events: sled::Tree,
+    message_ids: sled::Tree,
+    inbox: sled::Tree,
+    runs: sled::Tree,
+    runs_by_contact: sled::Tree,
+    entries: sled::Tree,
+    journal: sled::Tree,
+    timers: sled::Tree,
+    waits: sled::Tree,
+    scripts: sled::Tree,
+    outbox: sled::Tree,
+}
+
+fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    Ok(serde_json::to_vec(v)?)
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8]) -> StoreResult<T> {
+    Ok(serde_json::from_slice(b)?)
+}
+
+fn key2(a: &str, b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b);
+    k
+}
+
+fn prefix(a: &str) -> Vec<u8> {
+    key2(a, b"")
+}
+
+/// Order-preserving encoding of a signed time.
+fn time_key(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn time_from_key(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    (u64::from_be_bytes(a) ^ (1 << 63)) as i64
+}
+
+impl SledStore {
+    /// Open (or create) the store in `dir`. `cache_bytes` bounds sled's page cache.
+    pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let t = |name: &str| db.open_tree(name);
+        Ok(SledStore {
+            contacts: t("contacts")?,
+            identities: t("identities")?,
+            events: t("events")?,
+            message_ids: t("message_ids")?,
+            inbox: t("inbox")?,
+            runs: t("runs")?,
+            runs_by_contact: t("runs_by_contact")?,
+            entries: t("entries")?,
+            journal: t("journal")?,
+            timers: t("timers")?,
+            waits: t("waits")?,
+            scripts: t("scripts")?,
+            outbox: t("outbox")?,
+            db,
+        })
+    }
+
+    /// The underlying database (benchmarks compare against raw writes).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+fn id_key(kind: IdKind, id: &str) -> Vec<u8> {
+    let tag = match kind {
+        IdKind::User => "u",
+        IdKind::Anonymous => "a",
+    };
+    key2(tag, id.as_bytes())
+}
+
+impl Store for SledStore {
+    fn next_id(&self) -> StoreResult<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn contact(&self, id: &str) -> StoreResult<Option<Contact>> {
+        self.contacts.get(id)?.map(|b| dec(&b)).transpose()
+    }
+
+    fn put_contact(&self, contact: &Contact) -> StoreResult<()> {
+        self.contacts.insert(contact.id.as_bytes(), enc(contact)?)?;
+        Ok(())
+    }
+
+    fn contact_count(&self) -> StoreResult<usize> {
+        Ok(self.contacts.len())
+    }
+
+    fn identity(&self, kind: IdKind, id: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .identities
+            .get(id_key(kind, id))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    fn link_identity(&self, kind: IdKind, id: &str, contact: &str) -> StoreResult<()> {
+        self.identities
+            .insert(id_key(kind, id), contact.as_bytes())?;
+        Ok(())
+    }
+
+    fn put_event(&self, contact: &str, event: &Event) -> StoreResult<()> {
+        self.events
+            .insert(key2(contact, &event.seq.to_be_bytes()), enc(event)?)?;
+        Ok(())
+    }
+
+    fn event(&self, contact: &str, seq: u64) -> StoreResult<Option<Event>> {
+        self.events
+            .get(key2(contact, &seq.to_be_bytes()))?
+            .map(|b| dec(&b))
+            .transpose()
+    }
+
+    fn recent_events(&self, contact: &str, limit: usize) -> StoreResult<Vec<Event>> {
+        self.events
+            .scan_prefix(prefix(contact))
+            .rev()
+            .take(limit)
+            .map(|r| dec(&r?.1))
+            .collect()
+    }
+
+    fn move_events(&self, from: &str, to: &str) -> StoreResult<()> {
+        for item in self.events.scan_prefix(prefix(from)) {
+            let (k, v) = item?;
+            let seq = &k[k.len() - 8..];
+            self.events.insert(key2(to, seq), v)?;
+            self.events.remove(k)?;
+        }
+        Ok(())
+    }
+
+    fn claim_message_id(&self, message_id: &str) -> StoreResult<bool> {
+        Ok(self
+            .message_ids
+            .compare_and_swap(message_id, None as Option<&[u8]>, Some(&[1u8][..]))?
+            .is_ok())
+    }
+
+    fn message_id_seen(&self, message_id: &str) -> StoreResult<bool> {
+        Ok(self.message_ids.contains_key(message_id)?)
+    }
+
+    fn push_inbox(&self, seq: u64, item: &InboxItem) -> StoreResult<()> {
+        self.inbox.insert(seq.to_be_bytes(), enc(item)?)?;
+        Ok(())
+    }
+
+    fn inbox(&self) -> StoreResult<Vec<(u64, InboxItem)>> {
+        self.inbox
+            .iter()
+            .map(|r| {
+                let (k, v) = r?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&k);
+                Ok((u64::from_be_bytes(a), dec(&v)?))
+            })
+            .collect()
+    }
+
+    fn remove_inbox(&self, seq: u64) -> StoreResult<()> {
+        self.inbox.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    fn run(&self, id: &str) -> StoreResult<Option<Run>> {
+        self.runs.get(id)?.map(|b| dec(&b)).transpose()
+    }
+
+    fn put_run(&self, run: &Run) -> StoreResult<()> {
+        self.runs.insert(run.id.as_bytes(), enc(run)?)?;
+        self.runs_by_contact
+            .insert(key2(&run.contact, run.id.as_bytes()), &[])?;
+        Ok(())
+    }
+
+    fn runs_of_contact(&self, contact: &str) -> StoreResult<Vec<Run>> {
+        let mut out = Vec::new();
+        for item in self.runs_by_contact.scan_prefix(prefix(contact)) {
+            let (k, _) = item?;
+            let id = String::from_utf8_lossy(&k[contact.len() + 1..]).into_owned();
+            if let Some(run) = self.run(&id)? {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    fn scan_runs(&self, f: &mut dyn FnMut(Run) -> bool) -> StoreResult<()> {
+        for item in self.runs.iter() {
+            if !f(dec(&item?.1)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&self, workflow: &str, contact: &str) -> StoreResult<Option<Entry>> {
+        self.entries
+            .get(key2(workflow, contact.as_bytes()))?
+            .map(|b| dec(&b))
+            .transpose()
+    }
+
+    fn put_entry(&self, workflow: &str, contact: &str, entry: &Entry) -> StoreResult<()> {
+        self.entries
+            .insert(key2(workflow, contact.as_bytes()), enc(entry)?)?;
+        Ok(())
+    }
+
+    fn journal(&self, run: &str) -> StoreResult<Vec<Step>> {
+        self.journal
+            .scan_prefix(prefix(run))
+            .map(|r| dec(&r?.1))
+            .collect()
+    }
+
+    fn put_step(&self, run: &str, step: &Step) -> StoreResult<()> {
+        self.journal
+            .insert(key2(run, &step.seq.to_be_bytes()), enc(step)?)?;
+        Ok(())
+    }
+
+    fn set_timer(&self, timer: &Timer) -> StoreResult<()> {
+        let mut k = time_key(timer.due).to_vec();
+        k.extend_from_slice(timer.run.as_bytes());
+        self.timers.insert(k, timer.contact.as_bytes())?;
+        Ok(())
+    }
+
+    fn clear_timer(&self, due: i64, run: &str) -> StoreResult<()> {
+        let mut k = time_key(due).to_vec();
+        k.extend_from_slice(run.as_bytes());
+        self.timers.remove(k)?;
+        Ok(())
+    }
+
+    fn due_timers(&self, now: i64, limit: usize) -> StoreResult<Vec<Timer>> {
+        let end = time_key(now.saturating_add(1));
+        self.timers
+            .range(..end)
+            .take(limit)
+            .map(|r| {
+                let (k, v) = r?;
+                Ok(Timer {
+                    due: time_from_key(&k),
+                    run: String::from_utf8_lossy(&k[8..]).into_owned(),
+                    contact: String::from_utf8_lossy(&v).into_owned(),
+                })
+            })
+            .collect()
+    }
+
+    fn next_timer(&self) -> StoreResult<Option<i64>> {
+        Ok(self.timers.first()?.map(|(k, _)| time_from_key(&k)))
+    }
+
+    fn timer_count(&self) -> StoreResult<usize> {
+        Ok(self.timers.len())
+    }
+
+    fn put_wait(&self, contact: &str, event: &str, wait: &WaitReg) -> StoreResult<()> {
+        let k = key2(&format!("{contact}\0{event}"), wait.run.as_bytes());
+        self.waits.insert(k, enc(wait)?)?;
+        Ok(())
+    }
+
+    fn waits(&self, contact: &str, event: &str) -> StoreResult<Vec<WaitReg>> {
+        self.waits
+            .scan_prefix(prefix(&format!("{contact}\0{event}")))
+            .map(|r| dec(&r?.1))
+            .collect()
+    }
+
+    fn remove_wait(&self, contact: &str, event: &str, run: &str) -> StoreResult<()> {
+        self.waits
+            .remove(key2(&format!("{contact}\0{event}"), run.as_bytes()))?;
+        Ok(())
+    }
+
+    fn move_waits(&self, from: &str, to: &str) -> StoreResult<()> {
+        for item in self.waits.scan_prefix(prefix(from)) {
+            let (k, v) = item?;
+            let rest = &k[from.len()..];
+            let mut nk = to.as_bytes().to_vec();
+            nk.extend_from_slice(rest);
+            self.waits.insert(nk, v)?;
+            self.waits.remove(k)?;
+        }
+        Ok(())
+    }
+
+    fn put_script(&self, version: &ScriptVersion) -> StoreResult<()> {
+        if !self.scripts.contains_key(&version.hash)? {
+            self.scripts
+                .insert(version.hash.as_bytes(), enc(version)?)?;
+        }
+        Ok(())
+    }
+
+    fn script(&self, hash: &str) -> StoreResult<Option<ScriptVersion>> {
+        self.scripts.get(hash)?.map(|b| dec(&b)).transpose()
+    }
+
+    fn put_intent(&self, key: &str, intent: &Intent) -> StoreResult<()> {
+        self.outbox.insert(key, enc(intent)?)?;
+        Ok(())
+    }
+
+    fn remove_intent(&self, key: &str) -> StoreResult<()> {
+        self.outbox.remove(key)?;
+        Ok(())
+    }
+
+    fn intents(&self) -> StoreResult<Vec<(String, Intent)>> {
+        self.outbox
+            .iter()
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), dec(&v)?))
+            })
+            .collect()
+    }
+}
+
+/// Group commit: callers ask for durability of everything written so far; one flush serves
+/// every caller that asked before it started.
+pub struct Flusher {
+    store: Arc<dyn Store>,
+    state: Mutex<FlushState>,
+    cond: Condvar,
+    flushed: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct FlushState {
+    requested: u64,
+    flushed: u64,
+    failed: Option<String>,
+    stop: bool,
+}
+
+impl Flusher {
+    /// Start the flusher thread.
+    pub fn start(store: Arc<dyn Store>) -> Arc<Flusher> {
+        let (tx, _) = tokio::sync::watch::channel(0);
+        let f = Arc::new(Flusher {
+            store,
+            state: Mutex::new(FlushState::default()),
+            cond: Condvar::new(),
+            flushed: tx,
+        });
+        let worker = f.clone();
+        std::thread::Builder::new()
+            .name("herald-flush".into())
+            .spawn(move || worker.run())
+            .expect("spawn flusher");
+        f
+    }
+
+    fn run(&self) {
+        loop {
+            let target = {
+                let mut st = self.state.lock().expect("flush lock");
+                while st.requested == st.flushed && !st.stop {
+                    st = self.cond.wait(st).expect("flush lock");
+                }
+                if st.stop && st.requested == st.flushed {
+                    return;
+                }
+                st.requested
+            };
+            let result = self.store.flush();
+            let mut st = self.state.lock().expect("flush lock");
+            match result {
+                Ok(()) => st.failed = None,
+                Err(e) => {
+                    tracing::error!(error = %e, "flush failed");
+                    st.failed = Some(e.to_string());
+                }
+            }
+            st.flushed = target;
+            self.cond.notify_all();
+            let _ = self.flushed.send(target);
+        }
+    }
+
+    fn request(&self) -> u64 {
+        let mut st = self.state.lock().expect("flush lock");
+        st.requested += 1;
+        self.cond.notify_all();
+        st.requested
+    }
+
+    fn outcome(&self) -> Result<(), String> {
+        match &self.state.lock().expect("flush lock").failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Block until everything written before this call is durable.
+    pub fn commit_blocking(&self) -> Result<(), String> {
+        let ticket = self.request();
+        let mut st = self.state.lock().expect("flush lock");
+        while st.flushed < ticket {
+            st = self.cond.wait(st).expect("flush lock");
+        }
+        drop(st);
+        self.outcome()
+    }
+
+    /// Wait (asynchronously) until everything written before this call is durable.
+    pub async fn commit(&self) -> Result<(), String> {
+        let mut rx = self.flushed.subscribe();
+        let ticket = self.request();
+        while *rx.borrow_and_update() < ticket {
+            if rx.changed().await.is_err() {
+                return Err("flusher stopped".into());
+            }
+        }
+        self.outcome()
+    }
+
+    /// Flush what is pending and stop the thread.
+    pub fn stop(&self) {
+        let _ = self.commit_blocking();
+        let mut st = self.state.lock().expect("flush lock");
+        st.stop = true;
+        self.cond.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_come_back_in_due_order_and_only_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        for (due, run) in [(300, "b"), (-5, "neg"), (100, "a"), (200, "c")] {
+            s.set_timer(&Timer {
+                due,
+                run: run.into(),
+                contact: "k".into(),
+            })
+            .unwrap();
+        }
+        let due: Vec<_> = s
+            .due_timers(200, 10)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.due, t.run))
+            .collect();
+        assert_eq!(
+            due,
+            vec![
+                (-5, "neg".to_string()),
+                (100, "a".into()),
+                (200, "c".into())
+            ]
+        );
+        s.clear_timer(100, "a").unwrap();
+        assert_eq!(s.next_timer().unwrap(), Some(-5));
+        assert_eq!(s.timer_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn message_ids_are_claimed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        assert!(s.claim_message_id("m1").unwrap());
+        assert!(!s.claim_message_id("m1").unwrap());
+        assert!(s.message_id_seen("m1").unwrap());
+    }
+}
