@@ -77,6 +77,12 @@ impl From<crate::engine::EngineError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Parse a JSON request body into `T`, with a JSON error naming what is wrong.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("request body: {e}")))
+}
+
 /// Every route of the daemon.
 pub fn router(shared: Arc<Shared>) -> Router {
     let mut r = Router::new()
@@ -451,9 +457,10 @@ async fn resolve_step(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path((id, step)): Path<(String, u32)>,
-    Json(body): Json<ResolveBody>,
+    body: Bytes,
 ) -> ApiResult<Json<Value>> {
     check_admin(&shared, &headers)?;
+    let body: ResolveBody = parse_json(&body)?;
     let run = shared.engine.store.run(&id)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -496,9 +503,10 @@ async fn start_run(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    Json(body): Json<StartBody>,
+    body: Bytes,
 ) -> ApiResult<Response> {
     check_admin(&shared, &headers)?;
+    let body: StartBody = parse_json(&body)?;
     let c = find_contact(&shared, &body.contact)?;
     let engine = shared.engine.clone();
     let props = if body.properties.is_null() {
@@ -566,6 +574,11 @@ async fn test_clock(
         ));
     }
     check_admin(&shared, &headers)?;
+    // Let everything already accepted settle first, so that moving time is deterministic.
+    let engine = shared.engine.clone();
+    tokio::task::spawn_blocking(move || engine.barrier())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let clock = &shared.engine.clock;
     let target = match (body.set_ms, body.advance_ms) {
         (Some(t), _) => t,

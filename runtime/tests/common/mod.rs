@@ -1,0 +1,347 @@
+//! Shared helpers for the integration tests: throwaway projects, daemons (in-process or as a
+//! real `herald` process), HTTP calls over loopback, and a recording HTTP server.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herald_runtime::daemon::{Options, RunningDaemon};
+use serde_json::{json, Value};
+
+pub const WRITE_KEY: &str = "test-write-key";
+pub const TOKEN: &str = "test-admin-token";
+
+/// A project in a temporary directory.
+pub struct TestProject {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestProject {
+    /// A project with `email` and `sms` outbox channels plus `extra_toml`.
+    pub fn new(extra_toml: &str) -> TestProject {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("workflows")).unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        let toml = format!(
+            "[auth]\nwrite_keys = [\"{WRITE_KEY}\"]\nadmin_token = \"{TOKEN}\"\n\n\
+             [channels.email]\ntype = \"outbox\"\npath = \"out/email.jsonl\"\nto = \"email\"\n\n\
+             [channels.sms]\ntype = \"outbox\"\npath = \"out/sms.jsonl\"\nto = \"phone\"\n\n{extra_toml}\n"
+        );
+        std::fs::write(dir.path().join("herald.toml"), toml).unwrap();
+        let p = TestProject { dir };
+        p.template("welcome", "---\nsubject: Welcome {{ contact.first_name | default: \"friend\" }}\n---\nHello {{ contact.first_name | default: \"friend\" }} from {{ vars.source | default: \"web\" }}\n");
+        p.template("nudge", "Psst {{ contact.first_name | default: \"friend\" }}, open your email");
+        p.template("tips", "---\nsubject: Tips\n---\nSome tips");
+        p
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn workflow(&self, file: &str, source: &str) -> &Self {
+        std::fs::write(self.path().join("workflows").join(file), source).unwrap();
+        self
+    }
+
+    pub fn template(&self, name: &str, source: &str) -> &Self {
+        std::fs::write(self.path().join("templates").join(format!("{name}.liquid")), source).unwrap();
+        self
+    }
+
+    /// Lines written to an outbox channel so far.
+    pub fn outbox(&self, channel: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.path().join("out").join(format!("{channel}.jsonl")))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("outbox lines are JSON"))
+            .collect()
+    }
+
+    /// Start the daemon in this process with a manual clock.
+    pub fn start(&self) -> RunningDaemon {
+        RunningDaemon::start(Options {
+            project: self.path().to_path_buf(),
+            listen: Some("127.0.0.1:0".into()),
+            data: None,
+            test_clock: true,
+        })
+        .expect("daemon starts")
+    }
+}
+
+/// A client of one daemon.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    agent: ureq::Agent,
+}
+
+pub fn basic() -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:")))
+}
+
+impl Client {
+    pub fn new(base: String) -> Client {
+        Client { base, agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build() }
+    }
+
+    /// POST with the write key; returns (status, body).
+    pub fn ingest(&self, path: &str, body: &str) -> (u16, Value) {
+        self.raw_post(path, body, Some(&basic()), None)
+    }
+
+    pub fn raw_post(&self, path: &str, body: &str, auth: Option<&str>, encoding: Option<&str>) -> (u16, Value) {
+        let mut req = self.agent.post(&format!("{}{path}", self.base)).set("content-type", "application/json");
+        if let Some(a) = auth {
+            req = req.set("authorization", a);
+        }
+        if let Some(e) = encoding {
+            req = req.set("content-encoding", e);
+        }
+        respond(req.send_bytes(body.as_bytes()))
+    }
+
+    pub fn post_bytes(&self, path: &str, body: &[u8], encoding: Option<&str>) -> (u16, Value) {
+        let mut req = self.agent.post(&format!("{}{path}", self.base)).set("authorization", &basic());
+        if let Some(e) = encoding {
+            req = req.set("content-encoding", e);
+        }
+        respond(req.send_bytes(body))
+    }
+
+    pub fn track(&self, user: &str, event: &str, properties: Value) {
+        let (s, b) = self.ingest("/v1/track", &json!({"userId": user, "event": event, "properties": properties}).to_string());
+        assert_eq!(s, 200, "{b}");
+    }
+
+    pub fn identify(&self, user: &str, traits: Value) {
+        let (s, b) = self.ingest("/v1/identify", &json!({"userId": user, "traits": traits}).to_string());
+        assert_eq!(s, 200, "{b}");
+    }
+
+    pub fn admin_get(&self, path: &str) -> (u16, Value) {
+        respond(self.agent.get(&format!("{}{path}", self.base)).set("authorization", &format!("Bearer {TOKEN}")).call())
+    }
+
+    pub fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+        respond(
+            self.agent
+                .post(&format!("{}{path}", self.base))
+                .set("authorization", &format!("Bearer {TOKEN}"))
+                .send_json(body),
+        )
+    }
+
+    pub fn get_text(&self, path: &str) -> String {
+        self.agent.get(&format!("{}{path}", self.base)).call().unwrap().into_string().unwrap()
+    }
+
+    /// Move the daemon's test clock forward.
+    pub fn advance(&self, ms: i64) {
+        let (s, b) = self.admin_post("/v1/test/clock", json!({"advance_ms": ms}));
+        assert_eq!(s, 200, "{b}");
+    }
+
+    pub fn set_clock(&self, ms: i64) {
+        let (s, b) = self.admin_post("/v1/test/clock", json!({"set_ms": ms}));
+        assert_eq!(s, 200, "{b}");
+    }
+
+    pub fn runs_of(&self, contact: &str) -> Vec<Value> {
+        let (s, b) = self.admin_get(&format!("/v1/runs?contact={contact}"));
+        assert_eq!(s, 200, "{b}");
+        b["runs"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn run(&self, id: &str) -> Value {
+        let (s, b) = self.admin_get(&format!("/v1/runs/{id}"));
+        assert_eq!(s, 200, "{b}");
+        b
+    }
+
+    /// The only run of a contact, once it exists.
+    pub fn only_run(&self, contact: &str) -> Value {
+        let runs = eventually("the contact has a run", || {
+            let r = self.runs_of(contact);
+            (!r.is_empty()).then_some(r)
+        });
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        runs[0].clone()
+    }
+
+    /// Wait until a run reaches `status` (and, for `waiting`, has recorded `min_steps` steps).
+    pub fn run_reaches(&self, id: &str, status: &str, min_steps: usize) -> Value {
+        eventually(&format!("run {id} reaches {status} with {min_steps} steps"), || {
+            let r = self.run(id);
+            (r["status"] == status && r["journal"].as_array().map_or(0, Vec::len) >= min_steps).then_some(r)
+        })
+    }
+}
+
+fn respond(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    match r {
+        Ok(resp) => {
+            let status = resp.status();
+            let text = resp.into_string().unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        }
+        Err(ureq::Error::Status(code, resp)) => {
+            let text = resp.into_string().unwrap_or_default();
+            (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        }
+        Err(e) => panic!("request failed: {e}"),
+    }
+}
+
+/// Poll `f` until it returns `Some`, for at most 20 seconds (a bound, not a timing claim).
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("gave up waiting: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub const DAY: i64 = 86_400_000;
+
+/// The `herald` binary run as a real process.
+pub struct Process {
+    pub child: Child,
+    pub client: Client,
+    pub log: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Process {
+    /// Start `herald run --test-clock` on the project, with optional env vars.
+    pub fn start(project: &Path, env: &[(&str, &str)]) -> Process {
+        let port = free_port();
+        let log = project.join(format!("herald-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.args(["run", project.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--test-clock"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn herald");
+        let client = Client::new(format!("http://127.0.0.1:{port}"));
+        let p = Process { child, client, log };
+        eventually("the daemon serves /healthz", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+        p
+    }
+
+    /// SIGKILL the process (no chance to flush or clean up).
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait for the process to die by itself (a failpoint killed it).
+    pub fn wait_dead(mut self) -> std::process::ExitStatus {
+        eventually("the process exits", || self.child.try_wait().ok().flatten())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request received by [`Recorder`].
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP server on loopback that records requests and answers with scripted statuses
+/// (the last status repeats).
+pub struct Recorder {
+    pub url: String,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Recorder {
+    pub fn start(statuses: Vec<u16>) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let reqs = requests.clone();
+        std::thread::spawn(move || {
+            for (i, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_string();
+                let path = parts.next().unwrap_or("").to_string();
+                let mut headers = Vec::new();
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    let h = h.trim_end();
+                    if h.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        headers.push((k.trim().to_string(), v.trim().to_string()));
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                reqs.lock().unwrap().push(Recorded { method, path, headers, body: String::from_utf8_lossy(&body).into() });
+                let status = *statuses.get(i).or(statuses.last()).unwrap_or(&200);
+                let payload = format!("{{\"id\":\"prov-{i}\"}}");
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{payload}",
+                    payload.len()
+                );
+            }
+        });
+        Recorder { url, requests }
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}

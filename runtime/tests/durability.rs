@@ -1,0 +1,162 @@
+//! The real `herald` process killed with SIGKILL at the dangerous points of a run, then
+//! restarted on the same data: accepted events survive, timers fire, nothing is sent twice,
+//! and the ambiguous window is reported as such.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+const WF: &str = "workflow(\"welcome\").on_event(\"signup\");\nfn run(contact, trigger) {\n    send(\"email\", \"welcome\");\n    wait(days(3));\n    send(\"email\", \"tips\");\n}\n";
+
+fn project(idempotent: bool) -> TestProject {
+    let p = TestProject::new("");
+    if idempotent {
+        let toml = std::fs::read_to_string(p.path().join("herald.toml")).unwrap();
+        let toml = toml.replacen("path = \"out/email.jsonl\"", "path = \"out/email.jsonl\"\nidempotent = true", 1);
+        std::fs::write(p.path().join("herald.toml"), toml).unwrap();
+    }
+    p.workflow("welcome.rhai", WF);
+    p
+}
+
+/// Send the events that start a run; with a failpoint armed the process kills itself.
+fn sign_up(c: &Client) {
+    c.identify("ada", json!({"email": "ada@example.com", "first_name": "Ada"}));
+    let batch: Vec<_> = (0..50).map(|i| json!({"type": "track", "userId": "ada", "event": "viewed", "properties": {"i": i}})).collect();
+    let (s, _) = c.ingest("/v1/batch", &json!({"batch": batch}).to_string());
+    assert_eq!(s, 200);
+    let (s, _) = c.ingest("/v1/track", &json!({"userId": "ada", "event": "signup"}).to_string());
+    assert_eq!(s, 200, "the event is accepted before the run reaches the failpoint");
+}
+
+fn assert_events_kept(c: &Client) {
+    let (s, contact) = c.admin_get("/v1/contacts/ada");
+    assert_eq!(s, 200);
+    assert_eq!(contact["recent_events"].as_array().unwrap().len(), 50, "recent_events shows the newest 50");
+    assert_eq!(contact["recent_events"][0]["event"], "signup");
+    assert_eq!(contact["attributes"]["email"], "ada@example.com");
+}
+
+fn crash_at(p: &TestProject, failpoint: &str) -> Process {
+    let first = Process::start(p.path(), &[("HERALD_FAILPOINT", failpoint)]);
+    sign_up(&first.client);
+    let status = first.wait_dead();
+    assert!(!status.success(), "the failpoint killed the process");
+    Process::start(p.path(), &[])
+}
+
+#[test]
+fn killed_before_the_intent_is_durable_the_send_happens_once_after_restart() {
+    let p = project(false);
+    let second = crash_at(&p, "before_intent");
+    let c = &second.client;
+    assert_events_kept(c);
+    let run = c.only_run("ada");
+    let run = c.run_reaches(run["id"].as_str().unwrap(), "waiting", 2);
+    assert_eq!(run["journal"][0]["status"], "done");
+    assert_eq!(p.outbox("email").len(), 1);
+    c.advance(3 * DAY + 1000);
+    c.run_reaches(run["id"].as_str().unwrap(), "completed", 3);
+    let sent = p.outbox("email");
+    assert_eq!(sent.iter().map(|m| m["template"].as_str().unwrap()).collect::<Vec<_>>(), ["welcome", "tips"]);
+}
+
+#[test]
+fn killed_between_intent_and_call_the_run_is_parked_as_ambiguous_and_an_operator_resolves_it() {
+    let p = project(false);
+    let second = crash_at(&p, "after_intent");
+    let c = &second.client;
+    assert_events_kept(c);
+    let run = c.only_run("ada");
+    let id = run["id"].as_str().unwrap().to_string();
+    let r = c.run_reaches(&id, "parked", 1);
+    assert_eq!(r["journal"][0]["status"], "ambiguous");
+    assert!(r["parked_reason"].as_str().unwrap().contains("ambiguous delivery at step 0"), "{r}");
+    assert!(p.outbox("email").is_empty(), "nothing is sent on a guess");
+    assert!(c.get_text("/metrics").contains("herald_sends_total{channel=\"email\",outcome=\"ambiguous\"} 1"));
+
+    // The operator knows it never went out: send it now.
+    let (s, b) = c.admin_post(&format!("/v1/runs/{id}/steps/0/resolve"), json!({"delivered": false}));
+    assert_eq!(s, 200, "{b}");
+    c.run_reaches(&id, "waiting", 2);
+    assert_eq!(p.outbox("email").len(), 1);
+}
+
+#[test]
+fn killed_after_the_call_the_message_is_not_written_twice() {
+    let p = project(false);
+    let second = crash_at(&p, "after_send");
+    let c = &second.client;
+    let id = c.only_run("ada")["id"].as_str().unwrap().to_string();
+    let r = c.run_reaches(&id, "parked", 1);
+    assert_eq!(r["journal"][0]["status"], "ambiguous");
+    assert_eq!(p.outbox("email").len(), 1, "written once before the crash, never again");
+
+    // The operator confirms delivery; the run continues without sending again.
+    let (s, _) = c.admin_post(&format!("/v1/runs/{id}/steps/0/resolve"), json!({"delivered": true}));
+    assert_eq!(s, 200);
+    c.run_reaches(&id, "waiting", 2);
+    c.advance(3 * DAY + 1000);
+    c.run_reaches(&id, "completed", 3);
+    assert_eq!(p.outbox("email").len(), 2);
+}
+
+#[test]
+fn an_idempotent_channel_is_retried_with_the_same_key_after_a_crash_in_the_window() {
+    let p = project(true);
+    let second = crash_at(&p, "after_send");
+    let c = &second.client;
+    let id = c.only_run("ada")["id"].as_str().unwrap().to_string();
+    let r = c.run_reaches(&id, "waiting", 2);
+    assert_eq!(r["journal"][0]["status"], "done");
+    assert_eq!(r["journal"][0]["attempts"], 2, "retried once after the crash");
+    let sent = p.outbox("email");
+    assert_eq!(sent.len(), 1, "the retry carried the same key and was deduplicated");
+    assert_eq!(sent[0]["idempotency_key"], format!("{id}:0"));
+    assert!(second.log_text().contains("ambiguous window"), "the retry is logged");
+}
+
+#[test]
+fn killed_while_waiting_the_timer_fires_after_restart_exactly_once() {
+    let p = project(false);
+    let first = Process::start(p.path(), &[]);
+    sign_up(&first.client);
+    let id = first.client.only_run("ada")["id"].as_str().unwrap().to_string();
+    first.client.run_reaches(&id, "waiting", 2);
+    first.kill9();
+
+    let second = Process::start(p.path(), &[]);
+    let c = &second.client;
+    assert_events_kept(c);
+    let (_, status) = c.admin_get("/v1/status");
+    assert_eq!(status["pending_timers"], 1);
+    c.advance(3 * DAY + 1000);
+    c.run_reaches(&id, "completed", 3);
+    second.kill9();
+
+    // A third start finds nothing left to do: no duplicate sends.
+    let third = Process::start(p.path(), &[]);
+    third.client.advance(30 * DAY);
+    assert_eq!(third.client.run(&id)["status"], "completed");
+    let sent = p.outbox("email");
+    assert_eq!(sent.iter().map(|m| m["template"].as_str().unwrap()).collect::<Vec<_>>(), ["welcome", "tips"]);
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_keeps_everything() {
+    let p = project(false);
+    let first = Process::start(p.path(), &[]);
+    sign_up(&first.client);
+    let id = first.client.only_run("ada")["id"].as_str().unwrap().to_string();
+    first.client.run_reaches(&id, "waiting", 2);
+    // SAFETY: sending a signal to a child we own.
+    unsafe {
+        libc::kill(first.child.id() as i32, libc::SIGTERM);
+    }
+    let status = first.wait_dead();
+    assert!(status.success(), "exit code 0 after SIGTERM");
+    let second = Process::start(p.path(), &[]);
+    assert_events_kept(&second.client);
+    assert_eq!(second.client.run(&id)["status"], "waiting");
+}
