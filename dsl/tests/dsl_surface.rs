@@ -341,5 +341,10 @@ fn every_documented_function_is_registered_with_every_overload() {
 fn reentry_accepts_a_cooldown_duration() {
     let engine = build_engine(&Limits::default());
     let wf = load_workflow(&engine, "w.rhai", "workflow(\"cool\").on_event(\"ping\").reentry(days(1));\nfn run(contact, trigger) { wait(0); }\n").unwrap();
-    assert_eq!(wf.decl.reentry, Reentry::After { cooldown_ms: 86_400_000 });
+    assert_eq!(
+        wf.decl.reentry,
+        Reentry::After {
+            cooldown_ms: 86_400_000
+        }
+    );
 }

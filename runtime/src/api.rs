@@ -79,8 +79,13 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Parse a JSON request body into `T`, with a JSON error naming what is wrong.
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("request body: {e}"),
+        )
+    })
 }
 
 /// Every route of the daemon.
@@ -207,8 +212,10 @@ fn decode_body(headers: &HeaderMap, body: Bytes) -> ApiResult<Vec<u8>> {
     Ok(out)
 }
 
+/// Read the body. Up to 4 MB is read even though 500 KB is the limit, so that a client that
+/// is still sending learns what was wrong instead of seeing a broken connection.
 async fn read_limited(body: Body) -> ApiResult<Bytes> {
-    axum::body::to_bytes(body, MAX_BATCH_BYTES + 1)
+    axum::body::to_bytes(body, 4 * 1024 * 1024)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -550,6 +557,7 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiRes
     Ok(Json(json!({
         "workflows": versions,
         "last_reload_error": shared.last_reload_error.lock().expect("reload lock").clone(),
+        "reloads": shared.reload_stats.lock().expect("reload lock").clone(),
         "pending_timers": shared.engine.store.timer_count()?,
         "clock": shared.engine.clock.now_ms(),
     })))

@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// Runs left waiting on timers, to measure memory and restart time (0 skips it).
     #[arg(long, default_value_t = 0)]
     waiting: usize,
+    /// Saved script changes timed from save to serving (0 skips it).
+    #[arg(long, default_value_t = 20)]
+    reloads: usize,
 }
 
 const WRITE_KEY: &str = "bench-key";
@@ -170,6 +173,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         listen: Some("127.0.0.1:0".into()),
         data: None,
         test_clock: false,
+        watch: false,
     })?;
     let url = d.url();
     let ingest = ingest_http(&url, args.events, args.batch, args.clients, "page_viewed")?;
@@ -182,9 +186,59 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("workflow activations         {act:>12.0} runs/s      (ingest + trigger + render + outbox send + completion)");
     d.shutdown();
 
+    if args.reloads > 0 {
+        reloads(args.reloads)?;
+    }
     if args.waiting > 0 {
         waiting(args.waiting, args.batch, args.clients)?;
     }
+    Ok(())
+}
+
+fn reloads(n: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let base = "workflow(\"bench\").on_event(\"go\");\nfn run(contact, trigger) {\n    send(\"email\", \"hello\");\n}\n";
+    project(dir.path(), base)?;
+    let d = RunningDaemon::start(Options {
+        project: dir.path().into(),
+        listen: Some("127.0.0.1:0".into()),
+        data: None,
+        test_clock: false,
+        watch: true,
+    })?;
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let source = format!("{base}// revision {i}\n");
+        let want = herald_runtime::project::script_hash(&source);
+        // Let the previous burst settle so each measurement is one save.
+        std::thread::sleep(Duration::from_millis(150));
+        let start = Instant::now();
+        std::fs::write(dir.path().join("workflows/bench.rhai"), &source)?;
+        loop {
+            if d.shared
+                .engine
+                .state()
+                .workflows
+                .get("bench")
+                .is_some_and(|w| w.hash == want)
+            {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                anyhow::bail!("revision {i} was not served within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "save to serving (hot reload)  median {:>7.1} ms   max {:.1} ms over {n} saves (debounce {} ms; target median < 300 ms)",
+        times[n / 2],
+        times[n - 1],
+        herald_runtime::watch::DEBOUNCE.as_millis()
+    );
+    d.shutdown();
     Ok(())
 }
 
@@ -196,6 +250,7 @@ fn waiting(n: usize, batch: usize, clients: usize) -> Result<()> {
         listen: Some("127.0.0.1:0".into()),
         data: None,
         test_clock: false,
+        watch: false,
     };
     let d = RunningDaemon::start(opts.clone())?;
     let start = Instant::now();

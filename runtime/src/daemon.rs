@@ -52,6 +52,8 @@ pub struct Options {
     pub data: Option<PathBuf>,
     /// Use a manual clock moved through `POST /v1/test/clock`.
     pub test_clock: bool,
+    /// Watch the project and hot-reload changes.
+    pub watch: bool,
 }
 
 /// State shared by the HTTP handlers.
@@ -70,27 +72,79 @@ pub struct Shared {
     pub project_dir: PathBuf,
     /// The last failed reload, rendered.
     pub last_reload_error: Mutex<Option<String>>,
+    /// `[server]` as the daemon started with it: changes need a restart.
+    pub server: crate::config::ServerConfig,
+    /// Fingerprint of the project files last loaded (or refused).
+    pub fingerprint: Mutex<String>,
+    /// Reload counters: applied, refused, skipped because nothing changed.
+    pub reload_stats: Mutex<ReloadStats>,
+}
+
+/// What hot reload has done so far.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStats {
+    /// Reloads that swapped in a new project.
+    pub applied: u64,
+    /// Reloads refused (the previous version kept serving).
+    pub refused: u64,
+    /// Saves that changed nothing.
+    pub skipped_identical: u64,
+    /// When the last reload was applied (ms since the epoch).
+    pub last_applied_at: Option<i64>,
 }
 
 impl Shared {
     /// Reload the project from disk; on errors the current version keeps serving.
     pub fn reload(&self) -> Result<Vec<String>, String> {
+        *self.fingerprint.lock().expect("reload lock") =
+            crate::watch::fingerprint(&self.project_dir);
         let (project, report) = Project::load(&self.project_dir, self.engine.rhai());
-        let Some(project) = project else {
-            let text = report.render(false);
-            tracing::error!("reload refused; the previous version keeps serving:\n{text}");
-            self.engine.metrics.reload(false);
-            *self.last_reload_error.lock().expect("reload lock") = Some(text.clone());
-            return Err(text);
+        let checked = match project {
+            None => Err(report.render(false)),
+            Some(p) if p.config.server.listen != self.server.listen || p.config.server.data != self.server.data => Err(format!(
+                "herald.toml: [server] listen/data changed ({} -> {}, {} -> {}); these need a restart, so nothing of this change was applied\n",
+                self.server.listen, p.config.server.listen, self.server.data, p.config.server.data
+            )),
+            Some(p) => Ok(p),
+        };
+        let project = match checked {
+            Ok(p) => p,
+            Err(text) => {
+                tracing::error!("reload refused; the previous version keeps serving:\n{text}");
+                self.engine.metrics.reload(false);
+                self.reload_stats.lock().expect("reload lock").refused += 1;
+                *self.last_reload_error.lock().expect("reload lock") = Some(text.clone());
+                return Err(text);
+            }
         };
         let changed = self
             .engine
             .swap_project(&project)
             .map_err(|e| e.to_string())?;
         self.engine.metrics.reload(true);
+        {
+            let mut stats = self.reload_stats.lock().expect("reload lock");
+            stats.applied += 1;
+            stats.last_applied_at = Some(self.engine.clock.now_ms());
+        }
         *self.last_reload_error.lock().expect("reload lock") = None;
         tracing::info!(?changed, "project reloaded");
         Ok(changed)
+    }
+
+    /// Reload when the project's files differ from what was last loaded (the file watcher
+    /// calls this after a debounced burst of events).
+    pub fn reload_if_changed(&self) {
+        let fp = crate::watch::fingerprint(&self.project_dir);
+        if *self.fingerprint.lock().expect("reload lock") == fp {
+            self.reload_stats
+                .lock()
+                .expect("reload lock")
+                .skipped_identical += 1;
+            tracing::debug!("saved files are identical to the loaded project; nothing to do");
+            return;
+        }
+        let _ = self.reload();
     }
 }
 
@@ -102,6 +156,7 @@ pub struct RunningDaemon {
     pub shared: Arc<Shared>,
     stop: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    _watcher: Option<crate::watch::ProjectWatcher>,
 }
 
 fn resolve_dir(project: &Path, configured: &str) -> PathBuf {
@@ -152,8 +207,20 @@ impl RunningDaemon {
             test_clock: opts.test_clock,
             project_dir: opts.project.clone(),
             last_reload_error: Mutex::new(None),
+            server: project.config.server.clone(),
+            fingerprint: Mutex::new(crate::watch::fingerprint(&opts.project)),
+            reload_stats: Mutex::new(ReloadStats::default()),
             engine: engine.clone(),
         });
+        let watcher = if opts.watch {
+            Some(crate::watch::watch(shared.clone()).map_err(|e| {
+                DaemonError::Io(std::io::Error::other(format!(
+                    "cannot watch the project: {e}"
+                )))
+            })?)
+        } else {
+            None
+        };
         let listen = opts
             .listen
             .clone()
@@ -205,6 +272,7 @@ impl RunningDaemon {
             shared,
             stop,
             thread: Some(thread),
+            _watcher: watcher,
         })
     }
 

@@ -232,7 +232,7 @@ impl Engine {
         drop(versions);
         self.flusher
             .commit_blocking()
-            .map_err(|e| EngineError::Invalid(e))?;
+            .map_err(EngineError::Invalid)?;
         Ok(())
     }
 
@@ -1262,9 +1262,7 @@ impl RunHost {
             }
         }
         self.durable(st)?;
-        if value.is_ok() {
-            st.cursor += 1;
-        } else if step.status == StepStatus::Failed {
+        if value.is_ok() || step.status == StepStatus::Failed {
             st.cursor += 1;
         }
         value

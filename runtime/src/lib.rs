@@ -12,3 +12,4 @@ pub mod model;
 pub mod project;
 pub mod store;
 pub mod templates;
+pub mod watch;

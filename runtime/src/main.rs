@@ -37,6 +37,9 @@ enum Command {
         /// Use a manual clock, moved with POST /v1/test/clock (journey tests, demos).
         #[arg(long)]
         test_clock: bool,
+        /// Do not watch the project for changes (reload with POST /v1/reload instead).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Check a project's scripts, templates and settings without running it.
     Check {
@@ -161,11 +164,13 @@ fn main() -> ExitCode {
             listen,
             data,
             test_clock,
+            no_watch,
         } => run(Options {
             project: dir,
             listen,
             data,
             test_clock,
+            watch: !no_watch,
         })
         .map(|_| true),
         Command::Check { dir } => check(&dir),

@@ -54,7 +54,9 @@ fn parser() -> liquid::Parser {
 }
 
 /// Split `---` front matter from the body. Front matter is `key: value` lines.
-fn split_front_matter(text: &str) -> Result<(Vec<(String, String)>, &str), String> {
+type FrontMatter = Vec<(String, String)>;
+
+fn split_front_matter(text: &str) -> Result<(FrontMatter, &str), String> {
     let Some(rest) = text
         .strip_prefix("---\n")
         .or_else(|| text.strip_prefix("---\r\n"))

@@ -13,7 +13,11 @@ fn project(idempotent: bool) -> TestProject {
     let p = TestProject::new("");
     if idempotent {
         let toml = std::fs::read_to_string(p.path().join("herald.toml")).unwrap();
-        let toml = toml.replacen("path = \"out/email.jsonl\"", "path = \"out/email.jsonl\"\nidempotent = true", 1);
+        let toml = toml.replacen(
+            "path = \"out/email.jsonl\"",
+            "path = \"out/email.jsonl\"\nidempotent = true",
+            1,
+        );
         std::fs::write(p.path().join("herald.toml"), toml).unwrap();
     }
     p.workflow("welcome.rhai", WF);
@@ -22,18 +26,31 @@ fn project(idempotent: bool) -> TestProject {
 
 /// Send the events that start a run; with a failpoint armed the process kills itself.
 fn sign_up(c: &Client) {
-    c.identify("ada", json!({"email": "ada@example.com", "first_name": "Ada"}));
+    c.identify(
+        "ada",
+        json!({"email": "ada@example.com", "first_name": "Ada"}),
+    );
     let batch: Vec<_> = (0..50).map(|i| json!({"type": "track", "userId": "ada", "event": "viewed", "properties": {"i": i}})).collect();
     let (s, _) = c.ingest("/v1/batch", &json!({"batch": batch}).to_string());
     assert_eq!(s, 200);
-    let (s, _) = c.ingest("/v1/track", &json!({"userId": "ada", "event": "signup"}).to_string());
-    assert_eq!(s, 200, "the event is accepted before the run reaches the failpoint");
+    let (s, _) = c.ingest(
+        "/v1/track",
+        &json!({"userId": "ada", "event": "signup"}).to_string(),
+    );
+    assert_eq!(
+        s, 200,
+        "the event is accepted before the run reaches the failpoint"
+    );
 }
 
 fn assert_events_kept(c: &Client) {
     let (s, contact) = c.admin_get("/v1/contacts/ada");
     assert_eq!(s, 200);
-    assert_eq!(contact["recent_events"].as_array().unwrap().len(), 50, "recent_events shows the newest 50");
+    assert_eq!(
+        contact["recent_events"].as_array().unwrap().len(),
+        50,
+        "recent_events shows the newest 50"
+    );
     assert_eq!(contact["recent_events"][0]["event"], "signup");
     assert_eq!(contact["attributes"]["email"], "ada@example.com");
 }
@@ -59,7 +76,12 @@ fn killed_before_the_intent_is_durable_the_send_happens_once_after_restart() {
     c.advance(3 * DAY + 1000);
     c.run_reaches(run["id"].as_str().unwrap(), "completed", 3);
     let sent = p.outbox("email");
-    assert_eq!(sent.iter().map(|m| m["template"].as_str().unwrap()).collect::<Vec<_>>(), ["welcome", "tips"]);
+    assert_eq!(
+        sent.iter()
+            .map(|m| m["template"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["welcome", "tips"]
+    );
 }
 
 #[test]
@@ -72,12 +94,23 @@ fn killed_between_intent_and_call_the_run_is_parked_as_ambiguous_and_an_operator
     let id = run["id"].as_str().unwrap().to_string();
     let r = c.run_reaches(&id, "parked", 1);
     assert_eq!(r["journal"][0]["status"], "ambiguous");
-    assert!(r["parked_reason"].as_str().unwrap().contains("ambiguous delivery at step 0"), "{r}");
+    assert!(
+        r["parked_reason"]
+            .as_str()
+            .unwrap()
+            .contains("ambiguous delivery at step 0"),
+        "{r}"
+    );
     assert!(p.outbox("email").is_empty(), "nothing is sent on a guess");
-    assert!(c.get_text("/metrics").contains("herald_sends_total{channel=\"email\",outcome=\"ambiguous\"} 1"));
+    assert!(c
+        .get_text("/metrics")
+        .contains("herald_sends_total{channel=\"email\",outcome=\"ambiguous\"} 1"));
 
     // The operator knows it never went out: send it now.
-    let (s, b) = c.admin_post(&format!("/v1/runs/{id}/steps/0/resolve"), json!({"delivered": false}));
+    let (s, b) = c.admin_post(
+        &format!("/v1/runs/{id}/steps/0/resolve"),
+        json!({"delivered": false}),
+    );
     assert_eq!(s, 200, "{b}");
     c.run_reaches(&id, "waiting", 2);
     assert_eq!(p.outbox("email").len(), 1);
@@ -91,10 +124,17 @@ fn killed_after_the_call_the_message_is_not_written_twice() {
     let id = c.only_run("ada")["id"].as_str().unwrap().to_string();
     let r = c.run_reaches(&id, "parked", 1);
     assert_eq!(r["journal"][0]["status"], "ambiguous");
-    assert_eq!(p.outbox("email").len(), 1, "written once before the crash, never again");
+    assert_eq!(
+        p.outbox("email").len(),
+        1,
+        "written once before the crash, never again"
+    );
 
     // The operator confirms delivery; the run continues without sending again.
-    let (s, _) = c.admin_post(&format!("/v1/runs/{id}/steps/0/resolve"), json!({"delivered": true}));
+    let (s, _) = c.admin_post(
+        &format!("/v1/runs/{id}/steps/0/resolve"),
+        json!({"delivered": true}),
+    );
     assert_eq!(s, 200);
     c.run_reaches(&id, "waiting", 2);
     c.advance(3 * DAY + 1000);
@@ -110,11 +150,21 @@ fn an_idempotent_channel_is_retried_with_the_same_key_after_a_crash_in_the_windo
     let id = c.only_run("ada")["id"].as_str().unwrap().to_string();
     let r = c.run_reaches(&id, "waiting", 2);
     assert_eq!(r["journal"][0]["status"], "done");
-    assert_eq!(r["journal"][0]["attempts"], 2, "retried once after the crash");
+    assert_eq!(
+        r["journal"][0]["attempts"], 2,
+        "retried once after the crash"
+    );
     let sent = p.outbox("email");
-    assert_eq!(sent.len(), 1, "the retry carried the same key and was deduplicated");
+    assert_eq!(
+        sent.len(),
+        1,
+        "the retry carried the same key and was deduplicated"
+    );
     assert_eq!(sent[0]["idempotency_key"], format!("{id}:0"));
-    assert!(second.log_text().contains("ambiguous window"), "the retry is logged");
+    assert!(
+        second.log_text().contains("ambiguous window"),
+        "the retry is logged"
+    );
 }
 
 #[test]
@@ -122,7 +172,10 @@ fn killed_while_waiting_the_timer_fires_after_restart_exactly_once() {
     let p = project(false);
     let first = Process::start(p.path(), &[]);
     sign_up(&first.client);
-    let id = first.client.only_run("ada")["id"].as_str().unwrap().to_string();
+    let id = first.client.only_run("ada")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     first.client.run_reaches(&id, "waiting", 2);
     first.kill9();
 
@@ -140,7 +193,12 @@ fn killed_while_waiting_the_timer_fires_after_restart_exactly_once() {
     third.client.advance(30 * DAY);
     assert_eq!(third.client.run(&id)["status"], "completed");
     let sent = p.outbox("email");
-    assert_eq!(sent.iter().map(|m| m["template"].as_str().unwrap()).collect::<Vec<_>>(), ["welcome", "tips"]);
+    assert_eq!(
+        sent.iter()
+            .map(|m| m["template"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["welcome", "tips"]
+    );
 }
 
 #[test]
@@ -148,7 +206,10 @@ fn sigterm_stops_gracefully_and_keeps_everything() {
     let p = project(false);
     let first = Process::start(p.path(), &[]);
     sign_up(&first.client);
-    let id = first.client.only_run("ada")["id"].as_str().unwrap().to_string();
+    let id = first.client.only_run("ada")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     first.client.run_reaches(&id, "waiting", 2);
     // SAFETY: sending a signal to a child we own.
     unsafe {

@@ -28,12 +28,23 @@ fn anonymous_history_merges_into_the_identified_contact_and_a_run_sends_the_rend
     let d = p.start();
     let c = Client::new(d.url());
 
-    let (s, b) = c.ingest("/v1/page", &json!({"anonymousId": "anon-7", "name": "Pricing", "properties": {"path": "/pricing"}}).to_string());
+    let (s, b) = c.ingest(
+        "/v1/page",
+        &json!({"anonymousId": "anon-7", "name": "Pricing", "properties": {"path": "/pricing"}})
+            .to_string(),
+    );
     assert_eq!((s, b["success"].clone()), (200, json!(true)));
     // A separate known contact that the anonymous one is later merged into.
-    c.identify("ada", json!({"first_name": "Ada", "email": "ada@example.com", "plan": "free"}));
+    c.identify(
+        "ada",
+        json!({"first_name": "Ada", "email": "ada@example.com", "plan": "free"}),
+    );
     // identify with both ids links the anonymous history to ada.
-    let (s, _) = c.ingest("/v1/identify", &json!({"userId": "ada", "anonymousId": "anon-7", "traits": {"phone": "+15550100"}}).to_string());
+    let (s, _) = c.ingest(
+        "/v1/identify",
+        &json!({"userId": "ada", "anonymousId": "anon-7", "traits": {"phone": "+15550100"}})
+            .to_string(),
+    );
     assert_eq!(s, 200);
     c.track("ada", "newsletter_subscribed", json!({"source": "footer"}));
 
@@ -43,8 +54,16 @@ fn anonymous_history_merges_into_the_identified_contact_and_a_run_sends_the_rend
     assert_eq!(contact["anonymous_ids"], json!(["anon-7"]));
     assert_eq!(contact["attributes"]["first_name"], "Ada");
     assert_eq!(contact["attributes"]["phone"], "+15550100");
-    let events: Vec<&str> = contact["recent_events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(events, ["newsletter_subscribed", "identify", "identify", "page"]);
+    let events: Vec<&str> = contact["recent_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["newsletter_subscribed", "identify", "identify", "page"]
+    );
 
     let run = c.only_run("ada");
     let run = c.run_reaches(run["id"].as_str().unwrap(), "waiting", 2);
@@ -63,25 +82,49 @@ fn anonymous_history_merges_into_the_identified_contact_and_a_run_sends_the_rend
     assert_eq!(sent[0]["to"], "ada@example.com");
     assert_eq!(sent[0]["subject"], "Welcome Ada");
     assert_eq!(sent[0]["body"], "Hello Ada from footer\n");
-    assert_eq!(sent[0]["idempotency_key"], format!("{}:0", run["id"].as_str().unwrap()));
+    assert_eq!(
+        sent[0]["idempotency_key"],
+        format!("{}:0", run["id"].as_str().unwrap())
+    );
 }
 
 #[test]
 fn identify_with_two_known_histories_merges_them_and_alias_links_ids() {
     let d = project().start();
     let c = Client::new(d.url());
-    c.ingest("/v1/track", &json!({"anonymousId": "a1", "event": "viewed"}).to_string());
-    c.identify("u1", json!({"email": "u1@example.com", "first_name": "Known"}));
-    c.ingest("/v1/identify", &json!({"anonymousId": "a1", "traits": {"first_name": "Anon", "city": "Oslo"}}).to_string());
+    c.ingest(
+        "/v1/track",
+        &json!({"anonymousId": "a1", "event": "viewed"}).to_string(),
+    );
+    c.identify(
+        "u1",
+        json!({"email": "u1@example.com", "first_name": "Known"}),
+    );
+    c.ingest(
+        "/v1/identify",
+        &json!({"anonymousId": "a1", "traits": {"first_name": "Anon", "city": "Oslo"}}).to_string(),
+    );
     // Now both histories exist; this call ties them together.
-    c.ingest("/v1/identify", &json!({"userId": "u1", "anonymousId": "a1"}).to_string());
+    c.ingest(
+        "/v1/identify",
+        &json!({"userId": "u1", "anonymousId": "a1"}).to_string(),
+    );
     let (_, merged) = c.admin_get("/v1/contacts/a1");
     assert_eq!(merged["user_ids"], json!(["u1"]));
-    assert_eq!(merged["attributes"]["first_name"], "Known", "the known user's traits win");
-    assert_eq!(merged["attributes"]["city"], "Oslo", "traits only the anonymous side had are kept");
+    assert_eq!(
+        merged["attributes"]["first_name"], "Known",
+        "the known user's traits win"
+    );
+    assert_eq!(
+        merged["attributes"]["city"], "Oslo",
+        "traits only the anonymous side had are kept"
+    );
     assert_eq!(merged["recent_events"].as_array().unwrap().len(), 4);
 
-    let (s, _) = c.ingest("/v1/alias", &json!({"previousId": "u1", "userId": "u1-new"}).to_string());
+    let (s, _) = c.ingest(
+        "/v1/alias",
+        &json!({"previousId": "u1", "userId": "u1-new"}).to_string(),
+    );
     assert_eq!(s, 200);
     let (_, aliased) = c.admin_get("/v1/contacts/u1-new");
     assert_eq!(aliased["id"], merged["id"]);
@@ -101,10 +144,16 @@ fn batches_dedupe_message_ids_and_share_their_context() {
     });
     let (s, b) = c.ingest("/v1/batch", &batch.to_string());
     assert_eq!(s, 200, "{b}");
-    assert_eq!((b["accepted"].clone(), b["duplicates"].clone()), (json!(2), json!(1)));
+    assert_eq!(
+        (b["accepted"].clone(), b["duplicates"].clone()),
+        (json!(2), json!(1))
+    );
     // A retry of the whole request is a duplicate too: nothing is stored twice.
     let (_, b) = c.ingest("/v1/batch", &batch.to_string());
-    assert_eq!((b["accepted"].clone(), b["duplicates"].clone()), (json!(0), json!(3)));
+    assert_eq!(
+        (b["accepted"].clone(), b["duplicates"].clone()),
+        (json!(0), json!(3))
+    );
     let (_, contact) = c.admin_get("/v1/contacts/b1");
     let events = contact["recent_events"].as_array().unwrap();
     assert_eq!(events.len(), 2);
@@ -117,17 +166,29 @@ fn gzip_bodies_and_the_short_segment_paths_are_accepted() {
     let d = project().start();
     let c = Client::new(d.url());
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(json!({"batch": [{"type": "track", "userId": "g1", "event": "zipped"}]}).to_string().as_bytes()).unwrap();
+    gz.write_all(
+        json!({"batch": [{"type": "track", "userId": "g1", "event": "zipped"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
     let (s, b) = c.post_bytes("/v1/batch", &gz.finish().unwrap(), Some("gzip"));
     assert_eq!(s, 200, "{b}");
-    let (s, _) = c.ingest("/v1/t", &json!({"userId": "g1", "event": "short"}).to_string());
+    let (s, _) = c.ingest(
+        "/v1/t",
+        &json!({"userId": "g1", "event": "short"}).to_string(),
+    );
     assert_eq!(s, 200);
     let (_, contact) = c.admin_get("/v1/contacts/g1");
     assert_eq!(contact["recent_events"].as_array().unwrap().len(), 2);
 }
 
 fn error_of(r: (u16, Value)) -> (u16, String, String) {
-    (r.0, r.1["error"]["code"].as_str().unwrap_or("").to_string(), r.1["error"]["message"].as_str().unwrap_or("").to_string())
+    (
+        r.0,
+        r.1["error"]["code"].as_str().unwrap_or("").to_string(),
+        r.1["error"]["message"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 #[test]
@@ -146,7 +207,10 @@ fn bad_input_gets_a_json_error_naming_the_problem_and_stores_nothing() {
     assert_eq!((s, code.as_str()), (400, "missing_event"));
 
     let big = "x".repeat(33 * 1024);
-    let (s, code, msg) = error_of(c.ingest("/v1/track", &json!({"userId": "x", "event": "e", "properties": {"blob": big}}).to_string()));
+    let (s, code, msg) = error_of(c.ingest(
+        "/v1/track",
+        &json!({"userId": "x", "event": "e", "properties": {"blob": big}}).to_string(),
+    ));
     assert_eq!((s, code.as_str()), (400, "message_too_large"));
     assert!(msg.contains("32 KB"), "{msg}");
 
@@ -159,9 +223,19 @@ fn bad_input_gets_a_json_error_naming_the_problem_and_stores_nothing() {
     assert_eq!((s, code.as_str()), (400, "invalid_type"));
     assert!(msg.starts_with("batch[1]:"), "{msg}");
 
-    let (s, code, _) = error_of(c.raw_post("/v1/track", &json!({"userId": "x", "event": "e"}).to_string(), Some("Basic d3Jvbmc6"), None));
+    let (s, code, _) = error_of(c.raw_post(
+        "/v1/track",
+        &json!({"userId": "x", "event": "e"}).to_string(),
+        Some("Basic d3Jvbmc6"),
+        None,
+    ));
     assert_eq!((s, code.as_str()), (401, "invalid_write_key"));
-    let (s, code, _) = error_of(c.raw_post("/v1/track", &json!({"userId": "x", "event": "e"}).to_string(), None, None));
+    let (s, code, _) = error_of(c.raw_post(
+        "/v1/track",
+        &json!({"userId": "x", "event": "e"}).to_string(),
+        None,
+        None,
+    ));
     assert_eq!((s, code.as_str()), (401, "missing_write_key"));
 
     // Nothing of the refused requests was stored, and the daemon still serves.
@@ -169,17 +243,31 @@ fn bad_input_gets_a_json_error_naming_the_problem_and_stores_nothing() {
     assert_eq!(s, 404);
     c.track("x", "fine", json!({}));
     let (s, contact) = c.admin_get("/v1/contacts/x");
-    assert_eq!((s, contact["recent_events"].as_array().unwrap().len()), (200, 1));
+    assert_eq!(
+        (s, contact["recent_events"].as_array().unwrap().len()),
+        (200, 1)
+    );
     let metrics = c.get_text("/metrics");
-    assert!(metrics.contains("herald_ingest_rejected_total{reason=\"malformed_json\"} 1"), "{metrics}");
-    assert!(metrics.contains("herald_events_ingested_total{type=\"track\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("herald_ingest_rejected_total{reason=\"malformed_json\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_events_ingested_total{type=\"track\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn the_write_key_may_come_in_the_body_as_older_sdks_send_it() {
     let d = project().start();
     let c = Client::new(d.url());
-    let (s, b) = c.raw_post("/v1/track", &json!({"writeKey": WRITE_KEY, "userId": "w", "event": "e"}).to_string(), None, None);
+    let (s, b) = c.raw_post(
+        "/v1/track",
+        &json!({"writeKey": WRITE_KEY, "userId": "w", "event": "e"}).to_string(),
+        None,
+        None,
+    );
     assert_eq!(s, 200, "{b}");
 }
 
@@ -190,11 +278,23 @@ fn management_api_needs_the_bearer_token_and_starts_manual_runs() {
     let d = p.start();
     let c = Client::new(d.url());
     c.identify("m1", json!({"email": "m1@example.com"}));
-    let (s, _) = c.raw_post("/v1/workflows/onboard/runs", "{}", Some("Bearer nope"), None);
+    let (s, _) = c.raw_post(
+        "/v1/workflows/onboard/runs",
+        "{}",
+        Some("Bearer nope"),
+        None,
+    );
     assert_eq!(s, 401);
     let (s, b) = c.admin_post("/v1/workflows/onboard/runs", json!({"properties": {}}));
-    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")), "{b}");
-    let (s, b) = c.admin_post("/v1/workflows/onboard/runs", json!({"contact": "m1", "properties": {"cohort": "q4"}}));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{b}"
+    );
+    let (s, b) = c.admin_post(
+        "/v1/workflows/onboard/runs",
+        json!({"contact": "m1", "properties": {"cohort": "q4"}}),
+    );
     assert_eq!(s, 201, "{b}");
     let run = c.run_reaches(b["run"].as_str().unwrap(), "completed", 2);
     assert_eq!(run["journal"][1]["kind"], "update");
@@ -205,7 +305,16 @@ fn management_api_needs_the_bearer_token_and_starts_manual_runs() {
     let (_, wfs) = c.admin_get("/v1/workflows");
     assert_eq!(wfs["workflows"][0]["name"], "onboard");
     let metrics = c.get_text("/metrics");
-    assert!(metrics.contains("herald_runs{status=\"completed\"} 1"), "{metrics}");
-    assert!(metrics.contains("herald_sends_total{channel=\"email\",outcome=\"sent\"} 1"), "{metrics}");
-    assert!(metrics.contains("herald_activation_seconds_count"), "{metrics}");
+    assert!(
+        metrics.contains("herald_runs{status=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_sends_total{channel=\"email\",outcome=\"sent\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_activation_seconds_count"),
+        "{metrics}"
+    );
 }

@@ -25,7 +25,10 @@ fn run(contact, trigger) {
 "#;
 
 fn started(c: &Client, user: &str) -> String {
-    c.identify(user, json!({"email": format!("{user}@example.com"), "phone": "+1555", "first_name": user}));
+    c.identify(
+        user,
+        json!({"email": format!("{user}@example.com"), "phone": "+1555", "first_name": user}),
+    );
     c.track(user, "newsletter_subscribed", json!({}));
     c.only_run(user)["id"].as_str().unwrap().to_string()
 }
@@ -74,7 +77,10 @@ fn wait_for_is_satisfied_by_a_later_matching_event() {
     let r = c.run_reaches(&run, "waiting", 4);
     assert_eq!(r["journal"][1]["result"]["event"], "email_opened");
     assert_eq!(r["journal"][2]["kind"], "update");
-    assert!(p.outbox("sms").is_empty(), "no nudge when the email was opened");
+    assert!(
+        p.outbox("sms").is_empty(),
+        "no nudge when the email was opened"
+    );
     let (_, contact) = c.admin_get("/v1/contacts/eve");
     assert!(contact["attributes"]["opened_at"].is_i64());
 }
@@ -91,10 +97,15 @@ fn reaching_the_goal_ends_the_run_as_converted() {
     let r = c.run_reaches(&run, "converted", 2);
     assert!(r["converted_at"].is_i64());
     let (_, status) = c.admin_get("/v1/status");
-    assert_eq!(status["pending_timers"], 0, "the converted run's timer is gone");
+    assert_eq!(
+        status["pending_timers"], 0,
+        "the converted run's timer is gone"
+    );
     c.advance(10 * DAY);
     assert!(p.outbox("sms").is_empty());
-    assert!(c.get_text("/metrics").contains("herald_conversions_total{workflow=\"welcome\"} 1"));
+    assert!(c
+        .get_text("/metrics")
+        .contains("herald_conversions_total{workflow=\"welcome\"} 1"));
 }
 
 #[test]
@@ -126,7 +137,10 @@ fn wait_until_a_local_time_follows_the_contacts_timezone() {
     let c = Client::new(d.url());
     // 2026-03-01T12:00:00Z; 09:00 in Tokyo (UTC+9) is 00:00Z the next day.
     c.set_clock(1_772_366_400_000);
-    c.identify("tz", json!({"timezone": "Asia/Tokyo", "email": "tz@example.com"}));
+    c.identify(
+        "tz",
+        json!({"timezone": "Asia/Tokyo", "email": "tz@example.com"}),
+    );
     c.track("tz", "signup", json!({}));
     let run = c.only_run("tz");
     assert_eq!(run["wake_at"], json!(1_772_366_400_000i64 + 12 * 3_600_000));
@@ -135,7 +149,10 @@ fn wait_until_a_local_time_follows_the_contacts_timezone() {
 #[test]
 fn transient_channel_failures_retry_with_backoff_and_the_same_idempotency_key() {
     let hook = Recorder::start(vec![503, 503, 200]);
-    let p = TestProject::new(&format!("[channels.crm]\ntype = \"webhook\"\nurl = \"{}/hook\"\n\n[engine]\nbackoff_ms = 1000\n", hook.url));
+    let p = TestProject::new(&format!(
+        "[channels.crm]\ntype = \"webhook\"\nurl = \"{}/hook\"\n\n[engine]\nbackoff_ms = 1000\n",
+        hook.url
+    ));
     p.workflow("crm.rhai", "workflow(\"crm\").on_event(\"mql\");\nfn run(contact, trigger) {\n    let r = action(\"crm\", \"create_task\", #{ owner: \"sales\" });\n    update(#{ task: r.provider_id });\n}\n");
     let d = p.start();
     let c = Client::new(d.url());
@@ -153,16 +170,28 @@ fn transient_channel_failures_retry_with_backoff_and_the_same_idempotency_key() 
     assert_eq!(r["journal"][1]["input"]["task"], "prov-2");
     let reqs = hook.requests.lock().unwrap();
     assert_eq!(reqs.len(), 3);
-    let keys: Vec<_> = reqs.iter().map(|r| r.header("idempotency-key").unwrap().to_string()).collect();
+    let keys: Vec<_> = reqs
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap().to_string())
+        .collect();
     assert!(keys.iter().all(|k| *k == format!("{run}:0")), "{keys:?}");
     let body: serde_json::Value = serde_json::from_str(&reqs[0].body).unwrap();
-    assert_eq!((body["operation"].as_str(), body["payload"]["owner"].as_str()), (Some("create_task"), Some("sales")));
+    assert_eq!(
+        (
+            body["operation"].as_str(),
+            body["payload"]["owner"].as_str()
+        ),
+        (Some("create_task"), Some("sales"))
+    );
 }
 
 #[test]
 fn permanent_channel_failures_throw_and_scripts_may_catch_them() {
     let hook = Recorder::start(vec![400]);
-    let p = TestProject::new(&format!("[channels.crm]\ntype = \"webhook\"\nurl = \"{}/hook\"\n", hook.url));
+    let p = TestProject::new(&format!(
+        "[channels.crm]\ntype = \"webhook\"\nurl = \"{}/hook\"\n",
+        hook.url
+    ));
     p.workflow("crm.rhai", "workflow(\"crm\").on_event(\"mql\");\nfn run(contact, trigger) {\n    try {\n        action(\"crm\", \"create_task\", #{});\n    } catch (e) {\n        send(\"email\", \"tips\");\n    }\n    action(\"crm\", \"again\", #{});\n}\n");
     let d = p.start();
     let c = Client::new(d.url());
@@ -191,12 +220,24 @@ fn runs_keep_their_script_version_and_new_runs_take_the_new_one() {
     c.run_reaches(old["id"].as_str().unwrap(), "waiting", 1);
 
     // A broken change is refused and the old version keeps serving.
-    p.workflow("w.rhai", "workflow(\"w\").on_event(\"go\");\nfn run(contact, trigger) { wait(; }\n");
+    p.workflow(
+        "w.rhai",
+        "workflow(\"w\").on_event(\"go\");\nfn run(contact, trigger) { wait(; }\n",
+    );
     let (s, b) = c.admin_post("/v1/reload", json!({}));
     assert_eq!(s, 422);
-    assert!(b["error"]["message"].as_str().unwrap().contains("workflows/w.rhai:2:33"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("workflows/w.rhai:2:33"),
+        "{b}"
+    );
     let (_, status) = c.admin_get("/v1/status");
-    assert!(status["last_reload_error"].as_str().unwrap().contains("syntax error"));
+    assert!(status["last_reload_error"]
+        .as_str()
+        .unwrap()
+        .contains("syntax error"));
 
     p.workflow("w.rhai", v2);
     let (s, b) = c.admin_post("/v1/reload", json!({}));
@@ -214,7 +255,9 @@ fn runs_keep_their_script_version_and_new_runs_take_the_new_one() {
     c.run_reaches(new["id"].as_str().unwrap(), "completed", 2);
     assert_eq!(p.outbox("email").len(), 1, "the old run sent v1's email");
     assert_eq!(p.outbox("sms").len(), 1, "the new run sent v2's sms");
-    assert!(c.get_text("/metrics").contains("herald_reloads_total{result=\"error\"} 1"));
+    assert!(c
+        .get_text("/metrics")
+        .contains("herald_reloads_total{result=\"error\"} 1"));
 }
 
 #[test]
@@ -227,15 +270,50 @@ fn scripts_that_loop_forever_or_throw_fail_their_run_and_the_daemon_keeps_servin
     c.track("s", "spin", json!({}));
     let spin = c.only_run("s")["id"].as_str().unwrap().to_string();
     let r = c.run_reaches(&spin, "failed", 0);
-    assert!(r["reason"].as_str().unwrap().contains("operation limit"), "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("operation limit"),
+        "{r}"
+    );
 
     c.identify("b", json!({"email": "b@example.com"}));
     c.track("b", "boom", json!({}));
     let boom = c.only_run("b")["id"].as_str().unwrap().to_string();
     let r = c.run_reaches(&boom, "failed", 1);
-    assert!(r["reason"].as_str().unwrap().starts_with("no plan for c_"), "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().starts_with("no plan for c_"),
+        "{r}"
+    );
     assert_eq!(r["error_line"], 4);
     let (s, _) = c.admin_get("/healthz");
     assert_eq!(s, 200);
-    assert!(c.get_text("/metrics").contains("herald_runs{status=\"failed\"} 2"));
+    assert!(c
+        .get_text("/metrics")
+        .contains("herald_runs{status=\"failed\"} 2"));
+}
+
+#[test]
+fn a_journal_that_no_longer_matches_the_script_parks_the_run_instead_of_resending() {
+    let p = TestProject::new("");
+    p.workflow("w.rhai", "workflow(\"w\").on_event(\"go\");\nfn run(contact, trigger) {\n    send(\"email\", \"welcome\");\n    wait(days(1));\n    send(\"email\", \"tips\");\n}\n");
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.identify("n", json!({"email": "n@example.com"}));
+    c.track("n", "go", json!({}));
+    let id = c.only_run("n")["id"].as_str().unwrap().to_string();
+    c.run_reaches(&id, "waiting", 2);
+    // Simulate a journal written by different code: step 0 recorded another template.
+    let store = &d.shared.engine.store;
+    let mut step = store.journal(&id).unwrap()[0].clone();
+    step.name = "email:promo".into();
+    store.put_step(&id, &step).unwrap();
+    c.advance(DAY);
+    let r = c.run_reaches(&id, "parked", 2);
+    assert!(
+        r["parked_reason"]
+            .as_str()
+            .unwrap()
+            .contains("non-determinism at step 0"),
+        "{r}"
+    );
+    assert_eq!(p.outbox("email").len(), 1, "nothing was sent again");
 }

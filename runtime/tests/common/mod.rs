@@ -34,7 +34,10 @@ impl TestProject {
         std::fs::write(dir.path().join("herald.toml"), toml).unwrap();
         let p = TestProject { dir };
         p.template("welcome", "---\nsubject: Welcome {{ contact.first_name | default: \"friend\" }}\n---\nHello {{ contact.first_name | default: \"friend\" }} from {{ vars.source | default: \"web\" }}\n");
-        p.template("nudge", "Psst {{ contact.first_name | default: \"friend\" }}, open your email");
+        p.template(
+            "nudge",
+            "Psst {{ contact.first_name | default: \"friend\" }}, open your email",
+        );
         p.template("tips", "---\nsubject: Tips\n---\nSome tips");
         p
     }
@@ -49,7 +52,11 @@ impl TestProject {
     }
 
     pub fn template(&self, name: &str, source: &str) -> &Self {
-        std::fs::write(self.path().join("templates").join(format!("{name}.liquid")), source).unwrap();
+        std::fs::write(
+            self.path().join("templates").join(format!("{name}.liquid")),
+            source,
+        )
+        .unwrap();
         self
     }
 
@@ -64,11 +71,17 @@ impl TestProject {
 
     /// Start the daemon in this process with a manual clock.
     pub fn start(&self) -> RunningDaemon {
+        self.start_with(false)
+    }
+
+    /// Start the daemon in this process with a manual clock, optionally watching the project.
+    pub fn start_with(&self, watch: bool) -> RunningDaemon {
         RunningDaemon::start(Options {
             project: self.path().to_path_buf(),
             listen: Some("127.0.0.1:0".into()),
             data: None,
             test_clock: true,
+            watch,
         })
         .expect("daemon starts")
     }
@@ -78,17 +91,27 @@ impl TestProject {
 #[derive(Clone)]
 pub struct Client {
     pub base: String,
-    agent: ureq::Agent,
 }
 
 pub fn basic() -> String {
     use base64::Engine as _;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{WRITE_KEY}:"))
+    )
 }
 
 impl Client {
     pub fn new(base: String) -> Client {
-        Client { base, agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build() }
+        Client { base }
+    }
+
+    /// A fresh connection per request: the tests exercise the server, not connection reuse.
+    fn agent(&self) -> ureq::Agent {
+        ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .max_idle_connections(0)
+            .build()
     }
 
     /// POST with the write key; returns (status, body).
@@ -96,8 +119,17 @@ impl Client {
         self.raw_post(path, body, Some(&basic()), None)
     }
 
-    pub fn raw_post(&self, path: &str, body: &str, auth: Option<&str>, encoding: Option<&str>) -> (u16, Value) {
-        let mut req = self.agent.post(&format!("{}{path}", self.base)).set("content-type", "application/json");
+    pub fn raw_post(
+        &self,
+        path: &str,
+        body: &str,
+        auth: Option<&str>,
+        encoding: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .agent()
+            .post(&format!("{}{path}", self.base))
+            .set("content-type", "application/json");
         if let Some(a) = auth {
             req = req.set("authorization", a);
         }
@@ -108,7 +140,10 @@ impl Client {
     }
 
     pub fn post_bytes(&self, path: &str, body: &[u8], encoding: Option<&str>) -> (u16, Value) {
-        let mut req = self.agent.post(&format!("{}{path}", self.base)).set("authorization", &basic());
+        let mut req = self
+            .agent()
+            .post(&format!("{}{path}", self.base))
+            .set("authorization", &basic());
         if let Some(e) = encoding {
             req = req.set("content-encoding", e);
         }
@@ -116,22 +151,33 @@ impl Client {
     }
 
     pub fn track(&self, user: &str, event: &str, properties: Value) {
-        let (s, b) = self.ingest("/v1/track", &json!({"userId": user, "event": event, "properties": properties}).to_string());
+        let (s, b) = self.ingest(
+            "/v1/track",
+            &json!({"userId": user, "event": event, "properties": properties}).to_string(),
+        );
         assert_eq!(s, 200, "{b}");
     }
 
     pub fn identify(&self, user: &str, traits: Value) {
-        let (s, b) = self.ingest("/v1/identify", &json!({"userId": user, "traits": traits}).to_string());
+        let (s, b) = self.ingest(
+            "/v1/identify",
+            &json!({"userId": user, "traits": traits}).to_string(),
+        );
         assert_eq!(s, 200, "{b}");
     }
 
     pub fn admin_get(&self, path: &str) -> (u16, Value) {
-        respond(self.agent.get(&format!("{}{path}", self.base)).set("authorization", &format!("Bearer {TOKEN}")).call())
+        respond(
+            self.agent()
+                .get(&format!("{}{path}", self.base))
+                .set("authorization", &format!("Bearer {TOKEN}"))
+                .call(),
+        )
     }
 
     pub fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
         respond(
-            self.agent
+            self.agent()
                 .post(&format!("{}{path}", self.base))
                 .set("authorization", &format!("Bearer {TOKEN}"))
                 .send_json(body),
@@ -139,7 +185,12 @@ impl Client {
     }
 
     pub fn get_text(&self, path: &str) -> String {
-        self.agent.get(&format!("{}{path}", self.base)).call().unwrap().into_string().unwrap()
+        self.agent()
+            .get(&format!("{}{path}", self.base))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
     }
 
     /// Move the daemon's test clock forward.
@@ -177,10 +228,14 @@ impl Client {
 
     /// Wait until a run reaches `status` (and, for `waiting`, has recorded `min_steps` steps).
     pub fn run_reaches(&self, id: &str, status: &str, min_steps: usize) -> Value {
-        eventually(&format!("run {id} reaches {status} with {min_steps} steps"), || {
-            let r = self.run(id);
-            (r["status"] == status && r["journal"].as_array().map_or(0, Vec::len) >= min_steps).then_some(r)
-        })
+        eventually(
+            &format!("run {id} reaches {status} with {min_steps} steps"),
+            || {
+                let r = self.run(id);
+                (r["status"] == status && r["journal"].as_array().map_or(0, Vec::len) >= min_steps)
+                    .then_some(r)
+            },
+        )
     }
 }
 
@@ -189,11 +244,17 @@ fn respond(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
         Ok(resp) => {
             let status = resp.status();
             let text = resp.into_string().unwrap_or_default();
-            (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
         }
         Err(ureq::Error::Status(code, resp)) => {
             let text = resp.into_string().unwrap_or_default();
-            (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+            (
+                code,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
         }
         Err(e) => panic!("request failed: {e}"),
     }
@@ -223,7 +284,11 @@ pub struct Process {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Process {
@@ -232,10 +297,16 @@ impl Process {
         let port = free_port();
         let log = project.join(format!("herald-{port}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-        cmd.args(["run", project.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--test-clock"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .env("NO_COLOR", "1");
+        cmd.args([
+            "run",
+            project.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--test-clock",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .env("NO_COLOR", "1");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -243,7 +314,9 @@ impl Process {
         let client = Client::new(format!("http://127.0.0.1:{port}"));
         let p = Process { child, client, log };
         eventually("the daemon serves /healthz", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
         });
         p
     }
@@ -282,7 +355,10 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -328,7 +404,12 @@ impl Recorder {
                 }
                 let mut body = vec![0; len];
                 reader.read_exact(&mut body).unwrap();
-                reqs.lock().unwrap().push(Recorded { method, path, headers, body: String::from_utf8_lossy(&body).into() });
+                reqs.lock().unwrap().push(Recorded {
+                    method,
+                    path,
+                    headers,
+                    body: String::from_utf8_lossy(&body).into(),
+                });
                 let status = *statuses.get(i).or(statuses.last()).unwrap_or(&200);
                 let payload = format!("{{\"id\":\"prov-{i}\"}}");
                 let _ = write!(

@@ -1,0 +1,130 @@
+//! Hot reload: watch the project, debounce bursts (editors that save through a temporary file
+//! and a rename produce several events), and reload only when the content changed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+use sha2::{Digest, Sha256};
+
+use crate::daemon::Shared;
+
+/// How long the watcher waits for a burst of file events to settle.
+pub const DEBOUNCE: Duration = Duration::from_millis(75);
+
+/// Keeps the watcher alive; dropping it stops watching.
+pub struct ProjectWatcher {
+    _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+}
+
+/// Is this path part of what the daemon serves (as opposed to data, outboxes, editor droppings)?
+pub fn is_project_file(project: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(project) else {
+        return false;
+    };
+    let mut parts = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned());
+    let first = parts.next().unwrap_or_default();
+    let name = rel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match first.as_str() {
+        "herald.toml" => true,
+        "workflows" => name.ends_with(".rhai"),
+        "templates" => name.ends_with(".liquid"),
+        "plugins" => true,
+        _ => false,
+    }
+}
+
+fn collect(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == ext) {
+                out.push(p);
+            }
+        }
+    }
+}
+
+/// A hash over every file that makes up the served project, to tell real changes from
+/// identical saves.
+pub fn fingerprint(project: &Path) -> String {
+    let mut files = vec![project.join("herald.toml")];
+    collect(&project.join("workflows"), "rhai", &mut files);
+    collect(&project.join("templates"), "liquid", &mut files);
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update(std::fs::read(&f).unwrap_or_default());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Start watching the project of `shared`.
+pub fn watch(shared: Arc<Shared>) -> Result<ProjectWatcher, String> {
+    let project = shared
+        .project_dir
+        .canonicalize()
+        .map_err(|e| e.to_string())?;
+    let root = project.clone();
+    let mut debouncer =
+        new_debouncer(
+            DEBOUNCE,
+            None,
+            move |result: DebounceEventResult| match result {
+                Ok(events) => {
+                    let relevant = events
+                        .iter()
+                        .any(|e| e.paths.iter().any(|p| is_project_file(&root, p)));
+                    if relevant {
+                        shared.reload_if_changed();
+                    }
+                }
+                Err(errors) => {
+                    for e in errors {
+                        tracing::warn!(error = %e, "file watcher error");
+                    }
+                }
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    debouncer
+        .watch(&project, RecursiveMode::Recursive)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(dir = %project.display(), "watching the project for changes");
+    Ok(ProjectWatcher {
+        _debouncer: debouncer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_served_files_trigger_a_reload() {
+        let p = Path::new("/p");
+        assert!(is_project_file(p, Path::new("/p/herald.toml")));
+        assert!(is_project_file(p, Path::new("/p/workflows/welcome.rhai")));
+        assert!(is_project_file(p, Path::new("/p/templates/welcome.liquid")));
+        assert!(!is_project_file(
+            p,
+            Path::new("/p/workflows/.welcome.rhai.swp")
+        ));
+        assert!(!is_project_file(p, Path::new("/p/.herald/data/db")));
+        assert!(!is_project_file(
+            p,
+            Path::new("/p/.herald/outbox/email.jsonl")
+        ));
+        assert!(!is_project_file(p, Path::new("/elsewhere/herald.toml")));
+    }
+}
