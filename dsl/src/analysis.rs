@@ -43,6 +43,49 @@ pub struct LoadedWorkflow {
     pub decl: WorkflowDecl,
     /// The compiled script, with imported stdlib modules embedded.
     pub ast: AST,
+    /// Event names this script may `wait_for`; `None` when one is computed at run time
+    /// (then any event may be awaited).
+    pub waited_events: Option<BTreeSet<String>>,
+}
+
+impl LoadedWorkflow {
+    /// Every event name that can matter to runs of this script (triggers, goal, waits);
+    /// `None` means any event can.
+    pub fn interesting_events(&self) -> Option<BTreeSet<String>> {
+        let mut names = self.waited_events.clone()?;
+        for t in &self.decl.triggers {
+            if let Trigger::Event { name, .. } = t {
+                names.insert(name.clone());
+            }
+        }
+        if let Some(g) = &self.decl.goal {
+            names.insert(g.event.clone());
+        }
+        Some(names)
+    }
+}
+
+/// Literal event names passed to `wait_for`, or `None` if any call computes its event name.
+pub fn waited_events(ast: &AST) -> Option<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    let mut dynamic = false;
+    ast.walk(&mut |path: &[ASTNode]| {
+        let call = match path.last() {
+            Some(ASTNode::Expr(Expr::FnCall(call, _))) => call,
+            Some(ASTNode::Stmt(rhai::Stmt::FnCall(call, _))) => call,
+            _ => return true,
+        };
+        if call.name.as_str() == "wait_for" && call.namespace.is_empty() {
+            match call.args.first() {
+                Some(Expr::StringConstant(s, _)) => {
+                    names.insert(s.to_string());
+                }
+                _ => dynamic = true,
+            }
+        }
+        true
+    });
+    (!dynamic).then_some(names)
 }
 
 /// Everything `herald check` knows about one script.
@@ -141,6 +184,7 @@ pub fn check_script(
             }
             workflow = Some(LoadedWorkflow {
                 decl,
+                waited_events: waited_events(&ast),
                 ast: ast.clone(),
             });
         }

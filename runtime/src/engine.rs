@@ -119,6 +119,7 @@ pub struct Engine {
     config: EngineConfig,
     state: RwLock<Arc<ProjectState>>,
     versions: Mutex<HashMap<String, Arc<LoadedWorkflow>>>,
+    interest: RwLock<Option<HashSet<String>>>,
     workers: Mutex<Vec<mpsc::Sender<Job>>>,
     worker_count: usize,
     inflight: Mutex<HashSet<String>>,
@@ -174,6 +175,7 @@ impl Engine {
             config,
             state: RwLock::new(Arc::new(ProjectState::from_project(project))),
             versions: Mutex::new(HashMap::new()),
+            interest: RwLock::new(None),
             workers: Mutex::new(Vec::new()),
             worker_count,
             inflight: Mutex::new(HashSet::new()),
@@ -233,7 +235,30 @@ impl Engine {
         self.flusher
             .commit_blocking()
             .map_err(EngineError::Invalid)?;
+        self.compute_interest()
+    }
+
+    /// Which event names can matter to any stored script version (its triggers, goal and
+    /// waits). Events of other names are stored but skip the engine entirely.
+    fn compute_interest(&self) -> Result<(), EngineError> {
+        let mut names = HashSet::new();
+        let mut all = false;
+        for v in self.store.scripts()? {
+            match self.version(&v.hash).map(|w| w.interesting_events()) {
+                Ok(Some(n)) => names.extend(n),
+                Ok(None) | Err(_) => all = true,
+            }
+        }
+        *self.interest.write().expect("interest lock") = (!all).then_some(names);
         Ok(())
+    }
+
+    /// Does an event of this name need the engine (a trigger, goal or wait may use it)?
+    pub fn is_interesting(&self, event: &str) -> bool {
+        match &*self.interest.read().expect("interest lock") {
+            None => true,
+            Some(names) => names.contains(event),
+        }
     }
 
     /// Serve a newly loaded project. Runs in flight keep their pinned versions.

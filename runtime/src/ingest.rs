@@ -78,13 +78,13 @@ fn id_field(m: &Map<String, Value>, key: &str) -> Option<String> {
 pub fn validate(
     kind: Option<&str>,
     value: Value,
+    size: usize,
     index: Option<usize>,
 ) -> Result<Message, IngestError> {
     let at = |msg: String| match index {
         Some(i) => format!("batch[{i}]: {msg}"),
         None => msg,
     };
-    let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0);
     if size > MAX_MESSAGE_BYTES {
         return Err(invalid(
             "message_too_large",
@@ -203,20 +203,34 @@ pub fn parse_body(
             ),
         ));
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    let malformed = |e: serde_json::Error| {
         invalid(
             "malformed_json",
             format!("request body is not valid JSON: {e}"),
         )
-    })?;
-    let body_key = value
-        .get("writeKey")
-        .and_then(Value::as_str)
-        .map(String::from);
+    };
     match kind {
-        Some(k) => Ok((vec![validate(Some(k), value, None)?], body_key)),
+        Some(k) => {
+            let value: Value = serde_json::from_slice(body).map_err(malformed)?;
+            let body_key = value
+                .get("writeKey")
+                .and_then(Value::as_str)
+                .map(String::from);
+            Ok((vec![validate(Some(k), value, body.len(), None)?], body_key))
+        }
         None => {
-            let Some(Value::Array(items)) = value.get("batch").cloned() else {
+            // Items stay raw until each is measured, so the 32 KB rule is checked against the
+            // bytes the client sent without serialising anything again.
+            #[derive(serde::Deserialize)]
+            struct Batch<'a> {
+                #[serde(borrow)]
+                batch: Option<Vec<&'a serde_json::value::RawValue>>,
+                context: Option<Value>,
+                #[serde(rename = "writeKey")]
+                write_key: Option<String>,
+            }
+            let parsed: Batch = serde_json::from_slice(body).map_err(malformed)?;
+            let Some(items) = parsed.batch else {
                 return Err(invalid(
                     "missing_batch",
                     "a batch request needs a \"batch\" array",
@@ -225,16 +239,33 @@ pub fn parse_body(
             if items.is_empty() {
                 return Err(invalid("empty_batch", "the \"batch\" array is empty"));
             }
-            let shared_context = value.get("context").cloned();
             let mut out = Vec::with_capacity(items.len());
-            for (i, mut item) in items.into_iter().enumerate() {
-                if let (Some(ctx), Some(obj)) = (&shared_context, item.as_object_mut()) {
+            for (i, raw) in items.into_iter().enumerate() {
+                let mut item: Value = serde_json::from_str(raw.get()).map_err(malformed)?;
+                if let (Some(ctx), Some(obj)) = (&parsed.context, item.as_object_mut()) {
                     obj.entry("context").or_insert_with(|| ctx.clone());
                 }
-                out.push(validate(None, item, Some(i))?);
+                out.push(validate(None, item, raw.get().len(), Some(i))?);
             }
-            Ok((out, body_key))
+            Ok((out, parsed.write_key))
         }
+    }
+}
+
+/// Writes of one request not yet handed to the store.
+#[derive(Default)]
+struct Pending {
+    events: Vec<(String, Event)>,
+    inbox: Vec<(u64, InboxItem)>,
+    message_ids: Vec<String>,
+}
+
+impl Pending {
+    fn apply(&mut self, store: &dyn Store) -> Result<(), StoreError> {
+        store.put_events(&std::mem::take(&mut self.events))?;
+        store.push_inbox_many(&std::mem::take(&mut self.inbox))?;
+        store.mark_message_ids(&std::mem::take(&mut self.message_ids))?;
+        Ok(())
     }
 }
 
@@ -282,6 +313,10 @@ impl Ingestor {
         let mut seen = HashSet::new();
         let mut items = Vec::new();
         let mut dup = 0;
+        let mut accepted = 0;
+        // Events, inbox entries and messageId markers are written in one batch per tree, in
+        // that order, so a marker never exists without its event.
+        let mut pending = Pending::default();
         for m in messages {
             if let Some(mid) = &m.message_id {
                 if !seen.insert(mid.clone()) || self.store.message_id_seen(mid)? {
@@ -290,10 +325,13 @@ impl Ingestor {
                     continue;
                 }
             }
+            if matches!(m.kind.as_str(), "identify" | "alias") {
+                // These may merge contacts, which moves stored events: store ours first.
+                pending.apply(self.store.as_ref())?;
+            }
             let contact = self.resolve(&m, now)?;
             let seq = self.store.next_id()?;
             let event = self.to_event(&m, seq, now);
-            self.store.put_event(&contact, &event)?;
             if matches!(m.kind.as_str(), "identify" | "group") {
                 if let Some(mut c) = self.store.contact(&contact)? {
                     if let Some(Value::Object(traits)) = m.raw.get("traits") {
@@ -314,16 +352,22 @@ impl Ingestor {
                 contact: contact.clone(),
                 event_seq: seq,
             };
-            self.store.push_inbox(seq, &item)?;
-            if let Some(mid) = &m.message_id {
-                self.store.claim_message_id(mid)?;
+            // Events no trigger, goal or wait can use are stored but skip the engine.
+            if self.engine.is_interesting(&event.event) {
+                pending.inbox.push((seq, item.clone()));
+                items.push((seq, item));
+            }
+            pending.events.push((contact, event));
+            if let Some(mid) = m.message_id.clone() {
+                pending.message_ids.push(mid);
             }
             self.metrics.event(&m.kind);
-            items.push((seq, item));
+            accepted += 1;
         }
+        pending.apply(self.store.as_ref())?;
         Ok((
             Accepted {
-                accepted: items.len(),
+                accepted,
                 duplicates: dup,
             },
             items,

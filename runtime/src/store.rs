@@ -68,6 +68,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Append an event to a contact's timeline.
     fn put_event(&self, contact: &str, event: &Event) -> StoreResult<()>;
+    /// Append many events at once (one batch).
+    fn put_events(&self, events: &[(String, Event)]) -> StoreResult<()> {
+        for (c, e) in events {
+            self.put_event(c, e)?;
+        }
+        Ok(())
+    }
+    /// Queue many accepted events at once (one batch).
+    fn push_inbox_many(&self, items: &[(u64, InboxItem)]) -> StoreResult<()> {
+        for (s, i) in items {
+            self.push_inbox(*s, i)?;
+        }
+        Ok(())
+    }
+    /// Record `messageId`s as accepted (the caller checked them under its lock).
+    fn mark_message_ids(&self, ids: &[String]) -> StoreResult<()> {
+        for id in ids {
+            self.claim_message_id(id)?;
+        }
+        Ok(())
+    }
     /// One event.
     fn event(&self, contact: &str, seq: u64) -> StoreResult<Option<Event>>;
     /// The most recent events of a contact, newest first.
@@ -128,6 +149,8 @@ pub trait Store: Send + Sync + 'static {
     fn put_script(&self, version: &ScriptVersion) -> StoreResult<()>;
     /// Read a script version.
     fn script(&self, hash: &str) -> StoreResult<Option<ScriptVersion>>;
+    /// Every stored script version.
+    fn scripts(&self) -> StoreResult<Vec<ScriptVersion>>;
 
     /// Record an effect's intent.
     fn put_intent(&self, key: &str, intent: &Intent) -> StoreResult<()>;
@@ -266,6 +289,42 @@ impl Store for SledStore {
     fn put_event(&self, contact: &str, event: &Event) -> StoreResult<()> {
         self.events
             .insert(key2(contact, &event.seq.to_be_bytes()), enc(event)?)?;
+        Ok(())
+    }
+
+    fn put_events(&self, events: &[(String, Event)]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for (c, e) in events {
+            b.insert(key2(c, &e.seq.to_be_bytes()), enc(e)?);
+        }
+        self.events.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn push_inbox_many(&self, items: &[(u64, InboxItem)]) -> StoreResult<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for (s, i) in items {
+            b.insert(&s.to_be_bytes(), enc(i)?);
+        }
+        self.inbox.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn mark_message_ids(&self, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for id in ids {
+            b.insert(id.as_bytes(), &[1u8][..]);
+        }
+        self.message_ids.apply_batch(b)?;
         Ok(())
     }
 
@@ -465,6 +524,10 @@ impl Store for SledStore {
 
     fn script(&self, hash: &str) -> StoreResult<Option<ScriptVersion>> {
         self.scripts.get(hash)?.map(|b| dec(&b)).transpose()
+    }
+
+    fn scripts(&self) -> StoreResult<Vec<ScriptVersion>> {
+        self.scripts.iter().map(|r| dec(&r?.1)).collect()
     }
 
     fn put_intent(&self, key: &str, intent: &Intent) -> StoreResult<()> {
