@@ -142,7 +142,8 @@ fn wait_until_a_local_time_follows_the_contacts_timezone() {
         json!({"timezone": "Asia/Tokyo", "email": "tz@example.com"}),
     );
     c.track("tz", "signup", json!({}));
-    let run = c.only_run("tz");
+    let id = c.only_run("tz")["id"].as_str().unwrap().to_string();
+    let run = c.run_reaches(&id, "waiting", 1);
     assert_eq!(run["wake_at"], json!(1_772_366_400_000i64 + 12 * 3_600_000));
 }
 
