@@ -143,7 +143,8 @@ pub fn check_script(
 
     lint_calls(&ast, file, source, project, &mut diagnostics);
 
-    let (result, decls) = collect_declarations(|| engine.run_ast(&ast));
+    let (result, declared) = collect_declarations(|| engine.run_ast(&ast));
+    let decls = declared.workflows;
     if let Err(err) = result {
         let d = error_diagnostic("H009", file, source, &err);
         // A call already reported by a lint fails again when evaluated: say it once.

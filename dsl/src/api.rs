@@ -49,6 +49,8 @@ pub enum Context {
     Step,
     /// Anywhere: pure helpers.
     Pure,
+    /// In segment definitions: reads of the contact's behaviour.
+    Query,
 }
 
 /// One DSL function.
@@ -58,6 +60,8 @@ pub struct DslFunction {
     pub name: &'static str,
     /// Called as a method on a `workflow(...)` declaration.
     pub method: bool,
+    /// The type a method is called on (`Workflow`, `Scoring`, `Rule`); empty for functions.
+    pub on: &'static str,
     /// Each accepted parameter list: (parameter name, type).
     pub overloads: &'static [&'static [(&'static str, ArgType)]],
     /// Type of the result, for display.
@@ -110,6 +114,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "workflow",
         method: false,
+        on: "",
         overloads: &[&[("name", ArgType::String)]],
         returns: "Workflow",
         context: Context::Declaration,
@@ -120,6 +125,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "on_event",
         method: true,
+        on: "Workflow",
         overloads: &[&[("event", ArgType::String)], &[("event", ArgType::String), ("filter", Map)]],
         returns: "Workflow",
         context: Context::Declaration,
@@ -130,6 +136,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "manual",
         method: true,
+        on: "Workflow",
         overloads: &[&[]],
         returns: "Workflow",
         context: Context::Declaration,
@@ -139,6 +146,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "on_workflow_completed",
         method: true,
+        on: "Workflow",
         overloads: &[&[("workflow", ArgType::String)]],
         returns: "Workflow",
         context: Context::Declaration,
@@ -148,6 +156,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "goal",
         method: true,
+        on: "Workflow",
         overloads: &[&[("event", ArgType::String), ("window", Int)]],
         returns: "Workflow",
         context: Context::Declaration,
@@ -158,6 +167,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "reentry",
         method: true,
+        on: "Workflow",
         overloads: &[&[("policy", ArgType::String)], &[("cooldown", Int)]],
         returns: "Workflow",
         context: Context::Declaration,
@@ -168,6 +178,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "send",
         method: false,
+        on: "",
         overloads: &[
             &[("channel", ArgType::String), ("template", ArgType::String)],
             &[("channel", ArgType::String), ("template", ArgType::String), ("vars", Map)],
@@ -183,6 +194,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "action",
         method: false,
+        on: "",
         overloads: &[&[("channel", ArgType::String), ("operation", ArgType::String), ("payload", Map)]],
         returns: "map",
         context: Context::Step,
@@ -192,6 +204,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "wait",
         method: false,
+        on: "",
         overloads: &[&[("duration", Int)]],
         returns: "()",
         context: Context::Step,
@@ -201,6 +214,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "wait_until",
         method: false,
+        on: "",
         overloads: &[&[("when", Instant)]],
         returns: "()",
         context: Context::Step,
@@ -211,6 +225,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "wait_for",
         method: false,
+        on: "",
         overloads: &[
             &[("event", ArgType::String), ("timeout", Int)],
             &[("event", ArgType::String), ("filter", Map), ("timeout", Int)],
@@ -224,6 +239,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "update",
         method: false,
+        on: "",
         overloads: &[&[("attributes", Map)]],
         returns: "()",
         context: Context::Step,
@@ -233,6 +249,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "now",
         method: false,
+        on: "",
         overloads: &[&[]],
         returns: "int",
         context: Context::Step,
@@ -242,6 +259,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "random",
         method: false,
+        on: "",
         overloads: &[&[]],
         returns: "float",
         context: Context::Step,
@@ -250,6 +268,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "variant",
         method: false,
+        on: "",
         overloads: &[&[("experiment", ArgType::String), ("arms", Arms)]],
         returns: "string",
         context: Context::Step,
@@ -260,6 +279,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "exit",
         method: false,
+        on: "",
         overloads: &[&[], &[("reason", ArgType::String)]],
         returns: "()",
         context: Context::Step,
@@ -268,6 +288,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "seconds",
         method: false,
+        on: "",
         overloads: &[&[("n", Number)]],
         returns: "int",
         context: Context::Pure,
@@ -276,6 +297,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "minutes",
         method: false,
+        on: "",
         overloads: &[&[("n", Number)]],
         returns: "int",
         context: Context::Pure,
@@ -284,6 +306,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "hours",
         method: false,
+        on: "",
         overloads: &[&[("n", Number)]],
         returns: "int",
         context: Context::Pure,
@@ -292,6 +315,7 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "days",
         method: false,
+        on: "",
         overloads: &[&[("n", Number)]],
         returns: "int",
         context: Context::Pure,
@@ -300,9 +324,173 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
     DslFunction {
         name: "weeks",
         method: false,
+        on: "",
         overloads: &[&[("n", Number)]],
         returns: "int",
         context: Context::Pure,
         doc: "A duration of `n` weeks, in milliseconds.",
+    },
+    DslFunction {
+        name: "on_segment_entered",
+        method: true,
+        on: "Workflow",
+        overloads: &[&[("segment", ArgType::String)]],
+        returns: "Workflow",
+        context: Context::Declaration,
+        doc: "Start a run when the contact enters the segment (its `fn matches` becomes true).",
+    },
+    DslFunction {
+        name: "on_segment_exited",
+        method: true,
+        on: "Workflow",
+        overloads: &[&[("segment", ArgType::String)]],
+        returns: "Workflow",
+        context: Context::Declaration,
+        doc: "Start a run when the contact leaves the segment, by a new event or because an event \
+              left a rolling window.",
+    },
+    DslFunction {
+        name: "on_score_reached",
+        method: true,
+        on: "Workflow",
+        overloads: &[&[("score", Number)]],
+        returns: "Workflow",
+        context: Context::Declaration,
+        doc: "Start a run when the contact's lead score rises to at least `score`.",
+    },
+    DslFunction {
+        name: "on_stage_changed",
+        method: true,
+        on: "Workflow",
+        overloads: &[&[("stage", ArgType::String)]],
+        returns: "Workflow",
+        context: Context::Declaration,
+        doc: "Start a run when the contact's lifecycle stage (from `scoring.rhai`) becomes `stage`: \
+              a sales handoff is `workflow(\"handoff\").on_stage_changed(\"mql\")`.",
+    },
+    DslFunction {
+        name: "segment",
+        method: false,
+        on: "",
+        overloads: &[&[("name", ArgType::String)]],
+        returns: "()",
+        context: Context::Declaration,
+        doc: "Declare the segment this file defines; membership is decided by `fn matches(contact)`, \
+              re-evaluated on every relevant event and when an event leaves a rolling window.",
+    },
+    DslFunction {
+        name: "scoring",
+        method: false,
+        on: "",
+        overloads: &[&[]],
+        returns: "Scoring",
+        context: Context::Declaration,
+        doc: "Lead-scoring settings in `scoring.rhai`: chain `.half_life(days(14))` and \
+              `.stage(\"mql\", 50)` (stages in ascending order).",
+    },
+    DslFunction {
+        name: "half_life",
+        method: true,
+        on: "Scoring",
+        overloads: &[&[("duration", Int)]],
+        returns: "Scoring",
+        context: Context::Declaration,
+        doc: "Points from events halve every `duration`; computed lazily, no nightly job.",
+    },
+    DslFunction {
+        name: "stage",
+        method: true,
+        on: "Scoring",
+        overloads: &[&[("name", ArgType::String), ("threshold", Number)]],
+        returns: "Scoring",
+        context: Context::Declaration,
+        doc: "A lifecycle stage reached at `threshold` points. Declare stages in ascending order.",
+    },
+    DslFunction {
+        name: "base_stage",
+        method: true,
+        on: "Scoring",
+        overloads: &[&[("name", ArgType::String)]],
+        returns: "Scoring",
+        context: Context::Declaration,
+        doc: "The stage of contacts below every threshold (default `subscriber`).",
+    },
+    DslFunction {
+        name: "rule",
+        method: false,
+        on: "",
+        overloads: &[&[("name", ArgType::String)]],
+        returns: "Rule",
+        context: Context::Declaration,
+        doc: "A scoring rule: `rule(\"demo\").on_event(\"demo_requested\").points(40)`.",
+    },
+    DslFunction {
+        name: "when",
+        method: true,
+        on: "Rule",
+        overloads: &[&[("attribute", ArgType::String), ("op", ArgType::String), ("value", ArgType::Any)]],
+        returns: "Rule",
+        context: Context::Declaration,
+        doc: "Award the rule's points while a contact attribute satisfies `op` (`==`, `!=`, `>`, `>=`, \
+              `<`, `<=`, `contains`, `ends_with`, `exists`). Attribute points do not decay.",
+    },
+    DslFunction {
+        name: "points",
+        method: true,
+        on: "Rule",
+        overloads: &[&[("n", Number)]],
+        returns: "Rule",
+        context: Context::Declaration,
+        doc: "Points this rule awards (negative points subtract).",
+    },
+    DslFunction {
+        name: "cap",
+        method: true,
+        on: "Rule",
+        overloads: &[&[("max", Number), ("period", Int)]],
+        returns: "Rule",
+        context: Context::Declaration,
+        doc: "At most `max` points from this rule per `period`: `.cap(15, days(1))`.",
+    },
+    DslFunction {
+        name: "count",
+        method: false,
+        on: "",
+        overloads: &[
+            &[("event", ArgType::String), ("window", Int)],
+            &[("event", ArgType::String), ("filter", Map), ("window", Int)],
+        ],
+        returns: "int",
+        context: Context::Query,
+        doc: "How many events of this name (with properties matching `filter`) the contact sent in \
+              the last `window`. When the oldest counted event leaves the window, the segment is \
+              re-evaluated by itself.",
+    },
+    DslFunction {
+        name: "last_seen",
+        method: false,
+        on: "",
+        overloads: &[&[("event", ArgType::String)]],
+        returns: "int | ()",
+        context: Context::Query,
+        doc: "Timestamp (ms) of the contact's most recent event of this name, or `()`.",
+    },
+    DslFunction {
+        name: "first_seen",
+        method: false,
+        on: "",
+        overloads: &[&[("event", ArgType::String)]],
+        returns: "int | ()",
+        context: Context::Query,
+        doc: "Timestamp (ms) of the contact's first event of this name, or `()`.",
+    },
+    DslFunction {
+        name: "in_segment",
+        method: false,
+        on: "",
+        overloads: &[&[("segment", ArgType::String)]],
+        returns: "bool",
+        context: Context::Query,
+        doc: "Is the contact a member of another segment?",
     },
 ];

@@ -35,6 +35,26 @@ pub enum Trigger {
         /// The other workflow's name.
         workflow: String,
     },
+    /// The contact entered a segment.
+    SegmentEntered {
+        /// Segment name.
+        segment: String,
+    },
+    /// The contact left a segment.
+    SegmentExited {
+        /// Segment name.
+        segment: String,
+    },
+    /// The contact's lead score rose to at least this value.
+    ScoreReached {
+        /// Threshold.
+        score: f64,
+    },
+    /// The contact's lifecycle stage became this stage.
+    StageChanged {
+        /// Stage name.
+        stage: String,
+    },
 }
 
 /// Whether a contact may enter a workflow again.
@@ -125,32 +145,199 @@ impl WorkflowBuilder {
     }
 }
 
-thread_local! {
-    static DECLARED: RefCell<Option<Vec<WorkflowBuilder>>> = const { RefCell::new(None) };
+/// A segment: `segment("name")` at the top of `segments/NAME.rhai`, with `fn matches(contact)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SegmentDecl {
+    /// Segment name.
+    pub name: String,
+    /// 1-based line of the declaration.
+    pub line: usize,
 }
 
-/// Collect every `workflow(...)` declared while `f` runs.
-pub(crate) fn collect_declarations<R>(f: impl FnOnce() -> R) -> (R, Vec<WorkflowDecl>) {
-    let previous = DECLARED.with(|d| d.borrow_mut().replace(Vec::new()));
+/// What a scoring rule awards points for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RuleCondition {
+    /// An event, with a property filter.
+    Event {
+        /// Event name.
+        event: String,
+        /// Property equality filter.
+        #[serde(default)]
+        filter: Map<String, Value>,
+    },
+    /// A contact attribute compared with a value (`==`, `!=`, `>`, `>=`, `<`, `<=`,
+    /// `contains`, `ends_with`, `exists`).
+    Attribute {
+        /// Attribute name.
+        attribute: String,
+        /// Operator.
+        op: String,
+        /// Value compared against.
+        value: Value,
+    },
+}
+
+/// One scoring rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleDecl {
+    /// Name shown in score explanations.
+    pub name: String,
+    /// What the rule matches.
+    pub condition: Option<RuleCondition>,
+    /// Points awarded (negative points subtract).
+    pub points: f64,
+    /// At most this many points from this rule per period (ms).
+    pub cap: Option<(f64, i64)>,
+    /// 1-based line of the declaration.
+    pub line: usize,
+}
+
+/// `scoring.rhai`: decay and lifecycle stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoringDecl {
+    /// Event points halve every this many milliseconds (`None`: no decay).
+    pub half_life_ms: Option<i64>,
+    /// Lifecycle stages in ascending threshold order; below the first, `base_stage`.
+    pub stages: Vec<(String, f64)>,
+    /// Stage of contacts below every threshold.
+    pub base_stage: String,
+}
+
+impl Default for ScoringDecl {
+    fn default() -> Self {
+        ScoringDecl {
+            half_life_ms: None,
+            stages: Vec::new(),
+            base_stage: "subscriber".into(),
+        }
+    }
+}
+
+impl ScoringDecl {
+    /// The stage of a score.
+    pub fn stage_of(&self, score: f64) -> &str {
+        self.stages
+            .iter()
+            .rev()
+            .find(|(_, t)| score >= *t)
+            .map(|(n, _)| n.as_str())
+            .unwrap_or(&self.base_stage)
+    }
+}
+
+/// Handle returned by `scoring()`.
+#[derive(Debug, Clone)]
+pub struct ScoringBuilder(pub(crate) Arc<Mutex<ScoringDecl>>);
+
+/// Handle returned by `rule(name)`.
+#[derive(Debug, Clone)]
+pub struct RuleBuilder(pub(crate) Arc<Mutex<RuleDecl>>);
+
+impl ScoringBuilder {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut ScoringDecl)) -> Self {
+        f(&mut self.0.lock().expect("declaration lock"));
+        self.clone()
+    }
+}
+
+impl RuleBuilder {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut RuleDecl)) -> Self {
+        f(&mut self.0.lock().expect("declaration lock"));
+        self.clone()
+    }
+}
+
+/// Everything a script declared at its top level.
+#[derive(Debug, Default)]
+pub struct Declared {
+    /// `workflow(...)` declarations.
+    pub workflows: Vec<WorkflowDecl>,
+    /// `segment(...)` declarations.
+    pub segments: Vec<SegmentDecl>,
+    /// `scoring()` settings, if declared.
+    pub scoring: Option<ScoringDecl>,
+    /// `rule(...)` declarations.
+    pub rules: Vec<RuleDecl>,
+}
+
+#[derive(Default)]
+struct Collecting {
+    workflows: Vec<WorkflowBuilder>,
+    segments: Vec<SegmentDecl>,
+    scoring: Option<ScoringBuilder>,
+    rules: Vec<RuleBuilder>,
+}
+
+thread_local! {
+    static DECLARED: RefCell<Option<Collecting>> = const { RefCell::new(None) };
+}
+
+/// Collect every declaration made while `f` runs.
+pub(crate) fn collect_declarations<R>(f: impl FnOnce() -> R) -> (R, Declared) {
+    let previous = DECLARED.with(|d| d.borrow_mut().replace(Collecting::default()));
     let result = f();
-    let builders = DECLARED
+    let c = DECLARED
         .with(|d| std::mem::replace(&mut *d.borrow_mut(), previous))
         .unwrap_or_default();
-    let decls = builders
-        .into_iter()
-        .map(|b| b.0.lock().expect("declaration lock").clone())
-        .collect();
-    (result, decls)
+    let declared = Declared {
+        workflows: c
+            .workflows
+            .into_iter()
+            .map(|b| b.0.lock().expect("declaration lock").clone())
+            .collect(),
+        segments: c.segments,
+        scoring: c
+            .scoring
+            .map(|b| b.0.lock().expect("declaration lock").clone()),
+        rules: c
+            .rules
+            .into_iter()
+            .map(|b| b.0.lock().expect("declaration lock").clone())
+            .collect(),
+    };
+    (result, declared)
 }
 
-/// Record a new declaration; returns `None` when declarations are not being collected
-/// (a `workflow(...)` call inside `fn run`).
+/// Record a new workflow declaration; `None` when declarations are not being collected.
 pub(crate) fn declare(decl: WorkflowDecl) -> Option<WorkflowBuilder> {
     DECLARED.with(|d| {
-        d.borrow_mut().as_mut().map(|list| {
+        d.borrow_mut().as_mut().map(|c| {
             let b = WorkflowBuilder(Arc::new(Mutex::new(decl)));
-            list.push(b.clone());
+            c.workflows.push(b.clone());
             b
         })
     })
+}
+
+/// Record a segment declaration; false when declarations are not being collected.
+pub(crate) fn declare_segment(decl: SegmentDecl) -> bool {
+    DECLARED.with(|d| {
+        d.borrow_mut()
+            .as_mut()
+            .map(|c| c.segments.push(decl))
+            .is_some()
+    })
+}
+
+/// The scoring settings being declared (created on first use).
+pub(crate) fn declare_scoring() -> ScoringBuilder {
+    DECLARED.with(|d| match d.borrow_mut().as_mut() {
+        Some(c) => c
+            .scoring
+            .get_or_insert_with(|| ScoringBuilder(Arc::new(Mutex::new(ScoringDecl::default()))))
+            .clone(),
+        None => ScoringBuilder(Arc::new(Mutex::new(ScoringDecl::default()))),
+    })
+}
+
+/// Record a scoring rule.
+pub(crate) fn declare_rule(decl: RuleDecl) -> RuleBuilder {
+    let b = RuleBuilder(Arc::new(Mutex::new(decl)));
+    DECLARED.with(|d| {
+        if let Some(c) = d.borrow_mut().as_mut() {
+            c.rules.push(b.clone());
+        }
+    });
+    b
 }

@@ -10,8 +10,11 @@ use rhai::{
     Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext, Position, Scope, AST,
 };
 
-use crate::decl::{self, Goal, Reentry, Trigger, WorkflowBuilder, WorkflowDecl};
-use crate::host::{current_host, Interrupt, StepCall, WaitTarget};
+use crate::decl::{
+    self, Goal, Reentry, RuleBuilder, RuleCondition, RuleDecl, ScoringBuilder, SegmentDecl,
+    Trigger, WorkflowBuilder, WorkflowDecl,
+};
+use crate::host::{current_host, Interrupt, Query, StepCall, WaitTarget};
 use crate::value::{to_dynamic, to_json};
 
 /// Sandbox limits for scripts.
@@ -91,9 +94,257 @@ pub fn build_engine(limits: &Limits) -> Engine {
     });
     register_durations(&mut engine);
     register_declarations(&mut engine);
+    register_audience(&mut engine);
     register_contact(&mut engine);
     register_steps(&mut engine);
+    register_queries(&mut engine);
     engine
+}
+
+fn as_number(v: &Dynamic) -> Option<f64> {
+    v.as_float()
+        .ok()
+        .or_else(|| v.as_int().ok().map(|i| i as f64))
+}
+
+fn register_audience(engine: &mut Engine) {
+    engine.register_type_with_name::<ScoringBuilder>("Scoring");
+    engine.register_type_with_name::<RuleBuilder>("Rule");
+    for (name, entered) in [("on_segment_entered", true), ("on_segment_exited", false)] {
+        engine.register_fn(
+            name,
+            move |b: &mut WorkflowBuilder, segment: ImmutableString| {
+                b.update(|d| {
+                    d.triggers.push(if entered {
+                        Trigger::SegmentEntered {
+                            segment: segment.to_string(),
+                        }
+                    } else {
+                        Trigger::SegmentExited {
+                            segment: segment.to_string(),
+                        }
+                    })
+                })
+            },
+        );
+    }
+    engine.register_fn(
+        "on_score_reached",
+        |b: &mut WorkflowBuilder, score: Dynamic| {
+            let score = as_number(&score).unwrap_or(0.0);
+            b.update(|d| d.triggers.push(Trigger::ScoreReached { score }))
+        },
+    );
+    engine.register_fn(
+        "on_stage_changed",
+        |b: &mut WorkflowBuilder, stage: ImmutableString| {
+            b.update(|d| {
+                d.triggers.push(Trigger::StageChanged {
+                    stage: stage.to_string(),
+                })
+            })
+        },
+    );
+    engine.register_fn(
+        "segment",
+        |ctx: NativeCallContext, name: ImmutableString| -> Result<(), Box<EvalAltResult>> {
+            let pos = ctx.call_position();
+            if name.trim().is_empty() {
+                return Err(runtime_error("a segment needs a non-empty name", pos));
+            }
+            decl::declare_segment(SegmentDecl {
+                name: name.to_string(),
+                line: pos.line().unwrap_or(0),
+            });
+            Ok(())
+        },
+    );
+    engine.register_fn("scoring", decl::declare_scoring);
+    engine.register_fn("half_life", |b: &mut ScoringBuilder, d: i64| {
+        b.update(|s| s.half_life_ms = Some(d))
+    });
+    engine.register_fn(
+        "base_stage",
+        |b: &mut ScoringBuilder, name: ImmutableString| {
+            b.update(|s| s.base_stage = name.to_string())
+        },
+    );
+    engine.register_fn(
+        "stage",
+        |ctx: NativeCallContext,
+         b: &mut ScoringBuilder,
+         name: ImmutableString,
+         threshold: Dynamic|
+         -> Result<ScoringBuilder, Box<EvalAltResult>> {
+            let t = as_number(&threshold).ok_or_else(|| {
+                runtime_error("a stage threshold must be a number", ctx.call_position())
+            })?;
+            let last =
+                b.0.lock()
+                    .expect("declaration lock")
+                    .stages
+                    .last()
+                    .map(|(_, x)| *x);
+            if last.is_some_and(|l| t <= l) {
+                return Err(runtime_error(
+                    format!(
+                        "stage \"{name}\" must have a higher threshold than the stage before it"
+                    ),
+                    ctx.call_position(),
+                ));
+            }
+            Ok(b.update(|s| s.stages.push((name.to_string(), t))))
+        },
+    );
+    engine.register_fn("rule", |ctx: NativeCallContext, name: ImmutableString| {
+        decl::declare_rule(RuleDecl {
+            name: name.to_string(),
+            condition: None,
+            points: 0.0,
+            cap: None,
+            line: ctx.call_position().line().unwrap_or(0),
+        })
+    });
+    engine.register_fn("on_event", |b: &mut RuleBuilder, event: ImmutableString| {
+        b.update(|r| {
+            r.condition = Some(RuleCondition::Event {
+                event: event.to_string(),
+                filter: Default::default(),
+            })
+        })
+    });
+    engine.register_fn(
+        "on_event",
+        |b: &mut RuleBuilder, event: ImmutableString, filter: Map| {
+            let filter = match to_json(&Dynamic::from_map(filter)) {
+                serde_json::Value::Object(m) => m,
+                _ => Default::default(),
+            };
+            b.update(|r| {
+                r.condition = Some(RuleCondition::Event {
+                    event: event.to_string(),
+                    filter,
+                })
+            })
+        },
+    );
+    engine.register_fn(
+        "when",
+        |ctx: NativeCallContext,
+         b: &mut RuleBuilder,
+         attribute: ImmutableString,
+         op: ImmutableString,
+         value: Dynamic|
+         -> Result<RuleBuilder, Box<EvalAltResult>> {
+            const OPS: [&str; 9] = [
+                "==",
+                "!=",
+                ">",
+                ">=",
+                "<",
+                "<=",
+                "contains",
+                "ends_with",
+                "exists",
+            ];
+            if !OPS.contains(&op.as_str()) {
+                return Err(runtime_error(
+                    format!("unknown operator \"{op}\"; use one of {}", OPS.join(" ")),
+                    ctx.call_position(),
+                ));
+            }
+            Ok(b.update(|r| {
+                r.condition = Some(RuleCondition::Attribute {
+                    attribute: attribute.to_string(),
+                    op: op.to_string(),
+                    value: to_json(&value),
+                })
+            }))
+        },
+    );
+    engine.register_fn("points", |b: &mut RuleBuilder, n: Dynamic| {
+        let n = as_number(&n).unwrap_or(0.0);
+        b.update(|r| r.points = n)
+    });
+    engine.register_fn("cap", |b: &mut RuleBuilder, max: Dynamic, period: i64| {
+        let max = as_number(&max).unwrap_or(0.0);
+        b.update(|r| r.cap = Some((max, period)))
+    });
+}
+
+fn query(ctx: &NativeCallContext, q: Query) -> Result<Dynamic, Box<EvalAltResult>> {
+    let pos = ctx.call_position();
+    match current_host(|h| h.query(q)) {
+        None => Err(runtime_error(
+            "behaviour queries run when a segment is evaluated, not at load time",
+            pos,
+        )),
+        Some(Ok(v)) => Ok(to_dynamic(&v)),
+        Some(Err(Interrupt::Fail(m))) => Err(runtime_error(m, pos)),
+        Some(Err(_)) => Err(runtime_error("unexpected interruption in a query", pos)),
+    }
+}
+
+fn register_queries(engine: &mut Engine) {
+    engine.register_fn(
+        "count",
+        |ctx: NativeCallContext, event: ImmutableString, window: i64| {
+            query(
+                &ctx,
+                Query::Count {
+                    event: event.to_string(),
+                    filter: serde_json::json!({}),
+                    window_ms: window,
+                },
+            )
+        },
+    );
+    engine.register_fn(
+        "count",
+        |ctx: NativeCallContext, event: ImmutableString, filter: Map, window: i64| {
+            query(
+                &ctx,
+                Query::Count {
+                    event: event.to_string(),
+                    filter: json_map(filter),
+                    window_ms: window,
+                },
+            )
+        },
+    );
+    engine.register_fn(
+        "last_seen",
+        |ctx: NativeCallContext, event: ImmutableString| {
+            query(
+                &ctx,
+                Query::LastSeen {
+                    event: event.to_string(),
+                },
+            )
+        },
+    );
+    engine.register_fn(
+        "first_seen",
+        |ctx: NativeCallContext, event: ImmutableString| {
+            query(
+                &ctx,
+                Query::FirstSeen {
+                    event: event.to_string(),
+                },
+            )
+        },
+    );
+    engine.register_fn(
+        "in_segment",
+        |ctx: NativeCallContext, segment: ImmutableString| {
+            query(
+                &ctx,
+                Query::InSegment {
+                    segment: segment.to_string(),
+                },
+            )
+        },
+    );
 }
 
 fn stdlib_resolver() -> rhai::module_resolvers::StaticModuleResolver {
@@ -562,6 +813,26 @@ pub enum ActivationEnd {
         /// Script column, if known.
         column: Option<usize>,
     },
+}
+
+/// Clears the activation deadline when dropped.
+pub(crate) struct DeadlineGuard;
+
+impl Drop for DeadlineGuard {
+    fn drop(&mut self) {
+        ACTIVE_DEADLINE.with(|d| d.set(None));
+    }
+}
+
+/// Arm the wall-clock deadline for one evaluation.
+pub(crate) fn set_deadline(limits: &Limits) -> DeadlineGuard {
+    ACTIVE_DEADLINE.with(|d| d.set(Some(Instant::now() + limits.activation_deadline)));
+    DeadlineGuard
+}
+
+/// Classify an evaluation error the way activations are classified.
+pub(crate) fn classify_error(err: EvalAltResult) -> ActivationEnd {
+    classify(err)
 }
 
 /// Call `fn run(contact, trigger)` of a loaded workflow once, under the activation deadline.

@@ -92,6 +92,23 @@ impl StepCall {
     }
 }
 
+/// A read of the contact's behaviour, available to segment definitions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// `count(event[, filter], window)`: events of this name in the last `window_ms`.
+    Count {
+        event: String,
+        filter: Value,
+        window_ms: i64,
+    },
+    /// `last_seen(event)`: timestamp of the newest such event, or `()`.
+    LastSeen { event: String },
+    /// `first_seen(event)`: timestamp of the oldest such event, or `()`.
+    FirstSeen { event: String },
+    /// `in_segment(name)`: membership in another segment.
+    InSegment { segment: String },
+}
+
 /// Why a step did not return a value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Interrupt {
@@ -113,6 +130,18 @@ pub trait Host {
     fn contact_attr(&mut self, key: &str) -> Value;
     /// A line printed by the script with `print` or `debug`.
     fn log(&mut self, message: &str);
+    /// Answer a behaviour query. Only segment evaluation supports these.
+    fn query(&mut self, query: Query) -> Result<Value, Interrupt> {
+        let name = match query {
+            Query::Count { .. } => "count",
+            Query::LastSeen { .. } => "last_seen",
+            Query::FirstSeen { .. } => "first_seen",
+            Query::InSegment { .. } => "in_segment",
+        };
+        Err(Interrupt::Fail(format!(
+            "`{name}` reads behaviour and is available in segment definitions (segments/*.rhai)"
+        )))
+    }
 }
 
 thread_local! {

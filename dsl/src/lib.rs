@@ -14,11 +14,17 @@ pub mod decl;
 pub mod diagnostic;
 pub mod engine;
 pub mod host;
+pub mod segment;
 pub mod value;
 
 pub use analysis::{check_script, load_workflow, LoadedWorkflow, ProjectContext};
 pub use api::{DslFunction, DSL_FUNCTIONS};
-pub use decl::{Goal, Reentry, Trigger, WorkflowDecl};
+pub use decl::{
+    Goal, Reentry, RuleCondition, RuleDecl, ScoringDecl, SegmentDecl, Trigger, WorkflowDecl,
+};
 pub use diagnostic::{render_diagnostics, Diagnostic, Severity};
 pub use engine::{build_engine, run_activation, ActivationEnd, Limits};
-pub use host::{with_host, Host, Interrupt, StepCall, WaitTarget};
+pub use host::{with_host, Host, Interrupt, Query, StepCall, WaitTarget};
+pub use segment::{
+    check_scoring, check_segment, evaluate_segment, LoadedScoring, LoadedSegment, SegmentDeps,
+};

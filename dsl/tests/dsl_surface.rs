@@ -306,6 +306,25 @@ fn sample(ty: herald_dsl::api::ArgType) -> &'static str {
     }
 }
 
+/// Answers behaviour queries with fixed values.
+struct QueryHost;
+
+impl Host for QueryHost {
+    fn step(&mut self, _call: StepCall, _line: Option<usize>) -> Result<Value, Interrupt> {
+        Ok(Value::Null)
+    }
+    fn contact_attr(&mut self, _key: &str) -> Value {
+        Value::Null
+    }
+    fn log(&mut self, _message: &str) {}
+    fn query(&mut self, q: herald_dsl::Query) -> Result<Value, Interrupt> {
+        Ok(match q {
+            herald_dsl::Query::InSegment { .. } => json!(true),
+            _ => json!(3),
+        })
+    }
+}
+
 #[test]
 fn every_documented_function_is_registered_with_every_overload() {
     use herald_dsl::api::Context;
@@ -315,26 +334,94 @@ fn every_documented_function_is_registered_with_every_overload() {
         for params in f.overloads {
             let args: Vec<&str> = params.iter().map(|(_, t)| sample(*t)).collect();
             let call = format!("{}({})", f.name, args.join(", "));
-            let src = match f.context {
-                Context::Declaration if f.method => {
-                    format!("workflow(\"w\").{call};\nfn run(contact, trigger) {{}}")
-                }
-                Context::Declaration => format!("{call};\nfn run(contact, trigger) {{}}"),
-                _ => format!("workflow(\"w\");\nfn run(contact, trigger) {{ {call}; }}"),
+            let receiver = match f.on {
+                "Workflow" => "workflow(\"w\").",
+                "Scoring" => "scoring().",
+                "Rule" => "rule(\"r\").on_event(\"e\").",
+                _ => "",
             };
-            let report = check_script(&engine, "w.rhai", &src, None);
-            assert!(!report.has_errors(), "{call}: {:?}", report.diagnostics);
-            if f.context != Context::Declaration {
-                let host = ScriptedHost::default();
-                host.answers.lock().unwrap().push_back(Ok(Value::Null));
-                let end = run_with(host, &src, json!({}));
-                assert!(
-                    matches!(end, ActivationEnd::Completed | ActivationEnd::Exited(_)),
-                    "{call}: {end:?}"
-                );
+            match f.context {
+                Context::Declaration => {
+                    let (_, diags) = if f.on == "Workflow" || f.name == "workflow" {
+                        let src = format!("{receiver}{call};\nfn run(contact, trigger) {{}}");
+                        let r = check_script(&engine, "w.rhai", &src, None);
+                        (r.workflow.is_some(), r.diagnostics)
+                    } else {
+                        let src = format!("{receiver}{call};");
+                        let (l, d) = herald_dsl::check_scoring(&engine, "scoring.rhai", &src);
+                        (l.is_some(), d)
+                    };
+                    let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
+                    // segment() in a scoring file is reported, but it must be registered.
+                    assert!(
+                        errors
+                            .iter()
+                            .all(|d| !d.message.contains("Function not found")),
+                        "{call}: {errors:?}"
+                    );
+                }
+                Context::Query => {
+                    let src = format!("segment(\"s\");\nfn matches(contact) {{ {call}; true }}");
+                    let (seg, diags) = herald_dsl::check_segment(&engine, "s.rhai", &src, None);
+                    let seg = seg.unwrap_or_else(|| panic!("{call}: {diags:?}"));
+                    let (r, _) = with_host(Box::new(QueryHost), || {
+                        herald_dsl::evaluate_segment(&engine, &seg.ast, &Limits::default())
+                    });
+                    assert_eq!(r, Ok(true), "{call}");
+                }
+                _ => {
+                    let src = format!("workflow(\"w\");\nfn run(contact, trigger) {{ {call}; }}");
+                    let report = check_script(&engine, "w.rhai", &src, None);
+                    assert!(!report.has_errors(), "{call}: {:?}", report.diagnostics);
+                    let host = ScriptedHost::default();
+                    host.answers.lock().unwrap().push_back(Ok(Value::Null));
+                    let end = run_with(host, &src, json!({}));
+                    assert!(
+                        matches!(end, ActivationEnd::Completed | ActivationEnd::Exited(_)),
+                        "{call}: {end:?}"
+                    );
+                }
             }
         }
     }
+}
+
+#[test]
+fn segments_declare_their_event_and_segment_dependencies() {
+    let engine = build_engine(&Limits::default());
+    let src = "segment(\"hot\");\nfn matches(contact) {\n    count(\"page_viewed\", days(7)) >= 3 && in_segment(\"pro\") || last_seen(\"demo\") != ()\n}\n";
+    let (seg, diags) = herald_dsl::check_segment(&engine, "segments/hot.rhai", src, None);
+    let seg = seg.unwrap_or_else(|| panic!("{diags:?}"));
+    assert_eq!(seg.decl.name, "hot");
+    let events: Vec<_> = seg.deps.events.unwrap().into_iter().collect();
+    assert_eq!(events, ["demo", "page_viewed"]);
+    assert_eq!(seg.deps.segments.into_iter().collect::<Vec<_>>(), ["pro"]);
+    let (_, diags) = herald_dsl::check_segment(&engine, "s.rhai", "segment(\"x\");\n", None);
+    assert!(diags.iter().any(|d| d.code == "H012"), "{diags:?}");
+}
+
+#[test]
+fn scoring_reads_decay_stages_and_rules() {
+    let engine = build_engine(&Limits::default());
+    let src = "scoring().half_life(days(7)).stage(\"lead\", 20).stage(\"mql\", 50);\n\
+               rule(\"pricing\").on_event(\"page\", #{ name: \"Pricing\" }).points(5).cap(15, days(1));\n\
+               rule(\"big\").when(\"company_size\", \">=\", 500).points(10);\n";
+    let (s, diags) = herald_dsl::check_scoring(&engine, "scoring.rhai", src);
+    let s = s.unwrap_or_else(|| panic!("{diags:?}"));
+    assert_eq!(s.settings.half_life_ms, Some(7 * 86_400_000));
+    assert_eq!(s.settings.stage_of(10.0), "subscriber");
+    assert_eq!(s.settings.stage_of(50.0), "mql");
+    assert_eq!(s.rules.len(), 2);
+    assert_eq!(s.rules[0].cap, Some((15.0, 86_400_000)));
+    let (_, diags) = herald_dsl::check_scoring(
+        &engine,
+        "scoring.rhai",
+        "scoring().stage(\"a\", 50).stage(\"b\", 20);",
+    );
+    assert!(
+        diags.iter().any(|d| d.message.contains("higher threshold")),
+        "{diags:?}"
+    );
 }
 
 #[test]

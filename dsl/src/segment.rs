@@ -1,0 +1,269 @@
+//! Segments (`segments/*.rhai`) and scoring rules (`scoring.rhai`): loading, checking and
+//! evaluating them with the same engine as workflows.
+//!
+//! ```rhai
+//! // segments/engaged.rhai
+//! segment("engaged");
+//!
+//! fn matches(contact) {
+//!     contact.plan == "pro" && count("page_viewed", days(7)) >= 3
+//! }
+//! ```
+//!
+//! ```rhai
+//! // scoring.rhai
+//! scoring().half_life(days(14)).stage("lead", 20).stage("mql", 50).stage("sql", 80);
+//! rule("viewed pricing").on_event("page", #{ name: "Pricing" }).points(5).cap(15, days(1));
+//! rule("requested a demo").on_event("demo_requested").points(40);
+//! rule("works at a big company").when("company_size", ">=", 500).points(10);
+//! ```
+
+use std::collections::BTreeSet;
+
+use rhai::{ASTNode, Dynamic, Engine, Expr, Scope, AST};
+
+use crate::analysis::error_diagnostic;
+use crate::decl::{collect_declarations, RuleDecl, ScoringDecl, SegmentDecl};
+use crate::diagnostic::{line_col_to_offset, Diagnostic};
+use crate::engine::{ActivationEnd, ContactView, Limits};
+
+/// What a segment's result can depend on, so that only affected segments are re-evaluated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SegmentDeps {
+    /// Event names counted or looked up; `None` when a name is computed at run time.
+    pub events: Option<BTreeSet<String>>,
+    /// Other segments it reads with `in_segment`.
+    pub segments: BTreeSet<String>,
+}
+
+/// A compiled segment.
+#[derive(Debug, Clone)]
+pub struct LoadedSegment {
+    /// The declaration.
+    pub decl: SegmentDecl,
+    /// The compiled script.
+    pub ast: AST,
+    /// What it depends on.
+    pub deps: SegmentDeps,
+}
+
+/// Compiled scoring settings and rules.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedScoring {
+    /// Decay and stages.
+    pub settings: ScoringDecl,
+    /// Rules in file order.
+    pub rules: Vec<RuleDecl>,
+}
+
+fn line_range(source: &str, line: usize) -> std::ops::Range<usize> {
+    let start = line_col_to_offset(source, line.max(1), 1);
+    let end = source[start..]
+        .find('\n')
+        .map(|i| start + i)
+        .unwrap_or(source.len());
+    start..end
+}
+
+fn deps_of(ast: &AST) -> SegmentDeps {
+    let mut events = BTreeSet::new();
+    let mut segments = BTreeSet::new();
+    let mut dynamic = false;
+    ast.walk(&mut |path: &[ASTNode]| {
+        let call = match path.last() {
+            Some(ASTNode::Expr(Expr::FnCall(call, _))) => call,
+            Some(ASTNode::Stmt(rhai::Stmt::FnCall(call, _))) => call,
+            _ => return true,
+        };
+        let literal = match call.args.first() {
+            Some(Expr::StringConstant(s, _)) => Some(s.to_string()),
+            _ => None,
+        };
+        match call.name.as_str() {
+            "count" | "last_seen" | "first_seen" => match literal {
+                Some(s) => {
+                    events.insert(s);
+                }
+                None => dynamic = true,
+            },
+            "in_segment" => {
+                if let Some(s) = literal {
+                    segments.insert(s);
+                }
+            }
+            _ => {}
+        }
+        true
+    });
+    SegmentDeps {
+        events: (!dynamic).then_some(events),
+        segments,
+    }
+}
+
+/// Check a segment file: it must declare one `segment(...)` and define `fn matches(contact)`.
+/// With `known_segments`, `in_segment` references are checked too.
+pub fn check_segment(
+    engine: &Engine,
+    file: &str,
+    source: &str,
+    known_segments: Option<&BTreeSet<String>>,
+) -> (Option<LoadedSegment>, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let ast = match engine.compile_into_self_contained(&Scope::new(), source) {
+        Ok(a) => a,
+        Err(e) => return (None, vec![error_diagnostic("H001", file, source, &e)]),
+    };
+    let (result, declared) = collect_declarations(|| engine.run_ast(&ast));
+    if let Err(e) = result {
+        diags.push(error_diagnostic("H009", file, source, &e));
+    }
+    if !declared.workflows.is_empty() || declared.scoring.is_some() || !declared.rules.is_empty() {
+        diags.push(
+            Diagnostic::error(
+                "H011",
+                file,
+                0..0,
+                "a segment file declares only `segment(...)`",
+            )
+            .with_help("workflows live in workflows/, scoring rules in scoring.rhai"),
+        );
+    }
+    let decl = match declared.segments.as_slice() {
+        [] => {
+            diags.push(
+                Diagnostic::error("H011", file, 0..0, "this file declares no segment")
+                    .with_help("start the file with `segment(\"name\");`"),
+            );
+            None
+        }
+        [one] => Some(one.clone()),
+        [first, rest @ ..] => {
+            for extra in rest {
+                diags.push(Diagnostic::error(
+                    "H011",
+                    file,
+                    line_range(source, extra.line),
+                    format!(
+                        "a second segment \"{}\" is declared in this file",
+                        extra.name
+                    ),
+                ));
+            }
+            Some(first.clone())
+        }
+    };
+    let has_matches = ast
+        .iter_functions()
+        .any(|f| f.name == "matches" && f.params.len() == 1);
+    if !has_matches {
+        diags.push(
+            Diagnostic::error(
+                "H012",
+                file,
+                0..0,
+                "this segment has no `fn matches(contact)`",
+            )
+            .with_label("membership is decided by `fn matches`")
+            .with_help("add `fn matches(contact) { count(\"page_viewed\", days(7)) >= 3 }`"),
+        );
+    }
+    let deps = deps_of(&ast);
+    if let Some(known) = known_segments {
+        for s in &deps.segments {
+            if !known.contains(s) {
+                let needle = format!("\"{s}\"");
+                let start = source.find(&needle).unwrap_or(0);
+                diags.push(
+                    Diagnostic::error(
+                        "H013",
+                        file,
+                        start..start + needle.len(),
+                        format!("unknown segment \"{s}\""),
+                    )
+                    .with_label("no segments/*.rhai declares it"),
+                );
+            }
+        }
+    }
+    let ok = !diags.iter().any(Diagnostic::is_error);
+    let loaded = decl
+        .filter(|_| ok)
+        .map(|decl| LoadedSegment { decl, ast, deps });
+    (loaded, diags)
+}
+
+/// Check `scoring.rhai`: settings and rules, each rule with a condition.
+pub fn check_scoring(
+    engine: &Engine,
+    file: &str,
+    source: &str,
+) -> (Option<LoadedScoring>, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let ast = match engine.compile_into_self_contained(&Scope::new(), source) {
+        Ok(a) => a,
+        Err(e) => return (None, vec![error_diagnostic("H001", file, source, &e)]),
+    };
+    let (result, declared) = collect_declarations(|| engine.run_ast(&ast));
+    if let Err(e) = result {
+        diags.push(error_diagnostic("H009", file, source, &e));
+    }
+    for r in &declared.rules {
+        if r.condition.is_none() {
+            diags.push(
+                Diagnostic::error(
+                    "H014",
+                    file,
+                    line_range(source, r.line),
+                    format!("rule \"{}\" has no condition", r.name),
+                )
+                .with_help("add `.on_event(\"name\")` or `.when(\"attribute\", \">=\", value)`"),
+            );
+        }
+        if r.points == 0.0 {
+            diags.push(
+                Diagnostic::warning(
+                    "H015",
+                    file,
+                    line_range(source, r.line),
+                    format!("rule \"{}\" awards no points", r.name),
+                )
+                .with_help("add `.points(n)`"),
+            );
+        }
+    }
+    let ok = !diags.iter().any(Diagnostic::is_error);
+    let loaded = ok.then(|| LoadedScoring {
+        settings: declared.scoring.unwrap_or_default(),
+        rules: declared.rules,
+    });
+    (loaded, diags)
+}
+
+/// Evaluate `fn matches(contact)` with the host bound by the caller
+/// ([`with_host`](crate::with_host)). A non-boolean result is an error.
+pub fn evaluate_segment(engine: &Engine, ast: &AST, limits: &Limits) -> Result<bool, String> {
+    let mut scope = Scope::new();
+    let options = rhai::CallFnOptions::new().eval_ast(true).rewind_scope(true);
+    let deadline = crate::engine::set_deadline(limits);
+    let r = engine.call_fn_with_options::<Dynamic>(
+        options,
+        &mut scope,
+        ast,
+        "matches",
+        (Dynamic::from(ContactView),),
+    );
+    drop(deadline);
+    match r {
+        Ok(v) => v
+            .as_bool()
+            .map_err(|t| format!("`matches` must return true or false, not {t}")),
+        Err(e) => match crate::engine::classify_error(*e) {
+            ActivationEnd::Failed { message, line, .. } => Err(match line {
+                Some(l) => format!("{message} (line {l})"),
+                None => message,
+            }),
+            other => Err(format!("segment evaluation ended unexpectedly: {other:?}")),
+        },
+    }
+}
