@@ -34,6 +34,10 @@ pub struct ProjectContext {
     pub templates: BTreeSet<String>,
     /// Names of every workflow in the project.
     pub workflows: BTreeSet<String>,
+    /// Names of every segment in the project.
+    pub segments: BTreeSet<String>,
+    /// Lifecycle stages from `scoring.rhai` (empty when there is no scoring).
+    pub stages: BTreeSet<String>,
 }
 
 /// A compiled workflow script and what it declares.
@@ -543,6 +547,29 @@ fn lint_triggers(
     out: &mut Vec<Diagnostic>,
 ) {
     for t in &decl.triggers {
+        let (kind, name, known, code) = match t {
+            Trigger::SegmentEntered { segment } | Trigger::SegmentExited { segment } => {
+                ("segment", segment, &project.segments, "H013")
+            }
+            Trigger::StageChanged { stage } => ("stage", stage, &project.stages, "H016"),
+            _ => ("", &String::new(), &project.segments, ""),
+        };
+        if !kind.is_empty() && !known.contains(name) {
+            let needle = format!("\"{name}\"");
+            let start = source.find(&needle).unwrap_or(0);
+            let mut d = Diagnostic::error(
+                code,
+                file,
+                start..start + needle.len(),
+                format!("unknown {kind} \"{name}\" in a trigger"),
+            );
+            d = match closest(name, known.iter()) {
+                Some(c) => d.with_help(format!("did you mean \"{c}\"?")),
+                None if kind == "segment" => d.with_label("no segments/*.rhai declares it"),
+                None => d.with_label("scoring.rhai declares no such stage"),
+            };
+            out.push(d);
+        }
         if let Trigger::WorkflowCompleted { workflow } = t {
             if !project.workflows.contains(workflow) {
                 let needle = format!("\"{workflow}\"");

@@ -98,6 +98,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/runs/{id}", get(run_detail))
         .route("/v1/runs/{id}/steps/{step}/resolve", post(resolve_step))
         .route("/v1/workflows", get(workflows))
+        .route("/v1/segments", get(segments))
+        .route("/v1/segments/{name}", get(segment_detail))
+        .route("/v1/contacts/{id}/score", get(contact_score))
         .route("/v1/workflows/{name}/runs", post(start_run))
         .route("/v1/reload", post(reload))
         .route("/v1/status", get(status))
@@ -368,6 +371,7 @@ async fn contact(
         "id": c.id, "attributes": c.attributes, "user_ids": c.user_ids, "anonymous_ids": c.anonymous_ids,
         "groups": c.groups, "created_at": c.created_at, "updated_at": c.updated_at,
         "recent_events": events, "runs": runs,
+        "segments": shared.engine.store.segments_of(&c.id)?,
     })))
 }
 
@@ -558,6 +562,7 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiRes
         "workflows": versions,
         "last_reload_error": shared.last_reload_error.lock().expect("reload lock").clone(),
         "reloads": shared.reload_stats.lock().expect("reload lock").clone(),
+        "backfill": shared.engine.backfill.lock().expect("backfill").clone(),
         "pending_timers": shared.engine.store.timer_count()?,
         "clock": shared.engine.clock.now_ms(),
     })))
@@ -611,9 +616,67 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let timers = shared.engine.store.timer_count().unwrap_or(0) as f64;
     let contacts = shared.engine.store.contact_count().unwrap_or(0) as f64;
-    let body = shared.engine.metrics.render(&[
+    let mut body = shared.engine.metrics.render(&[
         ("herald_pending_timers", "Runs waiting on a timer.", timers),
         ("herald_contacts", "Stored contacts.", contacts),
     ]);
+    body.push_str("# HELP herald_segment_size Current members of each segment.\n# TYPE herald_segment_size gauge\n");
+    for (name, size) in shared.engine.segment_sizes() {
+        body.push_str(&format!(
+            "herald_segment_size{{segment=\"{name}\"}} {size}\n"
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn segments(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let state = shared.engine.state();
+    let sizes = shared.engine.segment_sizes();
+    let list: Vec<Value> = state
+        .segments
+        .values()
+        .map(|s| {
+            let name = &s.loaded.decl.name;
+            json!({"name": name, "path": s.path, "version": s.hash, "size": sizes.get(name).copied().unwrap_or(0),
+                   "depends_on_events": s.loaded.deps.events, "depends_on_segments": s.loaded.deps.segments})
+        })
+        .collect();
+    let backfill = shared.engine.backfill.lock().expect("backfill").clone();
+    Ok(Json(json!({"segments": list, "backfill": backfill})))
+}
+
+async fn segment_detail(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let state = shared.engine.state();
+    let seg = state.segments.get(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "segment_not_found",
+            format!("no segment \"{name}\""),
+        )
+    })?;
+    let store = &shared.engine.store;
+    Ok(Json(json!({
+        "name": name,
+        "path": seg.path,
+        "version": seg.hash,
+        "size": store.member_count(&name)?,
+        "recent": store.segment_changes(&name, 50)?,
+        "members": store.members(&name, 100)?,
+    })))
+}
+
+async fn contact_score(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let c = find_contact(&shared, &id)?;
+    Ok(Json(shared.engine.explain_score(&c)?))
 }

@@ -253,6 +253,9 @@ impl RunningDaemon {
                         if let Err(e) = counter.count_runs() {
                             tracing::error!(error = %e, "counting runs failed");
                         }
+                        if let Err(e) = counter.count_segments() {
+                            tracing::error!(error = %e, "counting segment members failed");
+                        }
                     });
                     let mut srx = stop_rx.clone();
                     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -57,6 +57,10 @@ pub struct ProjectState {
     pub channels: BTreeMap<String, Arc<dyn Channel>>,
     /// Channel settings by name.
     pub channel_config: BTreeMap<String, ChannelConfig>,
+    /// Segments by name.
+    pub segments: BTreeMap<String, Arc<crate::project::SegmentVersion>>,
+    /// Scoring settings and rules.
+    pub scoring: Option<Arc<herald_dsl::LoadedScoring>>,
 }
 
 impl ProjectState {
@@ -82,11 +86,15 @@ impl ProjectState {
             templates: project.templates.clone(),
             channels,
             channel_config: project.config.channels.clone(),
+            segments: project.segments.clone(),
+            scoring: project.scoring.clone(),
         }
     }
 }
 
-enum Job {
+pub(crate) enum Job {
+    /// Re-evaluate segments and score of a contact (`None`: every segment that may change).
+    Audience(String, Option<std::collections::BTreeSet<String>>),
     Inbox(u64, InboxItem),
     Activate(String),
     Start {
@@ -114,8 +122,8 @@ pub struct Engine {
     pub clock: Arc<dyn Clock>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    rhai: rhai::Engine,
-    limits: Limits,
+    pub(crate) rhai: rhai::Engine,
+    pub(crate) limits: Limits,
     config: EngineConfig,
     state: RwLock<Arc<ProjectState>>,
     versions: Mutex<HashMap<String, Arc<LoadedWorkflow>>>,
@@ -127,6 +135,10 @@ pub struct Engine {
     timer_wake: tokio::sync::Notify,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     me: std::sync::OnceLock<std::sync::Weak<Engine>>,
+    /// Current size of each segment.
+    pub(crate) segment_sizes: Mutex<BTreeMap<String, i64>>,
+    /// Progress of segment backfills.
+    pub(crate) backfill: Mutex<crate::audience::BackfillStatus>,
 }
 
 fn shard_of(contact: &str, n: usize) -> usize {
@@ -185,6 +197,8 @@ impl Engine {
             timer_wake: tokio::sync::Notify::new(),
             threads: Mutex::new(Vec::new()),
             me: std::sync::OnceLock::new(),
+            segment_sizes: Mutex::new(BTreeMap::new()),
+            backfill: Mutex::new(Default::default()),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         engine.store_versions()?;
@@ -204,6 +218,7 @@ impl Engine {
         *engine.workers.lock().expect("workers") = senders;
         *engine.threads.lock().expect("threads") = threads;
         engine.recover()?;
+        engine.start_backfill();
         Ok(engine)
     }
 
@@ -249,6 +264,10 @@ impl Engine {
                 Ok(None) | Err(_) => all = true,
             }
         }
+        match self.state().audience_interest() {
+            Some(n) => names.extend(n),
+            None => all = true,
+        }
         *self.interest.write().expect("interest lock") = (!all).then_some(names);
         Ok(())
     }
@@ -276,8 +295,17 @@ impl Engine {
                 changed.push(name.clone());
             }
         }
+        for (name, seg) in &new.segments {
+            if old.segments.get(name).map(|o| &o.hash) != Some(&seg.hash) {
+                changed.push(format!("segment:{name}"));
+            }
+        }
         *self.state.write().expect("state lock") = new;
         self.store_versions()?;
+        if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
+            me.start_backfill();
+            let _ = me.count_segments();
+        }
         Ok(changed)
     }
 
@@ -305,7 +333,7 @@ impl Engine {
         Ok(loaded)
     }
 
-    fn send_job(&self, contact: &str, job: Job) -> Result<(), EngineError> {
+    pub(crate) fn send_job(&self, contact: &str, job: Job) -> Result<(), EngineError> {
         let workers = self.workers.lock().expect("workers");
         if workers.is_empty() {
             return Err(EngineError::Stopped);
@@ -527,10 +555,19 @@ impl Engine {
                 }
             }
             Job::Activate(run) => {
-                if let Err(e) = self.activate(&run) {
+                let result = match run.strip_prefix(crate::audience::TIMER_PREFIX) {
+                    Some(contact) => self.audience_timer(contact),
+                    None => self.activate(&run),
+                };
+                if let Err(e) = result {
                     tracing::error!(run, error = %e, "activation failed");
                 }
                 self.inflight.lock().expect("inflight").remove(&run);
+            }
+            Job::Audience(contact, only) => {
+                if let Err(e) = self.evaluate_audience(&contact, None, only.as_ref()) {
+                    tracing::error!(contact, error = %e, "audience evaluation failed");
+                }
             }
             Job::Start {
                 workflow,
@@ -554,7 +591,7 @@ impl Engine {
         }
     }
 
-    fn live_contact(&self, id: &str) -> Result<Option<Contact>, StoreError> {
+    pub(crate) fn live_contact(&self, id: &str) -> Result<Option<Contact>, StoreError> {
         let mut id = id.to_string();
         for _ in 0..16 {
             match self.store.contact(&id)? {
@@ -613,6 +650,8 @@ impl Engine {
                 self.start_run(wf, &contact, event.script_value(), run_id, true)?;
             }
         }
+        // 4. Score and segments.
+        self.evaluate_audience(&contact.id, Some(&event), None)?;
         self.store.remove_inbox(seq)?;
         Ok(())
     }
@@ -629,7 +668,7 @@ impl Engine {
                 let mut step = step.clone();
                 step.status = StepStatus::Done;
                 step.result = event.script_value();
-                step.contact = Some(contact.snapshot());
+                step.contact = Some(self.snapshot_of(contact));
                 step.finished_at = Some(self.clock.now_ms());
                 self.store.put_step(&w.run, &step)?;
             }
@@ -698,7 +737,7 @@ impl Engine {
         Ok(id)
     }
 
-    fn start_run(
+    pub(crate) fn start_run(
         &self,
         wf: &WorkflowVersion,
         contact: &Contact,
@@ -730,7 +769,7 @@ impl Engine {
             contact: contact.id.clone(),
             status: RunStatus::Running,
             trigger,
-            start_contact: contact.snapshot(),
+            start_contact: self.snapshot_of(contact),
             created_at: now,
             updated_at: now,
             wake_at: None,
@@ -1090,7 +1129,7 @@ impl RunHost {
 
     fn fresh_snapshot(&self, st: &mut RunState) -> Value {
         match self.engine.live_contact(&st.run.contact) {
-            Ok(Some(c)) => c.snapshot(),
+            Ok(Some(c)) => self.engine.snapshot_of(&c),
             _ => st.snapshot.clone(),
         }
     }

@@ -1,6 +1,7 @@
 //! The Herald daemon: storage, the durable workflow engine, the ingest and management APIs.
 
 pub mod api;
+pub mod audience;
 pub mod channels;
 pub mod clock;
 pub mod config;

@@ -322,3 +322,97 @@ pub struct Intent {
     /// When the intent was recorded.
     pub at: i64,
 }
+
+/// A contact's membership of a segment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Membership {
+    /// When the current membership started.
+    pub since: i64,
+    /// How many times the contact has entered this segment.
+    pub entries: u64,
+    /// Still a member (false keeps the entry count after an exit).
+    pub member: bool,
+}
+
+/// A recorded entry into or exit from a segment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SegmentChange {
+    /// When.
+    pub at: i64,
+    /// The contact.
+    pub contact: String,
+    /// Entered (true) or exited (false).
+    pub entered: bool,
+}
+
+/// Points a scoring rule awarded for one event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Contribution {
+    /// Rule name.
+    pub rule: String,
+    /// Points at the time they were awarded (after caps).
+    pub points: f64,
+    /// When.
+    pub at: i64,
+    /// The event that earned them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+}
+
+/// Per-contact audience state: the score's history and the next scheduled re-evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct AudienceState {
+    /// Decayed points of contributions folded out of `contributions`, as of `base_at`.
+    #[serde(default)]
+    pub base: f64,
+    /// Reference time of `base`.
+    #[serde(default)]
+    pub base_at: i64,
+    /// Recent contributions, oldest first.
+    #[serde(default)]
+    pub contributions: Vec<Contribution>,
+    /// Stage at the last evaluation.
+    #[serde(default)]
+    pub stage: Option<String>,
+    /// Score at the last evaluation.
+    #[serde(default)]
+    pub score: f64,
+    /// When the next re-evaluation (a window expiry, a stage decay) is scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<i64>,
+}
+
+impl AudienceState {
+    /// Decay factor of points awarded at `at`, seen at `now`.
+    pub fn decay(half_life_ms: Option<i64>, at: i64, now: i64) -> f64 {
+        match half_life_ms {
+            Some(h) if h > 0 => 0.5f64.powf((now - at).max(0) as f64 / h as f64),
+            _ => 1.0,
+        }
+    }
+
+    /// Event points at `now`, with decay applied.
+    pub fn event_points(&self, half_life_ms: Option<i64>, now: i64) -> f64 {
+        self.base * Self::decay(half_life_ms, self.base_at, now)
+            + self
+                .contributions
+                .iter()
+                .map(|c| c.points * Self::decay(half_life_ms, c.at, now))
+                .sum::<f64>()
+    }
+
+    /// Keep at most `keep` contributions, folding older ones into `base`.
+    pub fn fold(&mut self, half_life_ms: Option<i64>, keep: usize, now: i64) {
+        if self.contributions.len() <= keep {
+            return;
+        }
+        let n = self.contributions.len() - keep;
+        let folded: f64 = self
+            .contributions
+            .drain(..n)
+            .map(|c| c.points * Self::decay(half_life_ms, c.at, now))
+            .sum();
+        self.base = self.base * Self::decay(half_life_ms, self.base_at, now) + folded;
+        self.base_at = now;
+    }
+}

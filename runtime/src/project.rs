@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use herald_dsl::{check_script, Diagnostic, LoadedWorkflow, ProjectContext};
+use herald_dsl::{
+    check_scoring, check_script, check_segment, Diagnostic, LoadedScoring, LoadedSegment,
+    LoadedWorkflow, ProjectContext,
+};
 use sha2::{Digest, Sha256};
 
 use crate::config::{ChannelConfig, Config};
@@ -79,6 +82,20 @@ pub struct Project {
     pub workflows: BTreeMap<String, Arc<WorkflowVersion>>,
     /// Templates.
     pub templates: Arc<Templates>,
+    /// Segments by name.
+    pub segments: BTreeMap<String, Arc<SegmentVersion>>,
+    /// `scoring.rhai`, if the project has one.
+    pub scoring: Option<Arc<LoadedScoring>>,
+}
+
+/// One version of one segment definition.
+pub struct SegmentVersion {
+    /// sha256 of the source.
+    pub hash: String,
+    /// Path relative to the project.
+    pub path: String,
+    /// Compiled segment.
+    pub loaded: LoadedSegment,
 }
 
 /// Content hash of a script.
@@ -113,7 +130,82 @@ pub fn context_for(
             .collect(),
         templates: templates.names().cloned().collect(),
         workflows: workflows.into_iter().collect(),
+        ..Default::default()
     }
+}
+
+fn read_sources(dir: &Path, sub: &str, report: &mut CheckReport) -> Vec<(String, String)> {
+    list(&dir.join(sub), "rhai")
+        .into_iter()
+        .filter_map(|p| {
+            let rel = format!("{sub}/{}", p.file_name()?.to_string_lossy());
+            match std::fs::read_to_string(&p) {
+                Ok(s) => Some((rel, s)),
+                Err(e) => {
+                    report.errors.push(format!("{rel}: {e}"));
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Segments by name and the optional scoring settings.
+type Audience = (
+    BTreeMap<String, Arc<SegmentVersion>>,
+    Option<Arc<LoadedScoring>>,
+);
+
+/// Load `segments/*.rhai` and `scoring.rhai`.
+fn load_audience(dir: &Path, engine: &rhai::Engine, report: &mut CheckReport) -> Audience {
+    let sources = read_sources(dir, "segments", report);
+    let names: std::collections::BTreeSet<String> = sources
+        .iter()
+        .filter_map(|(p, s)| check_segment(engine, p, s, None).0.map(|l| l.decl.name))
+        .collect();
+    let mut segments = BTreeMap::new();
+    for (path, source) in sources {
+        let (loaded, diags) = check_segment(engine, &path, &source, Some(&names));
+        if !diags.is_empty() {
+            report.files.push(FileReport {
+                path: path.clone(),
+                source: source.clone(),
+                diagnostics: diags,
+            });
+        }
+        if let Some(l) = loaded {
+            let name = l.decl.name.clone();
+            if segments.contains_key(&name) {
+                report
+                    .errors
+                    .push(format!("{path}: segment \"{name}\" is declared twice"));
+                continue;
+            }
+            segments.insert(
+                name,
+                Arc::new(SegmentVersion {
+                    hash: script_hash(&source),
+                    path,
+                    loaded: l,
+                }),
+            );
+        }
+    }
+    let scoring = match std::fs::read_to_string(dir.join("scoring.rhai")) {
+        Ok(source) => {
+            let (loaded, diags) = check_scoring(engine, "scoring.rhai", &source);
+            if !diags.is_empty() {
+                report.files.push(FileReport {
+                    path: "scoring.rhai".into(),
+                    source,
+                    diagnostics: diags,
+                });
+            }
+            loaded.map(Arc::new)
+        }
+        Err(_) => None,
+    };
+    (segments, scoring)
 }
 
 impl Project {
@@ -162,7 +254,13 @@ impl Project {
                     .map(|w| w.decl.name)
             })
             .collect();
-        let ctx = context_for(&config, &templates, names);
+        let (segments, scoring) = load_audience(dir, engine, &mut report);
+        let mut ctx = context_for(&config, &templates, names);
+        ctx.segments = segments.keys().cloned().collect();
+        if let Some(s) = &scoring {
+            ctx.stages = s.settings.stages.iter().map(|(n, _)| n.clone()).collect();
+            ctx.stages.insert(s.settings.base_stage.clone());
+        }
         let mut workflows: BTreeMap<String, Arc<WorkflowVersion>> = BTreeMap::new();
         for (path, source) in sources {
             let r = check_script(engine, &path, &source, Some(&ctx));
@@ -203,6 +301,8 @@ impl Project {
             config,
             workflows,
             templates: Arc::new(templates),
+            segments,
+            scoring,
         };
         (Some(project), report)
     }

@@ -11,7 +11,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::model::{Contact, Entry, Event, InboxItem, Intent, Run, ScriptVersion, Step, WaitReg};
+use crate::model::{
+    AudienceState, Contact, Entry, Event, InboxItem, Intent, Membership, Run, ScriptVersion,
+    SegmentChange, Step, WaitReg,
+};
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +161,33 @@ pub trait Store: Send + Sync + 'static {
     fn remove_intent(&self, key: &str) -> StoreResult<()>;
     /// Every intent without a result.
     fn intents(&self) -> StoreResult<Vec<(String, Intent)>>;
+
+    /// Every event of a contact, oldest first.
+    fn events_of(&self, contact: &str) -> StoreResult<Vec<Event>>;
+    /// Contact ids after `after` (exclusive), in id order, at most `limit` (for backfills).
+    fn contact_ids(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>>;
+    /// A contact's membership record of a segment.
+    fn membership(&self, contact: &str, segment: &str) -> StoreResult<Option<Membership>>;
+    /// Write a membership record (and the segment's member index).
+    fn put_membership(&self, contact: &str, segment: &str, m: &Membership) -> StoreResult<()>;
+    /// Segments the contact is currently a member of.
+    fn segments_of(&self, contact: &str) -> StoreResult<Vec<String>>;
+    /// Current members of a segment, at most `limit`.
+    fn members(&self, segment: &str, limit: usize) -> StoreResult<Vec<String>>;
+    /// Number of current members of a segment.
+    fn member_count(&self, segment: &str) -> StoreResult<usize>;
+    /// Record an entry or exit.
+    fn log_segment_change(&self, segment: &str, change: &SegmentChange) -> StoreResult<()>;
+    /// Most recent entries and exits of a segment, newest first.
+    fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>>;
+    /// A contact's audience state.
+    fn audience(&self, contact: &str) -> StoreResult<Option<AudienceState>>;
+    /// Write a contact's audience state.
+    fn put_audience(&self, contact: &str, state: &AudienceState) -> StoreResult<()>;
+    /// A small persistent setting.
+    fn meta(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Write a small persistent setting.
+    fn put_meta(&self, key: &str, value: &str) -> StoreResult<()>;
 }
 
 /// The embedded store.
@@ -176,6 +206,11 @@ pub struct SledStore {
     waits: sled::Tree,
     scripts: sled::Tree,
     outbox: sled::Tree,
+    memberships: sled::Tree,
+    members: sled::Tree,
+    segment_log: sled::Tree,
+    audience: sled::Tree,
+    meta: sled::Tree,
 }
 
 fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
@@ -232,6 +267,11 @@ impl SledStore {
             waits: t("waits")?,
             scripts: t("scripts")?,
             outbox: t("outbox")?,
+            memberships: t("memberships")?,
+            members: t("segment_members")?,
+            segment_log: t("segment_log")?,
+            audience: t("audience")?,
+            meta: t("meta")?,
             db,
         })
     }
@@ -548,6 +588,112 @@ impl Store for SledStore {
                 Ok((String::from_utf8_lossy(&k).into_owned(), dec(&v)?))
             })
             .collect()
+    }
+
+    fn events_of(&self, contact: &str) -> StoreResult<Vec<Event>> {
+        self.events
+            .scan_prefix(prefix(contact))
+            .map(|r| dec(&r?.1))
+            .collect()
+    }
+
+    fn contact_ids(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+        let iter = match after {
+            Some(a) => self.contacts.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.contacts.iter(),
+        };
+        iter.take(limit)
+            .map(|r| Ok(String::from_utf8_lossy(&r?.0).into_owned()))
+            .collect()
+    }
+
+    fn membership(&self, contact: &str, segment: &str) -> StoreResult<Option<Membership>> {
+        self.memberships
+            .get(key2(contact, segment.as_bytes()))?
+            .map(|b| dec(&b))
+            .transpose()
+    }
+
+    fn put_membership(&self, contact: &str, segment: &str, m: &Membership) -> StoreResult<()> {
+        self.memberships
+            .insert(key2(contact, segment.as_bytes()), enc(m)?)?;
+        let mk = key2(segment, contact.as_bytes());
+        if m.member {
+            self.members.insert(mk, &m.since.to_be_bytes())?;
+        } else {
+            self.members.remove(mk)?;
+        }
+        Ok(())
+    }
+
+    fn segments_of(&self, contact: &str) -> StoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        for r in self.memberships.scan_prefix(prefix(contact)) {
+            let (k, v) = r?;
+            let m: Membership = dec(&v)?;
+            if m.member {
+                out.push(String::from_utf8_lossy(&k[contact.len() + 1..]).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    fn members(&self, segment: &str, limit: usize) -> StoreResult<Vec<String>> {
+        self.members
+            .scan_prefix(prefix(segment))
+            .take(limit)
+            .map(|r| Ok(String::from_utf8_lossy(&r?.0[segment.len() + 1..]).into_owned()))
+            .collect()
+    }
+
+    fn member_count(&self, segment: &str) -> StoreResult<usize> {
+        let mut n = 0;
+        for r in self.members.scan_prefix(prefix(segment)) {
+            r?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn log_segment_change(&self, segment: &str, change: &SegmentChange) -> StoreResult<()> {
+        let mut k = prefix(segment);
+        k.extend_from_slice(&time_key(change.at));
+        k.extend_from_slice(change.contact.as_bytes());
+        self.segment_log.insert(k, enc(change)?)?;
+        Ok(())
+    }
+
+    fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>> {
+        self.segment_log
+            .scan_prefix(prefix(segment))
+            .rev()
+            .take(limit)
+            .map(|r| dec(&r?.1))
+            .collect()
+    }
+
+    fn audience(&self, contact: &str) -> StoreResult<Option<AudienceState>> {
+        self.audience.get(contact)?.map(|b| dec(&b)).transpose()
+    }
+
+    fn put_audience(&self, contact: &str, state: &AudienceState) -> StoreResult<()> {
+        self.audience.insert(contact.as_bytes(), enc(state)?)?;
+        Ok(())
+    }
+
+    fn meta(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .meta
+            .get(key)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    fn put_meta(&self, key: &str, value: &str) -> StoreResult<()> {
+        self.meta.insert(key.as_bytes(), value.as_bytes())?;
+        Ok(())
     }
 }
 

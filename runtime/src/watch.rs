@@ -35,7 +35,9 @@ pub fn is_project_file(project: &Path, path: &Path) -> bool {
     match first.as_str() {
         "herald.toml" => true,
         "workflows" => name.ends_with(".rhai"),
-        "templates" => name.ends_with(".liquid"),
+        "templates" => name.ends_with(".liquid") || name.ends_with(".mjml"),
+        "segments" => name.ends_with(".rhai"),
+        "scoring.rhai" => true,
         "plugins" => true,
         _ => false,
     }
@@ -55,9 +57,11 @@ fn collect(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
 /// A hash over every file that makes up the served project, to tell real changes from
 /// identical saves.
 pub fn fingerprint(project: &Path) -> String {
-    let mut files = vec![project.join("herald.toml")];
+    let mut files = vec![project.join("herald.toml"), project.join("scoring.rhai")];
     collect(&project.join("workflows"), "rhai", &mut files);
+    collect(&project.join("segments"), "rhai", &mut files);
     collect(&project.join("templates"), "liquid", &mut files);
+    collect(&project.join("templates"), "mjml", &mut files);
     files.sort();
     let mut h = Sha256::new();
     for f in files {

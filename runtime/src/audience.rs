@@ -1,0 +1,652 @@
+//! Real-time audience: segments evaluated incrementally per contact, lead scores with lazy
+//! decay, lifecycle stages, and the triggers they fire.
+//!
+//! On every event the engine re-evaluates, for that contact only, the segments whose
+//! dependencies the event touches (its name, attribute changes, score changes, other segments
+//! that changed). Each evaluation reports when its answer can change without a new event (the
+//! oldest counted event leaving a rolling window, a score decaying below a stage threshold);
+//! the earliest such moment becomes a timer, so "no purchase in 30 days" turns true by itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use herald_dsl::{
+    evaluate_segment, with_host, Host, Interrupt, Query, RuleCondition, StepCall, Trigger,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::engine::{Engine, EngineError, Job, ProjectState};
+use crate::model::{AudienceState, Contact, Contribution, Event, Membership, SegmentChange};
+use crate::store::Timer;
+
+/// Timers whose run id starts with this re-evaluate a contact's audience instead.
+pub const TIMER_PREFIX: &str = "~audience:";
+
+/// How many recent contributions a score keeps for explanations before folding them.
+const KEEP_CONTRIBUTIONS: usize = 200;
+
+/// Progress of segment backfills.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackfillStatus {
+    /// Segments being (or last) backfilled.
+    pub segments: Vec<String>,
+    /// Contacts queued so far.
+    pub done: u64,
+    /// Contacts to evaluate.
+    pub total: u64,
+    /// Whether a backfill is running.
+    pub running: bool,
+    /// When the last backfill started and finished (ms).
+    pub started_at: Option<i64>,
+    /// Finished.
+    pub finished_at: Option<i64>,
+}
+
+impl ProjectState {
+    /// Event names the audience can use; `None` means any.
+    pub fn audience_interest(&self) -> Option<BTreeSet<String>> {
+        let mut names = BTreeSet::new();
+        for s in self.segments.values() {
+            names.extend(s.loaded.deps.events.clone()?);
+        }
+        let mut attributes = !self.segments.is_empty();
+        if let Some(sc) = &self.scoring {
+            for r in &sc.rules {
+                match &r.condition {
+                    Some(RuleCondition::Event { event, .. }) => {
+                        names.insert(event.clone());
+                    }
+                    Some(RuleCondition::Attribute { .. }) => attributes = true,
+                    None => {}
+                }
+            }
+        }
+        if attributes {
+            names.insert("identify".into());
+            names.insert("group".into());
+        }
+        Some(names)
+    }
+
+    fn has_audience(&self) -> bool {
+        !self.segments.is_empty() || self.scoring.is_some()
+    }
+
+    /// Segments that read `segment` with `in_segment`.
+    fn dependents(&self, segment: &str) -> Vec<String> {
+        self.segments
+            .iter()
+            .filter(|(_, s)| s.loaded.deps.segments.contains(segment))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+fn compare(op: &str, got: Option<&Value>, want: &Value) -> bool {
+    let Some(got) = got.filter(|v| !v.is_null()) else {
+        return false;
+    };
+    let num = |v: &Value| v.as_f64();
+    match op {
+        "exists" => true,
+        "==" => match (num(got), num(want)) {
+            (Some(a), Some(b)) => a == b,
+            _ => got == want,
+        },
+        "!=" => match (num(got), num(want)) {
+            (Some(a), Some(b)) => a != b,
+            _ => got != want,
+        },
+        ">" | ">=" | "<" | "<=" => match (num(got), num(want)) {
+            (Some(a), Some(b)) => match op {
+                ">" => a > b,
+                ">=" => a >= b,
+                "<" => a < b,
+                _ => a <= b,
+            },
+            _ => false,
+        },
+        "contains" => match (got, want) {
+            (Value::String(a), Value::String(b)) => a.contains(b.as_str()),
+            (Value::Array(a), b) => a.contains(b),
+            _ => false,
+        },
+        "ends_with" => {
+            matches!((got, want), (Value::String(a), Value::String(b)) if a.ends_with(b.as_str()))
+        }
+        _ => false,
+    }
+}
+
+/// Points from attribute rules for a contact's current attributes.
+fn attribute_points(state: &ProjectState, contact: &Contact) -> Vec<(String, f64)> {
+    let Some(sc) = &state.scoring else {
+        return Vec::new();
+    };
+    sc.rules
+        .iter()
+        .filter_map(|r| match &r.condition {
+            Some(RuleCondition::Attribute {
+                attribute,
+                op,
+                value,
+            }) => compare(op, contact.attributes.get(attribute), value)
+                .then(|| (r.name.clone(), r.points)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Host for segment evaluation: reads the contact, answers behaviour queries from its
+/// events, and notes when an answer will change by itself.
+struct SegmentHost {
+    snapshot: Value,
+    events: Arc<Vec<Event>>,
+    members: BTreeSet<String>,
+    now: i64,
+    expiry: std::rc::Rc<std::cell::Cell<Option<i64>>>,
+}
+
+impl Host for SegmentHost {
+    fn step(&mut self, call: StepCall, _line: Option<usize>) -> Result<Value, Interrupt> {
+        match call {
+            StepCall::Now => Ok(json!(self.now)),
+            other => Err(Interrupt::Fail(format!(
+                "`{}` is a workflow step; segments only read data",
+                other.kind()
+            ))),
+        }
+    }
+
+    fn contact_attr(&mut self, key: &str) -> Value {
+        if key == "*" {
+            return self.snapshot.clone();
+        }
+        self.snapshot.get(key).cloned().unwrap_or(Value::Null)
+    }
+
+    fn log(&mut self, _message: &str) {}
+
+    fn query(&mut self, q: Query) -> Result<Value, Interrupt> {
+        let events = self.events.clone();
+        let named = |name: String| events.iter().filter(move |e| e.event == name);
+        Ok(match q {
+            Query::Count {
+                event,
+                filter,
+                window_ms,
+            } => {
+                let from = self.now - window_ms;
+                let filter = filter.as_object().cloned().unwrap_or_default();
+                let mut n = 0;
+                for e in named(event) {
+                    if e.timestamp > from
+                        && e.timestamp <= self.now
+                        && herald_dsl::decl::matches_filter(&filter, &e.properties)
+                    {
+                        n += 1;
+                        let leaves = e.timestamp + window_ms;
+                        self.expiry
+                            .set(Some(self.expiry.get().map_or(leaves, |x| x.min(leaves))));
+                    }
+                }
+                json!(n)
+            }
+            Query::LastSeen { event } => named(event)
+                .map(|e| e.timestamp)
+                .max()
+                .map_or(Value::Null, |t| json!(t)),
+            Query::FirstSeen { event } => named(event)
+                .map(|e| e.timestamp)
+                .min()
+                .map_or(Value::Null, |t| json!(t)),
+            Query::InSegment { segment } => json!(self.members.contains(&segment)),
+        })
+    }
+}
+
+impl Engine {
+    /// A contact's view for scripts and templates: attributes, score, stage, segments.
+    pub fn snapshot_of(&self, contact: &Contact) -> Value {
+        let mut v = contact.snapshot();
+        if let Ok(segments) = self.store.segments_of(&contact.id) {
+            v["segments"] = json!(segments);
+        }
+        v
+    }
+
+    pub(crate) fn audience_timer(&self, contact: &str) -> Result<(), EngineError> {
+        if let Some(mut st) = self.store.audience(contact)? {
+            if let Some(t) = st.wake_at.take() {
+                self.store
+                    .clear_timer(t, &format!("{TIMER_PREFIX}{contact}"))?;
+                self.store.put_audience(contact, &st)?;
+            }
+        }
+        self.evaluate_audience(contact, None, None)
+    }
+
+    /// Update the score and segment memberships of one contact, firing triggers.
+    /// `event` is what just happened (`None`: a timer or a backfill); `only` limits the
+    /// segments evaluated.
+    pub(crate) fn evaluate_audience(
+        &self,
+        contact_id: &str,
+        event: Option<&Event>,
+        only: Option<&BTreeSet<String>>,
+    ) -> Result<(), EngineError> {
+        let state = self.state();
+        if !state.has_audience() {
+            return Ok(());
+        }
+        let Some(mut contact) = self.live_contact(contact_id)? else {
+            return Ok(());
+        };
+        let now = self.clock.now_ms();
+        let mut aud = self.store.audience(&contact.id)?.unwrap_or_default();
+        let mut wake: Option<i64> = None;
+
+        // Scoring.
+        let mut score_changed = false;
+        if let Some(sc) = &state.scoring {
+            let hl = sc.settings.half_life_ms;
+            let attr_points: f64 = attribute_points(&state, &contact)
+                .iter()
+                .map(|(_, p)| p)
+                .sum();
+            let old_score = aud.score;
+            let old_stage = aud
+                .stage
+                .clone()
+                .unwrap_or_else(|| sc.settings.base_stage.clone());
+            if let Some(e) = event {
+                for r in &sc.rules {
+                    let Some(RuleCondition::Event {
+                        event: name,
+                        filter,
+                    }) = &r.condition
+                    else {
+                        continue;
+                    };
+                    if *name != e.event || !herald_dsl::decl::matches_filter(filter, &e.properties)
+                    {
+                        continue;
+                    }
+                    let mut points = r.points;
+                    if let Some((max, period)) = r.cap {
+                        let used: f64 = aud
+                            .contributions
+                            .iter()
+                            .filter(|c| c.rule == r.name && c.at > now - period)
+                            .map(|c| c.points)
+                            .sum();
+                        points = points.min(max - used);
+                    }
+                    if points.abs() > f64::EPSILON && (r.points < 0.0 || points > 0.0) {
+                        aud.contributions.push(Contribution {
+                            rule: r.name.clone(),
+                            points,
+                            at: now,
+                            event: Some(e.event.clone()),
+                        });
+                    }
+                }
+                aud.fold(hl, KEEP_CONTRIBUTIONS, now);
+            }
+            let event_points = aud.event_points(hl, now);
+            let score = (attr_points + event_points).max(0.0);
+            let stage = sc.settings.stage_of(score).to_string();
+            // When decay will take the score below the current stage's threshold.
+            if let Some(h) = hl {
+                if let Some((_, t)) = sc.settings.stages.iter().rev().find(|(_, t)| score >= *t) {
+                    let need = t - attr_points;
+                    if event_points > 0.0 && need > 0.0 && need <= event_points {
+                        let at = now + (h as f64 * (event_points / need).log2()).ceil() as i64 + 1;
+                        wake = Some(wake.map_or(at, |w: i64| w.min(at)));
+                    }
+                }
+            }
+            score_changed = (score - old_score).abs() > 1e-9 || aud.stage.is_none();
+            aud.score = score;
+            aud.stage = Some(stage.clone());
+            let rounded = (score * 100.0).round() / 100.0;
+            let attrs_changed = contact.attributes.get("score").and_then(Value::as_f64)
+                != Some(rounded)
+                || contact.attributes.get("stage").and_then(Value::as_str) != Some(stage.as_str());
+            if attrs_changed {
+                contact.attributes.insert("score".into(), json!(rounded));
+                contact.attributes.insert("stage".into(), json!(stage));
+                contact.updated_at = now;
+                self.store.put_contact(&contact)?;
+            }
+            for wf in state.workflows.values() {
+                for t in &wf.loaded.decl.triggers {
+                    let (fire, props, tag) = match t {
+                        Trigger::ScoreReached { score: n } if old_score < *n && score >= *n => (
+                            true,
+                            json!({"score": n, "value": rounded}),
+                            format!("score{n}"),
+                        ),
+                        Trigger::StageChanged { stage: s } if *s == stage && old_stage != stage => {
+                            (
+                                true,
+                                json!({"stage": s, "previous": old_stage}),
+                                format!("stage-{s}"),
+                            )
+                        }
+                        _ => (false, Value::Null, String::new()),
+                    };
+                    if fire {
+                        let kind = if tag.starts_with("score") {
+                            "score_reached"
+                        } else {
+                            "stage_changed"
+                        };
+                        let trigger = json!({"type": kind, "event": kind, "properties": props, "timestamp": now});
+                        let id = format!("{}-{}-{}-{}", wf.loaded.decl.name, tag, contact.id, now);
+                        self.start_run(wf, &contact, trigger, id, true)?;
+                    }
+                }
+            }
+        }
+
+        // Segments.
+        if !state.segments.is_empty() {
+            let attributes_changed =
+                event.is_some_and(|e| matches!(e.kind.as_str(), "identify" | "group"));
+            let mut todo: BTreeSet<String> = match (only, event) {
+                (Some(o), _) => o
+                    .iter()
+                    .filter(|s| state.segments.contains_key(*s))
+                    .cloned()
+                    .collect(),
+                (None, None) => state.segments.keys().cloned().collect(),
+                (None, Some(e)) => state
+                    .segments
+                    .iter()
+                    .filter(|(_, s)| {
+                        attributes_changed
+                            || score_changed
+                            || s.loaded
+                                .deps
+                                .events
+                                .as_ref()
+                                .is_none_or(|ev| ev.contains(&e.event))
+                    })
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+            };
+            let mut members: BTreeSet<String> =
+                self.store.segments_of(&contact.id)?.into_iter().collect();
+            let events = Arc::new(self.store.events_of(&contact.id)?);
+            let mut rounds = 0;
+            while let Some(name) = todo.pop_first() {
+                rounds += 1;
+                if rounds > 4 * state.segments.len() + 8 {
+                    tracing::warn!(
+                        contact = contact.id,
+                        "segments depend on each other in a cycle; stopped re-evaluating"
+                    );
+                    break;
+                }
+                let Some(seg) = state.segments.get(&name) else {
+                    continue;
+                };
+                let mut snapshot = contact.snapshot();
+                snapshot["segments"] = json!(members.iter().collect::<Vec<_>>());
+                let expiry = std::rc::Rc::new(std::cell::Cell::new(None));
+                let host = SegmentHost {
+                    snapshot,
+                    events: events.clone(),
+                    members: members.clone(),
+                    now,
+                    expiry: expiry.clone(),
+                };
+                let (result, _) = with_host(Box::new(host), || {
+                    evaluate_segment(&self.rhai, &seg.loaded.ast, &self.limits)
+                });
+                if let Some(at) = expiry.get() {
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                }
+                let is_member = match result {
+                    Ok(b) => b,
+                    Err(msg) => {
+                        tracing::warn!(
+                            segment = name,
+                            contact = contact.id,
+                            error = msg,
+                            "segment evaluation failed; membership unchanged"
+                        );
+                        continue;
+                    }
+                };
+                if is_member == members.contains(&name) {
+                    continue;
+                }
+                let mut m = self
+                    .store
+                    .membership(&contact.id, &name)?
+                    .unwrap_or(Membership {
+                        since: now,
+                        entries: 0,
+                        member: false,
+                    });
+                m.member = is_member;
+                if is_member {
+                    m.entries += 1;
+                    m.since = now;
+                    members.insert(name.clone());
+                } else {
+                    members.remove(&name);
+                }
+                self.store.put_membership(&contact.id, &name, &m)?;
+                self.store.log_segment_change(
+                    &name,
+                    &SegmentChange {
+                        at: now,
+                        contact: contact.id.clone(),
+                        entered: is_member,
+                    },
+                )?;
+                *self
+                    .segment_sizes
+                    .lock()
+                    .expect("sizes")
+                    .entry(name.clone())
+                    .or_default() += if is_member { 1 } else { -1 };
+                tracing::info!(
+                    segment = name,
+                    contact = contact.id,
+                    entered = is_member,
+                    "segment membership changed"
+                );
+                todo.extend(state.dependents(&name));
+                for wf in state.workflows.values() {
+                    let fires = wf.loaded.decl.triggers.iter().any(|t| match t {
+                        Trigger::SegmentEntered { segment } => is_member && *segment == name,
+                        Trigger::SegmentExited { segment } => !is_member && *segment == name,
+                        _ => false,
+                    });
+                    if fires {
+                        let kind = if is_member {
+                            "segment_entered"
+                        } else {
+                            "segment_exited"
+                        };
+                        let trigger = json!({"type": kind, "event": kind, "properties": {"segment": name}, "timestamp": now});
+                        let dir = if is_member { "in" } else { "out" };
+                        let id = format!(
+                            "{}-{}-{dir}{}-{}",
+                            wf.loaded.decl.name, name, m.entries, contact.id
+                        );
+                        let c = self
+                            .live_contact(&contact.id)?
+                            .unwrap_or_else(|| contact.clone());
+                        self.start_run(wf, &c, trigger, id, true)?;
+                    }
+                }
+            }
+        }
+
+        // Schedule the next self-triggered re-evaluation.
+        let timer_id = format!("{TIMER_PREFIX}{}", contact.id);
+        let wake = wake.filter(|w| *w > now);
+        if aud.wake_at != wake {
+            if let Some(old) = aud.wake_at {
+                self.store.clear_timer(old, &timer_id)?;
+            }
+            if let Some(w) = wake {
+                self.store.set_timer(&Timer {
+                    due: w,
+                    run: timer_id,
+                    contact: contact.id.clone(),
+                })?;
+            }
+            aud.wake_at = wake;
+        }
+        self.store.put_audience(&contact.id, &aud)?;
+        Ok(())
+    }
+
+    /// Explain a contact's score: every recent contribution with its decay applied.
+    pub fn explain_score(&self, contact: &Contact) -> Result<Value, EngineError> {
+        let state = self.state();
+        let Some(sc) = &state.scoring else {
+            return Err(EngineError::Invalid(
+                "this project has no scoring.rhai".into(),
+            ));
+        };
+        let hl = sc.settings.half_life_ms;
+        let now = self.clock.now_ms();
+        let aud = self.store.audience(&contact.id)?.unwrap_or_default();
+        let mut items: Vec<Value> = aud
+            .contributions
+            .iter()
+            .rev()
+            .map(|c| {
+                let value = c.points * AudienceState::decay(hl, c.at, now);
+                json!({"rule": c.rule, "event": c.event, "at": c.at, "points": c.points, "value": (value * 1000.0).round() / 1000.0})
+            })
+            .collect();
+        if aud.base.abs() > f64::EPSILON {
+            let value = aud.base * AudienceState::decay(hl, aud.base_at, now);
+            items.push(json!({"rule": "older activity", "at": aud.base_at, "points": aud.base, "value": (value * 1000.0).round() / 1000.0}));
+        }
+        let attrs: Vec<Value> = attribute_points(&state, contact)
+            .into_iter()
+            .map(|(r, p)| json!({"rule": r, "points": p, "value": p}))
+            .collect();
+        let total = (aud.event_points(hl, now)
+            + attrs
+                .iter()
+                .filter_map(|a| a["value"].as_f64())
+                .sum::<f64>())
+        .max(0.0);
+        Ok(json!({
+            "contact": contact.id,
+            "score": (total * 1000.0).round() / 1000.0,
+            "stage": sc.settings.stage_of(total),
+            "half_life_ms": hl,
+            "at": now,
+            "events": items,
+            "attributes": attrs,
+        }))
+    }
+
+    /// Evaluate changed segments over every stored contact in the background, without pausing
+    /// ingest: contacts are queued to their workers in chunks.
+    pub fn start_backfill(self: &Arc<Self>) {
+        let state = self.state();
+        let mut changed = BTreeSet::new();
+        for (name, seg) in &state.segments {
+            let key = format!("segment:{name}");
+            if self.store.meta(&key).ok().flatten().as_deref() != Some(seg.hash.as_str()) {
+                changed.insert(name.clone());
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let engine = self.clone();
+        std::thread::Builder::new()
+            .name("herald-backfill".into())
+            .spawn(move || {
+                if let Err(e) = engine.backfill(changed, state) {
+                    tracing::error!(error = %e, "segment backfill failed");
+                }
+            })
+            .expect("spawn backfill");
+    }
+
+    fn backfill(
+        &self,
+        segments: BTreeSet<String>,
+        state: Arc<ProjectState>,
+    ) -> Result<(), EngineError> {
+        let total = self.store.contact_count()? as u64;
+        let started = self.clock.now_ms();
+        *self.backfill.lock().expect("backfill") = BackfillStatus {
+            segments: segments.iter().cloned().collect(),
+            done: 0,
+            total,
+            running: true,
+            started_at: Some(started),
+            finished_at: None,
+        };
+        tracing::info!(?segments, contacts = total, "segment backfill started");
+        let mut after: Option<String> = None;
+        let mut done = 0u64;
+        loop {
+            let ids = self.store.contact_ids(after.as_deref(), 2000)?;
+            if ids.is_empty() {
+                break;
+            }
+            for id in &ids {
+                self.send_job(id, Job::Audience(id.clone(), Some(segments.clone())))?;
+            }
+            done += ids.len() as u64;
+            after = ids.last().cloned();
+            // Bound the queues: wait for this chunk before queueing the next.
+            self.barrier();
+            self.backfill.lock().expect("backfill").done = done;
+            if done % 100_000 < 2000 {
+                tracing::info!(done, total, "segment backfill progress");
+            }
+        }
+        for name in &segments {
+            if let Some(seg) = state.segments.get(name) {
+                self.store.put_meta(&format!("segment:{name}"), &seg.hash)?;
+            }
+        }
+        let _ = self.flusher.commit_blocking();
+        let mut b = self.backfill.lock().expect("backfill");
+        b.running = false;
+        b.done = done;
+        b.finished_at = Some(self.clock.now_ms());
+        tracing::info!(?segments, contacts = done, "segment backfill finished");
+        Ok(())
+    }
+
+    /// Count members of every segment (at start-up, in the background).
+    pub fn count_segments(&self) -> Result<(), EngineError> {
+        let state = self.state();
+        let mut sizes = BTreeMap::new();
+        for name in state.segments.keys() {
+            sizes.insert(name.clone(), self.store.member_count(name)? as i64);
+        }
+        *self.segment_sizes.lock().expect("sizes") = sizes;
+        Ok(())
+    }
+
+    /// Current segment sizes.
+    pub fn segment_sizes(&self) -> BTreeMap<String, i64> {
+        let state = self.state();
+        let sizes = self.segment_sizes.lock().expect("sizes");
+        state
+            .segments
+            .keys()
+            .map(|k| (k.clone(), sizes.get(k).copied().unwrap_or(0)))
+            .collect()
+    }
+}
