@@ -32,6 +32,11 @@ pub fn is_project_file(project: &Path, path: &Path) -> bool {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // A directory created or removed as a whole: the files inside may have been written
+    // before the watcher saw the directory, so treat it as a change.
+    if rel.components().count() == 1 && matches!(first.as_str(), "workflows" | "segments" | "templates") {
+        return true;
+    }
     match first.as_str() {
         "herald.toml" => true,
         "workflows" => name.ends_with(".rhai"),
@@ -130,5 +135,8 @@ mod tests {
             Path::new("/p/.herald/outbox/email.jsonl")
         ));
         assert!(!is_project_file(p, Path::new("/elsewhere/herald.toml")));
+        assert!(is_project_file(p, Path::new("/p/segments")));
+        assert!(is_project_file(p, Path::new("/p/segments/pro.rhai")));
+        assert!(is_project_file(p, Path::new("/p/scoring.rhai")));
     }
 }
