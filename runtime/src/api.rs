@@ -101,6 +101,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/segments", get(segments))
         .route("/v1/segments/{name}", get(segment_detail))
         .route("/v1/contacts/{id}/score", get(contact_score))
+        .route("/v1/templates/{name}/preview", post(preview_template))
+        .route("/v1/import/contacts", post(import_contacts))
         .route("/v1/workflows/{name}/runs", post(start_run))
         .route("/v1/reload", post(reload))
         .route("/v1/status", get(status))
@@ -679,4 +681,87 @@ async fn contact_score(
     check_admin(&shared, &headers)?;
     let c = find_contact(&shared, &id)?;
     Ok(Json(shared.engine.explain_score(&c)?))
+}
+
+#[derive(Deserialize)]
+struct PreviewBody {
+    contact: String,
+    #[serde(default = "default_channel")]
+    channel: String,
+    #[serde(default)]
+    vars: Value,
+    #[serde(default)]
+    trigger: Value,
+}
+
+fn default_channel() -> String {
+    "email".into()
+}
+
+async fn preview_template(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let body: PreviewBody = parse_json(&body)?;
+    let c = find_contact(&shared, &body.contact)?;
+    let vars = if body.vars.is_null() {
+        json!({})
+    } else {
+        body.vars
+    };
+    let trigger = if body.trigger.is_null() {
+        json!({"properties": {}})
+    } else {
+        body.trigger
+    };
+    Ok(Json(shared.engine.preview(
+        &name,
+        &body.channel,
+        &c,
+        vars,
+        trigger,
+    )?))
+}
+
+async fn import_contacts(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<crate::import::ImportOptions>,
+    body: Body,
+) -> ApiResult<Response> {
+    check_admin(&shared, &headers)?;
+    let bytes = axum::body::to_bytes(body, 256 * 1024 * 1024)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "CSV imports are limited to 256 MB per request",
+            )
+        })?;
+    let report = crate::import::import_csv(&shared.ingestor, &bytes, &q)
+        .await
+        .map_err(|e| match e {
+            crate::ingest::IngestError::Invalid { code, message } => {
+                ApiError::new(StatusCode::BAD_REQUEST, code, message)
+            }
+            other => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_accepted",
+                other.to_string(),
+            ),
+        })?;
+    let status = if report.rejected.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    Ok((
+        status,
+        Json(serde_json::to_value(&report).unwrap_or_default()),
+    )
+        .into_response())
 }

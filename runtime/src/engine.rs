@@ -1397,21 +1397,30 @@ impl RunHost {
             to,
             subject: None,
             body: None,
+            html: None,
             fields: Map::new(),
             payload,
         };
         if let Some(template) = template {
-            let globals = json!({
-                "contact": st.snapshot,
-                "trigger": st.run.trigger,
-                "event": st.run.trigger,
-                "vars": vars,
-                "workflow": {"name": st.run.workflow, "run": st.run.id},
-            });
+            let variants: Map<String, Value> = st
+                .journal
+                .iter()
+                .filter(|s| s.kind == "variant" && s.status == StepStatus::Done)
+                .map(|s| (s.name.clone(), s.result.clone()))
+                .collect();
+            let globals = template_globals(
+                &st.snapshot,
+                &st.run.trigger,
+                &vars,
+                &st.run.workflow,
+                &st.run.id,
+                variants,
+            );
             match state.templates.render(template, channel, &globals) {
                 Ok(r) => {
                     message.subject = r.subject;
                     message.body = Some(r.body);
+                    message.html = r.html;
                     message.fields = r.fields;
                 }
                 Err(e) => return self.fail_step(st, step, e),
@@ -1559,6 +1568,62 @@ impl RunHost {
         }
         st.wake = Some(due);
         Err(Interrupt::Suspend)
+    }
+}
+
+/// What a template sees: the contact (attributes, score, stage, segments), the trigger,
+/// the `vars` passed to `send`, the workflow, and the A/B arms chosen so far in the run.
+pub fn template_globals(
+    contact: &Value,
+    trigger: &Value,
+    vars: &Value,
+    workflow: &str,
+    run: &str,
+    variants: Map<String, Value>,
+) -> Value {
+    json!({
+        "contact": contact,
+        "trigger": trigger,
+        "event": trigger,
+        "vars": vars,
+        "workflow": {"name": workflow, "run": run},
+        "variants": variants,
+    })
+}
+
+impl Engine {
+    /// Render a template for a real contact, as `send` would (without sending).
+    pub fn preview(
+        &self,
+        template: &str,
+        channel: &str,
+        contact: &Contact,
+        vars: Value,
+        trigger: Value,
+    ) -> Result<Value, EngineError> {
+        let state = self.state();
+        let globals = template_globals(
+            &self.snapshot_of(contact),
+            &trigger,
+            &vars,
+            "preview",
+            "preview",
+            Map::new(),
+        );
+        let r = state
+            .templates
+            .render(template, channel, &globals)
+            .map_err(EngineError::Invalid)?;
+        let to = state
+            .channel_config
+            .get(channel)
+            .and_then(|c| c.to_attribute())
+            .and_then(|a| contact.attributes.get(a))
+            .cloned();
+        Ok(
+            json!({"template": template, "channel": channel, "contact": contact.id, "to": to,
+                  "subject": r.subject, "body": r.body, "html": r.html, "fields": r.fields}),
+        )
     }
 }
 

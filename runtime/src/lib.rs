@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod import;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

@@ -54,6 +54,85 @@ enum Command {
     },
     /// Measure ingest, activation and storage throughput on this machine.
     Bench(bench::BenchArgs),
+    /// Render a template for a real contact through the running daemon.
+    Preview {
+        /// Template name (templates/NAME.liquid or NAME.mjml).
+        template: String,
+        /// Contact: Herald id, userId or anonymousId.
+        #[arg(long)]
+        contact: String,
+        /// Channel whose template variant and address to use.
+        #[arg(long, default_value = "email")]
+        channel: String,
+        /// Extra `vars`, as JSON.
+        #[arg(long, default_value = "{}")]
+        vars: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Import contacts from a CSV file into the running daemon.
+    Import {
+        /// The CSV file (first row: column names).
+        file: PathBuf,
+        /// Column holding the user id (default: user_id, id or email).
+        #[arg(long)]
+        id: Option<String>,
+        /// Column types, e.g. `age:int,vip:bool,signed_up:date`.
+        #[arg(long)]
+        types: Option<String>,
+        /// Column renames, e.g. `First Name:first_name,E-mail:email`.
+        #[arg(long)]
+        map: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// Where the running daemon is.
+#[derive(clap::Args)]
+struct Remote {
+    /// Project directory (its herald.toml gives the address and the admin token).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Daemon URL (default: from herald.toml).
+    #[arg(long)]
+    url: Option<String>,
+}
+
+impl Remote {
+    fn resolve(&self) -> Result<(String, String)> {
+        let config = herald_runtime::config::Config::load(&self.dir)?;
+        let token = config
+            .auth
+            .token()
+            .context("herald.toml has no admin token ([auth] admin_token or admin_token_env)")?;
+        let url = self
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.server.listen));
+        Ok((url, token))
+    }
+}
+
+fn call(req: ureq::Request, body: Option<(&str, &[u8])>) -> Result<serde_json::Value> {
+    let result = match body {
+        Some((ct, b)) => req.set("content-type", ct).send_bytes(b),
+        None => req.call(),
+    };
+    match result {
+        Ok(r) => Ok(r.into_json()?),
+        Err(ureq::Error::Status(code, r)) => {
+            let v: serde_json::Value = r.into_json().unwrap_or_default();
+            if code == 207 {
+                return Ok(v);
+            }
+            bail!(
+                "HTTP {code}: {}",
+                v["error"]["message"].as_str().unwrap_or("request failed")
+            )
+        }
+        Err(e) => bail!("cannot reach the daemon: {e} (is `herald run` running?)"),
+    }
 }
 
 const QUICKSTART: &[(&str, &str)] = &[
@@ -149,6 +228,71 @@ fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
+fn preview(
+    template: &str,
+    contact: &str,
+    channel: &str,
+    vars: &str,
+    remote: &Remote,
+) -> Result<bool> {
+    let (url, token) = remote.resolve()?;
+    let vars: serde_json::Value = serde_json::from_str(vars).context("--vars is not JSON")?;
+    let body =
+        serde_json::json!({"contact": contact, "channel": channel, "vars": vars}).to_string();
+    let req = ureq::post(&format!("{url}/v1/templates/{template}/preview"))
+        .set("authorization", &format!("Bearer {token}"));
+    let v = call(req, Some(("application/json", body.as_bytes())))?;
+    if let Some(to) = v["to"].as_str() {
+        println!("To: {to}");
+    }
+    if let Some(fields) = v["fields"].as_object() {
+        for (k, val) in fields {
+            println!("{}: {}", k, val.as_str().unwrap_or_default());
+        }
+    }
+    println!();
+    println!("{}", v["body"].as_str().unwrap_or_default());
+    if let Some(html) = v["html"].as_str() {
+        println!("\n--- HTML ({} bytes) ---\n{html}", html.len());
+    }
+    Ok(true)
+}
+
+fn import(
+    file: &Path,
+    id: Option<String>,
+    types: Option<String>,
+    map: Option<String>,
+    remote: &Remote,
+) -> Result<bool> {
+    let (url, token) = remote.resolve()?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut req = ureq::post(&format!("{url}/v1/import/contacts"))
+        .set("authorization", &format!("Bearer {token}"));
+    for (k, v) in [("id", id), ("types", types), ("map", map)] {
+        if let Some(v) = v {
+            req = req.query(k, &v);
+        }
+    }
+    let report = call(req, Some(("text/csv", &bytes)))?;
+    println!(
+        "imported {} row(s), {} unchanged, {} rejected (id column: {})",
+        report["imported"],
+        report["unchanged"],
+        report["rejected"].as_array().map_or(0, Vec::len),
+        report["id_column"].as_str().unwrap_or("?")
+    );
+    for r in report["rejected"].as_array().into_iter().flatten() {
+        eprintln!(
+            "{}:{}: {}",
+            file.display(),
+            r["line"],
+            r["reason"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(report["rejected"].as_array().is_none_or(Vec::is_empty))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -176,6 +320,20 @@ fn main() -> ExitCode {
         Command::Check { dir } => check(&dir),
         Command::Init { dir } => init(&dir).map(|_| true),
         Command::Bench(args) => bench::run(args).map(|_| true),
+        Command::Preview {
+            template,
+            contact,
+            channel,
+            vars,
+            remote,
+        } => preview(&template, &contact, &channel, &vars, &remote),
+        Command::Import {
+            file,
+            id,
+            types,
+            map,
+            remote,
+        } => import(&file, id, types, map, &remote),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -43,6 +43,8 @@ pub struct CheckReport {
     pub files: Vec<FileReport>,
     /// Problems that belong to no script (configuration, templates).
     pub errors: Vec<String>,
+    /// Findings that do not stop the project from loading.
+    pub warnings: Vec<String>,
 }
 
 impl CheckReport {
@@ -60,6 +62,9 @@ impl CheckReport {
         let mut out = String::new();
         for e in &self.errors {
             out.push_str(&format!("error: {e}\n"));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("warning: {w}\n"));
         }
         for f in &self.files {
             out.push_str(&herald_dsl::render_diagnostics(
@@ -232,6 +237,9 @@ impl Project {
         for e in template_errors {
             report.errors.push(format!("{}: {}", e.file, e.message));
         }
+        report
+            .warnings
+            .extend(crate::templates::lint_dir(&dir.join("templates")));
         let sources: Vec<(String, String)> = list(&dir.join("workflows"), "rhai")
             .into_iter()
             .filter_map(|p| {

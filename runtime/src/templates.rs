@@ -28,6 +28,8 @@ pub struct TemplateError {
 struct Template {
     fields: Vec<(String, liquid::Template)>,
     body: liquid::Template,
+    /// The body is MJML: rendered to HTML after Liquid, with a generated plain-text part.
+    mjml: bool,
 }
 
 /// A rendered message.
@@ -35,8 +37,10 @@ struct Template {
 pub struct Rendered {
     /// The `subject` field, if the template has one.
     pub subject: Option<String>,
-    /// The body.
+    /// The body (for MJML templates: the plain-text part generated from the HTML).
     pub body: String,
+    /// HTML, for MJML templates.
+    pub html: Option<String>,
     /// Every front-matter field, rendered (subject included).
     pub fields: Map<String, Value>,
 }
@@ -49,8 +53,34 @@ pub struct Templates {
 
 fn parser() -> liquid::Parser {
     liquid::ParserBuilder::with_stdlib()
+        .filter(local_date::LocalDate)
         .build()
         .expect("the liquid stdlib parser builds")
+}
+
+/// A front-matter value as YAML reads a scalar: `"..."` with `\"` and `\\` escapes,
+/// `'...'` with `''` for a quote, or the bare text.
+fn unquote(v: &str) -> String {
+    if let Some(inner) = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some('n') => out.push('\n'),
+                    Some(o) => out.push(o),
+                    None => out.push('\\'),
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else if let Some(inner) = v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')) {
+        inner.replace("''", "'")
+    } else {
+        v.to_string()
+    }
 }
 
 /// Split `---` front matter from the body. Front matter is `key: value` lines.
@@ -80,12 +110,7 @@ fn split_front_matter(text: &str) -> Result<(FrontMatter, &str), String> {
         let (k, v) = line
             .split_once(':')
             .ok_or_else(|| format!("front matter line {} is not `key: value`", i + 2))?;
-        let v = v.trim();
-        let v = v
-            .strip_prefix('"')
-            .and_then(|x| x.strip_suffix('"'))
-            .unwrap_or(v);
-        fields.push((k.trim().to_string(), v.to_string()));
+        fields.push((k.trim().to_string(), unquote(v.trim())));
     }
     Ok((fields, body))
 }
@@ -105,8 +130,13 @@ impl Templates {
             let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            let Some(name) = file_name.strip_suffix(".liquid") else {
-                continue;
+            let (name, mjml) = match (
+                file_name.strip_suffix(".liquid"),
+                file_name.strip_suffix(".mjml"),
+            ) {
+                (Some(n), _) => (n, false),
+                (None, Some(n)) => (n, true),
+                _ => continue,
             };
             let display = format!("templates/{file_name}");
             let text = match std::fs::read_to_string(&path) {
@@ -119,9 +149,14 @@ impl Templates {
                     continue;
                 }
             };
-            match Self::compile(&parser, &text) {
+            match Self::compile(&parser, &text, mjml) {
                 Ok(t) => {
-                    out.by_name.insert(name.to_string(), t);
+                    if out.by_name.insert(name.to_string(), t).is_some() {
+                        errors.push(TemplateError {
+                            file: display,
+                            message: format!("templates/{name}.liquid and templates/{name}.mjml both exist; keep one"),
+                        });
+                    }
                 }
                 Err(message) => errors.push(TemplateError {
                     file: display,
@@ -132,8 +167,11 @@ impl Templates {
         (out, errors)
     }
 
-    fn compile(parser: &liquid::Parser, text: &str) -> Result<Template, String> {
+    fn compile(parser: &liquid::Parser, text: &str, mjml: bool) -> Result<Template, String> {
         let (fields, body) = split_front_matter(text)?;
+        if mjml {
+            mrml::parse(body).map_err(|e| format!("MJML: {e}"))?;
+        }
         let mut compiled = Vec::new();
         for (k, v) in fields {
             let t = parser
@@ -145,6 +183,7 @@ impl Templates {
         Ok(Template {
             fields: compiled,
             body,
+            mjml,
         })
     }
 
@@ -183,12 +222,203 @@ impl Templates {
             .body
             .render(&globals)
             .map_err(|e| format!("template {name}: {}", flatten(&e)))?;
+        if t.mjml {
+            let parsed = mrml::parse(&body)
+                .map_err(|e| format!("template {name}: MJML after Liquid: {e}"))?;
+            let options = mrml::prelude::render::RenderOptions {
+                disable_comments: true,
+                social_icon_origin: None,
+                fonts: Default::default(),
+            };
+            let html = parsed
+                .element
+                .render(&options)
+                .map_err(|e| format!("template {name}: MJML: {e}"))?;
+            return Ok(Rendered {
+                subject,
+                body: html_to_text(&html),
+                html: Some(html),
+                fields,
+            });
+        }
         Ok(Rendered {
             subject,
             body,
+            html: None,
             fields,
         })
     }
+}
+
+/// Top-level names a template can read.
+pub const TEMPLATE_ROOTS: [&str; 6] = [
+    "contact", "trigger", "event", "vars", "workflow", "variants",
+];
+
+/// Variables a template reads that nothing can ever set: a misspelt `contcat.first_name`
+/// renders as nothing for every contact. Returns `(line, name)` pairs.
+pub fn unknown_variables(text: &str) -> Vec<(usize, String)> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut defined: Vec<String> = Vec::new();
+    let mut used: Vec<(usize, String)> = Vec::new();
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let (is_output, inner_start) = match after.chars().next() {
+            Some('{') => (true, open + 2),
+            Some('%') => (false, open + 2),
+            _ => {
+                offset += open + 1;
+                rest = &rest[open + 1..];
+                continue;
+            }
+        };
+        let close = if is_output { "}}" } else { "%}" };
+        let Some(end) = rest[inner_start..].find(close) else {
+            break;
+        };
+        let inner = rest[inner_start..inner_start + end]
+            .trim_matches(|c: char| c == '-' || c.is_whitespace());
+        let line = text[..offset + open].matches('\n').count() + 1;
+        if is_output {
+            used.push((line, ident(inner)));
+        } else {
+            let mut words = inner.split_whitespace();
+            match words.next() {
+                Some("if" | "unless" | "elsif" | "case") => {
+                    if let Some(w) = words.next() {
+                        used.push((line, ident(w)));
+                    }
+                }
+                Some("for") => {
+                    if let (Some(var), Some("in"), Some(src)) =
+                        (words.next(), words.next(), words.next())
+                    {
+                        defined.push(var.to_string());
+                        used.push((line, ident(src)));
+                    }
+                }
+                Some("assign" | "capture" | "increment" | "decrement") => {
+                    if let Some(var) = words.next() {
+                        defined.push(ident(var));
+                    }
+                }
+                _ => {}
+            }
+        }
+        offset += inner_start + end + 2;
+        rest = &rest[inner_start + end + 2..];
+    }
+    used.into_iter()
+        .filter(|(_, n)| {
+            !n.is_empty()
+                && !n.chars().next().is_some_and(|c| c.is_ascii_digit())
+                && !matches!(
+                    n.as_str(),
+                    "true" | "false" | "nil" | "empty" | "blank" | "forloop"
+                )
+                && !TEMPLATE_ROOTS.contains(&n.as_str())
+                && !defined.contains(n)
+        })
+        .collect()
+}
+
+/// Lint every template of a directory for variables that can never be set.
+pub fn lint_dir(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut paths: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for p in paths {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !(name.ends_with(".liquid") || name.ends_with(".mjml")) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            continue;
+        };
+        for (line, var) in unknown_variables(&text) {
+            out.push(format!(
+                "templates/{name}:{line}: `{var}` can never be set; templates read {}",
+                TEMPLATE_ROOTS.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// The plain-text part of an HTML email: block elements become line breaks, links keep their
+/// address, tags and styles go, entities are decoded, blank runs collapse.
+pub fn html_to_text(html: &str) -> String {
+    let lower = html.to_ascii_lowercase();
+    let mut out = String::new();
+    let mut i = 0;
+    let bytes = html.as_bytes();
+    while i < html.len() {
+        if bytes[i] == b'<' {
+            let end = html[i..].find('>').map(|e| i + e + 1).unwrap_or(html.len());
+            let tag = &lower[i..end];
+            let name: String = tag
+                .trim_start_matches(['<', '/'])
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
+            if !tag.starts_with("</")
+                && matches!(name.as_str(), "style" | "head" | "script" | "title")
+            {
+                let close = format!("</{name}");
+                i = lower[end..]
+                    .find(&close)
+                    .map(|c| end + c)
+                    .unwrap_or(html.len());
+                continue;
+            }
+            if name == "a" && !tag.starts_with("</") {
+                if let Some(h) = tag.find("href=\"") {
+                    let start = i + h + 6;
+                    if let Some(q) = html[start..].find('"') {
+                        out.push_str(&format!("[{}] ", &html[start..start + q]));
+                    }
+                }
+            }
+            if matches!(
+                name.as_str(),
+                "br" | "p" | "div" | "tr" | "h1" | "h2" | "h3" | "h4" | "li" | "table"
+            ) {
+                out.push('\n');
+            }
+            i = end;
+        } else {
+            let next = html[i..].find('<').map(|n| i + n).unwrap_or(html.len());
+            out.push_str(&html[i..next]);
+            i = next;
+        }
+    }
+    let decoded = out
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    let mut lines: Vec<String> = Vec::new();
+    for line in decoded.lines() {
+        let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !line.is_empty() {
+            lines.push(line);
+        }
+    }
+    lines.join("\n")
 }
 
 /// Template data where a missing key reads as `nil` instead of failing the render, so that
@@ -360,11 +590,93 @@ mod tests {
     }
 
     #[test]
+    fn variables_that_can_never_be_set_are_found() {
+        let t = "Hi {{ contcat.first_name }}\n{% for item in vars.items %}{{ item }}{% endfor %}\n{% if cart %}x{% endif %}{% assign n = 1 %}{{ n }}{{ contact.x | default: 'y' }}";
+        assert_eq!(
+            unknown_variables(t),
+            vec![(1, "contcat".to_string()), (3, "cart".to_string())]
+        );
+    }
+
+    #[test]
     fn broken_templates_are_reported_with_their_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("bad.liquid"), "{% if %}").unwrap();
         let (_, errors) = Templates::load(dir.path());
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].file, "templates/bad.liquid");
+    }
+}
+
+/// `local_date`: format a timestamp (milliseconds or RFC 3339) in a timezone and locale.
+///
+/// `{{ trigger.timestamp | local_date: "%A %e %B, %H:%M", contact.timezone, contact.locale }}`
+/// renders `Tuesday 1 December, 09:30` for `Europe/London` and `mardi 1 décembre, 10:30` for
+/// `Europe/Paris` with locale `fr_FR`. Unknown or missing timezones fall back to UTC, unknown
+/// locales to English.
+mod local_date {
+    use chrono::{TimeZone, Utc};
+    use liquid_core::{
+        Display_filter, Expression, Filter, FilterParameters, FilterReflection,
+        FromFilterParameters, ParseFilter, Result, Runtime, Value, ValueView,
+    };
+
+    #[derive(Debug, FilterParameters)]
+    struct LocalDateArgs {
+        #[parameter(description = "strftime-style format.", arg_type = "str")]
+        format: Expression,
+        #[parameter(description = "IANA timezone such as Europe/Paris.", arg_type = "any")]
+        timezone: Option<Expression>,
+        #[parameter(description = "Locale such as fr_FR.", arg_type = "any")]
+        locale: Option<Expression>,
+    }
+
+    #[derive(Clone, ParseFilter, FilterReflection)]
+    #[filter(
+        name = "local_date",
+        description = "Formats a timestamp in the contact's timezone and locale.",
+        parameters(LocalDateArgs),
+        parsed(LocalDateFilter)
+    )]
+    pub struct LocalDate;
+
+    #[derive(Debug, FromFilterParameters, Display_filter)]
+    #[name = "local_date"]
+    struct LocalDateFilter {
+        #[parameters]
+        args: LocalDateArgs,
+    }
+
+    fn text(v: Option<liquid_core::model::ValueCow<'_>>) -> Option<String> {
+        v.filter(|v| !v.as_view().is_nil())
+            .map(|v| v.as_view().to_kstr().to_string())
+    }
+
+    impl Filter for LocalDateFilter {
+        fn evaluate(&self, input: &dyn ValueView, runtime: &dyn Runtime) -> Result<Value> {
+            let args = self.args.evaluate(runtime)?;
+            let ms = input.as_scalar().and_then(|s| {
+                s.to_integer()
+                    .or_else(|| herald_dsl::engine::parse_rfc3339_ms(s.to_kstr().as_str()))
+            });
+            let Some(ms) = ms else {
+                return Ok(Value::Nil);
+            };
+            let tz: chrono_tz::Tz = text(args.timezone)
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(chrono_tz::UTC);
+            let locale = text(args.locale)
+                .and_then(|l| chrono::Locale::try_from(l.replace('-', "_").as_str()).ok())
+                .unwrap_or(chrono::Locale::en_US);
+            let Some(dt) = Utc.timestamp_millis_opt(ms).single() else {
+                return Ok(Value::Nil);
+            };
+            let local = dt.with_timezone(&tz);
+            Ok(Value::scalar(
+                local
+                    .format_localized(args.format.as_str(), locale)
+                    .to_string(),
+            ))
+        }
     }
 }

@@ -34,7 +34,9 @@ pub fn is_project_file(project: &Path, path: &Path) -> bool {
         .unwrap_or_default();
     // A directory created or removed as a whole: the files inside may have been written
     // before the watcher saw the directory, so treat it as a change.
-    if rel.components().count() == 1 && matches!(first.as_str(), "workflows" | "segments" | "templates") {
+    if rel.components().count() == 1
+        && matches!(first.as_str(), "workflows" | "segments" | "templates")
+    {
         return true;
     }
     match first.as_str() {
