@@ -1,1 +1,176 @@
-fn main() {}
+//! Builds the guest workspace (`plugins/guest`: SDK, first-party connectors,
+//! hostile test plugins) for `wasm32-wasip2` with a nested cargo on its own
+//! target directory, then packages every plugin as `<id>/plugin.toml` +
+//! `<id>/plugin.wasm` with the manifest's `sha256` and `config_schema` filled
+//! in. The packaged directories are exposed to the crate through the
+//! `HERALD_BUNDLED_PLUGINS_DIR` and `HERALD_TEST_PLUGINS_DIR` env vars.
+//!
+//! Set `HERALD_SKIP_GUEST_BUILD=1` to skip (the plugin directories are then
+//! empty and loading bundled plugins fails with "not found").
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::Digest;
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let plugins = manifest_dir.parent().unwrap().to_path_buf();
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let bundled = out.join("plugins");
+    let testdata = out.join("testplugins");
+    for d in [&bundled, &testdata] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).unwrap();
+    }
+    println!(
+        "cargo:rustc-env=HERALD_BUNDLED_PLUGINS_DIR={}",
+        bundled.display()
+    );
+    println!(
+        "cargo:rustc-env=HERALD_TEST_PLUGINS_DIR={}",
+        testdata.display()
+    );
+    for p in [
+        "wit",
+        "sdk",
+        "connectors",
+        "testdata",
+        "guest/Cargo.toml",
+        "guest/Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", plugins.join(p).display());
+    }
+    println!("cargo:rerun-if-env-changed=HERALD_SKIP_GUEST_BUILD");
+    println!("cargo:rerun-if-env-changed=HERALD_GUEST_TARGET_DIR");
+    if std::env::var_os("HERALD_SKIP_GUEST_BUILD").is_some_and(|v| v == "1") {
+        println!("cargo:warning=HERALD_SKIP_GUEST_BUILD=1: plugins were not built");
+        return;
+    }
+
+    // A separate target dir: a nested cargo on the outer one would deadlock.
+    let guest_target = std::env::var_os("HERALD_GUEST_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // OUT_DIR = <target>/[<triple>/]<profile>/build/<pkg>-<hash>/out
+            let profile_dir = out
+                .ancestors()
+                .find(|a| a.file_name().is_some_and(|n| n == "build"))
+                .and_then(Path::parent)
+                .expect("OUT_DIR inside a target dir")
+                .to_path_buf();
+            profile_dir.join("herald-guest-target")
+        });
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let jobs = std::env::var("NUM_JOBS").unwrap_or_else(|_| "1".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--workspace")
+        .arg("--target")
+        .arg(WASM_TARGET)
+        .arg("--manifest-path")
+        .arg(plugins.join("guest/Cargo.toml"))
+        .arg("-j")
+        .arg(&jobs)
+        .env("CARGO_TARGET_DIR", &guest_target)
+        .stdout(Stdio::from(std::io::stderr()))
+        .stderr(Stdio::inherit());
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_LLVM_COV",
+        "LLVM_PROFILE_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("run cargo for the guest workspace");
+    if !status.success() {
+        panic!(
+            "building the Herald guest plugins for {WASM_TARGET} failed (see output above). \
+             Is the target installed? `rustup target add {WASM_TARGET}`. \
+             Set HERALD_SKIP_GUEST_BUILD=1 to build the host without plugins."
+        );
+    }
+    let wasm_dir = guest_target.join(WASM_TARGET).join("release");
+    package_all(&plugins.join("connectors"), &wasm_dir, &bundled);
+    package_all(&plugins.join("testdata"), &wasm_dir, &testdata);
+    // Test crates without a manifest are copied as bare `<dir-name>.wasm`.
+    for entry in std::fs::read_dir(plugins.join("testdata")).unwrap() {
+        let dir = entry.unwrap().path();
+        if dir.join("Cargo.toml").exists() && !dir.join("plugin.toml").exists() {
+            let name = crate_name(&dir);
+            let wasm = wasm_dir.join(format!("{}.wasm", name.replace('-', "_")));
+            let file = format!("{}.wasm", dir.file_name().unwrap().to_string_lossy());
+            std::fs::copy(&wasm, testdata.join(file))
+                .unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
+        }
+    }
+}
+
+fn crate_name(crate_dir: &Path) -> String {
+    let cargo_toml = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    cargo_toml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("name = \"")?.strip_suffix('"'))
+        .expect("package name")
+        .to_string()
+}
+
+fn package_all(src_root: &Path, wasm_dir: &Path, dest_root: &Path) {
+    let mut entries: Vec<_> = std::fs::read_dir(src_root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("plugin.toml").exists() && p.join("Cargo.toml").exists())
+        .collect();
+    entries.sort();
+    for crate_dir in entries {
+        package(&crate_dir, wasm_dir, dest_root);
+    }
+}
+
+fn package(crate_dir: &Path, wasm_dir: &Path, dest_root: &Path) {
+    let name = crate_name(crate_dir);
+    let wasm_file = wasm_dir.join(format!("{}.wasm", name.replace('-', "_")));
+    let wasm = std::fs::read(&wasm_file).unwrap_or_else(|e| panic!("{}: {e}", wasm_file.display()));
+    let template = std::fs::read_to_string(crate_dir.join("plugin.toml")).unwrap();
+    let id = template
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("id = \"")?.strip_suffix('"'))
+        .expect("plugin.toml id");
+    assert!(
+        !template
+            .lines()
+            .any(|l| l.trim_start().starts_with("sha256")),
+        "{}: the template must not contain sha256",
+        crate_dir.display()
+    );
+    let mut manifest = template.clone();
+    manifest.push_str(&format!(
+        "sha256 = \"{}\"\n",
+        hex::encode(sha2::Sha256::digest(&wasm))
+    ));
+    let schema_file = crate_dir.join("config.schema.json");
+    if schema_file.exists() {
+        let schema = std::fs::read_to_string(&schema_file).unwrap();
+        assert!(
+            !schema.contains("'''"),
+            "config.schema.json must not contain '''"
+        );
+        manifest.push_str(&format!("config_schema = '''{}'''\n", schema.trim()));
+    }
+    let dest = dest_root.join(id);
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::write(dest.join("plugin.wasm"), &wasm).unwrap();
+    std::fs::write(dest.join("plugin.toml"), manifest).unwrap();
+}

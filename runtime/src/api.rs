@@ -103,6 +103,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/contacts/{id}/score", get(contact_score))
         .route("/v1/templates/{name}/preview", post(preview_template))
         .route("/v1/import/contacts", post(import_contacts))
+        .route("/v1/webhooks/{channel}", post(provider_webhook))
         .route("/v1/workflows/{name}/runs", post(start_run))
         .route("/v1/reload", post(reload))
         .route("/v1/status", get(status))
@@ -764,4 +765,94 @@ async fn import_contacts(
         Json(serde_json::to_value(&report).unwrap_or_default()),
     )
         .into_response())
+}
+
+/// Provider callbacks (delivered, opened, clicked, bounced, …): the channel's connector turns
+/// the request into events, which land on the contact's timeline as `<channel>_<kind>` (for
+/// example `email_opened`), count in metrics and can satisfy `wait_for`. Authenticity is the
+/// connector's job (for example Twilio's request signature).
+async fn provider_webhook(
+    State(shared): State<Arc<Shared>>,
+    Path(channel): Path<String>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let state = shared.engine.state();
+    let plugin = state.plugins.get(&channel).cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "channel_not_found",
+            format!("no plugin channel \"{channel}\" receives webhooks"),
+        )
+    })?;
+    let req = herald_plugin_host::WebhookRequest {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or("").to_string(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let events = tokio::task::spawn_blocking(move || plugin.parse_webhook(&req))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            shared.engine.metrics.rejected("webhook_rejected");
+            ApiError::new(StatusCode::BAD_REQUEST, "webhook_rejected", e.to_string())
+        })?;
+    let mut messages = Vec::new();
+    let mut unmatched = 0;
+    for ev in events {
+        let owner = match &ev.message_id {
+            Some(id) => shared.engine.store.meta(&format!("pmsg:{channel}:{id}"))?,
+            None => None,
+        };
+        let Some(owner) = owner.and_then(|o| serde_json::from_str::<Value>(&o).ok()) else {
+            unmatched += 1;
+            tracing::info!(channel, kind = ev.kind, message = ?ev.message_id, "provider callback for a message Herald did not send");
+            continue;
+        };
+        let mut props = match ev.properties.clone() {
+            Value::Object(m) => m,
+            _ => Default::default(),
+        };
+        props.insert("provider_message_id".into(), json!(ev.message_id));
+        props.insert("recipient".into(), json!(ev.recipient));
+        props.insert("run".into(), owner["run"].clone());
+        props.insert("step".into(), owner["step"].clone());
+        props.insert("message_id".into(), owner["key"].clone());
+        props.insert("channel".into(), json!(channel));
+        let contact = owner["contact"].as_str().unwrap_or_default().to_string();
+        let dedupe = format!(
+            "webhook:{channel}:{}:{}:{}",
+            ev.message_id.as_deref().unwrap_or(""),
+            ev.kind,
+            ev.timestamp_ms.unwrap_or(0)
+        );
+        messages.push(crate::ingest::Message::for_contact(
+            &contact,
+            &format!("{channel}_{}", ev.kind),
+            Value::Object(props),
+            ev.timestamp_ms,
+            Some(dedupe),
+        ));
+    }
+    let n = messages.len();
+    let accepted = if n > 0 {
+        shared
+            .ingestor
+            .ingest(messages)
+            .await
+            .map_err(ingest_error)?
+            .accepted
+    } else {
+        0
+    };
+    Ok(Json(
+        json!({"received": n + unmatched, "accepted": accepted, "unmatched": unmatched}),
+    ))
 }

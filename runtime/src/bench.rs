@@ -30,6 +30,15 @@ pub struct BenchArgs {
     /// Runs left waiting on timers, to measure memory and restart time (0 skips it).
     #[arg(long, default_value_t = 0)]
     waiting: usize,
+    /// Segments defined for the audience benchmark (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    segments: usize,
+    /// Scoring rules defined for the audience benchmark.
+    #[arg(long, default_value_t = 20)]
+    rules: usize,
+    /// Contacts a new segment is backfilled over (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    backfill: usize,
     /// Saved script changes timed from save to serving (0 skips it).
     #[arg(long, default_value_t = 20)]
     reloads: usize,
@@ -116,7 +125,7 @@ fn ingest_http(
     users: usize,
     batch: usize,
     clients: usize,
-    event: &str,
+    events: &[&str],
 ) -> Result<f64> {
     let per_client = n.div_ceil(clients);
     let users_per_client = users.div_ceil(clients).max(1);
@@ -124,7 +133,7 @@ fn ingest_http(
     let handles: Vec<_> = (0..clients)
         .map(|c| {
             let url = format!("{url}/v1/batch");
-            let event = event.to_string();
+            let names: Vec<String> = events.iter().map(|e| e.to_string()).collect();
             let ready = ready.clone();
             std::thread::spawn(move || -> Result<()> {
                 let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
@@ -135,7 +144,8 @@ fn ingest_http(
                     let msgs: Vec<_> = (0..k)
                         .map(|i| {
                             json!({"type": "track", "userId": format!("u{c}-{}", (sent + i) % users_per_client),
-                                   "event": event, "messageId": format!("m{c}-{}-{event}", sent + i),
+                                   "event": names[(sent + i) % names.len()],
+                                   "messageId": format!("m{c}-{}-{}", sent + i, names[(sent + i) % names.len()]),
                                    "properties": {"path": "/pricing"}})
                         })
                         .collect();
@@ -211,17 +221,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.users.unwrap_or(args.events / 10).max(1),
         args.batch,
         args.clients,
-        "page_viewed",
+        &["page_viewed"],
     )?;
     println!("ingest over HTTP /v1/batch   {ingest:>12.0} events/s    ratio to raw sled: {:.2} (target >= 0.50)", ingest / raw);
 
     let start = Instant::now();
-    ingest_http(&url, args.runs, args.runs, args.batch, args.clients, "go")?;
+    ingest_http(
+        &url,
+        args.runs,
+        args.runs,
+        args.batch,
+        args.clients,
+        &["go"],
+    )?;
     wait_for_runs(&d, "bench", args.runs, "completed")?;
     let act = args.runs as f64 / start.elapsed().as_secs_f64();
     println!("workflow activations         {act:>12.0} runs/s      (ingest + trigger + render + outbox send + completion)");
     d.shutdown();
 
+    if args.segments > 0 {
+        audience(&args)?;
+    }
+    if args.backfill > 0 {
+        backfill(args.backfill)?;
+    }
     if args.reloads > 0 {
         reloads(args.reloads)?;
     }
@@ -291,7 +314,7 @@ fn waiting(n: usize, batch: usize, clients: usize) -> Result<()> {
     };
     let d = RunningDaemon::start(opts.clone())?;
     let start = Instant::now();
-    ingest_http(&d.url(), n, n, batch, clients, "signup")?;
+    ingest_http(&d.url(), n, n, batch, clients, &["signup"])?;
     wait_for_runs(&d, "sleepy", n, "waiting")?;
     let secs = start.elapsed().as_secs_f64();
     let timers = d.shared.engine.store.timer_count()?;
@@ -314,6 +337,144 @@ fn waiting(n: usize, batch: usize, clients: usize) -> Result<()> {
         d.shared.engine.store.timer_count()?
     );
     let _ = Arc::clone(&d.shared);
+    d.shutdown();
+    Ok(())
+}
+
+/// Twenty event names; segments and rules spread over them as real projects do.
+const EVENT_NAMES: [&str; 20] = [
+    "page_viewed",
+    "product_viewed",
+    "added_to_cart",
+    "checkout_started",
+    "order_completed",
+    "email_opened",
+    "email_clicked",
+    "signed_up",
+    "logged_in",
+    "search",
+    "video_played",
+    "webinar_joined",
+    "demo_requested",
+    "trial_started",
+    "plan_changed",
+    "invited_user",
+    "support_ticket",
+    "review_posted",
+    "app_opened",
+    "feature_used",
+];
+
+/// Ingest with events fully processed (stored, then scored and segmented) with `segments`
+/// segments and `rules` scoring rules, against the same stream with none.
+fn audience(args: &BenchArgs) -> Result<()> {
+    let n = args.events.min(50_000);
+    let users = args.users.unwrap_or(n / 10).max(1);
+    let run = |with_audience: bool| -> Result<f64> {
+        let dir = tempfile::tempdir()?;
+        project(
+            dir.path(),
+            "workflow(\"bench\").manual();\nfn run(contact, trigger) {}\n",
+        )?;
+        if with_audience {
+            std::fs::create_dir_all(dir.path().join("segments"))?;
+            for i in 0..args.segments {
+                let e = EVENT_NAMES[i % EVENT_NAMES.len()];
+                let src = format!(
+                    "segment(\"s{i}\");\nfn matches(contact) {{\n    count(\"{e}\", days({})) >= {}\n}}\n",
+                    1 + i % 30,
+                    1 + i % 4
+                );
+                std::fs::write(dir.path().join(format!("segments/s{i}.rhai")), src)?;
+            }
+            let mut scoring = String::from(
+                "scoring().half_life(days(14)).stage(\"lead\", 20).stage(\"mql\", 50);\n",
+            );
+            for i in 0..args.rules {
+                scoring.push_str(&format!(
+                    "rule(\"r{i}\").on_event(\"{}\").points({}).cap(30, days(1));\n",
+                    EVENT_NAMES[i % EVENT_NAMES.len()],
+                    1 + i % 7
+                ));
+            }
+            std::fs::write(dir.path().join("scoring.rhai"), scoring)?;
+        }
+        let d = RunningDaemon::start(Options {
+            project: dir.path().into(),
+            listen: Some("127.0.0.1:0".into()),
+            data: None,
+            test_clock: false,
+            watch: false,
+        })?;
+        let start = Instant::now();
+        ingest_http(&d.url(), n, users, args.batch, args.clients, &EVENT_NAMES)?;
+        d.shared.engine.barrier();
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        d.shutdown();
+        Ok(rate)
+    };
+    let plain = run(false)?;
+    let with = run(true)?;
+    println!("processed events, no audience {plain:>11.0} events/s    ({n} events over {} names, {users} users)", EVENT_NAMES.len());
+    println!(
+        "processed events, audience   {with:>12.0} events/s    {} segments + {} rules; ratio {:.2} (target >= 0.50)",
+        args.segments,
+        args.rules,
+        with / plain
+    );
+    Ok(())
+}
+
+/// Backfill of a new segment over `n` stored contacts.
+fn backfill(n: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    project(
+        dir.path(),
+        "workflow(\"bench\").manual();\nfn run(contact, trigger) {}\n",
+    )?;
+    {
+        use herald_runtime::store::Store;
+        let store =
+            herald_runtime::store::SledStore::open(&dir.path().join(".herald/data"), 64 << 20)?;
+        for i in 0..n {
+            let mut c = herald_runtime::model::Contact::new(format!("c_{i:012x}"), 0);
+            c.attributes.insert(
+                "plan".into(),
+                json!(if i % 3 == 0 { "pro" } else { "free" }),
+            );
+            store.put_contact(&c)?;
+        }
+        store.flush()?;
+    }
+    std::fs::create_dir_all(dir.path().join("segments"))?;
+    std::fs::write(
+        dir.path().join("segments/pro.rhai"),
+        "segment(\"pro\");\nfn matches(contact) { contact.plan == \"pro\" }\n",
+    )?;
+    let start = Instant::now();
+    let d = RunningDaemon::start(Options {
+        project: dir.path().into(),
+        listen: Some("127.0.0.1:0".into()),
+        data: None,
+        test_clock: false,
+        watch: false,
+    })?;
+    loop {
+        let b = d.shared.engine.backfill.lock().expect("backfill").clone();
+        if !b.running && b.finished_at.is_some() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(1800) {
+            anyhow::bail!("backfill did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let members = d.shared.engine.store.member_count("pro")?;
+    println!(
+        "segment backfill             {:>12.0} contacts/s  {n} contacts in {secs:.1} s, {members} members (target: 1M in < 60 s)",
+        n as f64 / secs
+    );
     d.shutdown();
     Ok(())
 }

@@ -112,18 +112,15 @@ impl AuthConfig {
 }
 
 /// One `[channels.NAME]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub enum ChannelConfig {
     /// Append each message as a JSON line to a file.
     Outbox {
         /// The file, relative to the project directory.
         path: String,
         /// Contact attribute holding the address (`email`, `phone`, …).
-        #[serde(default)]
         to: Option<String>,
         /// Deduplicate by idempotency key, so retries after a crash never write twice.
-        #[serde(default)]
         idempotent: bool,
     },
     /// POST each message as JSON to a URL.
@@ -131,12 +128,97 @@ pub enum ChannelConfig {
         /// Target URL.
         url: String,
         /// Contact attribute holding the address.
-        #[serde(default)]
         to: Option<String>,
         /// Request timeout in milliseconds.
+        timeout_ms: u64,
+    },
+    /// A WebAssembly connector: `plugin = "plugins/twilio-sms"` (a folder with `plugin.toml`
+    /// and `plugin.wasm`, relative to the project) or `plugin = "bundled:twilio-sms"` for a
+    /// first-party connector built with Herald. The rest of the table is the operator's grant.
+    Plugin {
+        /// Where the plugin is.
+        plugin: String,
+        /// Contact attribute holding the address.
+        to: Option<String>,
+        /// Hosts, secrets, config, SMTP relay and limits granted to it.
+        grant: Box<herald_plugin_host::GrantConfig>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum BuiltinChannel {
+    Outbox {
+        path: String,
+        #[serde(default)]
+        to: Option<String>,
+        #[serde(default)]
+        idempotent: bool,
+    },
+    Webhook {
+        url: String,
+        #[serde(default)]
+        to: Option<String>,
         #[serde(default = "default_timeout")]
         timeout_ms: u64,
     },
+}
+
+impl<'de> Deserialize<'de> for ChannelConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let is_plugin = match table.get("type").and_then(|t| t.as_str()) {
+            Some("plugin") => true,
+            Some(_) => false,
+            None => table.contains_key("plugin"),
+        };
+        if is_plugin {
+            table.remove("type");
+            let plugin = table
+                .remove("plugin")
+                .and_then(|p| p.as_str().map(String::from))
+                .ok_or_else(|| {
+                    D::Error::custom(
+                        "a plugin channel needs `plugin = \"path/to/plugin\"` or \"bundled:<id>\"",
+                    )
+                })?;
+            let to = table
+                .remove("to")
+                .and_then(|p| p.as_str().map(String::from));
+            let grant: herald_plugin_host::GrantConfig = toml::Value::Table(table)
+                .try_into()
+                .map_err(D::Error::custom)?;
+            return Ok(ChannelConfig::Plugin {
+                plugin,
+                to,
+                grant: Box::new(grant),
+            });
+        }
+        let builtin: BuiltinChannel = toml::Value::Table(table)
+            .try_into()
+            .map_err(D::Error::custom)?;
+        Ok(match builtin {
+            BuiltinChannel::Outbox {
+                path,
+                to,
+                idempotent,
+            } => ChannelConfig::Outbox {
+                path,
+                to,
+                idempotent,
+            },
+            BuiltinChannel::Webhook {
+                url,
+                to,
+                timeout_ms,
+            } => ChannelConfig::Webhook {
+                url,
+                to,
+                timeout_ms,
+            },
+        })
+    }
 }
 
 fn default_timeout() -> u64 {
@@ -147,7 +229,9 @@ impl ChannelConfig {
     /// The contact attribute holding the recipient address.
     pub fn to_attribute(&self) -> Option<&str> {
         match self {
-            ChannelConfig::Outbox { to, .. } | ChannelConfig::Webhook { to, .. } => to.as_deref(),
+            ChannelConfig::Outbox { to, .. }
+            | ChannelConfig::Webhook { to, .. }
+            | ChannelConfig::Plugin { to, .. } => to.as_deref(),
         }
     }
 }

@@ -117,10 +117,17 @@ impl Shared {
                 return Err(text);
             }
         };
-        let changed = self
-            .engine
-            .swap_project(&project)
-            .map_err(|e| e.to_string())?;
+        let changed = match self.engine.swap_project(&project) {
+            Ok(c) => c,
+            Err(e) => {
+                let text = format!("{e}\n");
+                tracing::error!("reload refused; the previous version keeps serving:\n{text}");
+                self.engine.metrics.reload(false);
+                self.reload_stats.lock().expect("reload lock").refused += 1;
+                *self.last_reload_error.lock().expect("reload lock") = Some(text.clone());
+                return Err(text);
+            }
+        };
         self.engine.metrics.reload(true);
         {
             let mut stats = self.reload_stats.lock().expect("reload lock");
@@ -199,7 +206,14 @@ impl RunningDaemon {
         };
         let flusher = Flusher::start(store.clone());
         let metrics = Arc::new(Metrics::default());
-        let engine = Engine::start(store, flusher.clone(), clock, metrics, &project)?;
+        let engine = Engine::start(
+            store,
+            flusher.clone(),
+            clock,
+            metrics,
+            &project,
+            crate::channels::PluginLoader::new(Some(data.join("plugin-cache"))),
+        )?;
         let shared = Arc::new(Shared {
             ingestor: Ingestor::new(engine.clone()),
             write_keys: project.config.auth.all_write_keys(),

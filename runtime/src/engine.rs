@@ -61,12 +61,18 @@ pub struct ProjectState {
     pub segments: BTreeMap<String, Arc<crate::project::SegmentVersion>>,
     /// Scoring settings and rules.
     pub scoring: Option<Arc<herald_dsl::LoadedScoring>>,
+    /// WebAssembly connectors by channel name (for provider webhooks).
+    pub plugins: BTreeMap<String, Arc<herald_plugin_host::LoadedPlugin>>,
 }
 
 impl ProjectState {
     /// Build channels and state from a loaded project.
-    pub fn from_project(project: &Project) -> ProjectState {
+    pub fn from_project(
+        project: &Project,
+        plugins: &crate::channels::PluginLoader,
+    ) -> Result<ProjectState, String> {
         let mut channels: BTreeMap<String, Arc<dyn Channel>> = BTreeMap::new();
+        let mut loaded_plugins = BTreeMap::new();
         for (name, cfg) in &project.config.channels {
             let ch: Arc<dyn Channel> = match cfg {
                 ChannelConfig::Outbox {
@@ -78,17 +84,23 @@ impl ProjectState {
                     url.clone(),
                     std::time::Duration::from_millis(*timeout_ms),
                 )),
+                ChannelConfig::Plugin { plugin, grant, .. } => {
+                    let ch = plugins.load(&project.dir, name, plugin, grant)?;
+                    loaded_plugins.insert(name.clone(), ch.plugin.clone());
+                    Arc::new(ch)
+                }
             };
             channels.insert(name.clone(), ch);
         }
-        ProjectState {
+        Ok(ProjectState {
             workflows: project.workflows.clone(),
             templates: project.templates.clone(),
             channels,
             channel_config: project.config.channels.clone(),
             segments: project.segments.clone(),
             scoring: project.scoring.clone(),
-        }
+            plugins: loaded_plugins,
+        })
     }
 }
 
@@ -135,10 +147,11 @@ pub struct Engine {
     timer_wake: tokio::sync::Notify,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     me: std::sync::OnceLock<std::sync::Weak<Engine>>,
+    plugins: crate::channels::PluginLoader,
     /// Current size of each segment.
     pub(crate) segment_sizes: Mutex<BTreeMap<String, i64>>,
     /// Progress of segment backfills.
-    pub(crate) backfill: Mutex<crate::audience::BackfillStatus>,
+    pub backfill: Mutex<crate::audience::BackfillStatus>,
 }
 
 fn shard_of(contact: &str, n: usize) -> usize {
@@ -168,7 +181,10 @@ impl Engine {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         project: &Project,
+        plugins: crate::channels::PluginLoader,
     ) -> Result<Arc<Engine>, EngineError> {
+        let initial =
+            ProjectState::from_project(project, &plugins).map_err(EngineError::Invalid)?;
         let config = project.config.engine.clone();
         let limits = limits_from(&config);
         let worker_count = config.workers.unwrap_or_else(|| {
@@ -185,7 +201,8 @@ impl Engine {
             rhai: build_engine(&limits),
             limits,
             config,
-            state: RwLock::new(Arc::new(ProjectState::from_project(project))),
+            state: RwLock::new(Arc::new(initial)),
+            plugins,
             versions: Mutex::new(HashMap::new()),
             interest: RwLock::new(None),
             workers: Mutex::new(Vec::new()),
@@ -283,7 +300,9 @@ impl Engine {
     /// Serve a newly loaded project. Runs in flight keep their pinned versions.
     pub fn swap_project(&self, project: &Project) -> Result<Vec<String>, EngineError> {
         let old = self.state();
-        let new = Arc::new(ProjectState::from_project(project));
+        let new = Arc::new(
+            ProjectState::from_project(project, &self.plugins).map_err(EngineError::Invalid)?,
+        );
         let mut changed = Vec::new();
         for (name, wf) in &new.workflows {
             if old.workflows.get(name).map(|o| &o.hash) != Some(&wf.hash) {
@@ -1272,6 +1291,16 @@ impl RunHost {
         step.finished_at = Some(self.engine.clock.now_ms());
         let value = match result {
             Ok(d) => {
+                if let Some(pid) = &d.provider_id {
+                    // Provider callbacks name the provider's id: remember whose message it was.
+                    let owner = json!({"contact": st.run.contact, "run": st.run.id, "step": step.seq, "key": key});
+                    if let Err(e) = self.store().put_meta(
+                        &format!("pmsg:{}:{pid}", message.channel),
+                        &owner.to_string(),
+                    ) {
+                        st.store_error = Some(e);
+                    }
+                }
                 step.status = StepStatus::Done;
                 step.error = None;
                 step.due_at = None;

@@ -64,6 +64,33 @@ pub struct Message {
     anonymous_id: Option<String>,
     message_id: Option<String>,
     timestamp: Option<i64>,
+    /// Set for events Herald itself attributes to a known contact (provider callbacks).
+    contact: Option<String>,
+}
+
+impl Message {
+    /// A `track` event for a contact Herald already knows (a provider callback about a
+    /// message it sent).
+    pub fn for_contact(
+        contact: &str,
+        event: &str,
+        properties: Value,
+        timestamp: Option<i64>,
+        message_id: Option<String>,
+    ) -> Message {
+        let mut raw = Map::new();
+        raw.insert("event".into(), json!(event));
+        raw.insert("properties".into(), properties);
+        Message {
+            kind: "track".into(),
+            raw,
+            user_id: None,
+            anonymous_id: None,
+            message_id,
+            timestamp,
+            contact: Some(contact.to_string()),
+        }
+    }
 }
 
 fn id_field(m: &Map<String, Value>, key: &str) -> Option<String> {
@@ -186,6 +213,7 @@ pub fn validate(
         anonymous_id,
         message_id,
         timestamp,
+        contact: None,
     })
 }
 
@@ -441,6 +469,9 @@ impl Ingestor {
     /// Find or create the contact of a message, linking and merging identities as the Segment
     /// spec describes: `identify` and `alias` tie an anonymous history to a known user.
     fn resolve(&self, m: &Message, now: i64) -> Result<String, StoreError> {
+        if let Some(c) = &m.contact {
+            return Ok(c.clone());
+        }
         let (user, other, other_kind) = if m.kind == "alias" {
             // previousId may be an old userId or an anonymousId.
             let prev = id_field(&m.raw, "previousId").unwrap_or_default();

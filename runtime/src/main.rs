@@ -54,6 +54,13 @@ enum Command {
     },
     /// Measure ingest, activation and storage throughput on this machine.
     Bench(bench::BenchArgs),
+    /// Serve the language server over stdio (editors start this).
+    Lsp,
+    /// Work with channel plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Render a template for a real contact through the running daemon.
     Preview {
         /// Template name (templates/NAME.liquid or NAME.mjml).
@@ -85,6 +92,16 @@ enum Command {
         map: Option<String>,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show what a component exports and imports, its describe() answer and API version, or
+    /// why it is not a valid Herald plugin.
+    Inspect {
+        /// The `.wasm` component (a plugin folder's `plugin.wasm`).
+        file: PathBuf,
     },
 }
 
@@ -293,6 +310,22 @@ fn import(
     Ok(report["rejected"].as_array().is_none_or(Vec::is_empty))
 }
 
+fn inspect(file: &Path) -> Result<bool> {
+    match herald_plugin_host::inspect(file) {
+        Ok(report) => {
+            print!("{report}");
+            Ok(report.is_valid())
+        }
+        Err(e) => {
+            eprintln!(
+                "error: {} is not a valid Herald plugin: {e}",
+                file.display()
+            );
+            Ok(false)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -320,6 +353,10 @@ fn main() -> ExitCode {
         Command::Check { dir } => check(&dir),
         Command::Init { dir } => init(&dir).map(|_| true),
         Command::Bench(args) => bench::run(args).map(|_| true),
+        Command::Lsp => herald_lsp::run_stdio().map(|_| true).map_err(Into::into),
+        Command::Plugin {
+            command: PluginCommand::Inspect { file },
+        } => inspect(&file),
         Command::Preview {
             template,
             contact,

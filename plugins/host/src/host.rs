@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,18 +53,61 @@ fn start_ticker(engine: &Engine) -> Arc<Ticker> {
 }
 
 /// Build the engine configuration every Herald host uses.
-pub(crate) fn engine_config() -> Config {
+pub(crate) fn engine_config(pooling: Option<&PoolingOptions>) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    if let Some(p) = pooling {
+        let n = p.max_instances.max(1);
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(8))
+            .total_stacks(n)
+            .max_memory_size(p.max_memory_bytes);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
     config
+}
+
+/// Options of a [`PluginHost`].
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// Directory for compiled components, reused across restarts.
+    pub cache_dir: Option<PathBuf>,
+    /// Use wasmtime's pooling instance allocator: memory slots are reserved
+    /// up front and recycled, which makes instantiating (a cold send, the
+    /// replacement of a trapped instance) several times cheaper. `None` (the
+    /// default) allocates on demand.
+    pub pooling: Option<PoolingOptions>,
+}
+
+/// Sizing of the pooling allocator (see [`HostOptions::pooling`]).
+#[derive(Debug, Clone)]
+pub struct PoolingOptions {
+    /// Maximum number of live plugin instances across all plugins (warm
+    /// pools plus in-flight calls). Instantiation beyond it fails.
+    pub max_instances: u32,
+    /// Upper bound of any grant's `max_memory_bytes`.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for PoolingOptions {
+    fn default() -> Self {
+        PoolingOptions {
+            max_instances: 256,
+            max_memory_bytes: 256 << 20,
+        }
+    }
 }
 
 /// One wasmtime engine shared by all plugins, with an optional on-disk cache
 /// of compiled components.
 pub struct PluginHost {
     engine: Engine,
+    pooling: Option<PoolingOptions>,
     linker: Arc<Linker<HostState>>,
     cache_dir: Option<PathBuf>,
     ticker: Arc<Ticker>,
@@ -91,8 +134,17 @@ impl PluginHost {
     /// Create the engine (component model, epoch interruption). Compiled
     /// components are cached in `cache_dir` across restarts when given.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
-        let engine =
-            Engine::new(&engine_config()).map_err(|e| PluginError::Engine(e.to_string()))?;
+        Self::with_options(HostOptions {
+            cache_dir,
+            pooling: None,
+        })
+    }
+
+    /// Create a host with explicit [`HostOptions`].
+    pub fn with_options(options: HostOptions) -> Result<Self, PluginError> {
+        let HostOptions { cache_dir, pooling } = options;
+        let engine = Engine::new(&engine_config(pooling.as_ref()))
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir).map_err(|source| PluginError::Io {
                 path: dir.clone(),
@@ -103,6 +155,7 @@ impl PluginHost {
         let ticker = start_ticker(&engine);
         Ok(PluginHost {
             engine,
+            pooling,
             linker,
             cache_dir,
             ticker,
@@ -128,11 +181,14 @@ impl PluginHost {
             dir.join(format!("{sha}-{:016x}.cwasm", h.finish()))
         });
         if let Some(file) = &cache_file {
-            if file.exists() {
-                // SAFETY: the file was written by `Component::serialize` of an
-                // engine with the same compatibility hash, into the operator's
-                // cache directory; wasmtime also validates its header.
-                match unsafe { Component::deserialize_file(&self.engine, file) } {
+            // Read into memory rather than mmap the file: a cache file changed
+            // underneath a live mapping would crash the process (SIGBUS).
+            if let Ok(data) = std::fs::read(file) {
+                // SAFETY: the bytes come from `Component::serialize` of an engine
+                // with the same compatibility hash (it is part of the file name),
+                // in the operator's cache directory; wasmtime validates the
+                // header and refuses artifacts from other versions/configs.
+                match unsafe { Component::deserialize(&self.engine, &data) } {
                     Ok(c) => return Ok(c),
                     Err(e) => {
                         tracing::warn!(cache = %file.display(), "ignoring unusable cached component: {e}")
@@ -178,6 +234,7 @@ impl PluginHost {
             shared: Arc::new(shared),
             pool: Mutex::new(Vec::new()),
             rate: RateLimiter::new(limits.rate_per_second, limits.burst),
+            in_flight: AtomicUsize::new(0),
             _ticker: self.ticker.clone(),
         }))
     }
@@ -188,6 +245,15 @@ impl PluginHost {
     /// the manifest, and have the plugin validate `grant.config`.
     pub fn load(&self, plugin_dir: &Path, grant: Grant) -> Result<LoadedPlugin, PluginError> {
         let manifest = Manifest::load(plugin_dir)?;
+        if let Some(p) = &self.pooling {
+            if grant.limits.max_memory_bytes > p.max_memory_bytes {
+                return Err(PluginError::Engine(format!(
+                    "grant allows {} MiB of memory but the pooling allocator is sized for {} MiB",
+                    grant.limits.max_memory_bytes >> 20,
+                    p.max_memory_bytes >> 20
+                )));
+            }
+        }
         let wasm_path = manifest.wasm_path(plugin_dir);
         let bytes = std::fs::read(&wasm_path).map_err(|source| PluginError::Io {
             path: wasm_path.clone(),
@@ -302,7 +368,7 @@ pub(crate) fn check_exports(engine: &Engine, component: &Component) -> Result<()
     let ty = component.component_type();
     let names: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
     let want = format!("{CONNECTOR_EXPORT}@{}", crate::API_VERSION);
-    if names.iter().any(|n| *n == want) {
+    if names.contains(&want) {
         return Ok(());
     }
     if let Some(other) = names.iter().find(|n| n.starts_with(CONNECTOR_EXPORT)) {
@@ -356,6 +422,10 @@ struct Warm {
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) message: String,
+    /// Outbound effects attempted before the failure.
+    pub(crate) effects: u32,
+    /// The call was refused because too many calls were running.
+    pub(crate) busy: bool,
 }
 
 pub(crate) struct Inner {
@@ -364,7 +434,17 @@ pub(crate) struct Inner {
     pub(crate) shared: Arc<Shared>,
     pool: Mutex<Vec<Warm>>,
     pub(crate) rate: RateLimiter,
+    in_flight: AtomicUsize,
     _ticker: Arc<Ticker>,
+}
+
+/// Decrements the in-flight counter when a call ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Inner {
@@ -378,6 +458,8 @@ impl Inner {
             Ok(plugin) => Ok(Warm { store, plugin }),
             Err(e) => Err(Failure {
                 message: classify(&e, store.data(), &self.shared.limits, "instantiation"),
+                effects: 0,
+                busy: false,
             }),
         }
     }
@@ -389,6 +471,16 @@ impl Inner {
         &self,
         f: impl FnOnce(&mut Store<HostState>, &Plugin) -> wasmtime::Result<R>,
     ) -> Result<(R, Vec<String>), Failure> {
+        let max = self.shared.limits.max_concurrent_calls.max(1);
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Failure {
+                message: format!("busy: {max} calls already running on this plugin"),
+                effects: 0,
+                busy: true,
+            });
+        }
+        let _guard = InFlight(&self.in_flight);
         let warm = self.pool.lock().expect("pool lock").pop();
         let mut warm = match warm {
             Some(w) => w,
@@ -400,6 +492,8 @@ impl Inner {
             data.deadline = Instant::now() + limits.timeout;
             data.denials.clear();
             data.limiter.hit = false;
+            data.http_requests = 0;
+            data.effects = 0;
         }
         warm.store.set_epoch_deadline(ticks(limits.timeout));
         let result = f(&mut warm.store, &warm.plugin);
@@ -419,7 +513,11 @@ impl Inner {
                 let message = classify(&e, warm.store.data(), limits, "call");
                 tracing::warn!(plugin = %self.shared.id, "plugin call stopped: {message}");
                 // The trapped instance is dropped here; the next call gets a fresh one.
-                Err(Failure { message })
+                Err(Failure {
+                    message,
+                    effects: warm.store.data().effects,
+                    busy: false,
+                })
             }
         }
     }
@@ -513,7 +611,11 @@ impl LoadedPlugin {
     ///
     /// Errors the plugin reports are passed through; a trap, panic, timeout,
     /// memory-cap hit — or a plugin error caused by a capability the host
-    /// refused — becomes [`SendError::Sandbox`]. A local rate limit or an
+    /// refused — becomes [`SendError::Sandbox`]. A trap *after* the plugin
+    /// dispatched an HTTP request or SMTP submission becomes
+    /// [`SendError::Ambiguous`] instead (message prefixed `sandbox:`), since
+    /// the provider may have acted: the engine retries it with the same key
+    /// only for idempotent plugins. A local rate limit or an
     /// active provider slow-down returns [`SendError::RateLimited`] without
     /// calling the plugin.
     pub fn send(&self, req: &SendRequest) -> Result<SendOutcome, SendError> {
@@ -537,7 +639,21 @@ impl LoadedPlugin {
         let (result, denials) = self
             .inner
             .call(|store, p| p.herald_channel_connector().call_send(store, &msg))
-            .map_err(|f| SendError::Sandbox(f.message))?;
+            .map_err(|f| {
+                if f.busy {
+                    SendError::RateLimited {
+                        retry_after_ms: 50,
+                        message: f.message,
+                    }
+                } else if f.effects > 0 {
+                    SendError::Ambiguous(format!(
+                        "sandbox: {} (after {} outbound request(s): the outcome is unknown)",
+                        f.message, f.effects
+                    ))
+                } else {
+                    SendError::Sandbox(f.message)
+                }
+            })?;
         match result {
             Ok(sent) => {
                 self.inner.rate.on_success();

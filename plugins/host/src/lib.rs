@@ -21,10 +21,16 @@
 //!   lookup; structured logging. WASI is linked for `std` but grants nothing:
 //!   no files, no environment, no sockets.
 //!
+//! [`HostOptions::pooling`] switches to wasmtime's pooling allocator, which
+//! makes (re-)instantiation several times cheaper. [`GrantConfig`] is the
+//! `herald.toml` form of a [`Grant`], with secrets referenced as `env:VAR` or
+//! `file:PATH`. [`inspect`] explains what a `.wasm` file is.
+//!
 //! The API is blocking; call it from a blocking thread in async code.
 #![warn(missing_docs)]
 
 mod error;
+pub mod grant_config;
 mod host;
 mod inspect;
 pub mod manifest;
@@ -43,7 +49,8 @@ pub(crate) mod bindings {
 }
 
 pub use error::{PluginError, SendError};
-pub use host::{LoadedPlugin, PluginHost};
+pub use grant_config::GrantConfig;
+pub use host::{HostOptions, LoadedPlugin, PluginHost, PoolingOptions};
 pub use inspect::{inspect, InspectReport};
 pub use manifest::{Manifest, API_VERSION};
 pub use types::{

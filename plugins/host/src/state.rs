@@ -34,6 +34,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)] // crate-private; every field is distinct
     pub(crate) fn new(
         id: String,
         hosts: Vec<HostPattern>,
@@ -224,6 +225,11 @@ pub(crate) struct HostState {
     pub(crate) stderr: MemoryOutputPipe,
     pub(crate) deadline: Instant,
     pub(crate) denials: Vec<String>,
+    /// HTTP requests made during the current call.
+    pub(crate) http_requests: u32,
+    /// Outbound effects (HTTP requests dispatched, SMTP submissions) attempted
+    /// during the current call: after one, a trap leaves the outcome unknown.
+    pub(crate) effects: u32,
 }
 
 impl HostState {
@@ -249,6 +255,8 @@ impl HostState {
             stderr,
             deadline: Instant::now() + Duration::from_secs(3600),
             denials: Vec::new(),
+            http_requests: 0,
+            effects: 0,
         }
     }
 
@@ -293,6 +301,16 @@ impl http::Host for HostState {
     fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
         use http::HttpError as E;
         let shared = self.shared.clone();
+        if self.http_requests >= shared.limits.max_http_requests_per_call {
+            return Err(E::Denied(self.deny(
+                "http",
+                format!(
+                    "more than {} HTTP requests in one call",
+                    shared.limits.max_http_requests_per_call
+                ),
+            )));
+        }
+        self.http_requests += 1;
         // 1. URL, scheme and host policy (placeholders are not allowed in the host part).
         let raw_url = url::Url::parse(&req.url)
             .map_err(|e| E::InvalidRequest(format!("bad url `{}`: {e}", req.url)))?;
@@ -391,6 +409,7 @@ impl http::Host for HostState {
             return Err(E::Connect("call deadline already passed".into()));
         }
         request = request.timeout(timeout);
+        self.effects += 1;
         let result = if body.is_empty()
             && matches!(method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS")
         {
@@ -494,6 +513,7 @@ impl smtp::Host for HostState {
         if self.remaining().is_zero() {
             return Err(E::Transient("call deadline already passed".into()));
         }
+        self.effects += 1;
         match transport.send_raw(&env, &message) {
             Ok(resp) => Ok(format!(
                 "{} {}",
@@ -504,9 +524,7 @@ impl smtp::Host for HostState {
                 let msg = e.to_string();
                 Err(if e.is_permanent() {
                     E::Rejected(msg)
-                } else if e.is_transient() {
-                    E::Transient(msg)
-                } else if connection_refused(&e) {
+                } else if e.is_transient() || connection_refused(&e) {
                     E::Transient(msg)
                 } else {
                     E::Ambiguous(msg)
@@ -539,6 +557,18 @@ impl crypto::Host for HostState {
             .map_err(|m| self.deny("crypto", m))?;
         let mut mac =
             Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).map_err(|e| e.to_string())?;
+        mac.update(&data);
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+
+    fn hmac_sha1(&mut self, secret_name: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
+        use hmac::{Hmac, Mac};
+        let shared = self.shared.clone();
+        let key = shared
+            .secret(&secret_name)
+            .map_err(|m| self.deny("crypto", m))?;
+        let mut mac =
+            Hmac::<sha1::Sha1>::new_from_slice(key.as_bytes()).map_err(|e| e.to_string())?;
         mac.update(&data);
         Ok(mac.finalize().into_bytes().to_vec())
     }

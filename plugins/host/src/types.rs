@@ -80,6 +80,13 @@ pub struct CallLimits {
     pub burst: u32,
     /// Maximum HTTP response body size returned to the guest, in bytes.
     pub max_http_body_bytes: usize,
+    /// Maximum number of HTTP requests one call may make (further requests
+    /// are denied), so a plugin cannot be turned into a traffic amplifier.
+    pub max_http_requests_per_call: u32,
+    /// Maximum number of calls running at once on this plugin (each on its
+    /// own instance); further sends get `RateLimited`, further webhooks a
+    /// sandbox error, instead of piling up instances and memory.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for CallLimits {
@@ -91,6 +98,8 @@ impl Default for CallLimits {
             rate_per_second: None,
             burst: 10,
             max_http_body_bytes: 4 << 20,
+            max_http_requests_per_call: 16,
+            max_concurrent_calls: 32,
         }
     }
 }

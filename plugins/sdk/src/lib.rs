@@ -59,8 +59,7 @@ pub const API_VERSION: &str = "0.1.0";
 pub mod prelude {
     pub use crate::{
         config, crypto, export_plugin, http, log, secret, smtp, Description, EventKind,
-        OperationInfo, Outbound, Plugin, RateLimit, SendError, Sent, WebhookEvent,
-        WebhookRequest,
+        OperationInfo, Outbound, Plugin, RateLimit, SendError, Sent, WebhookEvent, WebhookRequest,
     };
     pub use serde_json::{json, Value};
 }
@@ -297,9 +296,7 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let year: i64 = d.next()?.parse().ok()?;
     let month: i64 = d.next()?.parse().ok()?;
     let day: i64 = d.next()?.parse().ok()?;
-    let tz_pos = rest
-        .find(['Z', 'z', '+', '-'])
-        .unwrap_or(rest.len());
+    let tz_pos = rest.find(['Z', 'z', '+', '-']).unwrap_or(rest.len());
     let (time, tz) = rest.split_at(tz_pos);
     let mut t = time.split(':');
     let hour: i64 = t.next()?.parse().ok()?;
@@ -317,7 +314,9 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
         None | Some('Z') | Some('z') => 0,
         Some(sign) => {
             let body = &tz[1..];
-            let (h, m) = body.split_once(':').unwrap_or((body.get(..2)?, body.get(2..)?));
+            let (h, m) = body
+                .split_once(':')
+                .unwrap_or((body.get(..2)?, body.get(2..)?));
             let v = h.parse::<i64>().ok()? * 60 + m.parse::<i64>().unwrap_or(0);
             if sign == '-' {
                 -v
@@ -613,7 +612,11 @@ pub mod smtp {
     pub use wit::SmtpError;
 
     /// Submit a rendered RFC 5322 `message` for `rcpt_to` with envelope sender `mail_from`.
-    pub fn submit(mail_from: &str, rcpt_to: &[String], message: &[u8]) -> Result<String, SmtpError> {
+    pub fn submit(
+        mail_from: &str,
+        rcpt_to: &[String],
+        message: &[u8],
+    ) -> Result<String, SmtpError> {
         wit::submit(
             &wit::Envelope {
                 mail_from: mail_from.into(),
@@ -626,7 +629,9 @@ pub mod smtp {
     impl From<SmtpError> for SendError {
         fn from(e: SmtpError) -> Self {
             match e {
-                SmtpError::NotGranted(m) => SendError::Unauthorized(format!("smtp not granted: {m}")),
+                SmtpError::NotGranted(m) => {
+                    SendError::Unauthorized(format!("smtp not granted: {m}"))
+                }
                 SmtpError::Invalid(m) | SmtpError::Rejected(m) => SendError::InvalidInput(m),
                 SmtpError::Transient(m) => SendError::Transient(m),
                 SmtpError::Ambiguous(m) => SendError::Ambiguous(m),
@@ -642,6 +647,17 @@ pub mod crypto {
     /// HMAC-SHA256 of `data` with the secret named `secret_name`.
     pub fn hmac_sha256(secret_name: &str, data: &[u8]) -> Result<Vec<u8>, String> {
         wit::hmac_sha256(secret_name, data)
+    }
+
+    /// HMAC-SHA1 of `data` with the secret named `secret_name` (legacy
+    /// provider signatures such as Twilio's).
+    pub fn hmac_sha1(secret_name: &str, data: &[u8]) -> Result<Vec<u8>, String> {
+        wit::hmac_sha1(secret_name, data)
+    }
+
+    /// Compare two byte strings in time independent of where they differ.
+    pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
 }
 

@@ -371,6 +371,11 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn start(statuses: Vec<u16>) -> Recorder {
+        Self::start_with_body(statuses, "{\"id\":\"prov-{n}\"}")
+    }
+
+    /// Like [`Recorder::start`], answering `body` with `{n}` replaced by the request's index.
+    pub fn start_with_body(statuses: Vec<u16>, reply: &'static str) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -411,7 +416,7 @@ impl Recorder {
                     body: String::from_utf8_lossy(&body).into(),
                 });
                 let status = *statuses.get(i).or(statuses.last()).unwrap_or(&200);
-                let payload = format!("{{\"id\":\"prov-{i}\"}}");
+                let payload = reply.replace("{n}", &i.to_string());
                 let _ = write!(
                     stream,
                     "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{payload}",

@@ -1,1 +1,181 @@
+//! Postmark email connector for Herald.
+//!
+//! `POST {api_base}/email` with `X-Postmark-Server-Token: {{secret:POSTMARK_SERVER_TOKEN}}`
+//! and the JSON body Postmark documents (`From`, `To`, `Subject`, `HtmlBody`,
+//! `TextBody`, `MessageStream`, `Tag`, `Metadata`, `Headers`, tracking flags).
+//! Webhooks: `RecordType` Delivery, Bounce, Open, Click, SpamComplaint and
+//! SubscriptionChange become Herald events tied to Postmark's `MessageID`.
+use herald_plugin_sdk::parse_rfc3339_ms;
+use herald_plugin_sdk::prelude::*;
 
+struct Postmark;
+
+const SCHEMA: &str = include_str!("../config.schema.json");
+
+impl Plugin for Postmark {
+    fn describe() -> Description {
+        Description::new("postmark", env!("CARGO_PKG_VERSION"))
+            .display_name("Email (Postmark)")
+            .config_schema(serde_json::from_str(SCHEMA).expect("schema is valid JSON"))
+    }
+
+    fn validate_config(config: &Value) -> Result<(), String> {
+        match config.get("from").and_then(Value::as_str) {
+            Some(f) if f.contains('@') => Ok(()),
+            _ => Err("`from` must be a sender signature address".into()),
+        }
+    }
+
+    fn send(msg: Outbound) -> Result<Sent, SendError> {
+        if !msg.operation_name().is_empty() {
+            return Err(SendError::InvalidInput(format!(
+                "unsupported operation `{}`",
+                msg.operation_name()
+            )));
+        }
+        let to = msg.require_to()?;
+        if !to.contains('@') {
+            return Err(SendError::InvalidInput(format!(
+                "`{to}` is not an email address"
+            )));
+        }
+        let subject = msg
+            .subject
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| SendError::InvalidInput("email needs a subject".into()))?;
+        if msg.text.is_none() && msg.html.is_none() {
+            return Err(SendError::InvalidInput(
+                "email needs a text or html body".into(),
+            ));
+        }
+        let payload = msg.payload_json();
+        let mut body = json!({
+            "From": config::require_str("from")?,
+            "To": to,
+            "Subject": subject,
+            "MessageStream": config::get_str("message_stream").unwrap_or_else(|| "outbound".into()),
+            "Metadata": { "herald_idempotency_key": msg.idempotency_key },
+        });
+        if let Some(h) = &msg.html {
+            body["HtmlBody"] = json!(h);
+        }
+        if let Some(t) = &msg.text {
+            body["TextBody"] = json!(t);
+        }
+        if let Some(tag) = payload.get("tag").and_then(Value::as_str) {
+            body["Tag"] = json!(tag);
+        }
+        if let Some(r) = payload
+            .get("reply_to")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| config::get_str("reply_to"))
+        {
+            body["ReplyTo"] = json!(r);
+        }
+        if let Some(true) = config::get("track_opens").and_then(|v| v.as_bool()) {
+            body["TrackOpens"] = json!(true);
+        }
+        if let Some(t) = config::get_str("track_links") {
+            body["TrackLinks"] = json!(t);
+        }
+        let mut headers = Vec::new();
+        if let Some(u) = payload.get("unsubscribe_url").and_then(Value::as_str) {
+            headers.push(json!({ "Name": "List-Unsubscribe", "Value": format!("<{u}>") }));
+            headers.push(
+                json!({ "Name": "List-Unsubscribe-Post", "Value": "List-Unsubscribe=One-Click" }),
+            );
+        }
+        if !headers.is_empty() {
+            body["Headers"] = Value::Array(headers);
+        }
+
+        let base =
+            config::get_str("api_base").unwrap_or_else(|| "https://api.postmarkapp.com".into());
+        let resp = http::Request::post(&format!("{}/email", base.trim_end_matches('/')))
+            .header("Accept", "application/json")
+            .header("X-Postmark-Server-Token", &secret("POSTMARK_SERVER_TOKEN"))
+            .json(&body)
+            .send()?;
+        let j = resp.json();
+        let code = j.get("ErrorCode").and_then(Value::as_i64).unwrap_or(0);
+        let message = j
+            .get("Message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        match resp.status() {
+            200 if code == 0 => {
+                let id = resp
+                    .json_field("MessageID")
+                    .ok_or_else(|| SendError::Ambiguous("Postmark returned no MessageID".into()))?;
+                Ok(
+                    Sent::with_id(Some(id))
+                        .details(json!({ "submitted_at": j.get("SubmittedAt") })),
+                )
+            }
+            // 10 = bad or missing server token.
+            401 => Err(SendError::Unauthorized(format!(
+                "Postmark {code}: {message}"
+            ))),
+            422 if code == 10 => Err(SendError::Unauthorized(format!(
+                "Postmark {code}: {message}"
+            ))),
+            422 => Err(SendError::InvalidInput(format!(
+                "Postmark {code}: {message}"
+            ))),
+            _ => Err(resp
+                .error_for_status()
+                .err()
+                .unwrap_or_else(|| SendError::Ambiguous(format!("Postmark {code}: {message}")))),
+        }
+    }
+
+    fn parse_webhook(req: WebhookRequest) -> Result<Vec<WebhookEvent>, String> {
+        let j = req.body_json()?;
+        let record = j
+            .get("RecordType")
+            .and_then(Value::as_str)
+            .ok_or("not a Postmark webhook: no RecordType")?;
+        let s = |k: &str| j.get(k).and_then(Value::as_str).map(str::to_string);
+        let ts = |k: &str| j.get(k).and_then(Value::as_str).and_then(parse_rfc3339_ms);
+        let message_id = s("MessageID");
+        let ev = match record {
+            "Delivery" => WebhookEvent::new(EventKind::Delivered)
+                .recipient(s("Recipient"))
+                .timestamp_ms(ts("DeliveredAt"))
+                .properties(json!({ "details": j.get("Details"), "tag": j.get("Tag"), "server_id": j.get("ServerID") })),
+            "Bounce" => WebhookEvent::new(EventKind::Bounced)
+                .recipient(s("Email"))
+                .timestamp_ms(ts("BouncedAt"))
+                .properties(json!({ "type": j.get("Type"), "type_code": j.get("TypeCode"), "description": j.get("Description"), "inactive": j.get("Inactive") })),
+            "SpamComplaint" => WebhookEvent::new(EventKind::Complained)
+                .recipient(s("Email"))
+                .timestamp_ms(ts("BouncedAt"))
+                .properties(json!({ "type": j.get("Type") })),
+            "Open" => WebhookEvent::new(EventKind::Opened)
+                .recipient(s("Recipient"))
+                .timestamp_ms(ts("ReceivedAt"))
+                .properties(json!({ "first_open": j.get("FirstOpen"), "user_agent": j.get("UserAgent"), "platform": j.get("Platform") })),
+            "Click" => WebhookEvent::new(EventKind::Clicked)
+                .recipient(s("Recipient"))
+                .timestamp_ms(ts("ReceivedAt"))
+                .properties(json!({ "url": j.get("OriginalLink"), "click_location": j.get("ClickLocation"), "platform": j.get("Platform") })),
+            "SubscriptionChange" => {
+                if j.get("SuppressSending").and_then(Value::as_bool) != Some(true) {
+                    // A reactivation: not a Herald event.
+                    return Ok(vec![]);
+                }
+                WebhookEvent::new(EventKind::Unsubscribed)
+                    .recipient(s("Recipient"))
+                    .timestamp_ms(ts("ChangedAt"))
+                    .properties(json!({ "reason": j.get("SuppressionReason") }))
+            }
+            other => return Err(format!("unsupported Postmark RecordType `{other}`")),
+        };
+        Ok(vec![ev.message_id(message_id)])
+    }
+}
+
+export_plugin!(Postmark);

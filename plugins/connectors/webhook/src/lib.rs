@@ -1,1 +1,85 @@
+//! Generic outbound webhook for Herald.
+//!
+//! POSTs a JSON envelope to the configured URL:
+//!
+//! ```json
+//! {"id": "<idempotency key>", "type": "message" | "<operation>", "timestamp": 1700000000,
+//!  "to": "...", "subject": ..., "text": ..., "html": ..., "fields": {...}, "payload": {...}}
+//! ```
+//!
+//! with headers `Idempotency-Key: <id>`, `X-Herald-Timestamp: <unix seconds>`
+//! and `X-Herald-Signature: sha256=<hex HMAC-SHA256(key, "<timestamp>.<body>")>`.
+//! The HMAC key (`WEBHOOK_SIGNING_KEY`) stays in the host: the plugin asks the
+//! host's `crypto` capability to sign. Receivers verify by recomputing the
+//! HMAC over the timestamp, a dot and the raw body, and should reject stale
+//! timestamps and dedupe on `Idempotency-Key`.
+use herald_plugin_sdk::prelude::*;
 
+struct Webhook;
+
+const SCHEMA: &str = include_str!("../config.schema.json");
+
+impl Plugin for Webhook {
+    fn describe() -> Description {
+        let mut d = Description::new("webhook", env!("CARGO_PKG_VERSION"))
+            .display_name("Outbound webhook")
+            .config_schema(serde_json::from_str(SCHEMA).expect("schema is valid JSON"));
+        // Any operation name is forwarded as the envelope `type`.
+        for op in ["event", "audience-add", "audience-remove", "conversion"] {
+            d = d.operation(op, "forwarded as the envelope `type`");
+        }
+        d
+    }
+
+    fn validate_config(config: &Value) -> Result<(), String> {
+        match config.get("url").and_then(Value::as_str) {
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => Ok(()),
+            _ => Err("`url` must be an http(s) URL".into()),
+        }
+    }
+
+    fn send(msg: Outbound) -> Result<Sent, SendError> {
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let kind = if msg.operation_name().is_empty() {
+            "message"
+        } else {
+            msg.operation_name()
+        };
+        let envelope = json!({
+            "id": msg.idempotency_key,
+            "type": kind,
+            "timestamp": timestamp,
+            "to": msg.to,
+            "subject": msg.subject,
+            "text": msg.text,
+            "html": msg.html,
+            "fields": msg.fields_json(),
+            "payload": msg.payload_json(),
+        });
+        let body = envelope.to_string();
+        let signed = format!("{timestamp}.{body}");
+        let mac = crypto::hmac_sha256("WEBHOOK_SIGNING_KEY", signed.as_bytes())
+            .map_err(|e| SendError::Unauthorized(format!("cannot sign: {e}")))?;
+        let url = config::require_str("url")?;
+        let mut req = http::Request::post(&url)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", &msg.idempotency_key)
+            .header("X-Herald-Timestamp", &timestamp.to_string())
+            .header(
+                "X-Herald-Signature",
+                &format!("sha256={}", hex::encode(mac)),
+            );
+        if let Some(Value::Object(extra)) = config::get("headers") {
+            for (k, v) in extra {
+                req = req.header(&k, v.as_str().unwrap_or_default());
+            }
+        }
+        let resp = req.body(body).send()?.error_for_status()?;
+        Ok(Sent::with_id(resp.json_field("id")).details(json!({ "status": resp.status() })))
+    }
+}
+
+export_plugin!(Webhook);

@@ -19,10 +19,15 @@ impl Plugin for Hostile {
             .operation("memory-bomb", "allocate without bound")
             .operation("panic", "panic")
             .operation("http", "GET payload.url")
+            .operation("http-flood", "GET payload.url 100 times in one call")
+            .operation("http-then-panic", "GET payload.url, then panic")
             .operation("read-file", "read payload.path from the filesystem")
             .operation("read-env", "dump the environment")
             .operation("secret-echo", "ask a server to echo a secret back")
-            .operation("undeclared-secret", "use a secret the manifest does not declare")
+            .operation(
+                "undeclared-secret",
+                "use a secret the manifest does not declare",
+            )
             .operation("hmac-undeclared", "HMAC with an undeclared secret")
             .operation("tcp", "open a raw TCP socket")
             .operation("smtp", "submit mail without an SMTP grant")
@@ -49,6 +54,18 @@ impl Plugin for Hostile {
             }
             "panic" => panic!("hostile plugin panicked on purpose"),
             "http" => http_result(&s("url")),
+            "http-then-panic" => {
+                let _ = http::Request::get(&s("url")).send();
+                panic!("panicked after sending a request")
+            }
+            "http-flood" => {
+                let mut ok = 0;
+                for _ in 0..100 {
+                    http::Request::get(&s("url")).send()?;
+                    ok += 1;
+                }
+                Ok(Sent::with_id(None).details(json!({ "requests": ok })))
+            }
             "read-file" => match std::fs::read_to_string(s("path")) {
                 Ok(content) => Ok(Sent::with_id(None).details(json!({ "content": content }))),
                 Err(e) => Err(SendError::InvalidInput(format!("read failed: {e}"))),
@@ -64,9 +81,11 @@ impl Plugin for Hostile {
                     .send()?;
                 Ok(Sent::with_id(None).details(json!({ "echo": resp.text(), "headers": format!("{:?}", resp.header("x-echo")) })))
             }
-            "undeclared-secret" => {
-                http_result(&format!("{}?k={}", s("url"), secret("OTHER_PLUGINS_SECRET")))
-            }
+            "undeclared-secret" => http_result(&format!(
+                "{}?k={}",
+                s("url"),
+                secret("OTHER_PLUGINS_SECRET")
+            )),
             "hmac-undeclared" => match crypto::hmac_sha256("OTHER_PLUGINS_SECRET", b"x") {
                 Ok(mac) => Ok(Sent::with_id(None).details(json!({ "mac_len": mac.len() }))),
                 Err(e) => Err(SendError::Unauthorized(e)),
@@ -76,10 +95,16 @@ impl Plugin for Hostile {
                 Err(e) => Err(SendError::Transient(format!("tcp failed: {e}"))),
             },
             "smtp" => {
-                smtp::submit("a@example.com", &["b@example.com".to_string()], b"Subject: x\r\n\r\nhi\r\n")?;
+                smtp::submit(
+                    "a@example.com",
+                    &["b@example.com".to_string()],
+                    b"Subject: x\r\n\r\nhi\r\n",
+                )?;
                 Ok(Sent::with_id(None))
             }
-            other => Err(SendError::InvalidInput(format!("unknown operation {other}"))),
+            other => Err(SendError::InvalidInput(format!(
+                "unknown operation {other}"
+            ))),
         }
     }
 }

@@ -1,0 +1,206 @@
+//! WebAssembly channel connectors inside the daemon: a workflow sends SMS through the Twilio
+//! connector to a stand-in Twilio on loopback, the provider's delivery callback lands on the
+//! contact's timeline and wakes `wait_for`, and a signed webhook goes out through a second
+//! connector. Plus `herald plugin inspect`.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
+
+fn project(twilio: &Recorder, hook: &Recorder) -> TestProject {
+    std::env::set_var("HERALD_TEST_TWILIO_TOKEN", "twilio-secret-token");
+    std::env::set_var("HERALD_TEST_HOOK_KEY", "hook-signing-key");
+    let p = TestProject::new(&format!(
+        "[channels.text]\nplugin = \"bundled:twilio-sms\"\nto = \"phone\"\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true\n\
+         config = {{ account_sid = \"{SID}\", from = \"+15550009999\", api_base = \"{}\" }}\n\
+         secrets = {{ TWILIO_AUTH_TOKEN = \"env:HERALD_TEST_TWILIO_TOKEN\" }}\n\n\
+         [channels.hook]\nplugin = \"bundled:webhook\"\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true\n\
+         config = {{ url = \"{}/events\" }}\nsecrets = {{ WEBHOOK_SIGNING_KEY = \"env:HERALD_TEST_HOOK_KEY\" }}\n",
+        twilio.url, hook.url
+    ));
+    p.template(
+        "welcome_sms",
+        "Welcome {{ contact.first_name | default: \"friend\" }}! Reply STOP to opt out.",
+    );
+    p.workflow(
+        "onboard.rhai",
+        "workflow(\"onboard\").on_event(\"signup\");\n\
+         fn run(contact, trigger) {\n\
+             send(\"email\", \"welcome\");\n\
+             send(\"text\", \"welcome_sms\");\n\
+             let delivered = wait_for(\"text_delivered\", days(1));\n\
+             action(\"hook\", \"event\", #{ contact: contact.id, sms_delivered: delivered != () });\n\
+         }\n",
+    );
+    p
+}
+
+#[test]
+fn a_workflow_sends_through_wasm_connectors_and_a_delivery_callback_wakes_it() {
+    let twilio = Recorder::start_with_body(
+        vec![201],
+        "{\"sid\":\"SM00000000000000000000000000000{n}\",\"status\":\"queued\"}",
+    );
+    let hook = Recorder::start(vec![200]);
+    let p = project(&twilio, &hook);
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.identify(
+        "ada",
+        json!({"first_name": "Ada", "email": "ada@example.com", "phone": "+15550100"}),
+    );
+    c.track("ada", "signup", json!({}));
+    let id = c.only_run("ada")["id"].as_str().unwrap().to_string();
+    let run = c.run_reaches(&id, "waiting", 3);
+    assert_eq!(
+        run["journal"][1]["result"]["provider_id"],
+        "SM000000000000000000000000000000"
+    );
+
+    // What the stand-in Twilio received, as Twilio documents the Messages API.
+    let req = twilio.requests.lock().unwrap()[0].clone();
+    assert_eq!(req.method, "POST");
+    assert_eq!(
+        req.path,
+        format!("/2010-04-01/Accounts/{SID}/Messages.json")
+    );
+    use base64::Engine as _;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{SID}:twilio-secret-token"));
+    assert_eq!(
+        req.header("authorization"),
+        Some(format!("Basic {basic}").as_str())
+    );
+    let form: std::collections::HashMap<String, String> = url_decode(&req.body);
+    assert_eq!(form["To"], "+15550100");
+    assert_eq!(form["From"], "+15550009999");
+    assert_eq!(form["Body"], "Welcome Ada! Reply STOP to opt out.");
+
+    // Twilio's status callback for that message.
+    let (s, b) = c.raw_post(
+        "/v1/webhooks/text",
+        "MessageSid=SM000000000000000000000000000000&MessageStatus=delivered&To=%2B15550100&AccountSid=AC0123456789abcdef0123456789abcdef",
+        None,
+        None,
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["accepted"], 1, "{b}");
+    let run = c.run_reaches(&id, "completed", 4);
+    assert_eq!(run["journal"][2]["result"]["event"], "text_delivered");
+    let (_, contact) = c.admin_get("/v1/contacts/ada");
+    assert_eq!(contact["recent_events"][0]["event"], "text_delivered");
+
+    // The signed webhook that followed.
+    let posted = hook.requests.lock().unwrap()[0].clone();
+    let envelope: serde_json::Value = serde_json::from_str(&posted.body).unwrap();
+    assert_eq!(envelope["type"], "event");
+    assert_eq!(envelope["payload"]["sms_delivered"], true);
+    assert!(
+        !posted.body.contains("hook-signing-key"),
+        "the signing key never leaves the host"
+    );
+    assert!(
+        posted
+            .headers
+            .iter()
+            .any(|(k, _)| k.to_ascii_lowercase().contains("signature")),
+        "{:?}",
+        posted.headers
+    );
+    assert_eq!(
+        p.outbox("email").len(),
+        1,
+        "the outbox channel still works beside plugins"
+    );
+
+    // A callback for a message Herald never sent is accepted but matches nothing.
+    let (s, b) = c.raw_post(
+        "/v1/webhooks/text",
+        "MessageSid=SMffffffffffffffffffffffffffffffff&MessageStatus=delivered",
+        None,
+        None,
+    );
+    assert_eq!((s, b["unmatched"].clone()), (200, json!(1)));
+    // Garbage is refused with a JSON error.
+    let (s, b) = c.raw_post("/v1/webhooks/text", "hello", None, None);
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("webhook_rejected")),
+        "{b}"
+    );
+}
+
+fn url_decode(body: &str) -> std::collections::HashMap<String, String> {
+    body.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let v = v.replace('+', " ");
+            let mut out = Vec::new();
+            let bytes = v.as_bytes();
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'%' && i + 2 < bytes.len() {
+                    out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
+                    i += 3;
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            (k.to_string(), String::from_utf8(out).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_plugin_channel_that_cannot_load_stops_the_daemon_with_the_reason() {
+    let p = TestProject::new("[channels.text]\nplugin = \"bundled:twilio-sms\"\nsecrets = { TWILIO_AUTH_TOKEN = \"plain-text-secret\" }\nconfig = { account_sid = \"AC0123456789abcdef0123456789abcdef\", from = \"+1555\" }\n");
+    let err = match herald_runtime::daemon::RunningDaemon::start(herald_runtime::daemon::Options {
+        project: p.path().to_path_buf(),
+        listen: Some("127.0.0.1:0".into()),
+        data: None,
+        test_clock: true,
+        watch: false,
+    }) {
+        Ok(_) => panic!("a literal secret must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("not a reference; use env:VAR or file:PATH"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plugin_inspect_describes_a_connector_and_rejects_other_files() {
+    let wasm = herald_plugin_host::bundled::plugin_dir("twilio-sms").join("plugin.wasm");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["plugin", "inspect", wasm.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("twilio-sms"), "{stdout}");
+    assert!(stdout.contains("0.1.0"), "{stdout}");
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("x.wasm");
+    std::fs::write(&bogus, b"not wasm").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["plugin", "inspect", bogus.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.to_lowercase().contains("not"), "{all}");
+}
