@@ -200,6 +200,19 @@ fn check(dir: &Path) -> Result<bool> {
     eprint!("{}", report.render(color));
     match project {
         Some(p) => {
+            let has_plugins = p
+                .config
+                .channels
+                .values()
+                .any(|c| matches!(c, herald_runtime::config::ChannelConfig::Plugin { .. }));
+            if has_plugins {
+                // Load every connector as the daemon would: manifest, checksum, grant, secrets.
+                let loader = herald_runtime::channels::PluginLoader::new(None);
+                if let Err(e) = herald_runtime::engine::ProjectState::from_project(&p, &loader) {
+                    eprintln!("error: {e}");
+                    return Ok(false);
+                }
+            }
             println!(
                 "ok: {} workflow(s), {} template(s)",
                 p.workflows.len(),

@@ -222,6 +222,12 @@ impl Templates {
             .body
             .render(&globals)
             .map_err(|e| format!("template {name}: {}", flatten(&e)))?;
+        // Files end with a newline; the message does not.
+        let body = body
+            .strip_suffix('\n')
+            .map(|b| b.strip_suffix('\r').unwrap_or(b))
+            .unwrap_or(&body)
+            .to_string();
         if t.mjml {
             let parsed = mrml::parse(&body)
                 .map_err(|e| format!("template {name}: MJML after Liquid: {e}"))?;
@@ -566,7 +572,7 @@ mod tests {
             serde_json::json!({"contact": {"first_name": "Ada"}, "vars": {"plan": "pro"}});
         let r = t.render("welcome", "email", &globals).unwrap();
         assert_eq!(r.subject.as_deref(), Some("Welcome, Ada!"));
-        assert_eq!(r.body, "Hi Ada, plan pro.\n");
+        assert_eq!(r.body, "Hi Ada, plan pro.");
         assert_eq!(r.fields["from"], "news@example.test");
         assert_eq!(t.render("welcome", "sms", &globals).unwrap().body, "Hi Ada");
         assert!(t

@@ -81,7 +81,7 @@ fn anonymous_history_merges_into_the_identified_contact_and_a_run_sends_the_rend
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["to"], "ada@example.com");
     assert_eq!(sent[0]["subject"], "Welcome Ada");
-    assert_eq!(sent[0]["body"], "Hello Ada from footer\n");
+    assert_eq!(sent[0]["body"], "Hello Ada from footer");
     assert_eq!(
         sent[0]["idempotency_key"],
         format!("{}:0", run["id"].as_str().unwrap())

@@ -10,43 +10,118 @@ use serde_json::json;
 
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
 
-fn project(twilio: &Recorder, hook: &Recorder) -> TestProject {
-    std::env::set_var("HERALD_TEST_TWILIO_TOKEN", "twilio-secret-token");
-    std::env::set_var("HERALD_TEST_HOOK_KEY", "hook-signing-key");
-    let p = TestProject::new(&format!(
-        "[channels.text]\nplugin = \"bundled:twilio-sms\"\nto = \"phone\"\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true\n\
-         config = {{ account_sid = \"{SID}\", from = \"+15550009999\", api_base = \"{}\" }}\n\
-         secrets = {{ TWILIO_AUTH_TOKEN = \"env:HERALD_TEST_TWILIO_TOKEN\" }}\n\n\
-         [channels.hook]\nplugin = \"bundled:webhook\"\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true\n\
-         config = {{ url = \"{}/events\" }}\nsecrets = {{ WEBHOOK_SIGNING_KEY = \"env:HERALD_TEST_HOOK_KEY\" }}\n",
-        twilio.url, hook.url
-    ));
-    p.template(
-        "welcome_sms",
-        "Welcome {{ contact.first_name | default: \"friend\" }}! Reply STOP to opt out.",
+/// A real SMTP server (mailin-embedded) on loopback that keeps what it receives.
+struct Smtp {
+    port: u16,
+    inbox: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[derive(Clone)]
+struct MailHandler {
+    current: Vec<u8>,
+    inbox: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl mailin_embedded::Handler for MailHandler {
+    fn data_start(
+        &mut self,
+        _domain: &str,
+        _from: &str,
+        _is8bit: bool,
+        _to: &[String],
+    ) -> mailin_embedded::Response {
+        self.current.clear();
+        mailin_embedded::response::OK
+    }
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.current.extend_from_slice(buf);
+        Ok(())
+    }
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        self.inbox
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&self.current).into_owned());
+        mailin_embedded::response::OK
+    }
+}
+
+impl Smtp {
+    fn start() -> Smtp {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let inbox = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut server = mailin_embedded::Server::new(MailHandler {
+            current: Vec::new(),
+            inbox: inbox.clone(),
+        });
+        server
+            .with_name("mx.test")
+            .with_ssl(mailin_embedded::SslConfig::None)
+            .unwrap()
+            .with_num_threads(2)
+            .with_tcp_listener(listener);
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        Smtp { port, inbox }
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            if e.file_name() != ".herald" {
+                copy_dir(&e.path(), &target);
+            }
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// `examples/multichannel`, pointed at loopback stand-ins for the providers.
+fn example_project(smtp: &Smtp, twilio: &Recorder, hook: &Recorder) -> tempfile::TempDir {
+    std::env::set_var("TWILIO_AUTH_TOKEN", "twilio-secret-token");
+    std::env::set_var("WEBHOOK_SIGNING_KEY", "hook-signing-key");
+    std::env::set_var("HERALD_ADMIN_TOKEN", TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/multichannel"),
+        dir.path(),
     );
-    p.workflow(
-        "onboard.rhai",
-        "workflow(\"onboard\").on_event(\"signup\");\n\
-         fn run(contact, trigger) {\n\
-             send(\"email\", \"welcome\");\n\
-             send(\"text\", \"welcome_sms\");\n\
-             let delivered = wait_for(\"text_delivered\", days(1));\n\
-             action(\"hook\", \"event\", #{ contact: contact.id, sms_delivered: delivered != () });\n\
-         }\n",
-    );
-    p
+    let path = dir.path().join("herald.toml");
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("write_keys = [\"multichannel-write-key\"]", &format!("write_keys = [\"{WRITE_KEY}\"]"))
+        .replace("port = 1025", &format!("port = {}", smtp.port))
+        .replace("from = \"+15550009999\" }", &format!("from = \"+15550009999\", api_base = \"{}\" }}", twilio.url))
+        .replace("https://hooks.example.com/herald", &format!("{}/herald", hook.url))
+        .replace("plugin = \"bundled:twilio-sms\"", "plugin = \"bundled:twilio-sms\"\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true")
+        .replace("allowed_hosts = [\"hooks.example.com\"]", "allowed_hosts = [\"127.0.0.1\"]\nallow_private = true");
+    std::fs::write(&path, toml).unwrap();
+    dir
 }
 
 #[test]
-fn a_workflow_sends_through_wasm_connectors_and_a_delivery_callback_wakes_it() {
+fn the_multichannel_example_sends_email_sms_and_a_webhook_and_a_delivery_callback_wakes_it() {
+    let smtp = Smtp::start();
     let twilio = Recorder::start_with_body(
         vec![201],
         "{\"sid\":\"SM00000000000000000000000000000{n}\",\"status\":\"queued\"}",
     );
     let hook = Recorder::start(vec![200]);
-    let p = project(&twilio, &hook);
-    let d = p.start();
+    let dir = example_project(&smtp, &twilio, &hook);
+    let d = herald_runtime::daemon::RunningDaemon::start(herald_runtime::daemon::Options {
+        project: dir.path().to_path_buf(),
+        listen: Some("127.0.0.1:0".into()),
+        data: None,
+        test_clock: true,
+        watch: false,
+    })
+    .expect("the example starts");
     let c = Client::new(d.url());
     c.identify(
         "ada",
@@ -59,6 +134,15 @@ fn a_workflow_sends_through_wasm_connectors_and_a_delivery_callback_wakes_it() {
         run["journal"][1]["result"]["provider_id"],
         "SM000000000000000000000000000000"
     );
+
+    // The email reached the SMTP server with both parts and the unsubscribe header.
+    let mail = eventually("mail", || smtp.inbox.lock().unwrap().first().cloned());
+    assert!(mail.contains("Subject: Welcome aboard, Ada"), "{mail}");
+    assert!(
+        mail.contains("List-Unsubscribe: <mailto:unsubscribe@example.com?subject=unsubscribe>"),
+        "{mail}"
+    );
+    assert!(mail.contains("your account is ready."), "{mail}");
 
     // What the stand-in Twilio received, as Twilio documents the Messages API.
     let req = twilio.requests.lock().unwrap()[0].clone();
@@ -98,6 +182,7 @@ fn a_workflow_sends_through_wasm_connectors_and_a_delivery_callback_wakes_it() {
     let envelope: serde_json::Value = serde_json::from_str(&posted.body).unwrap();
     assert_eq!(envelope["type"], "event");
     assert_eq!(envelope["payload"]["sms_delivered"], true);
+    assert_eq!(envelope["payload"]["email"], "ada@example.com");
     assert!(
         !posted.body.contains("hook-signing-key"),
         "the signing key never leaves the host"
@@ -110,11 +195,9 @@ fn a_workflow_sends_through_wasm_connectors_and_a_delivery_callback_wakes_it() {
         "{:?}",
         posted.headers
     );
-    assert_eq!(
-        p.outbox("email").len(),
-        1,
-        "the outbox channel still works beside plugins"
-    );
+    assert!(c
+        .get_text("/metrics")
+        .contains("herald_sends_total{channel=\"text\",outcome=\"sent\"} 1"));
 
     // A callback for a message Herald never sent is accepted but matches nothing.
     let (s, b) = c.raw_post(
