@@ -96,7 +96,17 @@ pub fn diagnostics(
             }
         }
         Role::OtherScript => {
-            if let Err(err) = engine.compile_into_self_contained(&rhai::Scope::new(), text) {
+            let in_segments = path
+                .parent()
+                .and_then(|p| p.file_name())
+                .is_some_and(|n| n == "segments");
+            let is_scoring = path.file_name().is_some_and(|n| n == "scoring.rhai");
+            if in_segments {
+                // The same checks as `herald check` (without the project's segment names).
+                found = herald_dsl::check_segment(engine, &file, text, None).1;
+            } else if is_scoring {
+                found = herald_dsl::check_scoring(engine, &file, text).1;
+            } else if let Err(err) = engine.compile_into_self_contained(&rhai::Scope::new(), text) {
                 found.push(herald_dsl::analysis::error_diagnostic(
                     "H001", &file, text, &err,
                 ));

@@ -148,3 +148,29 @@ fn editor_integration_files_are_well_formed() {
         }
     }
 }
+
+#[test]
+fn segment_and_scoring_files_get_their_own_checks() {
+    let engine = herald_dsl::build_engine(&herald_dsl::Limits::default());
+    let project = herald_lsp::project::ProjectSnapshot::default();
+    let seg = std::path::Path::new("/p/segments/hot.rhai");
+    let d = herald_lsp::analysis::diagnostics(
+        &engine,
+        seg,
+        herald_lsp::project::Role::OtherScript,
+        "segment(\"hot\");\n",
+        &project,
+        |_| None,
+    );
+    assert!(d.iter().any(|x| format!("{x:?}").contains("H012")), "{d:?}");
+    let scoring = std::path::Path::new("/p/scoring.rhai");
+    let d = herald_lsp::analysis::diagnostics(
+        &engine,
+        scoring,
+        herald_lsp::project::Role::OtherScript,
+        "rule(\"x\").points(1);\n",
+        &project,
+        |_| None,
+    );
+    assert!(d.iter().any(|x| format!("{x:?}").contains("H014")), "{d:?}");
+}
