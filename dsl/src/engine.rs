@@ -815,6 +815,14 @@ pub enum ActivationEnd {
     },
 }
 
+/// Does the script import modules? Only then must its top level run before a call (to bind
+/// the module aliases); otherwise skipping it saves a declaration call per evaluation.
+pub(crate) fn has_imports(ast: &AST) -> bool {
+    ast.statements()
+        .iter()
+        .any(|s| matches!(s, rhai::Stmt::Import(..)))
+}
+
 /// Clears the activation deadline when dropped.
 pub(crate) struct DeadlineGuard;
 
@@ -847,7 +855,9 @@ pub fn run_activation(
     EXIT_REASON.with(|r| r.borrow_mut().take());
     PARK_REASON.with(|r| r.borrow_mut().take());
     let mut scope = Scope::new();
-    let options = rhai::CallFnOptions::new().eval_ast(true).rewind_scope(true);
+    let options = rhai::CallFnOptions::new()
+        .eval_ast(has_imports(ast))
+        .rewind_scope(true);
     let result = engine.call_fn_with_options::<Dynamic>(
         options,
         &mut scope,

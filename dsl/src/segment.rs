@@ -244,7 +244,9 @@ pub fn check_scoring(
 /// ([`with_host`](crate::with_host)). A non-boolean result is an error.
 pub fn evaluate_segment(engine: &Engine, ast: &AST, limits: &Limits) -> Result<bool, String> {
     let mut scope = Scope::new();
-    let options = rhai::CallFnOptions::new().eval_ast(true).rewind_scope(true);
+    let options = rhai::CallFnOptions::new()
+        .eval_ast(crate::engine::has_imports(ast))
+        .rewind_scope(true);
     let deadline = crate::engine::set_deadline(limits);
     let r = engine.call_fn_with_options::<Dynamic>(
         options,
