@@ -93,9 +93,11 @@ pub fn watch(shared: Arc<Shared>) -> Result<ProjectWatcher, String> {
             None,
             move |result: DebounceEventResult| match result {
                 Ok(events) => {
-                    let relevant = events
-                        .iter()
-                        .any(|e| e.paths.iter().any(|p| is_project_file(&root, p)));
+                    // Reads (including our own, when fingerprinting) are not changes.
+                    let relevant = events.iter().any(|e| {
+                        !matches!(e.kind, notify_debouncer_full::notify::EventKind::Access(_))
+                            && e.paths.iter().any(|p| is_project_file(&root, p))
+                    });
                     if relevant {
                         shared.reload_if_changed();
                     }

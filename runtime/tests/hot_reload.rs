@@ -158,3 +158,22 @@ fn settings_that_need_a_restart_are_refused_not_half_applied() {
     );
     assert_eq!(status["reloads"]["applied"], 0);
 }
+
+#[test]
+fn reading_the_project_does_not_count_as_a_change() {
+    let p = TestProject::new("");
+    p.workflow("w.rhai", V1);
+    let d = p.start_with(true);
+    let c = Client::new(d.url());
+    p.workflow("w.rhai", V2);
+    eventually("v2 is served", || (version(&c) == hash(V2)).then_some(()));
+    // Reloading reads every project file; those reads must not look like saves (which would
+    // make the watcher re-check the project over and over while nothing changes).
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let r = reloads(&c);
+    assert_eq!(
+        (r["applied"].clone(), r["skipped_identical"].clone()),
+        (json!(1), json!(0)),
+        "{r}"
+    );
+}
