@@ -455,7 +455,7 @@ impl Engine {
                     .expect("sizes")
                     .entry(name.clone())
                     .or_default() += if is_member { 1 } else { -1 };
-                tracing::info!(
+                tracing::debug!(
                     segment = name,
                     contact = contact.id,
                     entered = is_member,

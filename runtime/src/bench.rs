@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Contacts a new segment is backfilled over (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     backfill: usize,
+    /// Runs sent through a native webhook channel and through the webhook plugin (0 skips it).
+    #[arg(long, default_value_t = 3000)]
+    channel_runs: usize,
     /// Saved script changes timed from save to serving (0 skips it).
     #[arg(long, default_value_t = 20)]
     reloads: usize,
@@ -226,6 +229,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("workflow activations         {act:>12.0} runs/s      (ingest + trigger + render + outbox send + completion)");
     d.shutdown();
 
+    if args.channel_runs > 0 {
+        channels(args.channel_runs, args.batch, args.clients)?;
+    }
     if args.segments > 0 {
         audience(&args)?;
     }
@@ -534,5 +540,95 @@ fn backfill(n: usize) -> Result<()> {
         n as f64 / secs
     );
     d.shutdown();
+    Ok(())
+}
+
+/// An HTTP/1.1 server on loopback that answers every request `200 {}` (keep-alive), standing in
+/// for a webhook receiver.
+fn http_sink() -> Result<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(mut out) = stream.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut len = 0usize;
+                    let mut first = true;
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() && !first {
+                            break;
+                        }
+                        first = false;
+                        if let Some((k, v)) = l.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if out.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(url)
+}
+
+/// Runs per second through the whole engine when the step's channel is the native webhook
+/// channel, and when it is the webhook WebAssembly connector, against the same receiver.
+fn channels(n: usize, batch: usize, clients: usize) -> Result<()> {
+    let sink = http_sink()?;
+    std::env::set_var("HERALD_BENCH_SIGNING_KEY", "bench-signing-key");
+    let mut rates = Vec::new();
+    for (label, table) in [
+        ("native webhook channel", format!("[channels.hook]\ntype = \"webhook\"\nurl = \"{sink}/in\"\n")),
+        (
+            "webhook plugin (wasm)",
+            format!(
+                "[channels.hook]\nplugin = \"bundled:webhook\"\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true\n\
+                 config = {{ url = \"{sink}/in\" }}\nsecrets = {{ WEBHOOK_SIGNING_KEY = \"env:HERALD_BENCH_SIGNING_KEY\" }}\n"
+            ),
+        ),
+    ] {
+        let dir = tempfile::tempdir()?;
+        project(dir.path(), "workflow(\"bench\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    action(\"hook\", \"event\", #{ n: 1 });\n}\n")?;
+        let toml = std::fs::read_to_string(dir.path().join("herald.toml"))?;
+        std::fs::write(dir.path().join("herald.toml"), format!("{toml}\n{table}"))?;
+        let d = RunningDaemon::start(Options {
+            project: dir.path().into(),
+            listen: Some("127.0.0.1:0".into()),
+            data: None,
+            test_clock: false,
+            watch: false,
+        })?;
+        let start = Instant::now();
+        ingest_http(&d.url(), n, n, batch, clients, &["go"])?;
+        wait_for_runs(&d, "bench", n, "completed")?;
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        let sent = d.shared.engine.metrics.sends("hook", "sent");
+        d.shutdown();
+        if sent as usize != n {
+            anyhow::bail!("{label}: {sent} of {n} sends succeeded");
+        }
+        println!("sends through the engine      {rate:>11.0} runs/s      {label} ({n} runs, one HTTP call each)");
+        rates.push(rate);
+    }
+    println!("plugin / native throughput    {:>11.2}             (target: plugin within 2x, i.e. >= 0.50)", rates[1] / rates[0]);
     Ok(())
 }

@@ -706,7 +706,7 @@ impl Engine {
         self.store.put_run(&run)?;
         self.metrics.run_status(Some(from), RunStatus::Converted);
         self.metrics.conversion(&run.workflow);
-        tracing::info!(run = run.id, workflow = run.workflow, "goal reached");
+        tracing::debug!(run = run.id, workflow = run.workflow, "goal reached");
         Ok(())
     }
 
@@ -809,7 +809,7 @@ impl Engine {
         )?;
         self.metrics.run_started(name);
         self.metrics.run_status(None, RunStatus::Running);
-        tracing::info!(
+        tracing::debug!(
             run = run_id,
             workflow = name.as_str(),
             contact = contact.id.as_str(),
