@@ -287,3 +287,52 @@ fn plugin_inspect_describes_a_connector_and_rejects_other_files() {
     );
     assert!(all.to_lowercase().contains("not"), "{all}");
 }
+
+#[test]
+fn a_postmark_open_callback_reaches_the_timeline_and_wakes_wait_for() {
+    std::env::set_var("HERALD_TEST_POSTMARK_TOKEN", "postmark-server-token");
+    let postmark = Recorder::start_with_body(vec![200], "{\"To\":\"ada@example.com\",\"MessageID\":\"b7bc2f4a-e38e-4336-af7d-e6c39{n}\",\"ErrorCode\":0,\"Message\":\"OK\"}");
+    let p = TestProject::new(&format!(
+        "[channels.mail]\nplugin = \"bundled:postmark\"\nto = \"email\"\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true\n\
+         config = {{ from = \"hello@example.com\", api_base = \"{}\" }}\n\
+         secrets = {{ POSTMARK_SERVER_TOKEN = \"env:HERALD_TEST_POSTMARK_TOKEN\" }}\n",
+        postmark.url
+    ));
+    p.workflow(
+        "w.rhai",
+        "workflow(\"w\").on_event(\"signup\");\nfn run(contact, trigger) {\n    send(\"mail\", \"welcome\");\n    let opened = wait_for(\"mail_opened\", days(2));\n    update(#{ opened: opened != () });\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.identify(
+        "eve",
+        json!({"email": "eve@example.com", "first_name": "Eve"}),
+    );
+    c.track("eve", "signup", json!({}));
+    let id = c.only_run("eve")["id"].as_str().unwrap().to_string();
+    c.run_reaches(&id, "waiting", 2);
+    let req = postmark.requests.lock().unwrap()[0].clone();
+    assert_eq!(req.path, "/email");
+    assert_eq!(
+        req.header("x-postmark-server-token"),
+        Some("postmark-server-token")
+    );
+    let body: serde_json::Value = serde_json::from_str(&req.body).unwrap();
+    assert_eq!(
+        (body["To"].as_str(), body["Subject"].as_str()),
+        (Some("eve@example.com"), Some("Welcome Eve"))
+    );
+
+    // Postmark's Open webhook, in the format Postmark documents.
+    let open = json!({"RecordType": "Open", "MessageStream": "outbound", "FirstOpen": true, "Recipient": "eve@example.com",
+                      "MessageID": "b7bc2f4a-e38e-4336-af7d-e6c390", "ReceivedAt": "2026-11-30T10:00:00Z", "Platform": "WebMail"});
+    let (s, b) = c.raw_post("/v1/webhooks/mail", &open.to_string(), None, None);
+    assert_eq!((s, b["accepted"].clone()), (200, json!(1)), "{b}");
+    let run = c.run_reaches(&id, "completed", 3);
+    assert_eq!(run["journal"][1]["result"]["event"], "mail_opened");
+    let (_, contact) = c.admin_get("/v1/contacts/eve");
+    assert_eq!(contact["attributes"]["opened"], true);
+    assert!(c
+        .get_text("/metrics")
+        .contains("herald_events_ingested_total{type=\"track\"} 2"));
+}
