@@ -171,9 +171,8 @@ fn reading_the_project_does_not_count_as_a_change() {
     // make the watcher re-check the project over and over while nothing changes).
     std::thread::sleep(std::time::Duration::from_millis(600));
     let r = reloads(&c);
-    assert_eq!(
-        (r["applied"].clone(), r["skipped_identical"].clone()),
-        (json!(1), json!(0)),
-        "{r}"
-    );
+    // One late event of the save itself may still arrive on a loaded machine; re-checking on
+    // reads would show a skipped check every debounce period (several in this window).
+    assert_eq!(r["applied"], json!(1), "{r}");
+    assert!(r["skipped_identical"].as_u64().unwrap_or(99) <= 1, "{r}");
 }
