@@ -51,12 +51,16 @@ const WRITE_KEY: &str = "bench-key";
 const TOKEN: &str = "bench-token";
 
 fn project(dir: &Path, workflow: &str) -> Result<()> {
+    let cache = std::env::var("HERALD_BENCH_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(64);
     std::fs::create_dir_all(dir.join("workflows"))?;
     std::fs::create_dir_all(dir.join("templates"))?;
     std::fs::write(
         dir.join("herald.toml"),
         format!(
-            "[auth]\nwrite_keys = [\"{WRITE_KEY}\"]\nadmin_token = \"{TOKEN}\"\n\n[channels.email]\ntype = \"outbox\"\npath = \"outbox.jsonl\"\nto = \"email\"\n\n[engine]\ncache_mb = 64\n"
+            "[auth]\nwrite_keys = [\"{WRITE_KEY}\"]\nadmin_token = \"{TOKEN}\"\n\n[channels.email]\ntype = \"outbox\"\npath = \"outbox.jsonl\"\nto = \"email\"\n\n[engine]\ncache_mb = {cache}\n"
         ),
     )?;
     std::fs::write(
