@@ -235,7 +235,8 @@ pub fn check_script(
     }
 }
 
-fn line_range(source: &str, line: usize) -> std::ops::Range<usize> {
+/// The byte range of a 1-based line, without its newline.
+pub(crate) fn line_range(source: &str, line: usize) -> std::ops::Range<usize> {
     let start = line_col_to_offset(source, line.max(1), 1);
     let end = source[start..]
         .find('\n')

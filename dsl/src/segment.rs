@@ -22,9 +22,9 @@ use std::collections::BTreeSet;
 
 use rhai::{ASTNode, Dynamic, Engine, Expr, Scope, AST};
 
-use crate::analysis::error_diagnostic;
+use crate::analysis::{error_diagnostic, line_range};
 use crate::decl::{collect_declarations, RuleDecl, ScoringDecl, SegmentDecl};
-use crate::diagnostic::{line_col_to_offset, Diagnostic};
+use crate::diagnostic::Diagnostic;
 use crate::engine::{ActivationEnd, ContactView, Limits};
 
 /// What a segment's result can depend on, so that only affected segments are re-evaluated.
@@ -54,15 +54,6 @@ pub struct LoadedScoring {
     pub settings: ScoringDecl,
     /// Rules in file order.
     pub rules: Vec<RuleDecl>,
-}
-
-fn line_range(source: &str, line: usize) -> std::ops::Range<usize> {
-    let start = line_col_to_offset(source, line.max(1), 1);
-    let end = source[start..]
-        .find('\n')
-        .map(|i| start + i)
-        .unwrap_or(source.len());
-    start..end
 }
 
 fn deps_of(ast: &AST) -> SegmentDeps {
