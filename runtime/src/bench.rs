@@ -185,6 +185,17 @@ fn wait_for_runs(d: &RunningDaemon, workflow: &str, n: usize, status: &str) -> R
     }
 }
 
+/// Start a daemon on a free loopback port for a benchmark project.
+fn start_daemon(dir: &Path, watch: bool) -> Result<RunningDaemon> {
+    Ok(RunningDaemon::start(Options {
+        project: dir.into(),
+        listen: Some("127.0.0.1:0".into()),
+        data: None,
+        test_clock: false,
+        watch,
+    })?)
+}
+
 /// Run every benchmark and print a report.
 pub fn run(args: BenchArgs) -> Result<()> {
     println!(
@@ -201,13 +212,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let dir = tempfile::tempdir()?;
     project(dir.path(), "workflow(\"bench\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    send(\"email\", \"hello\");\n}\n")?;
-    let d = RunningDaemon::start(Options {
-        project: dir.path().into(),
-        listen: Some("127.0.0.1:0".into()),
-        data: None,
-        test_clock: false,
-        watch: false,
-    })?;
+    let d = start_daemon(dir.path(), false)?;
     let url = d.url();
     let ingest = ingest_http(
         &url,
@@ -255,13 +260,7 @@ fn reloads(n: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let base = "workflow(\"bench\").on_event(\"go\");\nfn run(contact, trigger) {\n    send(\"email\", \"hello\");\n}\n";
     project(dir.path(), base)?;
-    let d = RunningDaemon::start(Options {
-        project: dir.path().into(),
-        listen: Some("127.0.0.1:0".into()),
-        data: None,
-        test_clock: false,
-        watch: true,
-    })?;
+    let d = start_daemon(dir.path(), true)?;
     let mut times = Vec::with_capacity(n);
     for i in 0..n {
         let source = format!("{base}// revision {i}\n");
@@ -467,13 +466,7 @@ fn audience(args: &BenchArgs) -> Result<()> {
             }
             std::fs::write(dir.path().join("scoring.rhai"), scoring)?;
         }
-        let d = RunningDaemon::start(Options {
-            project: dir.path().into(),
-            listen: Some("127.0.0.1:0".into()),
-            data: None,
-            test_clock: false,
-            watch: false,
-        })?;
+        let d = start_daemon(dir.path(), false)?;
         let start = Instant::now();
         ingest_http(&d.url(), n, users, args.batch, args.clients, &EVENT_NAMES)?;
         d.shared.engine.barrier();
@@ -520,13 +513,7 @@ fn backfill(n: usize) -> Result<()> {
         "segment(\"pro\");\nfn matches(contact) { contact.plan == \"pro\" }\n",
     )?;
     let start = Instant::now();
-    let d = RunningDaemon::start(Options {
-        project: dir.path().into(),
-        listen: Some("127.0.0.1:0".into()),
-        data: None,
-        test_clock: false,
-        watch: false,
-    })?;
+    let d = start_daemon(dir.path(), false)?;
     loop {
         let b = d.shared.engine.backfill.lock().expect("backfill").clone();
         if !b.running && b.finished_at.is_some() {
@@ -614,13 +601,7 @@ fn channels(n: usize, batch: usize, clients: usize) -> Result<()> {
         project(dir.path(), "workflow(\"bench\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    action(\"hook\", \"event\", #{ n: 1 });\n}\n")?;
         let toml = std::fs::read_to_string(dir.path().join("herald.toml"))?;
         std::fs::write(dir.path().join("herald.toml"), format!("{toml}\n{table}"))?;
-        let d = RunningDaemon::start(Options {
-            project: dir.path().into(),
-            listen: Some("127.0.0.1:0".into()),
-            data: None,
-            test_clock: false,
-            watch: false,
-        })?;
+        let d = start_daemon(dir.path(), false)?;
         let start = Instant::now();
         ingest_http(&d.url(), n, n, batch, clients, &["go"])?;
         wait_for_runs(&d, "bench", n, "completed")?;
