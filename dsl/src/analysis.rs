@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rhai::{ASTNode, Dynamic, Engine, EvalAltResult, Expr, Position, Scope, AST};
 
 use crate::api::{self, ArgType};
-use crate::decl::{collect_declarations, Trigger, WorkflowDecl};
+use crate::decl::{collect_declarations, Declared, Trigger, WorkflowDecl};
 use crate::diagnostic::{line_col_to_offset, token_range, Diagnostic};
 
 /// What a script may refer to in its project.
@@ -125,6 +125,24 @@ pub fn load_workflow(
     }
 }
 
+/// Compile a script (imports embedded) and run its top level to collect what it declares.
+/// A compile error is `Err` (H001); an error while running the top level comes back as the
+/// third element (H009) alongside whatever was declared before it.
+pub(crate) fn compile_and_declare(
+    engine: &Engine,
+    file: &str,
+    source: &str,
+) -> Result<(AST, Declared, Option<Diagnostic>), Box<Diagnostic>> {
+    let ast = engine
+        .compile_into_self_contained(&Scope::new(), source)
+        .map_err(|e| Box::new(error_diagnostic("H001", file, source, &e)))?;
+    let (result, declared) = collect_declarations(|| engine.run_ast(&ast));
+    let load_error = result
+        .err()
+        .map(|e| error_diagnostic("H009", file, source, &e));
+    Ok((ast, declared, load_error))
+}
+
 /// Check one workflow script. With a [`ProjectContext`], also lint references to channels,
 /// templates and workflows.
 pub fn check_script(
@@ -134,10 +152,10 @@ pub fn check_script(
     project: Option<&ProjectContext>,
 ) -> ScriptReport {
     let mut diagnostics = Vec::new();
-    let ast = match engine.compile_into_self_contained(&Scope::new(), source) {
-        Ok(ast) => ast,
-        Err(err) => {
-            diagnostics.push(error_diagnostic("H001", file, source, &err));
+    let (ast, declared, load_error) = match compile_and_declare(engine, file, source) {
+        Ok(loaded) => loaded,
+        Err(d) => {
+            diagnostics.push(*d);
             return ScriptReport {
                 workflow: None,
                 diagnostics,
@@ -147,10 +165,8 @@ pub fn check_script(
 
     lint_calls(&ast, file, source, project, &mut diagnostics);
 
-    let (result, declared) = collect_declarations(|| engine.run_ast(&ast));
     let decls = declared.workflows;
-    if let Err(err) = result {
-        let d = error_diagnostic("H009", file, source, &err);
+    if let Some(d) = load_error {
         // A call already reported by a lint fails again when evaluated: say it once.
         if !diagnostics.iter().any(|x| x.range.start == d.range.start) {
             diagnostics.push(d);
@@ -344,10 +360,6 @@ fn accepts(ty: ArgType, literal: &str) -> bool {
     }
 }
 
-fn expr_position(expr: &Expr) -> Position {
-    expr.position()
-}
-
 fn lint_calls(
     ast: &AST,
     file: &str,
@@ -412,7 +424,7 @@ fn lint_calls(
                     Diagnostic::error(
                         "H006",
                         file,
-                        pos_range(source, expr_position(arg)),
+                        pos_range(source, arg.position()),
                         format!(
                             "argument `{pname}` of `{name}` must be {}, found {lit}",
                             pty.label()

@@ -15,6 +15,7 @@ pub mod diagnostic;
 pub mod engine;
 pub mod host;
 pub mod segment;
+pub mod template;
 pub mod value;
 
 pub use analysis::{check_script, load_workflow, LoadedWorkflow, ProjectContext};

@@ -22,8 +22,8 @@ use std::collections::BTreeSet;
 
 use rhai::{ASTNode, Dynamic, Engine, Expr, Scope, AST};
 
-use crate::analysis::{error_diagnostic, line_range};
-use crate::decl::{collect_declarations, RuleDecl, ScoringDecl, SegmentDecl};
+use crate::analysis::{compile_and_declare, line_range};
+use crate::decl::{RuleDecl, ScoringDecl, SegmentDecl};
 use crate::diagnostic::Diagnostic;
 use crate::engine::{ActivationEnd, ContactView, Limits};
 
@@ -101,14 +101,11 @@ pub fn check_segment(
     known_segments: Option<&BTreeSet<String>>,
 ) -> (Option<LoadedSegment>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
-    let ast = match engine.compile_into_self_contained(&Scope::new(), source) {
-        Ok(a) => a,
-        Err(e) => return (None, vec![error_diagnostic("H001", file, source, &e)]),
+    let (ast, declared, load_error) = match compile_and_declare(engine, file, source) {
+        Ok(loaded) => loaded,
+        Err(d) => return (None, vec![*d]),
     };
-    let (result, declared) = collect_declarations(|| engine.run_ast(&ast));
-    if let Err(e) = result {
-        diags.push(error_diagnostic("H009", file, source, &e));
-    }
+    diags.extend(load_error);
     if !declared.workflows.is_empty() || declared.scoring.is_some() || !declared.rules.is_empty() {
         diags.push(
             Diagnostic::error(
@@ -191,14 +188,11 @@ pub fn check_scoring(
     source: &str,
 ) -> (Option<LoadedScoring>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
-    let ast = match engine.compile_into_self_contained(&Scope::new(), source) {
-        Ok(a) => a,
-        Err(e) => return (None, vec![error_diagnostic("H001", file, source, &e)]),
+    let (_, declared, load_error) = match compile_and_declare(engine, file, source) {
+        Ok(loaded) => loaded,
+        Err(d) => return (None, vec![*d]),
     };
-    let (result, declared) = collect_declarations(|| engine.run_ast(&ast));
-    if let Err(e) = result {
-        diags.push(error_diagnostic("H009", file, source, &e));
-    }
+    diags.extend(load_error);
     for r in &declared.rules {
         if r.condition.is_none() {
             diags.push(

@@ -280,7 +280,9 @@ impl Workspace {
 
     fn template_facts(&self, path: &Path, text: &str) -> (TemplateInfo, BTreeSet<String>) {
         let error = compile_template(&self.parser, text).err();
-        let fields = split_front_matter(text).map(|(f, _)| f).unwrap_or_default();
+        let fields = herald_dsl::template::split_front_matter(text)
+            .map(|(f, _)| f)
+            .unwrap_or_default();
         let attrs = template_attributes(text);
         (
             TemplateInfo {
@@ -432,46 +434,9 @@ fn template_attributes(text: &str) -> BTreeSet<String> {
     out
 }
 
-/// Front matter split exactly as the daemon's `templates.rs` does it.
-type FrontMatter = Vec<(String, String)>;
-
-fn split_front_matter(text: &str) -> Result<(FrontMatter, &str), String> {
-    let Some(rest) = text
-        .strip_prefix("---\n")
-        .or_else(|| text.strip_prefix("---\r\n"))
-    else {
-        return Ok((Vec::new(), text));
-    };
-    let end = rest
-        .find("\n---")
-        .ok_or("front matter opened with --- is never closed")?;
-    let (head, tail) = rest.split_at(end);
-    let body = tail[4..]
-        .trim_start_matches(['\r'])
-        .strip_prefix('\n')
-        .unwrap_or(&tail[4..]);
-    let mut fields = Vec::new();
-    for (i, line) in head.lines().enumerate() {
-        let line = line.trim_end();
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| format!("front matter line {} is not `key: value`", i + 2))?;
-        let v = v.trim();
-        let v = v
-            .strip_prefix('"')
-            .and_then(|x| x.strip_suffix('"'))
-            .unwrap_or(v);
-        fields.push((k.trim().to_string(), v.to_string()));
-    }
-    Ok((fields, body))
-}
-
 /// Compile a template as the daemon does: every front-matter value and the body are Liquid.
 fn compile_template(parser: &liquid::Parser, text: &str) -> Result<(), String> {
-    let (fields, body) = split_front_matter(text)?;
+    let (fields, body) = herald_dsl::template::split_front_matter(text)?;
     for (k, v) in fields {
         parser
             .parse(&v)

@@ -77,6 +77,13 @@ impl From<crate::engine::EngineError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Run blocking engine work off the async executor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
 /// Parse a JSON request body into `T`, with a JSON error naming what is wrong.
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| {
@@ -320,31 +327,18 @@ fn find_contact(shared: &Shared, id: &str) -> ApiResult<crate::model::Contact> {
     if cid.is_none() {
         cid = store.identity(IdKind::Anonymous, id)?;
     }
-    let mut cid = cid.ok_or_else(|| {
+    // Follow merges to the contact that now holds the history.
+    let contact = match cid {
+        Some(c) => shared.engine.live_contact(&c)?,
+        None => None,
+    };
+    contact.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "contact_not_found",
             format!("no contact with id, userId or anonymousId \"{id}\""),
         )
-    })?;
-    for _ in 0..16 {
-        let c = store.contact(&cid)?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "contact_not_found",
-                "contact vanished",
-            )
-        })?;
-        match c.merged_into {
-            Some(next) => cid = next,
-            None => return Ok(c),
-        }
-    }
-    Err(ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "merge_loop",
-        "contact merge chain too long",
-    ))
+    })
 }
 
 fn run_summary(r: &crate::model::Run) -> Value {
@@ -483,11 +477,7 @@ async fn resolve_step(
         )
     })?;
     let engine = shared.engine.clone();
-    tokio::task::spawn_blocking(move || engine.resolve_step(&run, step, body.delivered))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+    blocking(move || engine.resolve_step(&run, step, body.delivered)).await??;
     Ok(Json(json!({"resolved": true})))
 }
 
@@ -528,20 +518,14 @@ async fn start_run(
     } else {
         body.properties
     };
-    let id = tokio::task::spawn_blocking(move || engine.start_manual(&name, &c.id, props))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+    let id = blocking(move || engine.start_manual(&name, &c.id, props)).await??;
     Ok((StatusCode::CREATED, Json(json!({"run": id}))).into_response())
 }
 
 async fn reload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     check_admin(&shared, &headers)?;
     let s = shared.clone();
-    let result = tokio::task::spawn_blocking(move || s.reload())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let result = blocking(move || s.reload()).await?;
     match result {
         Ok(changed) => Ok(Json(json!({"reloaded": true, "changed": changed}))),
         Err(report) => Err(ApiError::new(
@@ -580,7 +564,7 @@ struct ClockBody {
 async fn test_clock(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
-    Json(body): Json<ClockBody>,
+    body: Bytes,
 ) -> ApiResult<Json<Value>> {
     if !shared.test_clock {
         return Err(ApiError::new(
@@ -590,11 +574,10 @@ async fn test_clock(
         ));
     }
     check_admin(&shared, &headers)?;
+    let body: ClockBody = parse_json(&body)?;
     // Let everything already accepted settle first, so that moving time is deterministic.
     let engine = shared.engine.clone();
-    tokio::task::spawn_blocking(move || engine.barrier())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    blocking(move || engine.barrier()).await?;
     let clock = &shared.engine.clock;
     let target = match (body.set_ms, body.advance_ms) {
         (Some(t), _) => t,
@@ -797,9 +780,8 @@ async fn provider_webhook(
             .collect(),
         body: body.to_vec(),
     };
-    let events = tokio::task::spawn_blocking(move || plugin.parse_webhook(&req))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    let events = blocking(move || plugin.parse_webhook(&req))
+        .await?
         .map_err(|e| {
             shared.engine.metrics.rejected("webhook_rejected");
             ApiError::new(StatusCode::BAD_REQUEST, "webhook_rejected", e.to_string())

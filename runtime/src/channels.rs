@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -249,8 +249,6 @@ pub struct PluginLoader {
     cache: Option<PathBuf>,
     host: std::sync::OnceLock<Result<Arc<herald_plugin_host::PluginHost>, String>>,
 }
-
-use std::sync::Arc;
 
 impl PluginLoader {
     /// A loader caching compiled components in `cache` (none: compile in memory each time).

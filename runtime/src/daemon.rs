@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::clock::{Clock, ManualClock, SystemClock};
-use crate::engine::{limits_from, Engine};
+use crate::engine::Engine;
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;
 use crate::project::Project;
@@ -182,7 +182,6 @@ impl RunningDaemon {
         let checker = herald_dsl::build_engine(&limits);
         let (project, report) = Project::load(&opts.project, &checker);
         let project = project.ok_or_else(|| DaemonError::Project(report.render(false)))?;
-        let _ = limits_from(&project.config.engine);
         let data = opts
             .data
             .clone()

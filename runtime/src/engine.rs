@@ -1118,13 +1118,12 @@ impl RunHost {
         }
     }
 
-    fn durable(&self, st: &mut RunState) -> Result<(), Interrupt> {
+    /// Make the journal durable before going on (an effect's intent, its result).
+    fn durable(&self) -> Result<(), Interrupt> {
         self.engine
             .flusher
             .commit_blocking()
-            .map_err(|e| Interrupt::Park(format!("storage flush failed: {e}")))?;
-        let _ = st;
-        Ok(())
+            .map_err(|e| Interrupt::Park(format!("storage flush failed: {e}")))
     }
 
     fn new_step(&self, st: &RunState, call: &StepCall, line: Option<usize>, input: Value) -> Step {
@@ -1273,7 +1272,7 @@ impl RunHost {
                     "storage failed while recording an intent".into(),
                 ));
             }
-            self.durable(st)?;
+            self.durable()?;
         } else {
             step.attempts += 1;
         }
@@ -1354,7 +1353,7 @@ impl RunHost {
                 st.store_error = Some(e);
             }
         }
-        self.durable(st)?;
+        self.durable()?;
         if value.is_ok() || step.status == StepStatus::Failed {
             st.cursor += 1;
         }

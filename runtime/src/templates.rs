@@ -58,63 +58,6 @@ fn parser() -> liquid::Parser {
         .expect("the liquid stdlib parser builds")
 }
 
-/// A front-matter value as YAML reads a scalar: `"..."` with `\"` and `\\` escapes,
-/// `'...'` with `''` for a quote, or the bare text.
-fn unquote(v: &str) -> String {
-    if let Some(inner) = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
-        let mut out = String::new();
-        let mut chars = inner.chars();
-        while let Some(c) = chars.next() {
-            if c == '\\' {
-                match chars.next() {
-                    Some('n') => out.push('\n'),
-                    Some(o) => out.push(o),
-                    None => out.push('\\'),
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    } else if let Some(inner) = v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')) {
-        inner.replace("''", "'")
-    } else {
-        v.to_string()
-    }
-}
-
-/// Split `---` front matter from the body. Front matter is `key: value` lines.
-type FrontMatter = Vec<(String, String)>;
-
-fn split_front_matter(text: &str) -> Result<(FrontMatter, &str), String> {
-    let Some(rest) = text
-        .strip_prefix("---\n")
-        .or_else(|| text.strip_prefix("---\r\n"))
-    else {
-        return Ok((Vec::new(), text));
-    };
-    let end = rest
-        .find("\n---")
-        .ok_or("front matter opened with --- is never closed")?;
-    let (head, tail) = rest.split_at(end);
-    let body = tail[4..]
-        .trim_start_matches(['\r'])
-        .strip_prefix('\n')
-        .unwrap_or(&tail[4..]);
-    let mut fields = Vec::new();
-    for (i, line) in head.lines().enumerate() {
-        let line = line.trim_end();
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| format!("front matter line {} is not `key: value`", i + 2))?;
-        fields.push((k.trim().to_string(), unquote(v.trim())));
-    }
-    Ok((fields, body))
-}
-
 impl Templates {
     /// Load every `*.liquid` file of `dir` (missing directory: no templates).
     pub fn load(dir: &Path) -> (Templates, Vec<TemplateError>) {
@@ -168,7 +111,7 @@ impl Templates {
     }
 
     fn compile(parser: &liquid::Parser, text: &str, mjml: bool) -> Result<Template, String> {
-        let (fields, body) = split_front_matter(text)?;
+        let (fields, body) = herald_dsl::template::split_front_matter(text)?;
         if mjml {
             mrml::parse(body).map_err(|e| format!("MJML: {e}"))?;
         }
