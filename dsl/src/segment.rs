@@ -34,6 +34,26 @@ pub struct SegmentDeps {
     pub events: Option<BTreeSet<String>>,
     /// Other segments it reads with `in_segment`.
     pub segments: BTreeSet<String>,
+    /// Contact attributes it reads (`contact.plan`, `contact["plan"]`); `None` when the
+    /// contact is used in a way that can read any attribute (passed to a function, printed,
+    /// indexed with a computed key). The lead score and stage are the attributes `score` and
+    /// `stage`; `segments` lists the contact's memberships.
+    pub attributes: Option<BTreeSet<String>>,
+}
+
+impl SegmentDeps {
+    /// Whether the result can change when any of `changed` attributes changes.
+    pub fn reads_any(&self, changed: &[&str]) -> bool {
+        match &self.attributes {
+            None => !changed.is_empty(),
+            Some(a) => changed.iter().any(|c| a.contains(*c)),
+        }
+    }
+
+    /// Whether the result can change when the membership of `segment` changes.
+    pub fn reads_segment(&self, segment: &str) -> bool {
+        self.segments.contains(segment) || self.reads_any(&["segments"])
+    }
 }
 
 /// A compiled segment.
@@ -60,7 +80,51 @@ fn deps_of(ast: &AST) -> SegmentDeps {
     let mut events = BTreeSet::new();
     let mut segments = BTreeSet::new();
     let mut dynamic = false;
+    // The name `matches` gives its contact parameter.
+    let param = ast
+        .iter_functions()
+        .find(|f| f.name == "matches" && f.params.len() == 1)
+        .map(|f| f.params[0].to_string());
+    let mut attributes = Some(BTreeSet::new());
     ast.walk(&mut |path: &[ASTNode]| {
+        if let (Some(ASTNode::Expr(var @ Expr::Variable(v, ..))), Some(param)) =
+            (path.last(), param.as_deref())
+        {
+            if v.1.as_str() == param {
+                let read = match path.len().checked_sub(2).map(|i| &path[i]) {
+                    Some(ASTNode::Expr(Expr::Dot(x, ..))) if std::ptr::eq(&x.lhs, *var) => {
+                        match &x.rhs {
+                            Expr::Property(p, ..) => Some(p.2.to_string()),
+                            // `contact.address.city`, `contact.tags.len()`
+                            Expr::Dot(y, ..) | Expr::Index(y, ..) => match &y.lhs {
+                                Expr::Property(p, ..) => Some(p.2.to_string()),
+                                _ => None,
+                            },
+                            _ => None,
+                        }
+                    }
+                    Some(ASTNode::Expr(Expr::Index(x, ..))) if std::ptr::eq(&x.lhs, *var) => {
+                        match &x.rhs {
+                            Expr::StringConstant(s, ..) => Some(s.to_string()),
+                            Expr::Dot(y, ..) | Expr::Index(y, ..) => match &y.lhs {
+                                Expr::StringConstant(s, ..) => Some(s.to_string()),
+                                _ => None,
+                            },
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                match (read, attributes.as_mut()) {
+                    (Some(name), Some(set)) => {
+                        set.insert(name);
+                    }
+                    (None, _) => attributes = None,
+                    _ => {}
+                }
+            }
+            return true;
+        }
         let call = match path.last() {
             Some(ASTNode::Expr(Expr::FnCall(call, _))) => call,
             Some(ASTNode::Stmt(rhai::Stmt::FnCall(call, _))) => call,
@@ -89,6 +153,7 @@ fn deps_of(ast: &AST) -> SegmentDeps {
     SegmentDeps {
         events: (!dynamic).then_some(events),
         segments,
+        attributes,
     }
 }
 
@@ -252,5 +317,70 @@ pub fn evaluate_segment(engine: &Engine, ast: &AST, limits: &Limits) -> Result<b
             }),
             other => Err(format!("segment evaluation ended unexpectedly: {other:?}")),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deps(body: &str) -> SegmentDeps {
+        let engine = crate::build_engine(&Limits::default());
+        let src = format!("segment(\"s\");\nfn matches(c) {{\n{body}\n}}\n");
+        let (loaded, diags) = check_segment(&engine, "s.rhai", &src, None);
+        assert!(diags.is_empty(), "{diags:?}");
+        loaded.expect("segment loads").deps
+    }
+
+    fn set(items: &[&str]) -> Option<BTreeSet<String>> {
+        Some(items.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn deps_list_the_attributes_a_segment_reads() {
+        let d = deps(
+            r#"c.plan == "pro" && c["country"] == "NL" && c.address.city != "" && c.tags.len() > 1"#,
+        );
+        assert_eq!(d.attributes, set(&["address", "country", "plan", "tags"]));
+        assert_eq!(d.events, set(&[]));
+        assert!(d.reads_any(&["plan"]));
+        assert!(!d.reads_any(&["score", "stage"]));
+        assert!(!d.reads_segment("other"));
+    }
+
+    #[test]
+    fn behaviour_only_segments_read_no_attributes() {
+        let d = deps(r#"count("order_completed", days(30)) == 0 && in_segment("customers")"#);
+        assert_eq!(d.attributes, set(&[]));
+        assert_eq!(d.events, set(&["order_completed"]));
+        assert!(!d.reads_any(&["score", "stage", "plan"]));
+        assert!(d.reads_segment("customers"));
+        assert!(!d.reads_segment("other"));
+    }
+
+    #[test]
+    fn a_contact_used_as_a_whole_can_read_anything() {
+        for body in [
+            "helper(c)",
+            "let k = \"plan\"; c[k] == \"pro\"",
+            "c.to_string().len() > 0",
+        ] {
+            let src = format!("segment(\"s\");\nfn helper(x) {{ x.plan == \"pro\" }}\nfn matches(c) {{\n{body}\n}}\n");
+            let engine = crate::build_engine(&Limits::default());
+            let (loaded, diags) = check_segment(&engine, "s.rhai", &src, None);
+            assert!(diags.is_empty(), "{body}: {diags:?}");
+            let d = loaded.expect("loads").deps;
+            assert_eq!(d.attributes, None, "{body}");
+            assert!(d.reads_any(&["score"]), "{body}");
+            assert!(d.reads_segment("any"), "{body}");
+        }
+    }
+
+    #[test]
+    fn reading_memberships_through_the_contact_depends_on_every_segment() {
+        let d = deps(r#"c.segments.contains("vip") || c.score >= 50"#);
+        assert_eq!(d.attributes, set(&["score", "segments"]));
+        assert!(d.reads_segment("vip"));
+        assert!(d.reads_any(&["score"]));
     }
 }

@@ -355,7 +355,10 @@ async fn contact(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     check_admin(&shared, &headers)?;
-    let c = find_contact(&shared, &id)?;
+    let mut c = find_contact(&shared, &id)?;
+    let aud = shared.engine.store.audience(&c.id)?;
+    shared.engine.overlay(&mut c, aud.as_ref());
+    let segments: Vec<&String> = aud.iter().flat_map(|a| a.member_of()).collect();
     let events = shared.engine.store.recent_events(&c.id, 50)?;
     let runs: Vec<Value> = shared
         .engine
@@ -368,7 +371,7 @@ async fn contact(
         "id": c.id, "attributes": c.attributes, "user_ids": c.user_ids, "anonymous_ids": c.anonymous_ids,
         "groups": c.groups, "created_at": c.created_at, "updated_at": c.updated_at,
         "recent_events": events, "runs": runs,
-        "segments": shared.engine.store.segments_of(&c.id)?,
+        "segments": segments,
     })))
 }
 

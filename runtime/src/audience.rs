@@ -7,7 +7,9 @@
 //! oldest counted event leaving a rolling window, a score decaying below a stage threshold);
 //! the earliest such moment becomes a timer, so "no purchase in 30 days" turns true by itself.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use herald_dsl::{
@@ -17,8 +19,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::engine::{Engine, EngineError, Job, ProjectState};
-use crate::model::{AudienceState, Contact, Contribution, Event, Membership, SegmentChange};
-use crate::store::Timer;
+use crate::model::{
+    AudienceState, Contact, Contribution, Event, EventFact, Membership, SegmentChange,
+};
+use crate::store::{Store, Timer};
 
 /// Timers whose run id starts with this re-evaluate a contact's audience instead.
 pub const TIMER_PREFIX: &str = "~audience:";
@@ -73,11 +77,11 @@ impl ProjectState {
         !self.segments.is_empty() || self.scoring.is_some()
     }
 
-    /// Segments that read `segment` with `in_segment`.
+    /// Segments whose result can depend on the membership of `segment`.
     fn dependents(&self, segment: &str) -> Vec<String> {
         self.segments
             .iter()
-            .filter(|(_, s)| s.loaded.deps.segments.contains(segment))
+            .filter(|(n, s)| n.as_str() != segment && s.loaded.deps.reads_segment(segment))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -119,6 +123,11 @@ fn compare(op: &str, got: Option<&Value>, want: &Value) -> bool {
     }
 }
 
+/// A score as contacts show it: two decimals.
+fn round_score(score: f64) -> f64 {
+    (score * 100.0).round() / 100.0
+}
+
 /// Points from attribute rules for a contact's current attributes.
 fn attribute_points(state: &ProjectState, contact: &Contact) -> Vec<(String, f64)> {
     let Some(sc) = &state.scoring else {
@@ -138,20 +147,40 @@ fn attribute_points(state: &ProjectState, contact: &Contact) -> Vec<(String, f64
         .collect()
 }
 
-/// Host for segment evaluation: reads the contact, answers behaviour queries from its
-/// events, and notes when an answer will change by itself.
-struct SegmentHost {
-    snapshot: Value,
-    events: Arc<Vec<Event>>,
+/// What segment evaluations of one contact share: the contact's view and events, read once
+/// and only when a segment asks for them.
+struct SegmentData {
+    store: Arc<dyn Store>,
+    contact: Contact,
+    snapshot: Option<Value>,
+    events: Option<Vec<EventFact>>,
     members: BTreeSet<String>,
     now: i64,
-    expiry: std::rc::Rc<std::cell::Cell<Option<i64>>>,
+    /// The earliest moment a counted event leaves its window, over the evaluations so far.
+    expiry: Option<i64>,
 }
+
+impl SegmentData {
+    fn set_member(&mut self, segment: &str, member: bool) {
+        if member {
+            self.members.insert(segment.to_string());
+        } else {
+            self.members.remove(segment);
+        }
+        if let Some(s) = &mut self.snapshot {
+            s["segments"] = json!(self.members);
+        }
+    }
+}
+
+/// Host for segment evaluation: reads the contact, answers behaviour queries from its
+/// events, and notes when an answer will change by itself.
+struct SegmentHost(Rc<RefCell<SegmentData>>);
 
 impl Host for SegmentHost {
     fn step(&mut self, call: StepCall, _line: Option<usize>) -> Result<Value, Interrupt> {
         match call {
-            StepCall::Now => Ok(json!(self.now)),
+            StepCall::Now => Ok(json!(self.0.borrow().now)),
             other => Err(Interrupt::Fail(format!(
                 "`{}` is a workflow step; segments only read data",
                 other.kind()
@@ -160,16 +189,32 @@ impl Host for SegmentHost {
     }
 
     fn contact_attr(&mut self, key: &str) -> Value {
+        let mut d = self.0.borrow_mut();
+        let d = &mut *d;
+        let snapshot = d.snapshot.get_or_insert_with(|| {
+            let mut s = d.contact.snapshot();
+            s["segments"] = json!(d.members);
+            s
+        });
         if key == "*" {
-            return self.snapshot.clone();
+            return snapshot.clone();
         }
-        self.snapshot.get(key).cloned().unwrap_or(Value::Null)
+        snapshot.get(key).cloned().unwrap_or(Value::Null)
     }
 
     fn log(&mut self, _message: &str) {}
 
     fn query(&mut self, q: Query) -> Result<Value, Interrupt> {
-        let events = self.events.clone();
+        let mut d = self.0.borrow_mut();
+        let d = &mut *d;
+        if d.events.is_none() && !matches!(q, Query::InSegment { .. }) {
+            let events = d
+                .store
+                .event_facts(&d.contact.id)
+                .map_err(|e| Interrupt::Fail(format!("reading the contact's events: {e}")))?;
+            d.events = Some(events);
+        }
+        let events = d.events.as_deref().unwrap_or_default();
         let named = |name: String| events.iter().filter(move |e| e.event == name);
         Ok(match q {
             Query::Count {
@@ -177,18 +222,16 @@ impl Host for SegmentHost {
                 filter,
                 window_ms,
             } => {
-                let from = self.now - window_ms;
-                let filter = filter.as_object().cloned().unwrap_or_default();
+                let now = d.now;
+                let from = now - window_ms;
+                let empty = serde_json::Map::new();
+                let filter = filter.as_object().unwrap_or(&empty);
                 let mut n = 0;
                 for e in named(event) {
-                    if e.timestamp > from
-                        && e.timestamp <= self.now
-                        && herald_dsl::decl::matches_filter(&filter, &e.properties)
-                    {
+                    if e.timestamp > from && e.timestamp <= now && e.matches(filter) {
                         n += 1;
                         let leaves = e.timestamp + window_ms;
-                        self.expiry
-                            .set(Some(self.expiry.get().map_or(leaves, |x| x.min(leaves))));
+                        d.expiry = Some(d.expiry.map_or(leaves, |x| x.min(leaves)));
                     }
                 }
                 json!(n)
@@ -201,7 +244,7 @@ impl Host for SegmentHost {
                 .map(|e| e.timestamp)
                 .min()
                 .map_or(Value::Null, |t| json!(t)),
-            Query::InSegment { segment } => json!(self.members.contains(&segment)),
+            Query::InSegment { segment } => json!(d.members.contains(&segment)),
         })
     }
 }
@@ -209,11 +252,30 @@ impl Host for SegmentHost {
 impl Engine {
     /// A contact's view for scripts and templates: attributes, score, stage, segments.
     pub fn snapshot_of(&self, contact: &Contact) -> Value {
-        let mut v = contact.snapshot();
-        if let Ok(segments) = self.store.segments_of(&contact.id) {
-            v["segments"] = json!(segments);
-        }
+        let aud = self.store.audience(&contact.id).ok().flatten();
+        let mut c = contact.clone();
+        self.overlay(&mut c, aud.as_ref());
+        let mut v = c.snapshot();
+        v["segments"] = json!(aud
+            .as_ref()
+            .map(|a| a.member_of().collect::<Vec<_>>())
+            .unwrap_or_default());
         v
+    }
+
+    /// Put the lead score and stage of the last audience evaluation into the contact's
+    /// attributes, as scripts, templates and the API see them.
+    pub fn overlay(&self, contact: &mut Contact, aud: Option<&AudienceState>) {
+        if self.state().scoring.is_none() {
+            return;
+        }
+        if let Some(stage) = aud.and_then(|a| a.stage.as_ref()) {
+            let score = aud.map_or(0.0, |a| a.score);
+            contact
+                .attributes
+                .insert("score".into(), json!(round_score(score)));
+            contact.attributes.insert("stage".into(), json!(stage));
+        }
     }
 
     pub(crate) fn audience_timer(&self, contact: &str) -> Result<(), EngineError> {
@@ -236,13 +298,26 @@ impl Engine {
         event: Option<&Event>,
         only: Option<&BTreeSet<String>>,
     ) -> Result<(), EngineError> {
+        if !self.state().has_audience() {
+            return Ok(());
+        }
+        match self.live_contact(contact_id)? {
+            Some(contact) => self.evaluate_audience_of(contact, event, only),
+            None => Ok(()),
+        }
+    }
+
+    /// [`evaluate_audience`](Self::evaluate_audience) for a contact already read.
+    pub(crate) fn evaluate_audience_of(
+        &self,
+        mut contact: Contact,
+        event: Option<&Event>,
+        only: Option<&BTreeSet<String>>,
+    ) -> Result<(), EngineError> {
         let state = self.state();
         if !state.has_audience() {
             return Ok(());
         }
-        let Some(mut contact) = self.live_contact(contact_id)? else {
-            return Ok(());
-        };
         let now = self.clock.now_ms();
         let mut aud = self.store.audience(&contact.id)?.unwrap_or_default();
         let mut wake: Option<i64> = None;
@@ -307,19 +382,14 @@ impl Engine {
                     }
                 }
             }
-            score_changed = (score - old_score).abs() > 1e-9 || aud.stage.is_none();
             aud.score = score;
             aud.stage = Some(stage.clone());
-            let rounded = (score * 100.0).round() / 100.0;
-            let attrs_changed = contact.attributes.get("score").and_then(Value::as_f64)
-                != Some(rounded)
-                || contact.attributes.get("stage").and_then(Value::as_str) != Some(stage.as_str());
-            if attrs_changed {
-                contact.attributes.insert("score".into(), json!(rounded));
-                contact.attributes.insert("stage".into(), json!(stage));
-                contact.updated_at = now;
-                self.store.put_contact(&contact)?;
-            }
+            let rounded = round_score(score);
+            // Score and stage are part of the contact's view, not of its stored record (which
+            // ingest owns): scripts, templates and the API see them through `overlay`.
+            score_changed = round_score(old_score) != rounded || old_stage != stage;
+            contact.attributes.insert("score".into(), json!(rounded));
+            contact.attributes.insert("stage".into(), json!(stage));
             for wf in state.workflows.values() {
                 for t in &wf.loaded.decl.triggers {
                     let (fire, props, tag) = match t {
@@ -345,6 +415,8 @@ impl Engine {
                         };
                         let trigger = json!({"type": kind, "event": kind, "properties": props, "timestamp": now});
                         let id = format!("{}-{}-{}-{}", wf.loaded.decl.name, tag, contact.id, now);
+                        // The run's view of the contact is read from the store.
+                        self.store.put_audience(&contact.id, &aud)?;
                         self.start_run(wf, &contact, trigger, id, true)?;
                     }
                 }
@@ -353,8 +425,17 @@ impl Engine {
 
         // Segments.
         if !state.segments.is_empty() {
-            let attributes_changed =
-                event.is_some_and(|e| matches!(e.kind.as_str(), "identify" | "group"));
+            // Attributes this evaluation may see changed.
+            let mut changed: Vec<&str> = Vec::new();
+            if let Some(e) = event.filter(|e| matches!(e.kind.as_str(), "identify" | "group")) {
+                changed.extend(["id", "user_id", "groups"]);
+                if let Some(p) = e.properties.as_object() {
+                    changed.extend(p.keys().map(String::as_str));
+                }
+            }
+            if score_changed {
+                changed.extend(["score", "stage"]);
+            }
             let mut todo: BTreeSet<String> = match (only, event) {
                 (Some(o), _) => o
                     .iter()
@@ -366,20 +447,32 @@ impl Engine {
                     .segments
                     .iter()
                     .filter(|(_, s)| {
-                        attributes_changed
-                            || score_changed
-                            || s.loaded
-                                .deps
-                                .events
-                                .as_ref()
-                                .is_none_or(|ev| ev.contains(&e.event))
+                        let deps = &s.loaded.deps;
+                        deps.reads_any(&changed)
+                            || deps.events.as_ref().is_none_or(|ev| ev.contains(&e.event))
                     })
                     .map(|(n, _)| n.clone())
+                    .chain(
+                        // Windows that have run out since: their timer may not have fired yet.
+                        aud.expiries
+                            .iter()
+                            .filter(|(_, at)| **at <= now)
+                            .map(|(n, _)| n.clone()),
+                    )
                     .collect(),
             };
-            let mut members: BTreeSet<String> =
-                self.store.segments_of(&contact.id)?.into_iter().collect();
-            let events = Arc::new(self.store.events_of(&contact.id)?);
+            aud.expiries
+                .retain(|name, _| state.segments.contains_key(name));
+            let data = Rc::new(RefCell::new(SegmentData {
+                store: self.store.clone(),
+                contact: contact.clone(),
+                snapshot: None,
+                events: None,
+                members: aud.member_of().cloned().collect(),
+                now,
+                expiry: None,
+            }));
+            let mut host: Box<dyn Host> = Box::new(SegmentHost(data.clone()));
             let mut rounds = 0;
             while let Some(name) = todo.pop_first() {
                 rounds += 1;
@@ -393,22 +486,15 @@ impl Engine {
                 let Some(seg) = state.segments.get(&name) else {
                     continue;
                 };
-                let mut snapshot = contact.snapshot();
-                snapshot["segments"] = json!(members.iter().collect::<Vec<_>>());
-                let expiry = std::rc::Rc::new(std::cell::Cell::new(None));
-                let host = SegmentHost {
-                    snapshot,
-                    events: events.clone(),
-                    members: members.clone(),
-                    now,
-                    expiry: expiry.clone(),
-                };
-                let (result, _) = with_host(Box::new(host), || {
+                data.borrow_mut().expiry = None;
+                let (result, back) = with_host(host, || {
                     evaluate_segment(&self.rhai, &seg.loaded.ast, &self.limits)
                 });
-                if let Some(at) = expiry.get() {
-                    wake = Some(wake.map_or(at, |w| w.min(at)));
-                }
+                host = back;
+                match data.borrow().expiry {
+                    Some(at) => aud.expiries.insert(name.clone(), at),
+                    None => aud.expiries.remove(&name),
+                };
                 let is_member = match result {
                     Ok(b) => b,
                     Err(msg) => {
@@ -421,26 +507,23 @@ impl Engine {
                         continue;
                     }
                 };
-                if is_member == members.contains(&name) {
+                if is_member == data.borrow().members.contains(&name) {
                     continue;
                 }
-                let mut m = self
-                    .store
-                    .membership(&contact.id, &name)?
-                    .unwrap_or(Membership {
-                        since: now,
-                        entries: 0,
-                        member: false,
-                    });
+                let m = aud.segments.entry(name.clone()).or_insert(Membership {
+                    since: now,
+                    entries: 0,
+                    member: false,
+                });
                 m.member = is_member;
                 if is_member {
                     m.entries += 1;
                     m.since = now;
-                    members.insert(name.clone());
-                } else {
-                    members.remove(&name);
                 }
-                self.store.put_membership(&contact.id, &name, &m)?;
+                let entries = m.entries;
+                data.borrow_mut().set_member(&name, is_member);
+                self.store
+                    .index_member(&name, &contact.id, is_member.then_some(now))?;
                 self.store.log_segment_change(
                     &name,
                     &SegmentChange {
@@ -478,14 +561,19 @@ impl Engine {
                         let dir = if is_member { "in" } else { "out" };
                         let id = format!(
                             "{}-{}-{dir}{}-{}",
-                            wf.loaded.decl.name, name, m.entries, contact.id
+                            wf.loaded.decl.name, name, entries, contact.id
                         );
                         let c = self
                             .live_contact(&contact.id)?
                             .unwrap_or_else(|| contact.clone());
+                        self.store.put_audience(&contact.id, &aud)?;
                         self.start_run(wf, &c, trigger, id, true)?;
                     }
                 }
+            }
+
+            if let Some(at) = aud.expiries.values().filter(|at| **at > now).min() {
+                wake = Some(wake.map_or(*at, |w| w.min(*at)));
             }
         }
 

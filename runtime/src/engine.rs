@@ -107,7 +107,7 @@ impl ProjectState {
 pub(crate) enum Job {
     /// Re-evaluate segments and score of a contact (`None`: every segment that may change).
     Audience(String, Option<std::collections::BTreeSet<String>>),
-    Inbox(u64, InboxItem),
+    Inbox(u64, InboxItem, Option<Box<Event>>),
     Activate(String),
     Start {
         workflow: String,
@@ -122,6 +122,16 @@ pub(crate) enum Job {
         reply: mpsc::Sender<Result<(), String>>,
     },
     Barrier(mpsc::Sender<()>),
+}
+
+/// An accepted event handed to the engine.
+pub struct Queued {
+    /// Inbox key.
+    pub seq: u64,
+    /// What the engine owes.
+    pub item: InboxItem,
+    /// The event, when the caller has it at hand.
+    pub event: Option<Box<Event>>,
 }
 
 /// The shared part of the engine.
@@ -363,10 +373,14 @@ impl Engine {
     }
 
     /// Hand accepted events to the workers (after they are durable).
-    pub fn submit_events(&self, items: Vec<(u64, InboxItem)>) {
-        for (seq, item) in items {
+    /// `Queued::event` carries the event itself when the caller has it, saving a read.
+    pub fn submit_events(&self, items: Vec<Queued>) {
+        for Queued { seq, item, event } in items {
             let contact = item.contact.clone();
-            if self.send_job(&contact, Job::Inbox(seq, item)).is_err() {
+            if self
+                .send_job(&contact, Job::Inbox(seq, item, event))
+                .is_err()
+            {
                 tracing::warn!(seq, "engine stopped; event stays queued for the next start");
             }
         }
@@ -487,7 +501,16 @@ impl Engine {
         if !inbox.is_empty() {
             tracing::info!(count = inbox.len(), "re-queueing accepted events");
         }
-        self.submit_events(inbox);
+        self.submit_events(
+            inbox
+                .into_iter()
+                .map(|(seq, item)| Queued {
+                    seq,
+                    item,
+                    event: None,
+                })
+                .collect(),
+        );
         for (key, intent) in self.store.intents()? {
             tracing::warn!(
                 key,
@@ -568,8 +591,8 @@ impl Engine {
 
     fn handle(&self, job: Job) {
         match job {
-            Job::Inbox(seq, item) => {
-                if let Err(e) = self.process_event(seq, &item) {
+            Job::Inbox(seq, item, event) => {
+                if let Err(e) = self.process_event(seq, &item, event) {
                     tracing::error!(seq, error = %e, "processing event failed; it stays queued");
                 }
             }
@@ -624,19 +647,27 @@ impl Engine {
         Ok(None)
     }
 
-    fn process_event(&self, seq: u64, item: &InboxItem) -> Result<(), EngineError> {
+    fn process_event(
+        &self,
+        seq: u64,
+        item: &InboxItem,
+        event: Option<Box<Event>>,
+    ) -> Result<(), EngineError> {
         let Some(contact) = self.live_contact(&item.contact)? else {
             self.store.remove_inbox(seq)?;
             return Ok(());
         };
-        let event = match self.store.event(&contact.id, item.event_seq)? {
-            Some(e) => e,
-            None => match self.store.event(&item.contact, item.event_seq)? {
+        let event = match event {
+            Some(e) => *e,
+            None => match self.store.event(&contact.id, item.event_seq)? {
                 Some(e) => e,
-                None => {
-                    self.store.remove_inbox(seq)?;
-                    return Ok(());
-                }
+                None => match self.store.event(&item.contact, item.event_seq)? {
+                    Some(e) => e,
+                    None => {
+                        self.store.remove_inbox(seq)?;
+                        return Ok(());
+                    }
+                },
             },
         };
         // 1. Runs waiting for this event.
@@ -670,7 +701,7 @@ impl Engine {
             }
         }
         // 4. Score and segments.
-        self.evaluate_audience(&contact.id, Some(&event), None)?;
+        self.evaluate_audience_of(contact, Some(&event), None)?;
         self.store.remove_inbox(seq)?;
         Ok(())
     }

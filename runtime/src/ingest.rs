@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Map, Value};
 
 use crate::clock::Clock;
-use crate::engine::Engine;
+use crate::engine::{Engine, Queued};
 use crate::metrics::Metrics;
 use crate::model::{Contact, Event, InboxItem};
 use crate::store::{Flusher, IdKind, Store, StoreError};
@@ -332,10 +332,7 @@ impl Ingestor {
     }
 
     /// The synchronous part: identity resolution and writes, under one lock.
-    pub fn write(
-        &self,
-        messages: Vec<Message>,
-    ) -> Result<(Accepted, Vec<(u64, InboxItem)>), IngestError> {
+    pub fn write(&self, messages: Vec<Message>) -> Result<(Accepted, Vec<Queued>), IngestError> {
         let _guard = self.identity_lock.lock().expect("identity lock");
         let now = self.clock.now_ms();
         let mut seen = HashSet::new();
@@ -383,7 +380,11 @@ impl Ingestor {
             // Events no trigger, goal or wait can use are stored but skip the engine.
             if self.engine.is_interesting(&event.event) {
                 pending.inbox.push((seq, item.clone()));
-                items.push((seq, item));
+                items.push(Queued {
+                    seq,
+                    item,
+                    event: Some(Box::new(event.clone())),
+                });
             }
             pending.events.push((contact, event));
             if let Some(mid) = m.message_id.clone() {

@@ -1,5 +1,7 @@
 //! The records Herald keeps: contacts, events, runs, journal steps, timers and waits.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -106,6 +108,34 @@ impl Event {
             "timestamp": self.timestamp,
             "message_id": self.message_id,
         })
+    }
+}
+
+/// The parts of a stored event that behaviour queries (`count`, `last_seen`) read, decoded
+/// without building the property and context trees.
+#[derive(Debug, Deserialize)]
+pub struct EventFact {
+    /// The event name.
+    pub event: String,
+    /// When it happened according to the sender, ms since the epoch.
+    pub timestamp: i64,
+    /// Properties, parsed on demand.
+    #[serde(default)]
+    properties: Option<Box<serde_json::value::RawValue>>,
+}
+
+impl EventFact {
+    /// Whether the properties hold every key of `filter` with an equal value.
+    pub fn matches(&self, filter: &Map<String, Value>) -> bool {
+        if filter.is_empty() {
+            return true;
+        }
+        let props: Value = self
+            .properties
+            .as_ref()
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .unwrap_or(Value::Null);
+        herald_dsl::decl::matches_filter(filter, &props)
     }
 }
 
@@ -355,34 +385,42 @@ pub struct Contribution {
     /// When.
     pub at: i64,
     /// The event that earned them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
 }
 
-/// Per-contact audience state: the score's history and the next scheduled re-evaluation.
+/// Per-contact audience state: score history, stage, segment memberships and the next
+/// scheduled re-evaluation. Stored in a compact binary encoding (it is rewritten on every
+/// event the audience uses), so fields are only ever appended, never reordered.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct AudienceState {
     /// Decayed points of contributions folded out of `contributions`, as of `base_at`.
-    #[serde(default)]
     pub base: f64,
     /// Reference time of `base`.
-    #[serde(default)]
     pub base_at: i64,
     /// Recent contributions, oldest first.
-    #[serde(default)]
     pub contributions: Vec<Contribution>,
     /// Stage at the last evaluation.
-    #[serde(default)]
     pub stage: Option<String>,
     /// Score at the last evaluation.
-    #[serde(default)]
     pub score: f64,
     /// When the next re-evaluation (a window expiry, a stage decay) is scheduled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<i64>,
+    /// Per segment, when its answer can next change without a new event (a counted event
+    /// leaving its window).
+    pub expiries: BTreeMap<String, i64>,
+    /// Membership records, current and past, by segment.
+    pub segments: BTreeMap<String, Membership>,
 }
 
 impl AudienceState {
+    /// Segments the contact is currently a member of.
+    pub fn member_of(&self) -> impl Iterator<Item = &String> {
+        self.segments
+            .iter()
+            .filter(|(_, m)| m.member)
+            .map(|(n, _)| n)
+    }
+
     /// Decay factor of points awarded at `at`, seen at `now`.
     pub fn decay(half_life_ms: Option<i64>, at: i64, now: i64) -> f64 {
         match half_life_ms {

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::model::{
-    AudienceState, Contact, Entry, Event, InboxItem, Intent, Membership, Run, ScriptVersion,
+    AudienceState, Contact, Entry, Event, EventFact, InboxItem, Intent, Run, ScriptVersion,
     SegmentChange, Step, WaitReg,
 };
 
@@ -25,6 +25,9 @@ pub enum StoreError {
     /// A record could not be (de)serialised.
     #[error("storage record: {0}")]
     Codec(#[from] serde_json::Error),
+    /// A binary record could not be (de)serialised.
+    #[error("storage record: {0}")]
+    Binary(#[from] postcard::Error),
 }
 
 /// Result alias for storage calls.
@@ -164,14 +167,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every event of a contact, oldest first.
     fn events_of(&self, contact: &str) -> StoreResult<Vec<Event>>;
+    /// Name and time (and raw properties) of every event of a contact, oldest first.
+    fn event_facts(&self, contact: &str) -> StoreResult<Vec<EventFact>>;
     /// Contact ids after `after` (exclusive), in id order, at most `limit` (for backfills).
     fn contact_ids(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>>;
-    /// A contact's membership record of a segment.
-    fn membership(&self, contact: &str, segment: &str) -> StoreResult<Option<Membership>>;
-    /// Write a membership record (and the segment's member index).
-    fn put_membership(&self, contact: &str, segment: &str, m: &Membership) -> StoreResult<()>;
-    /// Segments the contact is currently a member of.
-    fn segments_of(&self, contact: &str) -> StoreResult<Vec<String>>;
+    /// Add `contact` to (`since` set) or remove it from the member index of `segment`.
+    /// Membership records themselves live in the contact's [`AudienceState`].
+    fn index_member(&self, segment: &str, contact: &str, since: Option<i64>) -> StoreResult<()>;
     /// Current members of a segment, at most `limit`.
     fn members(&self, segment: &str, limit: usize) -> StoreResult<Vec<String>>;
     /// Number of current members of a segment.
@@ -206,7 +208,6 @@ pub struct SledStore {
     waits: sled::Tree,
     scripts: sled::Tree,
     outbox: sled::Tree,
-    memberships: sled::Tree,
     members: sled::Tree,
     segment_log: sled::Tree,
     audience: sled::Tree,
@@ -267,7 +268,6 @@ impl SledStore {
             waits: t("waits")?,
             scripts: t("scripts")?,
             outbox: t("outbox")?,
-            memberships: t("memberships")?,
             members: t("segment_members")?,
             segment_log: t("segment_log")?,
             audience: t("audience")?,
@@ -597,6 +597,13 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn event_facts(&self, contact: &str) -> StoreResult<Vec<EventFact>> {
+        self.events
+            .scan_prefix(prefix(contact))
+            .map(|r| dec(&r?.1))
+            .collect()
+    }
+
     fn contact_ids(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
         let iter = match after {
             Some(a) => self.contacts.range::<&[u8], _>((
@@ -610,35 +617,13 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn membership(&self, contact: &str, segment: &str) -> StoreResult<Option<Membership>> {
-        self.memberships
-            .get(key2(contact, segment.as_bytes()))?
-            .map(|b| dec(&b))
-            .transpose()
-    }
-
-    fn put_membership(&self, contact: &str, segment: &str, m: &Membership) -> StoreResult<()> {
-        self.memberships
-            .insert(key2(contact, segment.as_bytes()), enc(m)?)?;
+    fn index_member(&self, segment: &str, contact: &str, since: Option<i64>) -> StoreResult<()> {
         let mk = key2(segment, contact.as_bytes());
-        if m.member {
-            self.members.insert(mk, &m.since.to_be_bytes())?;
-        } else {
-            self.members.remove(mk)?;
-        }
+        match since {
+            Some(at) => self.members.insert(mk, &at.to_be_bytes())?,
+            None => self.members.remove(mk)?,
+        };
         Ok(())
-    }
-
-    fn segments_of(&self, contact: &str) -> StoreResult<Vec<String>> {
-        let mut out = Vec::new();
-        for r in self.memberships.scan_prefix(prefix(contact)) {
-            let (k, v) = r?;
-            let m: Membership = dec(&v)?;
-            if m.member {
-                out.push(String::from_utf8_lossy(&k[contact.len() + 1..]).into_owned());
-            }
-        }
-        Ok(out)
     }
 
     fn members(&self, segment: &str, limit: usize) -> StoreResult<Vec<String>> {
@@ -676,11 +661,16 @@ impl Store for SledStore {
     }
 
     fn audience(&self, contact: &str) -> StoreResult<Option<AudienceState>> {
-        self.audience.get(contact)?.map(|b| dec(&b)).transpose()
+        self.audience
+            .get(contact)?
+            .map(|b| postcard::from_bytes(&b))
+            .transpose()
+            .map_err(StoreError::from)
     }
 
     fn put_audience(&self, contact: &str, state: &AudienceState) -> StoreResult<()> {
-        self.audience.insert(contact.as_bytes(), enc(state)?)?;
+        self.audience
+            .insert(contact.as_bytes(), postcard::to_allocvec(state)?)?;
         Ok(())
     }
 
