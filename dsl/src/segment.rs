@@ -39,6 +39,64 @@ pub struct SegmentDeps {
     /// indexed with a computed key). The lead score and stage are the attributes `score` and
     /// `stage`; `segments` lists the contact's memberships.
     pub attributes: Option<BTreeSet<String>>,
+    /// `count` calls written with literal arguments (event name, filter map, window such as
+    /// `days(30)`): the runtime keeps an index for them instead of reading the event history.
+    pub counts: Vec<CountSpec>,
+}
+
+/// One `count(event[, filter], window)` call with literal arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CountSpec {
+    /// Event name.
+    pub event: String,
+    /// Property filter (empty for none).
+    pub filter: serde_json::Map<String, serde_json::Value>,
+    /// Window in milliseconds.
+    pub window_ms: i64,
+}
+
+/// A window written as a literal: `86400000`, `days(30)`, `hours(1.5)`.
+fn literal_window(expr: &Expr) -> Option<i64> {
+    match expr {
+        Expr::IntegerConstant(n, _) => Some(*n),
+        Expr::FnCall(call, _) if call.args.len() == 1 => {
+            let unit: i64 = match call.name.as_str() {
+                "seconds" => 1000,
+                "minutes" => 60_000,
+                "hours" => 3_600_000,
+                "days" => 86_400_000,
+                "weeks" => 7 * 86_400_000,
+                _ => return None,
+            };
+            match &call.args[0] {
+                Expr::IntegerConstant(n, _) => Some(n.saturating_mul(unit)),
+                Expr::FloatConstant(f, _) => Some((**f * unit as f64).round() as i64),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A `count` call's arguments, when all are literal.
+fn literal_count(args: &[Expr]) -> Option<CountSpec> {
+    let event = match args.first()? {
+        Expr::StringConstant(s, _) => s.to_string(),
+        _ => return None,
+    };
+    let (filter, window) = match args {
+        [_, w] => (serde_json::Map::new(), w),
+        [_, f, w] => match crate::value::to_json(&f.get_literal_value(None)?) {
+            serde_json::Value::Object(m) => (m, w),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(CountSpec {
+        event,
+        filter,
+        window_ms: literal_window(window)?,
+    })
 }
 
 impl SegmentDeps {
@@ -86,6 +144,7 @@ fn deps_of(ast: &AST) -> SegmentDeps {
         .find(|f| f.name == "matches" && f.params.len() == 1)
         .map(|f| f.params[0].to_string());
     let mut attributes = Some(BTreeSet::new());
+    let mut counts = Vec::new();
     ast.walk(&mut |path: &[ASTNode]| {
         if let (Some(ASTNode::Expr(var @ Expr::Variable(v, ..))), Some(param)) =
             (path.last(), param.as_deref())
@@ -134,6 +193,13 @@ fn deps_of(ast: &AST) -> SegmentDeps {
             Some(Expr::StringConstant(s, _)) => Some(s.to_string()),
             _ => None,
         };
+        if call.name.as_str() == "count" {
+            if let Some(spec) = literal_count(&call.args) {
+                if !counts.contains(&spec) {
+                    counts.push(spec);
+                }
+            }
+        }
         match call.name.as_str() {
             "count" | "last_seen" | "first_seen" => match literal {
                 Some(s) => {
@@ -154,6 +220,7 @@ fn deps_of(ast: &AST) -> SegmentDeps {
         events: (!dynamic).then_some(events),
         segments,
         attributes,
+        counts,
     }
 }
 
@@ -356,6 +423,38 @@ mod tests {
         assert!(!d.reads_any(&["score", "stage", "plan"]));
         assert!(d.reads_segment("customers"));
         assert!(!d.reads_segment("other"));
+    }
+
+    #[test]
+    fn literal_counts_are_listed_for_the_behaviour_index() {
+        let d = deps(
+            r#"count("order", days(30)) == 0 && count("page", #{ name: "Pricing" }, hours(1.5)) > 2
+               && count("visit", 60000) > 0 && count("visit", days(c.window)) > 0"#,
+        );
+        let specs: Vec<(String, String, i64)> = d
+            .counts
+            .iter()
+            .map(|c| {
+                (
+                    c.event.clone(),
+                    serde_json::Value::Object(c.filter.clone()).to_string(),
+                    c.window_ms,
+                )
+            })
+            .collect();
+        assert_eq!(
+            specs,
+            vec![
+                ("order".to_string(), "{}".to_string(), 30 * 86_400_000),
+                (
+                    "page".to_string(),
+                    r#"{"name":"Pricing"}"#.to_string(),
+                    5_400_000
+                ),
+                ("visit".to_string(), "{}".to_string(), 60_000),
+            ],
+            "the count with a computed window is not listed"
+        );
     }
 
     #[test]

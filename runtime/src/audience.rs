@@ -18,6 +18,7 @@ use herald_dsl::{
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::behaviour::{Behaviour, Specs};
 use crate::engine::{Engine, EngineError, Job, ProjectState};
 use crate::model::{
     AudienceState, Contact, Contribution, Event, EventFact, Membership, SegmentChange,
@@ -154,6 +155,12 @@ struct SegmentData {
     contact: Contact,
     snapshot: Option<Value>,
     events: Option<Vec<EventFact>>,
+    /// The contact's behaviour index, when it is current.
+    behaviour: Option<Behaviour>,
+    /// The literal counts of the current segments.
+    specs: Arc<Specs>,
+    /// The index must be built from the events.
+    rebuild: bool,
     members: BTreeSet<String>,
     now: i64,
     /// The earliest moment a counted event leaves its window, over the evaluations so far.
@@ -207,7 +214,43 @@ impl Host for SegmentHost {
     fn query(&mut self, q: Query) -> Result<Value, Interrupt> {
         let mut d = self.0.borrow_mut();
         let d = &mut *d;
-        if d.events.is_none() && !matches!(q, Query::InSegment { .. }) {
+        // Answered from the behaviour index when it covers the question.
+        if let Query::InSegment { segment } = &q {
+            return Ok(json!(d.members.contains(segment)));
+        }
+        match (&q, &d.behaviour) {
+            (
+                Query::Count {
+                    event,
+                    filter,
+                    window_ms,
+                },
+                Some(b),
+            ) => {
+                let empty = serde_json::Map::new();
+                let filter = filter.as_object().unwrap_or(&empty);
+                let key = crate::behaviour::key(event, filter);
+                if let Some(times) = b.count(&d.specs, &key, *window_ms) {
+                    let (now, window) = (d.now, *window_ms);
+                    let mut n = 0;
+                    for t in times.filter(|t| *t > now - window && *t <= now) {
+                        n += 1;
+                        let leaves = t + window;
+                        d.expiry = Some(d.expiry.map_or(leaves, |x| x.min(leaves)));
+                    }
+                    return Ok(json!(n));
+                }
+            }
+            (Query::LastSeen { event }, Some(b)) => {
+                return Ok(b.seen(event).map_or(Value::Null, |(_, last)| json!(last)));
+            }
+            (Query::FirstSeen { event }, Some(b)) => {
+                return Ok(b.seen(event).map_or(Value::Null, |(first, _)| json!(first)));
+            }
+            (_, None) => d.rebuild = true,
+            _ => {}
+        }
+        if d.events.is_none() {
             let events = d
                 .store
                 .event_facts(&d.contact.id)
@@ -446,12 +489,15 @@ impl Engine {
                 (None, Some(e)) => state
                     .segments
                     .iter()
-                    .filter(|(_, s)| {
-                        let deps = &s.loaded.deps;
-                        deps.reads_any(&changed)
-                            || deps.events.as_ref().is_none_or(|ev| ev.contains(&e.event))
-                    })
-                    .map(|(n, _)| n.clone())
+                    .filter(|(_, s)| !changed.is_empty() && s.loaded.deps.reads_any(&changed))
+                    .map(|(n, _)| n)
+                    .chain(
+                        [Some(e.event.clone()), None]
+                            .iter()
+                            .filter_map(|k| state.segments_by_event.get(k))
+                            .flatten(),
+                    )
+                    .cloned()
                     .chain(
                         // Windows that have run out since: their timer may not have fired yet.
                         aud.expiries
@@ -463,11 +509,23 @@ impl Engine {
             };
             aud.expiries
                 .retain(|name, _| state.segments.contains_key(name));
+            // The behaviour index, if it is current, with this event folded in.
+            let basis = (contact.merges, state.segments_key);
+            let mut behaviour = aud
+                .behaviour
+                .take()
+                .filter(|b| (b.merges, b.segments) == basis);
+            if let (Some(b), Some(e)) = (&mut behaviour, event) {
+                b.fold(e, &state.counts, now);
+            }
             let data = Rc::new(RefCell::new(SegmentData {
                 store: self.store.clone(),
                 contact: contact.clone(),
                 snapshot: None,
                 events: None,
+                behaviour,
+                specs: state.counts.clone(),
+                rebuild: false,
                 members: aud.member_of().cloned().collect(),
                 now,
                 expiry: None,
@@ -572,6 +630,18 @@ impl Engine {
                 }
             }
 
+            drop(host);
+            let mut d = data.borrow_mut();
+            aud.behaviour = if d.rebuild {
+                let facts = match d.events.take() {
+                    Some(f) => f,
+                    None => self.store.event_facts(&contact.id)?,
+                };
+                Some(Behaviour::build(&facts, &state.counts, basis, now))
+            } else {
+                d.behaviour.take()
+            };
+            drop(d);
             if let Some(at) = aud.expiries.values().filter(|at| **at > now).min() {
                 wake = Some(wake.map_or(*at, |w| w.min(*at)));
             }

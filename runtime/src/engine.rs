@@ -61,6 +61,12 @@ pub struct ProjectState {
     pub segments: BTreeMap<String, Arc<crate::project::SegmentVersion>>,
     /// Scoring settings and rules.
     pub scoring: Option<Arc<herald_dsl::LoadedScoring>>,
+    /// Identifies the set of segment definitions (changes when any segment does).
+    pub segments_key: u64,
+    /// The counts segments make with literal arguments, kept in each contact's behaviour index.
+    pub counts: Arc<crate::behaviour::Specs>,
+    /// Segments by an event name they read; `None` key: segments that may read any event.
+    pub segments_by_event: HashMap<Option<String>, Vec<String>>,
     /// WebAssembly connectors by channel name (for provider webhooks).
     pub plugins: BTreeMap<String, Arc<herald_plugin_host::LoadedPlugin>>,
 }
@@ -98,6 +104,34 @@ impl ProjectState {
             channels,
             channel_config: project.config.channels.clone(),
             segments: project.segments.clone(),
+            segments_key: {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                for (name, s) in &project.segments {
+                    (name, &s.hash).hash(&mut h);
+                }
+                h.finish()
+            },
+            counts: Arc::new(crate::behaviour::specs(
+                project
+                    .segments
+                    .values()
+                    .flat_map(|s| &s.loaded.deps.counts),
+            )),
+            segments_by_event: {
+                let mut by: HashMap<Option<String>, Vec<String>> = HashMap::new();
+                for (name, s) in &project.segments {
+                    match &s.loaded.deps.events {
+                        Some(events) => {
+                            for e in events {
+                                by.entry(Some(e.clone())).or_default().push(name.clone());
+                            }
+                        }
+                        None => by.entry(None).or_default().push(name.clone()),
+                    }
+                }
+                by
+            },
             scoring: project.scoring.clone(),
             plugins: loaded_plugins,
         })
@@ -580,7 +614,13 @@ impl Engine {
                     other => self.handle(other),
                 }
             }
-            if let Err(e) = self.flusher.commit_blocking() {
+            // What a batch wrote becomes durable with the next group commit; the worker only
+            // waits for it when someone asked (a barrier). Effects on the outside world wait
+            // for their own intent to be durable, and accepted events stay in the inbox until
+            // processed, so nothing depends on this flush finishing before the next batch.
+            if barriers.is_empty() {
+                self.flusher.request_flush();
+            } else if let Err(e) = self.flusher.commit_blocking() {
                 tracing::error!(error = %e, "flush failed");
             }
             for b in barriers {

@@ -550,6 +550,7 @@ impl Ingestor {
             }
         }
         t.created_at = t.created_at.min(f.created_at);
+        t.merges += f.merges + 1;
         t.updated_at = now;
         self.store.move_events(from, into)?;
         self.store.move_waits(from, into)?;

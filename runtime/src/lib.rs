@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod audience;
+pub mod behaviour;
 pub mod channels;
 pub mod clock;
 pub mod config;

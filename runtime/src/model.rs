@@ -29,6 +29,13 @@ pub struct Contact {
     /// Set when this contact was merged into another one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged_into: Option<String>,
+    /// How many contacts were merged into this one (their events moved here).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub merges: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Contact {
@@ -43,6 +50,7 @@ impl Contact {
             created_at: now,
             updated_at: now,
             merged_into: None,
+            merges: 0,
         }
     }
 
@@ -115,6 +123,8 @@ impl Event {
 /// without building the property and context trees.
 #[derive(Debug, Deserialize)]
 pub struct EventFact {
+    /// Position in the global event order.
+    pub seq: u64,
     /// The event name.
     pub event: String,
     /// When it happened according to the sender, ms since the epoch.
@@ -410,6 +420,8 @@ pub struct AudienceState {
     pub expiries: BTreeMap<String, i64>,
     /// Membership records, current and past, by segment.
     pub segments: BTreeMap<String, Membership>,
+    /// What segment queries read instead of the event history.
+    pub behaviour: Option<crate::behaviour::Behaviour>,
 }
 
 impl AudienceState {

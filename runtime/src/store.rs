@@ -749,6 +749,11 @@ impl Flusher {
         }
     }
 
+    /// Ask for a flush of everything written so far without waiting for it.
+    pub fn request_flush(&self) {
+        self.request();
+    }
+
     fn request(&self) -> u64 {
         let mut st = self.state.lock().expect("flush lock");
         st.requested += 1;

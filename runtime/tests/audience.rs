@@ -261,3 +261,50 @@ fn check_reports_unknown_segments_and_stages_in_triggers() {
         "{text}"
     );
 }
+
+#[test]
+fn behaviour_counts_follow_merged_histories_and_property_filters() {
+    let p = TestProject::new("");
+    segment(
+        &p,
+        "buyer.rhai",
+        "segment(\"buyer\");\nfn matches(contact) {\n    count(\"order\", days(30)) >= 3\n}\n",
+    );
+    segment(
+        &p,
+        "pro_buyer.rhai",
+        "segment(\"pro_buyer\");\nfn matches(contact) {\n    count(\"order\", #{ plan: \"pro\" }, days(30)) >= 2 && last_seen(\"order\") != ()\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    // Two orders while anonymous, one as a known user: three once the histories merge.
+    for plan in ["pro", "free"] {
+        let body = json!({"anonymousId": "anon-1", "event": "order", "properties": {"plan": plan}});
+        assert_eq!(c.ingest("/v1/track", &body.to_string()).0, 200);
+    }
+    c.track("buyer", "order", json!({"plan": "pro"}));
+    assert!(
+        members(&c, "buyer").is_empty(),
+        "two histories of 2 and 1 orders"
+    );
+    assert!(members(&c, "pro_buyer").is_empty());
+    let body = json!({"anonymousId": "anon-1", "userId": "buyer", "traits": {}});
+    assert_eq!(c.ingest("/v1/identify", &body.to_string()).0, 200);
+    // The merge itself is an identify; the next order re-evaluates over the merged history.
+    c.track("buyer", "order", json!({"plan": "free"}));
+    let id = contact_id(&c, "buyer");
+    eventually("buyer over the merged history", || {
+        (members(&c, "buyer") == [id.clone()]).then_some(())
+    });
+    assert_eq!(
+        members(&c, "pro_buyer"),
+        std::slice::from_ref(&id),
+        "two pro orders of four"
+    );
+
+    // Thirty days later every order has left the window.
+    c.advance(30 * DAY + 1);
+    eventually("left by itself", || {
+        (members(&c, "buyer").is_empty() && members(&c, "pro_buyer").is_empty()).then_some(())
+    });
+}
