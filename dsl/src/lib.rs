@@ -14,6 +14,7 @@ pub mod decl;
 pub mod diagnostic;
 pub mod engine;
 pub mod host;
+pub mod native;
 pub mod segment;
 pub mod template;
 pub mod value;

@@ -56,7 +56,7 @@ pub struct CountSpec {
 }
 
 /// A window written as a literal: `86400000`, `days(30)`, `hours(1.5)`.
-fn literal_window(expr: &Expr) -> Option<i64> {
+pub(crate) fn literal_window(expr: &Expr) -> Option<i64> {
     match expr {
         Expr::IntegerConstant(n, _) => Some(*n),
         Expr::FnCall(call, _) if call.args.len() == 1 => {
@@ -79,7 +79,7 @@ fn literal_window(expr: &Expr) -> Option<i64> {
 }
 
 /// A `count` call's arguments, when all are literal.
-fn literal_count(args: &[Expr]) -> Option<CountSpec> {
+pub(crate) fn literal_count(args: &[Expr]) -> Option<CountSpec> {
     let event = match args.first()? {
         Expr::StringConstant(s, _) => s.to_string(),
         _ => return None,
@@ -123,6 +123,8 @@ pub struct LoadedSegment {
     pub ast: AST,
     /// What it depends on.
     pub deps: SegmentDeps,
+    /// The fast path, when `matches` is one simple expression.
+    pub native: Option<crate::native::Native>,
 }
 
 /// Compiled scoring settings and rules.
@@ -307,9 +309,12 @@ pub fn check_segment(
         }
     }
     let ok = !diags.iter().any(Diagnostic::is_error);
-    let loaded = decl
-        .filter(|_| ok)
-        .map(|decl| LoadedSegment { decl, ast, deps });
+    let loaded = decl.filter(|_| ok).map(|decl| LoadedSegment {
+        native: crate::native::compile(&ast),
+        decl,
+        ast,
+        deps,
+    });
     (loaded, diags)
 }
 

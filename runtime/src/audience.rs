@@ -545,10 +545,20 @@ impl Engine {
                     continue;
                 };
                 data.borrow_mut().expiry = None;
-                let (result, back) = with_host(host, || {
-                    evaluate_segment(&self.rhai, &seg.loaded.ast, &self.limits)
-                });
-                host = back;
+                let fast =
+                    seg.loaded.native.as_ref().and_then(|n| {
+                        herald_dsl::native::evaluate(n, &mut SegmentHost(data.clone()))
+                    });
+                let result = match fast {
+                    Some(b) => Ok(b),
+                    None => {
+                        let (result, back) = with_host(host, || {
+                            evaluate_segment(&self.rhai, &seg.loaded.ast, &self.limits)
+                        });
+                        host = back;
+                        result
+                    }
+                };
                 match data.borrow().expiry {
                     Some(at) => aud.expiries.insert(name.clone(), at),
                     None => aud.expiries.remove(&name),

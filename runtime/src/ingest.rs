@@ -339,8 +339,9 @@ impl Ingestor {
         let mut items = Vec::new();
         let mut dup = 0;
         let mut accepted = 0;
-        // Events, inbox entries and messageId markers are written in one batch per tree, in
-        // that order, so a marker never exists without its event.
+        // Events, then inbox entries, then messageId markers, so a marker never exists without
+        // its event. Plain inserts, not sled batches: a batch takes sled's global write lock and
+        // would stall every worker while it is applied.
         let mut pending = Pending::default();
         for m in messages {
             if let Some(mid) = &m.message_id {

@@ -332,42 +332,6 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn put_events(&self, events: &[(String, Event)]) -> StoreResult<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let mut b = sled::Batch::default();
-        for (c, e) in events {
-            b.insert(key2(c, &e.seq.to_be_bytes()), enc(e)?);
-        }
-        self.events.apply_batch(b)?;
-        Ok(())
-    }
-
-    fn push_inbox_many(&self, items: &[(u64, InboxItem)]) -> StoreResult<()> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let mut b = sled::Batch::default();
-        for (s, i) in items {
-            b.insert(&s.to_be_bytes(), enc(i)?);
-        }
-        self.inbox.apply_batch(b)?;
-        Ok(())
-    }
-
-    fn mark_message_ids(&self, ids: &[String]) -> StoreResult<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut b = sled::Batch::default();
-        for id in ids {
-            b.insert(id.as_bytes(), &[1u8][..]);
-        }
-        self.message_ids.apply_batch(b)?;
-        Ok(())
-    }
-
     fn event(&self, contact: &str, seq: u64) -> StoreResult<Option<Event>> {
         self.events
             .get(key2(contact, &seq.to_be_bytes()))?
