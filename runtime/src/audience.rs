@@ -28,6 +28,20 @@ use crate::store::{Store, Timer};
 /// Timers whose run id starts with this re-evaluate a contact's audience instead.
 pub const TIMER_PREFIX: &str = "~audience:";
 
+/// How many scored events a contact's state remembers (an event is processed again only if
+/// the daemon stopped while it was queued, so only the latest can come back).
+const SCORED_MEMORY: usize = 64;
+
+/// Audience states a worker keeps decoded between events of the same contacts.
+const CACHED_STATES: usize = 8192;
+
+thread_local! {
+    /// A worker's decoded audience states: only the contact's worker writes them, so the copy
+    /// here is the stored one (it is written through on every change).
+    static STATES: RefCell<std::collections::HashMap<String, AudienceState>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
 /// How many recent contributions a score keeps for explanations before folding them.
 const KEEP_CONTRIBUTIONS: usize = 200;
 
@@ -322,6 +336,7 @@ impl Engine {
     }
 
     pub(crate) fn audience_timer(&self, contact: &str) -> Result<(), EngineError> {
+        STATES.with(|s| s.borrow_mut().remove(contact));
         if let Some(mut st) = self.store.audience(contact)? {
             if let Some(t) = st.wake_at.take() {
                 self.store
@@ -362,7 +377,11 @@ impl Engine {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        let mut aud = self.store.audience(&contact.id)?.unwrap_or_default();
+        // Taken out of the worker's cache; it goes back only once written.
+        let mut aud = match STATES.with(|s| s.borrow_mut().remove(&contact.id)) {
+            Some(a) => a,
+            None => self.store.audience(&contact.id)?.unwrap_or_default(),
+        };
         let mut wake: Option<i64> = None;
 
         // Scoring.
@@ -378,7 +397,8 @@ impl Engine {
                 .stage
                 .clone()
                 .unwrap_or_else(|| sc.settings.base_stage.clone());
-            if let Some(e) = event {
+            if let Some(e) = event.filter(|e| !aud.scored.contains(&e.seq)) {
+                let before = aud.contributions.len();
                 for r in &sc.rules {
                     let Some(RuleCondition::Event {
                         event: name,
@@ -409,6 +429,12 @@ impl Engine {
                             event: Some(e.event.clone()),
                         });
                     }
+                }
+                if aud.contributions.len() > before {
+                    if aud.scored.len() >= SCORED_MEMORY {
+                        aud.scored.remove(0);
+                    }
+                    aud.scored.push(e.seq);
                 }
                 aud.fold(hl, KEEP_CONTRIBUTIONS, now);
             }
@@ -659,21 +685,28 @@ impl Engine {
 
         // Schedule the next self-triggered re-evaluation.
         let timer_id = format!("{TIMER_PREFIX}{}", contact.id);
+        // A timer already due earlier stays: firing early only re-evaluates and schedules the
+        // next one, and it saves moving the timer on every event.
         let wake = wake.filter(|w| *w > now);
-        if aud.wake_at != wake {
+        if let Some(w) = wake.filter(|w| aud.wake_at.is_none_or(|old| *w < old)) {
             if let Some(old) = aud.wake_at {
                 self.store.clear_timer(old, &timer_id)?;
             }
-            if let Some(w) = wake {
-                self.store.set_timer(&Timer {
-                    due: w,
-                    run: timer_id,
-                    contact: contact.id.clone(),
-                })?;
-            }
-            aud.wake_at = wake;
+            self.store.set_timer(&Timer {
+                due: w,
+                run: timer_id,
+                contact: contact.id.clone(),
+            })?;
+            aud.wake_at = Some(w);
         }
         self.store.put_audience(&contact.id, &aud)?;
+        STATES.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() >= CACHED_STATES {
+                s.clear();
+            }
+            s.insert(contact.id.clone(), aud);
+        });
         Ok(())
     }
 

@@ -141,7 +141,7 @@ impl ProjectState {
 pub(crate) enum Job {
     /// Re-evaluate segments and score of a contact (`None`: every segment that may change).
     Audience(String, Option<std::collections::BTreeSet<String>>),
-    Inbox(u64, InboxItem, Option<Box<Event>>),
+    Inbox(Box<Queued>),
     Activate(String),
     Start {
         workflow: String,
@@ -160,12 +160,28 @@ pub(crate) enum Job {
 
 /// An accepted event handed to the engine.
 pub struct Queued {
-    /// Inbox key.
-    pub seq: u64,
     /// What the engine owes.
     pub item: InboxItem,
     /// The event, when the caller has it at hand.
     pub event: Option<Box<Event>>,
+    /// The inbox record it belongs to.
+    pub ticket: Arc<Ticket>,
+}
+
+/// One inbox record: removed once every event in it is processed.
+pub struct Ticket {
+    key: u64,
+    remaining: std::sync::atomic::AtomicUsize,
+}
+
+impl Ticket {
+    /// A record under `key` holding `events` events.
+    pub fn new(key: u64, events: usize) -> Arc<Ticket> {
+        Arc::new(Ticket {
+            key,
+            remaining: std::sync::atomic::AtomicUsize::new(events),
+        })
+    }
 }
 
 /// The shared part of the engine.
@@ -409,12 +425,10 @@ impl Engine {
     /// Hand accepted events to the workers (after they are durable).
     /// `Queued::event` carries the event itself when the caller has it, saving a read.
     pub fn submit_events(&self, items: Vec<Queued>) {
-        for Queued { seq, item, event } in items {
-            let contact = item.contact.clone();
-            if self
-                .send_job(&contact, Job::Inbox(seq, item, event))
-                .is_err()
-            {
+        for q in items {
+            let contact = q.item.contact.clone();
+            let seq = q.item.event_seq;
+            if self.send_job(&contact, Job::Inbox(Box::new(q))).is_err() {
                 tracing::warn!(seq, "engine stopped; event stays queued for the next start");
             }
         }
@@ -535,16 +549,19 @@ impl Engine {
         if !inbox.is_empty() {
             tracing::info!(count = inbox.len(), "re-queueing accepted events");
         }
-        self.submit_events(
-            inbox
-                .into_iter()
-                .map(|(seq, item)| Queued {
-                    seq,
-                    item,
-                    event: None,
-                })
-                .collect(),
-        );
+        for (key, items) in inbox {
+            let ticket = Ticket::new(key, items.len());
+            self.submit_events(
+                items
+                    .into_iter()
+                    .map(|item| Queued {
+                        item,
+                        event: None,
+                        ticket: ticket.clone(),
+                    })
+                    .collect(),
+            );
+        }
         for (key, intent) in self.store.intents()? {
             tracing::warn!(
                 key,
@@ -631,8 +648,9 @@ impl Engine {
 
     fn handle(&self, job: Job) {
         match job {
-            Job::Inbox(seq, item, event) => {
-                if let Err(e) = self.process_event(seq, &item, event) {
+            Job::Inbox(q) => {
+                let seq = q.item.event_seq;
+                if let Err(e) = self.process_event(*q) {
                     tracing::error!(seq, error = %e, "processing event failed; it stays queued");
                 }
             }
@@ -687,14 +705,33 @@ impl Engine {
         Ok(None)
     }
 
-    fn process_event(
+    /// Process one accepted event; once every event of its inbox record is processed, the
+    /// record goes. An error leaves the record, so the event is processed again at start-up
+    /// (processing is idempotent: run ids are deterministic, the behaviour index is keyed by
+    /// event, and scoring remembers the events it scored).
+    fn process_event(&self, q: Queued) -> Result<(), EngineError> {
+        self.process_event_inner(&q.item, q.event)?;
+        if self.failpoint.is_some() {
+            // Make what processing wrote durable, then die before the inbox record goes.
+            let _ = self.flusher.commit_blocking();
+            self.failpoint("after_event");
+        }
+        if q.ticket
+            .remaining
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.store.remove_inbox(q.ticket.key)?;
+        }
+        Ok(())
+    }
+
+    fn process_event_inner(
         &self,
-        seq: u64,
         item: &InboxItem,
         event: Option<Box<Event>>,
     ) -> Result<(), EngineError> {
         let Some(contact) = self.live_contact(&item.contact)? else {
-            self.store.remove_inbox(seq)?;
             return Ok(());
         };
         let event = match event {
@@ -703,10 +740,7 @@ impl Engine {
                 Some(e) => e,
                 None => match self.store.event(&item.contact, item.event_seq)? {
                     Some(e) => e,
-                    None => {
-                        self.store.remove_inbox(seq)?;
-                        return Ok(());
-                    }
+                    None => return Ok(()),
                 },
             },
         };
@@ -742,7 +776,6 @@ impl Engine {
         }
         // 4. Score and segments.
         self.evaluate_audience_of(contact, Some(&event), None)?;
-        self.store.remove_inbox(seq)?;
         Ok(())
     }
 

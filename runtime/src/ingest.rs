@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Map, Value};
 
 use crate::clock::Clock;
-use crate::engine::{Engine, Queued};
+use crate::engine::{Engine, Queued, Ticket};
 use crate::metrics::Metrics;
 use crate::model::{Contact, Event, InboxItem};
 use crate::store::{Flusher, IdKind, Store, StoreError};
@@ -284,14 +284,31 @@ pub fn parse_body(
 #[derive(Default)]
 struct Pending {
     events: Vec<(String, Event)>,
-    inbox: Vec<(u64, InboxItem)>,
+    /// Events for the engine, with the event itself.
+    inbox: Vec<(InboxItem, Box<Event>)>,
     message_ids: Vec<String>,
+    /// Work for the engine whose inbox record is written.
+    queued: Vec<Queued>,
 }
 
 impl Pending {
     fn apply(&mut self, store: &dyn Store) -> Result<(), StoreError> {
         store.put_events(&std::mem::take(&mut self.events))?;
-        store.push_inbox_many(&std::mem::take(&mut self.inbox))?;
+        let inbox = std::mem::take(&mut self.inbox);
+        if let Some((first, _)) = inbox.first() {
+            // One inbox record for the events of this request; the engine removes it when
+            // the last of them is processed.
+            let key = first.event_seq;
+            let items: Vec<InboxItem> = inbox.iter().map(|(i, _)| i.clone()).collect();
+            store.push_inbox(key, &items)?;
+            let ticket = Ticket::new(key, inbox.len());
+            self.queued
+                .extend(inbox.into_iter().map(|(item, event)| Queued {
+                    item,
+                    event: Some(event),
+                    ticket: ticket.clone(),
+                }));
+        }
         store.mark_message_ids(&std::mem::take(&mut self.message_ids))?;
         Ok(())
     }
@@ -336,7 +353,6 @@ impl Ingestor {
         let _guard = self.identity_lock.lock().expect("identity lock");
         let now = self.clock.now_ms();
         let mut seen = HashSet::new();
-        let mut items = Vec::new();
         let mut dup = 0;
         let mut accepted = 0;
         // Events, then inbox entries, then messageId markers, so a marker never exists without
@@ -380,12 +396,7 @@ impl Ingestor {
             };
             // Events no trigger, goal or wait can use are stored but skip the engine.
             if self.engine.is_interesting(&event.event) {
-                pending.inbox.push((seq, item.clone()));
-                items.push(Queued {
-                    seq,
-                    item,
-                    event: Some(Box::new(event.clone())),
-                });
+                pending.inbox.push((item, Box::new(event.clone())));
             }
             pending.events.push((contact, event));
             if let Some(mid) = m.message_id.clone() {
@@ -400,7 +411,7 @@ impl Ingestor {
                 accepted,
                 duplicates: dup,
             },
-            items,
+            pending.queued,
         ))
     }
 

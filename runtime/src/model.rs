@@ -422,6 +422,9 @@ pub struct AudienceState {
     pub segments: BTreeMap<String, Membership>,
     /// What segment queries read instead of the event history.
     pub behaviour: Option<crate::behaviour::Behaviour>,
+    /// Sequence numbers of the latest events scored, so an event processed again after a
+    /// crash does not award its points twice.
+    pub scored: Vec<u64>,
 }
 
 impl AudienceState {

@@ -82,12 +82,6 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
     /// Queue many accepted events at once (one batch).
-    fn push_inbox_many(&self, items: &[(u64, InboxItem)]) -> StoreResult<()> {
-        for (s, i) in items {
-            self.push_inbox(*s, i)?;
-        }
-        Ok(())
-    }
     /// Record `messageId`s as accepted (the caller checked them under its lock).
     fn mark_message_ids(&self, ids: &[String]) -> StoreResult<()> {
         for id in ids {
@@ -106,12 +100,12 @@ pub trait Store: Send + Sync + 'static {
     /// Has this `messageId` been accepted?
     fn message_id_seen(&self, message_id: &str) -> StoreResult<bool>;
 
-    /// Queue an accepted event for the engine.
-    fn push_inbox(&self, seq: u64, item: &InboxItem) -> StoreResult<()>;
-    /// Every queued event, oldest first.
-    fn inbox(&self) -> StoreResult<Vec<(u64, InboxItem)>>;
-    /// The engine finished with a queued event.
-    fn remove_inbox(&self, seq: u64) -> StoreResult<()>;
+    /// Queue the accepted events of one request for the engine, as one record under `key`.
+    fn push_inbox(&self, key: u64, items: &[InboxItem]) -> StoreResult<()>;
+    /// Every queued record, oldest first.
+    fn inbox(&self) -> StoreResult<Vec<(u64, Vec<InboxItem>)>>;
+    /// The engine finished every event of a queued record.
+    fn remove_inbox(&self, key: u64) -> StoreResult<()>;
 
     /// Read a run.
     fn run(&self, id: &str) -> StoreResult<Option<Run>>;
@@ -369,12 +363,14 @@ impl Store for SledStore {
         Ok(self.message_ids.contains_key(message_id)?)
     }
 
-    fn push_inbox(&self, seq: u64, item: &InboxItem) -> StoreResult<()> {
-        self.inbox.insert(seq.to_be_bytes(), enc(item)?)?;
+    fn push_inbox(&self, key: u64, items: &[InboxItem]) -> StoreResult<()> {
+        if !items.is_empty() {
+            self.inbox.insert(key.to_be_bytes(), enc(&items)?)?;
+        }
         Ok(())
     }
 
-    fn inbox(&self) -> StoreResult<Vec<(u64, InboxItem)>> {
+    fn inbox(&self) -> StoreResult<Vec<(u64, Vec<InboxItem>)>> {
         self.inbox
             .iter()
             .map(|r| {
@@ -611,16 +607,24 @@ impl Store for SledStore {
         let mut k = prefix(segment);
         k.extend_from_slice(&time_key(change.at));
         k.extend_from_slice(change.contact.as_bytes());
-        self.segment_log.insert(k, enc(change)?)?;
+        self.segment_log.insert(k, &[u8::from(change.entered)])?;
         Ok(())
     }
 
     fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>> {
+        let skip = segment.len() + 1;
         self.segment_log
             .scan_prefix(prefix(segment))
             .rev()
             .take(limit)
-            .map(|r| dec(&r?.1))
+            .map(|r| {
+                let (k, v) = r?;
+                Ok(SegmentChange {
+                    at: time_from_key(&k[skip..]),
+                    contact: String::from_utf8_lossy(&k[skip + 8..]).into_owned(),
+                    entered: v.first() == Some(&1),
+                })
+            })
             .collect()
     }
 

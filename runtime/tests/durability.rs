@@ -219,3 +219,35 @@ fn sigterm_stops_gracefully_and_keeps_everything() {
     assert_events_kept(&second.client);
     assert_eq!(second.client.run(&id)["status"], "waiting");
 }
+
+#[test]
+fn an_event_processed_again_after_a_crash_awards_its_points_once() {
+    let p = TestProject::new("");
+    std::fs::write(
+        p.path().join("scoring.rhai"),
+        "scoring().stage(\"lead\", 20);\nrule(\"demo\").on_event(\"demo_requested\").points(40);\n",
+    )
+    .unwrap();
+    let first = Process::start(p.path(), &[("HERALD_FAILPOINT", "after_event")]);
+    let demo = json!({"userId": "bo", "event": "demo_requested", "messageId": "demo-1"});
+    if let Some((s, b)) = first.client.try_ingest("/v1/track", &demo.to_string()) {
+        assert_eq!(s, 200, "{b}");
+    }
+    let status = first.wait_dead();
+    assert!(
+        !status.success(),
+        "killed after scoring, before the inbox record went"
+    );
+
+    // The restart processes the queued event again; its points count once.
+    let second = Process::start(p.path(), &[]);
+    let c = &second.client;
+    let score = eventually("scored after restart", || {
+        let (s, b) = c.admin_get("/v1/contacts/bo/score");
+        (s == 200 && b["score"].as_f64().is_some_and(|v| v > 0.0)).then_some(b)
+    });
+    assert_eq!(score["score"], json!(40.0), "{score}");
+    assert_eq!(score["events"].as_array().unwrap().len(), 1, "{score}");
+    let (_, contact) = c.admin_get("/v1/contacts/bo");
+    assert_eq!(contact["attributes"]["stage"], "lead");
+}
