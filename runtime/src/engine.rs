@@ -212,6 +212,9 @@ pub struct Engine {
     pub(crate) segment_sizes: Mutex<BTreeMap<String, i64>>,
     /// Progress of segment backfills.
     pub backfill: Mutex<crate::audience::BackfillStatus>,
+    /// Held while contact records are read and rewritten (ingest's identity resolution and
+    /// traits, `update()` steps), so no writer loses another's change.
+    pub(crate) contact_lock: Mutex<()>,
 }
 
 fn shard_of(contact: &str, n: usize) -> usize {
@@ -276,6 +279,7 @@ impl Engine {
             me: std::sync::OnceLock::new(),
             segment_sizes: Mutex::new(BTreeMap::new()),
             backfill: Mutex::new(Default::default()),
+            contact_lock: Mutex::new(()),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         engine.store_versions()?;
@@ -1599,6 +1603,7 @@ impl RunHost {
             }
             StepCall::Update { attrs } => {
                 let contact_id = st.run.contact.clone();
+                let guard = self.engine.contact_lock.lock().expect("contact lock");
                 match self.engine.live_contact(&contact_id) {
                     Ok(Some(mut c)) => {
                         if let Some(map) = attrs.as_object() {
@@ -1609,6 +1614,22 @@ impl RunHost {
                                 return Err(Interrupt::Park(
                                     "storage failed while updating the contact".into(),
                                 ));
+                            }
+                            drop(guard);
+                            // Segments reading these attributes re-evaluate after this job.
+                            let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+                            let affected: std::collections::BTreeSet<String> = self
+                                .engine
+                                .state()
+                                .segments
+                                .iter()
+                                .filter(|(_, s)| s.loaded.deps.reads_any(&keys))
+                                .map(|(n, _)| n.clone())
+                                .collect();
+                            if !affected.is_empty() {
+                                let _ = self
+                                    .engine
+                                    .send_job(&c.id, Job::Audience(c.id.clone(), Some(affected)));
                             }
                         }
                     }

@@ -2,7 +2,7 @@
 //! acceptance with group commit, and hand-off to the engine.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
@@ -321,7 +321,6 @@ pub struct Ingestor {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     engine: Arc<Engine>,
-    identity_lock: Mutex<()>,
 }
 
 impl Ingestor {
@@ -333,7 +332,6 @@ impl Ingestor {
             clock: engine.clock.clone(),
             metrics: engine.metrics.clone(),
             engine,
-            identity_lock: Mutex::new(()),
         }
     }
 
@@ -350,7 +348,7 @@ impl Ingestor {
 
     /// The synchronous part: identity resolution and writes, under one lock.
     pub fn write(&self, messages: Vec<Message>) -> Result<(Accepted, Vec<Queued>), IngestError> {
-        let _guard = self.identity_lock.lock().expect("identity lock");
+        let _guard = self.engine.contact_lock.lock().expect("contact lock");
         let now = self.clock.now_ms();
         let mut seen = HashSet::new();
         let mut dup = 0;

@@ -308,3 +308,29 @@ fn behaviour_counts_follow_merged_histories_and_property_filters() {
         (members(&c, "buyer").is_empty() && members(&c, "pro_buyer").is_empty()).then_some(())
     });
 }
+
+#[test]
+fn an_update_step_moves_the_contact_into_segments_that_read_the_attribute() {
+    let p = TestProject::new("");
+    segment(
+        &p,
+        "pro.rhai",
+        "segment(\"pro\");\nfn matches(contact) { contact.plan == \"pro\" }\n",
+    );
+    p.workflow(
+        "upgrade.rhai",
+        "workflow(\"upgrade\").on_event(\"paid\");\nfn run(contact, trigger) {\n    update(#{ plan: \"pro\" });\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.identify("u", json!({"plan": "free"}));
+    let id = contact_id(&c, "u");
+    assert!(members(&c, "pro").is_empty());
+    c.track("u", "paid", json!({}));
+    eventually("pro after the update step", || {
+        (members(&c, "pro") == [id.clone()]).then_some(())
+    });
+    let (_, contact) = c.admin_get("/v1/contacts/u");
+    assert_eq!(contact["attributes"]["plan"], "pro");
+    assert_eq!(contact["segments"], json!(["pro"]));
+}
