@@ -93,12 +93,11 @@ impl ProjectState {
     }
 
     /// Segments whose result can depend on the membership of `segment`.
-    fn dependents(&self, segment: &str) -> Vec<String> {
+    fn dependents<'a>(&'a self, segment: &'a str) -> impl Iterator<Item = &'a String> + 'a {
         self.segments
             .iter()
-            .filter(|(n, s)| n.as_str() != segment && s.loaded.deps.reads_segment(segment))
-            .map(|(n, _)| n.clone())
-            .collect()
+            .filter(move |(n, s)| n.as_str() != segment && s.loaded.deps.reads_segment(segment))
+            .map(|(n, _)| n)
     }
 }
 
@@ -505,31 +504,31 @@ impl Engine {
             if score_changed {
                 changed.extend(["score", "stage"]);
             }
-            let mut todo: BTreeSet<String> = match (only, event) {
-                (Some(o), _) => o
-                    .iter()
-                    .filter(|s| state.segments.contains_key(*s))
-                    .cloned()
-                    .collect(),
-                (None, None) => state.segments.keys().cloned().collect(),
+            // Names borrowed from the project state, which outlives this evaluation.
+            let known = |n: &String| state.segments.get_key_value(n).map(|(k, _)| k);
+            let mut todo: BTreeSet<&String> = match (only, event) {
+                (Some(o), _) => o.iter().filter_map(known).collect(),
+                (None, None) => state.segments.keys().collect(),
                 (None, Some(e)) => state
                     .segments
                     .iter()
                     .filter(|(_, s)| !changed.is_empty() && s.loaded.deps.reads_any(&changed))
                     .map(|(n, _)| n)
                     .chain(
-                        [Some(e.event.clone()), None]
-                            .iter()
-                            .filter_map(|k| state.segments_by_event.get(k))
-                            .flatten(),
+                        [
+                            state.segments_by_event.get(&Some(e.event.clone())),
+                            state.segments_by_event.get(&None),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .flatten(),
                     )
-                    .cloned()
                     .chain(
                         // Windows that have run out since: their timer may not have fired yet.
                         aud.expiries
                             .iter()
                             .filter(|(_, at)| **at <= now)
-                            .map(|(n, _)| n.clone()),
+                            .filter_map(|(n, _)| known(n)),
                     )
                     .collect(),
             };
@@ -552,7 +551,12 @@ impl Engine {
                 behaviour,
                 specs: state.counts.clone(),
                 rebuild: false,
-                members: aud.member_of().cloned().collect(),
+                // Only built when some segment reads memberships.
+                members: if state.segments_read_members {
+                    aud.member_of().cloned().collect()
+                } else {
+                    BTreeSet::new()
+                },
                 now,
                 expiry: None,
             }));
@@ -567,7 +571,7 @@ impl Engine {
                     );
                     break;
                 }
-                let Some(seg) = state.segments.get(&name) else {
+                let Some(seg) = state.segments.get(name) else {
                     continue;
                 };
                 data.borrow_mut().expiry = None;
@@ -587,7 +591,7 @@ impl Engine {
                 };
                 match data.borrow().expiry {
                     Some(at) => aud.expiries.insert(name.clone(), at),
-                    None => aud.expiries.remove(&name),
+                    None => aud.expiries.remove(name),
                 };
                 let is_member = match result {
                     Ok(b) => b,
@@ -601,7 +605,7 @@ impl Engine {
                         continue;
                     }
                 };
-                if is_member == data.borrow().members.contains(&name) {
+                if is_member == aud.segments.get(name).is_some_and(|m| m.member) {
                     continue;
                 }
                 let m = aud.segments.entry(name.clone()).or_insert(Membership {
@@ -638,11 +642,11 @@ impl Engine {
                     entered = is_member,
                     "segment membership changed"
                 );
-                todo.extend(state.dependents(&name));
+                todo.extend(state.dependents(name));
                 for wf in state.workflows.values() {
                     let fires = wf.loaded.decl.triggers.iter().any(|t| match t {
-                        Trigger::SegmentEntered { segment } => is_member && *segment == name,
-                        Trigger::SegmentExited { segment } => !is_member && *segment == name,
+                        Trigger::SegmentEntered { segment } => is_member && segment == name,
+                        Trigger::SegmentExited { segment } => !is_member && segment == name,
                         _ => false,
                     });
                     if fires {

@@ -432,6 +432,9 @@ const EVENT_NAMES: [&str; 20] = [
     "feature_used",
 ];
 
+/// Rounds of the audience benchmark.
+const ROUNDS: usize = 3;
+
 /// Ingest with events fully processed (stored, then scored and segmented) with `segments`
 /// segments and `rules` scoring rules, against the same stream with none.
 fn audience(args: &BenchArgs) -> Result<()> {
@@ -474,9 +477,13 @@ fn audience(args: &BenchArgs) -> Result<()> {
         d.shutdown();
         Ok(rate)
     };
-    let plain = run(false)?;
-    let with = run(true)?;
-    println!("processed events, no audience {plain:>11.0} events/s    ({n} events over {} names, {users} users)", EVENT_NAMES.len());
+    // Three interleaved rounds, best of each: a shared machine's noise only ever slows a run.
+    let (mut plain, mut with) = (0f64, 0f64);
+    for _ in 0..ROUNDS {
+        plain = plain.max(run(false)?);
+        with = with.max(run(true)?);
+    }
+    println!("processed events, no audience {plain:>11.0} events/s    ({n} events over {} names, {users} users; best of {ROUNDS} rounds)", EVENT_NAMES.len());
     println!(
         "processed events, audience   {with:>12.0} events/s    {} segments + {} rules; ratio {:.2} (target >= 0.50)",
         args.segments,

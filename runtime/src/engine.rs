@@ -67,6 +67,8 @@ pub struct ProjectState {
     pub counts: Arc<crate::behaviour::Specs>,
     /// Segments by an event name they read; `None` key: segments that may read any event.
     pub segments_by_event: HashMap<Option<String>, Vec<String>>,
+    /// Whether any segment reads memberships (`in_segment`, `contact.segments`).
+    pub segments_read_members: bool,
     /// WebAssembly connectors by channel name (for provider webhooks).
     pub plugins: BTreeMap<String, Arc<herald_plugin_host::LoadedPlugin>>,
 }
@@ -132,6 +134,10 @@ impl ProjectState {
                 }
                 by
             },
+            segments_read_members: project.segments.values().any(|s| {
+                let d = &s.loaded.deps;
+                !d.segments.is_empty() || d.reads_any(&["segments"])
+            }),
             scoring: project.scoring.clone(),
             plugins: loaded_plugins,
         })
@@ -200,6 +206,9 @@ pub struct Engine {
     state: RwLock<Arc<ProjectState>>,
     versions: Mutex<HashMap<String, Arc<LoadedWorkflow>>>,
     interest: RwLock<Option<HashSet<String>>>,
+    /// Event names some stored workflow version waits for (`wait_for`) and has as a goal;
+    /// `None`: any name. Events outside them skip the wait and goal lookups.
+    waited: RwLock<(Option<HashSet<String>>, Option<HashSet<String>>)>,
     workers: Mutex<Vec<mpsc::Sender<Job>>>,
     worker_count: usize,
     inflight: Mutex<HashSet<String>>,
@@ -268,6 +277,7 @@ impl Engine {
             plugins,
             versions: Mutex::new(HashMap::new()),
             interest: RwLock::new(None),
+            waited: RwLock::new((None, None)),
             workers: Mutex::new(Vec::new()),
             worker_count,
             inflight: Mutex::new(HashSet::new()),
@@ -339,12 +349,30 @@ impl Engine {
     fn compute_interest(&self) -> Result<(), EngineError> {
         let mut names = HashSet::new();
         let mut all = false;
+        let mut waited = Some(HashSet::new());
+        let mut goals = HashSet::new();
         for v in self.store.scripts()? {
-            match self.version(&v.hash).map(|w| w.interesting_events()) {
-                Ok(Some(n)) => names.extend(n),
-                Ok(None) | Err(_) => all = true,
+            match self.version(&v.hash) {
+                Ok(w) => {
+                    match w.interesting_events() {
+                        Some(n) => names.extend(n),
+                        None => all = true,
+                    }
+                    match (&mut waited, &w.waited_events) {
+                        (Some(set), Some(n)) => set.extend(n.iter().cloned()),
+                        _ => waited = None,
+                    }
+                    if let Some(g) = &w.decl.goal {
+                        goals.insert(g.event.clone());
+                    }
+                }
+                Err(_) => {
+                    all = true;
+                    waited = None;
+                }
             }
         }
+        *self.waited.write().expect("waited lock") = (waited, Some(goals));
         match self.state().audience_interest() {
             Some(n) => names.extend(n),
             None => all = true,
@@ -748,14 +776,31 @@ impl Engine {
                 },
             },
         };
+        let (waited, goal) = {
+            let w = self.waited.read().expect("waited lock");
+            (
+                w.0.as_ref().is_none_or(|n| n.contains(&event.event)),
+                w.1.as_ref().is_none_or(|n| n.contains(&event.event)),
+            )
+        };
         // 1. Runs waiting for this event.
-        for w in self.store.waits(&contact.id, &event.event)? {
+        let waits = if waited {
+            self.store.waits(&contact.id, &event.event)?
+        } else {
+            Vec::new()
+        };
+        for w in waits {
             if herald_dsl::decl::matches_filter(&w.filter, &event.properties) {
                 self.resolve_wait(&contact, &w, &event)?;
             }
         }
         // 2. Goals of runs in flight.
-        for run in self.store.runs_of_contact(&contact.id)? {
+        let runs = if goal {
+            self.store.runs_of_contact(&contact.id)?
+        } else {
+            Vec::new()
+        };
+        for run in runs {
             if run.status.is_terminal() {
                 continue;
             }
