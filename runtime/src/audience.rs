@@ -619,11 +619,11 @@ impl Engine {
                     m.since = now;
                 }
                 let entries = m.entries;
-                data.borrow_mut().set_member(&name, is_member);
+                data.borrow_mut().set_member(name, is_member);
                 self.store
-                    .index_member(&name, &contact.id, is_member.then_some(now))?;
+                    .index_member(name, &contact.id, is_member.then_some(now))?;
                 self.store.log_segment_change(
-                    &name,
+                    name,
                     &SegmentChange {
                         at: now,
                         contact: contact.id.clone(),

@@ -164,6 +164,9 @@ pub(crate) enum Job {
     Barrier(mpsc::Sender<()>),
 }
 
+/// A set of event names; `None` stands for every name.
+type EventNames = Option<HashSet<String>>;
+
 /// An accepted event handed to the engine.
 pub struct Queued {
     /// What the engine owes.
@@ -208,7 +211,7 @@ pub struct Engine {
     interest: RwLock<Option<HashSet<String>>>,
     /// Event names some stored workflow version waits for (`wait_for`) and has as a goal;
     /// `None`: any name. Events outside them skip the wait and goal lookups.
-    waited: RwLock<(Option<HashSet<String>>, Option<HashSet<String>>)>,
+    waited: RwLock<(EventNames, EventNames)>,
     workers: Mutex<Vec<mpsc::Sender<Job>>>,
     worker_count: usize,
     inflight: Mutex<HashSet<String>>,

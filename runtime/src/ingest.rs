@@ -508,19 +508,24 @@ impl Ingestor {
                 self.merge(&a, &u, now)?;
                 u
             }
-            (Some(u), _) => {
-                if let (Some(a), Some(mut c)) = (&other, self.store.contact(&u)?) {
-                    if !c.anonymous_ids.contains(a) && !c.user_ids.contains(a) {
-                        self.link(&mut c, other_kind, a)?;
-                        self.store.put_contact(&c)?;
+            (Some(u), co) => {
+                // The other id is new to this contact only when it resolved to nobody.
+                if let (Some(a), None) = (&other, co) {
+                    if let Some(mut c) = self.store.contact(&u)? {
+                        if !c.anonymous_ids.contains(a) && !c.user_ids.contains(a) {
+                            self.link(&mut c, other_kind, a)?;
+                            self.store.put_contact(&c)?;
+                        }
                     }
                 }
                 u
             }
             (None, Some(a)) => {
-                if let (Some(u), Some(mut c)) = (&user, self.store.contact(&a)?) {
-                    self.link(&mut c, IdKind::User, u)?;
-                    self.store.put_contact(&c)?;
+                if let Some(u) = &user {
+                    if let Some(mut c) = self.store.contact(&a)? {
+                        self.link(&mut c, IdKind::User, u)?;
+                        self.store.put_contact(&c)?;
+                    }
                 }
                 a
             }

@@ -353,10 +353,8 @@ impl Store for SledStore {
     }
 
     fn claim_message_id(&self, message_id: &str) -> StoreResult<bool> {
-        Ok(self
-            .message_ids
-            .compare_and_swap(message_id, None as Option<&[u8]>, Some(&[1u8][..]))?
-            .is_ok())
+        // Claims happen under the ingest lock, so a plain insert is as good as a swap.
+        Ok(self.message_ids.insert(message_id, &[1u8][..])?.is_none())
     }
 
     fn message_id_seen(&self, message_id: &str) -> StoreResult<bool> {
