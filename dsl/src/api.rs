@@ -464,7 +464,8 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
         context: Context::Query,
         doc: "How many events of this name (with properties matching `filter`) the contact sent in \
               the last `window`. When the oldest counted event leaves the window, the segment is \
-              re-evaluated by itself.",
+              re-evaluated by itself. With a literal name, filter and window (`days(30)`) the \
+              answer comes from the contact's behaviour index; computed ones read its history.",
     },
     DslFunction {
         name: "last_seen",
