@@ -95,6 +95,22 @@ impl Val {
 
 /// Compile the body of `fn matches` when it is one expression the fast path covers.
 pub fn compile(ast: &AST) -> Option<Native> {
+    // A script may define functions that shadow the built-ins the fast path stands in for.
+    const BUILT_INS: [&str; 10] = [
+        "count",
+        "last_seen",
+        "first_seen",
+        "in_segment",
+        "now",
+        "seconds",
+        "minutes",
+        "hours",
+        "days",
+        "weeks",
+    ];
+    if ast.iter_functions().any(|f| BUILT_INS.contains(&f.name)) {
+        return None;
+    }
     let param = ast
         .iter_functions()
         .find(|f| f.name == "matches" && f.params.len() == 1)?
@@ -397,5 +413,14 @@ mod tests {
             assert!(diags.is_empty(), "{body}: {diags:?}");
             assert_eq!(compile(&loaded.unwrap().ast), None, "{body}");
         }
+    }
+
+    #[test]
+    fn a_script_that_redefines_a_built_in_is_left_to_the_script() {
+        let engine = crate::build_engine(&Limits::default());
+        let src = "segment(\"s\");\nfn days(n) { n }\nfn matches(c) {\n    count(\"order\", days(30)) > 2\n}\n";
+        let (loaded, diags) = crate::check_segment(&engine, "s.rhai", src, None);
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(compile(&loaded.unwrap().ast), None);
     }
 }

@@ -147,6 +147,7 @@ fn deps_of(ast: &AST) -> SegmentDeps {
         .map(|f| f.params[0].to_string());
     let mut attributes = Some(BTreeSet::new());
     let mut counts = Vec::new();
+    let mut reads_memberships = false;
     ast.walk(&mut |path: &[ASTNode]| {
         if let (Some(ASTNode::Expr(var @ Expr::Variable(v, ..))), Some(param)) =
             (path.last(), param.as_deref())
@@ -209,15 +210,22 @@ fn deps_of(ast: &AST) -> SegmentDeps {
                 }
                 None => dynamic = true,
             },
-            "in_segment" => {
-                if let Some(s) = literal {
+            "in_segment" => match literal {
+                Some(s) => {
                     segments.insert(s);
                 }
-            }
+                // A computed name can read any membership.
+                None => reads_memberships = true,
+            },
             _ => {}
         }
         true
     });
+    if reads_memberships {
+        if let Some(a) = attributes.as_mut() {
+            a.insert("segments".to_string());
+        }
+    }
     SegmentDeps {
         events: (!dynamic).then_some(events),
         segments,
@@ -478,6 +486,13 @@ mod tests {
             assert!(d.reads_any(&["score"]), "{body}");
             assert!(d.reads_segment("any"), "{body}");
         }
+    }
+
+    #[test]
+    fn a_computed_in_segment_name_depends_on_every_segment() {
+        let d = deps(r#"in_segment(c.tier)"#);
+        assert!(d.reads_segment("gold") && d.reads_segment("silver"));
+        assert!(d.reads_any(&["tier"]));
     }
 
     #[test]

@@ -376,8 +376,17 @@ impl Engine {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        // Taken out of the worker's cache; it goes back only once written.
-        let mut aud = match STATES.with(|s| s.borrow_mut().remove(&contact.id)) {
+        // Taken out of the worker's cache; it goes back only once written. Only the worker
+        // that owns the contact caches it (after a merge, jobs routed by the old id can
+        // evaluate the surviving contact elsewhere).
+        let owned = crate::engine::current_worker()
+            == Some(crate::engine::shard_of(&contact.id, self.worker_count()));
+        let cached = if owned {
+            STATES.with(|s| s.borrow_mut().remove(&contact.id))
+        } else {
+            None
+        };
+        let mut aud = match cached {
             Some(a) => a,
             None => self.store.audience(&contact.id)?.unwrap_or_default(),
         };
@@ -506,8 +515,25 @@ impl Engine {
             }
             // Names borrowed from the project state, which outlives this evaluation.
             let known = |n: &String| state.segments.get_key_value(n).map(|(k, _)| k);
+            // Contacts merged into this one since its last evaluation bring attributes and
+            // events: everything is looked at again.
+            let merged = aud.merges != contact.merges;
+            aud.merges = contact.merges;
             let mut todo: BTreeSet<&String> = match (only, event) {
-                (Some(o), _) => o.iter().filter_map(known).collect(),
+                _ if merged => state.segments.keys().collect(),
+                (Some(o), _) => o
+                    .iter()
+                    .filter_map(known)
+                    .chain(
+                        state
+                            .segments
+                            .iter()
+                            .filter(|(_, s)| {
+                                !changed.is_empty() && s.loaded.deps.reads_any(&changed)
+                            })
+                            .map(|(n, _)| n),
+                    )
+                    .collect(),
                 (None, None) => state.segments.keys().collect(),
                 (None, Some(e)) => state
                     .segments
@@ -704,13 +730,15 @@ impl Engine {
             aud.wake_at = Some(w);
         }
         self.store.put_audience(&contact.id, &aud)?;
-        STATES.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() >= CACHED_STATES {
-                s.clear();
-            }
-            s.insert(contact.id.clone(), aud);
-        });
+        if owned {
+            STATES.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() >= CACHED_STATES {
+                    s.clear();
+                }
+                s.insert(contact.id.clone(), aud);
+            });
+        }
         Ok(())
     }
 

@@ -229,7 +229,17 @@ pub struct Engine {
     pub(crate) contact_lock: Mutex<()>,
 }
 
-fn shard_of(contact: &str, n: usize) -> usize {
+thread_local! {
+    /// The index of the worker running on this thread, if it is one.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index of the worker running on this thread, if it is one.
+pub(crate) fn current_worker() -> Option<usize> {
+    WORKER.with(|w| w.get())
+}
+
+pub(crate) fn shard_of(contact: &str, n: usize) -> usize {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in contact.bytes() {
         h ^= b as u64;
@@ -305,7 +315,10 @@ impl Engine {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("herald-worker-{i}"))
-                    .spawn(move || e.worker(rx))
+                    .spawn(move || {
+                        WORKER.with(|w| w.set(Some(i)));
+                        e.worker(rx)
+                    })
                     .expect("spawn worker"),
             );
         }
@@ -314,6 +327,11 @@ impl Engine {
         engine.recover()?;
         engine.start_backfill();
         Ok(engine)
+    }
+
+    /// How many workers share the contacts.
+    pub(crate) fn worker_count(&self) -> usize {
+        self.worker_count
     }
 
     /// The Rhai engine (shared with `herald check`).
@@ -745,18 +763,30 @@ impl Engine {
     /// (processing is idempotent: run ids are deterministic, the behaviour index is keyed by
     /// event, and scoring remembers the events it scored).
     fn process_event(&self, q: Queued) -> Result<(), EngineError> {
-        self.process_event_inner(&q.item, q.event)?;
+        if let Err(e) = self.process_event_inner(&q.item, q.event) {
+            // Only this event stays queued (in a record of its own); the rest of its request's
+            // record can go when they are done.
+            let key = self.store.next_id()?;
+            self.store.push_inbox(key, std::slice::from_ref(&q.item))?;
+            self.complete(&q.ticket)?;
+            return Err(e);
+        }
         if self.failpoint.is_some() {
             // Make what processing wrote durable, then die before the inbox record goes.
             let _ = self.flusher.commit_blocking();
             self.failpoint("after_event");
         }
-        if q.ticket
+        self.complete(&q.ticket)
+    }
+
+    /// One event of an inbox record is done; the last one removes the record.
+    fn complete(&self, ticket: &Ticket) -> Result<(), EngineError> {
+        if ticket
             .remaining
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
             == 1
         {
-            self.store.remove_inbox(q.ticket.key)?;
+            self.store.remove_inbox(ticket.key)?;
         }
         Ok(())
     }
@@ -1666,15 +1696,21 @@ impl RunHost {
                             drop(guard);
                             // Segments reading these attributes re-evaluate after this job.
                             let keys: Vec<&str> = map.keys().map(String::as_str).collect();
-                            let affected: std::collections::BTreeSet<String> = self
-                                .engine
-                                .state()
+                            let state = self.engine.state();
+                            // Attribute rules of the scoring may change the score, and with it
+                            // the segments that read score or stage.
+                            let scored = state.scoring.as_ref().is_some_and(|sc| {
+                                sc.rules.iter().any(|r| {
+                                    matches!(&r.condition, Some(herald_dsl::RuleCondition::Attribute { attribute, .. }) if keys.contains(&attribute.as_str()))
+                                })
+                            });
+                            let affected: std::collections::BTreeSet<String> = state
                                 .segments
                                 .iter()
                                 .filter(|(_, s)| s.loaded.deps.reads_any(&keys))
                                 .map(|(n, _)| n.clone())
                                 .collect();
-                            if !affected.is_empty() {
+                            if scored || !affected.is_empty() {
                                 let _ = self
                                     .engine
                                     .send_job(&c.id, Job::Audience(c.id.clone(), Some(affected)));

@@ -425,6 +425,8 @@ pub struct AudienceState {
     /// Sequence numbers of the latest events scored, so an event processed again after a
     /// crash does not award its points twice.
     pub scored: Vec<u64>,
+    /// The contact's merge count at the last evaluation.
+    pub merges: u32,
 }
 
 impl AudienceState {

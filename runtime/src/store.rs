@@ -28,7 +28,14 @@ pub enum StoreError {
     /// A binary record could not be (de)serialised.
     #[error("storage record: {0}")]
     Binary(#[from] postcard::Error),
+    /// The data directory was written by a Herald with another record layout.
+    #[error("{0}")]
+    Layout(String),
 }
+
+/// The record layout this build reads and writes; a data directory records the layout it was
+/// created with, and a different one is refused at open instead of failing record by record.
+pub const LAYOUT: &str = "2";
 
 /// Result alias for storage calls.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -248,6 +255,22 @@ impl SledStore {
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let t = |name: &str| db.open_tree(name);
+        let meta = t("meta")?;
+        match meta.get("layout")? {
+            Some(v) if v.as_ref() == LAYOUT.as_bytes() => {}
+            None if t("contacts")?.is_empty() && t("runs")?.is_empty() => {
+                meta.insert("layout", LAYOUT.as_bytes())?;
+            }
+            found => {
+                let found = found.map_or("1".to_string(), |v| String::from_utf8_lossy(&v).into());
+                return Err(StoreError::Layout(format!(
+                    "the data directory {} uses record layout {found}, this Herald reads layout \
+                     {LAYOUT}; start with a new data directory (and re-import contacts) or run \
+                     the Herald version that wrote it",
+                    dir.display()
+                )));
+            }
+        }
         Ok(SledStore {
             contacts: t("contacts")?,
             identities: t("identities")?,
@@ -265,7 +288,7 @@ impl SledStore {
             members: t("segment_members")?,
             segment_log: t("segment_log")?,
             audience: t("audience")?,
-            meta: t("meta")?,
+            meta,
             db,
         })
     }
@@ -769,6 +792,28 @@ impl Flusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_directory_of_another_layout_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+            s.put_contact(&Contact::new("c_1".into(), 0)).unwrap();
+            s.put_meta("layout", "1").unwrap();
+            s.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path(), 8 << 20).err().expect("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("uses record layout 1, this Herald reads layout 2"),
+            "{msg}"
+        );
+
+        // A new directory gets the current layout and opens again.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(SledStore::open(fresh.path(), 8 << 20).unwrap());
+        assert!(SledStore::open(fresh.path(), 8 << 20).is_ok());
+    }
 
     #[test]
     fn timers_come_back_in_due_order_and_only_when_due() {
