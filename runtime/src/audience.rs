@@ -137,6 +137,14 @@ fn compare(op: &str, got: Option<&Value>, want: &Value) -> bool {
     }
 }
 
+/// The contact as a run started now sees it: attributes with score and stage, and the
+/// memberships of `aud` (which may not be stored yet).
+fn view_of(contact: &Contact, aud: &AudienceState) -> Value {
+    let mut v = contact.snapshot();
+    v["segments"] = json!(aud.member_of().collect::<Vec<_>>());
+    v
+}
+
 /// A score as contacts show it: two decimals.
 fn round_score(score: f64) -> f64 {
     (score * 100.0).round() / 100.0
@@ -491,10 +499,18 @@ impl Engine {
                             "stage_changed"
                         };
                         let trigger = json!({"type": kind, "event": kind, "properties": props, "timestamp": now});
-                        let id = format!("{}-{}-{}-{}", wf.loaded.decl.name, tag, contact.id, now);
-                        // The run's view of the contact is read from the store.
-                        self.store.put_audience(&contact.id, &aud)?;
-                        self.start_run(wf, &contact, trigger, id, true)?;
+                        // Named after the event when there is one, so processing it again after
+                        // a crash finds the run instead of starting a second one.
+                        let id = match event {
+                            Some(e) => {
+                                format!("{}-{}-{}-e{}", wf.loaded.decl.name, tag, contact.id, e.seq)
+                            }
+                            None => format!("{}-{}-{}-{now}", wf.loaded.decl.name, tag, contact.id),
+                        };
+                        // The run sees the new score before it is stored: nothing of this
+                        // evaluation is written until its end, so a crash replays all of it.
+                        let view = view_of(&contact, &aud);
+                        self.start_run_with_view(wf, &contact, view, trigger, id, true)?;
                     }
                 }
             }
@@ -687,11 +703,8 @@ impl Engine {
                             "{}-{}-{dir}{}-{}",
                             wf.loaded.decl.name, name, entries, contact.id
                         );
-                        let c = self
-                            .live_contact(&contact.id)?
-                            .unwrap_or_else(|| contact.clone());
-                        self.store.put_audience(&contact.id, &aud)?;
-                        self.start_run(wf, &c, trigger, id, true)?;
+                        let view = view_of(&contact, &aud);
+                        self.start_run_with_view(wf, &contact, view, trigger, id, true)?;
                     }
                 }
             }

@@ -950,6 +950,20 @@ impl Engine {
         run_id: String,
         check_reentry: bool,
     ) -> Result<bool, EngineError> {
+        let view = self.snapshot_of(contact);
+        self.start_run_with_view(wf, contact, view, trigger, run_id, check_reentry)
+    }
+
+    /// [`start_run`](Self::start_run) with the contact's view given (`start_contact`).
+    pub(crate) fn start_run_with_view(
+        &self,
+        wf: &WorkflowVersion,
+        contact: &Contact,
+        view: Value,
+        trigger: Value,
+        run_id: String,
+        check_reentry: bool,
+    ) -> Result<bool, EngineError> {
         if self.store.run(&run_id)?.is_some() {
             return Ok(false);
         }
@@ -974,7 +988,7 @@ impl Engine {
             contact: contact.id.clone(),
             status: RunStatus::Running,
             trigger,
-            start_contact: self.snapshot_of(contact),
+            start_contact: view,
             created_at: now,
             updated_at: now,
             wake_at: None,
