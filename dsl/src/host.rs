@@ -142,6 +142,21 @@ pub trait Host {
             "`{name}` reads behaviour and is available in segment definitions (segments/*.rhai)"
         )))
     }
+    /// A `count` written with literal arguments, as the native fast path asks it; `key` is
+    /// [`CountSpec::key`](crate::segment::CountSpec::key). The default asks
+    /// [`query`](Host::query).
+    fn count_literal(
+        &mut self,
+        spec: &crate::segment::CountSpec,
+        key: &str,
+    ) -> Result<Value, Interrupt> {
+        let _ = key;
+        self.query(Query::Count {
+            event: spec.event.clone(),
+            filter: Value::Object(spec.filter.clone()),
+            window_ms: spec.window_ms,
+        })
+    }
 }
 
 thread_local! {

@@ -19,8 +19,8 @@ use crate::segment::CountSpec;
 pub enum Native {
     /// A literal.
     Lit(Val),
-    /// `count(...)` with literal arguments.
-    Count(CountSpec),
+    /// `count(...)` with literal arguments, and its key.
+    Count(CountSpec, String),
     /// `last_seen("event")`.
     LastSeen(String),
     /// `first_seen("event")`.
@@ -184,7 +184,11 @@ fn expr(e: &Expr, param: &str) -> Option<Native> {
                 ("last_seen", [a]) => Native::LastSeen(literal_str(a)?),
                 ("first_seen", [a]) => Native::FirstSeen(literal_str(a)?),
                 ("in_segment", [a]) => Native::InSegment(literal_str(a)?),
-                ("count", _) => Native::Count(crate::segment::literal_count(args)?),
+                ("count", _) => {
+                    let spec = crate::segment::literal_count(args)?;
+                    let key = spec.key();
+                    Native::Count(spec, key)
+                }
                 (name, [a, b]) => {
                     let op = match name {
                         "==" => Op::Eq,
@@ -221,14 +225,7 @@ fn query(host: &mut dyn Host, q: Query) -> Option<Val> {
 fn eval(n: &Native, host: &mut dyn Host) -> Option<Val> {
     Some(match n {
         Native::Lit(v) => v.clone(),
-        Native::Count(spec) => query(
-            host,
-            Query::Count {
-                event: spec.event.clone(),
-                filter: Value::Object(spec.filter.clone()),
-                window_ms: spec.window_ms,
-            },
-        )?,
+        Native::Count(spec, key) => Val::from_json(&host.count_literal(spec, key).ok()?)?,
         Native::LastSeen(e) => query(host, Query::LastSeen { event: e.clone() })?,
         Native::FirstSeen(e) => query(host, Query::FirstSeen { event: e.clone() })?,
         Native::InSegment(s) => query(host, Query::InSegment { segment: s.clone() })?,

@@ -55,6 +55,22 @@ pub struct CountSpec {
     pub window_ms: i64,
 }
 
+impl CountSpec {
+    /// Names this count for indexes: the event name, with the filter when there is one.
+    pub fn key(&self) -> String {
+        count_key(&self.event, &self.filter)
+    }
+}
+
+/// The key of a count of `event` matching `filter` (see [`CountSpec::key`]).
+pub fn count_key(event: &str, filter: &serde_json::Map<String, serde_json::Value>) -> String {
+    if filter.is_empty() {
+        event.to_string()
+    } else {
+        format!("{event}\u{0}{}", serde_json::Value::Object(filter.clone()))
+    }
+}
+
 /// A window written as a literal: `86400000`, `days(30)`, `hours(1.5)`.
 pub(crate) fn literal_window(expr: &Expr) -> Option<i64> {
     match expr {

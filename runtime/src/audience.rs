@@ -205,6 +205,22 @@ impl SegmentData {
 /// events, and notes when an answer will change by itself.
 struct SegmentHost(Rc<RefCell<SegmentData>>);
 
+/// A count answered from the behaviour index, noting when its oldest event leaves the window;
+/// `None` when the index does not track it over that window.
+fn indexed_count(b: &Behaviour, d: &mut SegmentData, key: &str, window: i64) -> Option<i64> {
+    let now = d.now;
+    let mut n = 0;
+    for t in b
+        .count(&d.specs, key, window)?
+        .filter(|t| *t > now - window && *t <= now)
+    {
+        n += 1;
+        let leaves = t + window;
+        d.expiry = Some(d.expiry.map_or(leaves, |x| x.min(leaves)));
+    }
+    Some(n)
+}
+
 impl Host for SegmentHost {
     fn step(&mut self, call: StepCall, _line: Option<usize>) -> Result<Value, Interrupt> {
         match call {
@@ -232,6 +248,29 @@ impl Host for SegmentHost {
 
     fn log(&mut self, _message: &str) {}
 
+    fn count_literal(
+        &mut self,
+        spec: &herald_dsl::segment::CountSpec,
+        key: &str,
+    ) -> Result<Value, Interrupt> {
+        {
+            let mut d = self.0.borrow_mut();
+            let d = &mut *d;
+            if let Some(b) = d.behaviour.take() {
+                let n = indexed_count(&b, d, key, spec.window_ms);
+                d.behaviour = Some(b);
+                if let Some(n) = n {
+                    return Ok(json!(n));
+                }
+            }
+        }
+        self.query(Query::Count {
+            event: spec.event.clone(),
+            filter: Value::Object(spec.filter.clone()),
+            window_ms: spec.window_ms,
+        })
+    }
+
     fn query(&mut self, q: Query) -> Result<Value, Interrupt> {
         let mut d = self.0.borrow_mut();
         let d = &mut *d;
@@ -246,19 +285,15 @@ impl Host for SegmentHost {
                     filter,
                     window_ms,
                 },
-                Some(b),
+                Some(_),
             ) => {
                 let empty = serde_json::Map::new();
                 let filter = filter.as_object().unwrap_or(&empty);
                 let key = crate::behaviour::key(event, filter);
-                if let Some(times) = b.count(&d.specs, &key, *window_ms) {
-                    let (now, window) = (d.now, *window_ms);
-                    let mut n = 0;
-                    for t in times.filter(|t| *t > now - window && *t <= now) {
-                        n += 1;
-                        let leaves = t + window;
-                        d.expiry = Some(d.expiry.map_or(leaves, |x| x.min(leaves)));
-                    }
+                let b = d.behaviour.take().expect("matched above");
+                let n = indexed_count(&b, d, &key, *window_ms);
+                d.behaviour = Some(b);
+                if let Some(n) = n {
                     return Ok(json!(n));
                 }
             }

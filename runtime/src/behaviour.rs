@@ -27,11 +27,7 @@ pub type Specs = BTreeMap<String, CountSpec>;
 
 /// The key of a count: the event name, with the filter when there is one.
 pub fn key(event: &str, filter: &Map<String, Value>) -> String {
-    if filter.is_empty() {
-        event.to_string()
-    } else {
-        format!("{event}\u{0}{}", Value::Object(filter.clone()))
-    }
+    herald_dsl::segment::count_key(event, filter)
 }
 
 /// Collect the literal counts of a set of segments.
