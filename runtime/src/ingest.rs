@@ -353,7 +353,7 @@ impl Ingestor {
         let mut seen = HashSet::new();
         let mut dup = 0;
         let mut accepted = 0;
-        // Events, then inbox entries, then messageId markers, so a marker never exists without
+        // Events, then the inbox record, then messageId markers, so a marker never exists without
         // its event. Plain inserts, not sled batches: a batch takes sled's global write lock and
         // would stall every worker while it is applied.
         let mut pending = Pending::default();
