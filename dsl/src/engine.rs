@@ -216,10 +216,7 @@ fn register_audience(engine: &mut Engine) {
     engine.register_fn(
         "on_event",
         |b: &mut RuleBuilder, event: ImmutableString, filter: Map| {
-            let filter = match to_json(&Dynamic::from_map(filter)) {
-                serde_json::Value::Object(m) => m,
-                _ => Default::default(),
-            };
+            let filter = filter_map(filter);
             b.update(|r| {
                 r.condition = Some(RuleCondition::Event {
                     event: event.to_string(),
@@ -417,10 +414,7 @@ fn register_declarations(engine: &mut Engine) {
     engine.register_fn(
         "on_event",
         |b: &mut WorkflowBuilder, name: ImmutableString, filter: Map| {
-            let filter = match to_json(&Dynamic::from_map(filter)) {
-                serde_json::Value::Object(m) => m,
-                _ => Default::default(),
-            };
+            let filter = filter_map(filter);
             b.update(|d| {
                 d.triggers.push(Trigger::Event {
                     name: name.to_string(),
@@ -532,6 +526,14 @@ fn terminate(token: &str, pos: Position) -> Box<EvalAltResult> {
 
 fn json_map(m: Map) -> serde_json::Value {
     to_json(&Dynamic::from_map(m))
+}
+
+/// A property filter written as a Rhai map, as the JSON object declarations keep.
+fn filter_map(m: Map) -> serde_json::Map<String, serde_json::Value> {
+    match json_map(m) {
+        serde_json::Value::Object(m) => m,
+        _ => Default::default(),
+    }
 }
 
 fn parse_arms(
