@@ -24,6 +24,7 @@ use crate::model::{
     AudienceState, Contact, Contribution, Event, EventFact, Membership, SegmentChange,
 };
 use crate::store::{Store, Timer};
+use herald_dsl::segment::count_key;
 
 /// Timers whose run id starts with this re-evaluate a contact's audience instead.
 pub const TIMER_PREFIX: &str = "~audience:";
@@ -205,20 +206,25 @@ impl SegmentData {
 /// events, and notes when an answer will change by itself.
 struct SegmentHost(Rc<RefCell<SegmentData>>);
 
-/// A count answered from the behaviour index, noting when its oldest event leaves the window;
-/// `None` when the index does not track it over that window.
-fn indexed_count(b: &Behaviour, d: &mut SegmentData, key: &str, window: i64) -> Option<i64> {
-    let now = d.now;
-    let mut n = 0;
-    for t in b
-        .count(&d.specs, key, window)?
-        .filter(|t| *t > now - window && *t <= now)
-    {
-        n += 1;
-        let leaves = t + window;
-        d.expiry = Some(d.expiry.map_or(leaves, |x| x.min(leaves)));
+impl SegmentData {
+    /// A count answered from the behaviour index, noting when its oldest event leaves the
+    /// window; `None` when there is no current index or it does not track the count over
+    /// that window.
+    fn indexed_count(&mut self, key: &str, window: i64) -> Option<i64> {
+        let now = self.now;
+        let mut n = 0;
+        for t in self
+            .behaviour
+            .as_ref()?
+            .count(&self.specs, key, window)?
+            .filter(|t| *t > now - window && *t <= now)
+        {
+            n += 1;
+            let leaves = t + window;
+            self.expiry = Some(self.expiry.map_or(leaves, |x| x.min(leaves)));
+        }
+        Some(n)
     }
-    Some(n)
 }
 
 impl Host for SegmentHost {
@@ -253,16 +259,9 @@ impl Host for SegmentHost {
         spec: &herald_dsl::segment::CountSpec,
         key: &str,
     ) -> Result<Value, Interrupt> {
-        {
-            let mut d = self.0.borrow_mut();
-            let d = &mut *d;
-            if let Some(b) = d.behaviour.take() {
-                let n = indexed_count(&b, d, key, spec.window_ms);
-                d.behaviour = Some(b);
-                if let Some(n) = n {
-                    return Ok(json!(n));
-                }
-            }
+        let indexed = self.0.borrow_mut().indexed_count(key, spec.window_ms);
+        if let Some(n) = indexed {
+            return Ok(json!(n));
         }
         self.query(Query::Count {
             event: spec.event.clone(),
@@ -288,12 +287,8 @@ impl Host for SegmentHost {
                 Some(_),
             ) => {
                 let empty = serde_json::Map::new();
-                let filter = filter.as_object().unwrap_or(&empty);
-                let key = crate::behaviour::key(event, filter);
-                let b = d.behaviour.take().expect("matched above");
-                let n = indexed_count(&b, d, &key, *window_ms);
-                d.behaviour = Some(b);
-                if let Some(n) = n {
+                let key = count_key(event, filter.as_object().unwrap_or(&empty));
+                if let Some(n) = d.indexed_count(&key, *window_ms) {
                     return Ok(json!(n));
                 }
             }

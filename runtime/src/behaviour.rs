@@ -17,24 +17,18 @@ use std::collections::BTreeMap;
 
 use herald_dsl::segment::CountSpec;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use crate::model::{Event, EventFact};
 
-/// The counts the current segments ask for with literal arguments, by [`key`]; the window of
+/// The counts the current segments ask for with literal arguments, by [`CountSpec::key`]; the window of
 /// each is the longest asked for.
 pub type Specs = BTreeMap<String, CountSpec>;
-
-/// The key of a count: the event name, with the filter when there is one.
-pub fn key(event: &str, filter: &Map<String, Value>) -> String {
-    herald_dsl::segment::count_key(event, filter)
-}
 
 /// Collect the literal counts of a set of segments.
 pub fn specs<'a>(counts: impl IntoIterator<Item = &'a CountSpec>) -> Specs {
     let mut out = Specs::new();
     for c in counts {
-        out.entry(key(&c.event, &c.filter))
+        out.entry(c.key())
             .and_modify(|s: &mut CountSpec| s.window_ms = s.window_ms.max(c.window_ms))
             .or_insert_with(|| c.clone());
     }
@@ -137,7 +131,7 @@ impl Behaviour {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map, Value};
 
     const DAY: i64 = 86_400_000;
 
@@ -187,7 +181,7 @@ mod tests {
                 window_ms: 7 * DAY,
             },
         ]);
-        let pro_key = key("order", &pro);
+        let pro_key = herald_dsl::segment::count_key("order", &pro);
         let mut b = Behaviour::build(&facts(&history), &specs, (0, 7), now);
         assert_eq!(
             counted(&b, &specs, "order", 30 * DAY, now),
