@@ -565,45 +565,36 @@ impl Engine {
             // events: everything is looked at again.
             let merged = aud.merges != contact.merges;
             aud.merges = contact.merges;
-            let mut todo: BTreeSet<&String> = match (only, event) {
-                _ if merged => state.segments.keys().collect(),
-                (Some(o), _) => o
-                    .iter()
-                    .filter_map(known)
-                    .chain(
+            let mut todo: BTreeSet<&String> = BTreeSet::new();
+            if merged || (only.is_none() && event.is_none()) {
+                todo.extend(state.segments.keys());
+            } else {
+                // Segments reading an attribute that changed.
+                if !changed.is_empty() {
+                    todo.extend(
                         state
                             .segments
                             .iter()
-                            .filter(|(_, s)| {
-                                !changed.is_empty() && s.loaded.deps.reads_any(&changed)
-                            })
+                            .filter(|(_, s)| s.loaded.deps.reads_any(&changed))
                             .map(|(n, _)| n),
-                    )
-                    .collect(),
-                (None, None) => state.segments.keys().collect(),
-                (None, Some(e)) => state
-                    .segments
-                    .iter()
-                    .filter(|(_, s)| !changed.is_empty() && s.loaded.deps.reads_any(&changed))
-                    .map(|(n, _)| n)
-                    .chain(
-                        [
-                            state.segments_by_event.get(&Some(e.event.clone())),
-                            state.segments_by_event.get(&None),
-                        ]
-                        .into_iter()
-                        .flatten()
-                        .flatten(),
-                    )
-                    .chain(
-                        // Windows that have run out since: their timer may not have fired yet.
+                    );
+                }
+                if let Some(o) = only {
+                    todo.extend(o.iter().filter_map(known));
+                } else if let Some(e) = event {
+                    // Segments counting this event, or any event.
+                    for k in [Some(e.event.clone()), None] {
+                        todo.extend(state.segments_by_event.get(&k).into_iter().flatten());
+                    }
+                    // Windows that have run out since: their timer may not have fired yet.
+                    todo.extend(
                         aud.expiries
                             .iter()
                             .filter(|(_, at)| **at <= now)
                             .filter_map(|(n, _)| known(n)),
-                    )
-                    .collect(),
-            };
+                    );
+                }
+            }
             aud.expiries
                 .retain(|name, _| state.segments.contains_key(name));
             // The behaviour index, if it is current, with this event folded in.
