@@ -71,13 +71,19 @@ fn project(dir: &Path, workflow: &str) -> Result<()> {
     Ok(())
 }
 
-fn raw_sled(n: usize, batch: usize) -> Result<f64> {
+/// A bare sled database in a temporary directory, configured like the daemon's.
+fn bare_sled() -> Result<(tempfile::TempDir, sled::Db)> {
     let dir = tempfile::tempdir()?;
     let db = sled::Config::new()
         .path(dir.path())
         .cache_capacity(64 << 20)
         .mode(sled::Mode::HighThroughput)
         .open()?;
+    Ok((dir, db))
+}
+
+fn raw_sled(n: usize, batch: usize) -> Result<f64> {
+    let (_dir, db) = bare_sled()?;
     let tree = db.open_tree("events")?;
     let payload = serde_json::to_vec(
         &json!({"type": "track", "event": "page_viewed", "properties": {"path": "/pricing", "n": 1}}),
@@ -100,12 +106,7 @@ fn raw_sled(n: usize, batch: usize) -> Result<f64> {
 /// contact's key and a messageId marker, one insert each, flushed per batch — without HTTP,
 /// parsing or identity resolution: how much of ingest's cost is the shape of its keys.
 fn raw_sled_ingest_shape(n: usize, users: usize, batch: usize) -> Result<f64> {
-    let dir = tempfile::tempdir()?;
-    let db = sled::Config::new()
-        .path(dir.path())
-        .cache_capacity(64 << 20)
-        .mode(sled::Mode::HighThroughput)
-        .open()?;
+    let (_dir, db) = bare_sled()?;
     let events = db.open_tree("events")?;
     let markers = db.open_tree("message_ids")?;
     let payload = serde_json::to_vec(
