@@ -227,6 +227,9 @@ pub struct Engine {
     /// Held while contact records are read and rewritten (ingest's identity resolution and
     /// traits, `update()` steps), so no writer loses another's change.
     pub(crate) contact_lock: Mutex<()>,
+    /// The run gauges hold every stored run (the start-up count finished), so a clean
+    /// shutdown may save them as a checkpoint.
+    runs_counted: std::sync::atomic::AtomicBool,
 }
 
 thread_local! {
@@ -303,6 +306,7 @@ impl Engine {
             segment_sizes: Mutex::new(BTreeMap::new()),
             backfill: Mutex::new(Default::default()),
             contact_lock: Mutex::new(()),
+            runs_counted: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         engine.store_versions()?;
@@ -630,8 +634,25 @@ impl Engine {
         Ok(())
     }
 
-    /// Count stored runs by status for the metrics gauges (runs in the background at start).
+    /// Count stored runs by status for the metrics gauges (runs in the background at start),
+    /// and resume runs a crash left running. After a clean shutdown no run is running and the
+    /// counts come from its checkpoint, so nothing is scanned.
     pub fn count_runs(&self) -> Result<(), EngineError> {
+        if let Some(saved) = self.store.take_checkpointed_runs() {
+            if saved.get(RunStatus::Running.as_str()).copied().unwrap_or(0) == 0 {
+                let counts = RunStatus::ALL
+                    .into_iter()
+                    .filter_map(|s| saved.get(s.as_str()).map(|n| (s.as_str(), *n)))
+                    .collect();
+                self.metrics.set_run_counts(counts);
+                self.runs_counted
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!(
+                    "run, contact and timer counts restored from the shutdown checkpoint"
+                );
+                return Ok(());
+            }
+        }
         let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
         let mut running = Vec::new();
         self.store.scan_runs(&mut |r| {
@@ -642,6 +663,8 @@ impl Engine {
             true
         })?;
         self.metrics.set_run_counts(counts);
+        self.runs_counted
+            .store(true, std::sync::atomic::Ordering::Release);
         for (id, contact) in running {
             let _ = self.send_job(&contact, Job::Activate(id));
         }
@@ -656,6 +679,11 @@ impl Engine {
             let _ = t.join();
         }
         let _ = self.flusher.commit_blocking();
+        if self.runs_counted.load(std::sync::atomic::Ordering::Acquire) {
+            if let Err(e) = self.store.save_checkpoint(&self.metrics.run_counts()) {
+                tracing::warn!(error = %e, "saving the shutdown checkpoint failed; the next start counts instead");
+            }
+        }
     }
 
     fn failpoint(&self, name: &str) {

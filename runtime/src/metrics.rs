@@ -57,6 +57,11 @@ impl Metrics {
             *m.entry(k).or_default() += v;
         }
     }
+    /// Runs by status as the gauges hold them.
+    pub fn run_counts(&self) -> BTreeMap<String, i64> {
+        let m = self.runs_by_status.lock().expect("metrics lock");
+        m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
     /// A run started.
     pub fn run_started(&self, workflow: &str) {
         bump(&self.runs_started, workflow.to_string(), 1);

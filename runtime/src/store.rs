@@ -5,7 +5,9 @@
 //! timers by big-endian due time. Writes are not flushed individually; durability points call
 //! [`Flusher`], which batches concurrent requests into one fsync (group commit).
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use serde::de::DeserializeOwned;
@@ -142,6 +144,12 @@ pub trait Store: Send + Sync + 'static {
     fn next_timer(&self) -> StoreResult<Option<i64>>;
     /// Number of pending timers.
     fn timer_count(&self) -> StoreResult<usize>;
+    /// Record, at a clean shutdown, the counts a start would otherwise scan for (contacts,
+    /// timers, and the given runs by status). The next open uses them once; any later write
+    /// that changes a count withdraws them first, so they are never stale.
+    fn save_checkpoint(&self, runs: &BTreeMap<String, i64>) -> StoreResult<()>;
+    /// Runs by status as saved by the clean shutdown this store was opened after (once).
+    fn take_checkpointed_runs(&self) -> Option<BTreeMap<String, i64>>;
 
     /// Register a run waiting for an event of a contact.
     fn put_wait(&self, contact: &str, event: &str, wait: &WaitReg) -> StoreResult<()>;
@@ -213,6 +221,23 @@ pub struct SledStore {
     segment_log: sled::Tree,
     audience: sled::Tree,
     meta: sled::Tree,
+    /// Stored contacts, kept exact from insert results so status and metrics are O(1).
+    contact_total: AtomicUsize,
+    /// Pending timers, likewise.
+    timer_total: AtomicUsize,
+    /// A clean-shutdown checkpoint is stored and must be withdrawn before a counted change.
+    checkpointed: AtomicBool,
+    checkpoint_lock: Mutex<()>,
+    /// Runs by status from the checkpoint this store was opened with.
+    checkpointed_runs: Mutex<Option<BTreeMap<String, i64>>>,
+}
+
+/// Counts saved at a clean shutdown (meta key `checkpoint`).
+#[derive(Serialize, serde::Deserialize)]
+struct Checkpoint {
+    contacts: usize,
+    timers: usize,
+    runs: BTreeMap<String, i64>,
 }
 
 fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
@@ -233,6 +258,16 @@ fn key2(a: &str, b: &[u8]) -> Vec<u8> {
 
 fn prefix(a: &str) -> Vec<u8> {
     key2(a, b"")
+}
+
+/// Keys in a tree, by one pass over it.
+fn count_keys(tree: &sled::Tree) -> StoreResult<usize> {
+    let mut n = 0;
+    for k in tree.iter().keys() {
+        k?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Order-preserving encoding of a signed time.
@@ -271,8 +306,37 @@ impl SledStore {
                 )));
             }
         }
+        let contacts = t("contacts")?;
+        let timers = t("timers")?;
+        // After a clean shutdown the counts come from its checkpoint, withdrawn durably before
+        // anything else is written. Otherwise they are counted once here (two trees in
+        // parallel). Afterwards every insert and remove says whether the key was new or
+        // present, so the counts stay exact without scans.
+        let checkpoint = match meta.remove("checkpoint")? {
+            Some(v) => {
+                db.flush()?;
+                serde_json::from_slice::<Checkpoint>(&v).ok()
+            }
+            None => None,
+        };
+        let (contact_total, timer_total, runs) = match checkpoint {
+            Some(c) => (c.contacts, c.timers, Some(c.runs)),
+            None => {
+                let (c, t) = std::thread::scope(|s| {
+                    let c = s.spawn(|| count_keys(&contacts));
+                    let t = count_keys(&timers);
+                    (c.join().expect("contact count"), t)
+                });
+                (c?, t?, None)
+            }
+        };
         Ok(SledStore {
-            contacts: t("contacts")?,
+            contact_total: AtomicUsize::new(contact_total),
+            timer_total: AtomicUsize::new(timer_total),
+            checkpointed: AtomicBool::new(false),
+            checkpoint_lock: Mutex::new(()),
+            checkpointed_runs: Mutex::new(runs),
+            contacts,
             identities: t("identities")?,
             events: t("events")?,
             message_ids: t("message_ids")?,
@@ -281,7 +345,7 @@ impl SledStore {
             runs_by_contact: t("runs_by_contact")?,
             entries: t("entries")?,
             journal: t("journal")?,
-            timers: t("timers")?,
+            timers,
             waits: t("waits")?,
             scripts: t("scripts")?,
             outbox: t("outbox")?,
@@ -291,6 +355,19 @@ impl SledStore {
             meta,
             db,
         })
+    }
+
+    /// Withdraw a saved checkpoint before (and again after) a write that changes a count: the
+    /// first call orders the withdrawal before the write in the log, the second covers a
+    /// checkpoint saved while the write was under way.
+    fn invalidate_checkpoint(&self) -> StoreResult<()> {
+        if self.checkpointed.load(Ordering::Acquire) {
+            let _g = self.checkpoint_lock.lock().expect("checkpoint lock");
+            if self.checkpointed.swap(false, Ordering::AcqRel) {
+                self.meta.remove("checkpoint")?;
+            }
+        }
+        Ok(())
     }
 
     /// The underlying database (benchmarks compare against raw writes).
@@ -322,12 +399,19 @@ impl Store for SledStore {
     }
 
     fn put_contact(&self, contact: &Contact) -> StoreResult<()> {
-        self.contacts.insert(contact.id.as_bytes(), enc(contact)?)?;
-        Ok(())
+        self.invalidate_checkpoint()?;
+        if self
+            .contacts
+            .insert(contact.id.as_bytes(), enc(contact)?)?
+            .is_none()
+        {
+            self.contact_total.fetch_add(1, Ordering::Relaxed);
+        }
+        self.invalidate_checkpoint()
     }
 
     fn contact_count(&self) -> StoreResult<usize> {
-        Ok(self.contacts.len())
+        Ok(self.contact_total.load(Ordering::Relaxed))
     }
 
     fn identity(&self, kind: IdKind, id: &str) -> StoreResult<Option<String>> {
@@ -413,10 +497,13 @@ impl Store for SledStore {
     }
 
     fn put_run(&self, run: &Run) -> StoreResult<()> {
-        self.runs.insert(run.id.as_bytes(), enc(run)?)?;
-        self.runs_by_contact
-            .insert(key2(&run.contact, run.id.as_bytes()), &[])?;
-        Ok(())
+        self.invalidate_checkpoint()?;
+        // The contact index is written once, with the run's first record.
+        if self.runs.insert(run.id.as_bytes(), enc(run)?)?.is_none() {
+            self.runs_by_contact
+                .insert(key2(&run.contact, run.id.as_bytes()), &[])?;
+        }
+        self.invalidate_checkpoint()
     }
 
     fn runs_of_contact(&self, contact: &str) -> StoreResult<Vec<Run>> {
@@ -469,15 +556,21 @@ impl Store for SledStore {
     fn set_timer(&self, timer: &Timer) -> StoreResult<()> {
         let mut k = time_key(timer.due).to_vec();
         k.extend_from_slice(timer.run.as_bytes());
-        self.timers.insert(k, timer.contact.as_bytes())?;
-        Ok(())
+        self.invalidate_checkpoint()?;
+        if self.timers.insert(k, timer.contact.as_bytes())?.is_none() {
+            self.timer_total.fetch_add(1, Ordering::Relaxed);
+        }
+        self.invalidate_checkpoint()
     }
 
     fn clear_timer(&self, due: i64, run: &str) -> StoreResult<()> {
         let mut k = time_key(due).to_vec();
         k.extend_from_slice(run.as_bytes());
-        self.timers.remove(k)?;
-        Ok(())
+        self.invalidate_checkpoint()?;
+        if self.timers.remove(k)?.is_some() {
+            self.timer_total.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.invalidate_checkpoint()
     }
 
     fn due_timers(&self, now: i64, limit: usize) -> StoreResult<Vec<Timer>> {
@@ -501,7 +594,26 @@ impl Store for SledStore {
     }
 
     fn timer_count(&self) -> StoreResult<usize> {
-        Ok(self.timers.len())
+        Ok(self.timer_total.load(Ordering::Relaxed))
+    }
+
+    fn save_checkpoint(&self, runs: &BTreeMap<String, i64>) -> StoreResult<()> {
+        {
+            let _g = self.checkpoint_lock.lock().expect("checkpoint lock");
+            let c = Checkpoint {
+                contacts: self.contact_total.load(Ordering::Acquire),
+                timers: self.timer_total.load(Ordering::Acquire),
+                runs: runs.clone(),
+            };
+            self.meta.insert("checkpoint", serde_json::to_vec(&c)?)?;
+            self.checkpointed.store(true, Ordering::Release);
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn take_checkpointed_runs(&self) -> Option<BTreeMap<String, i64>> {
+        self.checkpointed_runs.lock().expect("checkpoint").take()
     }
 
     fn put_wait(&self, contact: &str, event: &str, wait: &WaitReg) -> StoreResult<()> {
@@ -844,6 +956,36 @@ mod tests {
         s.clear_timer(100, "a").unwrap();
         assert_eq!(s.next_timer().unwrap(), Some(-5));
         assert_eq!(s.timer_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn contact_and_timer_counts_stay_exact_across_rewrites_removals_and_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let timer = |due, run: &str| Timer {
+            due,
+            run: run.into(),
+            contact: "k".into(),
+        };
+        {
+            let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+            for id in ["c1", "c2", "c1"] {
+                s.put_contact(&Contact::new(id.to_string(), 0)).unwrap();
+            }
+            s.set_timer(&timer(10, "a")).unwrap();
+            s.set_timer(&timer(10, "a")).unwrap();
+            s.set_timer(&timer(20, "b")).unwrap();
+            s.clear_timer(20, "b").unwrap();
+            s.clear_timer(20, "b").unwrap();
+            s.clear_timer(99, "never-set").unwrap();
+            assert_eq!(s.contact_count().unwrap(), 2);
+            assert_eq!(s.timer_count().unwrap(), 1);
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        assert_eq!(s.contact_count().unwrap(), 2);
+        assert_eq!(s.timer_count().unwrap(), 1);
+        s.set_timer(&timer(30, "c")).unwrap();
+        assert_eq!(s.timer_count().unwrap(), 2);
     }
 
     #[test]

@@ -220,6 +220,83 @@ fn sigterm_stops_gracefully_and_keeps_everything() {
     assert_eq!(second.client.run(&id)["status"], "waiting");
 }
 
+/// The gauge lines `/metrics` reports for runs, timers and contacts.
+fn counts(c: &Client) -> Vec<String> {
+    let text = c.get_text("/metrics");
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("herald_runs{status=\"waiting\"}")
+                || l.starts_with("herald_runs{status=\"completed\"}")
+                || l.starts_with("herald_pending_timers ")
+                || l.starts_with("herald_contacts ")
+        })
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn counts_come_from_the_shutdown_checkpoint_after_sigterm_and_are_recounted_after_a_crash() {
+    let p = project(false);
+    let first = Process::start(p.path(), &[]);
+    sign_up(&first.client);
+    first.client.track("grace", "viewed", json!({}));
+    let id = first.client.only_run("ada")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    first.client.run_reaches(&id, "waiting", 2);
+    let expected = vec![
+        "herald_contacts 2".to_string(),
+        "herald_pending_timers 1".into(),
+        "herald_runs{status=\"completed\"} 0".into(),
+        "herald_runs{status=\"waiting\"} 1".into(),
+    ];
+    eventually("the first start counted", || {
+        (counts(&first.client) == expected).then_some(())
+    });
+    // SAFETY: sending a signal to a child we own.
+    unsafe {
+        libc::kill(first.child.id() as i32, libc::SIGTERM);
+    }
+    assert!(first.wait_dead().success());
+
+    // A clean start reads the checkpoint instead of scanning, and reports the same counts.
+    let second = Process::start(p.path(), &[]);
+    eventually("the checkpoint is used", || {
+        second
+            .log_text()
+            .contains("restored from the shutdown checkpoint")
+            .then_some(())
+    });
+    assert_eq!(counts(&second.client), expected);
+    // Changes after the checkpoint was read keep the counts exact ...
+    second.client.advance(3 * DAY + 1000);
+    second.client.run_reaches(&id, "completed", 3);
+    second.client.track("linus", "viewed", json!({}));
+    let after = vec![
+        "herald_contacts 3".to_string(),
+        "herald_pending_timers 0".into(),
+        "herald_runs{status=\"completed\"} 1".into(),
+        "herald_runs{status=\"waiting\"} 0".into(),
+    ];
+    eventually("the counts follow the changes", || {
+        (counts(&second.client) == after).then_some(())
+    });
+    second.kill9();
+
+    // ... and a crash leaves no checkpoint behind: the next start counts the stored records.
+    let third = Process::start(p.path(), &[]);
+    eventually("the crash restart recounted", || {
+        (counts(&third.client) == after).then_some(())
+    });
+    assert!(!third
+        .log_text()
+        .contains("restored from the shutdown checkpoint"));
+}
+
 #[test]
 fn an_event_processed_again_after_a_crash_awards_its_points_once() {
     let p = TestProject::new("");
