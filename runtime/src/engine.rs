@@ -26,9 +26,7 @@ use crate::channels::{Channel, ChannelError, OutboundMessage, OutboxChannel, Web
 use crate::clock::Clock;
 use crate::config::{ChannelConfig, EngineConfig};
 use crate::metrics::Metrics;
-use crate::model::{
-    Contact, Entry, Event, InboxItem, Intent, Run, RunStatus, Step, StepStatus, WaitReg,
-};
+use crate::model::{Contact, Event, InboxItem, Intent, Run, RunStatus, Step, StepStatus, WaitReg};
 use crate::project::{Project, WorkflowVersion};
 use crate::store::{Flusher, Store, StoreError, Timer};
 use crate::templates::Templates;
@@ -1027,14 +1025,6 @@ impl Engine {
             logs: Vec::new(),
         };
         self.store.put_run(&run)?;
-        self.store.put_entry(
-            name,
-            &contact.id,
-            &Entry {
-                run: run_id.clone(),
-                started_at: now,
-            },
-        )?;
         self.metrics.run_started(name);
         self.metrics.run_status(None, RunStatus::Running);
         tracing::debug!(

@@ -37,7 +37,7 @@ pub enum StoreError {
 
 /// The record layout this build reads and writes; a data directory records the layout it was
 /// created with, and a different one is refused at open instead of failing record by record.
-pub const LAYOUT: &str = "2";
+pub const LAYOUT: &str = "3";
 
 /// Result alias for storage calls.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -124,10 +124,9 @@ pub trait Store: Send + Sync + 'static {
     fn runs_of_contact(&self, contact: &str) -> StoreResult<Vec<Run>>;
     /// Every run, in id order, passed to `f` until it returns false.
     fn scan_runs(&self, f: &mut dyn FnMut(Run) -> bool) -> StoreResult<()>;
-    /// Last entry of a contact into a workflow.
+    /// Last entry of a contact into a workflow: its most recently started run (recorded by
+    /// [`Store::put_run`] when the run is first written).
     fn entry(&self, workflow: &str, contact: &str) -> StoreResult<Option<Entry>>;
-    /// Record an entry.
-    fn put_entry(&self, workflow: &str, contact: &str, entry: &Entry) -> StoreResult<()>;
 
     /// A run's journal, in step order.
     fn journal(&self, run: &str) -> StoreResult<Vec<Step>>;
@@ -211,7 +210,6 @@ pub struct SledStore {
     inbox: sled::Tree,
     runs: sled::Tree,
     runs_by_contact: sled::Tree,
-    entries: sled::Tree,
     journal: sled::Tree,
     timers: sled::Tree,
     waits: sled::Tree,
@@ -258,6 +256,29 @@ fn key2(a: &str, b: &[u8]) -> Vec<u8> {
 
 fn prefix(a: &str) -> Vec<u8> {
     key2(a, b"")
+}
+
+/// `contact \0 workflow \0 created_at run`: a contact's runs, each workflow's in start order.
+fn run_index_key(contact: &str, workflow: &str, created_at: i64, run: &str) -> Vec<u8> {
+    let mut k = key2(contact, &prefix(workflow));
+    k.extend_from_slice(&time_key(created_at));
+    k.extend_from_slice(run.as_bytes());
+    k
+}
+
+/// Workflow, start time and run id of a run index key with its contact prefix removed.
+fn parse_run_index_key(rest: &[u8]) -> (String, i64, String) {
+    let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    let workflow = String::from_utf8_lossy(&rest[..end]).into_owned();
+    let rest = rest.get(end + 1..).unwrap_or_default();
+    if rest.len() < 8 {
+        return (workflow, 0, String::new());
+    }
+    (
+        workflow,
+        time_from_key(rest),
+        String::from_utf8_lossy(&rest[8..]).into_owned(),
+    )
 }
 
 /// Keys in a tree, by one pass over it.
@@ -343,7 +364,6 @@ impl SledStore {
             inbox: t("inbox")?,
             runs: t("runs")?,
             runs_by_contact: t("runs_by_contact")?,
-            entries: t("entries")?,
             journal: t("journal")?,
             timers,
             waits: t("waits")?,
@@ -498,10 +518,13 @@ impl Store for SledStore {
 
     fn put_run(&self, run: &Run) -> StoreResult<()> {
         self.invalidate_checkpoint()?;
-        // The contact index is written once, with the run's first record.
+        // The contact index is written once, with the run's first record; it also answers
+        // which run last entered the workflow (the re-entry policy's question).
         if self.runs.insert(run.id.as_bytes(), enc(run)?)?.is_none() {
-            self.runs_by_contact
-                .insert(key2(&run.contact, run.id.as_bytes()), &[])?;
+            self.runs_by_contact.insert(
+                run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
+                &[],
+            )?;
         }
         self.invalidate_checkpoint()
     }
@@ -510,11 +533,12 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for item in self.runs_by_contact.scan_prefix(prefix(contact)) {
             let (k, _) = item?;
-            let id = String::from_utf8_lossy(&k[contact.len() + 1..]).into_owned();
+            let (_, _, id) = parse_run_index_key(&k[contact.len() + 1..]);
             if let Some(run) = self.run(&id)? {
                 out.push(run);
             }
         }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
     }
 
@@ -528,16 +552,15 @@ impl Store for SledStore {
     }
 
     fn entry(&self, workflow: &str, contact: &str) -> StoreResult<Option<Entry>> {
-        self.entries
-            .get(key2(workflow, contact.as_bytes()))?
-            .map(|b| dec(&b))
-            .transpose()
-    }
-
-    fn put_entry(&self, workflow: &str, contact: &str, entry: &Entry) -> StoreResult<()> {
-        self.entries
-            .insert(key2(workflow, contact.as_bytes()), enc(entry)?)?;
-        Ok(())
+        let p = key2(contact, &prefix(workflow));
+        match self.runs_by_contact.scan_prefix(&p).next_back() {
+            Some(item) => {
+                let (k, _) = item?;
+                let (_, started_at, run) = parse_run_index_key(&k[contact.len() + 1..]);
+                Ok(Some(Entry { run, started_at }))
+            }
+            None => Ok(None),
+        }
     }
 
     fn journal(&self, run: &str) -> StoreResult<Vec<Step>> {
@@ -917,7 +940,7 @@ mod tests {
         let err = SledStore::open(dir.path(), 8 << 20).err().expect("refused");
         let msg = err.to_string();
         assert!(
-            msg.contains("uses record layout 1, this Herald reads layout 2"),
+            msg.contains("uses record layout 1, this Herald reads layout 3"),
             "{msg}"
         );
 
@@ -986,6 +1009,54 @@ mod tests {
         assert_eq!(s.timer_count().unwrap(), 1);
         s.set_timer(&timer(30, "c")).unwrap();
         assert_eq!(s.timer_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn the_last_entry_is_the_latest_run_of_that_workflow_for_that_contact() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let run = |id: &str, workflow: &str, contact: &str, at: i64| Run {
+            id: id.into(),
+            workflow: workflow.into(),
+            script_hash: "h".into(),
+            contact: contact.into(),
+            status: crate::model::RunStatus::Running,
+            trigger: serde_json::Value::Null,
+            start_contact: serde_json::Value::Null,
+            created_at: at,
+            updated_at: at,
+            wake_at: None,
+            reason: None,
+            error_line: None,
+            activations: 0,
+            converted_at: None,
+            logs: Vec::new(),
+        };
+        for r in [
+            run("w-9", "w", "c1", 100),
+            run("w-10", "w", "c1", 300),
+            run("w-11", "w", "c1", 200),
+            run("w2-1", "w2", "c1", 900),
+            run("w-12", "w", "c2", 950),
+        ] {
+            s.put_run(&r).unwrap();
+        }
+        // Rewriting a run (a status change) does not make it a new entry.
+        let mut again = run("w-9", "w", "c1", 100);
+        again.updated_at = 1000;
+        s.put_run(&again).unwrap();
+        let e = s.entry("w", "c1").unwrap().unwrap();
+        assert_eq!((e.run.as_str(), e.started_at), ("w-10", 300));
+        assert_eq!(s.entry("w2", "c1").unwrap().unwrap().run, "w2-1");
+        assert!(s.entry("w", "c3").unwrap().is_none());
+        assert!(s.entry("x", "c1").unwrap().is_none());
+        let ids: Vec<_> = s
+            .runs_of_contact("c1")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["w-9", "w-11", "w-10", "w2-1"]);
     }
 
     #[test]
