@@ -51,16 +51,18 @@ const WRITE_KEY: &str = "bench-key";
 const TOKEN: &str = "bench-token";
 
 fn project(dir: &Path, workflow: &str) -> Result<()> {
+    // The daemon's default page cache unless HERALD_BENCH_CACHE_MB says otherwise.
     let cache = std::env::var("HERALD_BENCH_CACHE_MB")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(64);
+        .map(|mb| format!("\n[engine]\ncache_mb = {mb}\n"))
+        .unwrap_or_default();
     std::fs::create_dir_all(dir.join("workflows"))?;
     std::fs::create_dir_all(dir.join("templates"))?;
     std::fs::write(
         dir.join("herald.toml"),
         format!(
-            "[auth]\nwrite_keys = [\"{WRITE_KEY}\"]\nadmin_token = \"{TOKEN}\"\n\n[channels.email]\ntype = \"outbox\"\npath = \"outbox.jsonl\"\nto = \"email\"\n\n[engine]\ncache_mb = {cache}\n"
+            "[auth]\nwrite_keys = [\"{WRITE_KEY}\"]\nadmin_token = \"{TOKEN}\"\n\n[channels.email]\ntype = \"outbox\"\npath = \"outbox.jsonl\"\nto = \"email\"\n{cache}"
         ),
     )?;
     std::fs::write(
@@ -76,7 +78,7 @@ fn bare_sled() -> Result<(tempfile::TempDir, sled::Db)> {
     let dir = tempfile::tempdir()?;
     let db = sled::Config::new()
         .path(dir.path())
-        .cache_capacity(64 << 20)
+        .cache_capacity(herald_runtime::config::EngineConfig::default().cache_mb << 20)
         .mode(sled::Mode::HighThroughput)
         .open()?;
     Ok((dir, db))
