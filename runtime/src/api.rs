@@ -650,11 +650,17 @@ async fn segment_detail(
         )
     })?;
     let store = &shared.engine.store;
+    let size = shared
+        .engine
+        .segment_sizes()
+        .get(&name)
+        .copied()
+        .unwrap_or(0);
     Ok(Json(json!({
         "name": name,
         "path": seg.path,
         "version": seg.hash,
-        "size": store.member_count(&name)?,
+        "size": size,
         "recent": store.segment_changes(&name, 50)?,
         "members": store.members(&name, 100)?,
     })))

@@ -683,8 +683,6 @@ impl Engine {
                 }
                 let entries = m.entries;
                 data.borrow_mut().set_member(name, is_member);
-                self.store
-                    .index_member(name, &contact.id, is_member.then_some(now))?;
                 self.store.log_segment_change(
                     name,
                     &SegmentChange {

@@ -179,12 +179,12 @@ pub trait Store: Send + Sync + 'static {
     fn event_facts(&self, contact: &str) -> StoreResult<Vec<EventFact>>;
     /// Contact ids after `after` (exclusive), in id order, at most `limit` (for backfills).
     fn contact_ids(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>>;
-    /// Add `contact` to (`since` set) or remove it from the member index of `segment`.
-    /// Membership records themselves live in the contact's [`AudienceState`].
-    fn index_member(&self, segment: &str, contact: &str, since: Option<i64>) -> StoreResult<()>;
-    /// Current members of a segment, at most `limit`.
+    /// Current members of a segment, at most `limit`, most recently entered first: the
+    /// contacts whose latest logged change is an entry. (Membership records themselves live in
+    /// each contact's [`AudienceState`]; the change log is the only per-segment index.)
     fn members(&self, segment: &str, limit: usize) -> StoreResult<Vec<String>>;
-    /// Number of current members of a segment.
+    /// Number of current members of a segment, by one pass over its change log (start-up
+    /// after a crash; the daemon keeps the sizes in memory afterwards).
     fn member_count(&self, segment: &str) -> StoreResult<usize>;
     /// Record an entry or exit.
     fn log_segment_change(&self, segment: &str, change: &SegmentChange) -> StoreResult<()>;
@@ -215,7 +215,6 @@ pub struct SledStore {
     waits: sled::Tree,
     scripts: sled::Tree,
     outbox: sled::Tree,
-    members: sled::Tree,
     segment_log: sled::Tree,
     audience: sled::Tree,
     meta: sled::Tree,
@@ -369,7 +368,6 @@ impl SledStore {
             waits: t("waits")?,
             scripts: t("scripts")?,
             outbox: t("outbox")?,
-            members: t("segment_members")?,
             segment_log: t("segment_log")?,
             audience: t("audience")?,
             meta,
@@ -385,6 +383,28 @@ impl SledStore {
             let _g = self.checkpoint_lock.lock().expect("checkpoint lock");
             if self.checkpointed.swap(false, Ordering::AcqRel) {
                 self.meta.remove("checkpoint")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Walk a segment's change log newest first and call `member` for every contact whose
+    /// latest change is an entry, until it returns false.
+    fn replay_members(
+        &self,
+        segment: &str,
+        member: &mut dyn FnMut(&str) -> bool,
+    ) -> StoreResult<()> {
+        let skip = segment.len() + 1 + 8;
+        let mut seen = std::collections::HashSet::new();
+        for r in self.segment_log.scan_prefix(prefix(segment)).rev() {
+            let (k, v) = r?;
+            let contact = &k[skip..];
+            if !seen.insert(contact.to_vec()) {
+                continue;
+            }
+            if v.first() == Some(&1) && !member(&String::from_utf8_lossy(contact)) {
+                break;
             }
         }
         Ok(())
@@ -733,29 +753,23 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn index_member(&self, segment: &str, contact: &str, since: Option<i64>) -> StoreResult<()> {
-        let mk = key2(segment, contact.as_bytes());
-        match since {
-            Some(at) => self.members.insert(mk, &at.to_be_bytes())?,
-            None => self.members.remove(mk)?,
-        };
-        Ok(())
-    }
-
     fn members(&self, segment: &str, limit: usize) -> StoreResult<Vec<String>> {
-        self.members
-            .scan_prefix(prefix(segment))
-            .take(limit)
-            .map(|r| Ok(String::from_utf8_lossy(&r?.0[segment.len() + 1..]).into_owned()))
-            .collect()
+        let mut out = Vec::new();
+        if limit > 0 {
+            self.replay_members(segment, &mut |contact| {
+                out.push(contact.to_string());
+                out.len() < limit
+            })?;
+        }
+        Ok(out)
     }
 
     fn member_count(&self, segment: &str) -> StoreResult<usize> {
         let mut n = 0;
-        for r in self.members.scan_prefix(prefix(segment)) {
-            r?;
+        self.replay_members(segment, &mut |_| {
             n += 1;
-        }
+            true
+        })?;
         Ok(n)
     }
 
@@ -1057,6 +1071,35 @@ mod tests {
             .map(|r| r.id)
             .collect();
         assert_eq!(ids, ["w-9", "w-11", "w-10", "w2-1"]);
+    }
+
+    #[test]
+    fn current_members_are_the_contacts_whose_newest_change_is_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let change = |at, contact: &str, entered| SegmentChange {
+            at,
+            contact: contact.into(),
+            entered,
+        };
+        for c in [
+            change(1, "a", true),
+            change(2, "b", true),
+            change(3, "c", true),
+            change(4, "a", false),
+            change(5, "b", false),
+            change(6, "b", true),
+            change(7, "d", true),
+        ] {
+            s.log_segment_change("vip", &c).unwrap();
+        }
+        s.log_segment_change("other", &change(8, "a", true))
+            .unwrap();
+        assert_eq!(s.members("vip", 10).unwrap(), ["d", "b", "c"]);
+        assert_eq!(s.members("vip", 2).unwrap(), ["d", "b"]);
+        assert_eq!(s.member_count("vip").unwrap(), 3);
+        assert_eq!(s.member_count("other").unwrap(), 1);
+        assert_eq!(s.member_count("none").unwrap(), 0);
     }
 
     #[test]
