@@ -149,10 +149,7 @@ mod tests {
     }
 
     fn facts(events: &[Event]) -> Vec<EventFact> {
-        events
-            .iter()
-            .map(|e| serde_json::from_slice(&serde_json::to_vec(e).unwrap()).unwrap())
-            .collect()
+        events.iter().map(EventFact::of).collect()
     }
 
     fn counted(b: &Behaviour, specs: &Specs, key: &str, window: i64, now: i64) -> Option<usize> {

@@ -111,10 +111,17 @@ fn raw_sled_ingest_shape(n: usize, users: usize, batch: usize) -> Result<f64> {
     let (_dir, db) = bare_sled()?;
     let events = db.open_tree("events")?;
     let markers = db.open_tree("message_ids")?;
-    let payload = serde_json::to_vec(
-        &json!({"seq": 0, "type": "track", "event": "page_viewed", "properties": {"path": "/pricing"},
-                "message_id": "m0-000000-page_viewed", "timestamp": 0, "received_at": 0}),
-    )?;
+    let now = 1_796_000_000_000;
+    let payload = herald_runtime::store::enc_event(&herald_runtime::model::Event {
+        seq: 0,
+        kind: "track".into(),
+        event: "page_viewed".into(),
+        properties: json!({"path": "/pricing"}),
+        message_id: Some("m0-000000-page_viewed".into()),
+        timestamp: now,
+        received_at: now,
+        context: serde_json::Value::Null,
+    })?;
     let start = Instant::now();
     let mut i = 0usize;
     while i < n {

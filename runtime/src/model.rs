@@ -121,7 +121,7 @@ impl Event {
 
 /// The parts of a stored event that behaviour queries (`count`, `last_seen`) read, decoded
 /// without building the property and context trees.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct EventFact {
     /// Position in the global event order.
     pub seq: u64,
@@ -129,12 +129,31 @@ pub struct EventFact {
     pub event: String,
     /// When it happened according to the sender, ms since the epoch.
     pub timestamp: i64,
-    /// Properties, parsed on demand.
-    #[serde(default)]
-    properties: Option<Box<serde_json::value::RawValue>>,
+    /// Properties as JSON text, parsed on demand.
+    properties: Option<String>,
 }
 
 impl EventFact {
+    /// A fact with its properties still as JSON text.
+    pub fn new(seq: u64, event: String, timestamp: i64, properties_json: Option<String>) -> Self {
+        EventFact {
+            seq,
+            event,
+            timestamp,
+            properties: properties_json,
+        }
+    }
+
+    /// The fact of a decoded event.
+    pub fn of(e: &Event) -> Self {
+        EventFact::new(
+            e.seq,
+            e.event.clone(),
+            e.timestamp,
+            Some(e.properties.to_string()),
+        )
+    }
+
     /// Whether the properties hold every key of `filter` with an equal value.
     pub fn matches(&self, filter: &Map<String, Value>) -> bool {
         if filter.is_empty() {
@@ -143,7 +162,7 @@ impl EventFact {
         let props: Value = self
             .properties
             .as_ref()
-            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .and_then(|p| serde_json::from_str(p).ok())
             .unwrap_or(Value::Null);
         herald_dsl::decl::matches_filter(filter, &props)
     }
