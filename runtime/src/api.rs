@@ -608,6 +608,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let mut body = shared.engine.metrics.render(&[
         ("herald_pending_timers", "Runs waiting on a timer.", timers),
         ("herald_contacts", "Stored contacts.", contacts),
+        (
+            "herald_engine_backlog",
+            "Accepted events the workers have not processed yet.",
+            shared.engine.backlog.len() as f64,
+        ),
     ]);
     body.push_str("# HELP herald_segment_size Current members of each segment.\n# TYPE herald_segment_size gauge\n");
     for (name, size) in shared.engine.segment_sizes() {

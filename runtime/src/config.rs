@@ -259,6 +259,11 @@ pub struct EngineConfig {
     /// per-page bookkeeping (grows with stored keys) and the process's own ~60 MB.
     #[serde(default = "default_cache")]
     pub cache_mb: u64,
+    /// Accepted events the workers may owe at once (default 100,000). At the limit, ingest
+    /// requests wait before they are accepted, so a burst is held back at the HTTP edge (a
+    /// slow answer, which Segment's SDKs retry) instead of queued without bound in memory.
+    #[serde(default = "default_backlog")]
+    pub max_backlog: usize,
 }
 
 impl Default for EngineConfig {
@@ -270,10 +275,14 @@ impl Default for EngineConfig {
             max_operations: default_ops(),
             activation_deadline_ms: default_deadline(),
             cache_mb: default_cache(),
+            max_backlog: default_backlog(),
         }
     }
 }
 
+fn default_backlog() -> usize {
+    100_000
+}
 fn default_attempts() -> u32 {
     5
 }

@@ -228,6 +228,66 @@ pub struct Engine {
     /// The run gauges hold every stored run (the start-up count finished), so a clean
     /// shutdown may save them as a checkpoint.
     runs_counted: std::sync::atomic::AtomicBool,
+    /// Accepted events the workers still owe (ingest waits at its limit).
+    pub backlog: Backlog,
+}
+
+/// Accepted events handed to the workers and not processed yet. Ingest waits for room before
+/// it accepts a request, so memory holds at most about `limit` queued events (plus the
+/// requests in flight); workers and start-up recovery never wait.
+pub struct Backlog {
+    queued: std::sync::atomic::AtomicUsize,
+    limit: usize,
+    drained: tokio::sync::Notify,
+}
+
+impl Backlog {
+    /// A backlog that makes ingest wait at `limit` queued events (at least 1).
+    pub fn new(limit: usize) -> Self {
+        Backlog {
+            queued: std::sync::atomic::AtomicUsize::new(0),
+            limit: limit.max(1),
+            drained: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Events queued and not yet processed.
+    pub fn len(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn add(&self, n: usize) {
+        self.queued
+            .fetch_add(n, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn done(&self) {
+        let before = self
+            .queued
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if before == self.limit {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Return once fewer than `limit` events are queued.
+    pub async fn room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so a drain between the check and the wait wakes us.
+            drained.as_mut().enable();
+            if self.len() < self.limit {
+                return;
+            }
+            drained.await;
+        }
+    }
 }
 
 thread_local! {
@@ -279,6 +339,7 @@ impl Engine {
                 .unwrap_or(2)
                 .max(2)
         });
+        let backlog = Backlog::new(config.max_backlog);
         let engine = Arc::new(Engine {
             store,
             flusher,
@@ -305,6 +366,7 @@ impl Engine {
             backfill: Mutex::new(Default::default()),
             contact_lock: Mutex::new(()),
             runs_counted: std::sync::atomic::AtomicBool::new(false),
+            backlog,
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         engine.store_versions()?;
@@ -483,7 +545,9 @@ impl Engine {
         for q in items {
             let contact = q.item.contact.clone();
             let seq = q.item.event_seq;
+            self.backlog.add(1);
             if self.send_job(&contact, Job::Inbox(Box::new(q))).is_err() {
+                self.backlog.done();
                 tracing::warn!(seq, "engine stopped; event stays queued for the next start");
             }
         }
@@ -732,6 +796,7 @@ impl Engine {
                 if let Err(e) = self.process_event(*q) {
                     tracing::error!(seq, error = %e, "processing event failed; it stays queued");
                 }
+                self.backlog.done();
             }
             Job::Activate(run) => {
                 let result = match run.strip_prefix(crate::audience::TIMER_PREFIX) {
@@ -1938,6 +2003,30 @@ impl Host for RunHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn ingest_waits_at_the_backlog_limit_until_a_worker_drains_one() {
+        let b = Arc::new(Backlog::new(2));
+        b.room().await;
+        b.add(2);
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.room().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "no room at the limit");
+        // Overshoot (a whole request is accepted at once), then drain back below the limit.
+        b.add(1);
+        b.done();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "still at the limit");
+        b.done();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when the backlog drops below the limit")
+            .unwrap();
+        assert_eq!(b.len(), 1);
+    }
 
     #[test]
     fn variants_are_stable_per_contact_and_follow_weights() {

@@ -336,7 +336,9 @@ impl Ingestor {
     }
 
     /// Store messages durably (answering only after the flush), then hand them to the engine.
+    /// Waits first while the workers' backlog is at its limit (`[engine] max_backlog`).
     pub async fn ingest(&self, messages: Vec<Message>) -> Result<Accepted, IngestError> {
+        self.engine.backlog.room().await;
         let (accepted, items) = self.write(messages)?;
         self.flusher
             .commit()

@@ -109,6 +109,35 @@ fn reaching_the_goal_ends_the_run_as_converted() {
 }
 
 #[test]
+fn a_backlog_limit_of_one_holds_ingest_back_without_losing_or_stalling_anything() {
+    let p = TestProject::new("[engine]\nmax_backlog = 1\n");
+    p.workflow("always.rhai", "workflow(\"always\").on_event(\"ping\").reentry(\"always\");\nfn run(contact, trigger) { send(\"sms\", \"nudge\"); }\n");
+    let d = p.start();
+    let c = Client::new(d.url());
+    // Concurrent batches, far more events than the backlog holds.
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let c = &c;
+            s.spawn(move || {
+                let batch: Vec<_> = (0..50)
+                    .map(|i| json!({"type": "track", "userId": format!("u{t}"), "event": "ping", "messageId": format!("m{t}-{i}")}))
+                    .collect();
+                let (s, b) = c.ingest("/v1/batch", &json!({"batch": batch}).to_string());
+                assert_eq!(s, 200, "{b}");
+            });
+        }
+    });
+    eventually("every event started its run", || {
+        (p.outbox("sms").len() == 200).then_some(())
+    });
+    eventually("the backlog drained", || {
+        c.get_text("/metrics")
+            .contains("herald_engine_backlog 0\n")
+            .then_some(())
+    });
+}
+
+#[test]
 fn reentry_once_starts_one_run_per_contact_and_always_starts_one_per_event() {
     let p = TestProject::new("");
     p.workflow("once.rhai", "workflow(\"once\").on_event(\"ping\");\nfn run(contact, trigger) { send(\"email\", \"tips\"); }\n");
