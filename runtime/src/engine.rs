@@ -1072,23 +1072,15 @@ impl Engine {
                 }
             }
         }
-        let run = Run {
-            id: run_id.clone(),
-            workflow: name.clone(),
-            script_hash: wf.hash.clone(),
-            contact: contact.id.clone(),
-            status: RunStatus::Running,
+        let run = Run::new(
+            run_id.clone(),
+            name.clone(),
+            wf.hash.clone(),
+            contact.id.clone(),
             trigger,
-            start_contact: view,
-            created_at: now,
-            updated_at: now,
-            wake_at: None,
-            reason: None,
-            error_line: None,
-            activations: 0,
-            converted_at: None,
-            logs: Vec::new(),
-        };
+            view,
+            now,
+        );
         self.store.put_run(&run)?;
         self.metrics.run_started(name);
         self.metrics.run_status(None, RunStatus::Running);

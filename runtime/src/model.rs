@@ -274,6 +274,37 @@ pub struct Run {
     pub logs: Vec<String>,
 }
 
+impl Run {
+    /// A run that starts now: running, no activation yet, pinned to `script_hash`.
+    pub fn new(
+        id: String,
+        workflow: String,
+        script_hash: String,
+        contact: String,
+        trigger: Value,
+        start_contact: Value,
+        now: i64,
+    ) -> Run {
+        Run {
+            id,
+            workflow,
+            script_hash,
+            contact,
+            status: RunStatus::Running,
+            trigger,
+            start_contact,
+            created_at: now,
+            updated_at: now,
+            wake_at: None,
+            reason: None,
+            error_line: None,
+            activations: 0,
+            converted_at: None,
+            logs: Vec::new(),
+        }
+    }
+}
+
 /// State of a journal step.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

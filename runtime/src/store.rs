@@ -1112,22 +1112,17 @@ mod tests {
     fn the_last_entry_is_the_latest_run_of_that_workflow_for_that_contact() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
-        let run = |id: &str, workflow: &str, contact: &str, at: i64| Run {
-            id: id.into(),
-            workflow: workflow.into(),
-            script_hash: "h".into(),
-            contact: contact.into(),
-            status: crate::model::RunStatus::Running,
-            trigger: serde_json::Value::Null,
-            start_contact: serde_json::Value::Null,
-            created_at: at,
-            updated_at: at,
-            wake_at: None,
-            reason: None,
-            error_line: None,
-            activations: 0,
-            converted_at: None,
-            logs: Vec::new(),
+        let run = |id: &str, workflow: &str, contact: &str, at: i64| {
+            let null = serde_json::Value::Null;
+            Run::new(
+                id.into(),
+                workflow.into(),
+                "h".into(),
+                contact.into(),
+                null.clone(),
+                null,
+                at,
+            )
         };
         for r in [
             run("w-9", "w", "c1", 100),
