@@ -893,14 +893,25 @@ impl Engine {
         Ok(())
     }
 
-    /// Count members of every segment (at start-up, in the background).
+    /// Count members of every segment (at start-up, in the background): from the clean
+    /// shutdown's checkpoint when there is one (changes since the start are added to it),
+    /// otherwise by replaying each segment's change log.
     pub fn count_segments(&self) -> Result<(), EngineError> {
-        let state = self.state();
-        let mut sizes = BTreeMap::new();
-        for name in state.segments.keys() {
-            sizes.insert(name.clone(), self.store.member_count(name)? as i64);
+        if let Some(saved) = self.store.take_checkpointed_segments() {
+            let mut sizes = self.segment_sizes.lock().expect("sizes");
+            for (name, n) in saved {
+                *sizes.entry(name).or_default() += n;
+            }
+        } else {
+            let state = self.state();
+            let mut sizes = BTreeMap::new();
+            for name in state.segments.keys() {
+                sizes.insert(name.clone(), self.store.member_count(name)? as i64);
+            }
+            *self.segment_sizes.lock().expect("sizes") = sizes;
         }
-        *self.segment_sizes.lock().expect("sizes") = sizes;
+        self.segments_counted
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 

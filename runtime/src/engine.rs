@@ -228,6 +228,8 @@ pub struct Engine {
     /// The run gauges hold every stored run (the start-up count finished), so a clean
     /// shutdown may save them as a checkpoint.
     runs_counted: std::sync::atomic::AtomicBool,
+    /// Likewise for the segment sizes.
+    pub(crate) segments_counted: std::sync::atomic::AtomicBool,
     /// Accepted events the workers still owe (ingest waits at its limit).
     pub backlog: Backlog,
 }
@@ -366,6 +368,7 @@ impl Engine {
             backfill: Mutex::new(Default::default()),
             contact_lock: Mutex::new(()),
             runs_counted: std::sync::atomic::AtomicBool::new(false),
+            segments_counted: std::sync::atomic::AtomicBool::new(false),
             backlog,
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
@@ -741,8 +744,14 @@ impl Engine {
             let _ = t.join();
         }
         let _ = self.flusher.commit_blocking();
-        if self.runs_counted.load(std::sync::atomic::Ordering::Acquire) {
-            if let Err(e) = self.store.save_checkpoint(&self.metrics.run_counts()) {
+        let counted =
+            |f: &std::sync::atomic::AtomicBool| f.load(std::sync::atomic::Ordering::Acquire);
+        if counted(&self.runs_counted) && counted(&self.segments_counted) {
+            let sizes = self.segment_sizes.lock().expect("sizes").clone();
+            if let Err(e) = self
+                .store
+                .save_checkpoint(&self.metrics.run_counts(), &sizes)
+            {
                 tracing::warn!(error = %e, "saving the shutdown checkpoint failed; the next start counts instead");
             }
         }

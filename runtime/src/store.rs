@@ -144,11 +144,17 @@ pub trait Store: Send + Sync + 'static {
     /// Number of pending timers.
     fn timer_count(&self) -> StoreResult<usize>;
     /// Record, at a clean shutdown, the counts a start would otherwise scan for (contacts,
-    /// timers, and the given runs by status). The next open uses them once; any later write
-    /// that changes a count withdraws them first, so they are never stale.
-    fn save_checkpoint(&self, runs: &BTreeMap<String, i64>) -> StoreResult<()>;
+    /// timers, and the given runs by status and segment sizes). The next open uses them once;
+    /// any later write that changes a count withdraws them first, so they are never stale.
+    fn save_checkpoint(
+        &self,
+        runs: &BTreeMap<String, i64>,
+        segments: &BTreeMap<String, i64>,
+    ) -> StoreResult<()>;
     /// Runs by status as saved by the clean shutdown this store was opened after (once).
     fn take_checkpointed_runs(&self) -> Option<BTreeMap<String, i64>>;
+    /// Segment sizes as saved by the clean shutdown this store was opened after (once).
+    fn take_checkpointed_segments(&self) -> Option<BTreeMap<String, i64>>;
 
     /// Register a run waiting for an event of a contact.
     fn put_wait(&self, contact: &str, event: &str, wait: &WaitReg) -> StoreResult<()>;
@@ -227,6 +233,8 @@ pub struct SledStore {
     checkpoint_lock: Mutex<()>,
     /// Runs by status from the checkpoint this store was opened with.
     checkpointed_runs: Mutex<Option<BTreeMap<String, i64>>>,
+    /// Segment sizes from that checkpoint.
+    checkpointed_segments: Mutex<Option<BTreeMap<String, i64>>>,
 }
 
 /// Counts saved at a clean shutdown (meta key `checkpoint`).
@@ -235,6 +243,7 @@ struct Checkpoint {
     contacts: usize,
     timers: usize,
     runs: BTreeMap<String, i64>,
+    segments: BTreeMap<String, i64>,
 }
 
 fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
@@ -412,15 +421,15 @@ impl SledStore {
             }
             None => None,
         };
-        let (contact_total, timer_total, runs) = match checkpoint {
-            Some(c) => (c.contacts, c.timers, Some(c.runs)),
+        let (contact_total, timer_total, runs, segments) = match checkpoint {
+            Some(c) => (c.contacts, c.timers, Some(c.runs), Some(c.segments)),
             None => {
                 let (c, t) = std::thread::scope(|s| {
                     let c = s.spawn(|| count_keys(&contacts));
                     let t = count_keys(&timers);
                     (c.join().expect("contact count"), t)
                 });
-                (c?, t?, None)
+                (c?, t?, None, None)
             }
         };
         Ok(SledStore {
@@ -429,6 +438,7 @@ impl SledStore {
             checkpointed: AtomicBool::new(false),
             checkpoint_lock: Mutex::new(()),
             checkpointed_runs: Mutex::new(runs),
+            checkpointed_segments: Mutex::new(segments),
             contacts,
             identities: t("identities")?,
             events: t("events")?,
@@ -717,13 +727,18 @@ impl Store for SledStore {
         Ok(self.timer_total.load(Ordering::Relaxed))
     }
 
-    fn save_checkpoint(&self, runs: &BTreeMap<String, i64>) -> StoreResult<()> {
+    fn save_checkpoint(
+        &self,
+        runs: &BTreeMap<String, i64>,
+        segments: &BTreeMap<String, i64>,
+    ) -> StoreResult<()> {
         {
             let _g = self.checkpoint_lock.lock().expect("checkpoint lock");
             let c = Checkpoint {
                 contacts: self.contact_total.load(Ordering::Acquire),
                 timers: self.timer_total.load(Ordering::Acquire),
                 runs: runs.clone(),
+                segments: segments.clone(),
             };
             self.meta.insert("checkpoint", serde_json::to_vec(&c)?)?;
             self.checkpointed.store(true, Ordering::Release);
@@ -734,6 +749,13 @@ impl Store for SledStore {
 
     fn take_checkpointed_runs(&self) -> Option<BTreeMap<String, i64>> {
         self.checkpointed_runs.lock().expect("checkpoint").take()
+    }
+
+    fn take_checkpointed_segments(&self) -> Option<BTreeMap<String, i64>> {
+        self.checkpointed_segments
+            .lock()
+            .expect("checkpoint")
+            .take()
     }
 
     fn put_wait(&self, contact: &str, event: &str, wait: &WaitReg) -> StoreResult<()> {
@@ -860,8 +882,9 @@ impl Store for SledStore {
         let mut k = prefix(segment);
         k.extend_from_slice(&time_key(change.at));
         k.extend_from_slice(change.contact.as_bytes());
+        self.invalidate_checkpoint()?;
         self.segment_log.insert(k, &[u8::from(change.entered)])?;
-        Ok(())
+        self.invalidate_checkpoint()
     }
 
     fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>> {
@@ -1103,6 +1126,10 @@ mod tests {
         }
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
         assert_eq!(s.contact_count().unwrap(), 2);
+        assert!(
+            s.take_checkpointed_segments().is_none(),
+            "no clean shutdown yet"
+        );
         assert_eq!(s.timer_count().unwrap(), 1);
         s.set_timer(&timer(30, "c")).unwrap();
         assert_eq!(s.timer_count().unwrap(), 2);
@@ -1219,6 +1246,49 @@ mod tests {
         assert!(facts[0].matches(&filter(serde_json::json!({"total": 42.5}))));
         assert!(!facts[0].matches(&filter(serde_json::json!({"total": 1}))));
         assert!(enc_event(&full).unwrap().len() < serde_json::to_vec(&full).unwrap().len() / 2);
+    }
+
+    #[test]
+    fn a_checkpoint_is_used_once_and_withdrawn_by_any_later_counted_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = BTreeMap::from([("waiting".to_string(), 4)]);
+        let sizes = BTreeMap::from([("vip".to_string(), 2)]);
+        let change = SegmentChange {
+            at: 1,
+            contact: "c".into(),
+            entered: true,
+        };
+        let writes: [&dyn Fn(&SledStore); 3] = [
+            &|s| s.log_segment_change("vip", &change).unwrap(),
+            &|s| s.put_contact(&Contact::new("c9".into(), 0)).unwrap(),
+            &|s| s.clear_timer(5, "r").unwrap(),
+        ];
+        for write in writes {
+            {
+                let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+                s.set_timer(&Timer {
+                    due: 5,
+                    run: "r".into(),
+                    contact: "c".into(),
+                })
+                .unwrap();
+                s.save_checkpoint(&runs, &sizes).unwrap();
+            }
+            // A clean stop: the next open gets the counts, once.
+            {
+                let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+                assert_eq!(s.take_checkpointed_runs(), Some(runs.clone()));
+                assert_eq!(s.take_checkpointed_segments(), Some(sizes.clone()));
+                assert_eq!(s.take_checkpointed_segments(), None);
+                s.save_checkpoint(&runs, &sizes).unwrap();
+                // A counted write after the checkpoint, then a crash (no second save).
+                write(&s);
+                s.flush().unwrap();
+            }
+            let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+            assert_eq!(s.take_checkpointed_runs(), None);
+            assert_eq!(s.take_checkpointed_segments(), None);
+        }
     }
 
     #[test]
