@@ -152,6 +152,12 @@ fn register_audience(engine: &mut Engine) {
             if name.trim().is_empty() {
                 return Err(runtime_error("a segment needs a non-empty name", pos));
             }
+            if name.chars().any(char::is_control) {
+                return Err(runtime_error(
+                    "a segment name cannot contain control characters",
+                    pos,
+                ));
+            }
             decl::declare_segment(SegmentDecl {
                 name: name.to_string(),
                 line: pos.line().unwrap_or(0),
@@ -391,6 +397,13 @@ fn register_declarations(engine: &mut Engine) {
             let pos = ctx.call_position();
             if name.trim().is_empty() {
                 return Err(runtime_error("a workflow needs a non-empty name", pos));
+            }
+            if name.chars().any(char::is_control) {
+                // Names are parts of storage keys, where NUL separates fields.
+                return Err(runtime_error(
+                    "a workflow name cannot contain control characters",
+                    pos,
+                ));
             }
             let decl = WorkflowDecl::new(name.as_str(), pos.line().unwrap_or(0));
             // Outside of loading (the top level runs again before each activation so that

@@ -435,3 +435,35 @@ fn reentry_accepts_a_cooldown_duration() {
         }
     );
 }
+
+#[test]
+fn workflow_and_segment_names_with_control_characters_are_refused() {
+    let engine = build_engine(&Limits::default());
+    let errors = load_workflow(
+        &engine,
+        "w.rhai",
+        "workflow(\"a\\x00b\").manual();\nfn run(contact, trigger) {}\n",
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|d| d.message.contains("cannot contain control characters")),
+        "{errors:?}"
+    );
+    let report = check_script(
+        &engine,
+        "s.rhai",
+        "segment(\"vip\\n\");\nfn matches(contact) { true }\n",
+        None,
+    );
+    assert!(
+        report
+            .diagnostics
+            .iter()
+            .any(|d| d.message.contains("cannot contain control characters")),
+        "{:?}",
+        report.diagnostics
+    );
+}

@@ -915,6 +915,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Count the members of segments the size gauges do not know yet, from their change logs.
+    pub fn count_new_segments(&self) -> Result<(), EngineError> {
+        let state = self.state();
+        for name in state.segments.keys() {
+            if self.segment_sizes.lock().expect("sizes").contains_key(name) {
+                continue;
+            }
+            let n = self.store.member_count(name)? as i64;
+            self.segment_sizes
+                .lock()
+                .expect("sizes")
+                .entry(name.clone())
+                .or_insert(n);
+        }
+        Ok(())
+    }
+
     /// Current segment sizes.
     pub fn segment_sizes(&self) -> BTreeMap<String, i64> {
         let state = self.state();

@@ -261,15 +261,6 @@ impl RunningDaemon {
                     let listener =
                         tokio::net::TcpListener::from_std(std_listener).expect("listener");
                     let timers = tokio::spawn(e2.clone().timer_loop(stop_rx.clone()));
-                    let counter = e2.clone();
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = counter.count_runs() {
-                            tracing::error!(error = %e, "counting runs failed");
-                        }
-                        if let Err(e) = counter.count_segments() {
-                            tracing::error!(error = %e, "counting segment members failed");
-                        }
-                    });
                     let mut srx = stop_rx.clone();
                     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
                         let _ = srx.wait_for(|s| *s).await;

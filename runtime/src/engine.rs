@@ -391,6 +391,15 @@ impl Engine {
         }
         *engine.workers.lock().expect("workers") = senders;
         *engine.threads.lock().expect("threads") = threads;
+        // Count before anything can change what is counted: no job is queued yet, the server
+        // is not listening and no timer has fired. (After a clean shutdown this reads the
+        // checkpoint; after a crash it scans, so that restart takes longer.)
+        if let Err(e) = engine.count_runs() {
+            tracing::error!(error = %e, "counting runs failed");
+        }
+        if let Err(e) = engine.count_segments() {
+            tracing::error!(error = %e, "counting segment members failed");
+        }
         engine.recover()?;
         engine.start_backfill();
         Ok(engine)
@@ -502,8 +511,12 @@ impl Engine {
         *self.state.write().expect("state lock") = new;
         self.store_versions()?;
         if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
+            // Sizes of segments new to this process come from their change logs (a segment
+            // defined before, removed and added again); counted before the backfill starts.
+            if let Err(e) = me.count_new_segments() {
+                tracing::error!(error = %e, "counting segment members failed");
+            }
             me.start_backfill();
-            let _ = me.count_segments();
         }
         Ok(changed)
     }
@@ -699,8 +712,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Count stored runs by status for the metrics gauges (runs in the background at start),
-    /// and resume runs a crash left running. After a clean shutdown no run is running and the
+    /// Count stored runs by status for the metrics gauges (at start, before any work), and
+    /// resume runs a crash left running. After a clean shutdown no run is running and the
     /// counts come from its checkpoint, so nothing is scanned.
     pub fn count_runs(&self) -> Result<(), EngineError> {
         if let Some(saved) = self.store.take_checkpointed_runs() {

@@ -37,7 +37,7 @@ pub enum StoreError {
 
 /// The record layout this build reads and writes; a data directory records the layout it was
 /// created with, and a different one is refused at open instead of failing record by record.
-pub const LAYOUT: &str = "4";
+pub const LAYOUT: &str = "5";
 
 /// Result alias for storage calls.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -625,14 +625,15 @@ impl Store for SledStore {
 
     fn put_run(&self, run: &Run) -> StoreResult<()> {
         self.invalidate_checkpoint()?;
-        // The contact index is written once, with the run's first record; it also answers
-        // which run last entered the workflow (the re-entry policy's question).
-        if self.runs.insert(run.id.as_bytes(), enc(run)?)?.is_none() {
-            self.runs_by_contact.insert(
-                run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
-                &[],
-            )?;
-        }
+        self.runs.insert(run.id.as_bytes(), enc(run)?)?;
+        // The contact index (which also answers which run last entered the workflow, the
+        // re-entry policy's question) is rewritten with every record: its key never changes,
+        // and a crash between a run's first record and its index key is repaired by the run's
+        // next write (a run found running after a crash is activated again).
+        self.runs_by_contact.insert(
+            run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
+            &[],
+        )?;
         self.invalidate_checkpoint()
     }
 
@@ -879,11 +880,15 @@ impl Store for SledStore {
     }
 
     fn log_segment_change(&self, segment: &str, change: &SegmentChange) -> StoreResult<()> {
+        // Ordered by a sequence number, not the time: the newest change is the last written
+        // even if the clock stepped back in between.
         let mut k = prefix(segment);
-        k.extend_from_slice(&time_key(change.at));
+        k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         k.extend_from_slice(change.contact.as_bytes());
+        let mut v = vec![u8::from(change.entered)];
+        v.extend_from_slice(&time_key(change.at));
         self.invalidate_checkpoint()?;
-        self.segment_log.insert(k, &[u8::from(change.entered)])?;
+        self.segment_log.insert(k, v)?;
         self.invalidate_checkpoint()
     }
 
@@ -896,7 +901,7 @@ impl Store for SledStore {
             .map(|r| {
                 let (k, v) = r?;
                 Ok(SegmentChange {
-                    at: time_from_key(&k[skip..]),
+                    at: v.get(1..9).map(time_from_key).unwrap_or(0),
                     contact: String::from_utf8_lossy(&k[skip + 8..]).into_owned(),
                     entered: v.first() == Some(&1),
                 })
@@ -1060,7 +1065,7 @@ mod tests {
         let err = SledStore::open(dir.path(), 8 << 20).err().expect("refused");
         let msg = err.to_string();
         assert!(
-            msg.contains("uses record layout 1, this Herald reads layout 4"),
+            msg.contains("uses record layout 1, this Herald reads layout 5"),
             "{msg}"
         );
 
@@ -1205,6 +1210,18 @@ mod tests {
         assert_eq!(s.member_count("vip").unwrap(), 3);
         assert_eq!(s.member_count("other").unwrap(), 1);
         assert_eq!(s.member_count("none").unwrap(), 0);
+        // The clock steps back: the change written last still decides.
+        s.log_segment_change("vip", &change(3, "c", false)).unwrap();
+        s.log_segment_change("vip", &change(2, "c", true)).unwrap();
+        s.log_segment_change("vip", &change(1, "d", false)).unwrap();
+        assert_eq!(s.members("vip", 10).unwrap(), ["c", "b"]);
+        let recent: Vec<_> = s
+            .segment_changes("vip", 2)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.at, c.contact, c.entered))
+            .collect();
+        assert_eq!(recent, [(1, "d".to_string(), false), (2, "c".into(), true)]);
     }
 
     #[test]
