@@ -625,15 +625,17 @@ impl Store for SledStore {
 
     fn put_run(&self, run: &Run) -> StoreResult<()> {
         self.invalidate_checkpoint()?;
-        self.runs.insert(run.id.as_bytes(), enc(run)?)?;
         // The contact index (which also answers which run last entered the workflow, the
-        // re-entry policy's question) is rewritten with every record: its key never changes,
-        // and a crash between a run's first record and its index key is repaired by the run's
-        // next write (a run found running after a crash is activated again).
-        self.runs_by_contact.insert(
-            run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
-            &[],
-        )?;
+        // re-entry policy's question) is written once, before the run's first record: a crash
+        // in between leaves an index key without a run, which readers skip, never a run
+        // without its key.
+        if !self.runs.contains_key(run.id.as_bytes())? {
+            self.runs_by_contact.insert(
+                run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
+                &[],
+            )?;
+        }
+        self.runs.insert(run.id.as_bytes(), enc(run)?)?;
         self.invalidate_checkpoint()
     }
 
@@ -661,14 +663,15 @@ impl Store for SledStore {
 
     fn entry(&self, workflow: &str, contact: &str) -> StoreResult<Option<Entry>> {
         let p = key2(contact, &prefix(workflow));
-        match self.runs_by_contact.scan_prefix(&p).next_back() {
-            Some(item) => {
-                let (k, _) = item?;
-                let (_, started_at, run) = parse_run_index_key(&k[contact.len() + 1..]);
-                Ok(Some(Entry { run, started_at }))
+        for item in self.runs_by_contact.scan_prefix(&p).rev() {
+            let (k, _) = item?;
+            let (_, started_at, run) = parse_run_index_key(&k[contact.len() + 1..]);
+            // An index key whose run was never written (a crash in between) is no entry.
+            if self.runs.contains_key(run.as_bytes())? {
+                return Ok(Some(Entry { run, started_at }));
             }
-            None => Ok(None),
         }
+        Ok(None)
     }
 
     fn journal(&self, run: &str) -> StoreResult<Vec<Step>> {
@@ -1173,6 +1176,11 @@ mod tests {
         assert_eq!((e.run.as_str(), e.started_at), ("w-10", 300));
         assert_eq!(s.entry("w2", "c1").unwrap().unwrap().run, "w2-1");
         assert!(s.entry("w", "c3").unwrap().is_none());
+        // A crash between a run's index key and its first record: the key is not an entry.
+        s.runs_by_contact
+            .insert(run_index_key("c1", "w", 5000, "w-99"), &[])
+            .unwrap();
+        assert_eq!(s.entry("w", "c1").unwrap().unwrap().run, "w-10");
         assert!(s.entry("x", "c1").unwrap().is_none());
         let ids: Vec<_> = s
             .runs_of_contact("c1")
