@@ -222,6 +222,19 @@ fn query(host: &mut dyn Host, q: Query) -> Option<Val> {
     Val::from_json(&host.query(q).ok()?)
 }
 
+/// `&&` (stops at the first false) or `||` (stops at the first true) over booleans, as Rhai
+/// evaluates them; any other value gives up.
+fn short_circuit(parts: &[Native], host: &mut dyn Host, stop_at: bool) -> Option<Val> {
+    for p in parts {
+        match eval(p, host)? {
+            Val::Bool(b) if b == stop_at => return Some(Val::Bool(stop_at)),
+            Val::Bool(_) => {}
+            _ => return None,
+        }
+    }
+    Some(Val::Bool(!stop_at))
+}
+
 fn eval(n: &Native, host: &mut dyn Host) -> Option<Val> {
     Some(match n {
         Native::Lit(v) => v.clone(),
@@ -235,26 +248,8 @@ fn eval(n: &Native, host: &mut dyn Host) -> Option<Val> {
             Val::Bool(b) => Val::Bool(!b),
             _ => return None,
         },
-        Native::And(parts) => {
-            for p in parts {
-                match eval(p, host)? {
-                    Val::Bool(true) => {}
-                    Val::Bool(false) => return Some(Val::Bool(false)),
-                    _ => return None,
-                }
-            }
-            Val::Bool(true)
-        }
-        Native::Or(parts) => {
-            for p in parts {
-                match eval(p, host)? {
-                    Val::Bool(false) => {}
-                    Val::Bool(true) => return Some(Val::Bool(true)),
-                    _ => return None,
-                }
-            }
-            Val::Bool(false)
-        }
+        Native::And(parts) => short_circuit(parts, host, false)?,
+        Native::Or(parts) => short_circuit(parts, host, true)?,
         Native::Op(op, a, b) => {
             let (a, b) = (eval(a, host)?, eval(b, host)?);
             match (op, a, b) {

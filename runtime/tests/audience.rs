@@ -5,11 +5,6 @@ mod common;
 use common::*;
 use serde_json::json;
 
-fn segment(p: &TestProject, file: &str, source: &str) {
-    std::fs::create_dir_all(p.path().join("segments")).unwrap();
-    std::fs::write(p.path().join("segments").join(file), source).unwrap();
-}
-
 const ACTIVE: &str =
     "segment(\"active\");\nfn matches(contact) {\n    count(\"page_viewed\", days(7)) >= 2\n}\n";
 
@@ -34,7 +29,7 @@ fn contact_id(c: &Client, user: &str) -> String {
 #[test]
 fn a_window_segment_is_entered_by_events_and_left_when_they_age_out_without_new_events() {
     let p = TestProject::new("");
-    segment(&p, "active.rhai", ACTIVE);
+    p.segment("active.rhai", ACTIVE);
     let d = p.start();
     let c = Client::new(d.url());
     c.track("w", "page_viewed", json!({}));
@@ -73,7 +68,7 @@ fn a_window_segment_is_entered_by_events_and_left_when_they_age_out_without_new_
 #[test]
 fn a_segment_entry_workflow_fires_exactly_once_per_entry() {
     let p = TestProject::new("");
-    segment(&p, "active.rhai", ACTIVE);
+    p.segment("active.rhai", ACTIVE);
     p.workflow("hello.rhai", "workflow(\"hello\").on_segment_entered(\"active\").reentry(\"always\");\nfn run(contact, trigger) {\n    send(\"email\", \"tips\", #{ segment: trigger.properties.segment });\n}\n");
     let d = p.start();
     let c = Client::new(d.url());
@@ -104,13 +99,12 @@ fn a_segment_entry_workflow_fires_exactly_once_per_entry() {
 #[test]
 fn segments_can_build_on_attributes_and_other_segments() {
     let p = TestProject::new("");
-    segment(&p, "active.rhai", ACTIVE);
-    segment(
-        &p,
+    p.segment("active.rhai", ACTIVE);
+    p.segment(
         "pro.rhai",
         "segment(\"pro\");\nfn matches(contact) { contact.plan == \"pro\" }\n",
     );
-    segment(&p, "hot.rhai", "segment(\"hot\");\nfn matches(contact) { in_segment(\"pro\") && in_segment(\"active\") }\n");
+    p.segment("hot.rhai", "segment(\"hot\");\nfn matches(contact) { in_segment(\"pro\") && in_segment(\"active\") }\n");
     let d = p.start();
     let c = Client::new(d.url());
     c.track("h", "page_viewed", json!({}));
@@ -219,8 +213,7 @@ fn a_segment_added_while_running_is_backfilled_over_existing_contacts() {
     for u in ["a", "b", "c"] {
         c.identify(u, json!({"plan": if u == "b" { "free" } else { "pro" }}));
     }
-    segment(
-        &p,
+    p.segment(
         "pro.rhai",
         "segment(\"pro\");\nfn matches(contact) { contact.plan == \"pro\" }\n",
     );
@@ -245,7 +238,7 @@ fn a_segment_added_while_running_is_backfilled_over_existing_contacts() {
 fn check_reports_unknown_segments_and_stages_in_triggers() {
     let p = TestProject::new("");
     std::fs::write(p.path().join("scoring.rhai"), SCORING).unwrap();
-    segment(&p, "active.rhai", ACTIVE);
+    p.segment("active.rhai", ACTIVE);
     p.workflow("w.rhai", "workflow(\"w\").on_segment_entered(\"actve\").on_stage_changed(\"sql\");\nfn run(contact, trigger) {}\n");
     let engine = herald_dsl::build_engine(&herald_dsl::Limits::default());
     let (project, report) = herald_runtime::project::Project::load(p.path(), &engine);
@@ -265,14 +258,11 @@ fn check_reports_unknown_segments_and_stages_in_triggers() {
 #[test]
 fn behaviour_counts_follow_merged_histories_and_property_filters() {
     let p = TestProject::new("");
-    segment(
-        &p,
+    p.segment(
         "buyer.rhai",
         "segment(\"buyer\");\nfn matches(contact) {\n    count(\"order\", days(30)) >= 3\n}\n",
     );
-    segment(
-        &p,
-        "pro_buyer.rhai",
+    p.segment("pro_buyer.rhai",
         "segment(\"pro_buyer\");\nfn matches(contact) {\n    count(\"order\", #{ plan: \"pro\" }, days(30)) >= 2 && last_seen(\"order\") != ()\n}\n",
     );
     let d = p.start();
@@ -312,8 +302,7 @@ fn behaviour_counts_follow_merged_histories_and_property_filters() {
 #[test]
 fn an_update_step_moves_the_contact_into_segments_that_read_the_attribute() {
     let p = TestProject::new("");
-    segment(
-        &p,
+    p.segment(
         "pro.rhai",
         "segment(\"pro\");\nfn matches(contact) { contact.plan == \"pro\" }\n",
     );

@@ -241,12 +241,10 @@ fn counts(c: &Client) -> Vec<String> {
 #[test]
 fn counts_come_from_the_shutdown_checkpoint_after_sigterm_and_are_recounted_after_a_crash() {
     let p = project(false);
-    std::fs::create_dir_all(p.path().join("segments")).unwrap();
-    std::fs::write(
-        p.path().join("segments/viewers.rhai"),
+    p.segment(
+        "viewers.rhai",
         "segment(\"viewers\");\nfn matches(contact) {\n    count(\"viewed\", days(365)) >= 1\n}\n",
-    )
-    .unwrap();
+    );
     let first = Process::start(p.path(), &[]);
     sign_up(&first.client);
     first.client.track("grace", "viewed", json!({}));

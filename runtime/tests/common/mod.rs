@@ -51,6 +51,12 @@ impl TestProject {
         self
     }
 
+    pub fn segment(&self, file: &str, source: &str) -> &Self {
+        std::fs::create_dir_all(self.path().join("segments")).unwrap();
+        std::fs::write(self.path().join("segments").join(file), source).unwrap();
+        self
+    }
+
     pub fn template(&self, name: &str, source: &str) -> &Self {
         std::fs::write(
             self.path().join("templates").join(format!("{name}.liquid")),
