@@ -1103,7 +1103,7 @@ impl Engine {
             view,
             now,
         );
-        self.store.put_run(&run)?;
+        self.store.create_run(&run)?;
         self.metrics.run_started(name);
         self.metrics.run_status(None, RunStatus::Running);
         tracing::debug!(

@@ -118,7 +118,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Read a run.
     fn run(&self, id: &str) -> StoreResult<Option<Run>>;
-    /// Write a run (and index it by contact).
+    /// Write a new run: its contact index key, then its first record.
+    fn create_run(&self, run: &Run) -> StoreResult<()>;
+    /// Rewrite a run created by [`Store::create_run`].
     fn put_run(&self, run: &Run) -> StoreResult<()>;
     /// Runs of a contact.
     fn runs_of_contact(&self, contact: &str) -> StoreResult<Vec<Run>>;
@@ -623,18 +625,20 @@ impl Store for SledStore {
         self.runs.get(id)?.map(|b| dec(&b)).transpose()
     }
 
-    fn put_run(&self, run: &Run) -> StoreResult<()> {
-        self.invalidate_checkpoint()?;
+    fn create_run(&self, run: &Run) -> StoreResult<()> {
         // The contact index (which also answers which run last entered the workflow, the
         // re-entry policy's question) is written once, before the run's first record: a crash
         // in between leaves an index key without a run, which readers skip, never a run
         // without its key.
-        if !self.runs.contains_key(run.id.as_bytes())? {
-            self.runs_by_contact.insert(
-                run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
-                &[],
-            )?;
-        }
+        self.runs_by_contact.insert(
+            run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
+            &[],
+        )?;
+        self.put_run(run)
+    }
+
+    fn put_run(&self, run: &Run) -> StoreResult<()> {
+        self.invalidate_checkpoint()?;
         self.runs.insert(run.id.as_bytes(), enc(run)?)?;
         self.invalidate_checkpoint()
     }
@@ -1166,7 +1170,7 @@ mod tests {
             run("w2-1", "w2", "c1", 900),
             run("w-12", "w", "c2", 950),
         ] {
-            s.put_run(&r).unwrap();
+            s.create_run(&r).unwrap();
         }
         // Rewriting a run (a status change) does not make it a new entry.
         let mut again = run("w-9", "w", "c1", 100);
