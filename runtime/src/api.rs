@@ -611,7 +611,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         (
             "herald_engine_backlog",
             "Accepted events the workers have not processed yet.",
-            shared.engine.backlog.len() as f64,
+            shared.engine.backlog.queued() as f64,
         ),
     ]);
     body.push_str("# HELP herald_segment_size Current members of each segment.\n# TYPE herald_segment_size gauge\n");

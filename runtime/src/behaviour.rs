@@ -149,7 +149,13 @@ mod tests {
     }
 
     fn facts(events: &[Event]) -> Vec<EventFact> {
-        events.iter().map(EventFact::of).collect()
+        events
+            .iter()
+            .map(|e| {
+                let props = Some(e.properties.to_string());
+                EventFact::new(e.seq, e.event.clone(), e.timestamp, props)
+            })
+            .collect()
     }
 
     fn counted(b: &Behaviour, specs: &Specs, key: &str, window: i64, now: i64) -> Option<usize> {

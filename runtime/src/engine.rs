@@ -254,13 +254,8 @@ impl Backlog {
     }
 
     /// Events queued and not yet processed.
-    pub fn len(&self) -> usize {
+    pub fn queued(&self) -> usize {
         self.queued.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn add(&self, n: usize) {
@@ -284,7 +279,7 @@ impl Backlog {
             tokio::pin!(drained);
             // Registered before the check, so a drain between the check and the wait wakes us.
             drained.as_mut().enable();
-            if self.len() < self.limit {
+            if self.queued() < self.limit {
                 return;
             }
             drained.await;
@@ -2039,7 +2034,7 @@ mod tests {
             .await
             .expect("woken when the backlog drops below the limit")
             .unwrap();
-        assert_eq!(b.len(), 1);
+        assert_eq!(b.queued(), 1);
     }
 
     #[test]

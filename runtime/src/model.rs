@@ -144,16 +144,6 @@ impl EventFact {
         }
     }
 
-    /// The fact of a decoded event.
-    pub fn of(e: &Event) -> Self {
-        EventFact::new(
-            e.seq,
-            e.event.clone(),
-            e.timestamp,
-            Some(e.properties.to_string()),
-        )
-    }
-
     /// Whether the properties hold every key of `filter` with an equal value.
     pub fn matches(&self, filter: &Map<String, Value>) -> bool {
         if filter.is_empty() {
