@@ -896,7 +896,7 @@ impl Engine {
     /// Count members of every segment (at start-up, in the background): from the clean
     /// shutdown's checkpoint when there is one (changes since the start are added to it),
     /// otherwise by replaying each segment's change log.
-    pub fn count_segments(&self) -> Result<(), EngineError> {
+    pub(crate) fn count_segments(&self) -> Result<(), EngineError> {
         if let Some(saved) = self.store.take_checkpointed_segments() {
             let mut sizes = self.segment_sizes.lock().expect("sizes");
             for (name, n) in saved {
@@ -910,8 +910,6 @@ impl Engine {
             }
             *self.segment_sizes.lock().expect("sizes") = sizes;
         }
-        self.segments_counted
-            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 

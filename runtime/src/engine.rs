@@ -225,11 +225,9 @@ pub struct Engine {
     /// Held while contact records are read and rewritten (ingest's identity resolution and
     /// traits, `update()` steps), so no writer loses another's change.
     pub(crate) contact_lock: Mutex<()>,
-    /// The run gauges hold every stored run (the start-up count finished), so a clean
-    /// shutdown may save them as a checkpoint.
-    runs_counted: std::sync::atomic::AtomicBool,
-    /// Likewise for the segment sizes.
-    pub(crate) segments_counted: std::sync::atomic::AtomicBool,
+    /// The run and segment gauges were counted at start without error, so a clean shutdown
+    /// may save them as a checkpoint.
+    counted: std::sync::atomic::AtomicBool,
     /// Accepted events the workers still owe (ingest waits at its limit).
     pub backlog: Backlog,
 }
@@ -362,8 +360,7 @@ impl Engine {
             segment_sizes: Mutex::new(BTreeMap::new()),
             backfill: Mutex::new(Default::default()),
             contact_lock: Mutex::new(()),
-            runs_counted: std::sync::atomic::AtomicBool::new(false),
-            segments_counted: std::sync::atomic::AtomicBool::new(false),
+            counted: std::sync::atomic::AtomicBool::new(false),
             backlog,
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
@@ -389,11 +386,11 @@ impl Engine {
         // Count before anything can change what is counted: no job is queued yet, the server
         // is not listening and no timer has fired. (After a clean shutdown this reads the
         // checkpoint; after a crash it scans, so that restart takes longer.)
-        if let Err(e) = engine.count_runs() {
-            tracing::error!(error = %e, "counting runs failed");
-        }
-        if let Err(e) = engine.count_segments() {
-            tracing::error!(error = %e, "counting segment members failed");
+        match engine.count_runs().and_then(|_| engine.count_segments()) {
+            Ok(()) => engine
+                .counted
+                .store(true, std::sync::atomic::Ordering::Release),
+            Err(e) => tracing::error!(error = %e, "counting runs and segment members failed"),
         }
         engine.recover()?;
         engine.start_backfill();
@@ -710,7 +707,7 @@ impl Engine {
     /// Count stored runs by status for the metrics gauges (at start, before any work), and
     /// resume runs a crash left running. After a clean shutdown no run is running and the
     /// counts come from its checkpoint, so nothing is scanned.
-    pub fn count_runs(&self) -> Result<(), EngineError> {
+    pub(crate) fn count_runs(&self) -> Result<(), EngineError> {
         if let Some(saved) = self.store.take_checkpointed_runs() {
             if saved.get(RunStatus::Running.as_str()).copied().unwrap_or(0) == 0 {
                 let counts = RunStatus::ALL
@@ -718,8 +715,6 @@ impl Engine {
                     .filter_map(|s| saved.get(s.as_str()).map(|n| (s.as_str(), *n)))
                     .collect();
                 self.metrics.set_run_counts(counts);
-                self.runs_counted
-                    .store(true, std::sync::atomic::Ordering::Release);
                 tracing::info!(
                     "run, contact and timer counts restored from the shutdown checkpoint"
                 );
@@ -736,8 +731,6 @@ impl Engine {
             true
         })?;
         self.metrics.set_run_counts(counts);
-        self.runs_counted
-            .store(true, std::sync::atomic::Ordering::Release);
         for (id, contact) in running {
             let _ = self.send_job(&contact, Job::Activate(id));
         }
@@ -752,9 +745,7 @@ impl Engine {
             let _ = t.join();
         }
         let _ = self.flusher.commit_blocking();
-        let counted =
-            |f: &std::sync::atomic::AtomicBool| f.load(std::sync::atomic::Ordering::Acquire);
-        if counted(&self.runs_counted) && counted(&self.segments_counted) {
+        if self.counted.load(std::sync::atomic::Ordering::Acquire) {
             let sizes = self.segment_sizes.lock().expect("sizes").clone();
             if let Err(e) = self
                 .store
