@@ -2004,27 +2004,50 @@ impl Host for RunHost {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn ingest_waits_at_the_backlog_limit_until_a_worker_drains_one() {
-        let b = Arc::new(Backlog::new(2));
-        b.room().await;
+    /// Counts wake-ups, so the test sees the waiter being woken, not just polled again.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn ingest_waits_at_the_backlog_limit_until_a_worker_drains_one() {
+        use std::future::Future;
+        use std::sync::atomic::Ordering::SeqCst;
+        use std::task::{Context, Waker};
+        let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let b = Backlog::new(2);
+        assert!(std::pin::pin!(b.room()).poll(&mut cx).is_ready());
         b.add(2);
-        let waiter = tokio::spawn({
-            let b = b.clone();
-            async move { b.room().await }
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "no room at the limit");
+        let mut waiter = std::pin::pin!(b.room());
+        assert!(
+            waiter.as_mut().poll(&mut cx).is_pending(),
+            "no room at the limit"
+        );
         // Overshoot (a whole request is accepted at once), then drain back below the limit.
         b.add(1);
         b.done();
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "still at the limit");
+        assert_eq!(
+            wakes.0.load(SeqCst),
+            0,
+            "not woken while still at the limit"
+        );
+        assert!(
+            waiter.as_mut().poll(&mut cx).is_pending(),
+            "still at the limit"
+        );
         b.done();
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .expect("woken when the backlog drops below the limit")
-            .unwrap();
+        assert_eq!(
+            wakes.0.load(SeqCst),
+            1,
+            "woken when the backlog drops below the limit"
+        );
+        assert!(waiter.as_mut().poll(&mut cx).is_ready());
         assert_eq!(b.queued(), 1);
     }
 
