@@ -606,7 +606,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let timers = shared.engine.store.timer_count().unwrap_or(0) as f64;
     let contacts = shared.engine.store.contact_count().unwrap_or(0) as f64;
     let mut body = shared.engine.metrics.render(&[
-        ("herald_pending_timers", "Runs waiting on a timer.", timers),
+        (
+            "herald_pending_timers",
+            "Pending timers: runs waiting and scheduled segment re-evaluations.",
+            timers,
+        ),
         ("herald_contacts", "Stored contacts.", contacts),
         (
             "herald_engine_backlog",
