@@ -249,28 +249,39 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.runs
     );
 
-    let raw = raw_sled(args.events, args.batch).context("raw sled benchmark")?;
-    println!("raw sled batched writes      {raw:>12.0} records/s   (reference: batches of {}, flushed per batch)", args.batch);
-
-    let dir = tempfile::tempdir()?;
-    project(dir.path(), "workflow(\"bench\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    send(\"email\", \"hello\");\n}\n")?;
-    let d = start_daemon(dir.path(), false)?;
+    // Interleaved rounds, best of each (as for the audience benchmark): a shared machine's
+    // noise only ever slows a run, and one short run of the reference alone moved the ratio
+    // by a third. Every round starts from an empty database and a new daemon.
+    let users = args.users.unwrap_or(args.events / 10).max(1);
+    let workflow = "workflow(\"bench\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    send(\"email\", \"hello\");\n}\n";
+    let (mut raw, mut ingest, mut shaped) = (0f64, 0f64, 0f64);
+    let mut daemon: Option<(RunningDaemon, tempfile::TempDir)> = None;
+    for _ in 0..ROUNDS {
+        raw = raw.max(raw_sled(args.events, args.batch).context("raw sled benchmark")?);
+        if let Some((d, _dir)) = daemon.take() {
+            d.shutdown();
+        }
+        let dir = tempfile::tempdir()?;
+        project(dir.path(), workflow)?;
+        let d = start_daemon(dir.path(), false)?;
+        ingest = ingest.max(ingest_http(
+            &d.url(),
+            args.events,
+            users,
+            args.batch,
+            args.clients,
+            &["page_viewed"],
+        )?);
+        daemon = Some((d, dir));
+        shaped = shaped.max(
+            raw_sled_ingest_shape(args.events, users, args.batch)
+                .context("raw sled benchmark with ingest's keys")?,
+        );
+    }
+    let (d, _dir) = daemon.expect("at least one round");
     let url = d.url();
-    let ingest = ingest_http(
-        &url,
-        args.events,
-        args.users.unwrap_or(args.events / 10).max(1),
-        args.batch,
-        args.clients,
-        &["page_viewed"],
-    )?;
+    println!("raw sled batched writes      {raw:>12.0} records/s   (reference: batches of {}, flushed per batch; best of {ROUNDS} rounds)", args.batch);
     println!("ingest over HTTP /v1/batch   {ingest:>12.0} events/s    ratio to raw sled: {:.2} (target >= 0.50)", ingest / raw);
-    let shaped = raw_sled_ingest_shape(
-        args.events,
-        args.users.unwrap_or(args.events / 10).max(1),
-        args.batch,
-    )
-    .context("raw sled benchmark with ingest's keys")?;
     println!("raw sled, ingest's writes    {shaped:>12.0} events/s    (event + messageId insert per event; context, not the target: ingest / this = {:.2})", ingest / shaped);
 
     let start = Instant::now();

@@ -350,8 +350,11 @@ fn inspect(file: &Path) -> Result<bool> {
 fn main() -> ExitCode {
     // Return freed pages to the system at once rather than after a delay: the daemon's
     // resident memory then follows its live data (measured by `herald bench --waiting`).
-    // SAFETY: a global allocator setting, changed before any other thread exists.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // An operator who sets `MIMALLOC_PURGE_DELAY` chooses otherwise (README: tuning).
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: a global allocator setting, changed before any other thread exists.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
