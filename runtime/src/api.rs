@@ -18,11 +18,14 @@ use crate::ingest::{parse_body, IngestError, MAX_BATCH_BYTES};
 use crate::model::RunStatus;
 use crate::store::IdKind;
 
-/// A JSON error response: `{"error": {"code": "...", "message": "..."}}`.
+/// A JSON error response: `{"error": {"code": "...", "message": "..."}}`. The ingest endpoints
+/// also repeat `code` and `message` at the top level, next to `"success": false`, where the
+/// Segment SDKs look for them when they report a failed upload.
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    segment: bool,
 }
 
 impl ApiError {
@@ -31,17 +34,32 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            segment: false,
+        }
+    }
+
+    /// The same error in the shape the Segment SDKs read.
+    fn for_segment(self) -> Self {
+        ApiError {
+            segment: true,
+            ..self
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        let body = if self.segment {
+            json!({
+                "success": false,
+                "code": self.code,
+                "message": self.message,
+                "error": {"code": self.code, "message": self.message},
+            })
+        } else {
+            json!({"error": {"code": self.code, "message": self.message}})
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -240,6 +258,17 @@ async fn read_limited(body: Body) -> ApiResult<Bytes> {
 }
 
 async fn ingest(
+    kind: Option<&str>,
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    accept(kind, shared, headers, body)
+        .await
+        .map_err(ApiError::for_segment)
+}
+
+async fn accept(
     kind: Option<&str>,
     shared: Arc<Shared>,
     headers: HeaderMap,

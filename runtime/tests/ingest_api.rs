@@ -183,7 +183,13 @@ fn gzip_bodies_and_the_short_segment_paths_are_accepted() {
     assert_eq!(contact["recent_events"].as_array().unwrap().len(), 2);
 }
 
+/// Status, code and message of an ingest error, which carries them twice: under `error`, as
+/// every Herald error does, and at the top level beside `"success": false`, where the Segment
+/// SDKs read them.
 fn error_of(r: (u16, Value)) -> (u16, String, String) {
+    assert_eq!(r.1["success"], json!(false), "{}", r.1);
+    assert_eq!(r.1["code"], r.1["error"]["code"], "{}", r.1);
+    assert_eq!(r.1["message"], r.1["error"]["message"], "{}", r.1);
     (
         r.0,
         r.1["error"]["code"].as_str().unwrap_or("").to_string(),
