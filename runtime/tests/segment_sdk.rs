@@ -1,10 +1,12 @@
-//! A stock Segment SDK, pointed at the daemon by its host setting alone, delivers every call
+//! The stock Segment SDKs, pointed at the daemon by their host setting alone, deliver every call
 //! type: Herald stores the events, merges the anonymous history into the known user, applies
 //! traits and groups, follows the alias, and starts the workflow the track call triggers.
 //!
-//! The SDK is the published `segment-analytics-python` package, run by the Python interpreter
-//! named in `HERALD_SEGMENT_PYTHON` (`.ci/run` installs it in a virtual environment). Without
-//! that variable the test says so and does nothing, except under CI (`CI` set), where it fails.
+//! The SDKs are the published packages: `segment-analytics-python`, run by the interpreter named
+//! in `HERALD_SEGMENT_PYTHON`, and `@segment/analytics-node`, found in the `node_modules`
+//! directory named in `HERALD_SEGMENT_NODE_MODULES` (`.ci/run` installs both outside the clone).
+//! Without those variables a test says so and does nothing, except under CI (`CI` set), where it
+//! fails.
 
 mod common;
 
@@ -39,7 +41,7 @@ client.screen(anonymous_id=anon, name="Home")
 client.identify(user_id=user, anonymous_id=anon,
                 traits={"first_name": "Grace", "email": user + "@example.com"})
 client.group(user_id=user, group_id="acme", traits={"name": "Acme"})
-client.track(user_id=user, event="newsletter_subscribed", properties={"source": "python-sdk"})
+client.track(user_id=user, event="newsletter_subscribed", properties={"source": "python"})
 client.alias(previous_id=user, user_id=user + "-new")
 client.shutdown()
 if errors:
@@ -47,43 +49,108 @@ if errors:
     sys.exit(1)
 "#;
 
-/// The interpreter with the SDK, if this machine has one.
-fn sdk_python() -> Option<String> {
-    match std::env::var("HERALD_SEGMENT_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "HERALD_SEGMENT_PYTHON must name a Python with segment-analytics-python installed \
-             (.ci/run installs it)"
-        ),
-        _ => {
-            eprintln!(
-                "segment_sdk: HERALD_SEGMENT_PYTHON is not set; the Segment SDK test did not run"
-            );
-            None
+/// The same application with the Node SDK. Node has no gzip option; its bodies are plain.
+const NODE_APP: &str = r#"
+const { Analytics } = require('@segment/analytics-node');
+const [host, writeKey, user] = process.argv.slice(1);
+const errors = [];
+const analytics = new Analytics({ writeKey, host, maxRetries: 0, flushInterval: 50 });
+analytics.on('error', (e) => errors.push(`${e.code}: ${e.reason && e.reason.message ? e.reason.message : e.reason}`));
+const anon = 'anon-' + user;
+analytics.page({ anonymousId: anon, name: 'Pricing', properties: { path: '/pricing' } });
+analytics.screen({ anonymousId: anon, name: 'Home' });
+analytics.identify({ userId: user, anonymousId: anon, traits: { first_name: 'Grace', email: user + '@example.com' } });
+analytics.group({ userId: user, groupId: 'acme', traits: { name: 'Acme' } });
+analytics.track({ userId: user, event: 'newsletter_subscribed', properties: { source: 'node' } });
+analytics.alias({ previousId: user, userId: user + '-new' });
+analytics.closeAndFlush().then(() => {
+  if (errors.length) {
+    console.log('SDK errors:', JSON.stringify(errors));
+    process.exit(1);
+  }
+});
+"#;
+
+/// An installed SDK.
+enum Sdk {
+    /// The Python interpreter that has `segment-analytics-python`.
+    Python(String),
+    /// The `node_modules` directory that has `@segment/analytics-node`.
+    Node(String),
+}
+
+impl Sdk {
+    /// The SDK named by `var`, if this machine has it.
+    fn from_env(var: &str, make: fn(String) -> Sdk) -> Option<Sdk> {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(make(v)),
+            _ if std::env::var_os("CI").is_some() => {
+                panic!("{var} must be set under CI (.ci/run installs the Segment SDKs)")
+            }
+            _ => {
+                eprintln!("segment_sdk: {var} is not set; this Segment SDK test did not run");
+                None
+            }
         }
+    }
+
+    /// The value the SDK puts in `context.library.name`.
+    fn library(&self) -> &'static str {
+        match self {
+            Sdk::Python(_) => "analytics-python",
+            Sdk::Node(_) => "@segment/analytics-node",
+        }
+    }
+
+    /// What the application sends as the signup's `source`.
+    fn source(&self) -> &'static str {
+        match self {
+            Sdk::Python(_) => "python",
+            Sdk::Node(_) => "node",
+        }
+    }
+
+    /// Run the application against `host` (`encoding`: `plain` or, for Python, `gzip`).
+    fn app(&self, host: &str, key: &str, encoding: &str, user: &str) -> std::process::Output {
+        let mut cmd = match self {
+            Sdk::Python(python) => {
+                let mut c = std::process::Command::new(python);
+                c.arg("-c").arg(APP).args([host, key, encoding, user]);
+                c
+            }
+            Sdk::Node(modules) => {
+                let mut c = std::process::Command::new("node");
+                c.env("NODE_PATH", modules)
+                    .arg("-e")
+                    .arg(NODE_APP)
+                    .args([host, key, user]);
+                c
+            }
+        };
+        cmd.output().expect("the SDK's runtime starts")
+    }
+
+    /// Run the application and require that the SDK reports no error.
+    fn run(&self, host: &str, encoding: &str, user: &str) {
+        let out = self.app(host, WRITE_KEY, encoding, user);
+        assert!(
+            out.status.success(),
+            "the SDK reported a failure:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
-fn app(python: &str, host: &str, key: &str, encoding: &str, user: &str) -> std::process::Output {
-    std::process::Command::new(python)
-        .arg("-c")
-        .arg(APP)
-        .args([host, key, encoding, user])
-        .output()
-        .expect("the SDK's interpreter runs")
+fn python() -> Option<Sdk> {
+    Sdk::from_env("HERALD_SEGMENT_PYTHON", Sdk::Python)
 }
 
-fn run_app(python: &str, host: &str, encoding: &str, user: &str) {
-    let out = app(python, host, WRITE_KEY, encoding, user);
-    assert!(
-        out.status.success(),
-        "the SDK reported a failure:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn node() -> Option<Sdk> {
+    Sdk::from_env("HERALD_SEGMENT_NODE_MODULES", Sdk::Node)
 }
 
-fn check_contact(p: &TestProject, c: &Client, user: &str) {
+fn check_contact(p: &TestProject, c: &Client, sdk: &Sdk, user: &str) {
     let contact: Value = eventually("the SDK's events to be stored", || {
         let (s, v) = c.admin_get(&format!("/v1/contacts/{user}"));
         (s == 200 && v["recent_events"].as_array().is_some_and(|e| e.len() == 6)).then_some(v)
@@ -122,7 +189,8 @@ fn check_contact(p: &TestProject, c: &Client, user: &str) {
     );
     for e in contact["recent_events"].as_array().unwrap() {
         assert_eq!(
-            e["context"]["library"]["name"], "analytics-python",
+            e["context"]["library"]["name"],
+            sdk.library(),
             "the SDK's context is kept: {e}"
         );
         assert!(
@@ -144,28 +212,46 @@ fn check_contact(p: &TestProject, c: &Client, user: &str) {
         .collect();
     assert_eq!(sent.len(), 1, "one welcome email: {sent:?}");
     assert_eq!(sent[0]["subject"], "Welcome Grace");
-    assert_eq!(sent[0]["body"], "Hello Grace from python-sdk");
+    assert_eq!(
+        sent[0]["body"],
+        format!("Hello Grace from {}", sdk.source())
+    );
+}
+
+fn project() -> TestProject {
+    let p = TestProject::new("");
+    p.workflow("welcome.rhai", WELCOME);
+    p
 }
 
 #[test]
 fn the_python_sdk_works_by_changing_only_its_host_with_plain_and_gzip_bodies() {
-    let Some(python) = sdk_python() else { return };
-    let p = TestProject::new("");
-    p.workflow("welcome.rhai", WELCOME);
+    let Some(sdk) = python() else { return };
+    let p = project();
     let d = p.start();
     let c = Client::new(d.url());
-    run_app(&python, &d.url(), "plain", "grace");
-    check_contact(&p, &c, "grace");
-    run_app(&python, &d.url(), "gzip", "hopper");
-    check_contact(&p, &c, "hopper");
+    sdk.run(&d.url(), "plain", "grace");
+    check_contact(&p, &c, &sdk, "grace");
+    sdk.run(&d.url(), "gzip", "hopper");
+    check_contact(&p, &c, &sdk, "hopper");
+}
+
+#[test]
+fn the_node_sdk_works_by_changing_only_its_host() {
+    let Some(sdk) = node() else { return };
+    let p = project();
+    let d = p.start();
+    let c = Client::new(d.url());
+    sdk.run(&d.url(), "plain", "lovelace");
+    check_contact(&p, &c, &sdk, "lovelace");
 }
 
 #[test]
 fn the_python_sdk_reports_a_wrong_write_key_with_heralds_code_and_message() {
-    let Some(python) = sdk_python() else { return };
-    let p = TestProject::new("");
+    let Some(sdk) = python() else { return };
+    let p = project();
     let d = p.start();
-    let out = app(&python, &d.url(), "not-the-key", "plain", "eve");
+    let out = sdk.app(&d.url(), "not-the-key", "plain", "eve");
     assert!(!out.status.success(), "the SDK saw the upload fail");
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
