@@ -579,9 +579,9 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiRes
         .into();
     Ok(Json(json!({
         "workflows": versions,
-        "last_reload_error": shared.last_reload_error.lock().expect("reload lock").clone(),
-        "reloads": shared.reload_stats.lock().expect("reload lock").clone(),
-        "backfill": shared.engine.backfill.lock().expect("backfill").clone(),
+        "last_reload_error": shared.last_reload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+        "reloads": shared.reload_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+        "backfill": shared.engine.backfill.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
         "pending_timers": shared.engine.store.timer_count()?,
         "clock": shared.engine.clock.now_ms(),
     })))
@@ -628,7 +628,11 @@ async fn test_clock(
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({"status": "ok", "workflows": shared.engine.state().workflows.len()}))
+    Json(json!({
+        "status": "ok",
+        "workflows": shared.engine.state().workflows.len(),
+        "worker_panics": shared.engine.metrics.worker_panics(),
+    }))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
@@ -669,7 +673,12 @@ async fn segments(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiR
                    "depends_on_events": s.loaded.deps.events, "depends_on_segments": s.loaded.deps.segments})
         })
         .collect();
-    let backfill = shared.engine.backfill.lock().expect("backfill").clone();
+    let backfill = shared
+        .engine
+        .backfill
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     Ok(Json(json!({"segments": list, "backfill": backfill})))
 }
 

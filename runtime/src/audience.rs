@@ -694,7 +694,7 @@ impl Engine {
                 *self
                     .segment_sizes
                     .lock()
-                    .expect("sizes")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .entry(name.clone())
                     .or_default() += if is_member { 1 } else { -1 };
                 tracing::debug!(
@@ -851,7 +851,10 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let total = self.store.contact_count()? as u64;
         let started = self.clock.now_ms();
-        *self.backfill.lock().expect("backfill") = BackfillStatus {
+        *self
+            .backfill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = BackfillStatus {
             segments: segments.iter().cloned().collect(),
             done: 0,
             total,
@@ -874,7 +877,10 @@ impl Engine {
             after = ids.last().cloned();
             // Bound the queues: wait for this chunk before queueing the next.
             self.barrier();
-            self.backfill.lock().expect("backfill").done = done;
+            self.backfill
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .done = done;
             if done % 100_000 < 2000 {
                 tracing::info!(done, total, "segment backfill progress");
             }
@@ -885,7 +891,10 @@ impl Engine {
             }
         }
         let _ = self.flusher.commit_blocking();
-        let mut b = self.backfill.lock().expect("backfill");
+        let mut b = self
+            .backfill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         b.running = false;
         b.done = done;
         b.finished_at = Some(self.clock.now_ms());
@@ -898,7 +907,10 @@ impl Engine {
     /// otherwise by replaying each segment's change log.
     pub(crate) fn count_segments(&self) -> Result<(), EngineError> {
         if let Some(saved) = self.store.take_checkpointed_segments() {
-            let mut sizes = self.segment_sizes.lock().expect("sizes");
+            let mut sizes = self
+                .segment_sizes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (name, n) in saved {
                 *sizes.entry(name).or_default() += n;
             }
@@ -908,7 +920,10 @@ impl Engine {
             for name in state.segments.keys() {
                 sizes.insert(name.clone(), self.store.member_count(name)? as i64);
             }
-            *self.segment_sizes.lock().expect("sizes") = sizes;
+            *self
+                .segment_sizes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = sizes;
         }
         Ok(())
     }
@@ -917,13 +932,18 @@ impl Engine {
     pub fn count_new_segments(&self) -> Result<(), EngineError> {
         let state = self.state();
         for name in state.segments.keys() {
-            if self.segment_sizes.lock().expect("sizes").contains_key(name) {
+            if self
+                .segment_sizes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains_key(name)
+            {
                 continue;
             }
             let n = self.store.member_count(name)? as i64;
             self.segment_sizes
                 .lock()
-                .expect("sizes")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .entry(name.clone())
                 .or_insert(n);
         }
@@ -933,7 +953,10 @@ impl Engine {
     /// Current segment sizes.
     pub fn segment_sizes(&self) -> BTreeMap<String, i64> {
         let state = self.state();
-        let sizes = self.segment_sizes.lock().expect("sizes");
+        let sizes = self
+            .segment_sizes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         state
             .segments
             .keys()

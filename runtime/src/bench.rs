@@ -328,7 +328,11 @@ fn reloads(n: usize) -> Result<()> {
         // Let every event of the previous save be delivered and handled, so that each
         // measurement covers exactly one save: wait until the reload counters stay still.
         let counters = || {
-            let s = d.shared.reload_stats.lock().expect("stats");
+            let s = d
+                .shared
+                .reload_stats
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             (s.applied, s.refused, s.skipped_identical)
         };
         let mut last = counters();
@@ -582,7 +586,13 @@ fn backfill(n: usize) -> Result<()> {
     let start = Instant::now();
     let d = start_daemon(dir.path(), false)?;
     loop {
-        let b = d.shared.engine.backfill.lock().expect("backfill").clone();
+        let b = d
+            .shared
+            .engine
+            .backfill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         if !b.running && b.finished_at.is_some() {
             break;
         }

@@ -96,7 +96,10 @@ pub struct ReloadStats {
 impl Shared {
     /// Reload the project from disk; on errors the current version keeps serving.
     pub fn reload(&self) -> Result<Vec<String>, String> {
-        *self.fingerprint.lock().expect("reload lock") =
+        *self
+            .fingerprint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
             crate::watch::fingerprint(&self.project_dir);
         let (project, report) = Project::load(&self.project_dir, self.engine.rhai());
         let checked = match project {
@@ -109,44 +112,57 @@ impl Shared {
         };
         let project = match checked {
             Ok(p) => p,
-            Err(text) => {
-                tracing::error!("reload refused; the previous version keeps serving:\n{text}");
-                self.engine.metrics.reload(false);
-                self.reload_stats.lock().expect("reload lock").refused += 1;
-                *self.last_reload_error.lock().expect("reload lock") = Some(text.clone());
-                return Err(text);
-            }
+            Err(text) => return self.refused(text),
         };
         let changed = match self.engine.swap_project(&project) {
             Ok(c) => c,
-            Err(e) => {
-                let text = format!("{e}\n");
-                tracing::error!("reload refused; the previous version keeps serving:\n{text}");
-                self.engine.metrics.reload(false);
-                self.reload_stats.lock().expect("reload lock").refused += 1;
-                *self.last_reload_error.lock().expect("reload lock") = Some(text.clone());
-                return Err(text);
-            }
+            Err(e) => return self.refused(format!("{e}\n")),
         };
         self.engine.metrics.reload(true);
         {
-            let mut stats = self.reload_stats.lock().expect("reload lock");
+            let mut stats = self
+                .reload_stats
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             stats.applied += 1;
             stats.last_applied_at = Some(self.engine.clock.now_ms());
         }
-        *self.last_reload_error.lock().expect("reload lock") = None;
+        *self
+            .last_reload_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         tracing::info!(?changed, "project reloaded");
         Ok(changed)
+    }
+
+    /// A reload that was refused: logged, counted and kept for `/v1/status`.
+    fn refused(&self, text: String) -> Result<Vec<String>, String> {
+        tracing::error!("reload refused; the previous version keeps serving:\n{text}");
+        self.engine.metrics.reload(false);
+        self.reload_stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .refused += 1;
+        *self
+            .last_reload_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text.clone());
+        Err(text)
     }
 
     /// Reload when the project's files differ from what was last loaded (the file watcher
     /// calls this after a debounced burst of events).
     pub fn reload_if_changed(&self) {
         let fp = crate::watch::fingerprint(&self.project_dir);
-        if *self.fingerprint.lock().expect("reload lock") == fp {
+        if *self
+            .fingerprint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            == fp
+        {
             self.reload_stats
                 .lock()
-                .expect("reload lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .skipped_identical += 1;
             tracing::debug!("saved files are identical to the loaded project; nothing to do");
             return;

@@ -381,8 +381,14 @@ impl Engine {
                     .expect("spawn worker"),
             );
         }
-        *engine.workers.lock().expect("workers") = senders;
-        *engine.threads.lock().expect("threads") = threads;
+        *engine
+            .workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = senders;
+        *engine
+            .threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = threads;
         // Count before anything can change what is counted: no job is queued yet, the server
         // is not listening and no timer has fired. (After a clean shutdown this reads the
         // checkpoint; after a crash it scans, so that restart takes longer.)
@@ -409,13 +415,19 @@ impl Engine {
 
     /// What is being served.
     pub fn state(&self) -> Arc<ProjectState> {
-        self.state.read().expect("state lock").clone()
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn store_versions(&self) -> Result<(), EngineError> {
         let state = self.state();
         let now = self.clock.now_ms();
-        let mut versions = self.versions.lock().expect("versions");
+        let mut versions = self
+            .versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for wf in state.workflows.values() {
             self.store.put_script(&crate::model::ScriptVersion {
                 hash: wf.hash.clone(),
@@ -461,18 +473,28 @@ impl Engine {
                 }
             }
         }
-        *self.waited.write().expect("waited lock") = (waited, Some(goals));
+        *self
+            .waited
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (waited, Some(goals));
         match self.state().audience_interest() {
             Some(n) => names.extend(n),
             None => all = true,
         }
-        *self.interest.write().expect("interest lock") = (!all).then_some(names);
+        *self
+            .interest
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (!all).then_some(names);
         Ok(())
     }
 
     /// Does an event of this name need the engine (a trigger, goal or wait may use it)?
     pub fn is_interesting(&self, event: &str) -> bool {
-        match &*self.interest.read().expect("interest lock") {
+        match &*self
+            .interest
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
             None => true,
             Some(names) => names.contains(event),
         }
@@ -500,7 +522,10 @@ impl Engine {
                 changed.push(format!("segment:{name}"));
             }
         }
-        *self.state.write().expect("state lock") = new;
+        *self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
         self.store_versions()?;
         if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
             // Sizes of segments new to this process come from their change logs (a segment
@@ -514,7 +539,12 @@ impl Engine {
     }
 
     fn version(&self, hash: &str) -> Result<Arc<LoadedWorkflow>, String> {
-        if let Some(v) = self.versions.lock().expect("versions").get(hash) {
+        if let Some(v) = self
+            .versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(hash)
+        {
             return Ok(v.clone());
         }
         let stored = self
@@ -532,13 +562,16 @@ impl Engine {
         let loaded = Arc::new(loaded);
         self.versions
             .lock()
-            .expect("versions")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(hash.to_string(), loaded.clone());
         Ok(loaded)
     }
 
     pub(crate) fn send_job(&self, contact: &str, job: Job) -> Result<(), EngineError> {
-        let workers = self.workers.lock().expect("workers");
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if workers.is_empty() {
             return Err(EngineError::Stopped);
         }
@@ -603,7 +636,10 @@ impl Engine {
     /// Wait until every worker has finished what was queued before this call.
     pub fn barrier(&self) {
         let receivers: Vec<_> = {
-            let workers = self.workers.lock().expect("workers");
+            let workers = self
+                .workers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             workers
                 .iter()
                 .filter_map(|w| {
@@ -650,7 +686,7 @@ impl Engine {
                 if self
                     .inflight
                     .lock()
-                    .expect("inflight")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(t.run.clone())
                 {
                     fresh += 1;
@@ -658,7 +694,10 @@ impl Engine {
                         .send_job(&t.contact, Job::Activate(t.run.clone()))
                         .is_err()
                     {
-                        self.inflight.lock().expect("inflight").remove(&t.run);
+                        self.inflight
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(&t.run);
                         return Ok(n);
                     }
                 }
@@ -739,14 +778,26 @@ impl Engine {
 
     /// Stop the workers after they finish what is queued, and flush.
     pub fn shutdown(&self) {
-        self.workers.lock().expect("workers").clear();
-        let threads = std::mem::take(&mut *self.threads.lock().expect("threads"));
+        self.workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        let threads = std::mem::take(
+            &mut *self
+                .threads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for t in threads {
             let _ = t.join();
         }
         let _ = self.flusher.commit_blocking();
         if self.counted.load(std::sync::atomic::Ordering::Acquire) {
-            let sizes = self.segment_sizes.lock().expect("sizes").clone();
+            let sizes = self
+                .segment_sizes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             if let Err(e) = self
                 .store
                 .save_checkpoint(&self.metrics.run_counts(), &sizes)
@@ -779,7 +830,7 @@ impl Engine {
             for job in batch {
                 match job {
                     Job::Barrier(tx) => barriers.push(tx),
-                    other => self.handle(other),
+                    other => self.handle_guarded(other),
                 }
             }
             // What a batch wrote becomes durable with the next group commit; the worker only
@@ -797,10 +848,57 @@ impl Engine {
         }
     }
 
+    /// [`handle`](Self::handle), surviving a panic: a bug in one job must not stop the worker
+    /// and with it every contact of its shard. What the job held is released (its backlog slot,
+    /// its run's in-flight mark); an event it was processing keeps its inbox record, so the next
+    /// start processes it again; a caller waiting for a reply gets an error.
+    fn handle_guarded(&self, job: Job) {
+        let (what, inbox, run) = match &job {
+            Job::Inbox(q) => (format!("event {}", q.item.event_seq), true, None),
+            Job::Activate(run) => (format!("run {run}"), false, Some(run.clone())),
+            Job::Audience(contact, _) => (format!("audience of {contact}"), false, None),
+            Job::Start {
+                workflow, contact, ..
+            } => (format!("start of {workflow} for {contact}"), false, None),
+            Job::Resolve { run, step, .. } => (format!("step {step} of run {run}"), false, None),
+            Job::Barrier(_) => ("barrier".to_string(), false, None),
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(job)));
+        if let Err(panic) = outcome {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_string());
+            tracing::error!(
+                job = what,
+                panic = message,
+                "a worker job panicked; the worker goes on (an event stays queued for the next start)"
+            );
+            self.metrics.worker_panic();
+            if inbox {
+                self.backlog.done();
+            }
+            if let Some(run) = run {
+                self.inflight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&run);
+            }
+        }
+    }
+
     fn handle(&self, job: Job) {
         match job {
             Job::Inbox(q) => {
                 let seq = q.item.event_seq;
+                #[cfg(test)]
+                if q.event
+                    .as_ref()
+                    .is_some_and(|e| e.event == tests::PANIC_EVENT)
+                {
+                    panic!("injected by a test");
+                }
                 if let Err(e) = self.process_event(*q) {
                     tracing::error!(seq, error = %e, "processing event failed; it stays queued");
                 }
@@ -814,7 +912,10 @@ impl Engine {
                 if let Err(e) = result {
                     tracing::error!(run, error = %e, "activation failed");
                 }
-                self.inflight.lock().expect("inflight").remove(&run);
+                self.inflight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&run);
             }
             Job::Audience(contact, only) => {
                 if let Err(e) = self.evaluate_audience(&contact, None, only.as_ref()) {
@@ -909,7 +1010,10 @@ impl Engine {
             },
         };
         let (waited, goal) = {
-            let w = self.waited.read().expect("waited lock");
+            let w = self
+                .waited
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             (
                 w.0.as_ref().is_none_or(|n| n.contains(&event.event)),
                 w.1.as_ref().is_none_or(|n| n.contains(&event.event)),
@@ -1778,7 +1882,11 @@ impl RunHost {
             }
             StepCall::Update { attrs } => {
                 let contact_id = st.run.contact.clone();
-                let guard = self.engine.contact_lock.lock().expect("contact lock");
+                let guard = self
+                    .engine
+                    .contact_lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 match self.engine.live_contact(&contact_id) {
                     Ok(Some(mut c)) => {
                         if let Some(map) = attrs.as_object() {
@@ -2003,6 +2111,88 @@ impl Host for RunHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event the test build's worker panics on, standing in for a bug.
+    pub(super) const PANIC_EVENT: &str = "test_worker_panic";
+
+    #[test]
+    fn a_panicking_job_is_reported_and_the_worker_goes_on_keeping_the_event_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let workflows = dir.path().join("workflows");
+        std::fs::create_dir_all(&workflows).unwrap();
+        std::fs::write(
+            dir.path().join("herald.toml"),
+            "[auth]\nwrite_keys = [\"k\"]\nadmin_token = \"t\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            workflows.join("boom.rhai"),
+            format!(
+                "workflow(\"boom\").on_event(\"{PANIC_EVENT}\");\nfn run(contact, trigger) {{}}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            workflows.join("fine.rhai"),
+            "workflow(\"fine\").on_event(\"fine\");\nfn run(contact, trigger) {}\n",
+        )
+        .unwrap();
+        let d = crate::daemon::RunningDaemon::start(crate::daemon::Options {
+            project: dir.path().into(),
+            listen: Some("127.0.0.1:0".into()),
+            data: None,
+            test_clock: true,
+            watch: false,
+        })
+        .unwrap();
+        let engine = d.shared.engine.clone();
+
+        // Both events belong to one contact, so one worker takes them in order.
+        let body = json!({"batch": [
+            {"type": "track", "userId": "p1", "event": PANIC_EVENT},
+            {"type": "track", "userId": "p1", "event": "fine"},
+        ]})
+        .to_string();
+        let (messages, _) = crate::ingest::parse_body(None, body.as_bytes()).unwrap();
+        let (accepted, queued) = d.shared.ingestor.write(messages).unwrap();
+        assert_eq!(accepted.accepted, 2);
+        engine.flusher.commit_blocking().unwrap();
+        engine.submit_events(queued);
+        engine.barrier();
+
+        assert_eq!(engine.metrics.worker_panics(), 1);
+        assert!(engine
+            .metrics
+            .render(&[])
+            .contains("herald_worker_panics_total 1"));
+        assert_eq!(
+            engine.backlog.queued(),
+            0,
+            "the panicked job's backlog slot is released"
+        );
+        let contact = engine
+            .store
+            .identity(crate::store::IdKind::User, "p1")
+            .unwrap()
+            .unwrap();
+        let runs = engine.store.runs_of_contact(&contact).unwrap();
+        let summary: Vec<(&str, RunStatus)> = runs
+            .iter()
+            .map(|r| (r.workflow.as_str(), r.status))
+            .collect();
+        assert_eq!(
+            summary,
+            [("fine", RunStatus::Completed)],
+            "the worker went on with the contact's next event"
+        );
+        let inbox = engine.store.inbox().unwrap();
+        assert_eq!(
+            inbox.len(),
+            1,
+            "the request's inbox record stays, so the next start processes the event again"
+        );
+        d.shutdown();
+    }
 
     /// Counts wake-ups, so the test sees the waiter being woken, not just polled again.
     struct Wakes(std::sync::atomic::AtomicUsize);

@@ -350,7 +350,11 @@ impl Ingestor {
 
     /// The synchronous part: identity resolution and writes, under one lock.
     pub fn write(&self, messages: Vec<Message>) -> Result<(Accepted, Vec<Queued>), IngestError> {
-        let _guard = self.engine.contact_lock.lock().expect("contact lock");
+        let _guard = self
+            .engine
+            .contact_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = self.clock.now_ms();
         let mut seen = HashSet::new();
         let mut dup = 0;

@@ -14,6 +14,7 @@ pub struct Metrics {
     events: Mutex<BTreeMap<String, u64>>,
     rejected: Mutex<BTreeMap<String, u64>>,
     duplicates: AtomicU64,
+    worker_panics: AtomicU64,
     runs_by_status: Mutex<BTreeMap<&'static str, i64>>,
     runs_started: Mutex<BTreeMap<String, u64>>,
     steps: Mutex<BTreeMap<String, u64>>,
@@ -26,7 +27,10 @@ pub struct Metrics {
 }
 
 fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K, by: u64) {
-    *m.lock().expect("metrics lock").entry(k).or_default() += by;
+    *m.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(k)
+        .or_default() += by;
 }
 
 impl Metrics {
@@ -42,9 +46,20 @@ impl Metrics {
     pub fn duplicate(&self) {
         self.duplicates.fetch_add(1, Ordering::Relaxed);
     }
+    /// A worker job that panicked (a bug in Herald; the worker went on).
+    pub fn worker_panic(&self) {
+        self.worker_panics.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Worker jobs that panicked so far.
+    pub fn worker_panics(&self) -> u64 {
+        self.worker_panics.load(Ordering::Relaxed)
+    }
     /// A run moved between statuses (`from` is `None` for a new run).
     pub fn run_status(&self, from: Option<RunStatus>, to: RunStatus) {
-        let mut m = self.runs_by_status.lock().expect("metrics lock");
+        let mut m = self
+            .runs_by_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(f) = from {
             *m.entry(f.as_str()).or_default() -= 1;
         }
@@ -52,14 +67,20 @@ impl Metrics {
     }
     /// Replace the run gauges (after counting stored runs at start-up).
     pub fn set_run_counts(&self, counts: BTreeMap<&'static str, i64>) {
-        let mut m = self.runs_by_status.lock().expect("metrics lock");
+        let mut m = self
+            .runs_by_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (k, v) in counts {
             *m.entry(k).or_default() += v;
         }
     }
     /// Runs by status as the gauges hold them.
     pub fn run_counts(&self) -> BTreeMap<String, i64> {
-        let m = self.runs_by_status.lock().expect("metrics lock");
+        let m = self
+            .runs_by_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
     /// A run started.
@@ -98,7 +119,7 @@ impl Metrics {
     pub fn sends(&self, channel: &str, outcome: &str) -> u64 {
         self.sends
             .lock()
-            .expect("metrics lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&(channel.to_string(), outcome.to_string()))
             .copied()
             .unwrap_or(0)
@@ -112,14 +133,24 @@ impl Metrics {
             o.push('\n');
         };
         line(&mut o, "# HELP herald_events_ingested_total Events accepted, by Segment type.\n# TYPE herald_events_ingested_total counter".into());
-        for (k, v) in self.events.lock().expect("metrics lock").iter() {
+        for (k, v) in self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             line(
                 &mut o,
                 format!("herald_events_ingested_total{{type=\"{k}\"}} {v}"),
             );
         }
         line(&mut o, "# HELP herald_ingest_rejected_total Ingest requests refused, by reason.\n# TYPE herald_ingest_rejected_total counter".into());
-        for (k, v) in self.rejected.lock().expect("metrics lock").iter() {
+        for (k, v) in self
+            .rejected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             line(
                 &mut o,
                 format!("herald_ingest_rejected_total{{reason=\"{k}\"}} {v}"),
@@ -133,11 +164,19 @@ impl Metrics {
                 self.duplicates.load(Ordering::Relaxed)
             ),
         );
+        line(&mut o, "# HELP herald_worker_panics_total Worker jobs that panicked (a bug; the job's event stays queued for the next start).\n# TYPE herald_worker_panics_total counter".into());
+        line(
+            &mut o,
+            format!("herald_worker_panics_total {}", self.worker_panics()),
+        );
         line(
             &mut o,
             "# HELP herald_runs Runs by status.\n# TYPE herald_runs gauge".into(),
         );
-        let runs = self.runs_by_status.lock().expect("metrics lock");
+        let runs = self
+            .runs_by_status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for s in RunStatus::ALL {
             line(
                 &mut o,
@@ -150,32 +189,57 @@ impl Metrics {
         }
         drop(runs);
         line(&mut o, "# HELP herald_runs_started_total Runs started, by workflow.\n# TYPE herald_runs_started_total counter".into());
-        for (k, v) in self.runs_started.lock().expect("metrics lock").iter() {
+        for (k, v) in self
+            .runs_started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             line(
                 &mut o,
                 format!("herald_runs_started_total{{workflow=\"{k}\"}} {v}"),
             );
         }
         line(&mut o, "# HELP herald_steps_total Journal steps recorded, by kind.\n# TYPE herald_steps_total counter".into());
-        for (k, v) in self.steps.lock().expect("metrics lock").iter() {
+        for (k, v) in self
+            .steps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             line(&mut o, format!("herald_steps_total{{kind=\"{k}\"}} {v}"));
         }
         line(&mut o, "# HELP herald_sends_total Channel calls, by channel and outcome.\n# TYPE herald_sends_total counter".into());
-        for ((c, r), v) in self.sends.lock().expect("metrics lock").iter() {
+        for ((c, r), v) in self
+            .sends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             line(
                 &mut o,
                 format!("herald_sends_total{{channel=\"{c}\",outcome=\"{r}\"}} {v}"),
             );
         }
         line(&mut o, "# HELP herald_conversions_total Goals reached, by workflow.\n# TYPE herald_conversions_total counter".into());
-        for (k, v) in self.conversions.lock().expect("metrics lock").iter() {
+        for (k, v) in self
+            .conversions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             line(
                 &mut o,
                 format!("herald_conversions_total{{workflow=\"{k}\"}} {v}"),
             );
         }
         line(&mut o, "# HELP herald_reloads_total Project reloads, by result.\n# TYPE herald_reloads_total counter".into());
-        for (k, v) in self.reloads.lock().expect("metrics lock").iter() {
+        for (k, v) in self
+            .reloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
             line(
                 &mut o,
                 format!("herald_reloads_total{{result=\"{k}\"}} {v}"),

@@ -465,7 +465,10 @@ impl SledStore {
     /// checkpoint saved while the write was under way.
     fn invalidate_checkpoint(&self) -> StoreResult<()> {
         if self.checkpointed.load(Ordering::Acquire) {
-            let _g = self.checkpoint_lock.lock().expect("checkpoint lock");
+            let _g = self
+                .checkpoint_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if self.checkpointed.swap(false, Ordering::AcqRel) {
                 self.meta.remove("checkpoint")?;
             }
@@ -741,7 +744,10 @@ impl Store for SledStore {
         segments: &BTreeMap<String, i64>,
     ) -> StoreResult<()> {
         {
-            let _g = self.checkpoint_lock.lock().expect("checkpoint lock");
+            let _g = self
+                .checkpoint_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let c = Checkpoint {
                 contacts: self.contact_total.load(Ordering::Acquire),
                 timers: self.timer_total.load(Ordering::Acquire),
@@ -756,13 +762,16 @@ impl Store for SledStore {
     }
 
     fn take_checkpointed_runs(&self) -> Option<BTreeMap<String, i64>> {
-        self.checkpointed_runs.lock().expect("checkpoint").take()
+        self.checkpointed_runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     fn take_checkpointed_segments(&self) -> Option<BTreeMap<String, i64>> {
         self.checkpointed_segments
             .lock()
-            .expect("checkpoint")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
     }
 
@@ -981,7 +990,10 @@ impl Flusher {
     fn run(&self) {
         loop {
             let target = {
-                let mut st = self.state.lock().expect("flush lock");
+                let mut st = self
+                    .state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 while st.requested == st.flushed && !st.stop {
                     st = self.cond.wait(st).expect("flush lock");
                 }
@@ -991,7 +1003,10 @@ impl Flusher {
                 st.requested
             };
             let result = self.store.flush();
-            let mut st = self.state.lock().expect("flush lock");
+            let mut st = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             match result {
                 Ok(()) => st.failed = None,
                 Err(e) => {
@@ -1011,14 +1026,22 @@ impl Flusher {
     }
 
     fn request(&self) -> u64 {
-        let mut st = self.state.lock().expect("flush lock");
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.requested += 1;
         self.cond.notify_all();
         st.requested
     }
 
     fn outcome(&self) -> Result<(), String> {
-        match &self.state.lock().expect("flush lock").failed {
+        match &self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .failed
+        {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
@@ -1027,7 +1050,10 @@ impl Flusher {
     /// Block until everything written before this call is durable.
     pub fn commit_blocking(&self) -> Result<(), String> {
         let ticket = self.request();
-        let mut st = self.state.lock().expect("flush lock");
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while st.flushed < ticket {
             st = self.cond.wait(st).expect("flush lock");
         }
@@ -1050,7 +1076,10 @@ impl Flusher {
     /// Flush what is pending and stop the thread.
     pub fn stop(&self) {
         let _ = self.commit_blocking();
-        let mut st = self.state.lock().expect("flush lock");
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         st.stop = true;
         self.cond.notify_all();
     }
