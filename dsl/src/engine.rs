@@ -843,7 +843,7 @@ pub(crate) struct DeadlineGuard;
 
 impl Drop for DeadlineGuard {
     fn drop(&mut self) {
-        ACTIVE_DEADLINE.with(|d| d.set(None));
+        let _ = ACTIVE_DEADLINE.try_with(|d| d.set(None));
     }
 }
 
@@ -866,7 +866,9 @@ pub fn run_activation(
     trigger: &serde_json::Value,
     limits: &Limits,
 ) -> ActivationEnd {
-    ACTIVE_DEADLINE.with(|d| d.set(Some(Instant::now() + limits.activation_deadline)));
+    // Lifted however the call ends (a panic included): a deadline left behind would stop the
+    // thread's next evaluation at once.
+    let _deadline = set_deadline(limits);
     EXIT_REASON.with(|r| r.borrow_mut().take());
     PARK_REASON.with(|r| r.borrow_mut().take());
     let mut scope = Scope::new();
@@ -880,7 +882,6 @@ pub fn run_activation(
         "run",
         (Dynamic::from(ContactView), to_dynamic(trigger)),
     );
-    ACTIVE_DEADLINE.with(|d| d.set(None));
     match result {
         Ok(_) => ActivationEnd::Completed,
         Err(err) => classify(*err),

@@ -167,11 +167,28 @@ thread_local! {
 ///
 /// Step functions called outside of `with_host` fail with a clear error (for example a `send`
 /// at the top level of a script, which runs when the script is loaded).
+/// If `f` panics, the previous binding is restored all the same and `host` is dropped, so a
+/// caller that catches the panic finds the thread as it was.
 pub fn with_host<R>(host: Box<dyn Host>, f: impl FnOnce() -> R) -> (R, Box<dyn Host>) {
-    let previous = HOST.with(|h| h.borrow_mut().replace(host));
+    /// Puts the previous binding back when dropped (by unwinding, if `f` panicked).
+    struct Unbind(Option<Option<Box<dyn Host>>>);
+    impl Unbind {
+        fn restore(&mut self) -> Option<Box<dyn Host>> {
+            let previous = self.0.take()?;
+            HOST.try_with(|h| std::mem::replace(&mut *h.borrow_mut(), previous))
+                .ok()
+                .flatten()
+        }
+    }
+    impl Drop for Unbind {
+        fn drop(&mut self) {
+            drop(self.restore());
+        }
+    }
+    let mut unbind = Unbind(Some(HOST.with(|h| h.borrow_mut().replace(host))));
     let result = f();
-    let host = HOST
-        .with(|h| std::mem::replace(&mut *h.borrow_mut(), previous))
+    let host = unbind
+        .restore()
         .expect("host is bound for the duration of with_host");
     (result, host)
 }

@@ -22,8 +22,8 @@ use crate::store::IdKind;
 /// also repeat `code` and `message` at the top level, next to `"success": false`, where the
 /// Segment SDKs look for them when they report a failed upload.
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
     message: String,
     segment: bool,
 }
@@ -82,6 +82,11 @@ impl From<crate::engine::EngineError> for ApiError {
             crate::engine::EngineError::Stopped => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
+                e.to_string(),
+            ),
+            crate::engine::EngineError::Panicked(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
                 e.to_string(),
             ),
             other => ApiError::new(

@@ -43,6 +43,9 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     Stopped,
+    /// A worker job panicked (a bug in Herald); the panic's message.
+    #[error("internal error: {0}")]
+    Panicked(String),
 }
 
 /// What the engine serves right now: swapped as a whole on reload.
@@ -151,13 +154,13 @@ pub(crate) enum Job {
         workflow: String,
         contact: String,
         properties: Value,
-        reply: mpsc::Sender<Result<String, String>>,
+        reply: mpsc::Sender<Result<String, EngineError>>,
     },
     Resolve {
         run: String,
         step: u32,
         delivered: bool,
-        reply: mpsc::Sender<Result<(), String>>,
+        reply: mpsc::Sender<Result<(), EngineError>>,
     },
     Barrier(mpsc::Sender<()>),
 }
@@ -611,9 +614,7 @@ impl Engine {
                 reply: tx,
             },
         )?;
-        rx.recv()
-            .map_err(|_| EngineError::Stopped)?
-            .map_err(EngineError::Invalid)
+        rx.recv().map_err(|_| EngineError::Stopped)?
     }
 
     /// Settle an ambiguous effect: `delivered` records it as done; otherwise it is sent again.
@@ -628,9 +629,7 @@ impl Engine {
                 reply: tx,
             },
         )?;
-        rx.recv()
-            .map_err(|_| EngineError::Stopped)?
-            .map_err(EngineError::Invalid)
+        rx.recv().map_err(|_| EngineError::Stopped)?
     }
 
     /// Wait until every worker has finished what was queued before this call.
@@ -792,7 +791,11 @@ impl Engine {
             let _ = t.join();
         }
         let _ = self.flusher.commit_blocking();
-        if self.counted.load(std::sync::atomic::Ordering::Acquire) {
+        // After a panic the in-memory counts may have missed a change; the next start counts
+        // from the data instead of trusting them.
+        if self.metrics.worker_panics() > 0 {
+            tracing::warn!("a worker job panicked in this process: no shutdown checkpoint, the next start counts");
+        } else if self.counted.load(std::sync::atomic::Ordering::Acquire) {
             let sizes = self
                 .segment_sizes
                 .lock()
@@ -830,7 +833,7 @@ impl Engine {
             for job in batch {
                 match job {
                     Job::Barrier(tx) => barriers.push(tx),
-                    other => self.handle_guarded(other),
+                    other => self.handle(other),
                 }
             }
             // What a batch wrote becomes durable with the next group commit; the worker only
@@ -852,65 +855,68 @@ impl Engine {
     /// and with it every contact of its shard. What the job held is released (its backlog slot,
     /// its run's in-flight mark); an event it was processing keeps its inbox record, so the next
     /// start processes it again; a caller waiting for a reply gets an error.
-    fn handle_guarded(&self, job: Job) {
-        let (what, inbox, run) = match &job {
-            Job::Inbox(q) => (format!("event {}", q.item.event_seq), true, None),
-            Job::Activate(run) => (format!("run {run}"), false, Some(run.clone())),
-            Job::Audience(contact, _) => (format!("audience of {contact}"), false, None),
-            Job::Start {
-                workflow, contact, ..
-            } => (format!("start of {workflow} for {contact}"), false, None),
-            Job::Resolve { run, step, .. } => (format!("step {step} of run {run}"), false, None),
-            Job::Barrier(_) => ("barrier".to_string(), false, None),
-        };
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(job)));
-        if let Err(panic) = outcome {
+    /// Runs `f`, catching a panic (a bug in Herald): it is logged with `what` (built only
+    /// then), counted in `herald_worker_panics_total`, and returned as its message, so one bad
+    /// job never takes a worker, and with it every contact hashed to that worker, down.
+    fn guard<T>(&self, what: impl FnOnce() -> String, f: impl FnOnce() -> T) -> Result<T, String> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "(no message)".to_string());
             tracing::error!(
-                job = what,
+                job = what(),
                 panic = message,
-                "a worker job panicked; the worker goes on (an event stays queued for the next start)"
+                "a worker job panicked; the worker goes on"
             );
             self.metrics.worker_panic();
-            if inbox {
-                self.backlog.done();
-            }
-            if let Some(run) = run {
-                self.inflight
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&run);
-            }
-        }
+            message
+        })
     }
 
     fn handle(&self, job: Job) {
         match job {
             Job::Inbox(q) => {
                 let seq = q.item.event_seq;
-                #[cfg(test)]
-                if q.event
-                    .as_ref()
-                    .is_some_and(|e| e.event == tests::PANIC_EVENT)
-                {
-                    panic!("injected by a test");
-                }
-                if let Err(e) = self.process_event(*q) {
+                let done = self.guard(
+                    || format!("event {seq} (it stays queued for the next start)"),
+                    || {
+                        #[cfg(test)]
+                        if q.event
+                            .as_ref()
+                            .is_some_and(|e| e.event == tests::PANIC_EVENT)
+                        {
+                            panic!("injected by a test");
+                        }
+                        self.process_event(*q)
+                    },
+                );
+                if let Ok(Err(e)) = done {
                     tracing::error!(seq, error = %e, "processing event failed; it stays queued");
                 }
                 self.backlog.done();
             }
             Job::Activate(run) => {
-                let result = match run.strip_prefix(crate::audience::TIMER_PREFIX) {
-                    Some(contact) => self.audience_timer(contact),
-                    None => self.activate(&run),
+                let done = self.guard(
+                    || format!("activation of {run}"),
+                    || match run.strip_prefix(crate::audience::TIMER_PREFIX) {
+                        Some(contact) => self.audience_timer(contact),
+                        None => self.activate(&run),
+                    },
+                );
+                let failure = match done {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => {
+                        tracing::error!(run, error = %e, "activation failed; it is retried");
+                        Some(Err(e.to_string()))
+                    }
+                    Err(panic) => Some(Ok(panic)),
                 };
-                if let Err(e) = result {
-                    tracing::error!(run, error = %e, "activation failed");
+                if let Some(failure) = failure {
+                    if let Err(e) = self.after_failed_activation(&run, failure) {
+                        tracing::error!(run, error = %e, "could not schedule the retry of a failed activation");
+                    }
                 }
                 self.inflight
                     .lock()
@@ -918,7 +924,11 @@ impl Engine {
                     .remove(&run);
             }
             Job::Audience(contact, only) => {
-                if let Err(e) = self.evaluate_audience(&contact, None, only.as_ref()) {
+                let done = self.guard(
+                    || format!("audience of {contact}"),
+                    || self.evaluate_audience(&contact, None, only.as_ref()),
+                );
+                if let Ok(Err(e)) = done {
                     tracing::error!(contact, error = %e, "audience evaluation failed");
                 }
             }
@@ -928,7 +938,20 @@ impl Engine {
                 properties,
                 reply,
             } => {
-                let _ = reply.send(self.start_manual_inner(&workflow, &contact, properties));
+                let result = self
+                    .guard(
+                        || format!("start of {workflow} for {contact}"),
+                        || {
+                            #[cfg(test)]
+                            if workflow == tests::PANIC_EVENT {
+                                panic!("injected by a test");
+                            }
+                            self.start_manual_inner(&workflow, &contact, properties)
+                        },
+                    )
+                    .map_err(EngineError::Panicked)
+                    .and_then(|r| r.map_err(EngineError::Invalid));
+                let _ = reply.send(result);
             }
             Job::Resolve {
                 run,
@@ -936,10 +959,77 @@ impl Engine {
                 delivered,
                 reply,
             } => {
-                let _ = reply.send(self.resolve_inner(&run, step, delivered));
+                let result = self
+                    .guard(
+                        || format!("step {step} of run {run}"),
+                        || self.resolve_inner(&run, step, delivered),
+                    )
+                    .map_err(EngineError::Panicked)
+                    .and_then(|r| r.map_err(EngineError::Invalid));
+                let _ = reply.send(result);
             }
             Job::Barrier(tx) => {
                 let _ = tx.send(());
+            }
+        }
+    }
+
+    /// An activation ended in an error (`Err`: its message) or a panic (`Ok`: its message)
+    /// after its timer was taken: without a new timer, nothing would ever wake it again.
+    /// A run that panicked is parked with the panic as its reason (retrying a bug only repeats
+    /// it; parked runs are visible in the API and the metrics); after an error (storage, most
+    /// likely) it is retried later. An audience re-evaluation is retried either way.
+    fn after_failed_activation(
+        &self,
+        id: &str,
+        failure: Result<String, String>,
+    ) -> Result<(), EngineError> {
+        let now = self.clock.now_ms();
+        if let Some(contact) = id.strip_prefix(crate::audience::TIMER_PREFIX) {
+            let Some(mut st) = self.store.audience(contact)? else {
+                return Ok(());
+            };
+            if st.wake_at.is_none() {
+                let due = now + self.backoff(4);
+                self.store.set_timer(&Timer {
+                    due,
+                    run: id.to_string(),
+                    contact: contact.to_string(),
+                })?;
+                st.wake_at = Some(due);
+                self.store.put_audience(contact, &st)?;
+            }
+            return Ok(());
+        }
+        let Some(mut run) = self.store.run(id)? else {
+            return Ok(());
+        };
+        if run.status.is_terminal() {
+            return Ok(());
+        }
+        let from = run.status;
+        match failure {
+            Ok(panic) => {
+                if let Some(t) = run.wake_at.take() {
+                    self.store.clear_timer(t, &run.id)?;
+                }
+                let reason = format!("internal error: the activation panicked: {panic}");
+                self.finish(&mut run, from, RunStatus::Parked, Some(reason), None)
+            }
+            Err(_) => {
+                if let Some(t) = run.wake_at.take() {
+                    self.store.clear_timer(t, &run.id)?;
+                }
+                let due = now + self.backoff(4);
+                self.store.set_timer(&Timer {
+                    due,
+                    run: run.id.clone(),
+                    contact: run.contact.clone(),
+                })?;
+                run.wake_at = Some(due);
+                run.updated_at = now;
+                self.store.put_run(&run)?;
+                Ok(())
             }
         }
     }
@@ -1289,10 +1379,26 @@ impl Engine {
             engine: me,
             state: shared.clone(),
         });
-        let (end, host) = with_host(host, || {
-            run_activation(&self.rhai, &workflow.ast, &run.trigger, &self.limits)
-        });
-        drop(host);
+        // A panic under the script (a bug in a host function, most likely) parks the run with
+        // the panic as its reason; `with_host` unbinds the host however the call ends.
+        let end = match self.guard(
+            || format!("activation of run {}", run.id),
+            || {
+                with_host(host, || {
+                    #[cfg(test)]
+                    if run.workflow == tests::PANIC_WORKFLOW && run.activations > 0 {
+                        panic!("injected by a test");
+                    }
+                    run_activation(&self.rhai, &workflow.ast, &run.trigger, &self.limits)
+                })
+                .0
+            },
+        ) {
+            Ok(end) => end,
+            Err(panic) => {
+                ActivationEnd::Parked(format!("internal error: the activation panicked: {panic}"))
+            }
+        };
         let state = Rc::try_unwrap(shared)
             .map_err(|_| EngineError::Invalid("host still referenced".into()))?
             .into_inner();
@@ -2114,29 +2220,24 @@ mod tests {
 
     /// An event the test build's worker panics on, standing in for a bug.
     pub(super) const PANIC_EVENT: &str = "test_worker_panic";
+    /// A workflow whose activations after the first panic in the test build.
+    pub(super) const PANIC_WORKFLOW: &str = "test_activation_panic";
 
-    #[test]
-    fn a_panicking_job_is_reported_and_the_worker_goes_on_keeping_the_event_queued() {
+    /// A daemon on the test clock serving `workflows` (file name, source).
+    fn daemon_with(
+        workflows: &[(&str, &str)],
+    ) -> (tempfile::TempDir, crate::daemon::RunningDaemon) {
         let dir = tempfile::tempdir().unwrap();
-        let workflows = dir.path().join("workflows");
-        std::fs::create_dir_all(&workflows).unwrap();
+        let wf = dir.path().join("workflows");
+        std::fs::create_dir_all(&wf).unwrap();
         std::fs::write(
             dir.path().join("herald.toml"),
             "[auth]\nwrite_keys = [\"k\"]\nadmin_token = \"t\"\n",
         )
         .unwrap();
-        std::fs::write(
-            workflows.join("boom.rhai"),
-            format!(
-                "workflow(\"boom\").on_event(\"{PANIC_EVENT}\");\nfn run(contact, trigger) {{}}\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            workflows.join("fine.rhai"),
-            "workflow(\"fine\").on_event(\"fine\");\nfn run(contact, trigger) {}\n",
-        )
-        .unwrap();
+        for (name, source) in workflows {
+            std::fs::write(wf.join(name), source).unwrap();
+        }
         let d = crate::daemon::RunningDaemon::start(crate::daemon::Options {
             project: dir.path().into(),
             listen: Some("127.0.0.1:0".into()),
@@ -2145,6 +2246,41 @@ mod tests {
             watch: false,
         })
         .unwrap();
+        (dir, d)
+    }
+
+    /// Ingest `body` (a `/v1/batch` body) and wait until the workers have processed it.
+    fn ingest_now(d: &crate::daemon::RunningDaemon, body: Value) -> usize {
+        let engine = &d.shared.engine;
+        let (messages, _) = crate::ingest::parse_body(None, body.to_string().as_bytes()).unwrap();
+        let (accepted, queued) = d.shared.ingestor.write(messages).unwrap();
+        engine.flusher.commit_blocking().unwrap();
+        engine.submit_events(queued);
+        engine.barrier();
+        accepted.accepted
+    }
+
+    fn runs_of(engine: &Engine, user: &str) -> Vec<Run> {
+        let contact = engine
+            .store
+            .identity(crate::store::IdKind::User, user)
+            .unwrap()
+            .unwrap();
+        engine.store.runs_of_contact(&contact).unwrap()
+    }
+
+    #[test]
+    fn a_panicking_job_is_reported_and_the_worker_goes_on_keeping_the_event_queued() {
+        let boom = format!(
+            "workflow(\"boom\").on_event(\"{PANIC_EVENT}\");\nfn run(contact, trigger) {{}}\n"
+        );
+        let (_dir, d) = daemon_with(&[
+            ("boom.rhai", &boom),
+            (
+                "fine.rhai",
+                "workflow(\"fine\").on_event(\"fine\");\nfn run(contact, trigger) {}\n",
+            ),
+        ]);
         let engine = d.shared.engine.clone();
 
         // Both events belong to one contact, so one worker takes them in order.
@@ -2190,6 +2326,115 @@ mod tests {
             inbox.len(),
             1,
             "the request's inbox record stays, so the next start processes the event again"
+        );
+        d.shutdown();
+    }
+
+    #[test]
+    fn an_activation_that_panics_when_its_timer_fires_parks_the_run_instead_of_leaving_it_waiting()
+    {
+        let waits = |name: &str| {
+            format!(
+                "workflow(\"{name}\").on_event(\"go\");\nfn run(contact, trigger) {{\n    wait(days(1));\n}}\n"
+            )
+        };
+        let (_dir, d) = daemon_with(&[
+            ("boom.rhai", &waits(PANIC_WORKFLOW)),
+            ("calm.rhai", &waits("calm")),
+        ]);
+        let engine = d.shared.engine.clone();
+        assert_eq!(
+            ingest_now(
+                &d,
+                json!({"batch": [{"type": "track", "userId": "p2", "event": "go"}]})
+            ),
+            1
+        );
+        let status = |engine: &Engine| {
+            let mut s: Vec<(String, RunStatus)> = runs_of(engine, "p2")
+                .into_iter()
+                .map(|r| (r.workflow, r.status))
+                .collect();
+            s.sort_by(|a, b| a.0.cmp(&b.0));
+            s
+        };
+        assert_eq!(
+            status(&engine),
+            [
+                ("calm".to_string(), RunStatus::Waiting),
+                (PANIC_WORKFLOW.to_string(), RunStatus::Waiting)
+            ]
+        );
+        assert_eq!(engine.store.timer_count().unwrap(), 2);
+
+        engine.clock.set_ms(engine.clock.now_ms() + 2 * 86_400_000);
+        engine.dispatch_due().unwrap();
+        engine.barrier();
+
+        assert_eq!(engine.metrics.worker_panics(), 1);
+        assert_eq!(
+            status(&engine),
+            [
+                ("calm".to_string(), RunStatus::Completed),
+                (PANIC_WORKFLOW.to_string(), RunStatus::Parked)
+            ],
+            "the panicking run is parked, the other one on the same worker completes"
+        );
+        let parked = runs_of(&engine, "p2")
+            .into_iter()
+            .find(|r| r.workflow == PANIC_WORKFLOW)
+            .unwrap();
+        assert_eq!(
+            parked.reason.as_deref(),
+            Some("internal error: the activation panicked: injected by a test")
+        );
+        assert_eq!(parked.wake_at, None);
+        assert_eq!(
+            engine.store.timer_count().unwrap(),
+            0,
+            "no timer left behind"
+        );
+        assert!(engine
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty());
+        d.shutdown();
+    }
+
+    #[test]
+    fn a_manual_start_that_panics_answers_with_an_internal_error_not_shutting_down() {
+        let (_dir, d) = daemon_with(&[(
+            "fine.rhai",
+            "workflow(\"fine\").manual();\nfn run(contact, trigger) {}\n",
+        )]);
+        let engine = d.shared.engine.clone();
+        ingest_now(&d, json!({"batch": [{"type": "identify", "userId": "p3"}]}));
+        let contact = engine
+            .store
+            .identity(crate::store::IdKind::User, "p3")
+            .unwrap()
+            .unwrap();
+        let err = engine
+            .start_manual(PANIC_EVENT, &contact, json!({}))
+            .unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Panicked(m) if m == "injected by a test"),
+            "{err:?}"
+        );
+        let api = crate::api::ApiError::from(err);
+        assert_eq!(
+            (api.status, api.code),
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error"
+            )
+        );
+        let run = engine.start_manual("fine", &contact, json!({})).unwrap();
+        assert_eq!(
+            engine.store.run(&run).unwrap().unwrap().status,
+            RunStatus::Completed,
+            "the worker serves the next start"
         );
         d.shutdown();
     }

@@ -350,8 +350,12 @@ fn inspect(file: &Path) -> Result<bool> {
 fn main() -> ExitCode {
     // Return freed pages to the system at once rather than after a delay: the daemon's
     // resident memory then follows its live data (measured by `herald bench --waiting`).
-    // An operator who sets `MIMALLOC_PURGE_DELAY` chooses otherwise (README: tuning).
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    // An operator who sets `MIMALLOC_PURGE_DELAY` (or its older name `MIMALLOC_RESET_DELAY`)
+    // chooses otherwise (README: tuning).
+    let chosen = ["MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    if !chosen {
         // SAFETY: a global allocator setting, changed before any other thread exists.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     }

@@ -995,7 +995,10 @@ impl Flusher {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 while st.requested == st.flushed && !st.stop {
-                    st = self.cond.wait(st).expect("flush lock");
+                    st = self
+                        .cond
+                        .wait(st)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                 }
                 if st.stop && st.requested == st.flushed {
                     return;
@@ -1055,7 +1058,10 @@ impl Flusher {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         while st.flushed < ticket {
-            st = self.cond.wait(st).expect("flush lock");
+            st = self
+                .cond
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         drop(st);
         self.outcome()
