@@ -683,9 +683,10 @@ impl Engine {
                 }
                 let entries = m.entries;
                 data.borrow_mut().set_member(name, is_member);
-                self.store.log_segment_change(
+                crate::engine::log_segment_change(
+                    self.store.as_ref(),
                     name,
-                    &SegmentChange {
+                    SegmentChange {
                         at: now,
                         contact: contact.id.clone(),
                         entered: is_member,

@@ -165,6 +165,47 @@ pub(crate) enum Job {
     Barrier(mpsc::Sender<()>),
 }
 
+/// What a worker's current batch of jobs owes the store at its end.
+#[derive(Default)]
+struct Batch {
+    /// Segment entries and exits, by segment, oldest first.
+    changes: BTreeMap<String, Vec<crate::model::SegmentChange>>,
+    /// Inbox records whose events were processed in the batch.
+    tickets: Vec<Arc<Ticket>>,
+}
+
+thread_local! {
+    /// The batch a worker thread is in, if any; other threads write at once.
+    static BATCH: std::cell::RefCell<Option<Batch>> = const { std::cell::RefCell::new(None) };
+}
+
+fn begin_batch() {
+    BATCH.with(|b| *b.borrow_mut() = Some(Batch::default()));
+}
+
+/// Log a segment change: with the worker's batch when in one (written at its end, one record
+/// per segment), otherwise at once.
+pub(crate) fn log_segment_change(
+    store: &dyn Store,
+    segment: &str,
+    change: crate::model::SegmentChange,
+) -> Result<(), StoreError> {
+    let change = BATCH.with(|b| match b.borrow_mut().as_mut() {
+        Some(b) => {
+            b.changes
+                .entry(segment.to_string())
+                .or_default()
+                .push(change);
+            None
+        }
+        None => Some(change),
+    });
+    match change {
+        Some(c) => store.log_segment_change(segment, &c),
+        None => Ok(()),
+    }
+}
+
 /// A set of event names; `None` stands for every name.
 type EventNames = Option<HashSet<String>>;
 
@@ -830,12 +871,14 @@ impl Engine {
                 }
             }
             let mut barriers = Vec::new();
+            begin_batch();
             for job in batch {
                 match job {
                     Job::Barrier(tx) => barriers.push(tx),
                     other => self.handle(other),
                 }
             }
+            self.end_batch();
             // What a batch wrote becomes durable with the next group commit; the worker only
             // waits for it when someone asked (a barrier). Effects on the outside world wait
             // for their own intent to be durable, and accepted events stay in the inbox until
@@ -851,10 +894,6 @@ impl Engine {
         }
     }
 
-    /// [`handle`](Self::handle), surviving a panic: a bug in one job must not stop the worker
-    /// and with it every contact of its shard. What the job held is released (its backlog slot,
-    /// its run's in-flight mark); an event it was processing keeps its inbox record, so the next
-    /// start processes it again; a caller waiting for a reply gets an error.
     /// Runs `f`, catching a panic (a bug in Herald): it is logged with `what` (built only
     /// then), counted in `herald_worker_panics_total`, and returned as its message, so one bad
     /// job never takes a worker, and with it every contact hashed to that worker, down.
@@ -1063,14 +1102,64 @@ impl Engine {
         }
         if self.failpoint.is_some() {
             // Make what processing wrote durable, then die before the inbox record goes.
+            self.write_batch_changes()?;
             let _ = self.flusher.commit_blocking();
             self.failpoint("after_event");
         }
         self.complete(&q.ticket)
     }
 
-    /// One event of an inbox record is done; the last one removes the record.
-    fn complete(&self, ticket: &Ticket) -> Result<(), EngineError> {
+    /// Write the segment changes a worker's batch has logged so far (the batch goes on).
+    pub(crate) fn write_batch_changes(&self) -> Result<(), EngineError> {
+        let changes = BATCH.with(|b| {
+            b.borrow_mut()
+                .as_mut()
+                .map(|b| std::mem::take(&mut b.changes))
+                .unwrap_or_default()
+        });
+        for (segment, changes) in changes {
+            self.store.log_segment_changes(&segment, &changes)?;
+        }
+        Ok(())
+    }
+
+    /// End a worker's batch: its segment changes are written (one record per segment), then
+    /// the inbox records of its events may go, in that order, so a crash can never keep an
+    /// event's processing without its change log entries (the log is recovered as a prefix).
+    fn end_batch(&self) {
+        if let Err(e) = self.write_batch_changes() {
+            tracing::error!(error = %e, "writing segment changes failed; the batch's events stay queued");
+            BATCH.with(|b| b.borrow_mut().take());
+            return;
+        }
+        let tickets = BATCH
+            .with(|b| b.borrow_mut().take())
+            .map(|b| b.tickets)
+            .unwrap_or_default();
+        for t in tickets {
+            if let Err(e) = self.complete_now(&t) {
+                tracing::error!(error = %e, "removing a processed inbox record failed; its events are processed again at the next start");
+            }
+        }
+    }
+
+    /// One event of an inbox record is done; the last one removes the record (inside a
+    /// worker's batch: when the batch ends).
+    fn complete(&self, ticket: &Arc<Ticket>) -> Result<(), EngineError> {
+        let deferred = BATCH.with(|b| match b.borrow_mut().as_mut() {
+            Some(b) => {
+                b.tickets.push(ticket.clone());
+                true
+            }
+            None => false,
+        });
+        if deferred {
+            return Ok(());
+        }
+        self.complete_now(ticket)
+    }
+
+    fn complete_now(&self, ticket: &Ticket) -> Result<(), EngineError> {
         if ticket
             .remaining
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)

@@ -33,6 +33,9 @@ pub enum StoreError {
     /// The data directory was written by a Herald with another record layout.
     #[error("{0}")]
     Layout(String),
+    /// A record's bytes do not decode.
+    #[error("storage record: {0}")]
+    Corrupt(String),
 }
 
 /// The record layout this build reads and writes; a data directory records the layout it was
@@ -195,7 +198,12 @@ pub trait Store: Send + Sync + 'static {
     /// after a crash; the daemon keeps the sizes in memory afterwards).
     fn member_count(&self, segment: &str) -> StoreResult<usize>;
     /// Record an entry or exit.
-    fn log_segment_change(&self, segment: &str, change: &SegmentChange) -> StoreResult<()>;
+    fn log_segment_change(&self, segment: &str, change: &SegmentChange) -> StoreResult<()> {
+        self.log_segment_changes(segment, std::slice::from_ref(change))
+    }
+    /// Record entries and exits of one segment, oldest first, in one write (a worker logs
+    /// each segment's changes of a batch of jobs together).
+    fn log_segment_changes(&self, segment: &str, changes: &[SegmentChange]) -> StoreResult<()>;
     /// Most recent entries and exits of a segment, newest first.
     fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>>;
     /// A contact's audience state.
@@ -483,16 +491,39 @@ impl SledStore {
         segment: &str,
         member: &mut dyn FnMut(&str) -> bool,
     ) -> StoreResult<()> {
-        let skip = segment.len() + 1 + 8;
         let mut seen = std::collections::HashSet::new();
+        self.changes_newest_first(segment, &mut |c| {
+            if !seen.insert(c.contact.clone()) {
+                return true;
+            }
+            !c.entered || member(&c.contact)
+        })
+    }
+
+    /// Walk a segment's change log newest first, calling `f` until it returns false.
+    /// A record holds the changes one write logged (oldest first); records written before
+    /// changes were logged together hold one change, its contact in the key.
+    fn changes_newest_first(
+        &self,
+        segment: &str,
+        f: &mut dyn FnMut(SegmentChange) -> bool,
+    ) -> StoreResult<()> {
+        let skip = segment.len() + 1 + 8;
         for r in self.segment_log.scan_prefix(prefix(segment)).rev() {
             let (k, v) = r?;
-            let contact = &k[skip..];
-            if !seen.insert(contact.to_vec()) {
-                continue;
-            }
-            if v.first() == Some(&1) && !member(&String::from_utf8_lossy(contact)) {
-                break;
+            let changes = if k.len() > skip {
+                vec![SegmentChange {
+                    at: v.get(1..9).map(time_from_key).unwrap_or(0),
+                    contact: String::from_utf8_lossy(&k[skip..]).into_owned(),
+                    entered: v.first() == Some(&1),
+                }]
+            } else {
+                decode_changes(&v)?
+            };
+            for c in changes.into_iter().rev() {
+                if !f(c) {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -502,6 +533,44 @@ impl SledStore {
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
+}
+
+/// Changes of one change-log record: per change, entered (1 byte), time (8), the contact id's
+/// length (2) and the id.
+fn encode_changes(changes: &[SegmentChange]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(changes.iter().map(|c| 11 + c.contact.len()).sum());
+    for c in changes {
+        v.push(u8::from(c.entered));
+        v.extend_from_slice(&time_key(c.at));
+        let id = &c.contact.as_bytes()[..c.contact.len().min(u16::MAX as usize)];
+        v.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        v.extend_from_slice(id);
+    }
+    v
+}
+
+fn decode_changes(mut v: &[u8]) -> StoreResult<Vec<SegmentChange>> {
+    let mut out = Vec::new();
+    while !v.is_empty() {
+        if v.len() < 11 {
+            return Err(StoreError::Corrupt(
+                "truncated segment change record".into(),
+            ));
+        }
+        let len = u16::from_be_bytes([v[9], v[10]]) as usize;
+        let Some(id) = v.get(11..11 + len) else {
+            return Err(StoreError::Corrupt(
+                "truncated segment change record".into(),
+            ));
+        };
+        out.push(SegmentChange {
+            entered: v[0] == 1,
+            at: time_from_key(&v[1..9]),
+            contact: String::from_utf8_lossy(id).into_owned(),
+        });
+        v = &v[11 + len..];
+    }
+    Ok(out)
 }
 
 fn id_key(kind: IdKind, id: &str) -> Vec<u8> {
@@ -895,34 +964,26 @@ impl Store for SledStore {
         Ok(n)
     }
 
-    fn log_segment_change(&self, segment: &str, change: &SegmentChange) -> StoreResult<()> {
+    fn log_segment_changes(&self, segment: &str, changes: &[SegmentChange]) -> StoreResult<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         // Ordered by a sequence number, not the time: the newest change is the last written
         // even if the clock stepped back in between.
         let mut k = prefix(segment);
         k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-        k.extend_from_slice(change.contact.as_bytes());
-        let mut v = vec![u8::from(change.entered)];
-        v.extend_from_slice(&time_key(change.at));
         self.invalidate_checkpoint()?;
-        self.segment_log.insert(k, v)?;
+        self.segment_log.insert(k, encode_changes(changes))?;
         self.invalidate_checkpoint()
     }
 
     fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>> {
-        let skip = segment.len() + 1;
-        self.segment_log
-            .scan_prefix(prefix(segment))
-            .rev()
-            .take(limit)
-            .map(|r| {
-                let (k, v) = r?;
-                Ok(SegmentChange {
-                    at: v.get(1..9).map(time_from_key).unwrap_or(0),
-                    contact: String::from_utf8_lossy(&k[skip + 8..]).into_owned(),
-                    entered: v.first() == Some(&1),
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        self.changes_newest_first(segment, &mut |c| {
+            out.push(c);
+            out.len() < limit
+        })?;
+        Ok(out)
     }
 
     fn audience(&self, contact: &str) -> StoreResult<Option<AudienceState>> {
@@ -1228,6 +1289,63 @@ mod tests {
             .map(|r| r.id)
             .collect();
         assert_eq!(ids, ["w-9", "w-11", "w-10", "w2-1"]);
+    }
+
+    #[test]
+    fn changes_logged_together_read_like_changes_logged_one_by_one_and_older_records_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let change = |at, contact: &str, entered| SegmentChange {
+            at,
+            contact: contact.into(),
+            entered,
+        };
+        // A record in the layout that held one change, its contact in the key.
+        let mut k = prefix("vip");
+        k.extend_from_slice(&s.db.generate_id().unwrap().to_be_bytes());
+        k.extend_from_slice(b"old");
+        let mut v = vec![1u8];
+        v.extend_from_slice(&time_key(1));
+        s.segment_log.insert(k, v).unwrap();
+        s.log_segment_changes(
+            "vip",
+            &[
+                change(2, "a", true),
+                change(3, "b", true),
+                change(4, "a", false),
+            ],
+        )
+        .unwrap();
+        s.log_segment_changes("vip", &[change(5, "c", true)])
+            .unwrap();
+        s.log_segment_changes("vip", &[]).unwrap();
+        let recent: Vec<_> = s
+            .segment_changes("vip", 10)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.at, c.contact, c.entered))
+            .collect();
+        assert_eq!(
+            recent,
+            [
+                (5, "c".to_string(), true),
+                (4, "a".into(), false),
+                (3, "b".into(), true),
+                (2, "a".into(), true),
+                (1, "old".into(), true)
+            ]
+        );
+        assert_eq!(s.segment_changes("vip", 2).unwrap().len(), 2);
+        assert_eq!(s.members("vip", 10).unwrap(), ["c", "b", "old"]);
+        assert_eq!(s.member_count("vip").unwrap(), 3);
+        // A damaged record is an error, not a silent gap.
+        let mut k = prefix("bad");
+        k.extend_from_slice(&7u64.to_be_bytes());
+        s.segment_log.insert(k, &[1u8, 0, 0][..]).unwrap();
+        assert!(matches!(
+            s.segment_changes("bad", 10),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]
