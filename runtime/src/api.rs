@@ -637,6 +637,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
         "status": "ok",
         "workflows": shared.engine.state().workflows.len(),
         "worker_panics": shared.engine.metrics.worker_panics(),
+        "dedupe_window_ids": shared.ingestor.dedupe_len(),
     }))
 }
 

@@ -54,6 +54,11 @@ pub struct ServerConfig {
     /// Data directory, relative to the project (overridden by `--data`).
     #[serde(default = "default_data")]
     pub data: String,
+    /// How long an accepted `messageId` is remembered, in hours (default 24, as Segment's
+    /// look-back window): a message repeating one within it is answered 200 and dropped as a
+    /// duplicate. Each id in the window takes about 8.5 bytes of memory.
+    #[serde(default = "default_dedupe_hours")]
+    pub dedupe_window_hours: u64,
 }
 
 impl Default for ServerConfig {
@@ -61,8 +66,13 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             data: default_data(),
+            dedupe_window_hours: default_dedupe_hours(),
         }
     }
+}
+
+fn default_dedupe_hours() -> u64 {
+    24
 }
 
 fn default_listen() -> String {

@@ -230,7 +230,14 @@ impl RunningDaemon {
             crate::channels::PluginLoader::new(Some(data.join("plugin-cache"))),
         )?;
         let shared = Arc::new(Shared {
-            ingestor: Ingestor::new(engine.clone()),
+            ingestor: Ingestor::new(
+                engine.clone(),
+                (project.config.server.dedupe_window_hours as i64).saturating_mul(3_600_000),
+            )
+            .map_err(|source| DaemonError::Storage {
+                path: data.clone(),
+                source,
+            })?,
             write_keys: project.config.auth.all_write_keys(),
             admin_token: project.config.auth.token(),
             test_clock: opts.test_clock,

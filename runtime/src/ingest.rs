@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::clock::Clock;
+use crate::dedupe::Dedupe;
 use crate::engine::{Engine, Queued, Ticket};
 use crate::metrics::Metrics;
 use crate::model::{Contact, Event, InboxItem};
@@ -292,7 +293,14 @@ struct Pending {
 }
 
 impl Pending {
-    fn apply(&mut self, store: &dyn Store) -> Result<(), StoreError> {
+    /// Write what is pending: events, then the inbox record, then the request's messageIds
+    /// (so an id is never remembered without its event), which only then join the window.
+    fn apply(
+        &mut self,
+        store: &dyn Store,
+        dedupe: &mut Dedupe,
+        now: i64,
+    ) -> Result<(), StoreError> {
         store.put_events(&std::mem::take(&mut self.events))?;
         let inbox = std::mem::take(&mut self.inbox);
         if let Some((first, _)) = inbox.first() {
@@ -309,13 +317,19 @@ impl Pending {
                     ticket: ticket.clone(),
                 }));
         }
-        store.mark_message_ids(&std::mem::take(&mut self.message_ids))?;
+        let ids = std::mem::take(&mut self.message_ids);
+        store.log_message_ids(now, &ids)?;
+        for id in &ids {
+            dedupe.insert(id, now);
+        }
         Ok(())
     }
 }
 
 /// Accepts validated messages.
 pub struct Ingestor {
+    /// The messageIds accepted within the dedupe window; used under the contact lock.
+    dedupe: std::sync::Mutex<DedupeState>,
     store: Arc<dyn Store>,
     flusher: Arc<Flusher>,
     clock: Arc<dyn Clock>,
@@ -323,16 +337,61 @@ pub struct Ingestor {
     engine: Arc<Engine>,
 }
 
+/// The dedupe window and when its stored records were last swept.
+struct DedupeState {
+    window: Dedupe,
+    next_sweep: i64,
+}
+
+/// How often the dedupe window forgets what left it.
+const SWEEP_EVERY_MS: i64 = 60_000;
+/// Stored messageId records removed per sweep (each holds one request's ids), so a sweep
+/// never holds ingest up for long; a backlog goes over the following sweeps.
+const SWEEP_RECORDS: usize = 2_000;
+
 impl Ingestor {
-    /// An ingestor writing to the engine's store.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Ingestor {
-            store: engine.store.clone(),
+    /// An ingestor writing to the engine's store, remembering messageIds for `dedupe_window_ms`.
+    /// Rebuilds the window from the stored records (and takes over the markers of a data
+    /// directory written before the window existed).
+    pub fn new(engine: Arc<Engine>, dedupe_window_ms: i64) -> Result<Self, StoreError> {
+        let store = engine.store.clone();
+        let now = engine.clock.now_ms();
+        let legacy = store.legacy_message_ids()?;
+        if !legacy.is_empty() {
+            for chunk in legacy.chunks(1000) {
+                store.log_message_ids(now, chunk)?;
+            }
+            store.flush()?;
+            store.clear_legacy_message_ids()?;
+            tracing::info!(
+                ids = legacy.len(),
+                "messageId markers moved into the dedupe window"
+            );
+        }
+        let mut window = Dedupe::new(dedupe_window_ms);
+        store.message_ids_since(now - window.window_ms(), &mut |at, id| {
+            window.insert(id, at)
+        })?;
+        Ok(Ingestor {
+            dedupe: std::sync::Mutex::new(DedupeState {
+                window,
+                next_sweep: now,
+            }),
+            store,
             flusher: engine.flusher.clone(),
             clock: engine.clock.clone(),
             metrics: engine.metrics.clone(),
             engine,
-        }
+        })
+    }
+
+    /// messageIds in the dedupe window.
+    pub fn dedupe_len(&self) -> usize {
+        self.dedupe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .window
+            .len()
     }
 
     /// Store messages durably (answering only after the flush), then hand them to the engine.
@@ -356,6 +415,23 @@ impl Ingestor {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = self.clock.now_ms();
+        let mut dedupe = self
+            .dedupe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dedupe = &mut *dedupe;
+        if now >= dedupe.next_sweep {
+            dedupe.next_sweep = now + SWEEP_EVERY_MS;
+            dedupe.window.expire(now);
+            let swept = self
+                .store
+                .expire_message_ids(now - dedupe.window.window_ms(), SWEEP_RECORDS)?;
+            if swept == SWEEP_RECORDS {
+                // More to go: the next request sweeps again.
+                dedupe.next_sweep = now;
+            }
+        }
+        let window = &mut dedupe.window;
         let mut seen = HashSet::new();
         let mut dup = 0;
         let mut accepted = 0;
@@ -365,7 +441,7 @@ impl Ingestor {
         let mut pending = Pending::default();
         for m in messages {
             if let Some(mid) = &m.message_id {
-                if !seen.insert(mid.clone()) || self.store.message_id_seen(mid)? {
+                if !seen.insert(mid.clone()) || window.contains(mid) {
                     dup += 1;
                     self.metrics.duplicate();
                     continue;
@@ -373,7 +449,7 @@ impl Ingestor {
             }
             if matches!(m.kind.as_str(), "identify" | "alias") {
                 // These may merge contacts, which moves stored events: store ours first.
-                pending.apply(self.store.as_ref())?;
+                pending.apply(self.store.as_ref(), window, now)?;
             }
             let contact = self.resolve(&m, now)?;
             let seq = self.store.next_id()?;
@@ -409,7 +485,7 @@ impl Ingestor {
             self.metrics.event(&m.kind);
             accepted += 1;
         }
-        pending.apply(self.store.as_ref())?;
+        pending.apply(self.store.as_ref(), window, now)?;
         Ok((
             Accepted {
                 accepted,

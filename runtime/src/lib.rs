@@ -7,6 +7,7 @@ pub mod channels;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod dedupe;
 pub mod engine;
 pub mod import;
 pub mod ingest;

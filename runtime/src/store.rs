@@ -93,24 +93,25 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(())
     }
-    /// Queue many accepted events at once (one batch).
-    /// Record `messageId`s as accepted (the caller checked them under its lock).
-    fn mark_message_ids(&self, ids: &[String]) -> StoreResult<()> {
-        for id in ids {
-            self.claim_message_id(id)?;
-        }
-        Ok(())
-    }
+    /// Record the `messageId`s of one request, accepted at `at`, as one record (the dedupe
+    /// window is kept in memory and rebuilt from these at start; see `dedupe`).
+    fn log_message_ids(&self, at: i64, ids: &[String]) -> StoreResult<()>;
+    /// Every `messageId` logged at or after `since`, with its time, oldest first.
+    fn message_ids_since(&self, since: i64, f: &mut dyn FnMut(i64, &str)) -> StoreResult<()>;
+    /// Drop records of `messageId`s logged before `before`, at most `limit` records; how many
+    /// went.
+    fn expire_message_ids(&self, before: i64, limit: usize) -> StoreResult<usize>;
+    /// Markers of a data directory from before the dedupe log (one key per id): handed over
+    /// once, so the caller can log them, then cleared with `clear_legacy_message_ids`.
+    fn legacy_message_ids(&self) -> StoreResult<Vec<String>>;
+    /// Remove the legacy markers.
+    fn clear_legacy_message_ids(&self) -> StoreResult<()>;
     /// One event.
     fn event(&self, contact: &str, seq: u64) -> StoreResult<Option<Event>>;
     /// The most recent events of a contact, newest first.
     fn recent_events(&self, contact: &str, limit: usize) -> StoreResult<Vec<Event>>;
     /// Move every event of `from` to `to` (identity merge).
     fn move_events(&self, from: &str, to: &str) -> StoreResult<()>;
-    /// Record a `messageId` as accepted; false if it already was.
-    fn claim_message_id(&self, message_id: &str) -> StoreResult<bool>;
-    /// Has this `messageId` been accepted?
-    fn message_id_seen(&self, message_id: &str) -> StoreResult<bool>;
 
     /// Queue the accepted events of one request for the engine, as one record under `key`.
     fn push_inbox(&self, key: u64, items: &[InboxItem]) -> StoreResult<()>;
@@ -222,7 +223,10 @@ pub struct SledStore {
     contacts: sled::Tree,
     identities: sled::Tree,
     events: sled::Tree,
+    /// Legacy: one marker per `messageId` (read once, then cleared).
     message_ids: sled::Tree,
+    /// `messageId`s per request, keyed by time and sequence.
+    dedupe: sled::Tree,
     inbox: sled::Tree,
     runs: sled::Tree,
     runs_by_contact: sled::Tree,
@@ -453,6 +457,7 @@ impl SledStore {
             identities: t("identities")?,
             events: t("events")?,
             message_ids: t("message_ids")?,
+            dedupe: t("dedupe")?,
             inbox: t("inbox")?,
             runs: t("runs")?,
             runs_by_contact: t("runs_by_contact")?,
@@ -660,13 +665,64 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn claim_message_id(&self, message_id: &str) -> StoreResult<bool> {
-        // Claims happen under the ingest lock, so a plain insert is as good as a swap.
-        Ok(self.message_ids.insert(message_id, &[1u8][..])?.is_none())
+    fn log_message_ids(&self, at: i64, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut k = time_key(at).to_vec();
+        k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        let mut v = Vec::with_capacity(ids.iter().map(|i| i.len() + 2).sum());
+        for id in ids {
+            // Ingest bounds a message at 32 KB, so an id always fits a u16 length.
+            let id = &id.as_bytes()[..id.len().min(u16::MAX as usize)];
+            v.extend_from_slice(&(id.len() as u16).to_be_bytes());
+            v.extend_from_slice(id);
+        }
+        self.dedupe.insert(k, v)?;
+        Ok(())
     }
 
-    fn message_id_seen(&self, message_id: &str) -> StoreResult<bool> {
-        Ok(self.message_ids.contains_key(message_id)?)
+    fn message_ids_since(&self, since: i64, f: &mut dyn FnMut(i64, &str)) -> StoreResult<()> {
+        for r in self.dedupe.range(time_key(since)..) {
+            let (k, v) = r?;
+            let at = time_from_key(&k[..8]);
+            let mut v = &v[..];
+            while v.len() >= 2 {
+                let len = u16::from_be_bytes([v[0], v[1]]) as usize;
+                let Some(id) = v.get(2..2 + len) else {
+                    return Err(StoreError::Corrupt("truncated messageId record".into()));
+                };
+                f(at, &String::from_utf8_lossy(id));
+                v = &v[2 + len..];
+            }
+        }
+        Ok(())
+    }
+
+    fn expire_message_ids(&self, before: i64, limit: usize) -> StoreResult<usize> {
+        let old: Vec<sled::IVec> = self
+            .dedupe
+            .range(..time_key(before))
+            .keys()
+            .take(limit)
+            .collect::<Result<_, _>>()?;
+        for k in &old {
+            self.dedupe.remove(k)?;
+        }
+        Ok(old.len())
+    }
+
+    fn legacy_message_ids(&self) -> StoreResult<Vec<String>> {
+        self.message_ids
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
+    fn clear_legacy_message_ids(&self) -> StoreResult<()> {
+        self.message_ids.clear()?;
+        Ok(())
     }
 
     fn push_inbox(&self, key: u64, items: &[InboxItem]) -> StoreResult<()> {
@@ -1474,11 +1530,37 @@ mod tests {
     }
 
     #[test]
-    fn message_ids_are_claimed_once() {
+    fn message_ids_are_logged_per_request_read_back_from_a_time_and_expired_by_age() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
-        assert!(s.claim_message_id("m1").unwrap());
-        assert!(!s.claim_message_id("m1").unwrap());
-        assert!(s.message_id_seen("m1").unwrap());
+        s.log_message_ids(100, &["a".into(), "b".into()]).unwrap();
+        s.log_message_ids(200, &["c".into()]).unwrap();
+        s.log_message_ids(300, &[]).unwrap();
+        s.log_message_ids(300, &["d".into(), "".into()]).unwrap();
+        let read = |since| {
+            let mut out = Vec::new();
+            s.message_ids_since(since, &mut |at, id| out.push((at, id.to_string())))
+                .unwrap();
+            out
+        };
+        assert_eq!(
+            read(0),
+            [
+                (100, "a".to_string()),
+                (100, "b".into()),
+                (200, "c".into()),
+                (300, "d".into()),
+                (300, "".into())
+            ]
+        );
+        assert_eq!(read(200).len(), 3);
+        assert_eq!(s.expire_message_ids(250, 1).unwrap(), 1);
+        assert_eq!(s.expire_message_ids(250, 10).unwrap(), 1);
+        assert_eq!(s.expire_message_ids(250, 10).unwrap(), 0);
+        assert_eq!(read(0).len(), 2);
+        s.message_ids.insert("old-marker", &[1u8][..]).unwrap();
+        assert_eq!(s.legacy_message_ids().unwrap(), ["old-marker"]);
+        s.clear_legacy_message_ids().unwrap();
+        assert!(s.legacy_message_ids().unwrap().is_empty());
     }
 }

@@ -341,3 +341,48 @@ fn an_event_processed_again_after_a_crash_awards_its_points_once() {
     let (_, contact) = c.admin_get("/v1/contacts/bo");
     assert_eq!(contact["attributes"]["stage"], "lead");
 }
+
+#[test]
+fn a_retried_message_id_is_a_duplicate_after_a_crash_and_new_again_once_the_window_has_passed() {
+    let p = TestProject::new("[server]\ndedupe_window_hours = 1\n");
+    let body = json!({"batch": [
+        {"type": "track", "userId": "kay", "event": "viewed", "messageId": "retry-1"},
+        {"type": "track", "userId": "kay", "event": "viewed", "messageId": "retry-2"},
+    ]})
+    .to_string();
+    let first = Process::start(p.path(), &[]);
+    let (s, b) = first.client.ingest("/v1/batch", &body);
+    assert_eq!((s, b["accepted"].clone()), (200, json!(2)), "{b}");
+    first.kill9();
+
+    // The SDK did not see the answer and retries after the crash: nothing is stored twice.
+    let second = Process::start(p.path(), &[]);
+    let c = &second.client;
+    let (_, health) = c.admin_get("/healthz");
+    assert_eq!(
+        health["dedupe_window_ids"], 2,
+        "rebuilt from the stored records"
+    );
+    let (s, b) = c.ingest("/v1/batch", &body);
+    assert_eq!(
+        (s, b["accepted"].clone(), b["duplicates"].clone()),
+        (200, json!(0), json!(2))
+    );
+    let (_, contact) = c.admin_get("/v1/contacts/kay");
+    assert_eq!(contact["recent_events"].as_array().unwrap().len(), 2);
+
+    // An hour later the ids have left the window: the same ids are new messages.
+    c.advance(3_600_000 + 60_001);
+    let (_, b) = c.ingest("/v1/batch", &body);
+    assert_eq!(
+        (b["accepted"].clone(), b["duplicates"].clone()),
+        (json!(2), json!(0))
+    );
+    let (_, contact) = c.admin_get("/v1/contacts/kay");
+    assert_eq!(contact["recent_events"].as_array().unwrap().len(), 4);
+    let (_, health) = c.admin_get("/healthz");
+    assert_eq!(
+        health["dedupe_window_ids"], 2,
+        "only the new acceptances remain"
+    );
+}
