@@ -595,10 +595,18 @@ impl Engine {
                     );
                 }
             }
-            aud.expiries
-                .retain(|name, _| state.segments.contains_key(name));
             // The behaviour index, if it is current, with this event folded in.
             let basis = (contact.merges, state.segments_key);
+            // Expiries of segments that are gone go; only after the segments changed can
+            // there be any.
+            if aud
+                .behaviour
+                .as_ref()
+                .is_none_or(|b| b.segments != state.segments_key)
+            {
+                aud.expiries
+                    .retain(|name, _| state.segments.contains_key(name));
+            }
             let mut behaviour = aud
                 .behaviour
                 .take()

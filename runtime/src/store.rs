@@ -5,7 +5,7 @@
 //! timers by big-endian due time. Writes are not flushed individually; durability points call
 //! [`Flusher`], which batches concurrent requests into one fsync (group commit).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -258,6 +258,22 @@ struct Checkpoint {
     timers: usize,
     runs: BTreeMap<String, i64>,
     segments: BTreeMap<String, i64>,
+}
+
+/// Decoded contacts a worker thread keeps, each with the stored bytes it was decoded from:
+/// a read compares the bytes (cheap) instead of decoding the JSON again (not cheap), and any
+/// rewrite of the record, by whoever, changes the bytes.
+const CACHED_CONTACTS: usize = 4096;
+
+thread_local! {
+    static CONTACTS: std::cell::RefCell<Option<HashMap<String, (sled::IVec, Contact)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Let this thread keep decoded contacts (the engine's workers read the contact of every
+/// event they process).
+pub fn cache_contacts_on_this_thread() {
+    CONTACTS.with(|c| *c.borrow_mut() = Some(HashMap::new()));
 }
 
 fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
@@ -597,7 +613,26 @@ impl Store for SledStore {
     }
 
     fn contact(&self, id: &str) -> StoreResult<Option<Contact>> {
-        self.contacts.get(id)?.map(|b| dec(&b)).transpose()
+        let Some(b) = self.contacts.get(id)? else {
+            return Ok(None);
+        };
+        CONTACTS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let Some(cache) = cache.as_mut() else {
+                return dec(&b).map(Some);
+            };
+            if let Some((raw, c)) = cache.get(id) {
+                if *raw == b {
+                    return Ok(Some(c.clone()));
+                }
+            }
+            let c: Contact = dec(&b)?;
+            if cache.len() >= CACHED_CONTACTS {
+                cache.clear();
+            }
+            cache.insert(id.to_string(), (b, c.clone()));
+            Ok(Some(c))
+        })
     }
 
     fn put_contact(&self, contact: &Contact) -> StoreResult<()> {
@@ -1051,8 +1086,10 @@ impl Store for SledStore {
     }
 
     fn put_audience(&self, contact: &str, state: &AudienceState) -> StoreResult<()> {
+        // Sized once: growing the buffer field by field cost more than the encoding.
+        let buf = Vec::with_capacity(1024);
         self.audience
-            .insert(contact.as_bytes(), postcard::to_allocvec(state)?)?;
+            .insert(contact.as_bytes(), postcard::to_extend(state, buf)?)?;
         Ok(())
     }
 
