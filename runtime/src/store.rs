@@ -1567,6 +1567,42 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_keeping_decoded_contacts_still_reads_every_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SledStore::open(dir.path(), 8 << 20).unwrap());
+        let mut c = Contact::new("c1".into(), 1);
+        s.put_contact(&c).unwrap();
+        let reader = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                cache_contacts_on_this_thread();
+                let first = s.contact("c1").unwrap().unwrap();
+                let again = s.contact("c1").unwrap().unwrap();
+                (first, again, s)
+            })
+        };
+        let (first, again, s) = reader.join().unwrap();
+        assert_eq!(first.id, "c1");
+        assert_eq!(again.updated_at, 1);
+        // Rewritten by another thread: the caching thread sees the new record.
+        c.updated_at = 2;
+        c.attributes.insert("plan".into(), serde_json::json!("pro"));
+        s.put_contact(&c).unwrap();
+        let seen = std::thread::spawn(move || {
+            cache_contacts_on_this_thread();
+            let before = s.contact("c1").unwrap().unwrap();
+            let mut c = before.clone();
+            c.updated_at = 3;
+            s.put_contact(&c).unwrap();
+            (before, s.contact("c1").unwrap().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen.0.attributes["plan"], "pro");
+        assert_eq!(seen.1.updated_at, 3);
+    }
+
+    #[test]
     fn message_ids_are_logged_per_request_read_back_from_a_time_and_expired_by_age() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
