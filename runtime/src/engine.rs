@@ -862,7 +862,6 @@ impl Engine {
     }
 
     fn worker(self: Arc<Self>, rx: mpsc::Receiver<Job>) {
-        crate::store::cache_contacts_on_this_thread();
         while let Ok(job) = rx.recv() {
             let mut batch = vec![job];
             while batch.len() < 256 {

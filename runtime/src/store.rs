@@ -5,7 +5,7 @@
 //! timers by big-endian due time. Writes are not flushed individually; durability points call
 //! [`Flusher`], which batches concurrent requests into one fsync (group commit).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -258,22 +258,6 @@ struct Checkpoint {
     timers: usize,
     runs: BTreeMap<String, i64>,
     segments: BTreeMap<String, i64>,
-}
-
-/// Decoded contacts a worker thread keeps, each with the stored bytes it was decoded from:
-/// a read compares the bytes (cheap) instead of decoding the JSON again (not cheap), and any
-/// rewrite of the record, by whoever, changes the bytes.
-const CACHED_CONTACTS: usize = 4096;
-
-thread_local! {
-    static CONTACTS: std::cell::RefCell<Option<HashMap<String, (sled::IVec, Contact)>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Let this thread keep decoded contacts (the engine's workers read the contact of every
-/// event they process).
-pub fn cache_contacts_on_this_thread() {
-    CONTACTS.with(|c| *c.borrow_mut() = Some(HashMap::new()));
 }
 
 fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
@@ -613,26 +597,7 @@ impl Store for SledStore {
     }
 
     fn contact(&self, id: &str) -> StoreResult<Option<Contact>> {
-        let Some(b) = self.contacts.get(id)? else {
-            return Ok(None);
-        };
-        CONTACTS.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            let Some(cache) = cache.as_mut() else {
-                return dec(&b).map(Some);
-            };
-            if let Some((raw, c)) = cache.get(id) {
-                if *raw == b {
-                    return Ok(Some(c.clone()));
-                }
-            }
-            let c: Contact = dec(&b)?;
-            if cache.len() >= CACHED_CONTACTS {
-                cache.clear();
-            }
-            cache.insert(id.to_string(), (b, c.clone()));
-            Ok(Some(c))
-        })
+        self.contacts.get(id)?.map(|b| dec(&b)).transpose()
     }
 
     fn put_contact(&self, contact: &Contact) -> StoreResult<()> {
@@ -1564,42 +1529,6 @@ mod tests {
             assert_eq!(s.take_checkpointed_runs(), None);
             assert_eq!(s.take_checkpointed_segments(), None);
         }
-    }
-
-    #[test]
-    fn a_thread_keeping_decoded_contacts_still_reads_every_rewrite() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = std::sync::Arc::new(SledStore::open(dir.path(), 8 << 20).unwrap());
-        let mut c = Contact::new("c1".into(), 1);
-        s.put_contact(&c).unwrap();
-        let reader = {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                cache_contacts_on_this_thread();
-                let first = s.contact("c1").unwrap().unwrap();
-                let again = s.contact("c1").unwrap().unwrap();
-                (first, again, s)
-            })
-        };
-        let (first, again, s) = reader.join().unwrap();
-        assert_eq!(first.id, "c1");
-        assert_eq!(again.updated_at, 1);
-        // Rewritten by another thread: the caching thread sees the new record.
-        c.updated_at = 2;
-        c.attributes.insert("plan".into(), serde_json::json!("pro"));
-        s.put_contact(&c).unwrap();
-        let seen = std::thread::spawn(move || {
-            cache_contacts_on_this_thread();
-            let before = s.contact("c1").unwrap().unwrap();
-            let mut c = before.clone();
-            c.updated_at = 3;
-            s.put_contact(&c).unwrap();
-            (before, s.contact("c1").unwrap().unwrap())
-        })
-        .join()
-        .unwrap();
-        assert_eq!(seen.0.attributes["plan"], "pro");
-        assert_eq!(seen.1.updated_at, 3);
     }
 
     #[test]
