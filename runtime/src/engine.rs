@@ -1059,13 +1059,7 @@ impl Engine {
                 if let Some(t) = run.wake_at.take() {
                     self.store.clear_timer(t, &run.id)?;
                 }
-                let due = now + self.backoff(4);
-                self.store.set_timer(&Timer {
-                    due,
-                    run: run.id.clone(),
-                    contact: run.contact.clone(),
-                })?;
-                run.wake_at = Some(due);
+                self.set_run_timer(&mut run, now + self.backoff(4))?;
                 run.updated_at = now;
                 self.store.put_run(&run)?;
                 Ok(())
@@ -1507,12 +1501,7 @@ impl Engine {
             }
             ActivationEnd::Suspended => {
                 if let Some(due) = state.wake {
-                    self.store.set_timer(&Timer {
-                        due,
-                        run: run.id.clone(),
-                        contact: run.contact.clone(),
-                    })?;
-                    run.wake_at = Some(due);
+                    self.set_run_timer(&mut run, due)?;
                     if due <= self.clock.now_ms() {
                         self.timer_wake.notify_one();
                     }
@@ -1545,6 +1534,17 @@ impl Engine {
                 self.finish(&mut run, from, RunStatus::Failed, Some(message), line)?;
             }
         }
+        Ok(())
+    }
+
+    /// Wake `run` at `due` (the caller stores the run).
+    fn set_run_timer(&self, run: &mut Run, due: i64) -> Result<(), EngineError> {
+        self.store.set_timer(&Timer {
+            due,
+            run: run.id.clone(),
+            contact: run.contact.clone(),
+        })?;
+        run.wake_at = Some(due);
         Ok(())
     }
 

@@ -1349,15 +1349,18 @@ mod tests {
         assert_eq!(ids, ["w-9", "w-11", "w-10", "w2-1"]);
     }
 
+    fn change(at: i64, contact: &str, entered: bool) -> SegmentChange {
+        SegmentChange {
+            at,
+            contact: contact.into(),
+            entered,
+        }
+    }
+
     #[test]
     fn changes_logged_together_read_like_changes_logged_one_by_one_and_older_records_still_read() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
-        let change = |at, contact: &str, entered| SegmentChange {
-            at,
-            contact: contact.into(),
-            entered,
-        };
         // A record in the layout that held one change, its contact in the key.
         let mut k = prefix("vip");
         k.extend_from_slice(&s.db.generate_id().unwrap().to_be_bytes());
@@ -1410,11 +1413,6 @@ mod tests {
     fn current_members_are_the_contacts_whose_newest_change_is_an_entry() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
-        let change = |at, contact: &str, entered| SegmentChange {
-            at,
-            contact: contact.into(),
-            entered,
-        };
         for c in [
             change(1, "a", true),
             change(2, "b", true),
