@@ -38,9 +38,19 @@ const CACHED_STATES: usize = 8192;
 
 thread_local! {
     /// A worker's decoded audience states: only the contact's worker writes them, so the copy
-    /// here is the stored one (it is written through on every change).
+    /// here is the stored one, or the one the worker's batch writes at its end.
     static STATES: RefCell<std::collections::HashMap<String, AudienceState>> =
         RefCell::new(std::collections::HashMap::new());
+}
+
+/// Drop this thread's cached audience states (they may be ahead of the store).
+pub(crate) fn forget_cached_states() {
+    STATES.with(|s| s.borrow_mut().clear());
+}
+
+/// Drop this thread's cached audience state of one contact.
+pub(crate) fn forget_cached_state(contact: &str) {
+    STATES.with(|s| s.borrow_mut().remove(contact));
 }
 
 /// How many recent contributions a score keeps for explanations before folding them.
@@ -346,7 +356,9 @@ impl Host for SegmentHost {
 impl Engine {
     /// A contact's view for scripts and templates: attributes, score, stage, segments.
     pub fn snapshot_of(&self, contact: &Contact) -> Value {
-        let aud = self.store.audience(&contact.id).ok().flatten();
+        let aud = crate::engine::audience_state(self.store.as_ref(), &contact.id)
+            .ok()
+            .flatten();
         let mut c = contact.clone();
         self.overlay(&mut c, aud.as_ref());
         let mut v = c.snapshot();
@@ -374,11 +386,11 @@ impl Engine {
 
     pub(crate) fn audience_timer(&self, contact: &str) -> Result<(), EngineError> {
         STATES.with(|s| s.borrow_mut().remove(contact));
-        if let Some(mut st) = self.store.audience(contact)? {
+        if let Some(mut st) = crate::engine::audience_state(self.store.as_ref(), contact)? {
             if let Some(t) = st.wake_at.take() {
                 self.store
                     .clear_timer(t, &format!("{TIMER_PREFIX}{contact}"))?;
-                self.store.put_audience(contact, &st)?;
+                crate::engine::put_audience_state(self.store.as_ref(), contact, &st)?;
             }
         }
         self.evaluate_audience(contact, None, None)
@@ -426,7 +438,9 @@ impl Engine {
         };
         let mut aud = match cached {
             Some(a) => a,
-            None => self.store.audience(&contact.id)?.unwrap_or_default(),
+            None => {
+                crate::engine::audience_state(self.store.as_ref(), &contact.id)?.unwrap_or_default()
+            }
         };
         let mut wake: Option<i64> = None;
 
@@ -770,7 +784,7 @@ impl Engine {
             })?;
             aud.wake_at = Some(w);
         }
-        self.store.put_audience(&contact.id, &aud)?;
+        crate::engine::put_audience_state(self.store.as_ref(), &contact.id, &aud)?;
         if owned {
             STATES.with(|s| {
                 let mut s = s.borrow_mut();
@@ -793,7 +807,8 @@ impl Engine {
         };
         let hl = sc.settings.half_life_ms;
         let now = self.clock.now_ms();
-        let aud = self.store.audience(&contact.id)?.unwrap_or_default();
+        let aud =
+            crate::engine::audience_state(self.store.as_ref(), &contact.id)?.unwrap_or_default();
         let mut items: Vec<Value> = aud
             .contributions
             .iter()

@@ -170,6 +170,8 @@ pub(crate) enum Job {
 struct Batch {
     /// Segment entries and exits, by segment, oldest first.
     changes: BTreeMap<String, Vec<crate::model::SegmentChange>>,
+    /// Audience states evaluated in the batch, written after the changes they logged.
+    states: HashMap<String, crate::model::AudienceState>,
     /// Inbox records whose events were processed in the batch.
     tickets: Vec<Arc<Ticket>>,
 }
@@ -203,6 +205,45 @@ pub(crate) fn log_segment_change(
     match change {
         Some(c) => store.log_segment_change(segment, &c),
         None => Ok(()),
+    }
+}
+
+/// A contact's audience state as this thread last wrote it: the batch's unwritten copy first,
+/// then the store.
+pub(crate) fn audience_state(
+    store: &dyn Store,
+    contact: &str,
+) -> Result<Option<crate::model::AudienceState>, StoreError> {
+    let pending = BATCH.with(|b| {
+        b.borrow()
+            .as_ref()
+            .and_then(|b| b.states.get(contact).cloned())
+    });
+    match pending {
+        Some(s) => Ok(Some(s)),
+        None => store.audience(contact),
+    }
+}
+
+/// Write a contact's audience state: with the worker's batch when in one (after the batch's
+/// segment changes, so a crash never keeps a membership whose change was not logged: the
+/// events are processed again and log it), otherwise at once.
+pub(crate) fn put_audience_state(
+    store: &dyn Store,
+    contact: &str,
+    state: &crate::model::AudienceState,
+) -> Result<(), StoreError> {
+    let deferred = BATCH.with(|b| match b.borrow_mut().as_mut() {
+        Some(b) => {
+            b.states.insert(contact.to_string(), state.clone());
+            true
+        }
+        None => false,
+    });
+    if deferred {
+        Ok(())
+    } else {
+        store.put_audience(contact, state)
     }
 }
 
@@ -1025,7 +1066,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let now = self.clock.now_ms();
         if let Some(contact) = id.strip_prefix(crate::audience::TIMER_PREFIX) {
-            let Some(mut st) = self.store.audience(contact)? else {
+            let Some(mut st) = audience_state(self.store.as_ref(), contact)? else {
                 return Ok(());
             };
             if st.wake_at.is_none() {
@@ -1036,7 +1077,8 @@ impl Engine {
                     contact: contact.to_string(),
                 })?;
                 st.wake_at = Some(due);
-                self.store.put_audience(contact, &st)?;
+                put_audience_state(self.store.as_ref(), contact, &st)?;
+                crate::audience::forget_cached_state(contact);
             }
             return Ok(());
         }
@@ -1096,34 +1138,46 @@ impl Engine {
         }
         if self.failpoint.is_some() {
             // Make what processing wrote durable, then die before the inbox record goes.
-            self.write_batch_changes()?;
+            self.write_batch()?;
             let _ = self.flusher.commit_blocking();
             self.failpoint("after_event");
         }
         self.complete(&q.ticket)
     }
 
-    /// Write the segment changes a worker's batch has logged so far (the batch goes on).
-    pub(crate) fn write_batch_changes(&self) -> Result<(), EngineError> {
-        let changes = BATCH.with(|b| {
+    /// Write what a worker's batch owes so far (the batch goes on): its segment changes, one
+    /// record per segment, then the audience states that follow from them. sled recovers a
+    /// prefix of its log, so a crash keeps a state only with the changes logged before it.
+    pub(crate) fn write_batch(&self) -> Result<(), EngineError> {
+        let (changes, states) = BATCH.with(|b| {
             b.borrow_mut()
                 .as_mut()
-                .map(|b| std::mem::take(&mut b.changes))
+                .map(|b| {
+                    (
+                        std::mem::take(&mut b.changes),
+                        std::mem::take(&mut b.states),
+                    )
+                })
                 .unwrap_or_default()
         });
         for (segment, changes) in changes {
             self.store.log_segment_changes(&segment, &changes)?;
         }
+        for (contact, state) in states {
+            self.store.put_audience(&contact, &state)?;
+        }
         Ok(())
     }
 
-    /// End a worker's batch: its segment changes are written (one record per segment), then
-    /// the inbox records of its events may go, in that order, so a crash can never keep an
-    /// event's processing without its change log entries (the log is recovered as a prefix).
+    /// End a worker's batch: its changes and states are written, then the inbox records of its
+    /// events may go, in that order. If a write fails, the records stay (the events are
+    /// processed again at the next start, from the states last written) and the worker's
+    /// cached states, which may be ahead of the store, are dropped.
     fn end_batch(&self) {
-        if let Err(e) = self.write_batch_changes() {
-            tracing::error!(error = %e, "writing segment changes failed; the batch's events stay queued");
+        if let Err(e) = self.write_batch() {
+            tracing::error!(error = %e, "writing a batch's segment changes and audience states failed; its events stay queued");
             BATCH.with(|b| b.borrow_mut().take());
+            crate::audience::forget_cached_states();
             return;
         }
         let tickets = BATCH
@@ -2488,6 +2542,84 @@ mod tests {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .is_empty());
+        d.shutdown();
+    }
+
+    #[test]
+    fn a_batch_writes_its_segment_changes_before_the_audience_states_that_follow_from_them() {
+        let (dir, d) = daemon_with(&[]);
+        let segments = dir.path().join("segments");
+        std::fs::create_dir_all(&segments).unwrap();
+        std::fs::write(
+            segments.join("buyers.rhai"),
+            "segment(\"buyers\");\nfn matches(contact) {\n    count(\"buy\", days(30)) >= 1\n}\n",
+        )
+        .unwrap();
+        d.shutdown();
+        let d = crate::daemon::RunningDaemon::start(crate::daemon::Options {
+            project: dir.path().into(),
+            listen: Some("127.0.0.1:0".into()),
+            data: None,
+            test_clock: true,
+            watch: false,
+        })
+        .unwrap();
+        let engine = d.shared.engine.clone();
+        let now = engine.clock.now_ms();
+        let contact = crate::model::Contact::new("c_batch".into(), now);
+        engine.store.put_contact(&contact).unwrap();
+        let event = Event {
+            seq: engine.store.next_id().unwrap(),
+            kind: "track".into(),
+            event: "buy".into(),
+            properties: json!({}),
+            message_id: None,
+            timestamp: now,
+            received_at: now,
+            context: Value::Null,
+        };
+        engine.store.put_event(&contact.id, &event).unwrap();
+
+        // This thread stands in for a worker in the middle of a batch.
+        begin_batch();
+        engine
+            .evaluate_audience(&contact.id, Some(&event), None)
+            .unwrap();
+        assert!(
+            engine.store.audience(&contact.id).unwrap().is_none(),
+            "the state waits for the batch's end"
+        );
+        assert!(engine
+            .store
+            .segment_changes("buyers", 10)
+            .unwrap()
+            .is_empty());
+        let pending = audience_state(engine.store.as_ref(), &contact.id)
+            .unwrap()
+            .unwrap();
+        assert!(
+            pending.segments["buyers"].member,
+            "the batch reads its own state"
+        );
+
+        engine.end_batch();
+        assert!(
+            engine
+                .store
+                .audience(&contact.id)
+                .unwrap()
+                .unwrap()
+                .segments["buyers"]
+                .member
+        );
+        let changes = engine.store.segment_changes("buyers", 10).unwrap();
+        assert_eq!(
+            changes
+                .iter()
+                .map(|c| (c.contact.as_str(), c.entered))
+                .collect::<Vec<_>>(),
+            [("c_batch", true)]
+        );
         d.shutdown();
     }
 

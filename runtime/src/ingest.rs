@@ -423,12 +423,15 @@ impl Ingestor {
         if now >= dedupe.next_sweep {
             dedupe.next_sweep = now + SWEEP_EVERY_MS;
             dedupe.window.expire(now);
-            let swept = self
+            // A failed sweep is retried at the next one; it never fails this request.
+            match self
                 .store
-                .expire_message_ids(now - dedupe.window.window_ms(), SWEEP_RECORDS)?;
-            if swept == SWEEP_RECORDS {
+                .expire_message_ids(now - dedupe.window.window_ms(), SWEEP_RECORDS)
+            {
                 // More to go: the next request sweeps again.
-                dedupe.next_sweep = now;
+                Ok(SWEEP_RECORDS) => dedupe.next_sweep = now,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "dropping expired messageId records failed"),
             }
         }
         let window = &mut dedupe.window;

@@ -1035,6 +1035,9 @@ impl Store for SledStore {
 
     fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>> {
         let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
         self.changes_newest_first(segment, &mut |c| {
             out.push(c);
             out.len() < limit
