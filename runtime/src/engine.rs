@@ -170,8 +170,8 @@ pub(crate) enum Job {
 struct Batch {
     /// Segment entries and exits, by segment, oldest first.
     changes: BTreeMap<String, Vec<crate::model::SegmentChange>>,
-    /// Audience states evaluated in the batch, written after the changes they logged.
-    states: HashMap<String, crate::model::AudienceState>,
+    /// Audience states evaluated in the batch (encoded), written after the changes they logged.
+    states: HashMap<String, Vec<u8>>,
     /// Inbox records whose events were processed in the batch.
     tickets: Vec<Arc<Ticket>>,
 }
@@ -217,10 +217,10 @@ pub(crate) fn audience_state(
     let pending = BATCH.with(|b| {
         b.borrow()
             .as_ref()
-            .and_then(|b| b.states.get(contact).cloned())
+            .and_then(|b| b.states.get(contact).map(|s| crate::store::dec_audience(s)))
     });
     match pending {
-        Some(s) => Ok(Some(s)),
+        Some(s) => s.map(Some),
         None => store.audience(contact),
     }
 }
@@ -233,17 +233,17 @@ pub(crate) fn put_audience_state(
     contact: &str,
     state: &crate::model::AudienceState,
 ) -> Result<(), StoreError> {
-    let deferred = BATCH.with(|b| match b.borrow_mut().as_mut() {
+    let encoded = crate::store::enc_audience(state)?;
+    let encoded = BATCH.with(|b| match b.borrow_mut().as_mut() {
         Some(b) => {
-            b.states.insert(contact.to_string(), state.clone());
-            true
+            b.states.insert(contact.to_string(), encoded);
+            None
         }
-        None => false,
+        None => Some(encoded),
     });
-    if deferred {
-        Ok(())
-    } else {
-        store.put_audience(contact, state)
+    match encoded {
+        Some(e) => store.put_audience_encoded(contact, e),
+        None => Ok(()),
     }
 }
 
@@ -1164,7 +1164,7 @@ impl Engine {
             self.store.log_segment_changes(&segment, &changes)?;
         }
         for (contact, state) in states {
-            self.store.put_audience(&contact, &state)?;
+            self.store.put_audience_encoded(&contact, state)?;
         }
         Ok(())
     }

@@ -210,7 +210,11 @@ pub trait Store: Send + Sync + 'static {
     /// A contact's audience state.
     fn audience(&self, contact: &str) -> StoreResult<Option<AudienceState>>;
     /// Write a contact's audience state.
-    fn put_audience(&self, contact: &str, state: &AudienceState) -> StoreResult<()>;
+    fn put_audience(&self, contact: &str, state: &AudienceState) -> StoreResult<()> {
+        self.put_audience_encoded(contact, enc_audience(state)?)
+    }
+    /// Write a contact's audience state encoded by [`enc_audience`].
+    fn put_audience_encoded(&self, contact: &str, encoded: Vec<u8>) -> StoreResult<()>;
     /// A small persistent setting.
     fn meta(&self, key: &str) -> StoreResult<Option<String>>;
     /// Write a small persistent setting.
@@ -258,6 +262,17 @@ struct Checkpoint {
     timers: usize,
     runs: BTreeMap<String, i64>,
     segments: BTreeMap<String, i64>,
+}
+
+/// An audience state as stored (postcard).
+pub fn enc_audience(state: &AudienceState) -> StoreResult<Vec<u8>> {
+    // Sized once: growing the buffer field by field cost more than the encoding.
+    Ok(postcard::to_extend(state, Vec::with_capacity(1024))?)
+}
+
+/// An audience state from its stored form.
+pub fn dec_audience(b: &[u8]) -> StoreResult<AudienceState> {
+    Ok(postcard::from_bytes(b)?)
 }
 
 fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
@@ -1048,16 +1063,12 @@ impl Store for SledStore {
     fn audience(&self, contact: &str) -> StoreResult<Option<AudienceState>> {
         self.audience
             .get(contact)?
-            .map(|b| postcard::from_bytes(&b))
+            .map(|b| dec_audience(&b))
             .transpose()
-            .map_err(StoreError::from)
     }
 
-    fn put_audience(&self, contact: &str, state: &AudienceState) -> StoreResult<()> {
-        // Sized once: growing the buffer field by field cost more than the encoding.
-        let buf = Vec::with_capacity(1024);
-        self.audience
-            .insert(contact.as_bytes(), postcard::to_extend(state, buf)?)?;
+    fn put_audience_encoded(&self, contact: &str, encoded: Vec<u8>) -> StoreResult<()> {
+        self.audience.insert(contact.as_bytes(), encoded)?;
         Ok(())
     }
 
