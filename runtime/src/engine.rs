@@ -149,7 +149,9 @@ pub(crate) enum Job {
     /// Re-evaluate segments and score of a contact (`None`: every segment that may change).
     Audience(String, Option<std::collections::BTreeSet<String>>),
     Inbox(Box<Queued>),
-    Activate(String),
+    /// Activate a run (or re-evaluate an audience, for an audience timer id); with the due time
+    /// of the timer that fired, if one did.
+    Activate(String, Option<i64>),
     Start {
         workflow: String,
         contact: String,
@@ -772,7 +774,7 @@ impl Engine {
                 {
                     fresh += 1;
                     if self
-                        .send_job(&t.contact, Job::Activate(t.run.clone()))
+                        .send_job(&t.contact, Job::Activate(t.run.clone(), Some(t.due)))
                         .is_err()
                     {
                         self.inflight
@@ -818,7 +820,7 @@ impl Engine {
                 "effect in the ambiguous window at start-up"
             );
             if let Some(run) = self.store.run(&intent.run)? {
-                self.send_job(&run.contact, Job::Activate(run.id))?;
+                self.send_job(&run.contact, Job::Activate(run.id, None))?;
             }
         }
         Ok(())
@@ -852,7 +854,7 @@ impl Engine {
         })?;
         self.metrics.set_run_counts(counts);
         for (id, contact) in running {
-            let _ = self.send_job(&contact, Job::Activate(id));
+            let _ = self.send_job(&contact, Job::Activate(id, None));
         }
         Ok(())
     }
@@ -977,7 +979,7 @@ impl Engine {
                 }
                 self.backlog.done();
             }
-            Job::Activate(run) => {
+            Job::Activate(run, fired) => {
                 let done = self.guard(
                     || format!("activation of {run}"),
                     || match run.strip_prefix(crate::audience::TIMER_PREFIX) {
@@ -996,6 +998,11 @@ impl Engine {
                 if let Some(failure) = failure {
                     if let Err(e) = self.after_failed_activation(&run, failure) {
                         tracing::error!(run, error = %e, "could not schedule the retry of a failed activation");
+                    }
+                }
+                if let Some(due) = fired {
+                    if let Err(e) = self.retire_fired_timer(&run, due) {
+                        tracing::error!(run, error = %e, "could not remove a fired timer");
                     }
                 }
                 self.inflight
@@ -1052,6 +1059,23 @@ impl Engine {
                 let _ = tx.send(());
             }
         }
+    }
+
+    /// A timer that fired and is not the one its run (or audience) now waits on goes, so a
+    /// timer left behind by a failed write can never fire again and again.
+    fn retire_fired_timer(&self, id: &str, due: i64) -> Result<(), EngineError> {
+        let current = match id.strip_prefix(crate::audience::TIMER_PREFIX) {
+            Some(contact) => audience_state(self.store.as_ref(), contact)?.and_then(|s| s.wake_at),
+            None => self
+                .store
+                .run(id)?
+                .filter(|r| !r.status.is_terminal())
+                .and_then(|r| r.wake_at),
+        };
+        if current != Some(due) {
+            self.store.clear_timer(due, id)?;
+        }
+        Ok(())
     }
 
     /// An activation ended in an error (`Err`: its message) or a panic (`Ok`: its message)
@@ -2620,6 +2644,46 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("c_batch", true)]
         );
+        d.shutdown();
+    }
+
+    #[test]
+    fn a_timer_left_behind_by_a_failed_write_fires_once_and_goes() {
+        let (_dir, d) = daemon_with(&[(
+            "calm.rhai",
+            "workflow(\"calm\").on_event(\"go\");\nfn run(contact, trigger) {\n    wait(days(1));\n}\n",
+        )]);
+        let engine = d.shared.engine.clone();
+        ingest_now(
+            &d,
+            json!({"batch": [{"type": "track", "userId": "p4", "event": "go"}]}),
+        );
+        let run = runs_of(&engine, "p4").remove(0);
+        assert_eq!(run.status, RunStatus::Waiting);
+        // A timer the run no longer waits on, as a crash between writing a new timer and the
+        // run's record would leave.
+        let orphan = engine.clock.now_ms() - 1;
+        engine
+            .store
+            .set_timer(&Timer {
+                due: orphan,
+                run: run.id.clone(),
+                contact: run.contact.clone(),
+            })
+            .unwrap();
+        assert_eq!(engine.store.timer_count().unwrap(), 2);
+
+        engine.dispatch_due().unwrap();
+        engine.barrier();
+        assert_eq!(
+            engine.store.timer_count().unwrap(),
+            1,
+            "the orphan went, the run's own timer stays"
+        );
+        let again = engine.store.run(&run.id).unwrap().unwrap();
+        assert_eq!(again.status, RunStatus::Waiting);
+        assert_eq!(again.wake_at, run.wake_at);
+        assert_eq!(engine.dispatch_due().unwrap(), 0, "nothing fires again");
         d.shutdown();
     }
 
