@@ -1121,11 +1121,20 @@ impl Engine {
                 let reason = format!("internal error: the activation panicked: {panic}");
                 self.finish(&mut run, from, RunStatus::Parked, Some(reason), None)
             }
-            Err(_) => {
+            Err(error) => {
                 if let Some(t) = run.wake_at.take() {
                     self.store.clear_timer(t, &run.id)?;
                 }
-                self.set_run_timer(&mut run, now + self.backoff(4))?;
+                run.failed_activations += 1;
+                if run.failed_activations >= crate::model::MAX_FAILED_ACTIVATIONS {
+                    let reason = format!(
+                        "internal error: {} activations in a row failed; the last: {error}",
+                        run.failed_activations
+                    );
+                    return self.finish(&mut run, from, RunStatus::Parked, Some(reason), None);
+                }
+                let due = now + self.backoff(run.failed_activations + 2);
+                self.set_run_timer(&mut run, due)?;
                 run.updated_at = now;
                 self.store.put_run(&run)?;
                 Ok(())
@@ -1566,6 +1575,7 @@ impl Engine {
         self.metrics
             .activation(started.elapsed().as_micros() as u64);
         run.activations += 1;
+        run.failed_activations = 0;
         run.logs.extend(state.logs);
         let excess = run.logs.len().saturating_sub(50);
         run.logs.drain(..excess);
@@ -2390,7 +2400,8 @@ mod tests {
     /// A workflow whose activations after the first panic in the test build.
     pub(super) const PANIC_WORKFLOW: &str = "test_activation_panic";
 
-    /// A daemon on the test clock serving `workflows` (file name, source).
+    /// A daemon on the test clock serving `workflows` (file name, source; a name with a
+    /// directory, such as `segments/a.rhai`, is relative to the project).
     fn daemon_with(
         workflows: &[(&str, &str)],
     ) -> (tempfile::TempDir, crate::daemon::RunningDaemon) {
@@ -2403,7 +2414,13 @@ mod tests {
         )
         .unwrap();
         for (name, source) in workflows {
-            std::fs::write(wf.join(name), source).unwrap();
+            let path = if name.contains('/') {
+                dir.path().join(name)
+            } else {
+                wf.join(name)
+            };
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, source).unwrap();
         }
         let d = crate::daemon::RunningDaemon::start(crate::daemon::Options {
             project: dir.path().into(),
@@ -2571,24 +2588,27 @@ mod tests {
 
     #[test]
     fn a_batch_writes_its_segment_changes_before_the_audience_states_that_follow_from_them() {
-        let (dir, d) = daemon_with(&[]);
-        let segments = dir.path().join("segments");
-        std::fs::create_dir_all(&segments).unwrap();
-        std::fs::write(
-            segments.join("buyers.rhai"),
+        let (_dir, d) = daemon_with(&[(
+            "segments/buyers.rhai",
             "segment(\"buyers\");\nfn matches(contact) {\n    count(\"buy\", days(30)) >= 1\n}\n",
-        )
-        .unwrap();
-        d.shutdown();
-        let d = crate::daemon::RunningDaemon::start(crate::daemon::Options {
-            project: dir.path().into(),
-            listen: Some("127.0.0.1:0".into()),
-            data: None,
-            test_clock: true,
-            watch: false,
-        })
-        .unwrap();
+        )]);
         let engine = d.shared.engine.clone();
+        // The new segment's backfill (over no contacts) runs on its own thread: let it finish
+        // before this test's contact exists.
+        let started = Instant::now();
+        while engine
+            .backfill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .finished_at
+            .is_none()
+        {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "backfill finished"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let now = engine.clock.now_ms();
         let contact = crate::model::Contact::new("c_batch".into(), now);
         engine.store.put_contact(&contact).unwrap();
@@ -2684,6 +2704,48 @@ mod tests {
         assert_eq!(again.status, RunStatus::Waiting);
         assert_eq!(again.wake_at, run.wake_at);
         assert_eq!(engine.dispatch_due().unwrap(), 0, "nothing fires again");
+        d.shutdown();
+    }
+
+    #[test]
+    fn an_activation_failing_again_and_again_is_retried_later_then_parked() {
+        let (_dir, d) = daemon_with(&[(
+            "calm.rhai",
+            "workflow(\"calm\").on_event(\"go\");\nfn run(contact, trigger) {\n    wait(days(1));\n}\n",
+        )]);
+        let engine = d.shared.engine.clone();
+        ingest_now(
+            &d,
+            json!({"batch": [{"type": "track", "userId": "p5", "event": "go"}]}),
+        );
+        let id = runs_of(&engine, "p5").remove(0).id;
+        let now = engine.clock.now_ms();
+        for attempt in 1..crate::model::MAX_FAILED_ACTIVATIONS {
+            engine
+                .after_failed_activation(&id, Err("storage: disk on fire".into()))
+                .unwrap();
+            let run = engine.store.run(&id).unwrap().unwrap();
+            assert_eq!(
+                (run.status, run.failed_activations),
+                (RunStatus::Waiting, attempt)
+            );
+            assert!(run.wake_at.unwrap() > now, "retried later");
+            assert_eq!(
+                engine.store.timer_count().unwrap(),
+                1,
+                "one timer, the retry"
+            );
+        }
+        engine
+            .after_failed_activation(&id, Err("storage: disk on fire".into()))
+            .unwrap();
+        let run = engine.store.run(&id).unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Parked);
+        assert_eq!(
+            run.reason.as_deref(),
+            Some("internal error: 5 activations in a row failed; the last: storage: disk on fire")
+        );
+        assert_eq!(engine.store.timer_count().unwrap(), 0);
         d.shutdown();
     }
 

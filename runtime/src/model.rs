@@ -262,7 +262,14 @@ pub struct Run {
     /// Script output (`print`), most recent last, bounded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<String>,
+    /// Activations in a row that ended in an error (storage, most likely) and were retried;
+    /// reset by one that ends. At [`MAX_FAILED_ACTIVATIONS`] the run is parked.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_activations: u32,
 }
+
+/// Failed activations in a row after which a run is parked instead of retried.
+pub const MAX_FAILED_ACTIVATIONS: u32 = 5;
 
 impl Run {
     /// A run that starts now: running, no activation yet, pinned to `script_hash`.
@@ -291,6 +298,7 @@ impl Run {
             activations: 0,
             converted_at: None,
             logs: Vec::new(),
+            failed_activations: 0,
         }
     }
 }

@@ -415,11 +415,28 @@ fn time_from_key(b: &[u8]) -> i64 {
 impl SledStore {
     /// Open (or create) the store in `dir`. `cache_bytes` bounds sled's page cache.
     pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .mode(sled::Mode::HighThroughput);
+        // The directory's lock outlives a closed database by a moment (sled's background
+        // thread lets go of it last), so reopening in the same process waits briefly for it;
+        // a directory another process holds is still refused, after that second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock") =>
+                {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(sled::Error::Io(e).into());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other?,
+            }
+        };
         let t = |name: &str| db.open_tree(name);
         let meta = t("meta")?;
         match meta.get("layout")? {
