@@ -384,12 +384,23 @@ impl Engine {
         }
     }
 
-    pub(crate) fn audience_timer(&self, contact: &str) -> Result<(), EngineError> {
-        STATES.with(|s| s.borrow_mut().remove(contact));
-        if let Some(mut st) = crate::engine::audience_state(self.store.as_ref(), contact)? {
+    /// The audience timer of `contact` fired (`fired`: its due time, when a timer fired):
+    /// take it and re-evaluate. A fired timer the state no longer waits on (left by a failed
+    /// write) goes too, so it fires once, not again and again.
+    pub(crate) fn audience_timer(
+        &self,
+        contact: &str,
+        fired: Option<i64>,
+    ) -> Result<(), EngineError> {
+        forget_cached_state(contact);
+        let timer_id = format!("{TIMER_PREFIX}{contact}");
+        let st = crate::engine::audience_state(self.store.as_ref(), contact)?;
+        if let Some(due) = fired.filter(|d| st.as_ref().and_then(|s| s.wake_at) != Some(*d)) {
+            self.store.clear_timer(due, &timer_id)?;
+        }
+        if let Some(mut st) = st {
             if let Some(t) = st.wake_at.take() {
-                self.store
-                    .clear_timer(t, &format!("{TIMER_PREFIX}{contact}"))?;
+                self.store.clear_timer(t, &timer_id)?;
                 crate::engine::put_audience_state(self.store.as_ref(), contact, &st)?;
             }
         }

@@ -187,6 +187,23 @@ fn begin_batch() {
     BATCH.with(|b| *b.borrow_mut() = Some(Batch::default()));
 }
 
+/// `f` on this thread's batch, if it is in one.
+fn in_batch<R>(f: impl FnOnce(&mut Batch) -> R) -> Option<R> {
+    BATCH.with(|b| b.borrow_mut().as_mut().map(f))
+}
+
+/// Hand `value` to this thread's batch with `put`; outside a batch it comes back, for the
+/// caller to write at once.
+fn to_batch<T>(value: T, put: impl FnOnce(&mut Batch, T)) -> Option<T> {
+    BATCH.with(|b| match b.borrow_mut().as_mut() {
+        Some(b) => {
+            put(b, value);
+            None
+        }
+        None => Some(value),
+    })
+}
+
 /// Log a segment change: with the worker's batch when in one (written at its end, one record
 /// per segment), otherwise at once.
 pub(crate) fn log_segment_change(
@@ -194,15 +211,8 @@ pub(crate) fn log_segment_change(
     segment: &str,
     change: crate::model::SegmentChange,
 ) -> Result<(), StoreError> {
-    let change = BATCH.with(|b| match b.borrow_mut().as_mut() {
-        Some(b) => {
-            b.changes
-                .entry(segment.to_string())
-                .or_default()
-                .push(change);
-            None
-        }
-        None => Some(change),
+    let change = to_batch(change, |b, c| {
+        b.changes.entry(segment.to_string()).or_default().push(c)
     });
     match change {
         Some(c) => store.log_segment_change(segment, &c),
@@ -216,12 +226,8 @@ pub(crate) fn audience_state(
     store: &dyn Store,
     contact: &str,
 ) -> Result<Option<crate::model::AudienceState>, StoreError> {
-    let pending = BATCH.with(|b| {
-        b.borrow()
-            .as_ref()
-            .and_then(|b| b.states.get(contact).map(|s| crate::store::dec_audience(s)))
-    });
-    match pending {
+    let pending = in_batch(|b| b.states.get(contact).map(|s| crate::store::dec_audience(s)));
+    match pending.flatten() {
         Some(s) => s.map(Some),
         None => store.audience(contact),
     }
@@ -235,13 +241,8 @@ pub(crate) fn put_audience_state(
     contact: &str,
     state: &crate::model::AudienceState,
 ) -> Result<(), StoreError> {
-    let encoded = crate::store::enc_audience(state)?;
-    let encoded = BATCH.with(|b| match b.borrow_mut().as_mut() {
-        Some(b) => {
-            b.states.insert(contact.to_string(), encoded);
-            None
-        }
-        None => Some(encoded),
+    let encoded = to_batch(crate::store::enc_audience(state)?, |b, e| {
+        b.states.insert(contact.to_string(), e);
     });
     match encoded {
         Some(e) => store.put_audience_encoded(contact, e),
@@ -983,8 +984,8 @@ impl Engine {
                 let done = self.guard(
                     || format!("activation of {run}"),
                     || match run.strip_prefix(crate::audience::TIMER_PREFIX) {
-                        Some(contact) => self.audience_timer(contact),
-                        None => self.activate(&run),
+                        Some(contact) => self.audience_timer(contact, fired),
+                        None => self.activate_fired(&run, fired),
                     },
                 );
                 let failure = match done {
@@ -998,11 +999,6 @@ impl Engine {
                 if let Some(failure) = failure {
                     if let Err(e) = self.after_failed_activation(&run, failure) {
                         tracing::error!(run, error = %e, "could not schedule the retry of a failed activation");
-                    }
-                }
-                if let Some(due) = fired {
-                    if let Err(e) = self.retire_fired_timer(&run, due) {
-                        tracing::error!(run, error = %e, "could not remove a fired timer");
                     }
                 }
                 self.inflight
@@ -1061,23 +1057,6 @@ impl Engine {
         }
     }
 
-    /// A timer that fired and is not the one its run (or audience) now waits on goes, so a
-    /// timer left behind by a failed write can never fire again and again.
-    fn retire_fired_timer(&self, id: &str, due: i64) -> Result<(), EngineError> {
-        let current = match id.strip_prefix(crate::audience::TIMER_PREFIX) {
-            Some(contact) => audience_state(self.store.as_ref(), contact)?.and_then(|s| s.wake_at),
-            None => self
-                .store
-                .run(id)?
-                .filter(|r| !r.status.is_terminal())
-                .and_then(|r| r.wake_at),
-        };
-        if current != Some(due) {
-            self.store.clear_timer(due, id)?;
-        }
-        Ok(())
-    }
-
     /// An activation ended in an error (`Err`: its message) or a panic (`Ok`: its message)
     /// after its timer was taken: without a new timer, nothing would ever wake it again.
     /// A run that panicked is parked with the panic as its reason (retrying a bug only repeats
@@ -1113,18 +1092,15 @@ impl Engine {
             return Ok(());
         }
         let from = run.status;
+        if let Some(t) = run.wake_at.take() {
+            self.store.clear_timer(t, &run.id)?;
+        }
         match failure {
             Ok(panic) => {
-                if let Some(t) = run.wake_at.take() {
-                    self.store.clear_timer(t, &run.id)?;
-                }
                 let reason = format!("internal error: the activation panicked: {panic}");
                 self.finish(&mut run, from, RunStatus::Parked, Some(reason), None)
             }
             Err(error) => {
-                if let Some(t) = run.wake_at.take() {
-                    self.store.clear_timer(t, &run.id)?;
-                }
                 run.failed_activations += 1;
                 if run.failed_activations >= crate::model::MAX_FAILED_ACTIVATIONS {
                     let reason = format!(
@@ -1182,17 +1158,13 @@ impl Engine {
     /// record per segment, then the audience states that follow from them. sled recovers a
     /// prefix of its log, so a crash keeps a state only with the changes logged before it.
     pub(crate) fn write_batch(&self) -> Result<(), EngineError> {
-        let (changes, states) = BATCH.with(|b| {
-            b.borrow_mut()
-                .as_mut()
-                .map(|b| {
-                    (
-                        std::mem::take(&mut b.changes),
-                        std::mem::take(&mut b.states),
-                    )
-                })
-                .unwrap_or_default()
-        });
+        let (changes, states) = in_batch(|b| {
+            (
+                std::mem::take(&mut b.changes),
+                std::mem::take(&mut b.states),
+            )
+        })
+        .unwrap_or_default();
         for (segment, changes) in changes {
             self.store.log_segment_changes(&segment, &changes)?;
         }
@@ -1207,17 +1179,14 @@ impl Engine {
     /// processed again at the next start, from the states last written) and the worker's
     /// cached states, which may be ahead of the store, are dropped.
     fn end_batch(&self) {
-        if let Err(e) = self.write_batch() {
+        let written = self.write_batch();
+        let batch = BATCH.with(|b| b.borrow_mut().take());
+        if let Err(e) = written {
             tracing::error!(error = %e, "writing a batch's segment changes and audience states failed; its events stay queued");
-            BATCH.with(|b| b.borrow_mut().take());
             crate::audience::forget_cached_states();
             return;
         }
-        let tickets = BATCH
-            .with(|b| b.borrow_mut().take())
-            .map(|b| b.tickets)
-            .unwrap_or_default();
-        for t in tickets {
+        for t in batch.map(|b| b.tickets).unwrap_or_default() {
             if let Err(e) = self.complete_now(&t) {
                 tracing::error!(error = %e, "removing a processed inbox record failed; its events are processed again at the next start");
             }
@@ -1227,17 +1196,10 @@ impl Engine {
     /// One event of an inbox record is done; the last one removes the record (inside a
     /// worker's batch: when the batch ends).
     fn complete(&self, ticket: &Arc<Ticket>) -> Result<(), EngineError> {
-        let deferred = BATCH.with(|b| match b.borrow_mut().as_mut() {
-            Some(b) => {
-                b.tickets.push(ticket.clone());
-                true
-            }
-            None => false,
-        });
-        if deferred {
-            return Ok(());
+        match to_batch(ticket.clone(), |b, t| b.tickets.push(t)) {
+            Some(t) => self.complete_now(&t),
+            None => Ok(()),
         }
-        self.complete_now(ticket)
     }
 
     fn complete_now(&self, ticket: &Ticket) -> Result<(), EngineError> {
@@ -1510,7 +1472,22 @@ impl Engine {
 
     /// Run one activation of a run.
     fn activate(&self, run_id: &str) -> Result<(), EngineError> {
-        let Some(mut run) = self.store.run(run_id)? else {
+        self.activate_fired(run_id, None)
+    }
+
+    /// Activate a run; `fired`: the due time of the timer that woke it, if one did. A fired
+    /// timer the run no longer waits on (left by a failed write) goes, so it fires once, not
+    /// again and again.
+    fn activate_fired(&self, run_id: &str, fired: Option<i64>) -> Result<(), EngineError> {
+        let run = self.store.run(run_id)?;
+        let waits_on = run
+            .as_ref()
+            .filter(|r| !r.status.is_terminal())
+            .and_then(|r| r.wake_at);
+        if let Some(due) = fired.filter(|d| waits_on != Some(*d)) {
+            self.store.clear_timer(due, run_id)?;
+        }
+        let Some(mut run) = run else {
             return Ok(());
         };
         if run.status.is_terminal() {
@@ -2453,6 +2430,21 @@ mod tests {
         engine.store.runs_of_contact(&contact).unwrap()
     }
 
+    /// A daemon whose workflow `calm` waits a day after `go`, and the run `user`'s `go` started.
+    fn waiting_run(user: &str) -> (tempfile::TempDir, crate::daemon::RunningDaemon, Run) {
+        let (dir, d) = daemon_with(&[(
+            "calm.rhai",
+            "workflow(\"calm\").on_event(\"go\");\nfn run(contact, trigger) {\n    wait(days(1));\n}\n",
+        )]);
+        ingest_now(
+            &d,
+            json!({"batch": [{"type": "track", "userId": user, "event": "go"}]}),
+        );
+        let run = runs_of(&d.shared.engine, user).remove(0);
+        assert_eq!(run.status, RunStatus::Waiting);
+        (dir, d, run)
+    }
+
     #[test]
     fn a_panicking_job_is_reported_and_the_worker_goes_on_keeping_the_event_queued() {
         let boom = format!(
@@ -2669,17 +2661,8 @@ mod tests {
 
     #[test]
     fn a_timer_left_behind_by_a_failed_write_fires_once_and_goes() {
-        let (_dir, d) = daemon_with(&[(
-            "calm.rhai",
-            "workflow(\"calm\").on_event(\"go\");\nfn run(contact, trigger) {\n    wait(days(1));\n}\n",
-        )]);
+        let (_dir, d, run) = waiting_run("p4");
         let engine = d.shared.engine.clone();
-        ingest_now(
-            &d,
-            json!({"batch": [{"type": "track", "userId": "p4", "event": "go"}]}),
-        );
-        let run = runs_of(&engine, "p4").remove(0);
-        assert_eq!(run.status, RunStatus::Waiting);
         // A timer the run no longer waits on, as a crash between writing a new timer and the
         // run's record would leave.
         let orphan = engine.clock.now_ms() - 1;
@@ -2709,16 +2692,9 @@ mod tests {
 
     #[test]
     fn an_activation_failing_again_and_again_is_retried_later_then_parked() {
-        let (_dir, d) = daemon_with(&[(
-            "calm.rhai",
-            "workflow(\"calm\").on_event(\"go\");\nfn run(contact, trigger) {\n    wait(days(1));\n}\n",
-        )]);
+        let (_dir, d, run) = waiting_run("p5");
         let engine = d.shared.engine.clone();
-        ingest_now(
-            &d,
-            json!({"batch": [{"type": "track", "userId": "p5", "event": "go"}]}),
-        );
-        let id = runs_of(&engine, "p5").remove(0).id;
+        let id = run.id;
         let now = engine.clock.now_ms();
         for attempt in 1..crate::model::MAX_FAILED_ACTIVATIONS {
             engine

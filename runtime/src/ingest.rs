@@ -343,6 +343,25 @@ struct DedupeState {
     next_sweep: i64,
 }
 
+impl DedupeState {
+    /// Once a minute: forget the ids that left the window, in memory and (a bounded number of
+    /// records at a time) in the store. A failed sweep is retried at the next one; it never
+    /// fails the request that ran it.
+    fn sweep(&mut self, store: &dyn Store, now: i64) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_EVERY_MS;
+        self.window.expire(now);
+        match store.expire_message_ids(now - self.window.window_ms(), SWEEP_RECORDS) {
+            // More to go: the next request sweeps again.
+            Ok(SWEEP_RECORDS) => self.next_sweep = now,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "dropping expired messageId records failed"),
+        }
+    }
+}
+
 /// How often the dedupe window forgets what left it.
 const SWEEP_EVERY_MS: i64 = 60_000;
 /// Stored messageId records removed per sweep (each holds one request's ids), so a sweep
@@ -419,21 +438,7 @@ impl Ingestor {
             .dedupe
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let dedupe = &mut *dedupe;
-        if now >= dedupe.next_sweep {
-            dedupe.next_sweep = now + SWEEP_EVERY_MS;
-            dedupe.window.expire(now);
-            // A failed sweep is retried at the next one; it never fails this request.
-            match self
-                .store
-                .expire_message_ids(now - dedupe.window.window_ms(), SWEEP_RECORDS)
-            {
-                // More to go: the next request sweeps again.
-                Ok(SWEEP_RECORDS) => dedupe.next_sweep = now,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "dropping expired messageId records failed"),
-            }
-        }
+        dedupe.sweep(self.store.as_ref(), now);
         let window = &mut dedupe.window;
         let mut seen = HashSet::new();
         let mut dup = 0;

@@ -572,16 +572,33 @@ impl SledStore {
     }
 }
 
-/// Changes of one change-log record: per change, entered (1 byte), time (8), the contact id's
-/// length (2) and the id.
+/// Append `s` with a u16 length before it (ids here are bounded far below 64 KB: ingest takes
+/// at most 32 KB per message).
+fn push_str16(v: &mut Vec<u8>, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    v.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    v.extend_from_slice(b);
+}
+
+/// Take a string written by [`push_str16`] off the front of `v`.
+fn take_str16(v: &mut &[u8], record: &str) -> StoreResult<String> {
+    let truncated = || StoreError::Corrupt(format!("truncated {record} record"));
+    let len = v.get(..2).ok_or_else(truncated)?;
+    let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+    let s = v.get(2..2 + len).ok_or_else(truncated)?;
+    let s = String::from_utf8_lossy(s).into_owned();
+    *v = &v[2 + len..];
+    Ok(s)
+}
+
+/// Changes of one change-log record: per change, entered (1 byte), time (8) and the contact
+/// id ([`push_str16`]).
 fn encode_changes(changes: &[SegmentChange]) -> Vec<u8> {
     let mut v = Vec::with_capacity(changes.iter().map(|c| 11 + c.contact.len()).sum());
     for c in changes {
         v.push(u8::from(c.entered));
         v.extend_from_slice(&time_key(c.at));
-        let id = &c.contact.as_bytes()[..c.contact.len().min(u16::MAX as usize)];
-        v.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        v.extend_from_slice(id);
+        push_str16(&mut v, &c.contact);
     }
     v
 }
@@ -589,23 +606,19 @@ fn encode_changes(changes: &[SegmentChange]) -> Vec<u8> {
 fn decode_changes(mut v: &[u8]) -> StoreResult<Vec<SegmentChange>> {
     let mut out = Vec::new();
     while !v.is_empty() {
-        if v.len() < 11 {
-            return Err(StoreError::Corrupt(
-                "truncated segment change record".into(),
-            ));
-        }
-        let len = u16::from_be_bytes([v[9], v[10]]) as usize;
-        let Some(id) = v.get(11..11 + len) else {
+        let Some(head) = v.get(..9) else {
             return Err(StoreError::Corrupt(
                 "truncated segment change record".into(),
             ));
         };
+        let (entered, at) = (head[0] == 1, time_from_key(&head[1..9]));
+        v = &v[9..];
+        let contact = take_str16(&mut v, "segment change")?;
         out.push(SegmentChange {
-            entered: v[0] == 1,
-            at: time_from_key(&v[1..9]),
-            contact: String::from_utf8_lossy(id).into_owned(),
+            entered,
+            at,
+            contact,
         });
-        v = &v[11 + len..];
     }
     Ok(out)
 }
@@ -705,10 +718,7 @@ impl Store for SledStore {
         k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         let mut v = Vec::with_capacity(ids.iter().map(|i| i.len() + 2).sum());
         for id in ids {
-            // Ingest bounds a message at 32 KB, so an id always fits a u16 length.
-            let id = &id.as_bytes()[..id.len().min(u16::MAX as usize)];
-            v.extend_from_slice(&(id.len() as u16).to_be_bytes());
-            v.extend_from_slice(id);
+            push_str16(&mut v, id);
         }
         self.dedupe.insert(k, v)?;
         Ok(())
@@ -719,13 +729,8 @@ impl Store for SledStore {
             let (k, v) = r?;
             let at = time_from_key(&k[..8]);
             let mut v = &v[..];
-            while v.len() >= 2 {
-                let len = u16::from_be_bytes([v[0], v[1]]) as usize;
-                let Some(id) = v.get(2..2 + len) else {
-                    return Err(StoreError::Corrupt("truncated messageId record".into()));
-                };
-                f(at, &String::from_utf8_lossy(id));
-                v = &v[2 + len..];
+            while !v.is_empty() {
+                f(at, &take_str16(&mut v, "messageId")?);
             }
         }
         Ok(())
