@@ -139,6 +139,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/test/clock", post(test_clock))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     for (kind, short) in [
         ("identify", "i"),
@@ -639,6 +640,20 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
         "worker_panics": shared.engine.metrics.worker_panics(),
         "dedupe_window_ids": shared.ingestor.dedupe_len(),
     }))
+}
+
+/// Readiness, apart from liveness: 200 while the daemon accepts new work, 503 once a shutdown
+/// has begun (load balancers and `systemctl` stop sending traffic; `/healthz` stays "alive").
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.serving.load(std::sync::atomic::Ordering::SeqCst) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "stopping"})),
+        )
+            .into_response()
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -269,15 +269,8 @@ impl PluginLoader {
             .clone()
     }
 
-    /// Where a `plugin = "..."` setting points: `bundled:<id>` or a folder of the project.
-    pub fn resolve(project: &std::path::Path, spec: &str) -> PathBuf {
-        match spec.strip_prefix("bundled:") {
-            Some(id) => herald_plugin_host::bundled::plugin_dir(id),
-            None => project.join(spec),
-        }
-    }
-
-    /// Load the plugin of channel `name`.
+    /// Load the plugin of channel `name`: `spec` is `bundled:<id>` (a first-party connector
+    /// embedded in this binary) or a plugin folder relative to the project.
     pub fn load(
         &self,
         project: &std::path::Path,
@@ -285,15 +278,25 @@ impl PluginLoader {
         spec: &str,
         grant: &herald_plugin_host::GrantConfig,
     ) -> Result<PluginChannel, String> {
-        let dir = Self::resolve(project, spec);
         let grant = grant
             .clone()
             .into_grant()
             .map_err(|e| format!("channel \"{name}\": {e}"))?;
-        let plugin = self
-            .host()?
-            .load(&dir, grant)
-            .map_err(|e| format!("channel \"{name}\": plugin {}: {e}", dir.display()))?;
+        let plugin = match spec.strip_prefix("bundled:") {
+            Some(id) => {
+                let bundled = herald_bundled::get(id)
+                    .map_err(|e| format!("channel \"{name}\": plugin {spec}: {e}"))?;
+                self.host()?
+                    .load_embedded(spec, bundled.manifest, bundled.wasm, grant)
+                    .map_err(|e| format!("channel \"{name}\": plugin {spec}: {e}"))?
+            }
+            None => {
+                let dir = project.join(spec);
+                self.host()?
+                    .load(&dir, grant)
+                    .map_err(|e| format!("channel \"{name}\": plugin {}: {e}", dir.display()))?
+            }
+        };
         Ok(PluginChannel {
             plugin: Arc::new(plugin),
         })

@@ -78,6 +78,9 @@ pub struct Shared {
     pub fingerprint: Mutex<String>,
     /// Reload counters: applied, refused, skipped because nothing changed.
     pub reload_stats: Mutex<ReloadStats>,
+    /// Whether the daemon accepts new work: set once the listener serves, cleared when a
+    /// shutdown begins (`/readyz`).
+    pub serving: std::sync::atomic::AtomicBool,
 }
 
 /// What hot reload has done so far.
@@ -246,6 +249,7 @@ impl RunningDaemon {
             server: project.config.server.clone(),
             fingerprint: Mutex::new(crate::watch::fingerprint(&opts.project)),
             reload_stats: Mutex::new(ReloadStats::default()),
+            serving: std::sync::atomic::AtomicBool::new(false),
             engine: engine.clone(),
         });
         let watcher = if opts.watch {
@@ -277,6 +281,7 @@ impl RunningDaemon {
         let app = crate::api::router(shared.clone());
         let e2 = engine.clone();
         let e3 = engine.clone();
+        let serving = shared.clone();
         let thread = std::thread::Builder::new()
             .name("herald-server".into())
             .spawn(move || {
@@ -285,8 +290,11 @@ impl RunningDaemon {
                         tokio::net::TcpListener::from_std(std_listener).expect("listener");
                     let timers = tokio::spawn(e2.clone().timer_loop(stop_rx.clone()));
                     let mut srx = stop_rx.clone();
+                    let s2 = serving.clone();
+                    s2.serving.store(true, std::sync::atomic::Ordering::SeqCst);
                     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
                         let _ = srx.wait_for(|s| *s).await;
+                        s2.serving.store(false, std::sync::atomic::Ordering::SeqCst);
                     });
                     if let Err(e) = server.await {
                         tracing::error!(error = %e, "server error");

@@ -2596,7 +2596,8 @@ mod tests {
             .is_none()
         {
             assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
+                // A hang guard, not a timing claim.
+                started.elapsed() < std::time::Duration::from_secs(120),
                 "backfill finished"
             );
             std::thread::sleep(std::time::Duration::from_millis(5));

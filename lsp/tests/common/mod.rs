@@ -6,12 +6,14 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use herald_lsp::SessionEnd;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use tower_lsp::lsp_types::Url;
 
-/// How long any single wait for the server may take before a test fails.
-pub const TIMEOUT: Duration = Duration::from_secs(20);
+/// A hang guard, not a performance bound: how long any single wait for the server may take
+/// before a test fails. Generous, so that a heavily loaded machine never fails a test.
+pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One connection to an in-process server.
 pub struct Client {
@@ -20,7 +22,7 @@ pub struct Client {
     next_id: i64,
     /// Notifications received while waiting for something else.
     pub notifications: VecDeque<Value>,
-    server: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<SessionEnd>,
 }
 
 impl Client {
@@ -49,9 +51,12 @@ impl Client {
 
     /// Write one framed message.
     pub async fn send(&mut self, msg: &Value) {
-        let body = serde_json::to_string(msg).unwrap();
-        let frame = format!("Content-Length: {}\r\n\r\n{body}", body.len());
-        self.writer.write_all(frame.as_bytes()).await.unwrap();
+        self.send_raw(&frame(msg)).await;
+    }
+
+    /// Write bytes as they are (several frames at once, or broken ones).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
         self.writer.flush().await.unwrap();
     }
 
@@ -63,11 +68,33 @@ impl Client {
     }
 
     async fn recv_inner(&mut self) -> Value {
+        self.try_recv()
+            .await
+            .expect("the server closed the connection")
+    }
+
+    /// Every message the server still writes until it closes its output.
+    pub async fn messages_until_closed(&mut self) -> Vec<Value> {
+        tokio::time::timeout(TIMEOUT, async {
+            let mut messages = Vec::new();
+            while let Some(msg) = self.try_recv().await {
+                messages.push(msg);
+            }
+            messages
+        })
+        .await
+        .expect("the server closed its output in time")
+    }
+
+    /// Read one framed message, or `None` when the server closed its output.
+    async fn try_recv(&mut self) -> Option<Value> {
         let mut len = None;
         loop {
             let mut line = String::new();
             let n = self.reader.read_line(&mut line).await.unwrap();
-            assert!(n > 0, "the server closed the connection");
+            if n == 0 {
+                return None;
+            }
             let line = line.trim_end();
             if line.is_empty() {
                 break;
@@ -78,7 +105,7 @@ impl Client {
         }
         let mut body = vec![0; len.expect("a Content-Length header")];
         self.reader.read_exact(&mut body).await.unwrap();
-        serde_json::from_slice(&body).unwrap()
+        Some(serde_json::from_slice(&body).unwrap())
     }
 
     /// Send a notification.
@@ -225,8 +252,8 @@ impl Client {
             .collect()
     }
 
-    /// `shutdown` and `exit`, then wait for the server to stop.
-    pub async fn stop(mut self) {
+    /// Send `shutdown` and wait for its (successful) response.
+    pub async fn shutdown(&mut self) {
         let id = self.next_id;
         self.next_id += 1;
         self.send(&json!({"jsonrpc": "2.0", "id": id, "method": "shutdown"}))
@@ -240,14 +267,50 @@ impl Client {
                 break;
             }
         }
+    }
+
+    /// Send the `exit` notification.
+    pub async fn exit(&mut self) {
         self.send(&json!({"jsonrpc": "2.0", "method": "exit"}))
             .await;
+    }
+
+    /// Close the server's input (end of file on its side).
+    pub async fn close_input(&mut self) {
         self.writer.shutdown().await.unwrap();
-        tokio::time::timeout(TIMEOUT, self.server)
+    }
+
+    /// Wait for `serve` to return and tell how the session ended. The input stays open while
+    /// waiting (unless [`Client::close_input`] closed it), so this proves that the server
+    /// does not need end of file to stop.
+    pub async fn session_end(self) -> SessionEnd {
+        let Client { writer, server, .. } = self;
+        let end = tokio::time::timeout(TIMEOUT, server)
             .await
             .expect("the server stopped")
             .unwrap();
+        drop(writer);
+        end
     }
+
+    /// `shutdown` and `exit`, then check that the server stopped cleanly with its input still
+    /// open.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+        self.exit().await;
+        assert_eq!(
+            self.session_end().await,
+            SessionEnd::Exited {
+                after_shutdown: true
+            }
+        );
+    }
+}
+
+/// One message framed as LSP sends it: a `Content-Length` header, a blank line, the body.
+pub fn frame(msg: &Value) -> Vec<u8> {
+    let body = serde_json::to_string(msg).unwrap();
+    format!("Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
 }
 
 /// Position (line, UTF-16 column) of the first occurrence of `needle` in `text`, plus `delta`

@@ -13,7 +13,6 @@
 //! does. Overhead = plugin time − native time. Run with
 //! `cargo bench -p herald-plugin-host --bench send_overhead`.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use herald_plugin_host::{Grant, HostOptions, PluginHost, PoolingOptions, SendRequest};
@@ -54,7 +53,7 @@ fn measure(name: &str, iters: u32, mut f: impl FnMut(u32)) -> Duration {
 }
 
 fn main() {
-    let dir = PathBuf::from(env!("HERALD_TEST_PLUGINS_DIR")).join("bench");
+    let dir = herald_bundled::testdata_dir().join("bench");
     let config = json!({ "from": "Shop <news@shop.example>" });
     let grant = || Grant {
         config: config.clone(),

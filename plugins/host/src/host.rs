@@ -111,6 +111,7 @@ pub struct PluginHost {
     linker: Arc<Linker<HostState>>,
     cache_dir: Option<PathBuf>,
     ticker: Arc<Ticker>,
+    compiled: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -159,12 +160,18 @@ impl PluginHost {
             linker,
             cache_dir,
             ticker,
+            compiled: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// The underlying engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// How many components this host compiled (rather than loaded from its cache).
+    pub fn compilations(&self) -> u64 {
+        self.compiled.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Compile `bytes` (digest `sha`) or load the cached compilation.
@@ -196,6 +203,8 @@ impl PluginHost {
                 }
             }
         }
+        self.compiled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| PluginError::InvalidPlugin(format!("{}: {e}", wasm_path.display())))?;
         if let Some(file) = &cache_file {
@@ -245,6 +254,38 @@ impl PluginHost {
     /// the manifest, and have the plugin validate `grant.config`.
     pub fn load(&self, plugin_dir: &Path, grant: Grant) -> Result<LoadedPlugin, PluginError> {
         let manifest = Manifest::load(plugin_dir)?;
+        let wasm_path = manifest.wasm_path(plugin_dir);
+        let bytes = std::fs::read(&wasm_path).map_err(|source| PluginError::Io {
+            path: wasm_path.clone(),
+            source,
+        })?;
+        self.load_checked(manifest, &bytes, &wasm_path, plugin_dir, grant)
+    }
+
+    /// Load a plugin from its packaged manifest text and component bytes (a
+    /// connector embedded in the binary), with exactly the checks of
+    /// [`PluginHost::load`]; `origin` names it in messages (e.g. `bundled:webhook`).
+    pub fn load_embedded(
+        &self,
+        origin: &str,
+        manifest: &str,
+        wasm: &[u8],
+        grant: Grant,
+    ) -> Result<LoadedPlugin, PluginError> {
+        let dir = Path::new(origin);
+        let manifest = Manifest::parse(manifest, &dir.join("plugin.toml"))?;
+        let wasm_path = manifest.wasm_path(dir);
+        self.load_checked(manifest, wasm, &wasm_path, dir, grant)
+    }
+
+    fn load_checked(
+        &self,
+        manifest: Manifest,
+        bytes: &[u8],
+        wasm_path: &Path,
+        plugin_dir: &Path,
+        grant: Grant,
+    ) -> Result<LoadedPlugin, PluginError> {
         if let Some(p) = &self.pooling {
             if grant.limits.max_memory_bytes > p.max_memory_bytes {
                 return Err(PluginError::Engine(format!(
@@ -254,20 +295,15 @@ impl PluginHost {
                 )));
             }
         }
-        let wasm_path = manifest.wasm_path(plugin_dir);
-        let bytes = std::fs::read(&wasm_path).map_err(|source| PluginError::Io {
-            path: wasm_path.clone(),
-            source,
-        })?;
-        let actual = sha256_hex(&bytes);
+        let actual = sha256_hex(bytes);
         if !actual.eq_ignore_ascii_case(&manifest.sha256) {
             return Err(PluginError::Checksum {
-                path: wasm_path,
+                path: wasm_path.to_path_buf(),
                 expected: manifest.sha256.clone(),
                 actual,
             });
         }
-        let component = self.compile(&bytes, &actual, &wasm_path)?;
+        let component = self.compile(bytes, &actual, wasm_path)?;
         check_exports(&self.engine, &component)?;
         let mut hosts = Vec::new();
         for h in manifest

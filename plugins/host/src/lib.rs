@@ -58,34 +58,6 @@ pub use types::{
     WebhookEvent, WebhookRequest,
 };
 
-/// First-party connectors built by this crate's build script, packaged as
-/// plugin directories (`<id>/plugin.toml` + `<id>/plugin.wasm`).
-pub mod bundled {
-    use std::path::PathBuf;
-
-    /// Directory holding one sub-directory per bundled plugin.
-    pub fn dir() -> PathBuf {
-        PathBuf::from(env!("HERALD_BUNDLED_PLUGINS_DIR"))
-    }
-
-    /// The plugin directory of the bundled plugin `id` (e.g. `twilio-sms`).
-    pub fn plugin_dir(id: &str) -> PathBuf {
-        dir().join(id)
-    }
-
-    /// Ids of the bundled first-party connectors.
-    pub const CONNECTORS: &[&str] = &[
-        "smtp-email",
-        "twilio-sms",
-        "postmark",
-        "mastodon",
-        "x-posts",
-        "meta-audiences",
-        "meta-capi",
-        "webhook",
-    ];
-}
-
 #[cfg(test)]
 mod send_sync {
     fn assert_send_sync<T: Send + Sync>() {}

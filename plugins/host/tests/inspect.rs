@@ -32,7 +32,7 @@ fn valid_plugin_report() {
 #[test]
 fn every_bundled_connector_is_valid_and_consistent() {
     let mut summary = Vec::new();
-    for id in herald_plugin_host::bundled::CONNECTORS {
+    for id in herald_bundled::CONNECTORS {
         let report = inspect(&connector_dir(id).join("plugin.wasm")).expect("inspect");
         assert!(report.is_valid(), "{id}: {report}");
         let d = report.description.unwrap();
@@ -55,11 +55,7 @@ fn component_without_connector_export_is_explained() {
             .join("testplugins")
             .join("not-a-plugin.wasm"),
     )
-    .or_else(|_| {
-        inspect(
-            &std::path::PathBuf::from(env!("HERALD_TEST_PLUGINS_DIR")).join("not-a-plugin.wasm"),
-        )
-    })
+    .or_else(|_| inspect(&herald_bundled::testdata_dir().join("not-a-plugin.wasm")))
     .expect("inspect");
     assert!(!report.is_valid());
     assert!(report.exports.iter().all(|e| !e.starts_with("herald:")));

@@ -16,12 +16,12 @@ use herald_plugin_host::{CallLimits, Grant, LoadedPlugin, PluginHost};
 
 /// Directory of a bundled first-party connector.
 pub fn connector_dir(id: &str) -> PathBuf {
-    herald_plugin_host::bundled::plugin_dir(id)
+    herald_bundled::packaged_dir().join(id)
 }
 
 /// Directory of a test plugin (hostile etc.).
 pub fn test_plugin_dir(id: &str) -> PathBuf {
-    PathBuf::from(env!("HERALD_TEST_PLUGINS_DIR")).join(id)
+    herald_bundled::testdata_dir().join(id)
 }
 
 /// A process-wide host (one engine, as in the daemon).
@@ -47,7 +47,8 @@ pub fn loopback_grant(
         config,
         smtp: None,
         limits: CallLimits {
-            timeout: Duration::from_secs(10),
+            // A hang guard only: a loaded machine must not fail a test by being slow.
+            timeout: Duration::from_secs(120),
             ..CallLimits::default()
         },
     }
@@ -99,6 +100,50 @@ impl Recorded {
         use base64::Engine;
         let v = self.header("authorization")?.strip_prefix("Basic ")?;
         String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).ok()?).ok()
+    }
+}
+
+/// A gate that stand-in handlers wait at until the test opens it: a request is "in flight" for
+/// exactly as long as the test says, however slow the machine. Waiting is bounded by a
+/// two-minute hang guard.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(Mutex<(bool, usize)>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Block until the gate opens.
+    pub fn wait(&self) {
+        let (lock, cv) = &*self.0;
+        let mut s = lock.lock().unwrap();
+        s.1 += 1;
+        cv.notify_all();
+        let (s, _) = cv
+            .wait_timeout_while(s, Duration::from_secs(120), |s| !s.0)
+            .unwrap();
+        assert!(s.0, "hang guard: the gate was never opened");
+    }
+
+    /// Block until `n` handlers wait at the gate.
+    pub fn wait_for_waiters(&self, n: usize) {
+        let (lock, cv) = &*self.0;
+        let s = lock.lock().unwrap();
+        let (s, _) = cv
+            .wait_timeout_while(s, Duration::from_secs(120), |s| s.1 < n)
+            .unwrap();
+        assert!(s.1 >= n, "hang guard: {} of {n} requests arrived", s.1);
+    }
+
+    pub fn open(&self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap().0 = true;
+        cv.notify_all();
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0 .0.lock().unwrap().0
     }
 }
 
@@ -185,7 +230,7 @@ impl Drop for HttpServer {
 }
 
 fn handle(stream: TcpStream, reqs: &Mutex<Vec<Recorded>>, responder: &Responder) {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).ok();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {

@@ -259,7 +259,9 @@ fn a_plugin_channel_that_cannot_load_stops_the_daemon_with_the_reason() {
 
 #[test]
 fn plugin_inspect_describes_a_connector_and_rejects_other_files() {
-    let wasm = herald_plugin_host::bundled::plugin_dir("twilio-sms").join("plugin.wasm");
+    let wasm = herald_bundled::packaged_dir()
+        .join("twilio-sms")
+        .join("plugin.wasm");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["plugin", "inspect", wasm.to_str().unwrap()])
         .output()

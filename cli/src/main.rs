@@ -18,15 +18,59 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 mod bench;
 
+/// `herald --version`: the release, the channel plugin API it hosts, and the connectors it
+/// carries.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let bundled = match herald_bundled::unavailable() {
+        None => format!("{} bundled connectors", herald_bundled::all().len()),
+        Some(reason) => format!("no bundled connectors: {reason}"),
+    };
+    format!(
+        "{} (plugin API herald:channel@{}; {bundled})",
+        env!("CARGO_PKG_VERSION"),
+        herald_plugin_host::API_VERSION
+    )
+});
+
 #[derive(Parser)]
 #[command(
     name = "herald",
-    version,
+    version = VERSION.as_str(),
     about = "Marketing automation runtime: ingest, segments, durable workflows."
 )]
 struct Cli {
+    /// Log line format on stderr: `text` for people, `json` (one object per line with
+    /// `timestamp`, `level`, `target` and `message`) for log collectors.
+    #[arg(long, global = true, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| "info,sled=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -242,28 +286,62 @@ fn check(dir: &Path) -> Result<bool> {
 }
 
 fn run(opts: Options) -> Result<()> {
-    let daemon = RunningDaemon::start(opts)?;
-    println!("herald listening on {}", daemon.url());
-    let stop = daemon.stopper();
+    use tokio::signal::unix::{signal, SignalKind};
+    // Handlers first: a signal that arrives while the daemon starts is handled, not fatal.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        });
-        tracing::info!("shutting down: no new requests, finishing in-flight work");
-        let _ = stop.send(true);
-    });
+    let (mut term, mut int, mut hup) = {
+        let _in_runtime = rt.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        )
+    };
+    let daemon = RunningDaemon::start(opts)?;
+    println!("herald listening on {}", daemon.url());
+    let stop = daemon.stopper();
+    let shared = daemon.shared.clone();
+    std::thread::Builder::new()
+        .name("herald-signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                loop {
+                    tokio::select! {
+                        _ = int.recv() => break,
+                        _ = term.recv() => break,
+                        _ = hup.recv() => {
+                            tracing::info!("SIGHUP: reloading the project");
+                            let s = shared.clone();
+                            // A refused reload is logged and kept for /v1/status by `reload`.
+                            let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                        }
+                    }
+                }
+            });
+            tracing::info!("shutting down: no new requests, finishing in-flight work");
+            notify_systemd(&[sd_notify::NotifyState::Stopping]);
+            let _ = stop.send(true);
+        })?;
+    // systemd (`Type=notify`): the daemon serves from here on.
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
     daemon.wait();
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Tell the service manager about a state change when it asked to be told (`NOTIFY_SOCKET`).
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!("cannot notify the service manager: {e}");
+    }
 }
 
 fn preview(
@@ -359,14 +437,8 @@ fn main() -> ExitCode {
         // SAFETY: a global allocator setting, changed before any other thread exists.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
-                .unwrap_or_else(|_| "info,sled=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run {
             dir,
@@ -385,7 +457,10 @@ fn main() -> ExitCode {
         Command::Check { dir } => check(&dir),
         Command::Init { dir } => init(&dir).map(|_| true),
         Command::Bench(args) => bench::run(args).map(|_| true),
-        Command::Lsp => herald_lsp::run_stdio().map(|_| true).map_err(Into::into),
+        // The LSP specification: exit code 0 after `shutdown` then `exit`, 1 otherwise.
+        Command::Lsp => herald_lsp::run_stdio()
+            .map(|end| end.is_clean())
+            .map_err(Into::into),
         Command::Plugin {
             command: PluginCommand::Inspect { file },
         } => inspect(&file),
@@ -410,6 +485,41 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command line of the shipped systemd unit.
+    fn unit_exec_start() -> Vec<String> {
+        let unit = include_str!("../../dist/systemd/herald.service");
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("the unit has an ExecStart line");
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn the_systemd_unit_waits_for_readiness_and_its_command_line_parses() {
+        let unit = include_str!("../../dist/systemd/herald.service");
+        assert!(unit.lines().any(|l| l == "Type=notify"));
+        assert!(unit
+            .lines()
+            .any(|l| l == "ExecReload=/bin/kill -HUP $MAINPID"));
+        let mut args = unit_exec_start();
+        args[0] = "herald".into();
+        let cli = Cli::try_parse_from(&args).expect("the unit's ExecStart is a valid command line");
+        assert_eq!(cli.log_format, LogFormat::Json);
+        match cli.command {
+            Command::Run { dir, data, .. } => {
+                assert_eq!(dir, PathBuf::from("/etc/herald"));
+                assert_eq!(data, Some(PathBuf::from("/var/lib/herald")));
+            }
+            _ => panic!("the unit runs `herald run`"),
         }
     }
 }

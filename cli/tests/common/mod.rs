@@ -115,7 +115,7 @@ impl Client {
     /// A fresh connection per request: the tests exercise the server, not connection reuse.
     fn agent(&self) -> ureq::Agent {
         ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(30))
+            .timeout(HANG_GUARD)
             .max_idle_connections(0)
             .build()
     }
@@ -203,6 +203,11 @@ impl Client {
         )
     }
 
+    /// An unauthenticated GET (probes, public pages).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        respond(self.agent().get(&format!("{}{path}", self.base)).call())
+    }
+
     pub fn get_text(&self, path: &str) -> String {
         self.agent()
             .get(&format!("{}{path}", self.base))
@@ -279,9 +284,14 @@ fn respond(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
     }
 }
 
-/// Poll `f` until it returns `Some`, for at most 20 seconds (a bound, not a timing claim).
+/// How long a test waits for something before it calls the wait a hang: a guard against a test
+/// that would never end, far beyond anything a slow, loaded machine needs.
+pub const HANG_GUARD: Duration = Duration::from_secs(120);
+
+/// Poll `f` until it returns `Some`, giving up after [`HANG_GUARD`] (a bound, not a timing
+/// claim).
 pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + HANG_GUARD;
     loop {
         if let Some(v) = f() {
             return v;
@@ -313,19 +323,21 @@ pub fn free_port() -> u16 {
 impl Process {
     /// Start `herald run --test-clock` on the project, with optional env vars.
     pub fn start(project: &Path, env: &[(&str, &str)]) -> Process {
+        Self::start_args(&["run", project.to_str().unwrap(), "--test-clock"], env)
+    }
+
+    /// Start `herald ARGS --listen 127.0.0.1:<free port>` (ARGS begin with `run`), logging to a
+    /// file beside the project, and wait until it accepts connections.
+    pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Process {
         let port = free_port();
+        let project = Path::new(args[1]);
         let log = project.join(format!("herald-{port}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-        cmd.args([
-            "run",
-            project.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--test-clock",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .env("NO_COLOR", "1");
+        cmd.args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .env("NO_COLOR", "1");
         for (k, v) in env {
             cmd.env(k, v);
         }
