@@ -47,6 +47,15 @@ struct Cli {
     command: Command,
 }
 
+/// How `herald check` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum CheckFormat {
+    /// Rendered for people.
+    Text,
+    /// Machine-readable JSON.
+    Json,
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
@@ -98,6 +107,11 @@ enum Command {
         /// Project directory.
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// `text` (rendered like compiler errors, on stderr) or `json` (one object on stdout:
+        /// every finding with its file, code, severity, message and 1-based position, plus
+        /// the errors of loading plugin components).
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
     },
     /// Create a new project from the quickstart.
     Init {
@@ -244,27 +258,72 @@ fn init(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check(dir: &Path) -> Result<bool> {
+fn check(dir: &Path, format: CheckFormat) -> Result<bool> {
     let engine = herald_dsl::build_engine(&herald_dsl::Limits::default());
     let (project, report) = Project::load(dir, &engine);
+    // Loading every connector as the daemon would (manifest, checksum, grant, secrets) needs
+    // wasmtime, so it happens here and in the daemon, not in the shared project checker.
+    let plugin_errors: Vec<String> = match &project {
+        Some(p)
+            if p.config
+                .channels
+                .values()
+                .any(|c| matches!(c, herald_runtime::config::ChannelConfig::Plugin { .. })) =>
+        {
+            let loader = herald_runtime::channels::PluginLoader::new(None);
+            match herald_runtime::engine::ProjectState::from_project(p, &loader) {
+                Ok(_) => Vec::new(),
+                Err(e) => vec![e.to_string()],
+            }
+        }
+        _ => Vec::new(),
+    };
+    let ok = project.is_some() && plugin_errors.is_empty();
+    if format == CheckFormat::Json {
+        let diagnostics: Vec<serde_json::Value> = report
+            .files
+            .iter()
+            .flat_map(|f| {
+                f.diagnostics.iter().map(|d| {
+                    let (line, column) = d.line_col(&f.source);
+                    let (end_line, end_column) = herald_dsl::diagnostic::offset_to_line_col(
+                        &f.source,
+                        d.range.end.min(f.source.len()),
+                    );
+                    serde_json::json!({
+                        "file": f.path,
+                        "code": d.code,
+                        "severity": if d.is_error() { "error" } else { "warning" },
+                        "message": d.message,
+                        "label": d.label,
+                        "help": d.help,
+                        "line": line,
+                        "column": column,
+                        "end_line": end_line,
+                        "end_column": end_column,
+                    })
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "ok": ok,
+            "diagnostics": diagnostics,
+            "plugin_errors": plugin_errors,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ok);
+    }
     let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
     eprint!("{}", report.render(color));
     match project {
-        Some(p) => {
-            let has_plugins = p
-                .config
-                .channels
-                .values()
-                .any(|c| matches!(c, herald_runtime::config::ChannelConfig::Plugin { .. }));
-            if has_plugins {
-                // Load every connector as the daemon would: manifest, checksum, grant, secrets.
-                let loader = herald_runtime::channels::PluginLoader::new(None);
-                if let Err(e) = herald_runtime::engine::ProjectState::from_project(&p, &loader) {
-                    eprintln!("error: {e}");
-                    return Ok(false);
-                }
+        Some(_) if !plugin_errors.is_empty() => {
+            for e in &plugin_errors {
+                eprintln!("error: {e}");
             }
+            Ok(false)
+        }
+        Some(p) => {
             println!(
                 "ok: {} workflow(s), {} template(s)",
                 p.workflows.len(),
@@ -273,12 +332,7 @@ fn check(dir: &Path) -> Result<bool> {
             Ok(true)
         }
         None => {
-            let errors = report.errors.len()
-                + report
-                    .files
-                    .iter()
-                    .map(|f| f.diagnostics.iter().filter(|d| d.is_error()).count())
-                    .sum::<usize>();
+            let errors = report.error_count();
             eprintln!("error: {errors} problem(s) found in {}", dir.display());
             Ok(false)
         }
@@ -454,7 +508,7 @@ fn main() -> ExitCode {
             watch: !no_watch,
         })
         .map(|_| true),
-        Command::Check { dir } => check(&dir),
+        Command::Check { dir, format } => check(&dir, format),
         Command::Init { dir } => init(&dir).map(|_| true),
         Command::Bench(args) => bench::run(args).map(|_| true),
         // The LSP specification: exit code 0 after `shutdown` then `exit`, 1 otherwise.

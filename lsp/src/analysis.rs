@@ -52,8 +52,12 @@ const TRIGGER_FIELDS: &[(&str, &str)] = &[
 
 /// Check a document as `herald check` would and convert the findings to LSP diagnostics.
 ///
-/// Workflow scripts get [`herald_dsl::check_script`] with the project's context; other scripts
-/// of a project only a syntax check; templates the daemon's Liquid compilation.
+/// A file of a project gets exactly the project checker's findings for it
+/// ([`ProjectSnapshot::findings`], from [`crate::project::Workspace::project_findings`]). A
+/// document on its own (outside any project, or a script the project does not load) gets
+/// [`herald_dsl::check_script`] without a project context when it is a workflow, the segment
+/// or scoring checks, a syntax check for other scripts, and the daemon's Liquid compilation
+/// for a template.
 pub fn diagnostics(
     engine: &rhai::Engine,
     path: &Path,
@@ -62,38 +66,14 @@ pub fn diagnostics(
     project: &ProjectSnapshot,
     template_error: impl FnOnce(&str) -> Option<String>,
 ) -> Vec<Diagnostic> {
+    if let Some(found) = &project.findings {
+        return to_lsp(text, found);
+    }
     let file = display_path(path, project);
     let mut found: Vec<HeraldDiagnostic> = Vec::new();
     match role {
         Role::Workflow => {
-            let context = project.context.clone().map(|mut ctx| {
-                // The project's workflow names come from every other file; this file's own name
-                // is the one `herald check` would find in it.
-                if let Some(decl) = outline(text).decl {
-                    ctx.workflows.insert(decl.name);
-                }
-                ctx
-            });
-            let mut report = herald_dsl::check_script(engine, &file, text, context.as_ref());
-            if let (Some(ctx), Some(w)) = (&context, &report.workflow) {
-                if !ctx.workflows.contains(&w.decl.name) {
-                    let mut ctx = ctx.clone();
-                    ctx.workflows.insert(w.decl.name.clone());
-                    report = herald_dsl::check_script(engine, &file, text, Some(&ctx));
-                }
-            }
-            found = report.diagnostics;
-            if let (Some(err), true) = (&project.config_error, project.root.is_some()) {
-                found.push(
-                    HeraldDiagnostic::warning(
-                        "C001",
-                        &file,
-                        0..0,
-                        format!("{err}: channels, templates and workflows are not checked"),
-                    )
-                    .with_label("fix herald.toml"),
-                );
-            }
+            found = herald_dsl::check_script(engine, &file, text, None).diagnostics;
         }
         Role::OtherScript => {
             let in_segments = path

@@ -1,20 +1,22 @@
-//! What the language server knows about the project around a script: the same
-//! [`ProjectContext`] that `herald check` builds (channels from `herald.toml`, template names,
-//! workflow names), plus names worth completing (events and contact attributes used anywhere in
-//! the project).
+//! What the language server knows about the project around a document: what `herald check`
+//! reports for it, and names worth completing (channels, templates, workflows, events and
+//! contact attributes used anywhere in the project).
 //!
-//! The rules mirror `herald_runtime::project`: a project is the nearest folder with a
-//! `herald.toml`; channels are the keys of its `[channels]` table; templates are the
-//! `templates/*.liquid` files that compile; workflow names come from checking each
-//! `workflows/*.rhai` without a context. Open editor buffers take the place of the files on disk,
-//! so unsaved work is seen.
+//! Diagnostics of a project's files come from the one project checker that `herald check` and
+//! the daemon use ([`herald_project::check`]), run over the files on disk with the editor's
+//! open buffers laid over them ([`Workspace::project_findings`]), so the editor shows each
+//! file exactly what `herald check` reports for it. The snapshot below only gathers names for
+//! completion, hover and navigation: a project is the nearest folder with a `herald.toml`;
+//! channels are the keys of its `[channels]` table; templates are `templates/*.liquid` and
+//! `*.mjml`; workflow names come from checking each `workflows/*.rhai` without a context.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use herald_dsl::ProjectContext;
+use herald_dsl::Diagnostic as HeraldDiagnostic;
+use herald_project::{DiskSources, FileKind, Overlay};
 use rhai::Engine;
 
 use crate::lexer::{lex, Kind, Token};
@@ -24,9 +26,10 @@ use crate::lexer::{lex, Kind, Token};
 pub enum Role {
     /// `workflows/*.rhai` of a project, or a `.rhai` file outside any project: a workflow script.
     Workflow,
-    /// Another `.rhai` file of a project (segments, tests, helpers): syntax only.
+    /// Another `.rhai` file (segments, scoring, tests, helpers). In a project, segments and
+    /// scoring get the project checker's findings; other scripts a syntax check.
     OtherScript,
-    /// `templates/*.liquid`.
+    /// `templates/*.liquid` or `templates/*.mjml`.
     Template,
     /// Anything else.
     Other,
@@ -59,9 +62,10 @@ pub struct TemplateInfo {
 pub struct ProjectSnapshot {
     /// The project folder, if the document is in one.
     pub root: Option<PathBuf>,
-    /// The context `herald check` would use; `None` outside a project or when `herald.toml`
-    /// cannot be read.
-    pub context: Option<ProjectContext>,
+    /// What the project checker reports for the document itself (`herald check`'s findings
+    /// for this file), when it is one of the files a project loads; `None` otherwise, and
+    /// then the document is checked on its own.
+    pub findings: Option<Vec<HeraldDiagnostic>>,
     /// Channel name → its `type` in `herald.toml`.
     pub channels: BTreeMap<String, String>,
     /// Template name → file (broken templates included, so they can be opened).
@@ -72,8 +76,6 @@ pub struct ProjectSnapshot {
     pub events: BTreeSet<String>,
     /// Contact attribute names mentioned anywhere in the project.
     pub attributes: BTreeSet<String>,
-    /// Why `herald.toml` could not be used, if it could not.
-    pub config_error: Option<String>,
 }
 
 type Stamp = (SystemTime, u64);
@@ -141,15 +143,14 @@ impl Workspace {
             root: Some(root.clone()),
             ..ProjectSnapshot::default()
         };
-        let mut config_ok = true;
         let config = std::fs::read_to_string(root.join("herald.toml"));
         let config_text = buffers
             .iter()
             .find(|b| b.path == root.join("herald.toml"))
             .map(|b| b.text.to_string())
             .or_else(|| config.ok());
-        match config_text.as_deref().map(toml::from_str::<toml::Table>) {
-            Some(Ok(table)) => {
+        if let Some(Ok(table)) = config_text.as_deref().map(toml::from_str::<toml::Table>) {
+            {
                 if let Some(channels) = table.get("channels").and_then(|c| c.as_table()) {
                     for (name, ch) in channels {
                         let ty = ch
@@ -161,24 +162,18 @@ impl Workspace {
                     }
                 }
             }
-            Some(Err(e)) => {
-                config_ok = false;
-                snap.config_error = Some(format!("herald.toml: {}", e.message()));
-            }
-            None => {
-                config_ok = false;
-                snap.config_error = Some("herald.toml cannot be read".into());
-            }
         }
 
-        let mut compiled_templates = BTreeSet::new();
         let mut caches = self.caches.lock().expect("cache lock");
-        for p in list(&root.join("templates"), "liquid") {
+        let mut template_files = list(&root.join("templates"), "liquid");
+        template_files.extend(list(&root.join("templates"), "mjml"));
+        template_files.sort();
+        for p in template_files {
             let Some(name) = p
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".liquid"))
-                .map(str::to_string)
+                .and_then(herald_project::templates::template_name)
+                .map(|(n, _)| n.to_string())
             else {
                 continue;
             };
@@ -204,9 +199,6 @@ impl Workspace {
                     }
                 }
             };
-            if info.error.is_none() {
-                compiled_templates.insert(name.clone());
-            }
             snap.attributes.extend(attrs);
             snap.templates.insert(name, info);
         }
@@ -251,20 +243,36 @@ impl Workspace {
             snap.attributes.extend(facts.attributes.iter().cloned());
         }
         drop(caches);
-
-        if config_ok {
-            snap.context = Some(ProjectContext {
-                channels: snap
-                    .channels
-                    .keys()
-                    .map(|k| (k.clone(), Vec::new()))
-                    .collect(),
-                templates: compiled_templates,
-                workflows: snap.workflows.keys().cloned().collect(),
-                ..ProjectContext::default()
-            });
-        }
         snap
+    }
+
+    /// What `herald check` reports for the document at `path` whose text is `text`, with the
+    /// open `buffers` in place of their files on disk: the project checker's findings for
+    /// that file. `None` when the document is not one of the files a project loads
+    /// (`herald.toml`, `workflows/*.rhai`, `segments/*.rhai`, `scoring.rhai`, templates).
+    pub fn project_findings(
+        &self,
+        path: &Path,
+        text: &str,
+        buffers: &[Buffer<'_>],
+    ) -> Option<Vec<HeraldDiagnostic>> {
+        let root = herald_project::find_root(path).or_else(|| {
+            // `herald.toml` itself is the root of its project.
+            (path.file_name()? == "herald.toml").then(|| path.parent().map(Path::to_path_buf))?
+        })?;
+        let rel = relative(&root, path)?;
+        if herald_project::file_kind(&rel) == FileKind::Other {
+            return None;
+        }
+        let mut sources = Overlay::new(DiskSources::new(&root));
+        for b in buffers {
+            if let Some(r) = relative(&root, b.path) {
+                sources.set(r, b.text);
+            }
+        }
+        sources.set(rel.clone(), text);
+        let checked = herald_project::check(&root, &sources, &self.engine);
+        Some(checked.report.for_file(&rel).to_vec())
     }
 
     /// Facts about a workflow script: its declared name exactly as `herald check` finds it
@@ -297,10 +305,14 @@ impl Workspace {
 
 /// The nearest ancestor folder of `path` holding a `herald.toml`.
 pub fn find_root(path: &Path) -> Option<PathBuf> {
-    path.ancestors()
-        .skip(1)
-        .find(|d| d.join("herald.toml").is_file())
-        .map(Path::to_path_buf)
+    herald_project::find_root(path)
+}
+
+/// `path` relative to `root`, `/`-separated.
+fn relative(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+    Some(parts?.join("/"))
 }
 
 /// How a file at `path` is checked.
@@ -313,7 +325,7 @@ pub fn role_of(path: &Path) -> Role {
             Some(r) if path.parent() == Some(&r.join("workflows")) => Role::Workflow,
             Some(_) => Role::OtherScript,
         },
-        "liquid" => Role::Template,
+        "liquid" | "mjml" => Role::Template,
         _ => Role::Other,
     }
 }

@@ -144,6 +144,17 @@ impl State {
             .map(|d| d.generation)
     }
 
+    /// Every open file buffer but `uri`'s: (path, text).
+    fn buffers_except(&self, uri: &Url) -> Vec<(PathBuf, String)> {
+        self.docs
+            .lock()
+            .expect("docs lock")
+            .iter()
+            .filter(|(u, _)| *u != uri && u.scheme() == "file")
+            .map(|(u, d)| (path_of(u), d.text.clone()))
+            .collect()
+    }
+
     /// The project around `uri`, with every open buffer except `uri` itself in place of its
     /// file on disk.
     fn snapshot(&self, uri: &Url) -> ProjectSnapshot {
@@ -151,14 +162,7 @@ impl State {
             return ProjectSnapshot::default();
         }
         let path = path_of(uri);
-        let buffers: Vec<(PathBuf, String)> = self
-            .docs
-            .lock()
-            .expect("docs lock")
-            .iter()
-            .filter(|(u, _)| *u != uri && u.scheme() == "file")
-            .map(|(u, d)| (path_of(u), d.text.clone()))
-            .collect();
+        let buffers = self.buffers_except(uri);
         let views: Vec<Buffer<'_>> = buffers
             .iter()
             .map(|(p, t)| Buffer { path: p, text: t })
@@ -192,11 +196,21 @@ impl State {
             (d.text.clone(), d.version, d.generation)
         };
         let role = role_for(uri);
-        let snapshot = self.snapshot(uri);
+        let mut snapshot = self.snapshot(uri);
+        let path = path_of(uri);
+        if uri.scheme() == "file" {
+            let buffers = self.buffers_except(uri);
+            let views: Vec<Buffer<'_>> = buffers
+                .iter()
+                .map(|(p, t)| Buffer { path: p, text: t })
+                .collect();
+            snapshot.findings =
+                analysis::guarded(|| self.workspace.project_findings(&path, &text, &views))
+                    .flatten();
+        }
         if self.current_generation(uri) != Some(generation) {
             return None;
         }
-        let path = path_of(uri);
         let diagnostics = analysis::guarded(|| {
             analysis::diagnostics(
                 self.workspace.engine(),

@@ -551,15 +551,19 @@ async fn templates_unsaved_scripts_and_changed_files() {
     .await;
     assert_eq!(c.diagnostics(&uri, Some(1)).await, Vec::<Value>::new());
 
-    // An unsaved herald.toml counts: breaking it is reported in the scripts that need it, and
+    // An unsaved herald.toml counts: breaking it is an error in herald.toml itself, located as
+    // `herald check` reports it, while the scripts keep the checks that need no project; and
     // removing a channel makes its uses unknown.
     let config = project.uri("herald.toml");
     c.open(&config, common::CONFIG).await;
+    assert_eq!(c.diagnostics(&config, Some(1)).await, Vec::<Value>::new());
     c.replace(&config, 2, "[channels\n").await;
-    let d = c.diagnostics(&uri, Some(1)).await;
+    let d = c.diagnostics(&config, Some(2)).await;
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0]["code"], "C001");
-    assert_eq!(d[0]["severity"], 2);
+    assert_eq!(d[0]["severity"], 1);
+    assert_eq!(d[0]["range"]["start"]["line"], 0, "{d:?}");
+    assert_eq!(c.diagnostics(&uri, Some(1)).await, Vec::<Value>::new());
     c.replace(
         &config,
         3,

@@ -278,6 +278,7 @@ impl PluginLoader {
         spec: &str,
         grant: &herald_plugin_host::GrantConfig,
     ) -> Result<PluginChannel, String> {
+        use herald_plugin_host::GrantConfigExt as _;
         let grant = grant
             .clone()
             .into_grant()

@@ -5,7 +5,6 @@ pub mod audience;
 pub mod behaviour;
 pub mod channels;
 pub mod clock;
-pub mod config;
 pub mod daemon;
 pub mod dedupe;
 pub mod engine;
@@ -13,7 +12,12 @@ pub mod import;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
-pub mod project;
 pub mod store;
-pub mod templates;
 pub mod watch;
+
+/// `herald.toml`'s schema (the `herald-config` crate).
+pub use herald_config as config;
+/// Project loading and checking (the `herald-project` crate).
+pub use herald_project as project;
+/// Message templates (`herald-project`'s templates).
+pub use herald_project::templates;

@@ -49,7 +49,7 @@ pub(crate) mod bindings {
 }
 
 pub use error::{PluginError, SendError};
-pub use grant_config::GrantConfig;
+pub use grant_config::{GrantConfig, GrantConfigExt};
 pub use host::{HostOptions, LoadedPlugin, PluginHost, PoolingOptions};
 pub use inspect::{inspect, InspectReport};
 pub use manifest::{Manifest, API_VERSION};

@@ -12,9 +12,10 @@
 //! `templates/welcome.liquid`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use serde_json::{Map, Value};
+
+use crate::sources::Sources;
 
 /// A template that failed to load.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,30 +60,18 @@ fn parser() -> liquid::Parser {
 }
 
 impl Templates {
-    /// Load every `*.liquid` file of `dir` (missing directory: no templates).
-    pub fn load(dir: &Path) -> (Templates, Vec<TemplateError>) {
+    /// Load every `templates/*.liquid` and `templates/*.mjml` file of a project (no folder: no
+    /// templates). Templates that do not compile are left out and reported.
+    pub fn load(sources: &dyn Sources) -> (Templates, Vec<TemplateError>) {
         let mut out = Templates::default();
         let mut errors = Vec::new();
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return (out, errors);
-        };
         let parser = parser();
-        let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-        paths.sort();
-        for path in paths {
-            let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+        for file_name in sources.list("templates") {
+            let Some((name, mjml)) = template_name(&file_name) else {
                 continue;
             };
-            let (name, mjml) = match (
-                file_name.strip_suffix(".liquid"),
-                file_name.strip_suffix(".mjml"),
-            ) {
-                (Some(n), _) => (n, false),
-                (None, Some(n)) => (n, true),
-                _ => continue,
-            };
             let display = format!("templates/{file_name}");
-            let text = match std::fs::read_to_string(&path) {
+            let text = match sources.read(&display) {
                 Ok(t) => t,
                 Err(e) => {
                     errors.push(TemplateError {
@@ -277,30 +266,58 @@ pub fn unknown_variables(text: &str) -> Vec<(usize, String)> {
         .collect()
 }
 
-/// Lint every template of a directory for variables that can never be set.
-pub fn lint_dir(dir: &Path) -> Vec<String> {
+/// The template name and whether it is MJML, for a file of `templates/` (`None`: not a
+/// template).
+pub fn template_name(file_name: &str) -> Option<(&str, bool)> {
+    match (
+        file_name.strip_suffix(".liquid"),
+        file_name.strip_suffix(".mjml"),
+    ) {
+        (Some(n), _) => Some((n, false)),
+        (None, Some(n)) => Some((n, true)),
+        _ => None,
+    }
+}
+
+/// A template variable that can never be set: the file, the 1-based line, the variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownVariable {
+    /// File, relative to the project.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// The variable's root name.
+    pub name: String,
+}
+
+impl std::fmt::Display for UnknownVariable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` can never be set; templates read {}",
+            self.name,
+            TEMPLATE_ROOTS.join(", ")
+        )
+    }
+}
+
+/// Lint every template of a project for variables that can never be set.
+pub fn lint(sources: &dyn Sources) -> Vec<UnknownVariable> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    let mut paths: Vec<_> = rd.flatten().map(|e| e.path()).collect();
-    paths.sort();
-    for p in paths {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if !(name.ends_with(".liquid") || name.ends_with(".mjml")) {
+    for name in sources.list("templates") {
+        if template_name(&name).is_none() {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(&p) else {
+        let file = format!("templates/{name}");
+        let Ok(text) = sources.read(&file) else {
             continue;
         };
         for (line, var) in unknown_variables(&text) {
-            out.push(format!(
-                "templates/{name}:{line}: `{var}` can never be set; templates read {}",
-                TEMPLATE_ROOTS.join(", ")
-            ));
+            out.push(UnknownVariable {
+                file: file.clone(),
+                line,
+                name: var,
+            });
         }
     }
     out
@@ -495,21 +512,23 @@ fn flatten(e: &liquid::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::DiskSources;
 
     #[test]
     fn front_matter_and_body_render_with_contact_data() {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
         std::fs::write(
-            dir.path().join("welcome.liquid"),
+            dir.path().join("templates/welcome.liquid"),
             "---\nsubject: \"Welcome, {{ contact.first_name }}!\"\nfrom: news@example.test\n---\nHi {{ contact.first_name }}, plan {{ vars.plan }}.\n",
         )
         .unwrap();
         std::fs::write(
-            dir.path().join("welcome.sms.liquid"),
+            dir.path().join("templates/welcome.sms.liquid"),
             "Hi {{ contact.first_name }}",
         )
         .unwrap();
-        let (t, errors) = Templates::load(dir.path());
+        let (t, errors) = Templates::load(&DiskSources::new(dir.path()));
         assert!(errors.is_empty(), "{errors:?}");
         let globals =
             serde_json::json!({"contact": {"first_name": "Ada"}, "vars": {"plan": "pro"}});
@@ -523,11 +542,11 @@ mod tests {
             .unwrap_err()
             .contains("no template"));
         std::fs::write(
-            dir.path().join("hello.liquid"),
+            dir.path().join("templates/hello.liquid"),
             "Hi {{ contact.first_name | default: \"there\" }}{{ trigger.x }}",
         )
         .unwrap();
-        let (t, _) = Templates::load(dir.path());
+        let (t, _) = Templates::load(&DiskSources::new(dir.path()));
         let r = t
             .render(
                 "hello",
@@ -550,8 +569,9 @@ mod tests {
     #[test]
     fn broken_templates_are_reported_with_their_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("bad.liquid"), "{% if %}").unwrap();
-        let (_, errors) = Templates::load(dir.path());
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("templates/bad.liquid"), "{% if %}").unwrap();
+        let (_, errors) = Templates::load(&DiskSources::new(dir.path()));
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].file, "templates/bad.liquid");
     }

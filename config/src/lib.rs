@@ -1,4 +1,12 @@
-//! `herald.toml`: the daemon's settings, its channels and its credentials.
+//! # herald-config — the schema of `herald.toml`
+//!
+//! The daemon's settings, its channels and its credentials, as serde types. The daemon, `herald
+//! check` and the language server read `herald.toml` through this one crate, so they accept and
+//! refuse exactly the same files. No IO beyond reading the file itself (and, for plugin
+//! grants, resolving `env:`/`file:` secret references when the host asks).
+#![warn(missing_docs)]
+
+pub mod grant;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -151,7 +159,7 @@ pub enum ChannelConfig {
         /// Contact attribute holding the address.
         to: Option<String>,
         /// Hosts, secrets, config, SMTP relay and limits granted to it.
-        grant: Box<herald_plugin_host::GrantConfig>,
+        grant: Box<crate::grant::GrantConfig>,
     },
 }
 
@@ -196,7 +204,7 @@ impl<'de> Deserialize<'de> for ChannelConfig {
             let to = table
                 .remove("to")
                 .and_then(|p| p.as_str().map(String::from));
-            let grant: herald_plugin_host::GrantConfig = toml::Value::Table(table)
+            let grant: crate::grant::GrantConfig = toml::Value::Table(table)
                 .try_into()
                 .map_err(D::Error::custom)?;
             return Ok(ChannelConfig::Plugin {

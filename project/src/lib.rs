@@ -1,0 +1,547 @@
+//! # herald-project — one loader and checker for a Herald project
+//!
+//! A project is a folder: `herald.toml`, `workflows/*.rhai`, `segments/*.rhai`,
+//! `scoring.rhai` and `templates/*.liquid` / `*.mjml`. [`check`] reads it through a
+//! [`Sources`] (the disk, or the disk with an editor's unsaved buffers laid over it), checks
+//! every file, and returns every finding attached to the file it is about, with the loaded
+//! [`Project`] when nothing is an error.
+//!
+//! The daemon, hot reload, `herald check` and the language server all call [`check`]; the
+//! editor shows a file exactly the diagnostics `herald check` reports for it. What is not here:
+//! loading a plugin component (wasmtime), which only the daemon and `herald check` do.
+#![warn(missing_docs)]
+
+pub mod sources;
+pub mod templates;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use herald_config::{ChannelConfig, Config};
+use herald_dsl::{
+    check_scoring, check_script, check_segment, Diagnostic, LoadedScoring, LoadedSegment,
+    LoadedWorkflow, ProjectContext,
+};
+use sha2::{Digest, Sha256};
+
+pub use sources::{DiskSources, Overlay, Sources};
+use templates::Templates;
+
+/// `herald.toml` cannot be read or is not valid.
+pub const CONFIG_INVALID: &str = "C001";
+/// A channel's settings are not valid.
+pub const CHANNEL_INVALID: &str = "C002";
+/// A template does not compile (or cannot be read, or exists twice).
+pub const TEMPLATE_INVALID: &str = "L001";
+/// A template reads a variable that can never be set.
+pub const TEMPLATE_UNKNOWN_VARIABLE: &str = "L002";
+/// A script cannot be read, or declares a name another file already declares.
+pub const SCRIPT_CONFLICT: &str = "H020";
+
+/// One version of one workflow script.
+pub struct WorkflowVersion {
+    /// sha256 of the source.
+    pub hash: String,
+    /// Path relative to the project.
+    pub path: String,
+    /// The source text.
+    pub source: String,
+    /// Compiled script and declaration.
+    pub loaded: LoadedWorkflow,
+}
+
+/// One version of one segment definition.
+pub struct SegmentVersion {
+    /// sha256 of the source.
+    pub hash: String,
+    /// Path relative to the project.
+    pub path: String,
+    /// Compiled segment.
+    pub loaded: LoadedSegment,
+}
+
+/// Findings about one file.
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    /// Path relative to the project (`/`-separated).
+    pub path: String,
+    /// The text that was checked.
+    pub source: String,
+    /// What is wrong with it, in the order found.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Every finding of one check, by file.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    /// Files with findings, in the order they were checked.
+    pub files: Vec<FileReport>,
+}
+
+impl CheckReport {
+    /// Any error at all?
+    pub fn has_errors(&self) -> bool {
+        self.error_count() > 0
+    }
+
+    /// How many findings are errors.
+    pub fn error_count(&self) -> usize {
+        self.all().filter(|d| d.is_error()).count()
+    }
+
+    /// Every finding.
+    pub fn all(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.files.iter().flat_map(|f| f.diagnostics.iter())
+    }
+
+    /// The findings about the file at `path` (relative to the project).
+    pub fn for_file(&self, path: &str) -> &[Diagnostic] {
+        self.files
+            .iter()
+            .find(|f| f.path == path)
+            .map_or(&[], |f| f.diagnostics.as_slice())
+    }
+
+    fn push(&mut self, path: &str, source: &str, d: Diagnostic) {
+        match self.files.iter_mut().find(|f| f.path == path) {
+            Some(f) => f.diagnostics.push(d),
+            None => self.files.push(FileReport {
+                path: path.to_string(),
+                source: source.to_string(),
+                diagnostics: vec![d],
+            }),
+        }
+    }
+
+    fn extend(&mut self, path: &str, source: &str, ds: Vec<Diagnostic>) {
+        for d in ds {
+            self.push(path, source, d);
+        }
+    }
+
+    /// Render everything like a compiler would: settings and template findings first, one
+    /// line each (their messages carry their own position), then script findings with the
+    /// offending source underlined.
+    pub fn render(&self, color: bool) -> String {
+        let line_style = |d: &Diagnostic| !d.code.starts_with('H');
+        let mut out = String::new();
+        for errors in [true, false] {
+            for f in &self.files {
+                for d in f
+                    .diagnostics
+                    .iter()
+                    .filter(|d| line_style(d) && d.is_error() == errors)
+                {
+                    let kind = if errors { "error" } else { "warning" };
+                    if d.code == TEMPLATE_UNKNOWN_VARIABLE {
+                        let (line, _) = d.line_col(&f.source);
+                        out.push_str(&format!("{kind}: {}:{line}: {}\n", d.file, d.message));
+                    } else {
+                        out.push_str(&format!("{kind}: {}: {}\n", d.file, d.message));
+                    }
+                }
+            }
+        }
+        for f in &self.files {
+            let script: Vec<Diagnostic> = f
+                .diagnostics
+                .iter()
+                .filter(|d| !line_style(d))
+                .cloned()
+                .collect();
+            if !script.is_empty() {
+                out.push_str(&herald_dsl::render_diagnostics(&script, &f.source, color));
+            }
+        }
+        out
+    }
+}
+
+/// A loaded project.
+pub struct Project {
+    /// The project directory.
+    pub dir: PathBuf,
+    /// `herald.toml`.
+    pub config: Config,
+    /// Workflows by name.
+    pub workflows: BTreeMap<String, Arc<WorkflowVersion>>,
+    /// Templates.
+    pub templates: Arc<Templates>,
+    /// Segments by name.
+    pub segments: BTreeMap<String, Arc<SegmentVersion>>,
+    /// `scoring.rhai`, if the project has one.
+    pub scoring: Option<Arc<LoadedScoring>>,
+}
+
+/// What one check of a project found.
+pub struct Checked {
+    /// Every finding, by file.
+    pub report: CheckReport,
+    /// The names scripts were checked against; `None` when `herald.toml` is unusable (then
+    /// scripts get only the checks that need no project).
+    pub context: Option<ProjectContext>,
+    /// The project, when nothing is an error.
+    pub project: Option<Project>,
+}
+
+/// Content hash of a script.
+pub fn script_hash(source: &str) -> String {
+    hex::encode(Sha256::digest(source.as_bytes()))
+}
+
+/// The names scripts may refer to.
+pub fn context_for(
+    config: &Config,
+    templates: &Templates,
+    workflows: impl IntoIterator<Item = String>,
+) -> ProjectContext {
+    ProjectContext {
+        channels: config
+            .channels
+            .keys()
+            .map(|k| (k.clone(), Vec::new()))
+            .collect(),
+        templates: templates.names().cloned().collect(),
+        workflows: workflows.into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+/// How a file of a project is loaded, decided by where it sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `herald.toml`.
+    Config,
+    /// `workflows/*.rhai`.
+    Workflow,
+    /// `segments/*.rhai`.
+    Segment,
+    /// `scoring.rhai`.
+    Scoring,
+    /// `templates/*.liquid`, `templates/*.mjml`.
+    Template,
+    /// Anything else: not part of what the daemon loads.
+    Other,
+}
+
+/// The kind of the file at `rel` (relative to the project, `/`-separated).
+pub fn file_kind(rel: &str) -> FileKind {
+    match rel.split_once('/') {
+        None if rel == "herald.toml" => FileKind::Config,
+        None if rel == "scoring.rhai" => FileKind::Scoring,
+        Some(("workflows", name)) if !name.contains('/') && name.ends_with(".rhai") => {
+            FileKind::Workflow
+        }
+        Some(("segments", name)) if !name.contains('/') && name.ends_with(".rhai") => {
+            FileKind::Segment
+        }
+        Some(("templates", name))
+            if !name.contains('/') && templates::template_name(name).is_some() =>
+        {
+            FileKind::Template
+        }
+        _ => FileKind::Other,
+    }
+}
+
+/// The folder of `path` holding the project it belongs to: the nearest ancestor with a
+/// `herald.toml`.
+pub fn find_root(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .find(|d| d.join("herald.toml").is_file())
+        .map(Path::to_path_buf)
+}
+
+/// The `.rhai` files of `folder`, read; a file that cannot be read is a finding.
+fn read_scripts(
+    sources: &dyn Sources,
+    folder: &str,
+    report: &mut CheckReport,
+) -> Vec<(String, String)> {
+    sources
+        .list(folder)
+        .into_iter()
+        .filter(|n| n.ends_with(".rhai"))
+        .filter_map(|name| {
+            let rel = format!("{folder}/{name}");
+            match sources.read(&rel) {
+                Ok(s) => Some((rel, s)),
+                Err(e) => {
+                    report.push(
+                        &rel,
+                        "",
+                        Diagnostic::error(SCRIPT_CONFLICT, &rel, 0..0, format!("cannot read: {e}")),
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Where `needle` first appears in `source`, or the start of the file.
+fn range_of(source: &str, needle: &str) -> std::ops::Range<usize> {
+    source
+        .find(needle)
+        .map_or(0..0, |start| start..start + needle.len())
+}
+
+/// The byte range of 1-based `line` in `source`.
+fn line_range(source: &str, line: usize) -> std::ops::Range<usize> {
+    let mut start = 0;
+    for (i, l) in source.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            return start..start + l.trim_end_matches(['\r', '\n']).len();
+        }
+        start += l.len();
+    }
+    0..0
+}
+
+/// Read and check `herald.toml`.
+fn check_config(sources: &dyn Sources, report: &mut CheckReport) -> Option<Config> {
+    let file = "herald.toml";
+    let text = match sources.read(file) {
+        Ok(t) => t,
+        Err(e) => {
+            report.push(
+                file,
+                "",
+                Diagnostic::error(CONFIG_INVALID, file, 0..0, format!("cannot be read: {e}")),
+            );
+            return None;
+        }
+    };
+    let config = match toml::from_str::<Config>(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            let range = e.span().unwrap_or(0..0);
+            let d = Diagnostic::error(CONFIG_INVALID, file, range, e.to_string())
+                .with_label(e.message().to_string());
+            report.push(file, &text, d);
+            return None;
+        }
+    };
+    for (name, ch) in &config.channels {
+        if let ChannelConfig::Webhook { url, .. } = ch {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                let d = Diagnostic::error(
+                    CHANNEL_INVALID,
+                    file,
+                    range_of(&text, &format!("\"{url}\"")),
+                    format!("channel \"{name}\": url must start with http:// or https://"),
+                )
+                .with_label("not an http(s) URL");
+                report.push(file, &text, d);
+            }
+        }
+    }
+    Some(config)
+}
+
+/// Load `templates/`, reporting what does not compile and what can never be set.
+fn check_templates(sources: &dyn Sources, report: &mut CheckReport) -> Templates {
+    let (templates, errors) = Templates::load(sources);
+    for e in errors {
+        let source = sources.read(&e.file).unwrap_or_default();
+        let first_line = 0..source.find('\n').unwrap_or(source.len());
+        let d = Diagnostic::error(TEMPLATE_INVALID, &e.file, first_line, e.message)
+            .with_label("this template does not compile");
+        report.push(&e.file.clone(), &source, d);
+    }
+    for u in templates::lint(sources) {
+        let source = sources.read(&u.file).unwrap_or_default();
+        let d = Diagnostic::warning(
+            TEMPLATE_UNKNOWN_VARIABLE,
+            &u.file,
+            line_range(&source, u.line),
+            u.to_string(),
+        )
+        .with_label("never set");
+        report.push(&u.file.clone(), &source, d);
+    }
+    templates
+}
+
+/// Segments by name and the optional scoring settings.
+type Audience = (
+    BTreeMap<String, Arc<SegmentVersion>>,
+    Option<Arc<LoadedScoring>>,
+);
+
+/// Load `segments/*.rhai` and `scoring.rhai`.
+fn check_audience(
+    sources: &dyn Sources,
+    engine: &rhai::Engine,
+    report: &mut CheckReport,
+) -> Audience {
+    let scripts = read_scripts(sources, "segments", report);
+    let names: BTreeSet<String> = scripts
+        .iter()
+        .filter_map(|(p, s)| check_segment(engine, p, s, None).0.map(|l| l.decl.name))
+        .collect();
+    let mut segments: BTreeMap<String, Arc<SegmentVersion>> = BTreeMap::new();
+    for (path, source) in scripts {
+        let (loaded, diags) = check_segment(engine, &path, &source, Some(&names));
+        report.extend(&path, &source, diags);
+        if let Some(l) = loaded {
+            let name = l.decl.name.clone();
+            if let Some(other) = segments.get(&name) {
+                let d = Diagnostic::error(
+                    SCRIPT_CONFLICT,
+                    &path,
+                    range_of(&source, &format!("\"{name}\"")),
+                    format!("segment \"{name}\" is already declared in {}", other.path),
+                )
+                .with_label("declared twice");
+                report.push(&path, &source, d);
+                continue;
+            }
+            segments.insert(
+                name,
+                Arc::new(SegmentVersion {
+                    hash: script_hash(&source),
+                    path,
+                    loaded: l,
+                }),
+            );
+        }
+    }
+    let scoring = match sources.read("scoring.rhai") {
+        Ok(source) => {
+            let (loaded, diags) = check_scoring(engine, "scoring.rhai", &source);
+            report.extend("scoring.rhai", &source, diags);
+            loaded.map(Arc::new)
+        }
+        Err(_) => None,
+    };
+    (segments, scoring)
+}
+
+/// Check the project that `sources` hold (in folder `dir`): every file, every finding.
+pub fn check(dir: &Path, sources: &dyn Sources, engine: &rhai::Engine) -> Checked {
+    let mut report = CheckReport::default();
+    let config = check_config(sources, &mut report);
+    let templates = check_templates(sources, &mut report);
+    let scripts = read_scripts(sources, "workflows", &mut report);
+    // First pass: names, so that triggers can refer to any workflow of the project.
+    let names: Vec<String> = scripts
+        .iter()
+        .filter_map(|(p, s)| {
+            check_script(engine, p, s, None)
+                .workflow
+                .map(|w| w.decl.name)
+        })
+        .collect();
+    let (segments, scoring) = check_audience(sources, engine, &mut report);
+    let context = config.as_ref().map(|config| {
+        let mut ctx = context_for(config, &templates, names);
+        ctx.segments = segments.keys().cloned().collect();
+        if let Some(s) = &scoring {
+            ctx.stages = s.settings.stages.iter().map(|(n, _)| n.clone()).collect();
+            ctx.stages.insert(s.settings.base_stage.clone());
+        }
+        ctx
+    });
+    let mut workflows: BTreeMap<String, Arc<WorkflowVersion>> = BTreeMap::new();
+    for (path, source) in scripts {
+        let r = check_script(engine, &path, &source, context.as_ref());
+        let errors = r.has_errors();
+        report.extend(&path, &source, r.diagnostics);
+        let Some(loaded) = r.workflow.filter(|_| !errors) else {
+            continue;
+        };
+        let name = loaded.decl.name.clone();
+        if let Some(other) = workflows.get(&name) {
+            let d = Diagnostic::error(
+                SCRIPT_CONFLICT,
+                &path,
+                range_of(&source, &format!("\"{name}\"")),
+                format!("workflow \"{name}\" is already declared in {}", other.path),
+            )
+            .with_label("declared twice");
+            report.push(&path, &source, d);
+            continue;
+        }
+        workflows.insert(
+            name,
+            Arc::new(WorkflowVersion {
+                hash: script_hash(&source),
+                path,
+                source,
+                loaded,
+            }),
+        );
+    }
+    let project = match config {
+        Some(config) if !report.has_errors() => Some(Project {
+            dir: dir.to_path_buf(),
+            config,
+            workflows,
+            templates: Arc::new(templates),
+            segments,
+            scoring,
+        }),
+        _ => None,
+    };
+    Checked {
+        report,
+        context,
+        project,
+    }
+}
+
+impl Project {
+    /// Load and check the project in `dir` from disk. The project is returned only when it
+    /// has no errors.
+    pub fn load(dir: &Path, engine: &rhai::Engine) -> (Option<Project>, CheckReport) {
+        let checked = check(dir, &DiskSources::new(dir), engine);
+        (checked.project, checked.report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_told_apart_by_where_they_sit() {
+        assert_eq!(file_kind("herald.toml"), FileKind::Config);
+        assert_eq!(file_kind("workflows/w.rhai"), FileKind::Workflow);
+        assert_eq!(file_kind("segments/s.rhai"), FileKind::Segment);
+        assert_eq!(file_kind("scoring.rhai"), FileKind::Scoring);
+        assert_eq!(file_kind("templates/a.liquid"), FileKind::Template);
+        assert_eq!(file_kind("templates/a.mjml"), FileKind::Template);
+        assert_eq!(file_kind("templates/a.txt"), FileKind::Other);
+        assert_eq!(file_kind("workflows/sub/w.rhai"), FileKind::Other);
+        assert_eq!(file_kind("tests/t.rhai"), FileKind::Other);
+    }
+
+    #[test]
+    fn a_config_error_points_into_herald_toml_and_scripts_are_still_checked() {
+        let mut o = Overlay::new(DiskSources::new("/nonexistent-herald-project"));
+        o.set(
+            "herald.toml",
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n",
+        );
+        o.set(
+            "workflows/w.rhai",
+            "workflow(\"w\").on_event(\"x\");\nfn run(contact, trigger) {\n    wait(\"soon\");\n}\n",
+        );
+        let engine = herald_dsl::build_engine(&herald_dsl::Limits::default());
+        let c = check(Path::new("/p"), &o, &engine);
+        assert!(c.project.is_none() && c.context.is_none());
+        let toml = c.report.for_file("herald.toml");
+        assert_eq!(toml.len(), 1, "{toml:?}");
+        assert_eq!(toml[0].code, CONFIG_INVALID);
+        assert!(toml[0].message.contains("lisen"), "{}", toml[0].message);
+        assert!(toml[0].range.start > 0, "located: {:?}", toml[0].range);
+        assert!(c
+            .report
+            .for_file("workflows/w.rhai")
+            .iter()
+            .any(|d| d.code == "H006"));
+    }
+}
