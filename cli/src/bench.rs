@@ -1,6 +1,7 @@
 //! `herald bench`: throughput of the real daemon on this machine, against raw sled as the
 //! reference, all in one run so the ratios are comparable on a noisy machine.
 
+use herald_runtime::sync::LockExt as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -336,11 +337,7 @@ fn reloads(n: usize) -> Result<()> {
         // Let every event of the previous save be delivered and handled, so that each
         // measurement covers exactly one save: wait until the reload counters stay still.
         let counters = || {
-            let s = d
-                .shared
-                .reload_stats
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let s = d.shared.reload_stats.locked();
             (s.applied, s.refused, s.skipped_identical)
         };
         let mut last = counters();
@@ -652,13 +649,7 @@ fn backfill(n: usize) -> Result<()> {
     let start = Instant::now();
     let d = start_daemon(dir.path(), false)?;
     loop {
-        let b = d
-            .shared
-            .engine
-            .backfill
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let b = d.shared.engine.backfill.locked().clone();
         if !b.running && b.finished_at.is_some() {
             break;
         }

@@ -1,5 +1,6 @@
 //! HTTP: the Segment-compatible ingest API and the management API.
 
+use crate::sync::LockExt as _;
 use std::io::Read;
 use std::sync::Arc;
 
@@ -585,9 +586,9 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiRes
         .into();
     Ok(Json(json!({
         "workflows": versions,
-        "last_reload_error": shared.last_reload_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
-        "reloads": shared.reload_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
-        "backfill": shared.engine.backfill.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+        "last_reload_error": shared.last_reload_error.locked().clone(),
+        "reloads": shared.reload_stats.locked().clone(),
+        "backfill": shared.engine.backfill.locked().clone(),
         "pending_timers": shared.engine.store.timer_count()?,
         "clock": shared.engine.clock.now_ms(),
     })))
@@ -694,12 +695,7 @@ async fn segments(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiR
                    "depends_on_events": s.loaded.deps.events, "depends_on_segments": s.loaded.deps.segments})
         })
         .collect();
-    let backfill = shared
-        .engine
-        .backfill
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let backfill = shared.engine.backfill.locked().clone();
     Ok(Json(json!({"segments": list, "backfill": backfill})))
 }
 

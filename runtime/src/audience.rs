@@ -7,6 +7,7 @@
 //! oldest counted event leaving a rolling window, a score decaying below a stage threshold);
 //! the earliest such moment becomes a timer, so "no purchase in 30 days" turns true by itself.
 
+use crate::sync::LockExt as _;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -23,11 +24,8 @@ use crate::engine::{Engine, EngineError, Job, ProjectState};
 use crate::model::{
     AudienceState, Contact, Contribution, Event, EventFact, Membership, SegmentChange,
 };
-use crate::store::{Store, Timer};
+use crate::store::{Store, Timer, TimerTarget};
 use herald_dsl::segment::count_key;
-
-/// Timers whose run id starts with this re-evaluate a contact's audience instead.
-pub const TIMER_PREFIX: &str = "~audience:";
 
 /// How many scored events a contact's state remembers (an event is processed again only if
 /// the daemon stopped while it was queued, so only the latest can come back).
@@ -393,7 +391,7 @@ impl Engine {
         fired: Option<i64>,
     ) -> Result<(), EngineError> {
         forget_cached_state(contact);
-        let timer_id = format!("{TIMER_PREFIX}{contact}");
+        let timer_id = TimerTarget::Audience(contact.to_string());
         let st = crate::engine::audience_state(self.store.as_ref(), contact)?;
         if let Some(due) = fired.filter(|d| st.as_ref().and_then(|s| s.wake_at) != Some(*d)) {
             self.store.clear_timer(due, &timer_id)?;
@@ -725,12 +723,8 @@ impl Engine {
                         entered: is_member,
                     },
                 )?;
-                *self
-                    .segment_sizes
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .entry(name.clone())
-                    .or_default() += if is_member { 1 } else { -1 };
+                *self.segment_sizes.locked().entry(name.clone()).or_default() +=
+                    if is_member { 1 } else { -1 };
                 tracing::debug!(
                     segment = name,
                     contact = contact.id,
@@ -780,7 +774,7 @@ impl Engine {
         }
 
         // Schedule the next self-triggered re-evaluation.
-        let timer_id = format!("{TIMER_PREFIX}{}", contact.id);
+        let timer_id = TimerTarget::Audience(contact.id.clone());
         // A timer already due earlier stays: firing early only re-evaluates and schedules the
         // next one, and it saves moving the timer on every event.
         let wake = wake.filter(|w| *w > now);
@@ -790,7 +784,7 @@ impl Engine {
             }
             self.store.set_timer(&Timer {
                 due: w,
-                run: timer_id,
+                target: timer_id,
                 contact: contact.id.clone(),
             })?;
             aud.wake_at = Some(w);
@@ -886,10 +880,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let total = self.store.contact_count()? as u64;
         let started = self.clock.now_ms();
-        *self
-            .backfill
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = BackfillStatus {
+        *self.backfill.locked() = BackfillStatus {
             segments: segments.iter().cloned().collect(),
             done: 0,
             total,
@@ -912,10 +903,7 @@ impl Engine {
             after = ids.last().cloned();
             // Bound the queues: wait for this chunk before queueing the next.
             self.barrier();
-            self.backfill
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .done = done;
+            self.backfill.locked().done = done;
             if done % 100_000 < 2000 {
                 tracing::info!(done, total, "segment backfill progress");
             }
@@ -926,10 +914,7 @@ impl Engine {
             }
         }
         let _ = self.flusher.commit_blocking();
-        let mut b = self
-            .backfill
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut b = self.backfill.locked();
         b.running = false;
         b.done = done;
         b.finished_at = Some(self.clock.now_ms());
@@ -942,10 +927,7 @@ impl Engine {
     /// otherwise by replaying each segment's change log.
     pub(crate) fn count_segments(&self) -> Result<(), EngineError> {
         if let Some(saved) = self.store.take_checkpointed_segments() {
-            let mut sizes = self
-                .segment_sizes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut sizes = self.segment_sizes.locked();
             for (name, n) in saved {
                 *sizes.entry(name).or_default() += n;
             }
@@ -955,10 +937,7 @@ impl Engine {
             for name in state.segments.keys() {
                 sizes.insert(name.clone(), self.store.member_count(name)? as i64);
             }
-            *self
-                .segment_sizes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = sizes;
+            *self.segment_sizes.locked() = sizes;
         }
         Ok(())
     }
@@ -967,20 +946,11 @@ impl Engine {
     pub fn count_new_segments(&self) -> Result<(), EngineError> {
         let state = self.state();
         for name in state.segments.keys() {
-            if self
-                .segment_sizes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains_key(name)
-            {
+            if self.segment_sizes.locked().contains_key(name) {
                 continue;
             }
             let n = self.store.member_count(name)? as i64;
-            self.segment_sizes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(name.clone())
-                .or_insert(n);
+            self.segment_sizes.locked().entry(name.clone()).or_insert(n);
         }
         Ok(())
     }
@@ -988,10 +958,7 @@ impl Engine {
     /// Current segment sizes.
     pub fn segment_sizes(&self) -> BTreeMap<String, i64> {
         let state = self.state();
-        let sizes = self
-            .segment_sizes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let sizes = self.segment_sizes.locked();
         state
             .segments
             .keys()

@@ -1,5 +1,6 @@
 //! Wiring: open storage, load the project, start the engine, serve HTTP, shut down cleanly.
 
+use crate::sync::LockExt as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -99,11 +100,7 @@ pub struct ReloadStats {
 impl Shared {
     /// Reload the project from disk; on errors the current version keeps serving.
     pub fn reload(&self) -> Result<Vec<String>, String> {
-        *self
-            .fingerprint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            crate::watch::fingerprint(&self.project_dir);
+        *self.fingerprint.locked() = crate::watch::fingerprint(&self.project_dir);
         let (project, report) = Project::load(&self.project_dir, self.engine.rhai());
         let checked = match project {
             None => Err(report.render(false)),
@@ -123,17 +120,11 @@ impl Shared {
         };
         self.engine.metrics.reload(true);
         {
-            let mut stats = self
-                .reload_stats
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut stats = self.reload_stats.locked();
             stats.applied += 1;
             stats.last_applied_at = Some(self.engine.clock.now_ms());
         }
-        *self
-            .last_reload_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self.last_reload_error.locked() = None;
         tracing::info!(?changed, "project reloaded");
         Ok(changed)
     }
@@ -142,14 +133,8 @@ impl Shared {
     fn refused(&self, text: String) -> Result<Vec<String>, String> {
         tracing::error!("reload refused; the previous version keeps serving:\n{text}");
         self.engine.metrics.reload(false);
-        self.reload_stats
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .refused += 1;
-        *self
-            .last_reload_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text.clone());
+        self.reload_stats.locked().refused += 1;
+        *self.last_reload_error.locked() = Some(text.clone());
         Err(text)
     }
 
@@ -157,16 +142,8 @@ impl Shared {
     /// calls this after a debounced burst of events).
     pub fn reload_if_changed(&self) {
         let fp = crate::watch::fingerprint(&self.project_dir);
-        if *self
-            .fingerprint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            == fp
-        {
-            self.reload_stats
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .skipped_identical += 1;
+        if *self.fingerprint.locked() == fp {
+            self.reload_stats.locked().skipped_identical += 1;
             tracing::debug!("saved files are identical to the loaded project; nothing to do");
             return;
         }

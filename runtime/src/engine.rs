@@ -8,6 +8,7 @@
 //! Work is partitioned by contact over a fixed set of worker threads, so runs of one contact
 //! never race each other.
 
+use crate::sync::{LockExt as _, RwLockExt as _};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
@@ -28,7 +29,7 @@ use crate::config::{ChannelConfig, EngineConfig};
 use crate::metrics::Metrics;
 use crate::model::{Contact, Event, InboxItem, Intent, Run, RunStatus, Step, StepStatus, WaitReg};
 use crate::project::{Project, WorkflowVersion};
-use crate::store::{Flusher, Store, StoreError, Timer};
+use crate::store::{Flusher, Store, StoreError, Timer, TimerTarget};
 use crate::templates::Templates;
 
 /// Engine errors.
@@ -149,9 +150,9 @@ pub(crate) enum Job {
     /// Re-evaluate segments and score of a contact (`None`: every segment that may change).
     Audience(String, Option<std::collections::BTreeSet<String>>),
     Inbox(Box<Queued>),
-    /// Activate a run (or re-evaluate an audience, for an audience timer id); with the due time
-    /// of the timer that fired, if one did.
-    Activate(String, Option<i64>),
+    /// Activate a run or re-evaluate an audience; with the due time of the timer that fired,
+    /// if one did.
+    Activate(TimerTarget, Option<i64>),
     Start {
         workflow: String,
         contact: String,
@@ -300,7 +301,7 @@ pub struct Engine {
     waited: RwLock<(EventNames, EventNames)>,
     workers: Mutex<Vec<mpsc::Sender<Job>>>,
     worker_count: usize,
-    inflight: Mutex<HashSet<String>>,
+    inflight: Mutex<HashSet<TimerTarget>>,
     failpoint: Option<String>,
     timer_wake: tokio::sync::Notify,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -469,14 +470,8 @@ impl Engine {
                     .expect("spawn worker"),
             );
         }
-        *engine
-            .workers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = senders;
-        *engine
-            .threads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = threads;
+        *engine.workers.locked() = senders;
+        *engine.threads.locked() = threads;
         // Count before anything can change what is counted: no job is queued yet, the server
         // is not listening and no timer has fired. (After a clean shutdown this reads the
         // checkpoint; after a crash it scans, so that restart takes longer.)
@@ -503,19 +498,13 @@ impl Engine {
 
     /// What is being served.
     pub fn state(&self) -> Arc<ProjectState> {
-        self.state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.state.read_locked().clone()
     }
 
     fn store_versions(&self) -> Result<(), EngineError> {
         let state = self.state();
         let now = self.clock.now_ms();
-        let mut versions = self
-            .versions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut versions = self.versions.locked();
         for wf in state.workflows.values() {
             self.store.put_script(&crate::model::ScriptVersion {
                 hash: wf.hash.clone(),
@@ -561,28 +550,18 @@ impl Engine {
                 }
             }
         }
-        *self
-            .waited
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = (waited, Some(goals));
+        *self.waited.write_locked() = (waited, Some(goals));
         match self.state().audience_interest() {
             Some(n) => names.extend(n),
             None => all = true,
         }
-        *self
-            .interest
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = (!all).then_some(names);
+        *self.interest.write_locked() = (!all).then_some(names);
         Ok(())
     }
 
     /// Does an event of this name need the engine (a trigger, goal or wait may use it)?
     pub fn is_interesting(&self, event: &str) -> bool {
-        match &*self
-            .interest
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
+        match &*self.interest.read_locked() {
             None => true,
             Some(names) => names.contains(event),
         }
@@ -610,10 +589,7 @@ impl Engine {
                 changed.push(format!("segment:{name}"));
             }
         }
-        *self
-            .state
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+        *self.state.write_locked() = new;
         self.store_versions()?;
         if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
             // Sizes of segments new to this process come from their change logs (a segment
@@ -627,12 +603,7 @@ impl Engine {
     }
 
     fn version(&self, hash: &str) -> Result<Arc<LoadedWorkflow>, String> {
-        if let Some(v) = self
-            .versions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(hash)
-        {
+        if let Some(v) = self.versions.locked().get(hash) {
             return Ok(v.clone());
         }
         let stored = self
@@ -649,17 +620,13 @@ impl Engine {
             })?;
         let loaded = Arc::new(loaded);
         self.versions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .locked()
             .insert(hash.to_string(), loaded.clone());
         Ok(loaded)
     }
 
     pub(crate) fn send_job(&self, contact: &str, job: Job) -> Result<(), EngineError> {
-        let workers = self
-            .workers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let workers = self.workers.locked();
         if workers.is_empty() {
             return Err(EngineError::Stopped);
         }
@@ -720,10 +687,7 @@ impl Engine {
     /// Wait until every worker has finished what was queued before this call.
     pub fn barrier(&self) {
         let receivers: Vec<_> = {
-            let workers = self
-                .workers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let workers = self.workers.locked();
             workers
                 .iter()
                 .filter_map(|w| {
@@ -767,21 +731,13 @@ impl Engine {
             let due = self.store.due_timers(now, 1024)?;
             let mut fresh = 0;
             for t in &due {
-                if self
-                    .inflight
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(t.run.clone())
-                {
+                if self.inflight.locked().insert(t.target.clone()) {
                     fresh += 1;
                     if self
-                        .send_job(&t.contact, Job::Activate(t.run.clone(), Some(t.due)))
+                        .send_job(&t.contact, Job::Activate(t.target.clone(), Some(t.due)))
                         .is_err()
                     {
-                        self.inflight
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .remove(&t.run);
+                        self.inflight.locked().remove(&t.target);
                         return Ok(n);
                     }
                 }
@@ -821,7 +777,7 @@ impl Engine {
                 "effect in the ambiguous window at start-up"
             );
             if let Some(run) = self.store.run(&intent.run)? {
-                self.send_job(&run.contact, Job::Activate(run.id, None))?;
+                self.send_job(&run.contact, Job::Activate(TimerTarget::Run(run.id), None))?;
             }
         }
         Ok(())
@@ -855,23 +811,15 @@ impl Engine {
         })?;
         self.metrics.set_run_counts(counts);
         for (id, contact) in running {
-            let _ = self.send_job(&contact, Job::Activate(id, None));
+            let _ = self.send_job(&contact, Job::Activate(TimerTarget::Run(id), None));
         }
         Ok(())
     }
 
     /// Stop the workers after they finish what is queued, and flush.
     pub fn shutdown(&self) {
-        self.workers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
-        let threads = std::mem::take(
-            &mut *self
-                .threads
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        self.workers.locked().clear();
+        let threads = std::mem::take(&mut *self.threads.locked());
         for t in threads {
             let _ = t.join();
         }
@@ -881,11 +829,7 @@ impl Engine {
         if self.metrics.worker_panics() > 0 {
             tracing::warn!("a worker job panicked in this process: no shutdown checkpoint, the next start counts");
         } else if self.counted.load(std::sync::atomic::Ordering::Acquire) {
-            let sizes = self
-                .segment_sizes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
+            let sizes = self.segment_sizes.locked().clone();
             if let Err(e) = self
                 .store
                 .save_checkpoint(&self.metrics.run_counts(), &sizes)
@@ -980,31 +924,28 @@ impl Engine {
                 }
                 self.backlog.done();
             }
-            Job::Activate(run, fired) => {
+            Job::Activate(target, fired) => {
                 let done = self.guard(
-                    || format!("activation of {run}"),
-                    || match run.strip_prefix(crate::audience::TIMER_PREFIX) {
-                        Some(contact) => self.audience_timer(contact, fired),
-                        None => self.activate_fired(&run, fired),
+                    || format!("activation of {target}"),
+                    || match &target {
+                        TimerTarget::Audience(contact) => self.audience_timer(contact, fired),
+                        TimerTarget::Run(run) => self.activate_fired(run, fired),
                     },
                 );
                 let failure = match done {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => {
-                        tracing::error!(run, error = %e, "activation failed; it is retried");
+                        tracing::error!(%target, error = %e, "activation failed; it is retried");
                         Some(Err(e.to_string()))
                     }
                     Err(panic) => Some(Ok(panic)),
                 };
                 if let Some(failure) = failure {
-                    if let Err(e) = self.after_failed_activation(&run, failure) {
-                        tracing::error!(run, error = %e, "could not schedule the retry of a failed activation");
+                    if let Err(e) = self.after_failed_activation(&target, failure) {
+                        tracing::error!(%target, error = %e, "could not schedule the retry of a failed activation");
                     }
                 }
-                self.inflight
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&run);
+                self.inflight.locked().remove(&target);
             }
             Job::Audience(contact, only) => {
                 let done = self.guard(
@@ -1064,27 +1005,30 @@ impl Engine {
     /// likely) it is retried later. An audience re-evaluation is retried either way.
     fn after_failed_activation(
         &self,
-        id: &str,
+        target: &TimerTarget,
         failure: Result<String, String>,
     ) -> Result<(), EngineError> {
         let now = self.clock.now_ms();
-        if let Some(contact) = id.strip_prefix(crate::audience::TIMER_PREFIX) {
-            let Some(mut st) = audience_state(self.store.as_ref(), contact)? else {
+        let id = match target {
+            TimerTarget::Run(run) => run.as_str(),
+            TimerTarget::Audience(contact) => {
+                let Some(mut st) = audience_state(self.store.as_ref(), contact)? else {
+                    return Ok(());
+                };
+                if st.wake_at.is_none() {
+                    let due = now + self.backoff(4);
+                    self.store.set_timer(&Timer {
+                        due,
+                        target: target.clone(),
+                        contact: contact.to_string(),
+                    })?;
+                    st.wake_at = Some(due);
+                    put_audience_state(self.store.as_ref(), contact, &st)?;
+                    crate::audience::forget_cached_state(contact);
+                }
                 return Ok(());
-            };
-            if st.wake_at.is_none() {
-                let due = now + self.backoff(4);
-                self.store.set_timer(&Timer {
-                    due,
-                    run: id.to_string(),
-                    contact: contact.to_string(),
-                })?;
-                st.wake_at = Some(due);
-                put_audience_state(self.store.as_ref(), contact, &st)?;
-                crate::audience::forget_cached_state(contact);
             }
-            return Ok(());
-        }
+        };
         let Some(mut run) = self.store.run(id)? else {
             return Ok(());
         };
@@ -1093,7 +1037,8 @@ impl Engine {
         }
         let from = run.status;
         if let Some(t) = run.wake_at.take() {
-            self.store.clear_timer(t, &run.id)?;
+            self.store
+                .clear_timer(t, &TimerTarget::Run(run.id.clone()))?;
         }
         match failure {
             Ok(panic) => {
@@ -1232,10 +1177,7 @@ impl Engine {
             },
         };
         let (waited, goal) = {
-            let w = self
-                .waited
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let w = self.waited.read_locked();
             (
                 w.0.as_ref().is_none_or(|n| n.contains(&event.event)),
                 w.1.as_ref().is_none_or(|n| n.contains(&event.event)),
@@ -1324,7 +1266,8 @@ impl Engine {
     /// Drop the timer and wait registration of a run that will not be activated again.
     fn cancel_pending(&self, run: &mut Run) -> Result<(), EngineError> {
         if let Some(t) = run.wake_at.take() {
-            self.store.clear_timer(t, &run.id)?;
+            self.store
+                .clear_timer(t, &TimerTarget::Run(run.id.clone()))?;
         }
         if let Some(last) = self.store.journal(&run.id)?.last() {
             if last.kind == "wait_for" && last.status == StepStatus::Pending {
@@ -1485,7 +1428,8 @@ impl Engine {
             .filter(|r| !r.status.is_terminal())
             .and_then(|r| r.wake_at);
         if let Some(due) = fired.filter(|d| waits_on != Some(*d)) {
-            self.store.clear_timer(due, run_id)?;
+            self.store
+                .clear_timer(due, &TimerTarget::Run(run_id.to_string()))?;
         }
         let Some(mut run) = run else {
             return Ok(());
@@ -1494,7 +1438,8 @@ impl Engine {
             return Ok(());
         }
         if let Some(t) = run.wake_at.take() {
-            self.store.clear_timer(t, &run.id)?;
+            self.store
+                .clear_timer(t, &TimerTarget::Run(run.id.clone()))?;
         }
         let from = run.status;
         let started = Instant::now();
@@ -1606,7 +1551,7 @@ impl Engine {
     fn set_run_timer(&self, run: &mut Run, due: i64) -> Result<(), EngineError> {
         self.store.set_timer(&Timer {
             due,
-            run: run.id.clone(),
+            target: TimerTarget::Run(run.id.clone()),
             contact: run.contact.clone(),
         })?;
         run.wake_at = Some(due);
@@ -2142,11 +2087,7 @@ impl RunHost {
             }
             StepCall::Update { attrs } => {
                 let contact_id = st.run.contact.clone();
-                let guard = self
-                    .engine
-                    .contact_lock
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let guard = self.engine.contact_lock.locked();
                 match self.engine.live_contact(&contact_id) {
                     Ok(Some(mut c)) => {
                         if let Some(map) = attrs.as_object() {
@@ -2570,11 +2511,7 @@ mod tests {
             0,
             "no timer left behind"
         );
-        assert!(engine
-            .inflight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_empty());
+        assert!(engine.inflight.locked().is_empty());
         d.shutdown();
     }
 
@@ -2588,13 +2525,7 @@ mod tests {
         // The new segment's backfill (over no contacts) runs on its own thread: let it finish
         // before this test's contact exists.
         let started = Instant::now();
-        while engine
-            .backfill
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .finished_at
-            .is_none()
-        {
+        while engine.backfill.locked().finished_at.is_none() {
             assert!(
                 // A hang guard, not a timing claim.
                 started.elapsed() < std::time::Duration::from_secs(120),
@@ -2671,7 +2602,7 @@ mod tests {
             .store
             .set_timer(&Timer {
                 due: orphan,
-                run: run.id.clone(),
+                target: TimerTarget::Run(run.id.clone()),
                 contact: run.contact.clone(),
             })
             .unwrap();
@@ -2696,10 +2627,11 @@ mod tests {
         let (_dir, d, run) = waiting_run("p5");
         let engine = d.shared.engine.clone();
         let id = run.id;
+        let target = TimerTarget::Run(id.clone());
         let now = engine.clock.now_ms();
         for attempt in 1..crate::model::MAX_FAILED_ACTIVATIONS {
             engine
-                .after_failed_activation(&id, Err("storage: disk on fire".into()))
+                .after_failed_activation(&target, Err("storage: disk on fire".into()))
                 .unwrap();
             let run = engine.store.run(&id).unwrap().unwrap();
             assert_eq!(
@@ -2714,7 +2646,7 @@ mod tests {
             );
         }
         engine
-            .after_failed_activation(&id, Err("storage: disk on fire".into()))
+            .after_failed_activation(&target, Err("storage: disk on fire".into()))
             .unwrap();
         let run = engine.store.run(&id).unwrap().unwrap();
         assert_eq!(run.status, RunStatus::Parked);

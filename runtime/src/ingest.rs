@@ -1,6 +1,7 @@
 //! The Segment-compatible ingest path: validation, identity resolution and merge, durable
 //! acceptance with group commit, and hand-off to the engine.
 
+use crate::sync::LockExt as _;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -406,11 +407,7 @@ impl Ingestor {
 
     /// messageIds in the dedupe window.
     pub fn dedupe_len(&self) -> usize {
-        self.dedupe
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .window
-            .len()
+        self.dedupe.locked().window.len()
     }
 
     /// Store messages durably (answering only after the flush), then hand them to the engine.
@@ -428,16 +425,9 @@ impl Ingestor {
 
     /// The synchronous part: identity resolution and writes, under one lock.
     pub fn write(&self, messages: Vec<Message>) -> Result<(Accepted, Vec<Queued>), IngestError> {
-        let _guard = self
-            .engine
-            .contact_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _guard = self.engine.contact_lock.locked();
         let now = self.clock.now_ms();
-        let mut dedupe = self
-            .dedupe
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut dedupe = self.dedupe.locked();
         dedupe.sweep(self.store.as_ref(), now);
         let window = &mut dedupe.window;
         let mut seen = HashSet::new();

@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod store;
+pub mod sync;
 pub mod watch;
 
 /// `herald.toml`'s schema (the `herald-config` crate).

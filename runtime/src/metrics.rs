@@ -1,5 +1,6 @@
 //! Counters and gauges, exposed at `GET /metrics` in the Prometheus text format.
 
+use crate::sync::LockExt as _;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -27,10 +28,7 @@ pub struct Metrics {
 }
 
 fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K, by: u64) {
-    *m.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .entry(k)
-        .or_default() += by;
+    *m.locked().entry(k).or_default() += by;
 }
 
 impl Metrics {
@@ -56,10 +54,7 @@ impl Metrics {
     }
     /// A run moved between statuses (`from` is `None` for a new run).
     pub fn run_status(&self, from: Option<RunStatus>, to: RunStatus) {
-        let mut m = self
-            .runs_by_status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = self.runs_by_status.locked();
         if let Some(f) = from {
             *m.entry(f.as_str()).or_default() -= 1;
         }
@@ -67,20 +62,14 @@ impl Metrics {
     }
     /// Replace the run gauges (after counting stored runs at start-up).
     pub fn set_run_counts(&self, counts: BTreeMap<&'static str, i64>) {
-        let mut m = self
-            .runs_by_status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = self.runs_by_status.locked();
         for (k, v) in counts {
             *m.entry(k).or_default() += v;
         }
     }
     /// Runs by status as the gauges hold them.
     pub fn run_counts(&self) -> BTreeMap<String, i64> {
-        let m = self
-            .runs_by_status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = self.runs_by_status.locked();
         m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
     /// A run started.
@@ -118,8 +107,7 @@ impl Metrics {
     /// Sends so far through `channel` with `outcome`.
     pub fn sends(&self, channel: &str, outcome: &str) -> u64 {
         self.sends
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .locked()
             .get(&(channel.to_string(), outcome.to_string()))
             .copied()
             .unwrap_or(0)
@@ -133,24 +121,14 @@ impl Metrics {
             o.push('\n');
         };
         line(&mut o, "# HELP herald_events_ingested_total Events accepted, by Segment type.\n# TYPE herald_events_ingested_total counter".into());
-        for (k, v) in self
-            .events
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
+        for (k, v) in self.events.locked().iter() {
             line(
                 &mut o,
                 format!("herald_events_ingested_total{{type=\"{k}\"}} {v}"),
             );
         }
         line(&mut o, "# HELP herald_ingest_rejected_total Ingest requests refused, by reason.\n# TYPE herald_ingest_rejected_total counter".into());
-        for (k, v) in self
-            .rejected
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
+        for (k, v) in self.rejected.locked().iter() {
             line(
                 &mut o,
                 format!("herald_ingest_rejected_total{{reason=\"{k}\"}} {v}"),
@@ -173,10 +151,7 @@ impl Metrics {
             &mut o,
             "# HELP herald_runs Runs by status.\n# TYPE herald_runs gauge".into(),
         );
-        let runs = self
-            .runs_by_status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let runs = self.runs_by_status.locked();
         for s in RunStatus::ALL {
             line(
                 &mut o,
@@ -189,57 +164,32 @@ impl Metrics {
         }
         drop(runs);
         line(&mut o, "# HELP herald_runs_started_total Runs started, by workflow.\n# TYPE herald_runs_started_total counter".into());
-        for (k, v) in self
-            .runs_started
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
+        for (k, v) in self.runs_started.locked().iter() {
             line(
                 &mut o,
                 format!("herald_runs_started_total{{workflow=\"{k}\"}} {v}"),
             );
         }
         line(&mut o, "# HELP herald_steps_total Journal steps recorded, by kind.\n# TYPE herald_steps_total counter".into());
-        for (k, v) in self
-            .steps
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
+        for (k, v) in self.steps.locked().iter() {
             line(&mut o, format!("herald_steps_total{{kind=\"{k}\"}} {v}"));
         }
         line(&mut o, "# HELP herald_sends_total Channel calls, by channel and outcome.\n# TYPE herald_sends_total counter".into());
-        for ((c, r), v) in self
-            .sends
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
+        for ((c, r), v) in self.sends.locked().iter() {
             line(
                 &mut o,
                 format!("herald_sends_total{{channel=\"{c}\",outcome=\"{r}\"}} {v}"),
             );
         }
         line(&mut o, "# HELP herald_conversions_total Goals reached, by workflow.\n# TYPE herald_conversions_total counter".into());
-        for (k, v) in self
-            .conversions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
+        for (k, v) in self.conversions.locked().iter() {
             line(
                 &mut o,
                 format!("herald_conversions_total{{workflow=\"{k}\"}} {v}"),
             );
         }
         line(&mut o, "# HELP herald_reloads_total Project reloads, by result.\n# TYPE herald_reloads_total counter".into());
-        for (k, v) in self
-            .reloads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-        {
+        for (k, v) in self.reloads.locked().iter() {
             line(
                 &mut o,
                 format!("herald_reloads_total{{result=\"{k}\"}} {v}"),

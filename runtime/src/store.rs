@@ -5,6 +5,7 @@
 //! timers by big-endian due time. Writes are not flushed individually; durability points call
 //! [`Flusher`], which batches concurrent requests into one fsync (group commit).
 
+use crate::sync::LockExt as _;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -59,10 +60,50 @@ pub enum IdKind {
 pub struct Timer {
     /// Due time, ms since the epoch.
     pub due: i64,
-    /// The run to activate.
-    pub run: String,
+    /// What it wakes.
+    pub target: TimerTarget,
     /// Its contact (to pick the worker without a read).
     pub contact: String,
+}
+
+/// What a timer wakes when it is due.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimerTarget {
+    /// A run: a `wait`, a `wait_for` timeout, a retry after a failed activation.
+    Run(String),
+    /// The audience of a contact (the timer's contact): segments whose counting window runs
+    /// out, score decay crossing a stage threshold.
+    Audience(String),
+}
+
+impl TimerTarget {
+    /// How an audience target is stored: a prefix no run id can have.
+    const AUDIENCE: &'static str = "~audience:";
+
+    /// The stored form: the run id, or `~audience:` and the contact.
+    pub fn encode(&self) -> String {
+        match self {
+            TimerTarget::Run(run) => run.clone(),
+            TimerTarget::Audience(contact) => format!("{}{contact}", Self::AUDIENCE),
+        }
+    }
+
+    /// Read the stored form back.
+    pub fn decode(stored: &str) -> TimerTarget {
+        match stored.strip_prefix(Self::AUDIENCE) {
+            Some(contact) => TimerTarget::Audience(contact.to_string()),
+            None => TimerTarget::Run(stored.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for TimerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimerTarget::Run(run) => write!(f, "run {run}"),
+            TimerTarget::Audience(contact) => write!(f, "audience of {contact}"),
+        }
+    }
 }
 
 /// Everything the daemon stores. Implementations must be safe to share across threads.
@@ -142,7 +183,7 @@ pub trait Store: Send + Sync + 'static {
     /// Schedule an activation.
     fn set_timer(&self, timer: &Timer) -> StoreResult<()>;
     /// Cancel a scheduled activation.
-    fn clear_timer(&self, due: i64, run: &str) -> StoreResult<()>;
+    fn clear_timer(&self, due: i64, target: &TimerTarget) -> StoreResult<()>;
     /// Timers due at or before `now`, earliest first, at most `limit`.
     fn due_timers(&self, now: i64, limit: usize) -> StoreResult<Vec<Timer>>;
     /// The earliest timer, if any.
@@ -510,10 +551,7 @@ impl SledStore {
     /// checkpoint saved while the write was under way.
     fn invalidate_checkpoint(&self) -> StoreResult<()> {
         if self.checkpointed.load(Ordering::Acquire) {
-            let _g = self
-                .checkpoint_lock
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _g = self.checkpoint_lock.locked();
             if self.checkpointed.swap(false, Ordering::AcqRel) {
                 self.meta.remove("checkpoint")?;
             }
@@ -858,7 +896,7 @@ impl Store for SledStore {
 
     fn set_timer(&self, timer: &Timer) -> StoreResult<()> {
         let mut k = time_key(timer.due).to_vec();
-        k.extend_from_slice(timer.run.as_bytes());
+        k.extend_from_slice(timer.target.encode().as_bytes());
         self.invalidate_checkpoint()?;
         if self.timers.insert(k, timer.contact.as_bytes())?.is_none() {
             self.timer_total.fetch_add(1, Ordering::Relaxed);
@@ -866,9 +904,9 @@ impl Store for SledStore {
         self.invalidate_checkpoint()
     }
 
-    fn clear_timer(&self, due: i64, run: &str) -> StoreResult<()> {
+    fn clear_timer(&self, due: i64, target: &TimerTarget) -> StoreResult<()> {
         let mut k = time_key(due).to_vec();
-        k.extend_from_slice(run.as_bytes());
+        k.extend_from_slice(target.encode().as_bytes());
         self.invalidate_checkpoint()?;
         if self.timers.remove(k)?.is_some() {
             self.timer_total.fetch_sub(1, Ordering::Relaxed);
@@ -885,7 +923,7 @@ impl Store for SledStore {
                 let (k, v) = r?;
                 Ok(Timer {
                     due: time_from_key(&k),
-                    run: String::from_utf8_lossy(&k[8..]).into_owned(),
+                    target: TimerTarget::decode(&String::from_utf8_lossy(&k[8..])),
                     contact: String::from_utf8_lossy(&v).into_owned(),
                 })
             })
@@ -906,10 +944,7 @@ impl Store for SledStore {
         segments: &BTreeMap<String, i64>,
     ) -> StoreResult<()> {
         {
-            let _g = self
-                .checkpoint_lock
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _g = self.checkpoint_lock.locked();
             let c = Checkpoint {
                 contacts: self.contact_total.load(Ordering::Acquire),
                 timers: self.timer_total.load(Ordering::Acquire),
@@ -924,17 +959,11 @@ impl Store for SledStore {
     }
 
     fn take_checkpointed_runs(&self) -> Option<BTreeMap<String, i64>> {
-        self.checkpointed_runs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        self.checkpointed_runs.locked().take()
     }
 
     fn take_checkpointed_segments(&self) -> Option<BTreeMap<String, i64>> {
-        self.checkpointed_segments
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        self.checkpointed_segments.locked().take()
     }
 
     fn put_wait(&self, contact: &str, event: &str, wait: &WaitReg) -> StoreResult<()> {
@@ -1145,10 +1174,7 @@ impl Flusher {
     fn run(&self) {
         loop {
             let target = {
-                let mut st = self
-                    .state
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut st = self.state.locked();
                 while st.requested == st.flushed && !st.stop {
                     st = self
                         .cond
@@ -1161,10 +1187,7 @@ impl Flusher {
                 st.requested
             };
             let result = self.store.flush();
-            let mut st = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut st = self.state.locked();
             match result {
                 Ok(()) => st.failed = None,
                 Err(e) => {
@@ -1184,22 +1207,14 @@ impl Flusher {
     }
 
     fn request(&self) -> u64 {
-        let mut st = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = self.state.locked();
         st.requested += 1;
         self.cond.notify_all();
         st.requested
     }
 
     fn outcome(&self) -> Result<(), String> {
-        match &self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .failed
-        {
+        match &self.state.locked().failed {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
@@ -1208,10 +1223,7 @@ impl Flusher {
     /// Block until everything written before this call is durable.
     pub fn commit_blocking(&self) -> Result<(), String> {
         let ticket = self.request();
-        let mut st = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = self.state.locked();
         while st.flushed < ticket {
             st = self
                 .cond
@@ -1237,10 +1249,7 @@ impl Flusher {
     /// Flush what is pending and stop the thread.
     pub fn stop(&self) {
         let _ = self.commit_blocking();
-        let mut st = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = self.state.locked();
         st.stop = true;
         self.cond.notify_all();
     }
@@ -1273,13 +1282,29 @@ mod tests {
     }
 
     #[test]
+    fn timer_targets_are_stored_as_run_ids_or_marked_audience_ids() {
+        for t in [
+            TimerTarget::Run("r_1".into()),
+            TimerTarget::Audience("c_1".into()),
+        ] {
+            assert_eq!(TimerTarget::decode(&t.encode()), t);
+        }
+        // The stored form of data directories written before the enum.
+        assert_eq!(
+            TimerTarget::Audience("c_1".into()).encode(),
+            "~audience:c_1"
+        );
+        assert_eq!(TimerTarget::decode("r_1"), TimerTarget::Run("r_1".into()));
+    }
+
+    #[test]
     fn timers_come_back_in_due_order_and_only_when_due() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
         for (due, run) in [(300, "b"), (-5, "neg"), (100, "a"), (200, "c")] {
             s.set_timer(&Timer {
                 due,
-                run: run.into(),
+                target: TimerTarget::Run(run.into()),
                 contact: "k".into(),
             })
             .unwrap();
@@ -1288,7 +1313,7 @@ mod tests {
             .due_timers(200, 10)
             .unwrap()
             .into_iter()
-            .map(|t| (t.due, t.run))
+            .map(|t| (t.due, t.target.encode()))
             .collect();
         assert_eq!(
             due,
@@ -1298,7 +1323,7 @@ mod tests {
                 (200, "c".into())
             ]
         );
-        s.clear_timer(100, "a").unwrap();
+        s.clear_timer(100, &TimerTarget::Run("a".into())).unwrap();
         assert_eq!(s.next_timer().unwrap(), Some(-5));
         assert_eq!(s.timer_count().unwrap(), 3);
     }
@@ -1308,7 +1333,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let timer = |due, run: &str| Timer {
             due,
-            run: run.into(),
+            target: TimerTarget::Run(run.into()),
             contact: "k".into(),
         };
         {
@@ -1319,9 +1344,10 @@ mod tests {
             s.set_timer(&timer(10, "a")).unwrap();
             s.set_timer(&timer(10, "a")).unwrap();
             s.set_timer(&timer(20, "b")).unwrap();
-            s.clear_timer(20, "b").unwrap();
-            s.clear_timer(20, "b").unwrap();
-            s.clear_timer(99, "never-set").unwrap();
+            s.clear_timer(20, &TimerTarget::Run("b".into())).unwrap();
+            s.clear_timer(20, &TimerTarget::Run("b".into())).unwrap();
+            s.clear_timer(99, &TimerTarget::Run("never-set".into()))
+                .unwrap();
             assert_eq!(s.contact_count().unwrap(), 2);
             assert_eq!(s.timer_count().unwrap(), 1);
             s.flush().unwrap();
@@ -1535,14 +1561,14 @@ mod tests {
         let writes: [&dyn Fn(&SledStore); 3] = [
             &|s| s.log_segment_change("vip", &change).unwrap(),
             &|s| s.put_contact(&Contact::new("c9".into(), 0)).unwrap(),
-            &|s| s.clear_timer(5, "r").unwrap(),
+            &|s| s.clear_timer(5, &TimerTarget::Run("r".into())).unwrap(),
         ];
         for write in writes {
             {
                 let s = SledStore::open(dir.path(), 8 << 20).unwrap();
                 s.set_timer(&Timer {
                     due: 5,
-                    run: "r".into(),
+                    target: TimerTarget::Run("r".into()),
                     contact: "c".into(),
                 })
                 .unwrap();
