@@ -30,6 +30,7 @@ fn an_installed_herald_sends_through_a_bundled_connector_from_outside_the_reposi
             .args(args)
             .current_dir(dir)
             .env_remove("CARGO_MANIFEST_DIR")
+            .env("DEMO_SIGNING_KEY", "demo-signing-key")
             .output()
             .unwrap()
     };
