@@ -373,7 +373,7 @@ fn reloads(n: usize) -> Result<()> {
         "save to serving (hot reload)  median {:>7.1} ms   max {:.1} ms over {n} saves (debounce {} ms; target median < 300 ms)",
         times[n / 2],
         times[n - 1],
-        herald_runtime::watch::DEBOUNCE.as_millis()
+        herald_runtime::reload::DEBOUNCE.as_millis()
     );
     d.shutdown();
     Ok(())

@@ -1,6 +1,5 @@
 //! Wiring: open storage, load the project, start the engine, serve HTTP, shut down cleanly.
 
-use crate::sync::LockExt as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -97,60 +96,6 @@ pub struct ReloadStats {
     pub last_applied_at: Option<i64>,
 }
 
-impl Shared {
-    /// Reload the project from disk; on errors the current version keeps serving.
-    pub fn reload(&self) -> Result<Vec<String>, String> {
-        *self.fingerprint.locked() = crate::watch::fingerprint(&self.project_dir);
-        let (project, report) = Project::load(&self.project_dir, self.engine.rhai());
-        let checked = match project {
-            None => Err(report.render(false)),
-            Some(p) if p.config.server.listen != self.server.listen || p.config.server.data != self.server.data => Err(format!(
-                "herald.toml: [server] listen/data changed ({} -> {}, {} -> {}); these need a restart, so nothing of this change was applied\n",
-                self.server.listen, p.config.server.listen, self.server.data, p.config.server.data
-            )),
-            Some(p) => Ok(p),
-        };
-        let project = match checked {
-            Ok(p) => p,
-            Err(text) => return self.refused(text),
-        };
-        let changed = match self.engine.swap_project(&project) {
-            Ok(c) => c,
-            Err(e) => return self.refused(format!("{e}\n")),
-        };
-        self.engine.metrics.reload(true);
-        {
-            let mut stats = self.reload_stats.locked();
-            stats.applied += 1;
-            stats.last_applied_at = Some(self.engine.clock.now_ms());
-        }
-        *self.last_reload_error.locked() = None;
-        tracing::info!(?changed, "project reloaded");
-        Ok(changed)
-    }
-
-    /// A reload that was refused: logged, counted and kept for `/v1/status`.
-    fn refused(&self, text: String) -> Result<Vec<String>, String> {
-        tracing::error!("reload refused; the previous version keeps serving:\n{text}");
-        self.engine.metrics.reload(false);
-        self.reload_stats.locked().refused += 1;
-        *self.last_reload_error.locked() = Some(text.clone());
-        Err(text)
-    }
-
-    /// Reload when the project's files differ from what was last loaded (the file watcher
-    /// calls this after a debounced burst of events).
-    pub fn reload_if_changed(&self) {
-        let fp = crate::watch::fingerprint(&self.project_dir);
-        if *self.fingerprint.locked() == fp {
-            self.reload_stats.locked().skipped_identical += 1;
-            tracing::debug!("saved files are identical to the loaded project; nothing to do");
-            return;
-        }
-        let _ = self.reload();
-    }
-}
-
 /// A daemon running on its own thread and runtime (used by `herald run`, tests and `herald bench`).
 pub struct RunningDaemon {
     /// The bound address.
@@ -159,7 +104,7 @@ pub struct RunningDaemon {
     pub shared: Arc<Shared>,
     stop: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _watcher: Option<crate::watch::ProjectWatcher>,
+    _watcher: Option<crate::reload::ProjectWatcher>,
 }
 
 fn resolve_dir(project: &Path, configured: &str) -> PathBuf {
@@ -224,13 +169,13 @@ impl RunningDaemon {
             project_dir: opts.project.clone(),
             last_reload_error: Mutex::new(None),
             server: project.config.server.clone(),
-            fingerprint: Mutex::new(crate::watch::fingerprint(&opts.project)),
+            fingerprint: Mutex::new(crate::reload::fingerprint(&opts.project)),
             reload_stats: Mutex::new(ReloadStats::default()),
             serving: std::sync::atomic::AtomicBool::new(false),
             engine: engine.clone(),
         });
         let watcher = if opts.watch {
-            Some(crate::watch::watch(shared.clone()).map_err(|e| {
+            Some(crate::reload::watch(shared.clone()).map_err(|e| {
                 DaemonError::Io(std::io::Error::other(format!(
                     "cannot watch the project: {e}"
                 )))
@@ -255,7 +200,7 @@ impl RunningDaemon {
             .thread_name("herald-http")
             .enable_all()
             .build()?;
-        let app = crate::api::router(shared.clone());
+        let app = crate::http::router(shared.clone());
         let e2 = engine.clone();
         let e3 = engine.clone();
         let serving = shared.clone();

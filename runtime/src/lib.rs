@@ -1,20 +1,27 @@
-//! The Herald daemon: storage, the durable workflow engine, the ingest and management APIs.
+//! The Herald daemon as a library, laid out as its data flows:
+//!
+//! - [`http`]: the HTTP surface (ingest endpoints, management API, provider webhooks, probes);
+//! - [`ingest`]: identity resolution, messageId dedupe ([`ingest::dedupe`]), the hand-off to
+//!   the engine through the inbox, CSV import ([`ingest::import`]);
+//! - [`store`]: the storage contract ([`store::Store`]), its records and the sled backend;
+//! - [`engine`]: workers, timers, triggers, the run lifecycle, replay, effects and rendering;
+//! - [`audience`]: segments, scoring, the per-contact behaviour index, backfills;
+//! - [`channels`]: the native channels and WebAssembly connectors messages leave through;
+//! - [`reload`]: watching the project and swapping in a new version;
+//! - [`daemon`]: the wiring of all of it into a running process.
 
-pub mod api;
 pub mod audience;
-pub mod behaviour;
 pub mod channels;
 pub mod clock;
 pub mod daemon;
-pub mod dedupe;
 pub mod engine;
-pub mod import;
+pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod reload;
 pub mod store;
 pub mod sync;
-pub mod watch;
 
 /// `herald.toml`'s schema (the `herald-config` crate).
 pub use herald_config as config;

@@ -398,6 +398,20 @@ pub struct ScriptVersion {
     pub stored_at: i64,
 }
 
+/// Whose message a provider's message id names: recorded when a channel accepts a message, read
+/// when the provider calls back about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderMessage {
+    /// The contact the message went to.
+    pub contact: String,
+    /// The run that sent it.
+    pub run: String,
+    /// The journal step of the send.
+    pub step: u32,
+    /// Herald's message id (the step's idempotency key).
+    pub key: String,
+}
+
 /// An effect whose intent is durable and whose result is not (yet).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Intent {
@@ -469,7 +483,7 @@ pub struct AudienceState {
     /// Membership records, current and past, by segment.
     pub segments: BTreeMap<String, Membership>,
     /// What segment queries read instead of the event history.
-    pub behaviour: Option<crate::behaviour::Behaviour>,
+    pub behaviour: Option<crate::audience::behaviour::Behaviour>,
     /// Sequence numbers of the latest events scored, so an event processed again after a
     /// crash does not award its points twice.
     pub scored: Vec<u64>,

@@ -10,6 +10,8 @@ use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, Recom
 use sha2::{Digest, Sha256};
 
 use crate::daemon::Shared;
+use crate::project::Project;
+use crate::sync::LockExt as _;
 
 /// How long the watcher waits for a burst of file events to settle.
 pub const DEBOUNCE: Duration = Duration::from_millis(75);
@@ -117,6 +119,60 @@ pub fn watch(shared: Arc<Shared>) -> Result<ProjectWatcher, String> {
     Ok(ProjectWatcher {
         _debouncer: debouncer,
     })
+}
+
+impl Shared {
+    /// Reload the project from disk; on errors the current version keeps serving.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        *self.fingerprint.locked() = crate::reload::fingerprint(&self.project_dir);
+        let (project, report) = Project::load(&self.project_dir, self.engine.rhai());
+        let checked = match project {
+            None => Err(report.render(false)),
+            Some(p) if p.config.server.listen != self.server.listen || p.config.server.data != self.server.data => Err(format!(
+                "herald.toml: [server] listen/data changed ({} -> {}, {} -> {}); these need a restart, so nothing of this change was applied\n",
+                self.server.listen, p.config.server.listen, self.server.data, p.config.server.data
+            )),
+            Some(p) => Ok(p),
+        };
+        let project = match checked {
+            Ok(p) => p,
+            Err(text) => return self.refused(text),
+        };
+        let changed = match self.engine.swap_project(&project) {
+            Ok(c) => c,
+            Err(e) => return self.refused(format!("{e}\n")),
+        };
+        self.engine.metrics.reload(true);
+        {
+            let mut stats = self.reload_stats.locked();
+            stats.applied += 1;
+            stats.last_applied_at = Some(self.engine.clock.now_ms());
+        }
+        *self.last_reload_error.locked() = None;
+        tracing::info!(?changed, "project reloaded");
+        Ok(changed)
+    }
+
+    /// A reload that was refused: logged, counted and kept for `/v1/status`.
+    fn refused(&self, text: String) -> Result<Vec<String>, String> {
+        tracing::error!("reload refused; the previous version keeps serving:\n{text}");
+        self.engine.metrics.reload(false);
+        self.reload_stats.locked().refused += 1;
+        *self.last_reload_error.locked() = Some(text.clone());
+        Err(text)
+    }
+
+    /// Reload when the project's files differ from what was last loaded (the file watcher
+    /// calls this after a debounced burst of events).
+    pub fn reload_if_changed(&self) {
+        let fp = crate::reload::fingerprint(&self.project_dir);
+        if *self.fingerprint.locked() == fp {
+            self.reload_stats.locked().skipped_identical += 1;
+            tracing::debug!("saved files are identical to the loaded project; nothing to do");
+            return;
+        }
+        let _ = self.reload();
+    }
 }
 
 #[cfg(test)]

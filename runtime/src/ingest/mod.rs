@@ -1,6 +1,10 @@
 //! The Segment-compatible ingest path: validation, identity resolution and merge, durable
 //! acceptance with group commit, and hand-off to the engine.
 
+pub mod callbacks;
+pub mod dedupe;
+pub mod import;
+
 use crate::sync::LockExt as _;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,8 +12,8 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::clock::Clock;
-use crate::dedupe::Dedupe;
 use crate::engine::{Engine, Queued, Ticket};
+use crate::ingest::dedupe::Dedupe;
 use crate::metrics::Metrics;
 use crate::model::{Contact, Event, InboxItem};
 use crate::store::{Flusher, IdKind, Store, StoreError};

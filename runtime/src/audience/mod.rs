@@ -7,6 +7,8 @@
 //! oldest counted event leaving a rolling window, a score decaying below a stage threshold);
 //! the earliest such moment becomes a timer, so "no purchase in 30 days" turns true by itself.
 
+pub mod behaviour;
+
 use crate::sync::LockExt as _;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,7 +21,7 @@ use herald_dsl::{
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::behaviour::{Behaviour, Specs};
+use crate::audience::behaviour::{Behaviour, Specs};
 use crate::engine::{Engine, EngineError, Job, ProjectState};
 use crate::model::{
     AudienceState, Contact, Contribution, Event, EventFact, Membership, SegmentChange,

@@ -1,0 +1,81 @@
+//! The outbox channel: each rendered message appended as one JSON line to a file.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Appends one JSON line per message to a file.
+pub struct OutboxChannel {
+    path: PathBuf,
+    idempotent: bool,
+    state: Mutex<Option<HashSet<String>>>,
+}
+
+impl OutboxChannel {
+    /// An outbox writing to `path`. With `idempotent`, a key already in the file is not
+    /// written again.
+    pub fn new(path: PathBuf, idempotent: bool) -> Self {
+        OutboxChannel {
+            path,
+            idempotent,
+            state: Mutex::new(None),
+        }
+    }
+
+    fn known_keys(&self) -> HashSet<String> {
+        let mut keys = HashSet::new();
+        if let Ok(f) = std::fs::File::open(&self.path) {
+            for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if let Some(k) = v.get("idempotency_key").and_then(Value::as_str) {
+                        keys.insert(k.to_string());
+                    }
+                }
+            }
+        }
+        keys
+    }
+}
+
+impl Channel for OutboxChannel {
+    fn supports_idempotency(&self) -> bool {
+        self.idempotent
+    }
+
+    fn send(&self, message: &OutboundMessage) -> Result<Delivery, ChannelError> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| ChannelError::Transient("outbox lock poisoned".into()))?;
+        if self.idempotent {
+            let keys = state.get_or_insert_with(|| self.known_keys());
+            if keys.contains(&message.idempotency_key) {
+                return Ok(Delivery {
+                    provider_id: Some(message.idempotency_key.clone()),
+                    detail: Value::Null,
+                });
+            }
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ChannelError::Transient(format!("{}: {e}", dir.display())))?;
+        }
+        let mut line =
+            serde_json::to_vec(message).map_err(|e| ChannelError::InvalidInput(e.to_string()))?;
+        line.push(b'\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| ChannelError::Transient(format!("{}: {e}", self.path.display())))?;
+        f.write_all(&line)
+            .and_then(|_| f.sync_data())
+            .map_err(|e| ChannelError::Ambiguous(format!("{}: {e}", self.path.display())))?;
+        if let Some(keys) = state.as_mut() {
+            keys.insert(message.idempotency_key.clone());
+        }
+        Ok(Delivery {
+            provider_id: Some(message.idempotency_key.clone()),
+            detail: Value::Null,
+        })
+    }
+}

@@ -1,0 +1,121 @@
+//! WebAssembly connectors as channels: one shared wasmtime host loads them (`bundled:<id>`
+//! from the binary, or a plugin folder of the project), and each send goes through the sandbox.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Loads WebAssembly connectors with one shared wasmtime host (compiled components are cached
+/// on disk, so a restart or a reload does not compile them again).
+pub struct PluginLoader {
+    cache: Option<PathBuf>,
+    host: std::sync::OnceLock<Result<Arc<herald_plugin_host::PluginHost>, String>>,
+}
+
+impl PluginLoader {
+    /// A loader caching compiled components in `cache` (none: compile in memory each time).
+    pub fn new(cache: Option<PathBuf>) -> Self {
+        PluginLoader {
+            cache,
+            host: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn host(&self) -> Result<Arc<herald_plugin_host::PluginHost>, String> {
+        self.host
+            .get_or_init(|| {
+                herald_plugin_host::PluginHost::new(self.cache.clone())
+                    .map(Arc::new)
+                    .map_err(|e| format!("cannot start the plugin host: {e}"))
+            })
+            .clone()
+    }
+
+    /// Load the plugin of channel `name`: `spec` is `bundled:<id>` (a first-party connector
+    /// embedded in this binary) or a plugin folder relative to the project.
+    pub fn load(
+        &self,
+        project: &std::path::Path,
+        name: &str,
+        spec: &str,
+        grant: &herald_plugin_host::GrantConfig,
+    ) -> Result<PluginChannel, String> {
+        use herald_plugin_host::GrantConfigExt as _;
+        let grant = grant
+            .clone()
+            .into_grant()
+            .map_err(|e| format!("channel \"{name}\": {e}"))?;
+        let plugin = match spec.strip_prefix("bundled:") {
+            Some(id) => {
+                let bundled = herald_bundled::get(id)
+                    .map_err(|e| format!("channel \"{name}\": plugin {spec}: {e}"))?;
+                self.host()?
+                    .load_embedded(spec, bundled.manifest, bundled.wasm, grant)
+                    .map_err(|e| format!("channel \"{name}\": plugin {spec}: {e}"))?
+            }
+            None => {
+                let dir = project.join(spec);
+                self.host()?
+                    .load(&dir, grant)
+                    .map_err(|e| format!("channel \"{name}\": plugin {}: {e}", dir.display()))?
+            }
+        };
+        Ok(PluginChannel {
+            plugin: Arc::new(plugin),
+        })
+    }
+}
+
+/// A channel served by a WebAssembly connector.
+pub struct PluginChannel {
+    /// The loaded connector.
+    pub plugin: Arc<herald_plugin_host::LoadedPlugin>,
+}
+
+impl Channel for PluginChannel {
+    fn supports_idempotency(&self) -> bool {
+        self.plugin.describe().supports_idempotency
+    }
+
+    fn operations(&self) -> Vec<String> {
+        self.plugin
+            .describe()
+            .operations
+            .iter()
+            .map(|o| o.name.clone())
+            .collect()
+    }
+
+    fn send(&self, m: &OutboundMessage) -> Result<Delivery, ChannelError> {
+        use herald_plugin_host::SendError as E;
+        let req = herald_plugin_host::SendRequest {
+            idempotency_key: m.idempotency_key.clone(),
+            operation: m.operation.clone(),
+            to: m.to.clone().unwrap_or_default(),
+            subject: m.subject.clone(),
+            text: m.body.clone(),
+            html: m.html.clone(),
+            fields: Value::Object(m.fields.clone()),
+            payload: m.payload.clone(),
+        };
+        match self.plugin.send(&req) {
+            Ok(out) => Ok(Delivery {
+                provider_id: out.provider_message_id,
+                detail: out.details,
+            }),
+            Err(E::InvalidInput(s)) => Err(ChannelError::InvalidInput(s)),
+            Err(E::Unauthorized(s)) => Err(ChannelError::Unauthorized(s)),
+            Err(E::RateLimited {
+                retry_after_ms,
+                message,
+            }) => Err(ChannelError::RateLimited {
+                retry_after_ms,
+                message,
+            }),
+            Err(E::Transient(s)) => Err(ChannelError::Transient(s)),
+            Err(E::Ambiguous(s)) => Err(ChannelError::Ambiguous(s)),
+            // A trap, timeout or memory cap before anything left the sandbox: retried with
+            // backoff, so a passing hiccup recovers and a broken plugin fails the step.
+            Err(E::Sandbox(s)) => Err(ChannelError::Transient(format!("plugin sandbox: {s}"))),
+        }
+    }
+}

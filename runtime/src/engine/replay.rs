@@ -1,0 +1,233 @@
+//! Replay: the host a run's script talks to during an activation. A recorded step returns
+//! its recorded result; the first new step is journaled (a wait ends the activation, an effect is
+//! performed by `effects`).
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(super) struct RunState {
+    pub(super) now: i64,
+    pub(super) snapshot: Value,
+    pub(super) run: Run,
+    pub(super) journal: Vec<Step>,
+    pub(super) cursor: usize,
+    pub(super) wake: Option<i64>,
+    pub(super) logs: Vec<String>,
+    pub(super) store_error: Option<StoreError>,
+}
+
+pub(super) struct RunHost {
+    pub(super) engine: Arc<Engine>,
+    pub(super) state: Rc<RefCell<RunState>>,
+}
+
+pub(super) fn merge_snapshot(snapshot: &mut Value, attrs: &Value) {
+    if let (Some(s), Some(a)) = (snapshot.as_object_mut(), attrs.as_object()) {
+        for (k, v) in a {
+            if v.is_null() {
+                s.remove(k);
+            } else {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+pub(super) fn ambiguous_reason(step: &Step) -> String {
+    format!(
+        "ambiguous delivery at step {} ({} {}): the outcome of the channel call is unknown, so it was not repeated; \
+         resolve with POST /v1/runs/<run>/steps/{}/resolve and {{\"delivered\": true|false}}",
+        step.seq, step.kind, step.name, step.seq
+    )
+}
+
+impl Host for RunHost {
+    fn step(&mut self, call: StepCall, line: Option<usize>) -> Result<Value, Interrupt> {
+        let state = self.state.clone();
+        let mut st = state.borrow_mut();
+        if st.store_error.is_some() {
+            return Err(Interrupt::Park(
+                "storage failed earlier in this activation".into(),
+            ));
+        }
+        if let Some(rec) = st.journal.get(st.cursor).cloned() {
+            return self.replay(&mut st, rec, &call);
+        }
+        self.perform(&mut st, call, line)
+    }
+
+    fn contact_attr(&mut self, key: &str) -> Value {
+        let st = self.state.borrow();
+        if key == "*" {
+            return st.snapshot.clone();
+        }
+        st.snapshot.get(key).cloned().unwrap_or(Value::Null)
+    }
+
+    fn log(&mut self, message: &str) {
+        let mut st = self.state.borrow_mut();
+        if st.logs.len() < 100 {
+            st.logs.push(message.chars().take(1000).collect());
+        }
+    }
+}
+
+impl RunHost {
+    pub(super) fn store(&self) -> &dyn Store {
+        self.engine.store.as_ref()
+    }
+
+    pub(super) fn save(&self, st: &mut RunState, step: &Step) -> Result<(), Interrupt> {
+        match self.store().put_step(&st.run.id, step) {
+            Ok(()) => {
+                let i = step.seq as usize;
+                if i < st.journal.len() {
+                    st.journal[i] = step.clone();
+                } else {
+                    st.journal.push(step.clone());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                st.store_error = Some(e);
+                Err(Interrupt::Park(format!(
+                    "storage failed while recording a step: {msg}"
+                )))
+            }
+        }
+    }
+
+    /// Make the journal durable before going on (an effect's intent, its result).
+    pub(super) fn durable(&self) -> Result<(), Interrupt> {
+        self.engine
+            .flusher
+            .commit_blocking()
+            .map_err(|e| Interrupt::Park(format!("storage flush failed: {e}")))
+    }
+
+    pub(super) fn new_step(
+        &self,
+        st: &RunState,
+        call: &StepCall,
+        line: Option<usize>,
+        input: Value,
+    ) -> Step {
+        Step {
+            seq: st.cursor as u32,
+            kind: call.kind().to_string(),
+            name: call.name(),
+            input,
+            status: StepStatus::Done,
+            result: Value::Null,
+            error: None,
+            attempts: 0,
+            due_at: None,
+            contact: None,
+            idempotency_key: None,
+            line,
+            started_at: st.now,
+            finished_at: Some(st.now),
+        }
+    }
+
+    pub(super) fn fresh_snapshot(&self, st: &mut RunState) -> Value {
+        match self.engine.live_contact(&st.run.contact) {
+            Ok(Some(c)) => self.engine.snapshot_of(&c),
+            _ => st.snapshot.clone(),
+        }
+    }
+
+    pub(super) fn replay(
+        &self,
+        st: &mut RunState,
+        rec: Step,
+        call: &StepCall,
+    ) -> Result<Value, Interrupt> {
+        if rec.kind != call.kind() || rec.name != call.name() {
+            return Err(Interrupt::Park(format!(
+                "non-determinism at step {}: the journal recorded `{} {}` but the script now calls `{} {}`",
+                rec.seq,
+                rec.kind,
+                rec.name,
+                call.kind(),
+                call.name()
+            )));
+        }
+        match rec.status {
+            StepStatus::Done => {
+                if let Some(c) = &rec.contact {
+                    st.snapshot = c.clone();
+                }
+                st.cursor += 1;
+                Ok(rec.result)
+            }
+            StepStatus::Failed => {
+                st.cursor += 1;
+                Err(Interrupt::Fail(
+                    rec.error.unwrap_or_else(|| "step failed".into()),
+                ))
+            }
+            StepStatus::Pending => {
+                let due = rec.due_at.unwrap_or(i64::MAX);
+                if st.now < due {
+                    st.wake = Some(due);
+                    return Err(Interrupt::Suspend);
+                }
+                // The wait is over (for wait_for: timed out).
+                let mut step = rec;
+                step.status = StepStatus::Done;
+                step.result = Value::Null;
+                step.finished_at = Some(st.now);
+                let snap = self.fresh_snapshot(st);
+                step.contact = Some(snap.clone());
+                if step.kind == "wait_for" {
+                    if let Err(e) =
+                        self.store()
+                            .remove_wait(&st.run.contact, &step.name, &st.run.id)
+                    {
+                        st.store_error = Some(e);
+                    }
+                }
+                self.save(st, &step)?;
+                st.snapshot = snap;
+                st.cursor += 1;
+                Ok(Value::Null)
+            }
+            StepStatus::Retrying => {
+                let due = rec.due_at.unwrap_or(0);
+                if st.now < due {
+                    st.wake = Some(due);
+                    return Err(Interrupt::Suspend);
+                }
+                self.call_channel(st, rec)
+            }
+            StepStatus::Intent => {
+                let channel = rec
+                    .input
+                    .get("channel")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let idempotent = self
+                    .engine
+                    .state()
+                    .channels
+                    .get(&channel)
+                    .is_some_and(|c| c.supports_idempotency());
+                if idempotent {
+                    tracing::info!(run = st.run.id, step = rec.seq, channel, "retrying an effect from the ambiguous window with the same idempotency key");
+                    self.call_channel(st, rec)
+                } else {
+                    let mut step = rec;
+                    step.status = StepStatus::Ambiguous;
+                    step.error = Some("the process stopped after this effect's intent was recorded and before its result was; the channel does not support idempotency keys, so it was not retried".into());
+                    self.save(st, &step)?;
+                    self.engine.metrics.send(&channel, "ambiguous");
+                    Err(Interrupt::Park(ambiguous_reason(&step)))
+                }
+            }
+            StepStatus::Ambiguous => Err(Interrupt::Park(ambiguous_reason(&rec))),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! What an event sets off: waits it satisfies, goals it reaches, runs it starts (re-entry
+//! rules), manual starts.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Engine {
+    pub(crate) fn live_contact(&self, id: &str) -> Result<Option<Contact>, StoreError> {
+        let mut id = id.to_string();
+        for _ in 0..16 {
+            match self.store.contact(&id)? {
+                Some(c) => match &c.merged_into {
+                    Some(next) => id = next.clone(),
+                    None => return Ok(Some(c)),
+                },
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) fn process_event_inner(
+        &self,
+        item: &InboxItem,
+        event: Option<Box<Event>>,
+    ) -> Result<(), EngineError> {
+        let Some(contact) = self.live_contact(&item.contact)? else {
+            return Ok(());
+        };
+        let event = match event {
+            Some(e) => *e,
+            None => match self.store.event(&contact.id, item.event_seq)? {
+                Some(e) => e,
+                None => match self.store.event(&item.contact, item.event_seq)? {
+                    Some(e) => e,
+                    None => return Ok(()),
+                },
+            },
+        };
+        let (waited, goal) = {
+            let w = self.waited.read_locked();
+            (
+                w.0.as_ref().is_none_or(|n| n.contains(&event.event)),
+                w.1.as_ref().is_none_or(|n| n.contains(&event.event)),
+            )
+        };
+        // 1. Runs waiting for this event.
+        let waits = if waited {
+            self.store.waits(&contact.id, &event.event)?
+        } else {
+            Vec::new()
+        };
+        for w in waits {
+            if herald_dsl::decl::matches_filter(&w.filter, &event.properties) {
+                self.resolve_wait(&contact, &w, &event)?;
+            }
+        }
+        // 2. Goals of runs in flight.
+        let runs = if goal {
+            self.store.runs_of_contact(&contact.id)?
+        } else {
+            Vec::new()
+        };
+        for run in runs {
+            if run.status.is_terminal() {
+                continue;
+            }
+            let Ok(wf) = self.version(&run.script_hash) else {
+                continue;
+            };
+            if let Some(goal) = &wf.decl.goal {
+                if goal.event == event.event
+                    && event.timestamp.max(event.received_at) - run.created_at <= goal.window_ms
+                {
+                    self.convert(run)?;
+                }
+            }
+        }
+        // 3. Triggers.
+        let state = self.state();
+        for wf in state.workflows.values() {
+            if wf.loaded.decl.triggered_by(&event.event, &event.properties) {
+                let run_id = format!("{}-{:016x}", wf.loaded.decl.name, event.seq);
+                self.start_run(wf, &contact, event.script_value(), run_id, true)?;
+            }
+        }
+        // 4. Score and segments.
+        self.evaluate_audience_of(contact, Some(&event), None)?;
+        Ok(())
+    }
+
+    pub(super) fn resolve_wait(
+        &self,
+        contact: &Contact,
+        w: &WaitReg,
+        event: &Event,
+    ) -> Result<(), EngineError> {
+        let journal = self.store.journal(&w.run)?;
+        if let Some(step) = journal.get(w.step as usize) {
+            if step.status == StepStatus::Pending && step.kind == "wait_for" {
+                let mut step = step.clone();
+                step.status = StepStatus::Done;
+                step.result = event.script_value();
+                step.contact = Some(self.snapshot_of(contact));
+                step.finished_at = Some(self.clock.now_ms());
+                self.store.put_step(&w.run, &step)?;
+            }
+        }
+        self.store.remove_wait(&contact.id, &event.event, &w.run)?;
+        self.activate(&w.run)
+    }
+
+    pub(super) fn convert(&self, mut run: Run) -> Result<(), EngineError> {
+        let now = self.clock.now_ms();
+        self.cancel_pending(&mut run)?;
+        let from = run.status;
+        run.status = RunStatus::Converted;
+        run.converted_at = Some(now);
+        run.updated_at = now;
+        self.store.put_run(&run)?;
+        self.metrics.run_status(Some(from), RunStatus::Converted);
+        self.metrics.conversion(&run.workflow);
+        tracing::debug!(run = run.id, workflow = run.workflow, "goal reached");
+        Ok(())
+    }
+
+    /// Drop the timer and wait registration of a run that will not be activated again.
+    pub(super) fn cancel_pending(&self, run: &mut Run) -> Result<(), EngineError> {
+        if let Some(t) = run.wake_at.take() {
+            self.store
+                .clear_timer(t, &TimerTarget::Run(run.id.clone()))?;
+        }
+        if let Some(last) = self.store.journal(&run.id)?.last() {
+            if last.kind == "wait_for" && last.status == StepStatus::Pending {
+                self.store.remove_wait(&run.contact, &last.name, &run.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn start_manual_inner(
+        &self,
+        workflow: &str,
+        contact: &str,
+        properties: Value,
+    ) -> Result<String, String> {
+        let state = self.state();
+        let wf = state
+            .workflows
+            .get(workflow)
+            .ok_or_else(|| format!("no workflow named \"{workflow}\""))?;
+        let decl = &wf.loaded.decl;
+        if !decl.triggers.is_empty() && !decl.triggers.contains(&Trigger::Manual) {
+            return Err(format!(
+                "workflow \"{workflow}\" has no manual trigger: add `.manual()` to its declaration"
+            ));
+        }
+        let c = self
+            .live_contact(contact)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no contact \"{contact}\""))?;
+        let id = format!(
+            "{}-m{:014x}",
+            workflow,
+            self.store.next_id().map_err(|e| e.to_string())?
+        );
+        let trigger = json!({"type": "manual", "event": "manual", "properties": properties, "timestamp": self.clock.now_ms()});
+        self.start_run(wf, &c, trigger, id.clone(), false)
+            .map_err(|e| e.to_string())?;
+        self.flusher.commit_blocking()?;
+        Ok(id)
+    }
+
+    pub(crate) fn start_run(
+        &self,
+        wf: &WorkflowVersion,
+        contact: &Contact,
+        trigger: Value,
+        run_id: String,
+        check_reentry: bool,
+    ) -> Result<bool, EngineError> {
+        let view = self.snapshot_of(contact);
+        self.start_run_with_view(wf, contact, view, trigger, run_id, check_reentry)
+    }
+
+    /// [`start_run`](Self::start_run) with the contact's view given (`start_contact`).
+    pub(crate) fn start_run_with_view(
+        &self,
+        wf: &WorkflowVersion,
+        contact: &Contact,
+        view: Value,
+        trigger: Value,
+        run_id: String,
+        check_reentry: bool,
+    ) -> Result<bool, EngineError> {
+        if self.store.run(&run_id)?.is_some() {
+            return Ok(false);
+        }
+        let now = self.clock.now_ms();
+        let name = &wf.loaded.decl.name;
+        if check_reentry {
+            if let Some(prev) = self.store.entry(name, &contact.id)? {
+                let allowed = match wf.loaded.decl.reentry {
+                    Reentry::Once => false,
+                    Reentry::Always => true,
+                    Reentry::After { cooldown_ms } => now - prev.started_at >= cooldown_ms,
+                };
+                if !allowed {
+                    return Ok(false);
+                }
+            }
+        }
+        let run = Run::new(
+            run_id.clone(),
+            name.clone(),
+            wf.hash.clone(),
+            contact.id.clone(),
+            trigger,
+            view,
+            now,
+        );
+        self.store.create_run(&run)?;
+        self.metrics.run_started(name);
+        self.metrics.run_status(None, RunStatus::Running);
+        tracing::debug!(
+            run = run_id,
+            workflow = name.as_str(),
+            contact = contact.id.as_str(),
+            "run started"
+        );
+        self.activate(&run_id)?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,173 @@
+//! HTTP: the Segment-compatible ingest API and the management API.
+
+use crate::sync::LockExt as _;
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::daemon::Shared;
+use crate::ingest::{parse_body, IngestError, MAX_BATCH_BYTES};
+use crate::model::RunStatus;
+use crate::store::IdKind;
+
+mod admin;
+mod ingest;
+mod ops;
+mod webhooks;
+
+#[allow(unused_imports)]
+use self::{admin::*, ingest::*, ops::*, webhooks::*};
+
+/// A JSON error response: `{"error": {"code": "...", "message": "..."}}`. The ingest endpoints
+/// also repeat `code` and `message` at the top level, next to `"success": false`, where the
+/// Segment SDKs look for them when they report a failed upload.
+pub struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    message: String,
+    segment: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            segment: false,
+        }
+    }
+
+    /// The same error in the shape the Segment SDKs read.
+    fn for_segment(self) -> Self {
+        ApiError {
+            segment: true,
+            ..self
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = if self.segment {
+            json!({
+                "success": false,
+                "code": self.code,
+                "message": self.message,
+                "error": {"code": self.code, "message": self.message},
+            })
+        } else {
+            json!({"error": {"code": self.code, "message": self.message}})
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            e.to_string(),
+        )
+    }
+}
+
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        match e {
+            crate::engine::EngineError::Invalid(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m)
+            }
+            crate::engine::EngineError::Stopped => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            ),
+            crate::engine::EngineError::Panicked(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            ),
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "engine_error",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Run blocking engine work off the async executor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// Parse a JSON request body into `T`, with a JSON error naming what is wrong.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("request body: {e}"),
+        )
+    })
+}
+
+/// Every route of the daemon.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let mut r = Router::new()
+        .route("/v1/batch", post(batch))
+        .route("/v1/b", post(batch))
+        .route("/v1/contacts/{id}", get(contact))
+        .route("/v1/runs", get(list_runs))
+        .route("/v1/runs/{id}", get(run_detail))
+        .route("/v1/runs/{id}/steps/{step}/resolve", post(resolve_step))
+        .route("/v1/workflows", get(workflows))
+        .route("/v1/segments", get(segments))
+        .route("/v1/segments/{name}", get(segment_detail))
+        .route("/v1/contacts/{id}/score", get(contact_score))
+        .route("/v1/templates/{name}/preview", post(preview_template))
+        .route("/v1/import/contacts", post(import_contacts))
+        .route("/v1/webhooks/{channel}", post(provider_webhook))
+        .route("/v1/workflows/{name}/runs", post(start_run))
+        .route("/v1/reload", post(reload))
+        .route("/v1/status", get(status))
+        .route("/v1/test/clock", post(test_clock))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    for (kind, short) in [
+        ("identify", "i"),
+        ("track", "t"),
+        ("page", "p"),
+        ("screen", "s"),
+        ("group", "g"),
+        ("alias", "a"),
+    ] {
+        r = r
+            .route(
+                &format!("/v1/{kind}"),
+                post(move |s, h, b| single(kind, s, h, b)),
+            )
+            .route(
+                &format!("/v1/{short}"),
+                post(move |s, h, b| single(kind, s, h, b)),
+            );
+    }
+    r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .with_state(shared)
+}

@@ -1,0 +1,63 @@
+//! Provider callbacks as timeline events: each event a connector parsed from a provider's
+//! request (delivered, opened, clicked, bounced, …) is matched to the message Herald sent
+//! (through the provider-message record written when the channel accepted it) and becomes a
+//! `<channel>_<kind>` event on that contact's timeline, deduplicated against a repeated
+//! callback.
+
+use serde_json::{json, Value};
+
+use crate::ingest::Message;
+use crate::store::{Store, StoreError};
+
+/// What a batch of callback events comes to.
+#[derive(Debug, Default)]
+pub struct Callbacks {
+    /// Timeline events for messages Herald sent, ready for ingest.
+    pub messages: Vec<Message>,
+    /// Events about messages Herald did not send (or no longer knows).
+    pub unmatched: usize,
+}
+
+/// Match `events` from a connector of `channel` to the messages they are about.
+pub fn timeline_events(
+    store: &dyn Store,
+    channel: &str,
+    events: Vec<herald_plugin_host::WebhookEvent>,
+) -> Result<Callbacks, StoreError> {
+    let mut out = Callbacks::default();
+    for ev in events {
+        let owner = match &ev.message_id {
+            Some(id) => store.provider_message(channel, id)?,
+            None => None,
+        };
+        let Some(owner) = owner else {
+            out.unmatched += 1;
+            tracing::info!(channel, kind = ev.kind, message = ?ev.message_id, "provider callback for a message Herald did not send");
+            continue;
+        };
+        let mut props = match ev.properties.clone() {
+            Value::Object(m) => m,
+            _ => Default::default(),
+        };
+        props.insert("provider_message_id".into(), json!(ev.message_id));
+        props.insert("recipient".into(), json!(ev.recipient));
+        props.insert("run".into(), json!(owner.run));
+        props.insert("step".into(), json!(owner.step));
+        props.insert("message_id".into(), json!(owner.key));
+        props.insert("channel".into(), json!(channel));
+        let dedupe = format!(
+            "webhook:{channel}:{}:{}:{}",
+            ev.message_id.as_deref().unwrap_or(""),
+            ev.kind,
+            ev.timestamp_ms.unwrap_or(0)
+        );
+        out.messages.push(Message::for_contact(
+            &owner.contact,
+            &format!("{channel}_{}", ev.kind),
+            Value::Object(props),
+            ev.timestamp_ms,
+            Some(dedupe),
+        ));
+    }
+    Ok(out)
+}

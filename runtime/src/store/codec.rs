@@ -1,0 +1,213 @@
+//! How records are laid out in sled: keys (order-preserving times, composite keys, the
+//! run-by-contact index), the compact event encoding, audience states, and the u16-length string
+//! codec shared by segment-change and messageId records.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// An audience state as stored (postcard).
+pub fn enc_audience(state: &AudienceState) -> StoreResult<Vec<u8>> {
+    // Sized once: growing the buffer field by field cost more than the encoding.
+    Ok(postcard::to_extend(state, Vec::with_capacity(1024))?)
+}
+
+/// An audience state from its stored form.
+pub fn dec_audience(b: &[u8]) -> StoreResult<AudienceState> {
+    Ok(postcard::from_bytes(b)?)
+}
+
+pub(super) fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    Ok(serde_json::to_vec(v)?)
+}
+
+pub(super) fn dec<T: DeserializeOwned>(b: &[u8]) -> StoreResult<T> {
+    Ok(serde_json::from_slice(b)?)
+}
+
+/// An event as stored under `contact \0 seq`: postcard, with the sequence number left to the
+/// key, properties and context kept as JSON text, and the receive time as an offset from the
+/// sender's timestamp — about a third of the event's JSON size. Smaller values make sled's
+/// leaf splits and page rebuilds cheaper, which is most of what an ingested event costs.
+#[derive(Serialize, serde::Deserialize)]
+pub(super) struct StoredEvent<'a> {
+    #[serde(borrow)]
+    pub(super) kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub(super) event: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub(super) properties: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub(super) message_id: Option<std::borrow::Cow<'a, str>>,
+    pub(super) timestamp: i64,
+    pub(super) received_after: i64,
+    #[serde(borrow)]
+    pub(super) context: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The bytes an event is stored as (the benchmark's raw-sled reference writes the same).
+pub fn enc_event(e: &Event) -> StoreResult<Vec<u8>> {
+    let json = |v: &serde_json::Value| serde_json::to_string(v);
+    let stored = StoredEvent {
+        kind: e.kind.as_str().into(),
+        event: e.event.as_str().into(),
+        properties: json(&e.properties)?.into(),
+        message_id: e.message_id.as_deref().map(Into::into),
+        timestamp: e.timestamp,
+        received_after: e.received_at.wrapping_sub(e.timestamp),
+        context: if e.context.is_null() {
+            None
+        } else {
+            Some(json(&e.context)?.into())
+        },
+    };
+    Ok(postcard::to_allocvec(&stored)?)
+}
+
+/// The sequence number at the end of an event key.
+pub(super) fn event_seq(key: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&key[key.len() - 8..]);
+    u64::from_be_bytes(a)
+}
+
+pub(super) fn dec_event(key: &[u8], b: &[u8]) -> StoreResult<Event> {
+    let s: StoredEvent = postcard::from_bytes(b)?;
+    Ok(Event {
+        seq: event_seq(key),
+        kind: s.kind.into_owned(),
+        event: s.event.into_owned(),
+        properties: serde_json::from_str(&s.properties)?,
+        message_id: s.message_id.map(|m| m.into_owned()),
+        timestamp: s.timestamp,
+        received_at: s.timestamp.wrapping_add(s.received_after),
+        context: match s.context {
+            Some(c) => serde_json::from_str(&c)?,
+            None => serde_json::Value::Null,
+        },
+    })
+}
+
+pub(super) fn dec_event_fact(key: &[u8], b: &[u8]) -> StoreResult<EventFact> {
+    let s: StoredEvent = postcard::from_bytes(b)?;
+    Ok(EventFact::new(
+        event_seq(key),
+        s.event.into_owned(),
+        s.timestamp,
+        Some(s.properties.into_owned()),
+    ))
+}
+
+pub(super) fn key2(a: &str, b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b);
+    k
+}
+
+pub(super) fn prefix(a: &str) -> Vec<u8> {
+    key2(a, b"")
+}
+
+/// `contact \0 workflow \0 created_at run`: a contact's runs, each workflow's in start order.
+pub(super) fn run_index_key(contact: &str, workflow: &str, created_at: i64, run: &str) -> Vec<u8> {
+    let mut k = key2(contact, &prefix(workflow));
+    k.extend_from_slice(&time_key(created_at));
+    k.extend_from_slice(run.as_bytes());
+    k
+}
+
+/// Workflow, start time and run id of a run index key with its contact prefix removed.
+pub(super) fn parse_run_index_key(rest: &[u8]) -> (String, i64, String) {
+    let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    let workflow = String::from_utf8_lossy(&rest[..end]).into_owned();
+    let rest = rest.get(end + 1..).unwrap_or_default();
+    if rest.len() < 8 {
+        return (workflow, 0, String::new());
+    }
+    (
+        workflow,
+        time_from_key(rest),
+        String::from_utf8_lossy(&rest[8..]).into_owned(),
+    )
+}
+
+/// Keys in a tree, by one pass over it.
+pub(super) fn count_keys(tree: &sled::Tree) -> StoreResult<usize> {
+    let mut n = 0;
+    for k in tree.iter().keys() {
+        k?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Order-preserving encoding of a signed time.
+pub(super) fn time_key(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub(super) fn time_from_key(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    (u64::from_be_bytes(a) ^ (1 << 63)) as i64
+}
+
+/// Append `s` with a u16 length before it (ids here are bounded far below 64 KB: ingest takes
+/// at most 32 KB per message).
+pub(super) fn push_str16(v: &mut Vec<u8>, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    v.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    v.extend_from_slice(b);
+}
+
+/// Take a string written by [`push_str16`] off the front of `v`.
+pub(super) fn take_str16(v: &mut &[u8], record: &str) -> StoreResult<String> {
+    let truncated = || StoreError::Corrupt(format!("truncated {record} record"));
+    let len = v.get(..2).ok_or_else(truncated)?;
+    let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+    let s = v.get(2..2 + len).ok_or_else(truncated)?;
+    let s = String::from_utf8_lossy(s).into_owned();
+    *v = &v[2 + len..];
+    Ok(s)
+}
+
+/// Changes of one change-log record: per change, entered (1 byte), time (8) and the contact
+/// id ([`push_str16`]).
+pub(super) fn encode_changes(changes: &[SegmentChange]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(changes.iter().map(|c| 11 + c.contact.len()).sum());
+    for c in changes {
+        v.push(u8::from(c.entered));
+        v.extend_from_slice(&time_key(c.at));
+        push_str16(&mut v, &c.contact);
+    }
+    v
+}
+
+pub(super) fn decode_changes(mut v: &[u8]) -> StoreResult<Vec<SegmentChange>> {
+    let mut out = Vec::new();
+    while !v.is_empty() {
+        let Some(head) = v.get(..9) else {
+            return Err(StoreError::Corrupt(
+                "truncated segment change record".into(),
+            ));
+        };
+        let (entered, at) = (head[0] == 1, time_from_key(&head[1..9]));
+        v = &v[9..];
+        let contact = take_str16(&mut v, "segment change")?;
+        out.push(SegmentChange {
+            entered,
+            at,
+            contact,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn id_key(kind: IdKind, id: &str) -> Vec<u8> {
+    let tag = match kind {
+        IdKind::User => "u",
+        IdKind::Anonymous => "a",
+    };
+    key2(tag, id.as_bytes())
+}

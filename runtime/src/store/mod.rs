@@ -1,0 +1,302 @@
+//! Storage behind a trait, with sled as the embedded default.
+//!
+//! Keys are laid out so that every query the engine makes is a point read or a prefix/range
+//! scan: a contact's events and runs by contact prefix, a run's journal by run prefix, due
+//! timers by big-endian due time. Writes are not flushed individually; durability points call
+//! [`Flusher`], which batches concurrent requests into one fsync (group commit).
+
+use crate::sync::LockExt as _;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::model::{
+    AudienceState, Contact, Entry, Event, EventFact, InboxItem, Intent, ProviderMessage, Run,
+    ScriptVersion, SegmentChange, Step, WaitReg,
+};
+
+mod codec;
+mod flusher;
+mod sled_backend;
+
+/// The compact binary form an event is stored in (`herald bench` writes its raw-sled reference
+/// records with it).
+pub use self::codec::enc_event;
+pub(crate) use self::codec::{dec_audience, enc_audience};
+pub use self::flusher::Flusher;
+pub use self::sled_backend::SledStore;
+#[allow(unused_imports)]
+use self::{codec::*, flusher::*, sled_backend::*};
+
+/// Storage errors. No backend's own types appear here, so a server database reports failures
+/// the same way as the embedded one.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage backend failed (I/O, a damaged database, a lost connection).
+    #[error("storage: {0}")]
+    Backend(String),
+    /// A record could not be encoded or decoded.
+    #[error("storage record: {0}")]
+    Codec(String),
+    /// The data directory was written by a Herald with another record layout.
+    #[error("{0}")]
+    Layout(String),
+    /// A record's bytes do not decode.
+    #[error("storage record: {0}")]
+    Corrupt(String),
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Codec(e.to_string())
+    }
+}
+
+impl From<postcard::Error> for StoreError {
+    fn from(e: postcard::Error) -> Self {
+        StoreError::Codec(e.to_string())
+    }
+}
+
+/// The record layout this build reads and writes; a data directory records the layout it was
+/// created with, and a different one is refused at open instead of failing record by record.
+pub const LAYOUT: &str = "5";
+
+/// Result alias for storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which kind of external id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    /// Segment `userId`.
+    User,
+    /// Segment `anonymousId`.
+    Anonymous,
+}
+
+/// A due timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    /// Due time, ms since the epoch.
+    pub due: i64,
+    /// What it wakes.
+    pub target: TimerTarget,
+    /// Its contact (to pick the worker without a read).
+    pub contact: String,
+}
+
+/// What a timer wakes when it is due.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimerTarget {
+    /// A run: a `wait`, a `wait_for` timeout, a retry after a failed activation.
+    Run(String),
+    /// The audience of a contact (the timer's contact): segments whose counting window runs
+    /// out, score decay crossing a stage threshold.
+    Audience(String),
+}
+
+impl TimerTarget {
+    /// How an audience target is stored: a prefix no run id can have.
+    const AUDIENCE: &'static str = "~audience:";
+
+    /// The stored form: the run id, or `~audience:` and the contact.
+    pub fn encode(&self) -> String {
+        match self {
+            TimerTarget::Run(run) => run.clone(),
+            TimerTarget::Audience(contact) => format!("{}{contact}", Self::AUDIENCE),
+        }
+    }
+
+    /// Read the stored form back.
+    pub fn decode(stored: &str) -> TimerTarget {
+        match stored.strip_prefix(Self::AUDIENCE) {
+            Some(contact) => TimerTarget::Audience(contact.to_string()),
+            None => TimerTarget::Run(stored.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for TimerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TimerTarget::Run(run) => write!(f, "run {run}"),
+            TimerTarget::Audience(contact) => write!(f, "audience of {contact}"),
+        }
+    }
+}
+
+/// Everything the daemon stores. Implementations must be safe to share across threads.
+/// A server database can replace the embedded one by implementing this trait.
+pub trait Store: Send + Sync + 'static {
+    /// A new unique, increasing number.
+    fn next_id(&self) -> StoreResult<u64>;
+    /// Make every write so far durable.
+    fn flush(&self) -> StoreResult<()>;
+
+    /// Read a contact.
+    fn contact(&self, id: &str) -> StoreResult<Option<Contact>>;
+    /// Write a contact.
+    fn put_contact(&self, contact: &Contact) -> StoreResult<()>;
+    /// Number of contacts (merged ones included).
+    fn contact_count(&self) -> StoreResult<usize>;
+    /// The contact an external id belongs to.
+    fn identity(&self, kind: IdKind, id: &str) -> StoreResult<Option<String>>;
+    /// Point an external id at a contact.
+    fn link_identity(&self, kind: IdKind, id: &str, contact: &str) -> StoreResult<()>;
+
+    /// Append an event to a contact's timeline.
+    fn put_event(&self, contact: &str, event: &Event) -> StoreResult<()>;
+    /// Append many events at once (one batch).
+    fn put_events(&self, events: &[(String, Event)]) -> StoreResult<()> {
+        for (c, e) in events {
+            self.put_event(c, e)?;
+        }
+        Ok(())
+    }
+    /// Record the `messageId`s of one request, accepted at `at`, as one record (the dedupe
+    /// window is kept in memory and rebuilt from these at start; see `dedupe`).
+    fn log_message_ids(&self, at: i64, ids: &[String]) -> StoreResult<()>;
+    /// Every `messageId` logged at or after `since`, with its time, oldest first.
+    fn message_ids_since(&self, since: i64, f: &mut dyn FnMut(i64, &str)) -> StoreResult<()>;
+    /// Drop records of `messageId`s logged before `before`, at most `limit` records; how many
+    /// went.
+    fn expire_message_ids(&self, before: i64, limit: usize) -> StoreResult<usize>;
+    /// Markers of a data directory from before the dedupe log (one key per id): handed over
+    /// once, so the caller can log them, then cleared with `clear_legacy_message_ids`.
+    fn legacy_message_ids(&self) -> StoreResult<Vec<String>>;
+    /// Remove the legacy markers.
+    fn clear_legacy_message_ids(&self) -> StoreResult<()>;
+    /// One event.
+    fn event(&self, contact: &str, seq: u64) -> StoreResult<Option<Event>>;
+    /// The most recent events of a contact, newest first.
+    fn recent_events(&self, contact: &str, limit: usize) -> StoreResult<Vec<Event>>;
+    /// Move every event of `from` to `to` (identity merge).
+    fn move_events(&self, from: &str, to: &str) -> StoreResult<()>;
+
+    /// Queue the accepted events of one request for the engine, as one record under `key`.
+    fn push_inbox(&self, key: u64, items: &[InboxItem]) -> StoreResult<()>;
+    /// Every queued record, oldest first.
+    fn inbox(&self) -> StoreResult<Vec<(u64, Vec<InboxItem>)>>;
+    /// The engine finished every event of a queued record.
+    fn remove_inbox(&self, key: u64) -> StoreResult<()>;
+
+    /// Read a run.
+    fn run(&self, id: &str) -> StoreResult<Option<Run>>;
+    /// Write a new run: its contact index key, then its first record.
+    fn create_run(&self, run: &Run) -> StoreResult<()>;
+    /// Rewrite a run created by [`Store::create_run`].
+    fn put_run(&self, run: &Run) -> StoreResult<()>;
+    /// Runs of a contact.
+    fn runs_of_contact(&self, contact: &str) -> StoreResult<Vec<Run>>;
+    /// Every run, in id order, passed to `f` until it returns false.
+    fn scan_runs(&self, f: &mut dyn FnMut(Run) -> bool) -> StoreResult<()>;
+    /// Last entry of a contact into a workflow: its most recently started run (recorded by
+    /// [`Store::put_run`] when the run is first written).
+    fn entry(&self, workflow: &str, contact: &str) -> StoreResult<Option<Entry>>;
+
+    /// A run's journal, in step order.
+    fn journal(&self, run: &str) -> StoreResult<Vec<Step>>;
+    /// Write one journal step.
+    fn put_step(&self, run: &str, step: &Step) -> StoreResult<()>;
+
+    /// Schedule an activation.
+    fn set_timer(&self, timer: &Timer) -> StoreResult<()>;
+    /// Cancel a scheduled activation.
+    fn clear_timer(&self, due: i64, target: &TimerTarget) -> StoreResult<()>;
+    /// Timers due at or before `now`, earliest first, at most `limit`.
+    fn due_timers(&self, now: i64, limit: usize) -> StoreResult<Vec<Timer>>;
+    /// The earliest timer, if any.
+    fn next_timer(&self) -> StoreResult<Option<i64>>;
+    /// Number of pending timers.
+    fn timer_count(&self) -> StoreResult<usize>;
+    /// Record, at a clean shutdown, the counts a start would otherwise scan for (contacts,
+    /// timers, and the given runs by status and segment sizes). The next open uses them once;
+    /// any later write that changes a count withdraws them first, so they are never stale.
+    fn save_checkpoint(
+        &self,
+        runs: &BTreeMap<String, i64>,
+        segments: &BTreeMap<String, i64>,
+    ) -> StoreResult<()>;
+    /// Runs by status as saved by the clean shutdown this store was opened after (once).
+    fn take_checkpointed_runs(&self) -> Option<BTreeMap<String, i64>>;
+    /// Segment sizes as saved by the clean shutdown this store was opened after (once).
+    fn take_checkpointed_segments(&self) -> Option<BTreeMap<String, i64>>;
+
+    /// Register a run waiting for an event of a contact.
+    fn put_wait(&self, contact: &str, event: &str, wait: &WaitReg) -> StoreResult<()>;
+    /// Runs waiting for this event of this contact.
+    fn waits(&self, contact: &str, event: &str) -> StoreResult<Vec<WaitReg>>;
+    /// Remove a wait registration.
+    fn remove_wait(&self, contact: &str, event: &str, run: &str) -> StoreResult<()>;
+    /// Re-home every wait of `from` to `to` (identity merge).
+    fn move_waits(&self, from: &str, to: &str) -> StoreResult<()>;
+
+    /// Store a script version (content-addressed; storing twice is harmless).
+    fn put_script(&self, version: &ScriptVersion) -> StoreResult<()>;
+    /// Read a script version.
+    fn script(&self, hash: &str) -> StoreResult<Option<ScriptVersion>>;
+    /// Every stored script version.
+    fn scripts(&self) -> StoreResult<Vec<ScriptVersion>>;
+
+    /// Record an effect's intent.
+    fn put_intent(&self, key: &str, intent: &Intent) -> StoreResult<()>;
+    /// Drop an intent once its result is recorded.
+    fn remove_intent(&self, key: &str) -> StoreResult<()>;
+    /// Every intent without a result.
+    fn intents(&self) -> StoreResult<Vec<(String, Intent)>>;
+
+    /// Every event of a contact, oldest first.
+    fn events_of(&self, contact: &str) -> StoreResult<Vec<Event>>;
+    /// Name and time (and raw properties) of every event of a contact, oldest first.
+    fn event_facts(&self, contact: &str) -> StoreResult<Vec<EventFact>>;
+    /// Contact ids after `after` (exclusive), in id order, at most `limit` (for backfills).
+    fn contact_ids(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>>;
+    /// Current members of a segment, at most `limit`, most recently entered first: the
+    /// contacts whose latest logged change is an entry. (Membership records themselves live in
+    /// each contact's [`AudienceState`]; the change log is the only per-segment index.)
+    fn members(&self, segment: &str, limit: usize) -> StoreResult<Vec<String>>;
+    /// Number of current members of a segment, by one pass over its change log (start-up
+    /// after a crash; the daemon keeps the sizes in memory afterwards).
+    fn member_count(&self, segment: &str) -> StoreResult<usize>;
+    /// Record an entry or exit.
+    fn log_segment_change(&self, segment: &str, change: &SegmentChange) -> StoreResult<()> {
+        self.log_segment_changes(segment, std::slice::from_ref(change))
+    }
+    /// Record entries and exits of one segment, oldest first, in one write (a worker logs
+    /// each segment's changes of a batch of jobs together).
+    fn log_segment_changes(&self, segment: &str, changes: &[SegmentChange]) -> StoreResult<()>;
+    /// Most recent entries and exits of a segment, newest first.
+    fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>>;
+    /// A contact's audience state.
+    fn audience(&self, contact: &str) -> StoreResult<Option<AudienceState>>;
+    /// Write a contact's audience state.
+    fn put_audience(&self, contact: &str, state: &AudienceState) -> StoreResult<()> {
+        self.put_audience_encoded(contact, enc_audience(state)?)
+    }
+    /// Write a contact's audience state encoded by [`enc_audience`].
+    fn put_audience_encoded(&self, contact: &str, encoded: Vec<u8>) -> StoreResult<()>;
+    /// Remember whose message the provider's id `provider_id` on `channel` names.
+    fn put_provider_message(
+        &self,
+        channel: &str,
+        provider_id: &str,
+        owner: &ProviderMessage,
+    ) -> StoreResult<()>;
+    /// Whose message the provider's id `provider_id` on `channel` names, if Herald sent it.
+    fn provider_message(
+        &self,
+        channel: &str,
+        provider_id: &str,
+    ) -> StoreResult<Option<ProviderMessage>>;
+    /// A small persistent setting.
+    fn meta(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Write a small persistent setting.
+    fn put_meta(&self, key: &str, value: &str) -> StoreResult<()>;
+}
+
+#[cfg(test)]
+mod tests;

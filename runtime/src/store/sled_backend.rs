@@ -1,0 +1,711 @@
+//! The embedded backend: [`SledStore`], the [`Store`] contract on sled trees, exact running
+//! counts, the shutdown checkpoint and the data directory's layout check.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+/// The embedded store.
+pub struct SledStore {
+    pub(super) db: sled::Db,
+    pub(super) contacts: sled::Tree,
+    pub(super) identities: sled::Tree,
+    pub(super) events: sled::Tree,
+    /// Legacy: one marker per `messageId` (read once, then cleared).
+    pub(super) message_ids: sled::Tree,
+    /// `messageId`s per request, keyed by time and sequence.
+    pub(super) dedupe: sled::Tree,
+    pub(super) inbox: sled::Tree,
+    pub(super) runs: sled::Tree,
+    pub(super) runs_by_contact: sled::Tree,
+    pub(super) journal: sled::Tree,
+    pub(super) timers: sled::Tree,
+    pub(super) waits: sled::Tree,
+    pub(super) scripts: sled::Tree,
+    pub(super) outbox: sled::Tree,
+    pub(super) segment_log: sled::Tree,
+    pub(super) audience: sled::Tree,
+    pub(super) meta: sled::Tree,
+    /// Stored contacts, kept exact from insert results so status and metrics are O(1).
+    pub(super) contact_total: AtomicUsize,
+    /// Pending timers, likewise.
+    pub(super) timer_total: AtomicUsize,
+    /// A clean-shutdown checkpoint is stored and must be withdrawn before a counted change.
+    pub(super) checkpointed: AtomicBool,
+    pub(super) checkpoint_lock: Mutex<()>,
+    /// Runs by status from the checkpoint this store was opened with.
+    pub(super) checkpointed_runs: Mutex<Option<BTreeMap<String, i64>>>,
+    /// Segment sizes from that checkpoint.
+    pub(super) checkpointed_segments: Mutex<Option<BTreeMap<String, i64>>>,
+}
+
+/// Counts saved at a clean shutdown (meta key `checkpoint`).
+#[derive(Serialize, serde::Deserialize)]
+pub(super) struct Checkpoint {
+    pub(super) contacts: usize,
+    pub(super) timers: usize,
+    pub(super) runs: BTreeMap<String, i64>,
+    pub(super) segments: BTreeMap<String, i64>,
+}
+
+impl SledStore {
+    /// Open (or create) the store in `dir`. `cache_bytes` bounds sled's page cache.
+    pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput);
+        // The directory's lock outlives a closed database by a moment (sled's background
+        // thread lets go of it last), so reopening in the same process waits briefly for it;
+        // a directory another process holds is still refused, after that second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock") =>
+                {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(sled::Error::Io(e).into());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other?,
+            }
+        };
+        let t = |name: &str| db.open_tree(name);
+        let meta = t("meta")?;
+        match meta.get("layout")? {
+            Some(v) if v.as_ref() == LAYOUT.as_bytes() => {}
+            None if t("contacts")?.is_empty() && t("runs")?.is_empty() => {
+                meta.insert("layout", LAYOUT.as_bytes())?;
+            }
+            found => {
+                let found = found.map_or("1".to_string(), |v| String::from_utf8_lossy(&v).into());
+                return Err(StoreError::Layout(format!(
+                    "the data directory {} uses record layout {found}, this Herald reads layout \
+                     {LAYOUT}; start with a new data directory (and re-import contacts) or run \
+                     the Herald version that wrote it",
+                    dir.display()
+                )));
+            }
+        }
+        let contacts = t("contacts")?;
+        let timers = t("timers")?;
+        // After a clean shutdown the counts come from its checkpoint, withdrawn durably before
+        // anything else is written. Otherwise they are counted once here (two trees in
+        // parallel). Afterwards every insert and remove says whether the key was new or
+        // present, so the counts stay exact without scans.
+        let checkpoint = match meta.remove("checkpoint")? {
+            Some(v) => {
+                db.flush()?;
+                serde_json::from_slice::<Checkpoint>(&v).ok()
+            }
+            None => None,
+        };
+        let (contact_total, timer_total, runs, segments) = match checkpoint {
+            Some(c) => (c.contacts, c.timers, Some(c.runs), Some(c.segments)),
+            None => {
+                let (c, t) = std::thread::scope(|s| {
+                    let c = s.spawn(|| count_keys(&contacts));
+                    let t = count_keys(&timers);
+                    (c.join().expect("contact count"), t)
+                });
+                (c?, t?, None, None)
+            }
+        };
+        Ok(SledStore {
+            contact_total: AtomicUsize::new(contact_total),
+            timer_total: AtomicUsize::new(timer_total),
+            checkpointed: AtomicBool::new(false),
+            checkpoint_lock: Mutex::new(()),
+            checkpointed_runs: Mutex::new(runs),
+            checkpointed_segments: Mutex::new(segments),
+            contacts,
+            identities: t("identities")?,
+            events: t("events")?,
+            message_ids: t("message_ids")?,
+            dedupe: t("dedupe")?,
+            inbox: t("inbox")?,
+            runs: t("runs")?,
+            runs_by_contact: t("runs_by_contact")?,
+            journal: t("journal")?,
+            timers,
+            waits: t("waits")?,
+            scripts: t("scripts")?,
+            outbox: t("outbox")?,
+            segment_log: t("segment_log")?,
+            audience: t("audience")?,
+            meta,
+            db,
+        })
+    }
+
+    /// Withdraw a saved checkpoint before (and again after) a write that changes a count: the
+    /// first call orders the withdrawal before the write in the log, the second covers a
+    /// checkpoint saved while the write was under way.
+    fn invalidate_checkpoint(&self) -> StoreResult<()> {
+        if self.checkpointed.load(Ordering::Acquire) {
+            let _g = self.checkpoint_lock.locked();
+            if self.checkpointed.swap(false, Ordering::AcqRel) {
+                self.meta.remove("checkpoint")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Walk a segment's change log newest first and call `member` for every contact whose
+    /// latest change is an entry, until it returns false.
+    fn replay_members(
+        &self,
+        segment: &str,
+        member: &mut dyn FnMut(&str) -> bool,
+    ) -> StoreResult<()> {
+        let mut seen = std::collections::HashSet::new();
+        self.changes_newest_first(segment, &mut |c| {
+            if !seen.insert(c.contact.clone()) {
+                return true;
+            }
+            !c.entered || member(&c.contact)
+        })
+    }
+
+    /// Walk a segment's change log newest first, calling `f` until it returns false.
+    /// A record holds the changes one write logged (oldest first); records written before
+    /// changes were logged together hold one change, its contact in the key.
+    fn changes_newest_first(
+        &self,
+        segment: &str,
+        f: &mut dyn FnMut(SegmentChange) -> bool,
+    ) -> StoreResult<()> {
+        let skip = segment.len() + 1 + 8;
+        for r in self.segment_log.scan_prefix(prefix(segment)).rev() {
+            let (k, v) = r?;
+            let changes = if k.len() > skip {
+                vec![SegmentChange {
+                    at: v.get(1..9).map(time_from_key).unwrap_or(0),
+                    contact: String::from_utf8_lossy(&k[skip..]).into_owned(),
+                    entered: v.first() == Some(&1),
+                }]
+            } else {
+                decode_changes(&v)?
+            };
+            for c in changes.into_iter().rev() {
+                if !f(c) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The underlying database (benchmarks compare against raw writes).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+impl Store for SledStore {
+    fn next_id(&self) -> StoreResult<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn contact(&self, id: &str) -> StoreResult<Option<Contact>> {
+        self.contacts.get(id)?.map(|b| dec(&b)).transpose()
+    }
+
+    fn put_contact(&self, contact: &Contact) -> StoreResult<()> {
+        self.invalidate_checkpoint()?;
+        if self
+            .contacts
+            .insert(contact.id.as_bytes(), enc(contact)?)?
+            .is_none()
+        {
+            self.contact_total.fetch_add(1, Ordering::Relaxed);
+        }
+        self.invalidate_checkpoint()
+    }
+
+    fn contact_count(&self) -> StoreResult<usize> {
+        Ok(self.contact_total.load(Ordering::Relaxed))
+    }
+
+    fn identity(&self, kind: IdKind, id: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .identities
+            .get(id_key(kind, id))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    fn link_identity(&self, kind: IdKind, id: &str, contact: &str) -> StoreResult<()> {
+        self.identities
+            .insert(id_key(kind, id), contact.as_bytes())?;
+        Ok(())
+    }
+
+    fn put_event(&self, contact: &str, event: &Event) -> StoreResult<()> {
+        self.events
+            .insert(key2(contact, &event.seq.to_be_bytes()), enc_event(event)?)?;
+        Ok(())
+    }
+
+    fn event(&self, contact: &str, seq: u64) -> StoreResult<Option<Event>> {
+        let key = key2(contact, &seq.to_be_bytes());
+        self.events
+            .get(&key)?
+            .map(|b| dec_event(&key, &b))
+            .transpose()
+    }
+
+    fn recent_events(&self, contact: &str, limit: usize) -> StoreResult<Vec<Event>> {
+        self.events
+            .scan_prefix(prefix(contact))
+            .rev()
+            .take(limit)
+            .map(|r| {
+                let (k, v) = r?;
+                dec_event(&k, &v)
+            })
+            .collect()
+    }
+
+    fn move_events(&self, from: &str, to: &str) -> StoreResult<()> {
+        for item in self.events.scan_prefix(prefix(from)) {
+            let (k, v) = item?;
+            let seq = &k[k.len() - 8..];
+            self.events.insert(key2(to, seq), v)?;
+            self.events.remove(k)?;
+        }
+        Ok(())
+    }
+
+    fn log_message_ids(&self, at: i64, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut k = time_key(at).to_vec();
+        k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        let mut v = Vec::with_capacity(ids.iter().map(|i| i.len() + 2).sum());
+        for id in ids {
+            push_str16(&mut v, id);
+        }
+        self.dedupe.insert(k, v)?;
+        Ok(())
+    }
+
+    fn message_ids_since(&self, since: i64, f: &mut dyn FnMut(i64, &str)) -> StoreResult<()> {
+        for r in self.dedupe.range(time_key(since)..) {
+            let (k, v) = r?;
+            let at = time_from_key(&k[..8]);
+            let mut v = &v[..];
+            while !v.is_empty() {
+                f(at, &take_str16(&mut v, "messageId")?);
+            }
+        }
+        Ok(())
+    }
+
+    fn expire_message_ids(&self, before: i64, limit: usize) -> StoreResult<usize> {
+        let old: Vec<sled::IVec> = self
+            .dedupe
+            .range(..time_key(before))
+            .keys()
+            .take(limit)
+            .collect::<Result<_, _>>()?;
+        for k in &old {
+            self.dedupe.remove(k)?;
+        }
+        Ok(old.len())
+    }
+
+    fn legacy_message_ids(&self) -> StoreResult<Vec<String>> {
+        self.message_ids
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
+    fn clear_legacy_message_ids(&self) -> StoreResult<()> {
+        self.message_ids.clear()?;
+        Ok(())
+    }
+
+    fn push_inbox(&self, key: u64, items: &[InboxItem]) -> StoreResult<()> {
+        if !items.is_empty() {
+            self.inbox.insert(key.to_be_bytes(), enc(&items)?)?;
+        }
+        Ok(())
+    }
+
+    fn inbox(&self) -> StoreResult<Vec<(u64, Vec<InboxItem>)>> {
+        self.inbox
+            .iter()
+            .map(|r| {
+                let (k, v) = r?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&k);
+                Ok((u64::from_be_bytes(a), dec(&v)?))
+            })
+            .collect()
+    }
+
+    fn remove_inbox(&self, seq: u64) -> StoreResult<()> {
+        self.inbox.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    fn run(&self, id: &str) -> StoreResult<Option<Run>> {
+        self.runs.get(id)?.map(|b| dec(&b)).transpose()
+    }
+
+    fn create_run(&self, run: &Run) -> StoreResult<()> {
+        // The contact index (which also answers which run last entered the workflow, the
+        // re-entry policy's question) is written once, before the run's first record: a crash
+        // in between leaves an index key without a run, which readers skip, never a run
+        // without its key.
+        self.runs_by_contact.insert(
+            run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
+            &[],
+        )?;
+        self.put_run(run)
+    }
+
+    fn put_run(&self, run: &Run) -> StoreResult<()> {
+        self.invalidate_checkpoint()?;
+        self.runs.insert(run.id.as_bytes(), enc(run)?)?;
+        self.invalidate_checkpoint()
+    }
+
+    fn runs_of_contact(&self, contact: &str) -> StoreResult<Vec<Run>> {
+        let mut out = Vec::new();
+        for item in self.runs_by_contact.scan_prefix(prefix(contact)) {
+            let (k, _) = item?;
+            let (_, _, id) = parse_run_index_key(&k[contact.len() + 1..]);
+            if let Some(run) = self.run(&id)? {
+                out.push(run);
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    fn scan_runs(&self, f: &mut dyn FnMut(Run) -> bool) -> StoreResult<()> {
+        for item in self.runs.iter() {
+            if !f(dec(&item?.1)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&self, workflow: &str, contact: &str) -> StoreResult<Option<Entry>> {
+        let p = key2(contact, &prefix(workflow));
+        for item in self.runs_by_contact.scan_prefix(&p).rev() {
+            let (k, _) = item?;
+            let (_, started_at, run) = parse_run_index_key(&k[contact.len() + 1..]);
+            // An index key whose run was never written (a crash in between) is no entry.
+            if self.runs.contains_key(run.as_bytes())? {
+                return Ok(Some(Entry { run, started_at }));
+            }
+        }
+        Ok(None)
+    }
+
+    fn journal(&self, run: &str) -> StoreResult<Vec<Step>> {
+        self.journal
+            .scan_prefix(prefix(run))
+            .map(|r| dec(&r?.1))
+            .collect()
+    }
+
+    fn put_step(&self, run: &str, step: &Step) -> StoreResult<()> {
+        self.journal
+            .insert(key2(run, &step.seq.to_be_bytes()), enc(step)?)?;
+        Ok(())
+    }
+
+    fn set_timer(&self, timer: &Timer) -> StoreResult<()> {
+        let mut k = time_key(timer.due).to_vec();
+        k.extend_from_slice(timer.target.encode().as_bytes());
+        self.invalidate_checkpoint()?;
+        if self.timers.insert(k, timer.contact.as_bytes())?.is_none() {
+            self.timer_total.fetch_add(1, Ordering::Relaxed);
+        }
+        self.invalidate_checkpoint()
+    }
+
+    fn clear_timer(&self, due: i64, target: &TimerTarget) -> StoreResult<()> {
+        let mut k = time_key(due).to_vec();
+        k.extend_from_slice(target.encode().as_bytes());
+        self.invalidate_checkpoint()?;
+        if self.timers.remove(k)?.is_some() {
+            self.timer_total.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.invalidate_checkpoint()
+    }
+
+    fn due_timers(&self, now: i64, limit: usize) -> StoreResult<Vec<Timer>> {
+        let end = time_key(now.saturating_add(1));
+        self.timers
+            .range(..end)
+            .take(limit)
+            .map(|r| {
+                let (k, v) = r?;
+                Ok(Timer {
+                    due: time_from_key(&k),
+                    target: TimerTarget::decode(&String::from_utf8_lossy(&k[8..])),
+                    contact: String::from_utf8_lossy(&v).into_owned(),
+                })
+            })
+            .collect()
+    }
+
+    fn next_timer(&self) -> StoreResult<Option<i64>> {
+        Ok(self.timers.first()?.map(|(k, _)| time_from_key(&k)))
+    }
+
+    fn timer_count(&self) -> StoreResult<usize> {
+        Ok(self.timer_total.load(Ordering::Relaxed))
+    }
+
+    fn save_checkpoint(
+        &self,
+        runs: &BTreeMap<String, i64>,
+        segments: &BTreeMap<String, i64>,
+    ) -> StoreResult<()> {
+        {
+            let _g = self.checkpoint_lock.locked();
+            let c = Checkpoint {
+                contacts: self.contact_total.load(Ordering::Acquire),
+                timers: self.timer_total.load(Ordering::Acquire),
+                runs: runs.clone(),
+                segments: segments.clone(),
+            };
+            self.meta.insert("checkpoint", serde_json::to_vec(&c)?)?;
+            self.checkpointed.store(true, Ordering::Release);
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn take_checkpointed_runs(&self) -> Option<BTreeMap<String, i64>> {
+        self.checkpointed_runs.locked().take()
+    }
+
+    fn take_checkpointed_segments(&self) -> Option<BTreeMap<String, i64>> {
+        self.checkpointed_segments.locked().take()
+    }
+
+    fn put_wait(&self, contact: &str, event: &str, wait: &WaitReg) -> StoreResult<()> {
+        let k = key2(&format!("{contact}\0{event}"), wait.run.as_bytes());
+        self.waits.insert(k, enc(wait)?)?;
+        Ok(())
+    }
+
+    fn waits(&self, contact: &str, event: &str) -> StoreResult<Vec<WaitReg>> {
+        self.waits
+            .scan_prefix(prefix(&format!("{contact}\0{event}")))
+            .map(|r| dec(&r?.1))
+            .collect()
+    }
+
+    fn remove_wait(&self, contact: &str, event: &str, run: &str) -> StoreResult<()> {
+        self.waits
+            .remove(key2(&format!("{contact}\0{event}"), run.as_bytes()))?;
+        Ok(())
+    }
+
+    fn move_waits(&self, from: &str, to: &str) -> StoreResult<()> {
+        for item in self.waits.scan_prefix(prefix(from)) {
+            let (k, v) = item?;
+            let rest = &k[from.len()..];
+            let mut nk = to.as_bytes().to_vec();
+            nk.extend_from_slice(rest);
+            self.waits.insert(nk, v)?;
+            self.waits.remove(k)?;
+        }
+        Ok(())
+    }
+
+    fn put_script(&self, version: &ScriptVersion) -> StoreResult<()> {
+        if !self.scripts.contains_key(&version.hash)? {
+            self.scripts
+                .insert(version.hash.as_bytes(), enc(version)?)?;
+        }
+        Ok(())
+    }
+
+    fn script(&self, hash: &str) -> StoreResult<Option<ScriptVersion>> {
+        self.scripts.get(hash)?.map(|b| dec(&b)).transpose()
+    }
+
+    fn scripts(&self) -> StoreResult<Vec<ScriptVersion>> {
+        self.scripts.iter().map(|r| dec(&r?.1)).collect()
+    }
+
+    fn put_intent(&self, key: &str, intent: &Intent) -> StoreResult<()> {
+        self.outbox.insert(key, enc(intent)?)?;
+        Ok(())
+    }
+
+    fn remove_intent(&self, key: &str) -> StoreResult<()> {
+        self.outbox.remove(key)?;
+        Ok(())
+    }
+
+    fn intents(&self) -> StoreResult<Vec<(String, Intent)>> {
+        self.outbox
+            .iter()
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), dec(&v)?))
+            })
+            .collect()
+    }
+
+    fn events_of(&self, contact: &str) -> StoreResult<Vec<Event>> {
+        self.events
+            .scan_prefix(prefix(contact))
+            .map(|r| {
+                let (k, v) = r?;
+                dec_event(&k, &v)
+            })
+            .collect()
+    }
+
+    fn event_facts(&self, contact: &str) -> StoreResult<Vec<EventFact>> {
+        self.events
+            .scan_prefix(prefix(contact))
+            .map(|r| {
+                let (k, v) = r?;
+                dec_event_fact(&k, &v)
+            })
+            .collect()
+    }
+
+    fn contact_ids(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<String>> {
+        let iter = match after {
+            Some(a) => self.contacts.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.contacts.iter(),
+        };
+        iter.take(limit)
+            .map(|r| Ok(String::from_utf8_lossy(&r?.0).into_owned()))
+            .collect()
+    }
+
+    fn members(&self, segment: &str, limit: usize) -> StoreResult<Vec<String>> {
+        let mut out = Vec::new();
+        if limit > 0 {
+            self.replay_members(segment, &mut |contact| {
+                out.push(contact.to_string());
+                out.len() < limit
+            })?;
+        }
+        Ok(out)
+    }
+
+    fn member_count(&self, segment: &str) -> StoreResult<usize> {
+        let mut n = 0;
+        self.replay_members(segment, &mut |_| {
+            n += 1;
+            true
+        })?;
+        Ok(n)
+    }
+
+    fn log_segment_changes(&self, segment: &str, changes: &[SegmentChange]) -> StoreResult<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // Ordered by a sequence number, not the time: the newest change is the last written
+        // even if the clock stepped back in between.
+        let mut k = prefix(segment);
+        k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        self.invalidate_checkpoint()?;
+        self.segment_log.insert(k, encode_changes(changes))?;
+        self.invalidate_checkpoint()
+    }
+
+    fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.changes_newest_first(segment, &mut |c| {
+            out.push(c);
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    fn audience(&self, contact: &str) -> StoreResult<Option<AudienceState>> {
+        self.audience
+            .get(contact)?
+            .map(|b| dec_audience(&b))
+            .transpose()
+    }
+
+    fn put_audience_encoded(&self, contact: &str, encoded: Vec<u8>) -> StoreResult<()> {
+        self.audience.insert(contact.as_bytes(), encoded)?;
+        Ok(())
+    }
+
+    fn put_provider_message(
+        &self,
+        channel: &str,
+        provider_id: &str,
+        owner: &ProviderMessage,
+    ) -> StoreResult<()> {
+        // Stored as JSON in `meta` under `pmsg:<channel>:<provider id>` (layout 5).
+        let value = serde_json::to_string(owner)?;
+        self.put_meta(&format!("pmsg:{channel}:{provider_id}"), &value)
+    }
+
+    fn provider_message(
+        &self,
+        channel: &str,
+        provider_id: &str,
+    ) -> StoreResult<Option<ProviderMessage>> {
+        let Some(text) = self.meta(&format!("pmsg:{channel}:{provider_id}"))? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StoreError::Codec(format!("provider message record: {e}")))
+    }
+
+    fn meta(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .meta
+            .get(key)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    fn put_meta(&self, key: &str, value: &str) -> StoreResult<()> {
+        self.meta.insert(key.as_bytes(), value.as_bytes())?;
+        Ok(())
+    }
+}
