@@ -33,6 +33,8 @@ use crate::store::{Flusher, Store, StoreError, Timer, TimerTarget};
 use crate::templates::Templates;
 
 mod effects;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod hooks;
 mod rendering;
 mod replay;
 mod runs;
@@ -239,6 +241,8 @@ pub struct Engine {
     workers: Mutex<Vec<mpsc::Sender<Job>>>,
     worker_count: usize,
     inflight: Mutex<HashSet<TimerTarget>>,
+    /// The armed failpoint (test builds only; see `hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
     failpoint: Option<String>,
     timer_wake: tokio::sync::Notify,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -358,9 +362,8 @@ impl Engine {
             workers: Mutex::new(Vec::new()),
             worker_count,
             inflight: Mutex::new(HashSet::new()),
-            failpoint: std::env::var("HERALD_FAILPOINT")
-                .ok()
-                .filter(|s| !s.is_empty()),
+            #[cfg(any(test, feature = "test-hooks"))]
+            failpoint: hooks::failpoint_from_env(),
             timer_wake: tokio::sync::Notify::new(),
             threads: Mutex::new(Vec::new()),
             me: std::sync::OnceLock::new(),
@@ -625,14 +628,11 @@ impl Engine {
         }
     }
 
-    fn failpoint(&self, name: &str) {
-        if self.failpoint.as_deref() == Some(name) {
-            tracing::warn!(failpoint = name, "failpoint reached: killing the process");
-            // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
-        }
+    /// A crash test's failpoint (`hooks`); nothing at all in a build without test hooks.
+    #[inline]
+    fn failpoint(&self, _name: &str) {
+        #[cfg(any(test, feature = "test-hooks"))]
+        hooks::failpoint(self.failpoint.as_deref(), _name);
     }
 }
 

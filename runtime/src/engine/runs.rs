@@ -187,8 +187,8 @@ impl Engine {
             || format!("activation of run {}", run.id),
             || {
                 with_host(host, || {
-                    #[cfg(test)]
-                    if run.workflow == tests::PANIC_WORKFLOW && run.activations > 0 {
+                    #[cfg(any(test, feature = "test-hooks"))]
+                    if run.workflow == hooks::PANIC_WORKFLOW && run.activations > 0 {
                         panic!("injected by a test");
                     }
                     run_activation(&self.rhai, &workflow.ast, &run.trigger, &self.limits)

@@ -2,10 +2,7 @@
 
 use super::*;
 
-/// An event the test build's worker panics on, standing in for a bug.
-pub(super) const PANIC_EVENT: &str = "test_worker_panic";
-/// A workflow whose activations after the first panic in the test build.
-pub(super) const PANIC_WORKFLOW: &str = "test_activation_panic";
+use super::hooks::{PANIC_EVENT, PANIC_WORKFLOW};
 
 /// A daemon on the test clock serving `workflows` (file name, source; a name with a
 /// directory, such as `segments/a.rhai`, is relative to the project).

@@ -172,10 +172,10 @@ impl Engine {
                 let done = self.guard(
                     || format!("event {seq} (it stays queued for the next start)"),
                     || {
-                        #[cfg(test)]
+                        #[cfg(any(test, feature = "test-hooks"))]
                         if q.event
                             .as_ref()
-                            .is_some_and(|e| e.event == tests::PANIC_EVENT)
+                            .is_some_and(|e| e.event == hooks::PANIC_EVENT)
                         {
                             panic!("injected by a test");
                         }
@@ -229,8 +229,8 @@ impl Engine {
                     .guard(
                         || format!("start of {workflow} for {contact}"),
                         || {
-                            #[cfg(test)]
-                            if workflow == tests::PANIC_EVENT {
+                            #[cfg(any(test, feature = "test-hooks"))]
+                            if workflow == hooks::PANIC_EVENT {
                                 panic!("injected by a test");
                             }
                             self.start_manual_inner(&workflow, &contact, properties)
@@ -339,6 +339,7 @@ impl Engine {
             self.complete(&q.ticket)?;
             return Err(e);
         }
+        #[cfg(any(test, feature = "test-hooks"))]
         if self.failpoint.is_some() {
             // Make what processing wrote durable, then die before the inbox record goes.
             self.write_batch()?;
