@@ -69,24 +69,27 @@ pub(super) async fn contact(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     check_admin(&shared, &headers)?;
-    let mut c = find_contact(&shared, &id)?;
-    let aud = shared.engine.store.audience(&c.id)?;
-    shared.engine.overlay(&mut c, aud.as_ref());
-    let segments: Vec<&String> = aud.iter().flat_map(|a| a.member_of()).collect();
-    let events = shared.engine.store.recent_events(&c.id, 50)?;
-    let runs: Vec<Value> = shared
-        .engine
-        .store
-        .runs_of_contact(&c.id)?
-        .iter()
-        .map(run_summary)
-        .collect();
-    Ok(Json(json!({
-        "id": c.id, "attributes": c.attributes, "user_ids": c.user_ids, "anonymous_ids": c.anonymous_ids,
-        "groups": c.groups, "created_at": c.created_at, "updated_at": c.updated_at,
-        "recent_events": events, "runs": runs,
-        "segments": segments,
-    })))
+    blocking(move || -> ApiResult<Json<Value>> {
+        let mut c = find_contact(&shared, &id)?;
+        let aud = shared.engine.store.audience(&c.id)?;
+        shared.engine.overlay(&mut c, aud.as_ref());
+        let segments: Vec<&String> = aud.iter().flat_map(|a| a.member_of()).collect();
+        let events = shared.engine.store.recent_events(&c.id, 50)?;
+        let runs: Vec<Value> = shared
+            .engine
+            .store
+            .runs_of_contact(&c.id)?
+            .iter()
+            .map(run_summary)
+            .collect();
+        Ok(Json(json!({
+            "id": c.id, "attributes": c.attributes, "user_ids": c.user_ids, "anonymous_ids": c.anonymous_ids,
+            "groups": c.groups, "created_at": c.created_at, "updated_at": c.updated_at,
+            "recent_events": events, "runs": runs,
+            "segments": segments,
+        })))
+    })
+    .await?
 }
 
 #[derive(Deserialize)]
@@ -103,42 +106,46 @@ pub(super) async fn list_runs(
     Query(q): Query<RunQuery>,
 ) -> ApiResult<Json<Value>> {
     check_admin(&shared, &headers)?;
-    let status = match &q.status {
-        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_status",
-                format!("unknown status \"{s}\""),
-            )
-        })?),
-        None => None,
-    };
-    let limit = q.limit.unwrap_or(100).min(10_000);
-    let keep = |r: &crate::model::Run| {
-        q.workflow.as_ref().is_none_or(|w| &r.workflow == w) && status.is_none_or(|s| r.status == s)
-    };
-    let mut runs = Vec::new();
-    if let Some(c) = &q.contact {
-        let c = find_contact(&shared, c)?;
-        runs = shared
-            .engine
-            .store
-            .runs_of_contact(&c.id)?
-            .into_iter()
-            .filter(|r| keep(r))
-            .take(limit)
-            .collect();
-    } else {
-        shared.engine.store.scan_runs(&mut |r| {
-            if keep(&r) {
-                runs.push(r);
-            }
-            runs.len() < limit
-        })?;
-    }
-    Ok(Json(
-        json!({"runs": runs.iter().map(run_summary).collect::<Vec<_>>()}),
-    ))
+    blocking(move || -> ApiResult<Json<Value>> {
+        let status = match &q.status {
+            Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_status",
+                    format!("unknown status \"{s}\""),
+                )
+            })?),
+            None => None,
+        };
+        let limit = q.limit.unwrap_or(100).min(10_000);
+        let keep = |r: &crate::model::Run| {
+            q.workflow.as_ref().is_none_or(|w| &r.workflow == w)
+                && status.is_none_or(|s| r.status == s)
+        };
+        let mut runs = Vec::new();
+        if let Some(c) = &q.contact {
+            let c = find_contact(&shared, c)?;
+            runs = shared
+                .engine
+                .store
+                .runs_of_contact(&c.id)?
+                .into_iter()
+                .filter(|r| keep(r))
+                .take(limit)
+                .collect();
+        } else {
+            shared.engine.store.scan_runs(&mut |r| {
+                if keep(&r) {
+                    runs.push(r);
+                }
+                runs.len() < limit
+            })?;
+        }
+        Ok(Json(
+            json!({"runs": runs.iter().map(run_summary).collect::<Vec<_>>()}),
+        ))
+    })
+    .await?
 }
 
 pub(super) async fn run_detail(
@@ -147,30 +154,34 @@ pub(super) async fn run_detail(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     check_admin(&shared, &headers)?;
-    let store = &shared.engine.store;
-    let run = store.run(&id)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "run_not_found",
-            format!("no run \"{id}\""),
-        )
-    })?;
-    let journal = store.journal(&id)?;
-    let script = store.script(&run.script_hash)?;
-    let mut v = run_summary(&run);
-    v["trigger"] = run.trigger.clone();
-    v["activations"] = json!(run.activations);
-    v["error_line"] = json!(run.error_line);
-    v["converted_at"] = json!(run.converted_at);
-    v["logs"] = json!(run.logs);
-    v["script"] = json!({"hash": run.script_hash, "path": script.as_ref().map(|s| s.path.clone())});
-    v["parked_reason"] = if run.status == RunStatus::Parked {
-        json!(run.reason)
-    } else {
-        Value::Null
-    };
-    v["journal"] = json!(journal);
-    Ok(Json(v))
+    blocking(move || -> ApiResult<Json<Value>> {
+        let store = &shared.engine.store;
+        let run = store.run(&id)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "run_not_found",
+                format!("no run \"{id}\""),
+            )
+        })?;
+        let journal = store.journal(&id)?;
+        let script = store.script(&run.script_hash)?;
+        let mut v = run_summary(&run);
+        v["trigger"] = run.trigger.clone();
+        v["activations"] = json!(run.activations);
+        v["error_line"] = json!(run.error_line);
+        v["converted_at"] = json!(run.converted_at);
+        v["logs"] = json!(run.logs);
+        v["script"] =
+            json!({"hash": run.script_hash, "path": script.as_ref().map(|s| s.path.clone())});
+        v["parked_reason"] = if run.status == RunStatus::Parked {
+            json!(run.reason)
+        } else {
+            Value::Null
+        };
+        v["journal"] = json!(journal);
+        Ok(Json(v))
+    })
+    .await?
 }
 
 #[derive(Deserialize)]
@@ -186,15 +197,18 @@ pub(super) async fn resolve_step(
 ) -> ApiResult<Json<Value>> {
     check_admin(&shared, &headers)?;
     let body: ResolveBody = parse_json(&body)?;
-    let run = shared.engine.store.run(&id)?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "run_not_found",
-            format!("no run \"{id}\""),
-        )
-    })?;
     let engine = shared.engine.clone();
-    blocking(move || engine.resolve_step(&run, step, body.delivered)).await??;
+    blocking(move || -> ApiResult<()> {
+        let run = engine.store.run(&id)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "run_not_found",
+                format!("no run \"{id}\""),
+            )
+        })?;
+        Ok(engine.resolve_step(&run, step, body.delivered)?)
+    })
+    .await??;
     Ok(Json(json!({"resolved": true})))
 }
 
@@ -228,14 +242,16 @@ pub(super) async fn start_run(
 ) -> ApiResult<Response> {
     check_admin(&shared, &headers)?;
     let body: StartBody = parse_json(&body)?;
-    let c = find_contact(&shared, &body.contact)?;
-    let engine = shared.engine.clone();
     let props = if body.properties.is_null() {
         json!({})
     } else {
         body.properties
     };
-    let id = blocking(move || engine.start_manual(&name, &c.id, props)).await??;
+    let id = blocking(move || -> ApiResult<String> {
+        let c = find_contact(&shared, &body.contact)?;
+        Ok(shared.engine.start_manual(&name, &c.id, props)?)
+    })
+    .await??;
     Ok((StatusCode::CREATED, Json(json!({"run": id}))).into_response())
 }
 
@@ -261,21 +277,24 @@ pub(super) async fn status(
     headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     check_admin(&shared, &headers)?;
-    let state = shared.engine.state();
-    let versions: Value = state
-        .workflows
-        .iter()
-        .map(|(k, w)| (k.clone(), json!(w.hash)))
-        .collect::<serde_json::Map<_, _>>()
-        .into();
-    Ok(Json(json!({
-        "workflows": versions,
-        "last_reload_error": shared.last_reload_error.locked().clone(),
-        "reloads": shared.reload_stats.locked().clone(),
-        "backfill": shared.engine.backfill.locked().clone(),
-        "pending_timers": shared.engine.store.timer_count()?,
-        "clock": shared.engine.clock.now_ms(),
-    })))
+    blocking(move || -> ApiResult<Json<Value>> {
+        let state = shared.engine.state();
+        let versions: Value = state
+            .workflows
+            .iter()
+            .map(|(k, w)| (k.clone(), json!(w.hash)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        Ok(Json(json!({
+            "workflows": versions,
+            "last_reload_error": shared.last_reload_error.locked().clone(),
+            "reloads": shared.reload_stats.locked().clone(),
+            "backfill": shared.engine.backfill.locked().clone(),
+            "pending_timers": shared.engine.store.timer_count()?,
+            "clock": shared.engine.clock.now_ms(),
+        })))
+    })
+    .await?
 }
 
 #[derive(Deserialize)]
@@ -344,29 +363,32 @@ pub(super) async fn segment_detail(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     check_admin(&shared, &headers)?;
-    let state = shared.engine.state();
-    let seg = state.segments.get(&name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "segment_not_found",
-            format!("no segment \"{name}\""),
-        )
-    })?;
-    let store = &shared.engine.store;
-    let size = shared
-        .engine
-        .segment_sizes()
-        .get(&name)
-        .copied()
-        .unwrap_or(0);
-    Ok(Json(json!({
-        "name": name,
-        "path": seg.path,
-        "version": seg.hash,
-        "size": size,
-        "recent": store.segment_changes(&name, 50)?,
-        "members": store.members(&name, 100)?,
-    })))
+    blocking(move || -> ApiResult<Json<Value>> {
+        let state = shared.engine.state();
+        let seg = state.segments.get(&name).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "segment_not_found",
+                format!("no segment \"{name}\""),
+            )
+        })?;
+        let store = &shared.engine.store;
+        let size = shared
+            .engine
+            .segment_sizes()
+            .get(&name)
+            .copied()
+            .unwrap_or(0);
+        Ok(Json(json!({
+            "name": name,
+            "path": seg.path,
+            "version": seg.hash,
+            "size": size,
+            "recent": store.segment_changes(&name, 50)?,
+            "members": store.members(&name, 100)?,
+        })))
+    })
+    .await?
 }
 
 pub(super) async fn contact_score(
@@ -375,8 +397,11 @@ pub(super) async fn contact_score(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     check_admin(&shared, &headers)?;
-    let c = find_contact(&shared, &id)?;
-    Ok(Json(shared.engine.explain_score(&c)?))
+    blocking(move || -> ApiResult<Json<Value>> {
+        let c = find_contact(&shared, &id)?;
+        Ok(Json(shared.engine.explain_score(&c)?))
+    })
+    .await?
 }
 
 #[derive(Deserialize)]
@@ -401,25 +426,28 @@ pub(super) async fn preview_template(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     check_admin(&shared, &headers)?;
-    let body: PreviewBody = parse_json(&body)?;
-    let c = find_contact(&shared, &body.contact)?;
-    let vars = if body.vars.is_null() {
-        json!({})
-    } else {
-        body.vars
-    };
-    let trigger = if body.trigger.is_null() {
-        json!({"properties": {}})
-    } else {
-        body.trigger
-    };
-    Ok(Json(shared.engine.preview(
-        &name,
-        &body.channel,
-        &c,
-        vars,
-        trigger,
-    )?))
+    blocking(move || -> ApiResult<Json<Value>> {
+        let body: PreviewBody = parse_json(&body)?;
+        let c = find_contact(&shared, &body.contact)?;
+        let vars = if body.vars.is_null() {
+            json!({})
+        } else {
+            body.vars
+        };
+        let trigger = if body.trigger.is_null() {
+            json!({"properties": {}})
+        } else {
+            body.trigger
+        };
+        Ok(Json(shared.engine.preview(
+            &name,
+            &body.channel,
+            &c,
+            vars,
+            trigger,
+        )?))
+    })
+    .await?
 }
 
 pub(super) async fn import_contacts(

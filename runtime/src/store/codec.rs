@@ -211,3 +211,109 @@ pub(super) fn id_key(kind: IdKind, id: &str) -> Vec<u8> {
     };
     key2(tag, id.as_bytes())
 }
+
+/// The trees a write batch can touch, by their number in a commit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum TreeId {
+    Contacts = 0,
+    Identities = 1,
+    Events = 2,
+    Dedupe = 3,
+    Inbox = 4,
+    Runs = 5,
+    RunsByContact = 6,
+    Journal = 7,
+    Timers = 8,
+    Meta = 9,
+}
+
+/// The sled tree of each [`TreeId`], by number.
+pub(super) const TREE_NAMES: [&str; 10] = [
+    "contacts",
+    "identities",
+    "events",
+    "dedupe",
+    "inbox",
+    "runs",
+    "runs_by_contact",
+    "journal",
+    "timers",
+    "meta",
+];
+
+/// One put (`value: Some`) or remove (`None`) of a write batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RawOp {
+    pub(super) tree: TreeId,
+    pub(super) key: Vec<u8>,
+    pub(super) value: Option<Vec<u8>>,
+}
+
+/// A commit record: per operation its tree, the key and the value (u32 lengths; a value
+/// length of `u32::MAX` marks a remove).
+pub(super) fn encode_ops(ops: &[RawOp]) -> Vec<u8> {
+    let size = ops
+        .iter()
+        .map(|o| 9 + o.key.len() + o.value.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut out = Vec::with_capacity(size);
+    for o in ops {
+        out.push(o.tree as u8);
+        out.extend_from_slice(&(o.key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&o.key);
+        match &o.value {
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.extend_from_slice(&u32::MAX.to_be_bytes()),
+        }
+    }
+    out
+}
+
+/// Read a commit record back.
+pub(super) fn decode_ops(mut b: &[u8]) -> StoreResult<Vec<RawOp>> {
+    let corrupt = || StoreError::Corrupt("a write batch's commit record is cut short".into());
+    let take = |b: &mut &[u8], n: usize| -> StoreResult<Vec<u8>> {
+        if b.len() < n {
+            return Err(corrupt());
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Ok(head.to_vec())
+    };
+    let len = |bytes: Vec<u8>| u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let mut ops = Vec::new();
+    while !b.is_empty() {
+        let tree = take(&mut b, 1)?[0];
+        let tree = match tree {
+            0 => TreeId::Contacts,
+            1 => TreeId::Identities,
+            2 => TreeId::Events,
+            3 => TreeId::Dedupe,
+            4 => TreeId::Inbox,
+            5 => TreeId::Runs,
+            6 => TreeId::RunsByContact,
+            7 => TreeId::Journal,
+            8 => TreeId::Timers,
+            9 => TreeId::Meta,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "a write batch names tree {other}"
+                )))
+            }
+        };
+        let key_len = len(take(&mut b, 4)?) as usize;
+        let key = take(&mut b, key_len)?;
+        let value_len = len(take(&mut b, 4)?);
+        let value = if value_len == u32::MAX {
+            None
+        } else {
+            Some(take(&mut b, value_len as usize)?)
+        };
+        ops.push(RawOp { tree, key, value });
+    }
+    Ok(ops)
+}

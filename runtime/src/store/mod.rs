@@ -19,10 +19,14 @@ use crate::model::{
     ScriptVersion, SegmentChange, Step, WaitReg,
 };
 
+mod batch;
 mod codec;
+#[cfg(any(test, feature = "test-hooks"))]
+pub mod conformance;
 mod flusher;
 mod sled_backend;
 
+pub use self::batch::{Write, WriteBatch};
 /// The compact binary form an event is stored in (`herald bench` writes its raw-sled reference
 /// records with it).
 pub use self::codec::enc_event;
@@ -30,7 +34,7 @@ pub(crate) use self::codec::{dec_audience, enc_audience};
 pub use self::flusher::Flusher;
 pub use self::sled_backend::SledStore;
 #[allow(unused_imports)]
-use self::{codec::*, flusher::*, sled_backend::*};
+use self::{batch::*, codec::*, flusher::*, sled_backend::*};
 
 /// Storage errors. No backend's own types appear here, so a server database reports failures
 /// the same way as the embedded one.
@@ -129,13 +133,31 @@ impl std::fmt::Display for TimerTarget {
     }
 }
 
-/// Everything the daemon stores. Implementations must be safe to share across threads.
-/// A server database can replace the embedded one by implementing this trait.
+/// Everything the daemon stores. A server database replaces the embedded one ([`SledStore`])
+/// by implementing this trait; [`conformance`] (test builds) checks an implementation.
+///
+/// # The contract
+///
+/// 1. Implementations are shared across threads (`Send + Sync`); every call blocks until done,
+///    so async code calls the store off its async threads (`spawn_blocking`).
+/// 2. A write is visible to every read that starts after the call returned.
+/// 3. Writes become durable at [`Store::flush`] (the daemon's group commit calls it for many
+///    writers at once). After a crash, what is stored is a prefix of the writes in the order
+///    their calls returned: every write before the last completed flush, and possibly some
+///    after it, never a later write without the earlier ones.
+/// 4. A single write is atomic. [`Store::apply`] makes a [`WriteBatch`] atomic: after a crash
+///    either every write of the batch is stored or none is (one transaction on a server
+///    database). Where correctness needs several writes to land together, they go in a batch.
+/// 5. Ids from [`Store::next_id`] are unique and increase, across restarts too.
+/// 6. Counts ([`Store::contact_count`], [`Store::timer_count`]) are exact at every moment.
+/// 7. Errors say what failed in [`StoreError`]'s words; no backend's types cross the trait.
 pub trait Store: Send + Sync + 'static {
     /// A new unique, increasing number.
     fn next_id(&self) -> StoreResult<u64>;
     /// Make every write so far durable.
     fn flush(&self) -> StoreResult<()>;
+    /// Store every write of `batch`, all or nothing across a crash (rule 4).
+    fn apply(&self, batch: &WriteBatch) -> StoreResult<()>;
 
     /// Read a contact.
     fn contact(&self, id: &str) -> StoreResult<Option<Contact>>;

@@ -40,6 +40,8 @@ pub struct SledStore {
     pub(super) segment_log: sled::Tree,
     pub(super) audience: sled::Tree,
     pub(super) meta: sled::Tree,
+    /// Commit records of write batches being applied (see [`SledStore::apply`]).
+    pub(super) batches: sled::Tree,
     /// Stored contacts, kept exact from insert results so status and metrics are O(1).
     pub(super) contact_total: AtomicUsize,
     /// Pending timers, likewise.
@@ -106,6 +108,30 @@ impl SledStore {
         }
         let contacts = t("contacts")?;
         let timers = t("timers")?;
+        let batches = t("batches")?;
+        // A batch whose commit record survived a crash is applied again, whole (its writes are
+        // plain puts and removes, so applying some of them twice is harmless).
+        let mut cut_off = 0usize;
+        for r in batches.iter() {
+            let (k, v) = r?;
+            for op in decode_ops(&v)? {
+                let tree = t(TREE_NAMES[op.tree as usize])?;
+                match op.value {
+                    Some(v) => tree.insert(op.key, v)?,
+                    None => tree.remove(op.key)?,
+                };
+            }
+            batches.remove(k)?;
+            cut_off += 1;
+        }
+        if cut_off > 0 {
+            db.flush()?;
+            meta.remove("checkpoint")?;
+            tracing::warn!(
+                batches = cut_off,
+                "completed write batches that a crash cut off (all of each, as if it had finished)"
+            );
+        }
         // After a clean shutdown the counts come from its checkpoint, withdrawn durably before
         // anything else is written. Otherwise they are counted once here (two trees in
         // parallel). Afterwards every insert and remove says whether the key was new or
@@ -151,8 +177,133 @@ impl SledStore {
             segment_log: t("segment_log")?,
             audience: t("audience")?,
             meta,
+            batches,
             db,
         })
+    }
+
+    fn tree(&self, id: TreeId) -> &sled::Tree {
+        match id {
+            TreeId::Contacts => &self.contacts,
+            TreeId::Identities => &self.identities,
+            TreeId::Events => &self.events,
+            TreeId::Dedupe => &self.dedupe,
+            TreeId::Inbox => &self.inbox,
+            TreeId::Runs => &self.runs,
+            TreeId::RunsByContact => &self.runs_by_contact,
+            TreeId::Journal => &self.journal,
+            TreeId::Timers => &self.timers,
+            TreeId::Meta => &self.meta,
+        }
+    }
+
+    /// The tree operations a batch comes to, keys and values as the single-write methods
+    /// store them.
+    fn ops(&self, batch: &WriteBatch) -> StoreResult<Vec<RawOp>> {
+        let put = |tree, key: Vec<u8>, value: Vec<u8>| RawOp {
+            tree,
+            key,
+            value: Some(value),
+        };
+        let mut ops = Vec::with_capacity(batch.len());
+        for w in batch.writes() {
+            match w {
+                Write::Contact(c) => {
+                    ops.push(put(TreeId::Contacts, c.id.as_bytes().to_vec(), enc(c)?))
+                }
+                Write::Identity { kind, id, contact } => ops.push(put(
+                    TreeId::Identities,
+                    id_key(*kind, id).to_vec(),
+                    contact.as_bytes().to_vec(),
+                )),
+                Write::Event { contact, event } => ops.push(put(
+                    TreeId::Events,
+                    key2(contact, &event.seq.to_be_bytes()),
+                    enc_event(event)?,
+                )),
+                Write::MessageIds { at, ids } => {
+                    if !ids.is_empty() {
+                        let mut k = time_key(*at).to_vec();
+                        k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+                        let mut v = Vec::new();
+                        for id in ids {
+                            push_str16(&mut v, id);
+                        }
+                        ops.push(put(TreeId::Dedupe, k, v));
+                    }
+                }
+                Write::Inbox { key, items } => {
+                    if !items.is_empty() {
+                        ops.push(put(TreeId::Inbox, key.to_be_bytes().to_vec(), enc(items)?));
+                    }
+                }
+                Write::InboxDone { key } => ops.push(RawOp {
+                    tree: TreeId::Inbox,
+                    key: key.to_be_bytes().to_vec(),
+                    value: None,
+                }),
+                Write::NewRun(run) => {
+                    ops.push(put(
+                        TreeId::RunsByContact,
+                        run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
+                        Vec::new(),
+                    ));
+                    ops.push(put(TreeId::Runs, run.id.as_bytes().to_vec(), enc(run)?));
+                }
+                Write::Run(run) => {
+                    ops.push(put(TreeId::Runs, run.id.as_bytes().to_vec(), enc(run)?))
+                }
+                Write::Step { run, step } => ops.push(put(
+                    TreeId::Journal,
+                    key2(run, &step.seq.to_be_bytes()),
+                    enc(step)?,
+                )),
+                Write::Timer(t) => {
+                    let mut k = time_key(t.due).to_vec();
+                    k.extend_from_slice(t.target.encode().as_bytes());
+                    ops.push(put(TreeId::Timers, k, t.contact.as_bytes().to_vec()));
+                }
+                Write::ClearTimer { due, target } => {
+                    let mut k = time_key(*due).to_vec();
+                    k.extend_from_slice(target.encode().as_bytes());
+                    ops.push(RawOp {
+                        tree: TreeId::Timers,
+                        key: k,
+                        value: None,
+                    });
+                }
+                Write::Meta { key, value } => ops.push(put(
+                    TreeId::Meta,
+                    key.as_bytes().to_vec(),
+                    value.as_bytes().to_vec(),
+                )),
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Apply tree operations, keeping the running counts exact.
+    fn apply_ops(&self, ops: &[RawOp]) -> StoreResult<()> {
+        for op in ops {
+            let tree = self.tree(op.tree);
+            let before = match &op.value {
+                Some(v) => tree.insert(&op.key, v.as_slice())?,
+                None => tree.remove(&op.key)?,
+            };
+            let counter = match op.tree {
+                TreeId::Contacts => Some(&self.contact_total),
+                TreeId::Timers => Some(&self.timer_total),
+                _ => None,
+            };
+            if let Some(counter) = counter {
+                match (before.is_some(), op.value.is_some()) {
+                    (false, true) => counter.fetch_add(1, Ordering::Relaxed),
+                    (true, false) => counter.fetch_sub(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+            }
+        }
+        Ok(())
     }
 
     /// Withdraw a saved checkpoint before (and again after) a write that changes a count: the
@@ -220,6 +371,35 @@ impl SledStore {
 }
 
 impl Store for SledStore {
+    /// A batch of more than one write is made atomic with a commit record: the whole batch is
+    /// written as one record (a single write, atomic in sled) before its writes, and removed
+    /// after them. sled recovers a prefix of its log (contract rule 3), so after a crash
+    /// either the record is gone and so is every write of the batch, or it is there and
+    /// [`SledStore::open`] applies the batch again, whole. sled's own transactions are not
+    /// used: once used, they make every other write in the process pay for concurrency
+    /// control.
+    fn apply(&self, batch: &WriteBatch) -> StoreResult<()> {
+        let ops = self.ops(batch)?;
+        let counted = ops
+            .iter()
+            .any(|o| matches!(o.tree, TreeId::Contacts | TreeId::Timers | TreeId::Runs));
+        if counted {
+            self.invalidate_checkpoint()?;
+        }
+        if ops.len() <= 1 {
+            self.apply_ops(&ops)?;
+        } else {
+            let record = self.db.generate_id()?.to_be_bytes();
+            self.batches.insert(record, encode_ops(&ops))?;
+            self.apply_ops(&ops)?;
+            self.batches.remove(record)?;
+        }
+        if counted {
+            self.invalidate_checkpoint()?;
+        }
+        Ok(())
+    }
+
     fn next_id(&self) -> StoreResult<u64> {
         Ok(self.db.generate_id()?)
     }

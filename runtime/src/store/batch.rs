@@ -1,0 +1,109 @@
+//! Write batches: writes that land together or not at all.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// One write of a [`WriteBatch`], named by what it stores (the same records the single-write
+/// methods of [`Store`] write).
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// [`Store::put_contact`].
+    Contact(Contact),
+    /// [`Store::link_identity`].
+    Identity {
+        /// Which kind of id.
+        kind: IdKind,
+        /// The external id.
+        id: String,
+        /// The contact it belongs to.
+        contact: String,
+    },
+    /// [`Store::put_event`].
+    Event {
+        /// The contact whose timeline it joins.
+        contact: String,
+        /// The event.
+        event: Event,
+    },
+    /// [`Store::log_message_ids`].
+    MessageIds {
+        /// When the request was accepted.
+        at: i64,
+        /// Its `messageId`s.
+        ids: Vec<String>,
+    },
+    /// [`Store::push_inbox`].
+    Inbox {
+        /// The record's key.
+        key: u64,
+        /// The accepted events the engine owes work.
+        items: Vec<InboxItem>,
+    },
+    /// [`Store::remove_inbox`].
+    InboxDone {
+        /// The record's key.
+        key: u64,
+    },
+    /// [`Store::create_run`].
+    NewRun(Run),
+    /// [`Store::put_run`].
+    Run(Run),
+    /// [`Store::put_step`].
+    Step {
+        /// The run.
+        run: String,
+        /// The journal step.
+        step: Step,
+    },
+    /// [`Store::set_timer`].
+    Timer(Timer),
+    /// [`Store::clear_timer`].
+    ClearTimer {
+        /// When it was due.
+        due: i64,
+        /// What it would have woken.
+        target: TimerTarget,
+    },
+    /// [`Store::put_meta`].
+    Meta {
+        /// The setting.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// Writes that [`Store::apply`] makes land together: after a crash, every one of them is
+/// stored or none is. On a server database a batch is one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    writes: Vec<Write>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        WriteBatch::default()
+    }
+
+    /// Add a write.
+    pub fn push(&mut self, write: Write) -> &mut Self {
+        self.writes.push(write);
+        self
+    }
+
+    /// The writes, in the order they were added.
+    pub fn writes(&self) -> &[Write] {
+        &self.writes
+    }
+
+    /// How many writes.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// No writes at all?
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}

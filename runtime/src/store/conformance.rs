@@ -1,0 +1,399 @@
+//! The storage contract as tests: every [`Store`] implementation must pass them. The sled
+//! backend runs them in `cli/tests/store_conformance.rs`; a server database's backend runs the
+//! same functions against itself (they are compiled with the `test-hooks` feature).
+//!
+//! [`check_all`] runs every check against fresh stores; [`crash_writer`] and
+//! [`check_after_crash`] are the two halves of the crash test: a process writes batches
+//! until it is killed with SIGKILL, and the store reopened afterwards must hold every batch
+//! whole or not at all.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::model::{RunStatus, StepStatus};
+
+/// Run every check, each against a new, empty store from `open`.
+pub fn check_all(open: &mut dyn FnMut() -> Box<dyn Store>) {
+    contacts_identities_and_their_count(open().as_ref());
+    events_stay_in_order_per_contact(open().as_ref());
+    inbox_records_come_back_oldest_first_until_done(open().as_ref());
+    runs_journals_and_entries(open().as_ref());
+    timers_come_back_due_first_and_are_counted(open().as_ref());
+    a_batch_is_visible_whole_once_applied(open().as_ref());
+    an_empty_batch_writes_nothing(open().as_ref());
+    ids_are_unique_and_increase(open().as_ref());
+}
+
+fn contact(id: &str, email: &str) -> Contact {
+    let mut c = Contact::new(id.into(), 1_000);
+    c.attributes.insert("email".into(), json!(email));
+    c
+}
+
+fn event(seq: u64, name: &str) -> Event {
+    Event {
+        seq,
+        kind: "track".into(),
+        event: name.into(),
+        properties: json!({"n": seq}),
+        message_id: None,
+        timestamp: 1_000 + seq as i64,
+        received_at: 1_000 + seq as i64,
+        context: Value::Null,
+    }
+}
+
+fn step(seq: u32, at: i64) -> Step {
+    Step {
+        seq,
+        kind: "wait".into(),
+        name: "wait".into(),
+        input: json!({}),
+        status: StepStatus::Pending,
+        result: Value::Null,
+        error: None,
+        attempts: 0,
+        due_at: Some(at + 1_000),
+        contact: None,
+        idempotency_key: None,
+        line: None,
+        started_at: at,
+        finished_at: None,
+    }
+}
+
+fn run(id: &str, contact: &str, created_at: i64) -> Run {
+    Run::new(
+        id.into(),
+        "w".into(),
+        "hash".into(),
+        contact.into(),
+        json!({"type": "manual"}),
+        json!({}),
+        created_at,
+    )
+}
+
+/// Contacts are read back as written, rewrites do not count twice, identities point at them.
+pub fn contacts_identities_and_their_count(s: &dyn Store) {
+    assert_eq!(s.contact_count().unwrap(), 0);
+    s.put_contact(&contact("c1", "a@example.com")).unwrap();
+    s.put_contact(&contact("c2", "b@example.com")).unwrap();
+    s.put_contact(&contact("c1", "a2@example.com")).unwrap();
+    assert_eq!(s.contact_count().unwrap(), 2);
+    assert_eq!(
+        s.contact("c1").unwrap().unwrap().attributes["email"],
+        "a2@example.com"
+    );
+    assert!(s.contact("nobody").unwrap().is_none());
+    s.link_identity(IdKind::User, "ada", "c1").unwrap();
+    s.link_identity(IdKind::Anonymous, "ada", "c2").unwrap();
+    assert_eq!(
+        s.identity(IdKind::User, "ada").unwrap().as_deref(),
+        Some("c1")
+    );
+    assert_eq!(
+        s.identity(IdKind::Anonymous, "ada").unwrap().as_deref(),
+        Some("c2")
+    );
+    assert!(s.identity(IdKind::User, "bob").unwrap().is_none());
+}
+
+/// A contact's events come back in sequence order, newest first for `recent_events`.
+pub fn events_stay_in_order_per_contact(s: &dyn Store) {
+    for seq in [3, 1, 2] {
+        s.put_event("c1", &event(seq, "e")).unwrap();
+    }
+    s.put_event("c2", &event(4, "other")).unwrap();
+    let seqs: Vec<u64> = s.events_of("c1").unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    let recent: Vec<u64> = s
+        .recent_events("c1", 2)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(recent, [3, 2]);
+    assert_eq!(s.event("c1", 2).unwrap().unwrap().properties["n"], 2);
+    assert!(s.event("c1", 4).unwrap().is_none());
+}
+
+/// Inbox records are returned oldest first and gone once done.
+pub fn inbox_records_come_back_oldest_first_until_done(s: &dyn Store) {
+    let item = |seq| InboxItem {
+        contact: "c1".into(),
+        event_seq: seq,
+    };
+    s.push_inbox(20, &[item(20), item(21)]).unwrap();
+    s.push_inbox(10, &[item(10)]).unwrap();
+    let keys: Vec<u64> = s.inbox().unwrap().iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys, [10, 20]);
+    s.remove_inbox(10).unwrap();
+    let left = s.inbox().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].1.len(), 2);
+}
+
+/// Runs, their journals and the last entry of a contact into a workflow.
+pub fn runs_journals_and_entries(s: &dyn Store) {
+    s.create_run(&run("r1", "c1", 100)).unwrap();
+    s.create_run(&run("r2", "c1", 200)).unwrap();
+    let mut r1 = s.run("r1").unwrap().unwrap();
+    r1.status = RunStatus::Completed;
+    s.put_run(&r1).unwrap();
+    assert_eq!(s.run("r1").unwrap().unwrap().status, RunStatus::Completed);
+    let ids: Vec<String> = s
+        .runs_of_contact("c1")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["r1", "r2"]);
+    let entry = s.entry("w", "c1").unwrap().unwrap();
+    assert_eq!((entry.run.as_str(), entry.started_at), ("r2", 200));
+    s.put_step("r1", &step(1, 100)).unwrap();
+    s.put_step("r1", &step(0, 100)).unwrap();
+    let seqs: Vec<u32> = s.journal("r1").unwrap().iter().map(|st| st.seq).collect();
+    assert_eq!(seqs, [0, 1]);
+}
+
+/// Timers come back earliest first, only once due, and are counted exactly.
+pub fn timers_come_back_due_first_and_are_counted(s: &dyn Store) {
+    let timer = |due, run: &str| Timer {
+        due,
+        target: TimerTarget::Run(run.into()),
+        contact: "c1".into(),
+    };
+    s.set_timer(&timer(300, "b")).unwrap();
+    s.set_timer(&timer(-5, "neg")).unwrap();
+    s.set_timer(&timer(100, "a")).unwrap();
+    s.set_timer(&Timer {
+        due: 200,
+        target: TimerTarget::Audience("c9".into()),
+        contact: "c9".into(),
+    })
+    .unwrap();
+    s.set_timer(&timer(100, "a")).unwrap();
+    assert_eq!(s.timer_count().unwrap(), 4);
+    let due: Vec<(i64, TimerTarget)> = s
+        .due_timers(200, 10)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.due, t.target))
+        .collect();
+    assert_eq!(
+        due,
+        [
+            (-5, TimerTarget::Run("neg".into())),
+            (100, TimerTarget::Run("a".into())),
+            (200, TimerTarget::Audience("c9".into())),
+        ]
+    );
+    s.clear_timer(100, &TimerTarget::Run("a".into())).unwrap();
+    s.clear_timer(100, &TimerTarget::Run("never-set".into()))
+        .unwrap();
+    assert_eq!(s.timer_count().unwrap(), 3);
+    assert_eq!(s.next_timer().unwrap(), Some(-5));
+}
+
+/// A batch of every kind of write: each is readable once `apply` returned, counts included.
+pub fn a_batch_is_visible_whole_once_applied(s: &dyn Store) {
+    s.set_timer(&Timer {
+        due: 50,
+        target: TimerTarget::Run("old".into()),
+        contact: "c1".into(),
+    })
+    .unwrap();
+    s.push_inbox(1, &[]).unwrap();
+    s.push_inbox(
+        2,
+        &[InboxItem {
+            contact: "c1".into(),
+            event_seq: 2,
+        }],
+    )
+    .unwrap();
+    let mut b = WriteBatch::new();
+    b.push(Write::Contact(contact("c1", "a@example.com")))
+        .push(Write::Identity {
+            kind: IdKind::User,
+            id: "ada".into(),
+            contact: "c1".into(),
+        })
+        .push(Write::Event {
+            contact: "c1".into(),
+            event: event(7, "signed_up"),
+        })
+        .push(Write::MessageIds {
+            at: 1_000,
+            ids: vec!["m1".into(), "m2".into()],
+        })
+        .push(Write::Inbox {
+            key: 7,
+            items: vec![InboxItem {
+                contact: "c1".into(),
+                event_seq: 7,
+            }],
+        })
+        .push(Write::InboxDone { key: 2 })
+        .push(Write::NewRun(run("r1", "c1", 300)))
+        .push(Write::Step {
+            run: "r1".into(),
+            step: step(0, 300),
+        })
+        .push(Write::Timer(Timer {
+            due: 900,
+            target: TimerTarget::Run("r1".into()),
+            contact: "c1".into(),
+        }))
+        .push(Write::ClearTimer {
+            due: 50,
+            target: TimerTarget::Run("old".into()),
+        })
+        .push(Write::Meta {
+            key: "conformance".into(),
+            value: "yes".into(),
+        });
+    assert_eq!(b.len(), 11);
+    s.apply(&b).unwrap();
+    assert_eq!(s.contact_count().unwrap(), 1);
+    assert_eq!(
+        s.identity(IdKind::User, "ada").unwrap().as_deref(),
+        Some("c1")
+    );
+    assert_eq!(s.event("c1", 7).unwrap().unwrap().event, "signed_up");
+    let mut ids = Vec::new();
+    s.message_ids_since(0, &mut |_, id| ids.push(id.to_string()))
+        .unwrap();
+    assert_eq!(ids, ["m1", "m2"]);
+    let inbox: Vec<u64> = s.inbox().unwrap().iter().map(|(k, _)| *k).collect();
+    assert_eq!(inbox, [7]);
+    assert_eq!(s.run("r1").unwrap().unwrap().contact, "c1");
+    assert_eq!(s.entry("w", "c1").unwrap().unwrap().run, "r1");
+    assert_eq!(s.journal("r1").unwrap().len(), 1);
+    assert_eq!(s.timer_count().unwrap(), 1);
+    assert_eq!(s.next_timer().unwrap(), Some(900));
+    assert_eq!(s.meta("conformance").unwrap().as_deref(), Some("yes"));
+}
+
+/// An empty batch is no write at all.
+pub fn an_empty_batch_writes_nothing(s: &dyn Store) {
+    s.apply(&WriteBatch::new()).unwrap();
+    assert_eq!(s.contact_count().unwrap(), 0);
+    assert_eq!(s.timer_count().unwrap(), 0);
+    assert!(s.inbox().unwrap().is_empty());
+}
+
+/// `next_id` never repeats and only grows.
+pub fn ids_are_unique_and_increase(s: &dyn Store) {
+    let ids: Vec<u64> = (0..1000).map(|_| s.next_id().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+}
+
+/// Events per batch in the crash test: big enough that a kill lands inside one.
+pub const CRASH_BATCH_EVENTS: usize = 64;
+
+/// The contact of crash-test batch `n` of `round`.
+fn crash_contact(round: u32, n: u64) -> String {
+    format!("crash-{round}-{n}")
+}
+
+/// The crash test's writer: apply batch after batch (each: a contact, an identity,
+/// [`CRASH_BATCH_EVENTS`] events, an inbox record, a timer and a marker), with another thread
+/// flushing all the time so that the durable prefix ends at arbitrary points, and print
+/// `batch N` once batch N and every one before it are durable. Never returns; the test kills
+/// the process.
+pub fn crash_writer(s: std::sync::Arc<dyn Store>, round: u32) -> ! {
+    use std::io::Write as _;
+    let flusher = s.clone();
+    std::thread::spawn(move || loop {
+        let _ = flusher.flush();
+    });
+    let mut n = 0u64;
+    loop {
+        let contact = crash_contact(round, n);
+        let mut b = WriteBatch::new();
+        b.push(Write::Contact(Contact::new(contact.clone(), n as i64)));
+        b.push(Write::Identity {
+            kind: IdKind::User,
+            id: contact.clone(),
+            contact: contact.clone(),
+        });
+        for i in 0..CRASH_BATCH_EVENTS as u64 {
+            b.push(Write::Event {
+                contact: contact.clone(),
+                event: event(i, "crash"),
+            });
+        }
+        b.push(Write::Inbox {
+            key: (u64::from(round) << 40) | n,
+            items: vec![InboxItem {
+                contact: contact.clone(),
+                event_seq: 0,
+            }],
+        });
+        b.push(Write::Timer(Timer {
+            due: n as i64,
+            target: TimerTarget::Run(contact.clone()),
+            contact: contact.clone(),
+        }));
+        b.push(Write::Meta {
+            key: format!("crash:{contact}"),
+            value: "whole".into(),
+        });
+        s.apply(&b).expect("apply");
+        if n.is_multiple_of(16) {
+            s.flush().expect("flush");
+            println!("batch {n}");
+            let _ = std::io::stdout().flush();
+        }
+        n += 1;
+    }
+}
+
+/// The crash test's check, on the store reopened after the kill: every batch `round` wrote is
+/// there whole or not at all, and the batches there are 0..N with no gap. Returns N.
+pub fn check_after_crash(s: &dyn Store, round: u32) -> u64 {
+    let mut whole = 0u64;
+    let mut absent_run = 0;
+    let inbox: BTreeMap<u64, usize> = s
+        .inbox()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.len()))
+        .collect();
+    let timers: std::collections::HashSet<TimerTarget> = s
+        .due_timers(i64::MAX - 1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.target)
+        .collect();
+    let mut n = 0u64;
+    while absent_run < 64 {
+        let contact = crash_contact(round, n);
+        let parts = [
+            s.contact(&contact).unwrap().is_some(),
+            s.identity(IdKind::User, &contact).unwrap().is_some(),
+            s.events_of(&contact).unwrap().len() == CRASH_BATCH_EVENTS,
+            inbox.contains_key(&((u64::from(round) << 40) | n)),
+            timers.contains(&TimerTarget::Run(contact.clone())),
+            s.meta(&format!("crash:{contact}")).unwrap().is_some(),
+        ];
+        let events = s.events_of(&contact).unwrap().len();
+        if parts.iter().all(|p| *p) {
+            assert_eq!(absent_run, 0, "batch {n} is there after a missing one");
+            whole += 1;
+        } else if parts.iter().all(|p| !p) && events == 0 {
+            absent_run += 1;
+        } else {
+            panic!(
+                "batch {n} of round {round} is partly stored: contact, identity, all events, \
+                 inbox, timer, marker = {parts:?} ({events} of {CRASH_BATCH_EVENTS} events)"
+            );
+        }
+        n += 1;
+    }
+    whole
+}
