@@ -928,7 +928,7 @@ impl Engine {
     /// shutdown's checkpoint when there is one (changes since the start are added to it),
     /// otherwise by replaying each segment's change log.
     pub(crate) fn count_segments(&self) -> Result<(), EngineError> {
-        if let Some(saved) = self.store.take_checkpointed_segments() {
+        if let Some(saved) = self.store.checkpoint().and_then(|c| c.take_segments()) {
             let mut sizes = self.segment_sizes.locked();
             for (name, n) in saved {
                 *sizes.entry(name).or_default() += n;

@@ -619,10 +619,11 @@ impl Engine {
             tracing::warn!("a worker job panicked in this process: no shutdown checkpoint, the next start counts");
         } else if self.counted.load(std::sync::atomic::Ordering::Acquire) {
             let sizes = self.segment_sizes.locked().clone();
-            if let Err(e) = self
-                .store
-                .save_checkpoint(&self.metrics.run_counts(), &sizes)
-            {
+            let saved = match self.store.checkpoint() {
+                Some(c) => c.save(&self.metrics.run_counts(), &sizes),
+                None => Ok(()),
+            };
+            if let Err(e) = saved {
                 tracing::warn!(error = %e, "saving the shutdown checkpoint failed; the next start counts instead");
             }
         }

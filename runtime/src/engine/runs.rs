@@ -43,7 +43,7 @@ impl Engine {
     /// resume runs a crash left running. After a clean shutdown no run is running and the
     /// counts come from its checkpoint, so nothing is scanned.
     pub(crate) fn count_runs(&self) -> Result<(), EngineError> {
-        if let Some(saved) = self.store.take_checkpointed_runs() {
+        if let Some(saved) = self.store.checkpoint().and_then(|c| c.take_runs()) {
             if saved.get(RunStatus::Running.as_str()).copied().unwrap_or(0) == 0 {
                 let counts = RunStatus::ALL
                     .into_iter()

@@ -380,18 +380,6 @@ impl Ingestor {
     pub fn new(engine: Arc<Engine>, dedupe_window_ms: i64) -> Result<Self, StoreError> {
         let store = engine.store.clone();
         let now = engine.clock.now_ms();
-        let legacy = store.legacy_message_ids()?;
-        if !legacy.is_empty() {
-            for chunk in legacy.chunks(1000) {
-                store.log_message_ids(now, chunk)?;
-            }
-            store.flush()?;
-            store.clear_legacy_message_ids()?;
-            tracing::info!(
-                ids = legacy.len(),
-                "messageId markers moved into the dedupe window"
-            );
-        }
         let mut window = Dedupe::new(dedupe_window_ms);
         store.message_ids_since(now - window.window_ms(), &mut |at, id| {
             window.insert(id, at)

@@ -133,6 +133,23 @@ impl std::fmt::Display for TimerTarget {
     }
 }
 
+/// Counts a backend may save at a clean shutdown so that the next start need not scan for
+/// them: part of a backend's own lifecycle, not of the storage contract.
+pub trait CountCheckpoint {
+    /// Record, at a clean shutdown, the counts a start would otherwise scan for (contacts,
+    /// timers, and the given runs by status and segment sizes). The next open uses them once;
+    /// any later write that changes a count withdraws them first, so they are never stale.
+    fn save(
+        &self,
+        runs: &BTreeMap<String, i64>,
+        segments: &BTreeMap<String, i64>,
+    ) -> StoreResult<()>;
+    /// Runs by status as saved by the clean shutdown this store was opened after (once).
+    fn take_runs(&self) -> Option<BTreeMap<String, i64>>;
+    /// Segment sizes as saved by the clean shutdown this store was opened after (once).
+    fn take_segments(&self) -> Option<BTreeMap<String, i64>>;
+}
+
 /// Everything the daemon stores. A server database replaces the embedded one ([`SledStore`])
 /// by implementing this trait; [`conformance`] (test builds) checks an implementation.
 ///
@@ -187,11 +204,6 @@ pub trait Store: Send + Sync + 'static {
     /// Drop records of `messageId`s logged before `before`, at most `limit` records; how many
     /// went.
     fn expire_message_ids(&self, before: i64, limit: usize) -> StoreResult<usize>;
-    /// Markers of a data directory from before the dedupe log (one key per id): handed over
-    /// once, so the caller can log them, then cleared with `clear_legacy_message_ids`.
-    fn legacy_message_ids(&self) -> StoreResult<Vec<String>>;
-    /// Remove the legacy markers.
-    fn clear_legacy_message_ids(&self) -> StoreResult<()>;
     /// One event.
     fn event(&self, contact: &str, seq: u64) -> StoreResult<Option<Event>>;
     /// The most recent events of a contact, newest first.
@@ -235,18 +247,11 @@ pub trait Store: Send + Sync + 'static {
     fn next_timer(&self) -> StoreResult<Option<i64>>;
     /// Number of pending timers.
     fn timer_count(&self) -> StoreResult<usize>;
-    /// Record, at a clean shutdown, the counts a start would otherwise scan for (contacts,
-    /// timers, and the given runs by status and segment sizes). The next open uses them once;
-    /// any later write that changes a count withdraws them first, so they are never stale.
-    fn save_checkpoint(
-        &self,
-        runs: &BTreeMap<String, i64>,
-        segments: &BTreeMap<String, i64>,
-    ) -> StoreResult<()>;
-    /// Runs by status as saved by the clean shutdown this store was opened after (once).
-    fn take_checkpointed_runs(&self) -> Option<BTreeMap<String, i64>>;
-    /// Segment sizes as saved by the clean shutdown this store was opened after (once).
-    fn take_checkpointed_segments(&self) -> Option<BTreeMap<String, i64>>;
+    /// The backend's shutdown checkpoint of counts, if it keeps one (the embedded store does,
+    /// so a start need not scan; a server database can count with a query and has none).
+    fn checkpoint(&self) -> Option<&dyn CountCheckpoint> {
+        None
+    }
 
     /// Register a run waiting for an event of a contact.
     fn put_wait(&self, contact: &str, event: &str, wait: &WaitReg) -> StoreResult<()>;

@@ -64,6 +64,52 @@ pub(super) struct Checkpoint {
     pub(super) segments: BTreeMap<String, i64>,
 }
 
+/// One step of the record layout: what turns a data directory of layout `from` into one of
+/// layout `to`. Every change to stored records adds a step here, and a fixture data directory
+/// of the layout before it that a test opens (`cli/tests/data_layouts.rs`).
+struct Migration {
+    from: &'static str,
+    to: &'static str,
+    run: fn(&sled::Db) -> StoreResult<()>,
+}
+
+/// The steps from the oldest layout this build reads to [`LAYOUT`], in order. Layout "5" is
+/// the first that is migrated rather than refused; nothing has changed since.
+const MIGRATIONS: &[Migration] = &[];
+
+/// Bring a data directory of `layout` up to [`LAYOUT`], step by step, logging each; refuse a
+/// layout no chain of steps leads from (older than "5", or written by a newer Herald).
+fn migrate(db: &sled::Db, meta: &sled::Tree, layout: &str, dir: &Path) -> StoreResult<()> {
+    let mut at = layout.to_string();
+    while at != LAYOUT {
+        let Some(step) = MIGRATIONS.iter().find(|m| m.from == at) else {
+            let newer = at.parse::<u32>().ok() > LAYOUT.parse::<u32>().ok();
+            return Err(StoreError::Layout(if newer {
+                format!(
+                    "the data directory {} uses record layout {at}, written by a newer Herald; \
+                     this one reads layout {LAYOUT} (run the newer Herald; downgrades are not \
+                     supported)",
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "the data directory {} uses record layout {at}, from before layouts were \
+                     migrated (this Herald migrates layout 5 and later); start with a new data \
+                     directory (and re-import contacts) or run the Herald version that wrote it",
+                    dir.display()
+                )
+            }));
+        };
+        tracing::info!(from = step.from, to = step.to, data = %dir.display(), "migrating the data directory");
+        (step.run)(db)?;
+        meta.insert("layout", step.to.as_bytes())?;
+        db.flush()?;
+        tracing::info!(layout = step.to, "data directory migrated");
+        at = step.to.to_string();
+    }
+    Ok(())
+}
+
 impl SledStore {
     /// Open (or create) the store in `dir`. `cache_bytes` bounds sled's page cache.
     pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<Self> {
@@ -91,21 +137,16 @@ impl SledStore {
         };
         let t = |name: &str| db.open_tree(name);
         let meta = t("meta")?;
-        match meta.get("layout")? {
-            Some(v) if v.as_ref() == LAYOUT.as_bytes() => {}
+        let layout = match meta.get("layout")? {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
             None if t("contacts")?.is_empty() && t("runs")?.is_empty() => {
                 meta.insert("layout", LAYOUT.as_bytes())?;
+                LAYOUT.to_string()
             }
-            found => {
-                let found = found.map_or("1".to_string(), |v| String::from_utf8_lossy(&v).into());
-                return Err(StoreError::Layout(format!(
-                    "the data directory {} uses record layout {found}, this Herald reads layout \
-                     {LAYOUT}; start with a new data directory (and re-import contacts) or run \
-                     the Herald version that wrote it",
-                    dir.display()
-                )));
-            }
-        }
+            // Data directories from before layouts were recorded.
+            None => "1".to_string(),
+        };
+        migrate(&db, &meta, &layout, dir)?;
         let contacts = t("contacts")?;
         let timers = t("timers")?;
         let batches = t("batches")?;
@@ -154,7 +195,7 @@ impl SledStore {
                 (c?, t?, None, None)
             }
         };
-        Ok(SledStore {
+        SledStore {
             contact_total: AtomicUsize::new(contact_total),
             timer_total: AtomicUsize::new(timer_total),
             checkpointed: AtomicBool::new(false),
@@ -179,7 +220,35 @@ impl SledStore {
             meta,
             batches,
             db,
-        })
+        }
+        .with_legacy_message_ids_moved()
+    }
+
+    /// Markers of a data directory from before the dedupe log (one key per messageId) become
+    /// one dedupe record, remembered from now on, and are cleared.
+    fn with_legacy_message_ids_moved(self) -> StoreResult<Self> {
+        if self.message_ids.is_empty() {
+            return Ok(self);
+        }
+        let legacy: Vec<String> = self
+            .message_ids
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect::<StoreResult<_>>()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for chunk in legacy.chunks(1000) {
+            self.log_message_ids(now, chunk)?;
+        }
+        self.db.flush()?;
+        self.message_ids.clear()?;
+        tracing::info!(
+            ids = legacy.len(),
+            "messageId markers moved into the dedupe window"
+        );
+        Ok(self)
     }
 
     fn tree(&self, id: TreeId) -> &sled::Tree {
@@ -517,19 +586,6 @@ impl Store for SledStore {
         Ok(old.len())
     }
 
-    fn legacy_message_ids(&self) -> StoreResult<Vec<String>> {
-        self.message_ids
-            .iter()
-            .keys()
-            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
-            .collect()
-    }
-
-    fn clear_legacy_message_ids(&self) -> StoreResult<()> {
-        self.message_ids.clear()?;
-        Ok(())
-    }
-
     fn push_inbox(&self, key: u64, items: &[InboxItem]) -> StoreResult<()> {
         if !items.is_empty() {
             self.inbox.insert(key.to_be_bytes(), enc(&items)?)?;
@@ -668,32 +724,8 @@ impl Store for SledStore {
         Ok(self.timer_total.load(Ordering::Relaxed))
     }
 
-    fn save_checkpoint(
-        &self,
-        runs: &BTreeMap<String, i64>,
-        segments: &BTreeMap<String, i64>,
-    ) -> StoreResult<()> {
-        {
-            let _g = self.checkpoint_lock.locked();
-            let c = Checkpoint {
-                contacts: self.contact_total.load(Ordering::Acquire),
-                timers: self.timer_total.load(Ordering::Acquire),
-                runs: runs.clone(),
-                segments: segments.clone(),
-            };
-            self.meta.insert("checkpoint", serde_json::to_vec(&c)?)?;
-            self.checkpointed.store(true, Ordering::Release);
-        }
-        self.db.flush()?;
-        Ok(())
-    }
-
-    fn take_checkpointed_runs(&self) -> Option<BTreeMap<String, i64>> {
-        self.checkpointed_runs.locked().take()
-    }
-
-    fn take_checkpointed_segments(&self) -> Option<BTreeMap<String, i64>> {
-        self.checkpointed_segments.locked().take()
+    fn checkpoint(&self) -> Option<&dyn CountCheckpoint> {
+        Some(self)
     }
 
     fn put_wait(&self, contact: &str, event: &str, wait: &WaitReg) -> StoreResult<()> {
@@ -887,5 +919,35 @@ impl Store for SledStore {
     fn put_meta(&self, key: &str, value: &str) -> StoreResult<()> {
         self.meta.insert(key.as_bytes(), value.as_bytes())?;
         Ok(())
+    }
+}
+
+impl CountCheckpoint for SledStore {
+    fn save(
+        &self,
+        runs: &BTreeMap<String, i64>,
+        segments: &BTreeMap<String, i64>,
+    ) -> StoreResult<()> {
+        {
+            let _g = self.checkpoint_lock.locked();
+            let c = Checkpoint {
+                contacts: self.contact_total.load(Ordering::Acquire),
+                timers: self.timer_total.load(Ordering::Acquire),
+                runs: runs.clone(),
+                segments: segments.clone(),
+            };
+            self.meta.insert("checkpoint", serde_json::to_vec(&c)?)?;
+            self.checkpointed.store(true, Ordering::Release);
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn take_runs(&self) -> Option<BTreeMap<String, i64>> {
+        self.checkpointed_runs.locked().take()
+    }
+
+    fn take_segments(&self) -> Option<BTreeMap<String, i64>> {
+        self.checkpointed_segments.locked().take()
     }
 }

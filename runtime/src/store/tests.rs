@@ -14,7 +14,23 @@ fn a_data_directory_of_another_layout_is_refused_with_a_clear_error() {
     let err = SledStore::open(dir.path(), 8 << 20).err().expect("refused");
     let msg = err.to_string();
     assert!(
-        msg.contains("uses record layout 1, this Herald reads layout 5"),
+        msg.contains("uses record layout 1, from before layouts were migrated")
+            && msg.contains("start with a new data directory"),
+        "{msg}"
+    );
+    // A directory written by a newer Herald is refused as such.
+    let newer = tempfile::tempdir().unwrap();
+    {
+        let s = SledStore::open(newer.path(), 8 << 20).unwrap();
+        s.put_meta("layout", "99").unwrap();
+        s.flush().unwrap();
+    }
+    let msg = SledStore::open(newer.path(), 8 << 20)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        msg.contains("uses record layout 99, written by a newer Herald"),
         "{msg}"
     );
 
@@ -97,10 +113,7 @@ fn contact_and_timer_counts_stay_exact_across_rewrites_removals_and_reopening() 
     }
     let s = SledStore::open(dir.path(), 8 << 20).unwrap();
     assert_eq!(s.contact_count().unwrap(), 2);
-    assert!(
-        s.take_checkpointed_segments().is_none(),
-        "no clean shutdown yet"
-    );
+    assert!(s.take_segments().is_none(), "no clean shutdown yet");
     assert_eq!(s.timer_count().unwrap(), 1);
     s.set_timer(&timer(30, "c")).unwrap();
     assert_eq!(s.timer_count().unwrap(), 2);
@@ -315,22 +328,22 @@ fn a_checkpoint_is_used_once_and_withdrawn_by_any_later_counted_write() {
                 contact: "c".into(),
             })
             .unwrap();
-            s.save_checkpoint(&runs, &sizes).unwrap();
+            CountCheckpoint::save(&s, &runs, &sizes).unwrap();
         }
         // A clean stop: the next open gets the counts, once.
         {
             let s = SledStore::open(dir.path(), 8 << 20).unwrap();
-            assert_eq!(s.take_checkpointed_runs(), Some(runs.clone()));
-            assert_eq!(s.take_checkpointed_segments(), Some(sizes.clone()));
-            assert_eq!(s.take_checkpointed_segments(), None);
-            s.save_checkpoint(&runs, &sizes).unwrap();
+            assert_eq!(s.take_runs(), Some(runs.clone()));
+            assert_eq!(s.take_segments(), Some(sizes.clone()));
+            assert_eq!(s.take_segments(), None);
+            CountCheckpoint::save(&s, &runs, &sizes).unwrap();
             // A counted write after the checkpoint, then a crash (no second save).
             write(&s);
             s.flush().unwrap();
         }
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
-        assert_eq!(s.take_checkpointed_runs(), None);
-        assert_eq!(s.take_checkpointed_segments(), None);
+        assert_eq!(s.take_runs(), None);
+        assert_eq!(s.take_segments(), None);
     }
 }
 
@@ -364,7 +377,13 @@ fn message_ids_are_logged_per_request_read_back_from_a_time_and_expired_by_age()
     assert_eq!(s.expire_message_ids(250, 10).unwrap(), 0);
     assert_eq!(read(0).len(), 2);
     s.message_ids.insert("old-marker", &[1u8][..]).unwrap();
-    assert_eq!(s.legacy_message_ids().unwrap(), ["old-marker"]);
-    s.clear_legacy_message_ids().unwrap();
-    assert!(s.legacy_message_ids().unwrap().is_empty());
+    s.flush().unwrap();
+    drop(s);
+    // A data directory with markers from before the dedupe log: moved over at open.
+    let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+    assert!(s.message_ids.is_empty());
+    let mut ids = Vec::new();
+    s.message_ids_since(0, &mut |_, id| ids.push(id.to_string()))
+        .unwrap();
+    assert!(ids.iter().any(|i| i == "old-marker"), "{ids:?}");
 }
