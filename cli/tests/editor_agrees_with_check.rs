@@ -12,13 +12,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 
-use common::HANG_GUARD;
-use serde_json::{json, Value};
+use common::LspProcess;
+use serde_json::Value;
 
 /// One finding, as both sides can state it: code, severity, 1-based line and column, message.
 type Finding = (String, String, u64, u64, String);
@@ -79,98 +77,14 @@ fn check(root: &Path) -> (BTreeMap<String, Vec<Finding>>, Value) {
     (by_file, v["plugin_errors"].clone())
 }
 
-/// A `herald lsp` process and the messages it writes.
-struct Lsp {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    rx: mpsc::Receiver<Value>,
-}
-
-impl Lsp {
-    fn start(root: &Path) -> Lsp {
-        let bin = std::env::var_os("HERALD_EDITOR_BIN")
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_herald").into());
-        let mut child = Command::new(bin)
-            .arg("lsp")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || loop {
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if out.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.strip_prefix("Content-Length: ") {
-                    len = v.parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            if out.read_exact(&mut body).is_err() {
-                return;
-            }
-            if tx.send(serde_json::from_slice(&body).unwrap()).is_err() {
-                return;
-            }
-        });
-        let mut lsp = Lsp { child, stdin, rx };
-        let uri = url(root);
-        lsp.send(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"rootUri": uri, "capabilities": {}}}));
-        lsp.wait_for(|m| m["id"] == 1);
-        lsp.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
-        lsp
-    }
-
-    fn send(&mut self, v: Value) {
-        let text = v.to_string();
-        write!(self.stdin, "Content-Length: {}\r\n\r\n{text}", text.len()).unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    fn wait_for(&mut self, want: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let m = self
-                .rx
-                .recv_timeout(HANG_GUARD)
-                .expect("hang guard: the language server went quiet");
-            if want(&m) {
-                return m;
-            }
-        }
-    }
-
-    fn open(&mut self, path: &Path) {
-        let text = std::fs::read_to_string(path).unwrap();
-        self.send(json!({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {
-            "textDocument": {"uri": url(path), "languageId": "herald", "version": 1, "text": text}}}));
-    }
-
-    fn stop(mut self) {
-        self.send(json!({"jsonrpc": "2.0", "id": 2, "method": "shutdown"}));
-        self.wait_for(|m| m["id"] == 2);
-        self.send(json!({"jsonrpc": "2.0", "method": "exit"}));
-        let _ = self.child.wait();
-    }
-}
-
 fn url(path: &Path) -> String {
     format!("file://{}", path.display())
 }
 
 /// What the editor shows for each file of the project in `root`, every file open at once.
 fn editor(root: &Path, files: &[String]) -> BTreeMap<String, Vec<Finding>> {
-    let mut lsp = Lsp::start(root);
+    let mut lsp = LspProcess::spawn(std::env::var_os("HERALD_EDITOR_BIN"));
+    lsp.initialize(Some(root));
     for rel in files {
         lsp.open(&root.join(rel));
     }
@@ -204,7 +118,7 @@ fn editor(root: &Path, files: &[String]) -> BTreeMap<String, Vec<Finding>> {
             .collect();
         by_file.entry(rel).or_insert(findings);
     }
-    lsp.stop();
+    assert_eq!(lsp.stop(), 0);
     by_file
 }
 

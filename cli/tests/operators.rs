@@ -3,9 +3,8 @@
 //! `--version`. Every test runs the real binary.
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use serde_json::{json, Value};
@@ -137,39 +136,13 @@ fn sighup_reloads_the_project_as_a_saved_change_would() {
     assert_eq!(d.client.get("/healthz").0, 200);
 }
 
-fn lsp_frame(body: Value) -> Vec<u8> {
-    let text = body.to_string();
-    format!("Content-Length: {}\r\n\r\n{text}", text.len()).into_bytes()
-}
-
 /// Run `herald lsp`, send `messages`, and return its exit code while its stdin is still open.
 fn lsp_session(messages: &[Value]) -> i32 {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("lsp")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut lsp = LspProcess::spawn(None);
     for m in messages {
-        stdin.write_all(&lsp_frame(m.clone())).unwrap();
+        lsp.send(m.clone());
     }
-    stdin.flush().unwrap();
-    // Drain the answers so the server never blocks on a full pipe.
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut line = String::new();
-        while r.read_line(&mut line).unwrap_or(0) > 0 {
-            line.clear();
-        }
-    });
-    let status = eventually("herald lsp exits on `exit`", || {
-        child.try_wait().ok().flatten()
-    });
-    drop(stdin);
-    status.code().expect("an exit code, not a signal")
+    lsp.exit_code()
 }
 
 fn initialize() -> Value {

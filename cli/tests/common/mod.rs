@@ -462,3 +462,116 @@ impl Recorder {
         self.requests.lock().unwrap().len()
     }
 }
+
+/// `herald lsp` as a process, spoken to over its stdin and stdout the way an editor does.
+pub struct LspProcess {
+    pub child: Child,
+    stdin: std::process::ChildStdin,
+    rx: std::sync::mpsc::Receiver<Value>,
+}
+
+impl LspProcess {
+    /// Start `BIN lsp` (`None`: this build's `herald`).
+    pub fn spawn(bin: Option<std::ffi::OsString>) -> LspProcess {
+        let bin = bin.unwrap_or_else(|| env!("CARGO_BIN_EXE_herald").into());
+        let mut child = Command::new(bin)
+            .arg("lsp")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || loop {
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if out.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.strip_prefix("Content-Length: ") {
+                    len = v.parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            if out.read_exact(&mut body).is_err() {
+                return;
+            }
+            if tx.send(serde_json::from_slice(&body).unwrap()).is_err() {
+                return;
+            }
+        });
+        LspProcess { child, stdin, rx }
+    }
+
+    /// Send one message with its `Content-Length` header.
+    pub fn send(&mut self, v: Value) {
+        let text = v.to_string();
+        write!(self.stdin, "Content-Length: {}\r\n\r\n{text}", text.len()).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// The next message the server writes that satisfies `want` (others are skipped).
+    pub fn wait_for(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let m = self
+                .rx
+                .recv_timeout(HANG_GUARD)
+                .expect("hang guard: the language server went quiet");
+            if want(&m) {
+                return m;
+            }
+        }
+    }
+
+    /// `initialize` (with `root` as the workspace, if any) and `initialized`; the server's
+    /// answer to `initialize`.
+    pub fn initialize(&mut self, root: Option<&Path>) -> Value {
+        let params = match root {
+            Some(r) => {
+                let uri = format!("file://{}", r.display());
+                json!({"rootUri": uri, "workspaceFolders": [{"uri": uri, "name": "p"}], "capabilities": {}})
+            }
+            None => json!({"capabilities": {}}),
+        };
+        self.send(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}));
+        let answer = self.wait_for(|m| m["id"] == 1);
+        self.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}));
+        answer
+    }
+
+    /// `didOpen` the file at `path` with its text on disk.
+    pub fn open(&mut self, path: &Path) {
+        let text = std::fs::read_to_string(path).unwrap();
+        self.open_text(path, &text);
+    }
+
+    /// `didOpen` a document with `text`.
+    pub fn open_text(&mut self, path: &Path, text: &str) {
+        self.send(
+            json!({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {
+            "textDocument": {"uri": format!("file://{}", path.display()), "languageId": "herald",
+                             "version": 1, "text": text}}}),
+        );
+    }
+
+    /// `shutdown` then `exit`, with stdin still open; the exit code.
+    pub fn stop(mut self) -> i32 {
+        self.send(json!({"jsonrpc": "2.0", "id": 2, "method": "shutdown"}));
+        self.wait_for(|m| m["id"] == 2);
+        self.send(json!({"jsonrpc": "2.0", "method": "exit"}));
+        self.exit_code()
+    }
+
+    /// Wait for the process to exit by itself (stdin stays open); its exit code.
+    pub fn exit_code(mut self) -> i32 {
+        let status = eventually("herald lsp exits", || self.child.try_wait().ok().flatten());
+        status.code().expect("an exit code, not a signal")
+    }
+}
