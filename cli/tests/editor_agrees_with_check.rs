@@ -1,11 +1,13 @@
 //! The editor and `herald check` never disagree: for every example project and a set of
 //! fixture projects (segments and stages, MJML and `local_date` templates, a misspelled
-//! `herald.toml` key, broken scripts and templates), the language server (`herald lsp`, a real
+//! `herald.toml` key, broken scripts and templates, broken plugin folders), the language server (`herald lsp`, a real
 //! process over stdio) publishes for each file exactly the findings `herald check --format json`
 //! reports for it.
 //!
-//! The one thing compared on one side only: loading plugin components (wasmtime), which
-//! `herald check` does and the editor does not (`plugin_errors` in the JSON).
+//! The one thing compared on one side only: loading plugin components (wasmtime: compiling,
+//! `describe`, `validate-config`), which `herald check` does and the editor does not
+//! (`plugin_errors` in the JSON). A plugin folder's manifest, component digest and granted
+//! secrets are checked on both sides.
 //!
 //! `HERALD_EDITOR_BIN` names another `herald` whose `lsp` to compare against this build's
 //! `check` (an older release, say, to see what it got wrong).
@@ -208,4 +210,34 @@ fn broken_scripts_and_templates_get_the_same_findings_in_both() {
     assert_eq!(codes("segments/bad.rhai"), ["H013"]);
     assert_eq!(codes("templates/bad.liquid"), ["L001"]);
     assert_eq!(codes("templates/welcome.liquid"), ["L002"]);
+}
+
+#[test]
+fn plugin_folders_are_checked_without_wasmtime_in_both() {
+    let checked = agree(&fixture("broken-plugin"));
+    let toml: Vec<(&str, &str)> = checked["herald.toml"]
+        .iter()
+        .map(|f| (f.0.as_str(), f.1.as_str()))
+        .collect();
+    assert_eq!(
+        toml,
+        [("C003", "error"), ("C004", "warning"), ("C003", "error")],
+        "{checked:#?}"
+    );
+    let messages: Vec<&str> = checked["herald.toml"]
+        .iter()
+        .map(|f| f.4.as_str())
+        .collect();
+    assert!(
+        messages[0].contains("plugins/acme/plugin.wasm has sha256"),
+        "{messages:?}"
+    );
+    assert!(messages[1].contains("ACME_TOKEN"), "{messages:?}");
+    assert!(
+        messages[2].contains("plugins/missing/plugin.toml"),
+        "{messages:?}"
+    );
+    // Each points at its channel's `plugin = "…"` line.
+    assert_eq!(checked["herald.toml"][0].2, 6);
+    assert_eq!(checked["herald.toml"][2].2, 10);
 }

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod grant;
+pub mod manifest;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

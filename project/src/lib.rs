@@ -32,6 +32,10 @@ use templates::Templates;
 pub const CONFIG_INVALID: &str = "C001";
 /// A channel's settings are not valid.
 pub const CHANNEL_INVALID: &str = "C002";
+/// A plugin channel's folder does not hold a valid plugin (manifest, component digest).
+pub const PLUGIN_INVALID: &str = "C003";
+/// A plugin declares a secret the channel's grant does not supply.
+pub const PLUGIN_SECRET_MISSING: &str = "C004";
 /// A template does not compile (or cannot be read, or exists twice).
 pub const TEMPLATE_INVALID: &str = "L001";
 /// A template reads a variable that can never be set.
@@ -338,7 +342,83 @@ fn check_config(sources: &dyn Sources, report: &mut CheckReport) -> Option<Confi
             }
         }
     }
+    check_plugins(sources, &config, &text, report);
     Some(config)
+}
+
+/// The checks of a plugin channel that need no WebAssembly runtime, for plugins in a folder of
+/// the project: the manifest, the component's digest, the secrets the grant supplies. (A
+/// `bundled:` connector is checked when it is built; loading a component, `describe` and
+/// `validate-config` need wasmtime and happen in the daemon and `herald check`.)
+fn check_plugins(sources: &dyn Sources, config: &Config, text: &str, report: &mut CheckReport) {
+    let file = "herald.toml";
+    for (name, ch) in &config.channels {
+        let ChannelConfig::Plugin { plugin, grant, .. } = ch else {
+            continue;
+        };
+        if plugin.starts_with("bundled:") {
+            continue;
+        }
+        let at = range_of(text, &format!("\"{plugin}\""));
+        let dir = plugin.trim_end_matches('/');
+        let invalid = |message: String| {
+            Diagnostic::error(
+                PLUGIN_INVALID,
+                file,
+                at.clone(),
+                format!("channel \"{name}\": {message}"),
+            )
+            .with_label("not a valid plugin")
+        };
+        let manifest = match sources.read(&format!("{dir}/plugin.toml")) {
+            Err(e) => {
+                report.push(file, text, invalid(format!("{dir}/plugin.toml: {e}")));
+                continue;
+            }
+            Ok(t) => match herald_config::manifest::Manifest::parse(&t) {
+                Ok(m) => m,
+                Err(e) => {
+                    report.push(file, text, invalid(format!("{dir}/plugin.toml: {e}")));
+                    continue;
+                }
+            },
+        };
+        let wasm = format!("{dir}/{}", manifest.wasm);
+        match sources.read_bytes(&wasm) {
+            Err(e) => report.push(file, text, invalid(format!("{wasm}: {e}"))),
+            Ok(bytes) => {
+                let actual = herald_config::manifest::sha256_hex(&bytes);
+                if !actual.eq_ignore_ascii_case(&manifest.sha256) {
+                    report.push(
+                        file,
+                        text,
+                        invalid(format!(
+                            "{wasm} has sha256 {actual}, plugin.toml says {}",
+                            manifest.sha256
+                        )),
+                    );
+                }
+            }
+        }
+        for secret in &manifest.secrets {
+            if !grant.secrets.contains_key(secret) {
+                report.push(
+                    file,
+                    text,
+                    Diagnostic::warning(
+                        PLUGIN_SECRET_MISSING,
+                        file,
+                        at.clone(),
+                        format!(
+                            "channel \"{name}\": the plugin declares the secret `{secret}`, which \
+                             `secrets` does not supply"
+                        ),
+                    )
+                    .with_label("secret not granted"),
+                );
+            }
+        }
+    }
 }
 
 /// Load `templates/`, reporting what does not compile and what can never be set.

@@ -14,6 +14,8 @@ pub trait Sources {
     /// The names of the files directly in the folder `rel_dir` (`workflows`), sorted; empty
     /// when the folder does not exist.
     fn list(&self, rel_dir: &str) -> Vec<String>;
+    /// The bytes of the file at `rel` (a plugin's component), which no editor buffer replaces.
+    fn read_bytes(&self, rel: &str) -> io::Result<Vec<u8>>;
 }
 
 /// A project folder on disk.
@@ -37,6 +39,10 @@ impl DiskSources {
 impl Sources for DiskSources {
     fn read(&self, rel: &str) -> io::Result<String> {
         std::fs::read_to_string(self.root.join(rel))
+    }
+
+    fn read_bytes(&self, rel: &str) -> io::Result<Vec<u8>> {
+        std::fs::read(self.root.join(rel))
     }
 
     fn list(&self, rel_dir: &str) -> Vec<String> {
@@ -82,6 +88,10 @@ impl<S: Sources> Sources for Overlay<S> {
             Some(text) => Ok(text.clone()),
             None => self.base.read(rel),
         }
+    }
+
+    fn read_bytes(&self, rel: &str) -> io::Result<Vec<u8>> {
+        self.base.read_bytes(rel)
     }
 
     fn list(&self, rel_dir: &str) -> Vec<String> {

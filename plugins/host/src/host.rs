@@ -12,6 +12,7 @@ use wasmtime::{Config, Engine, Store, Trap};
 
 use crate::bindings::herald::channel::types as wit;
 use crate::bindings::{Plugin, PluginPre};
+use crate::manifest as manifest_file;
 use crate::manifest::{sha256_hex, Manifest};
 use crate::net::HostPattern;
 use crate::ratelimit::RateLimiter;
@@ -253,7 +254,7 @@ impl PluginHost {
     /// against the granted capabilities, call `describe` and check it against
     /// the manifest, and have the plugin validate `grant.config`.
     pub fn load(&self, plugin_dir: &Path, grant: Grant) -> Result<LoadedPlugin, PluginError> {
-        let manifest = Manifest::load(plugin_dir)?;
+        let manifest = manifest_file::load(plugin_dir)?;
         let wasm_path = manifest.wasm_path(plugin_dir);
         let bytes = std::fs::read(&wasm_path).map_err(|source| PluginError::Io {
             path: wasm_path.clone(),
@@ -273,7 +274,7 @@ impl PluginHost {
         grant: Grant,
     ) -> Result<LoadedPlugin, PluginError> {
         let dir = Path::new(origin);
-        let manifest = Manifest::parse(manifest, &dir.join("plugin.toml"))?;
+        let manifest = manifest_file::parse(manifest, &dir.join("plugin.toml"))?;
         let wasm_path = manifest.wasm_path(dir);
         self.load_checked(manifest, wasm, &wasm_path, dir, grant)
     }

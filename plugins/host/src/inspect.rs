@@ -157,7 +157,7 @@ pub fn inspect(wasm_path: &Path) -> Result<InspectReport, PluginError> {
     let manifest_path = wasm_path.parent().map(|d| d.join("plugin.toml"));
     let manifest = match manifest_path.as_deref().filter(|p| p.exists()) {
         Some(p) => match std::fs::read_to_string(p) {
-            Ok(text) => match Manifest::parse(&text, p) {
+            Ok(text) => match crate::manifest::parse(&text, p) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     problems.push(e.to_string());
