@@ -388,11 +388,9 @@ fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-/// Tell the service manager about a state change when it asked to be told (`NOTIFY_SOCKET`).
+/// Tell the service manager about a state change when it asked to be told (`NOTIFY_SOCKET`;
+/// without it this does nothing).
 fn notify_systemd(states: &[sd_notify::NotifyState]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return;
-    }
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::warn!("cannot notify the service manager: {e}");
     }

@@ -93,6 +93,11 @@ pub struct Workspace {
     engine: Arc<Engine>,
     parser: liquid::Parser,
     caches: Mutex<Caches>,
+    /// The last project check: every open document of a project asks for the same one after
+    /// an edit, so it is computed once (see [`Workspace::project_findings`]).
+    checked: Mutex<Option<(u64, Arc<herald_project::CheckReport>)>>,
+    /// Bumped by [`Workspace::invalidate`]: files the client reported changed.
+    disk_generation: std::sync::atomic::AtomicU64,
 }
 
 /// An open buffer: its path and text.
@@ -112,6 +117,8 @@ impl Workspace {
                 .build()
                 .expect("the liquid stdlib parser builds"),
             caches: Mutex::new(Caches::default()),
+            checked: Mutex::new(None),
+            disk_generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -125,6 +132,8 @@ impl Workspace {
         let mut c = self.caches.lock().expect("cache lock");
         c.scripts.clear();
         c.templates.clear();
+        self.disk_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Compile a template's text the way the daemon does; the error message if it fails.
@@ -264,15 +273,59 @@ impl Workspace {
         if herald_project::file_kind(&rel) == FileKind::Other {
             return None;
         }
-        let mut sources = Overlay::new(DiskSources::new(&root));
-        for b in buffers {
-            if let Some(r) = relative(&root, b.path) {
-                sources.set(r, b.text);
+        let mut overlay: BTreeMap<String, &str> = buffers
+            .iter()
+            .filter_map(|b| Some((relative(&root, b.path)?, b.text)))
+            .collect();
+        overlay.insert(rel.clone(), text);
+        let key = self.check_key(&root, &overlay);
+        let cached = self
+            .checked
+            .lock()
+            .expect("check cache lock")
+            .as_ref()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, r)| r.clone());
+        let report = match cached {
+            Some(r) => r,
+            None => {
+                let mut sources = Overlay::new(DiskSources::new(&root));
+                for (r, t) in &overlay {
+                    sources.set(r.clone(), *t);
+                }
+                let report = Arc::new(herald_project::check(&root, &sources, &self.engine).report);
+                *self.checked.lock().expect("check cache lock") = Some((key, report.clone()));
+                report
+            }
+        };
+        Some(report.for_file(&rel).to_vec())
+    }
+
+    /// What a project check depends on: the project folder, the open buffers, and the files on
+    /// disk it reads (by modification time and size; other files, such as plugin folders, by
+    /// the client's change reports).
+    fn check_key(&self, root: &Path, overlay: &BTreeMap<String, &str>) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        root.hash(&mut h);
+        overlay.hash(&mut h);
+        self.disk_generation
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .hash(&mut h);
+        for file in ["herald.toml", "scoring.rhai"] {
+            stamp(&root.join(file)).hash(&mut h);
+        }
+        for dir in ["workflows", "segments", "templates"] {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            entries.sort();
+            for p in entries {
+                p.hash(&mut h);
+                stamp(&p).hash(&mut h);
             }
         }
-        sources.set(rel.clone(), text);
-        let checked = herald_project::check(&root, &sources, &self.engine);
-        Some(checked.report.for_file(&rel).to_vec())
+        h.finish()
     }
 
     /// Facts about a workflow script: its declared name exactly as `herald check` finds it

@@ -196,18 +196,26 @@ impl State {
             (d.text.clone(), d.version, d.generation)
         };
         let role = role_for(uri);
-        let mut snapshot = self.snapshot(uri);
         let path = path_of(uri);
-        if uri.scheme() == "file" {
+        let findings = if uri.scheme() == "file" {
             let buffers = self.buffers_except(uri);
             let views: Vec<Buffer<'_>> = buffers
                 .iter()
                 .map(|(p, t)| Buffer { path: p, text: t })
                 .collect();
-            snapshot.findings =
-                analysis::guarded(|| self.workspace.project_findings(&path, &text, &views))
-                    .flatten();
-        }
+            analysis::guarded(|| self.workspace.project_findings(&path, &text, &views)).flatten()
+        } else {
+            None
+        };
+        // A file of a project gets the checker's findings; only a document on its own needs
+        // the names around it.
+        let snapshot = match findings {
+            Some(f) => ProjectSnapshot {
+                findings: Some(f),
+                ..ProjectSnapshot::default()
+            },
+            None => self.snapshot(uri),
+        };
         if self.current_generation(uri) != Some(generation) {
             return None;
         }

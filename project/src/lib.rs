@@ -423,24 +423,31 @@ fn check_plugins(sources: &dyn Sources, config: &Config, text: &str, report: &mu
 
 /// Load `templates/`, reporting what does not compile and what can never be set.
 fn check_templates(sources: &dyn Sources, report: &mut CheckReport) -> Templates {
-    let (templates, errors) = Templates::load(sources);
+    let (templates, errors, files) = Templates::load_files(sources);
+    let text_of = |file: &str| {
+        files
+            .iter()
+            .find(|(f, _)| f == file)
+            .map_or("", |(_, t)| t.as_str())
+    };
     for e in errors {
-        let source = sources.read(&e.file).unwrap_or_default();
+        let source = text_of(&e.file);
         let first_line = 0..source.find('\n').unwrap_or(source.len());
         let d = Diagnostic::error(TEMPLATE_INVALID, &e.file, first_line, e.message)
             .with_label("this template does not compile");
-        report.push(&e.file.clone(), &source, d);
+        report.push(&e.file, source, d);
     }
-    for u in templates::lint(sources) {
-        let source = sources.read(&u.file).unwrap_or_default();
-        let d = Diagnostic::warning(
-            TEMPLATE_UNKNOWN_VARIABLE,
-            &u.file,
-            line_range(&source, u.line),
-            u.to_string(),
-        )
-        .with_label("never set");
-        report.push(&u.file.clone(), &source, d);
+    for (file, source) in &files {
+        for u in templates::lint(file, source) {
+            let d = Diagnostic::warning(
+                TEMPLATE_UNKNOWN_VARIABLE,
+                file,
+                line_range(source, u.line),
+                u.to_string(),
+            )
+            .with_label("never set");
+            report.push(file, source, d);
+        }
     }
     templates
 }

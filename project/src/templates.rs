@@ -63,8 +63,18 @@ impl Templates {
     /// Load every `templates/*.liquid` and `templates/*.mjml` file of a project (no folder: no
     /// templates). Templates that do not compile are left out and reported.
     pub fn load(sources: &dyn Sources) -> (Templates, Vec<TemplateError>) {
+        let (templates, errors, _) = Self::load_files(sources);
+        (templates, errors)
+    }
+
+    /// [`Templates::load`], also handing back every template file it read (path relative to
+    /// the project, text), so a checker reads each file once.
+    pub fn load_files(
+        sources: &dyn Sources,
+    ) -> (Templates, Vec<TemplateError>, Vec<(String, String)>) {
         let mut out = Templates::default();
         let mut errors = Vec::new();
+        let mut files = Vec::new();
         let parser = parser();
         for file_name in sources.list("templates") {
             let Some((name, mjml)) = template_name(&file_name) else {
@@ -81,7 +91,9 @@ impl Templates {
                     continue;
                 }
             };
-            match Self::compile(&parser, &text, mjml) {
+            let compiled = Self::compile(&parser, &text, mjml);
+            files.push((display.clone(), text));
+            match compiled {
                 Ok(t) => {
                     if out.by_name.insert(name.to_string(), t).is_some() {
                         errors.push(TemplateError {
@@ -96,7 +108,7 @@ impl Templates {
                 }),
             }
         }
-        (out, errors)
+        (out, errors, files)
     }
 
     fn compile(parser: &liquid::Parser, text: &str, mjml: bool) -> Result<Template, String> {
@@ -301,26 +313,16 @@ impl std::fmt::Display for UnknownVariable {
     }
 }
 
-/// Lint every template of a project for variables that can never be set.
-pub fn lint(sources: &dyn Sources) -> Vec<UnknownVariable> {
-    let mut out = Vec::new();
-    for name in sources.list("templates") {
-        if template_name(&name).is_none() {
-            continue;
-        }
-        let file = format!("templates/{name}");
-        let Ok(text) = sources.read(&file) else {
-            continue;
-        };
-        for (line, var) in unknown_variables(&text) {
-            out.push(UnknownVariable {
-                file: file.clone(),
-                line,
-                name: var,
-            });
-        }
-    }
-    out
+/// Lint one template (`file`, relative to the project) for variables that can never be set.
+pub fn lint(file: &str, text: &str) -> Vec<UnknownVariable> {
+    unknown_variables(text)
+        .into_iter()
+        .map(|(line, name)| UnknownVariable {
+            file: file.to_string(),
+            line,
+            name,
+        })
+        .collect()
 }
 
 /// The plain-text part of an HTML email: block elements become line breaks, links keep their

@@ -637,7 +637,5 @@ impl Engine {
     }
 }
 
-impl RunHost {}
-
 #[cfg(test)]
 mod tests;

@@ -212,7 +212,7 @@ pub(super) fn id_key(kind: IdKind, id: &str) -> Vec<u8> {
     key2(tag, id.as_bytes())
 }
 
-/// The trees a write batch can touch, by their number in a commit record.
+/// The trees a write touches, by their number in a commit record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(super) enum TreeId {
@@ -228,19 +228,21 @@ pub(super) enum TreeId {
     Meta = 9,
 }
 
-/// The sled tree of each [`TreeId`], by number.
-pub(super) const TREE_NAMES: [&str; 10] = [
-    "contacts",
-    "identities",
-    "events",
-    "dedupe",
-    "inbox",
-    "runs",
-    "runs_by_contact",
-    "journal",
-    "timers",
-    "meta",
-];
+impl TreeId {
+    /// Every tree, in number order.
+    const ALL: [TreeId; 10] = [
+        TreeId::Contacts,
+        TreeId::Identities,
+        TreeId::Events,
+        TreeId::Dedupe,
+        TreeId::Inbox,
+        TreeId::Runs,
+        TreeId::RunsByContact,
+        TreeId::Journal,
+        TreeId::Timers,
+        TreeId::Meta,
+    ];
+}
 
 /// One put (`value: Some`) or remove (`None`) of a write batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,23 +290,9 @@ pub(super) fn decode_ops(mut b: &[u8]) -> StoreResult<Vec<RawOp>> {
     let mut ops = Vec::new();
     while !b.is_empty() {
         let tree = take(&mut b, 1)?[0];
-        let tree = match tree {
-            0 => TreeId::Contacts,
-            1 => TreeId::Identities,
-            2 => TreeId::Events,
-            3 => TreeId::Dedupe,
-            4 => TreeId::Inbox,
-            5 => TreeId::Runs,
-            6 => TreeId::RunsByContact,
-            7 => TreeId::Journal,
-            8 => TreeId::Timers,
-            9 => TreeId::Meta,
-            other => {
-                return Err(StoreError::Corrupt(format!(
-                    "a write batch names tree {other}"
-                )))
-            }
-        };
+        let tree = *TreeId::ALL
+            .get(usize::from(tree))
+            .ok_or_else(|| StoreError::Corrupt(format!("a write batch names tree {tree}")))?;
         let key_len = len(take(&mut b, 4)?) as usize;
         let key = take(&mut b, key_len)?;
         let value_len = len(take(&mut b, 4)?);
@@ -316,4 +304,127 @@ pub(super) fn decode_ops(mut b: &[u8]) -> StoreResult<Vec<RawOp>> {
         ops.push(RawOp { tree, key, value });
     }
     Ok(ops)
+}
+
+fn put(tree: TreeId, key: Vec<u8>, value: Vec<u8>) -> RawOp {
+    RawOp {
+        tree,
+        key,
+        value: Some(value),
+    }
+}
+
+fn remove(tree: TreeId, key: Vec<u8>) -> RawOp {
+    RawOp {
+        tree,
+        key,
+        value: None,
+    }
+}
+
+/// A contact record.
+pub(super) fn contact_op(c: &Contact) -> StoreResult<RawOp> {
+    Ok(put(TreeId::Contacts, c.id.as_bytes().to_vec(), enc(c)?))
+}
+
+/// An external id pointing at its contact.
+pub(super) fn identity_op(kind: IdKind, id: &str, contact: &str) -> RawOp {
+    put(
+        TreeId::Identities,
+        id_key(kind, id),
+        contact.as_bytes().to_vec(),
+    )
+}
+
+/// An event under its contact and sequence number.
+pub(super) fn event_op(contact: &str, e: &Event) -> StoreResult<RawOp> {
+    Ok(put(
+        TreeId::Events,
+        key2(contact, &e.seq.to_be_bytes()),
+        enc_event(e)?,
+    ))
+}
+
+/// One request's messageIds, keyed by the time accepted and a sequence number.
+pub(super) fn message_ids_op(at: i64, seq: u64, ids: &[String]) -> RawOp {
+    let mut k = time_key(at).to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    let mut v = Vec::with_capacity(ids.iter().map(|i| i.len() + 2).sum());
+    for id in ids {
+        push_str16(&mut v, id);
+    }
+    put(TreeId::Dedupe, k, v)
+}
+
+/// An inbox record (none for no items).
+pub(super) fn inbox_op(key: u64, items: &[InboxItem]) -> StoreResult<Option<RawOp>> {
+    if items.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(put(
+        TreeId::Inbox,
+        key.to_be_bytes().to_vec(),
+        enc(&items)?,
+    )))
+}
+
+/// The removal of a finished inbox record.
+pub(super) fn inbox_done_op(key: u64) -> RawOp {
+    remove(TreeId::Inbox, key.to_be_bytes().to_vec())
+}
+
+/// A run's key in the run-by-contact index.
+pub(super) fn run_index_op(run: &Run) -> RawOp {
+    put(
+        TreeId::RunsByContact,
+        run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
+        Vec::new(),
+    )
+}
+
+/// A run record.
+pub(super) fn run_op(run: &Run) -> StoreResult<RawOp> {
+    Ok(put(TreeId::Runs, run.id.as_bytes().to_vec(), enc(run)?))
+}
+
+/// A journal step.
+pub(super) fn step_op(run: &str, step: &Step) -> StoreResult<RawOp> {
+    Ok(put(
+        TreeId::Journal,
+        key2(run, &step.seq.to_be_bytes()),
+        enc(step)?,
+    ))
+}
+
+/// A timer's key: due time, then the stored form of its target.
+fn timer_key(due: i64, target: &TimerTarget) -> Vec<u8> {
+    let mut k = time_key(due).to_vec();
+    match target {
+        TimerTarget::Run(run) => k.extend_from_slice(run.as_bytes()),
+        TimerTarget::Audience(_) => k.extend_from_slice(target.encode().as_bytes()),
+    }
+    k
+}
+
+/// A timer, its contact as the value.
+pub(super) fn timer_op(t: &Timer) -> RawOp {
+    put(
+        TreeId::Timers,
+        timer_key(t.due, &t.target),
+        t.contact.as_bytes().to_vec(),
+    )
+}
+
+/// The removal of a timer.
+pub(super) fn clear_timer_op(due: i64, target: &TimerTarget) -> RawOp {
+    remove(TreeId::Timers, timer_key(due, target))
+}
+
+/// A small setting.
+pub(super) fn meta_op(key: &str, value: &str) -> RawOp {
+    put(
+        TreeId::Meta,
+        key.as_bytes().to_vec(),
+        value.as_bytes().to_vec(),
+    )
 }

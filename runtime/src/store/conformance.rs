@@ -373,15 +373,15 @@ pub fn check_after_crash(s: &dyn Store, round: u32) -> u64 {
     let mut n = 0u64;
     while absent_run < 64 {
         let contact = crash_contact(round, n);
+        let events = s.events_of(&contact).unwrap().len();
         let parts = [
             s.contact(&contact).unwrap().is_some(),
             s.identity(IdKind::User, &contact).unwrap().is_some(),
-            s.events_of(&contact).unwrap().len() == CRASH_BATCH_EVENTS,
+            events == CRASH_BATCH_EVENTS,
             inbox.contains_key(&((u64::from(round) << 40) | n)),
             timers.contains(&TimerTarget::Run(contact.clone())),
             s.meta(&format!("crash:{contact}")).unwrap().is_some(),
         ];
-        let events = s.events_of(&contact).unwrap().len();
         if parts.iter().all(|p| *p) {
             assert_eq!(absent_run, 0, "batch {n} is there after a missing one");
             whole += 1;

@@ -149,30 +149,6 @@ impl SledStore {
         migrate(&db, &meta, &layout, dir)?;
         let contacts = t("contacts")?;
         let timers = t("timers")?;
-        let batches = t("batches")?;
-        // A batch whose commit record survived a crash is applied again, whole (its writes are
-        // plain puts and removes, so applying some of them twice is harmless).
-        let mut cut_off = 0usize;
-        for r in batches.iter() {
-            let (k, v) = r?;
-            for op in decode_ops(&v)? {
-                let tree = t(TREE_NAMES[op.tree as usize])?;
-                match op.value {
-                    Some(v) => tree.insert(op.key, v)?,
-                    None => tree.remove(op.key)?,
-                };
-            }
-            batches.remove(k)?;
-            cut_off += 1;
-        }
-        if cut_off > 0 {
-            db.flush()?;
-            meta.remove("checkpoint")?;
-            tracing::warn!(
-                batches = cut_off,
-                "completed write batches that a crash cut off (all of each, as if it had finished)"
-            );
-        }
         // After a clean shutdown the counts come from its checkpoint, withdrawn durably before
         // anything else is written. Otherwise they are counted once here (two trees in
         // parallel). Afterwards every insert and remove says whether the key was new or
@@ -218,10 +194,33 @@ impl SledStore {
             segment_log: t("segment_log")?,
             audience: t("audience")?,
             meta,
-            batches,
+            batches: t("batches")?,
             db,
         }
+        .with_cut_off_batches_completed()?
         .with_legacy_message_ids_moved()
+    }
+
+    /// A batch whose commit record survived a crash is applied again, whole (its writes are
+    /// plain puts and removes, so applying some of them twice is harmless). A crash never
+    /// leaves a checkpoint beside a commit record: the checkpoint is withdrawn at open, before
+    /// anything is written.
+    fn with_cut_off_batches_completed(self) -> StoreResult<Self> {
+        let mut cut_off = 0usize;
+        for r in self.batches.iter() {
+            let (k, v) = r?;
+            self.apply_ops(&decode_ops(&v)?)?;
+            self.batches.remove(k)?;
+            cut_off += 1;
+        }
+        if cut_off > 0 {
+            self.db.flush()?;
+            tracing::warn!(
+                batches = cut_off,
+                "completed write batches that a crash cut off (all of each, as if it had finished)"
+            );
+        }
+        Ok(self)
     }
 
     /// Markers of a data directory from before the dedupe log (one key per messageId) become
@@ -266,89 +265,62 @@ impl SledStore {
         }
     }
 
-    /// The tree operations a batch comes to, keys and values as the single-write methods
-    /// store them.
+    /// The tree operations a batch comes to, each record encoded as its single-write method
+    /// stores it (the same `codec` builders).
     fn ops(&self, batch: &WriteBatch) -> StoreResult<Vec<RawOp>> {
-        let put = |tree, key: Vec<u8>, value: Vec<u8>| RawOp {
-            tree,
-            key,
-            value: Some(value),
-        };
         let mut ops = Vec::with_capacity(batch.len());
         for w in batch.writes() {
             match w {
-                Write::Contact(c) => {
-                    ops.push(put(TreeId::Contacts, c.id.as_bytes().to_vec(), enc(c)?))
-                }
-                Write::Identity { kind, id, contact } => ops.push(put(
-                    TreeId::Identities,
-                    id_key(*kind, id).to_vec(),
-                    contact.as_bytes().to_vec(),
-                )),
-                Write::Event { contact, event } => ops.push(put(
-                    TreeId::Events,
-                    key2(contact, &event.seq.to_be_bytes()),
-                    enc_event(event)?,
-                )),
+                Write::Contact(c) => ops.push(contact_op(c)?),
+                Write::Identity { kind, id, contact } => ops.push(identity_op(*kind, id, contact)),
+                Write::Event { contact, event } => ops.push(event_op(contact, event)?),
                 Write::MessageIds { at, ids } => {
-                    if !ids.is_empty() {
-                        let mut k = time_key(*at).to_vec();
-                        k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-                        let mut v = Vec::new();
-                        for id in ids {
-                            push_str16(&mut v, id);
-                        }
-                        ops.push(put(TreeId::Dedupe, k, v));
-                    }
+                    ops.extend(self.message_ids_op(*at, ids)?);
                 }
-                Write::Inbox { key, items } => {
-                    if !items.is_empty() {
-                        ops.push(put(TreeId::Inbox, key.to_be_bytes().to_vec(), enc(items)?));
-                    }
-                }
-                Write::InboxDone { key } => ops.push(RawOp {
-                    tree: TreeId::Inbox,
-                    key: key.to_be_bytes().to_vec(),
-                    value: None,
-                }),
-                Write::NewRun(run) => {
-                    ops.push(put(
-                        TreeId::RunsByContact,
-                        run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
-                        Vec::new(),
-                    ));
-                    ops.push(put(TreeId::Runs, run.id.as_bytes().to_vec(), enc(run)?));
-                }
-                Write::Run(run) => {
-                    ops.push(put(TreeId::Runs, run.id.as_bytes().to_vec(), enc(run)?))
-                }
-                Write::Step { run, step } => ops.push(put(
-                    TreeId::Journal,
-                    key2(run, &step.seq.to_be_bytes()),
-                    enc(step)?,
-                )),
-                Write::Timer(t) => {
-                    let mut k = time_key(t.due).to_vec();
-                    k.extend_from_slice(t.target.encode().as_bytes());
-                    ops.push(put(TreeId::Timers, k, t.contact.as_bytes().to_vec()));
-                }
-                Write::ClearTimer { due, target } => {
-                    let mut k = time_key(*due).to_vec();
-                    k.extend_from_slice(target.encode().as_bytes());
-                    ops.push(RawOp {
-                        tree: TreeId::Timers,
-                        key: k,
-                        value: None,
-                    });
-                }
-                Write::Meta { key, value } => ops.push(put(
-                    TreeId::Meta,
-                    key.as_bytes().to_vec(),
-                    value.as_bytes().to_vec(),
-                )),
+                Write::Inbox { key, items } => ops.extend(inbox_op(*key, items)?),
+                Write::InboxDone { key } => ops.push(inbox_done_op(*key)),
+                Write::NewRun(run) => ops.extend([run_index_op(run), run_op(run)?]),
+                Write::Run(run) => ops.push(run_op(run)?),
+                Write::Step { run, step } => ops.push(step_op(run, step)?),
+                Write::Timer(t) => ops.push(timer_op(t)),
+                Write::ClearTimer { due, target } => ops.push(clear_timer_op(*due, target)),
+                Write::Meta { key, value } => ops.push(meta_op(key, value)),
             }
         }
         Ok(ops)
+    }
+
+    /// The dedupe record of one request's messageIds (none for none).
+    fn message_ids_op(&self, at: i64, ids: &[String]) -> StoreResult<Option<RawOp>> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(message_ids_op(at, self.db.generate_id()?, ids)))
+    }
+
+    /// Write `ops` in order. A counted write (contacts, timers, runs) withdraws a saved
+    /// checkpoint before (and again after): the first call orders the withdrawal before the
+    /// write in the log, the second covers a checkpoint saved while the write was under way.
+    /// `atomic`: all of them or none across a crash, through a commit record (see `apply`).
+    fn write_ops(&self, ops: &[RawOp], atomic: bool) -> StoreResult<()> {
+        let counted = ops
+            .iter()
+            .any(|o| matches!(o.tree, TreeId::Contacts | TreeId::Timers | TreeId::Runs));
+        if counted {
+            self.invalidate_checkpoint()?;
+        }
+        if atomic && ops.len() > 1 {
+            let record = self.db.generate_id()?.to_be_bytes();
+            self.batches.insert(record, encode_ops(ops))?;
+            self.apply_ops(ops)?;
+            self.batches.remove(record)?;
+        } else {
+            self.apply_ops(ops)?;
+        }
+        if counted {
+            self.invalidate_checkpoint()?;
+        }
+        Ok(())
     }
 
     /// Apply tree operations, keeping the running counts exact.
@@ -448,25 +420,7 @@ impl Store for SledStore {
     /// used: once used, they make every other write in the process pay for concurrency
     /// control.
     fn apply(&self, batch: &WriteBatch) -> StoreResult<()> {
-        let ops = self.ops(batch)?;
-        let counted = ops
-            .iter()
-            .any(|o| matches!(o.tree, TreeId::Contacts | TreeId::Timers | TreeId::Runs));
-        if counted {
-            self.invalidate_checkpoint()?;
-        }
-        if ops.len() <= 1 {
-            self.apply_ops(&ops)?;
-        } else {
-            let record = self.db.generate_id()?.to_be_bytes();
-            self.batches.insert(record, encode_ops(&ops))?;
-            self.apply_ops(&ops)?;
-            self.batches.remove(record)?;
-        }
-        if counted {
-            self.invalidate_checkpoint()?;
-        }
-        Ok(())
+        self.write_ops(&self.ops(batch)?, true)
     }
 
     fn next_id(&self) -> StoreResult<u64> {
@@ -483,15 +437,7 @@ impl Store for SledStore {
     }
 
     fn put_contact(&self, contact: &Contact) -> StoreResult<()> {
-        self.invalidate_checkpoint()?;
-        if self
-            .contacts
-            .insert(contact.id.as_bytes(), enc(contact)?)?
-            .is_none()
-        {
-            self.contact_total.fetch_add(1, Ordering::Relaxed);
-        }
-        self.invalidate_checkpoint()
+        self.write_ops(&[contact_op(contact)?], false)
     }
 
     fn contact_count(&self) -> StoreResult<usize> {
@@ -506,15 +452,11 @@ impl Store for SledStore {
     }
 
     fn link_identity(&self, kind: IdKind, id: &str, contact: &str) -> StoreResult<()> {
-        self.identities
-            .insert(id_key(kind, id), contact.as_bytes())?;
-        Ok(())
+        self.write_ops(&[identity_op(kind, id, contact)], false)
     }
 
     fn put_event(&self, contact: &str, event: &Event) -> StoreResult<()> {
-        self.events
-            .insert(key2(contact, &event.seq.to_be_bytes()), enc_event(event)?)?;
-        Ok(())
+        self.write_ops(&[event_op(contact, event)?], false)
     }
 
     fn event(&self, contact: &str, seq: u64) -> StoreResult<Option<Event>> {
@@ -548,17 +490,10 @@ impl Store for SledStore {
     }
 
     fn log_message_ids(&self, at: i64, ids: &[String]) -> StoreResult<()> {
-        if ids.is_empty() {
-            return Ok(());
+        match self.message_ids_op(at, ids)? {
+            Some(op) => self.write_ops(&[op], false),
+            None => Ok(()),
         }
-        let mut k = time_key(at).to_vec();
-        k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-        let mut v = Vec::with_capacity(ids.iter().map(|i| i.len() + 2).sum());
-        for id in ids {
-            push_str16(&mut v, id);
-        }
-        self.dedupe.insert(k, v)?;
-        Ok(())
     }
 
     fn message_ids_since(&self, since: i64, f: &mut dyn FnMut(i64, &str)) -> StoreResult<()> {
@@ -587,10 +522,10 @@ impl Store for SledStore {
     }
 
     fn push_inbox(&self, key: u64, items: &[InboxItem]) -> StoreResult<()> {
-        if !items.is_empty() {
-            self.inbox.insert(key.to_be_bytes(), enc(&items)?)?;
+        match inbox_op(key, items)? {
+            Some(op) => self.write_ops(&[op], false),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn inbox(&self) -> StoreResult<Vec<(u64, Vec<InboxItem>)>> {
@@ -606,8 +541,7 @@ impl Store for SledStore {
     }
 
     fn remove_inbox(&self, seq: u64) -> StoreResult<()> {
-        self.inbox.remove(seq.to_be_bytes())?;
-        Ok(())
+        self.write_ops(&[inbox_done_op(seq)], false)
     }
 
     fn run(&self, id: &str) -> StoreResult<Option<Run>> {
@@ -619,17 +553,11 @@ impl Store for SledStore {
         // re-entry policy's question) is written once, before the run's first record: a crash
         // in between leaves an index key without a run, which readers skip, never a run
         // without its key.
-        self.runs_by_contact.insert(
-            run_index_key(&run.contact, &run.workflow, run.created_at, &run.id),
-            &[],
-        )?;
-        self.put_run(run)
+        self.write_ops(&[run_index_op(run), run_op(run)?], false)
     }
 
     fn put_run(&self, run: &Run) -> StoreResult<()> {
-        self.invalidate_checkpoint()?;
-        self.runs.insert(run.id.as_bytes(), enc(run)?)?;
-        self.invalidate_checkpoint()
+        self.write_ops(&[run_op(run)?], false)
     }
 
     fn runs_of_contact(&self, contact: &str) -> StoreResult<Vec<Run>> {
@@ -675,29 +603,15 @@ impl Store for SledStore {
     }
 
     fn put_step(&self, run: &str, step: &Step) -> StoreResult<()> {
-        self.journal
-            .insert(key2(run, &step.seq.to_be_bytes()), enc(step)?)?;
-        Ok(())
+        self.write_ops(&[step_op(run, step)?], false)
     }
 
     fn set_timer(&self, timer: &Timer) -> StoreResult<()> {
-        let mut k = time_key(timer.due).to_vec();
-        k.extend_from_slice(timer.target.encode().as_bytes());
-        self.invalidate_checkpoint()?;
-        if self.timers.insert(k, timer.contact.as_bytes())?.is_none() {
-            self.timer_total.fetch_add(1, Ordering::Relaxed);
-        }
-        self.invalidate_checkpoint()
+        self.write_ops(&[timer_op(timer)], false)
     }
 
     fn clear_timer(&self, due: i64, target: &TimerTarget) -> StoreResult<()> {
-        let mut k = time_key(due).to_vec();
-        k.extend_from_slice(target.encode().as_bytes());
-        self.invalidate_checkpoint()?;
-        if self.timers.remove(k)?.is_some() {
-            self.timer_total.fetch_sub(1, Ordering::Relaxed);
-        }
-        self.invalidate_checkpoint()
+        self.write_ops(&[clear_timer_op(due, target)], false)
     }
 
     fn due_timers(&self, now: i64, limit: usize) -> StoreResult<Vec<Timer>> {
@@ -917,8 +831,7 @@ impl Store for SledStore {
     }
 
     fn put_meta(&self, key: &str, value: &str) -> StoreResult<()> {
-        self.meta.insert(key.as_bytes(), value.as_bytes())?;
-        Ok(())
+        self.write_ops(&[meta_op(key, value)], false)
     }
 }
 
