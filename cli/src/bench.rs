@@ -43,6 +43,13 @@ pub struct BenchArgs {
     /// Runs sent through a native webhook channel and through the webhook plugin (0 skips it).
     #[arg(long, default_value_t = 3000)]
     channel_runs: usize,
+    /// Runs sent again to a receiver that answers after `--provider-latency-ms`, as provider
+    /// APIs do (0 skips it).
+    #[arg(long, default_value_t = 200)]
+    slow_channel_runs: usize,
+    /// How long the slow receiver takes to answer, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    provider_latency_ms: u64,
     /// Saved script changes timed from save to serving (0 skips it).
     #[arg(long, default_value_t = 20)]
     reloads: usize,
@@ -308,7 +315,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     d.shutdown();
 
     if args.channel_runs > 0 {
-        channels(args.channel_runs, args.batch, args.clients)?;
+        channels(
+            args.channel_runs,
+            args.slow_channel_runs,
+            args.provider_latency_ms,
+            args.batch,
+            args.clients,
+        )?;
     }
     if args.segments > 0 {
         audience(&args)?;
@@ -670,7 +683,9 @@ fn backfill(n: usize) -> Result<()> {
 
 /// An HTTP/1.1 server on loopback that answers every request `200 {}` (keep-alive), standing in
 /// for a webhook receiver.
-fn http_sink() -> Result<String> {
+/// A loopback HTTP receiver answering every request `{}` after `delay` (each answer written
+/// at once, so no delayed-ACK stall adds to it).
+fn http_sink(delay: Duration) -> Result<String> {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -705,6 +720,9 @@ fn http_sink() -> Result<String> {
                     if reader.read_exact(&mut body).is_err() {
                         return;
                     }
+                    if !delay.is_zero() {
+                        std::thread::sleep(delay);
+                    }
                     if out.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}").is_err() {
                         return;
                     }
@@ -716,38 +734,66 @@ fn http_sink() -> Result<String> {
 }
 
 /// Runs per second through the whole engine when the step's channel is the native webhook
-/// channel, and when it is the webhook WebAssembly connector, against the same receiver.
-fn channels(n: usize, batch: usize, clients: usize) -> Result<()> {
-    let sink = http_sink()?;
+/// channel, and when it is the webhook WebAssembly connector: against a receiver that answers
+/// at once, and against one that answers after `latency_ms`, as a provider's API does. The
+/// ratio of the two rates says how well the engine hides a provider's latency.
+fn channels(n: usize, slow_n: usize, latency_ms: u64, batch: usize, clients: usize) -> Result<()> {
+    let instant = http_sink(Duration::ZERO)?;
+    let slow = http_sink(Duration::from_millis(latency_ms))?;
     std::env::set_var("HERALD_BENCH_SIGNING_KEY", "bench-signing-key");
-    let mut rates = Vec::new();
-    for (label, table) in [
-        ("native webhook channel", format!("[channels.hook]\ntype = \"webhook\"\nurl = \"{sink}/in\"\n")),
-        (
-            "webhook plugin (wasm)",
+    let table = |plugin: bool, sink: &str| {
+        if plugin {
             format!(
                 "[channels.hook]\nplugin = \"bundled:webhook\"\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true\n\
                  config = {{ url = \"{sink}/in\" }}\nsecrets = {{ WEBHOOK_SIGNING_KEY = \"env:HERALD_BENCH_SIGNING_KEY\" }}\n"
-            ),
-        ),
-    ] {
-        let dir = tempfile::tempdir()?;
-        project(dir.path(), "workflow(\"bench\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    action(\"hook\", \"event\", #{ n: 1 });\n}\n")?;
-        let toml = std::fs::read_to_string(dir.path().join("herald.toml"))?;
-        std::fs::write(dir.path().join("herald.toml"), format!("{toml}\n{table}"))?;
-        let d = start_daemon(dir.path(), false)?;
-        let start = Instant::now();
-        ingest_http(&d.url(), n, n, batch, clients, &["go"])?;
-        wait_for_runs(&d, "bench", n, "completed")?;
-        let rate = n as f64 / start.elapsed().as_secs_f64();
-        let sent = d.shared.engine.metrics.sends("hook", "sent");
-        d.shutdown();
-        if sent as usize != n {
-            anyhow::bail!("{label}: {sent} of {n} sends succeeded");
+            )
+        } else {
+            format!("[channels.hook]\ntype = \"webhook\"\nurl = \"{sink}/in\"\n")
         }
-        println!("sends through the engine      {rate:>11.0} runs/s      {label} ({n} runs, one HTTP call each)");
-        rates.push(rate);
+    };
+    let mut instant_rates = Vec::new();
+    for (plugin, label) in [
+        (false, "native webhook channel"),
+        (true, "webhook plugin (wasm)"),
+    ] {
+        let rate = send_rate(&table(plugin, &instant), n, batch, clients, label)?;
+        println!("sends through the engine      {rate:>11.0} runs/s      {label}, instant receiver ({n} runs, one HTTP call each)");
+        instant_rates.push(rate);
     }
-    println!("plugin / native throughput    {:>11.2}             (target: plugin within 2x, i.e. >= 0.50)", rates[1] / rates[0]);
+    println!("plugin / native throughput    {:>11.2}             (target: plugin within 2x, i.e. >= 0.50)", instant_rates[1] / instant_rates[0]);
+    if slow_n > 0 {
+        for (i, (plugin, label)) in [
+            (false, "native webhook channel"),
+            (true, "webhook plugin (wasm)"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let rate = send_rate(&table(plugin, &slow), slow_n, batch, clients, label)?;
+            println!(
+                "sends through the engine      {rate:>11.0} runs/s      {label}, receiver answering after {latency_ms} ms ({slow_n} runs); latency hiding {:.3} of the instant rate",
+                rate / instant_rates[i]
+            );
+        }
+    }
     Ok(())
+}
+
+/// Runs per second of a one-send workflow through the channel `table` configures.
+fn send_rate(table: &str, n: usize, batch: usize, clients: usize, label: &str) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    project(dir.path(), "workflow(\"bench\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    action(\"hook\", \"event\", #{ n: 1 });\n}\n")?;
+    let toml = std::fs::read_to_string(dir.path().join("herald.toml"))?;
+    std::fs::write(dir.path().join("herald.toml"), format!("{toml}\n{table}"))?;
+    let d = start_daemon(dir.path(), false)?;
+    let start = Instant::now();
+    ingest_http(&d.url(), n, n, batch, clients, &["go"])?;
+    wait_for_runs(&d, "bench", n, "completed")?;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let sent = d.shared.engine.metrics.sends("hook", "sent");
+    d.shutdown();
+    if sent as usize != n {
+        anyhow::bail!("{label}: {sent} of {n} sends succeeded");
+    }
+    Ok(rate)
 }
