@@ -85,7 +85,7 @@ impl Engine {
             }
         }
         // 4. Score and segments.
-        self.evaluate_audience_of(contact, Some(&event), None)?;
+        crate::audience::Audience::new(self).evaluate_contact(contact, Some(&event), None)?;
         Ok(())
     }
 
