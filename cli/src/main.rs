@@ -268,7 +268,7 @@ fn check(dir: &Path, format: CheckFormat) -> Result<bool> {
             if p.config
                 .channels
                 .values()
-                .any(|c| matches!(c, herald_runtime::config::ChannelConfig::Plugin { .. })) =>
+                .any(|c| matches!(c.kind, herald_runtime::config::ChannelKind::Plugin { .. })) =>
         {
             let loader = herald_runtime::channels::PluginLoader::new(None);
             match herald_runtime::engine::ProjectState::from_project(p, &loader) {

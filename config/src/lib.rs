@@ -130,9 +130,72 @@ impl AuthConfig {
     }
 }
 
-/// One `[channels.NAME]` table.
+/// One `[channels.NAME]` table: what kind of channel, and how its delivery stage sends.
 #[derive(Debug, Clone)]
-pub enum ChannelConfig {
+pub struct ChannelConfig {
+    /// The kind of channel and its own settings.
+    pub kind: ChannelKind,
+    /// Concurrency, rate and lane settings of the channel's delivery stage.
+    pub delivery: DeliveryConfig,
+}
+
+/// How many sends a channel's delivery stage runs at once and how fast it may send. The keys
+/// sit in the channel's own table (`concurrency = 64`, `rate_per_second = 100`,
+/// `rate_group = "postmark-account"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Sends in flight at once (default 64). Each in-flight send holds one delivery thread
+    /// while it waits on the provider; for a plugin channel also one warm instance.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Sends started per second at most (default: no limit).
+    #[serde(default)]
+    pub rate_per_second: Option<f64>,
+    /// Channels naming the same group share one rate limit (channels on one provider
+    /// account); the group's rate is the smallest `rate_per_second` among them.
+    #[serde(default)]
+    pub rate_group: Option<String>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            concurrency: default_concurrency(),
+            rate_per_second: None,
+            rate_group: None,
+        }
+    }
+}
+
+fn default_concurrency() -> usize {
+    64
+}
+
+impl DeliveryConfig {
+    /// The keys of a channel table that belong to the delivery stage.
+    pub const KEYS: [&'static str; 3] = ["concurrency", "rate_per_second", "rate_group"];
+
+    /// A setting that cannot work, in words.
+    pub fn problem(&self) -> Option<String> {
+        if self.concurrency == 0 || self.concurrency > 4096 {
+            return Some(format!(
+                "`concurrency` must be between 1 and 4096 (got {})",
+                self.concurrency
+            ));
+        }
+        match self.rate_per_second {
+            Some(r) if !(r.is_finite() && r > 0.0) => Some(format!(
+                "`rate_per_second` must be a positive number (got {r})"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The kind of a `[channels.NAME]` table.
+#[derive(Debug, Clone)]
+pub enum ChannelKind {
     /// Append each message as a JSON line to a file.
     Outbox {
         /// The file, relative to the project directory.
@@ -187,6 +250,25 @@ impl<'de> Deserialize<'de> for ChannelConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut table = toml::Table::deserialize(d)?;
+        let mut delivery = toml::Table::new();
+        for key in DeliveryConfig::KEYS {
+            if let Some(v) = table.remove(key) {
+                delivery.insert(key.to_string(), v);
+            }
+        }
+        let delivery: DeliveryConfig = toml::Value::Table(delivery)
+            .try_into()
+            .map_err(D::Error::custom)?;
+        if let Some(problem) = delivery.problem() {
+            return Err(D::Error::custom(problem));
+        }
+        let kind = ChannelKind::from_table(table).map_err(D::Error::custom)?;
+        Ok(ChannelConfig { kind, delivery })
+    }
+}
+
+impl ChannelKind {
+    fn from_table(mut table: toml::Table) -> Result<Self, String> {
         let is_plugin = match table.get("type").and_then(|t| t.as_str()) {
             Some("plugin") => true,
             Some(_) => false,
@@ -198,17 +280,16 @@ impl<'de> Deserialize<'de> for ChannelConfig {
                 .remove("plugin")
                 .and_then(|p| p.as_str().map(String::from))
                 .ok_or_else(|| {
-                    D::Error::custom(
-                        "a plugin channel needs `plugin = \"path/to/plugin\"` or \"bundled:<id>\"",
-                    )
+                    "a plugin channel needs `plugin = \"path/to/plugin\"` or \"bundled:<id>\""
+                        .to_string()
                 })?;
             let to = table
                 .remove("to")
                 .and_then(|p| p.as_str().map(String::from));
             let grant: crate::grant::GrantConfig = toml::Value::Table(table)
                 .try_into()
-                .map_err(D::Error::custom)?;
-            return Ok(ChannelConfig::Plugin {
+                .map_err(|e: toml::de::Error| e.to_string())?;
+            return Ok(ChannelKind::Plugin {
                 plugin,
                 to,
                 grant: Box::new(grant),
@@ -216,13 +297,13 @@ impl<'de> Deserialize<'de> for ChannelConfig {
         }
         let builtin: BuiltinChannel = toml::Value::Table(table)
             .try_into()
-            .map_err(D::Error::custom)?;
+            .map_err(|e: toml::de::Error| e.to_string())?;
         Ok(match builtin {
             BuiltinChannel::Outbox {
                 path,
                 to,
                 idempotent,
-            } => ChannelConfig::Outbox {
+            } => ChannelKind::Outbox {
                 path,
                 to,
                 idempotent,
@@ -231,7 +312,7 @@ impl<'de> Deserialize<'de> for ChannelConfig {
                 url,
                 to,
                 timeout_ms,
-            } => ChannelConfig::Webhook {
+            } => ChannelKind::Webhook {
                 url,
                 to,
                 timeout_ms,
@@ -247,10 +328,10 @@ fn default_timeout() -> u64 {
 impl ChannelConfig {
     /// The contact attribute holding the recipient address.
     pub fn to_attribute(&self) -> Option<&str> {
-        match self {
-            ChannelConfig::Outbox { to, .. }
-            | ChannelConfig::Webhook { to, .. }
-            | ChannelConfig::Plugin { to, .. } => to.as_deref(),
+        match &self.kind {
+            ChannelKind::Outbox { to, .. }
+            | ChannelKind::Webhook { to, .. }
+            | ChannelKind::Plugin { to, .. } => to.as_deref(),
         }
     }
 }

@@ -176,6 +176,18 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
               once that long has passed since the previous run started.",
     },
     DslFunction {
+        name: "priority",
+        method: true,
+        on: "Workflow",
+        overloads: &[&[("lane", ArgType::String)]],
+        returns: "Workflow",
+        context: Context::Declaration,
+        doc: "The delivery lane of this workflow's sends: `\"transactional\"` (messages a person \
+              is waiting for, such as a password reset: served first), `\"normal\"` (the default) \
+              or `\"bulk\"` (newsletters: served last). Each channel serves its queue lane by \
+              lane, so a transactional message never waits behind a large bulk send.",
+    },
+    DslFunction {
         name: "send",
         method: false,
         on: "",

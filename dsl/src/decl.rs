@@ -72,6 +72,41 @@ pub enum Reentry {
     },
 }
 
+/// Which delivery lane a workflow's sends take. Each channel's queue is served in this order,
+/// so a transactional message (a password reset, a receipt) never waits behind bulk sends.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Messages a person is waiting for: served first.
+    Transactional,
+    /// Journeys: the default.
+    #[default]
+    Normal,
+    /// Newsletters and broadcasts: served last.
+    Bulk,
+}
+
+impl Priority {
+    /// Every lane, in the order they are served.
+    pub const ALL: [Priority; 3] = [Priority::Transactional, Priority::Normal, Priority::Bulk];
+
+    /// The lane's name as scripts and the API write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Transactional => "transactional",
+            Priority::Normal => "normal",
+            Priority::Bulk => "bulk",
+        }
+    }
+
+    /// The lane named `name`.
+    pub fn parse(name: &str) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
 /// A conversion goal: reaching it ends the run and counts a conversion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Goal {
@@ -92,6 +127,9 @@ pub struct WorkflowDecl {
     pub goal: Option<Goal>,
     /// Re-entry policy; `once` unless declared.
     pub reentry: Reentry,
+    /// The delivery lane of the workflow's sends; `normal` unless declared.
+    #[serde(default)]
+    pub priority: Priority,
     /// 1-based line of the `workflow(...)` call.
     #[serde(default)]
     pub line: usize,
@@ -105,6 +143,7 @@ impl WorkflowDecl {
             triggers: Vec::new(),
             goal: None,
             reentry: Reentry::Once,
+            priority: Priority::Normal,
             line,
         }
     }

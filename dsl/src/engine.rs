@@ -11,8 +11,8 @@ use rhai::{
 };
 
 use crate::decl::{
-    self, Goal, Reentry, RuleBuilder, RuleCondition, RuleDecl, ScoringBuilder, SegmentDecl,
-    Trigger, WorkflowBuilder, WorkflowDecl,
+    self, Goal, Priority, Reentry, RuleBuilder, RuleCondition, RuleDecl, ScoringBuilder,
+    SegmentDecl, Trigger, WorkflowBuilder, WorkflowDecl,
 };
 use crate::host::{current_host, Interrupt, Query, StepCall, WaitTarget};
 use crate::value::{to_dynamic, to_json};
@@ -479,6 +479,23 @@ fn register_declarations(engine: &mut Engine) {
                 }
             };
             Ok(b.update(|d| d.reentry = reentry))
+        },
+    );
+    engine.register_fn(
+        "priority",
+        |ctx: NativeCallContext,
+         b: &mut WorkflowBuilder,
+         lane: ImmutableString|
+         -> Result<WorkflowBuilder, Box<EvalAltResult>> {
+            let Some(priority) = Priority::parse(lane.as_str()) else {
+                return Err(runtime_error(
+                    format!(
+                        "unknown priority \"{lane}\": use \"transactional\", \"normal\" or \"bulk\""
+                    ),
+                    ctx.call_position(),
+                ));
+            };
+            Ok(b.update(|d| d.priority = priority))
         },
     );
     engine.register_fn("reentry", |b: &mut WorkflowBuilder, cooldown: i64| {

@@ -22,7 +22,8 @@ pub mod value;
 pub use analysis::{check_script, load_workflow, LoadedWorkflow, ProjectContext};
 pub use api::{DslFunction, DSL_FUNCTIONS};
 pub use decl::{
-    Goal, Reentry, RuleCondition, RuleDecl, ScoringDecl, SegmentDecl, Trigger, WorkflowDecl,
+    Goal, Priority, Reentry, RuleCondition, RuleDecl, ScoringDecl, SegmentDecl, Trigger,
+    WorkflowDecl,
 };
 pub use diagnostic::{render_diagnostics, Diagnostic, Severity};
 pub use engine::{build_engine, run_activation, ActivationEnd, Limits};

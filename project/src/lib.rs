@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use herald_config::{ChannelConfig, Config};
+use herald_config::{ChannelKind, Config};
 use herald_dsl::{
     check_scoring, check_script, check_segment, Diagnostic, LoadedScoring, LoadedSegment,
     LoadedWorkflow, ProjectContext,
@@ -329,7 +329,7 @@ fn check_config(sources: &dyn Sources, report: &mut CheckReport) -> Option<Confi
         }
     };
     for (name, ch) in &config.channels {
-        if let ChannelConfig::Webhook { url, .. } = ch {
+        if let ChannelKind::Webhook { url, .. } = &ch.kind {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 let d = Diagnostic::error(
                     CHANNEL_INVALID,
@@ -353,7 +353,7 @@ fn check_config(sources: &dyn Sources, report: &mut CheckReport) -> Option<Confi
 fn check_plugins(sources: &dyn Sources, config: &Config, text: &str, report: &mut CheckReport) {
     let file = "herald.toml";
     for (name, ch) in &config.channels {
-        let ChannelConfig::Plugin { plugin, grant, .. } = ch else {
+        let ChannelKind::Plugin { plugin, grant, .. } = &ch.kind else {
             continue;
         };
         if plugin.starts_with("bundled:") {

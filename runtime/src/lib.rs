@@ -6,6 +6,8 @@
 //! - [`store`]: the storage contract ([`store::Store`]), its records and the sled backend;
 //! - [`engine`]: workers, timers, triggers, the run lifecycle, replay, effects and rendering;
 //! - [`audience`]: segments, scoring, the per-contact behaviour index, backfills;
+//! - [`delivery`]: per-channel queues by lane, concurrency and rate limits, the sends in
+//!   flight; results go back to the contact's worker;
 //! - [`channels`]: the native channels and WebAssembly connectors messages leave through;
 //! - [`reload`]: watching the project and swapping in a new version;
 //! - [`daemon`]: the wiring of all of it into a running process.
@@ -14,6 +16,7 @@ pub mod audience;
 pub mod channels;
 pub mod clock;
 pub mod daemon;
+pub mod delivery;
 pub mod engine;
 pub mod http;
 pub mod ingest;

@@ -319,6 +319,9 @@ pub enum StepStatus {
     Retrying,
     /// The provider could not say whether the effect happened; needs an operator.
     Ambiguous,
+    /// Handed to the channel's delivery stage with its intent recorded; whether the provider
+    /// was called is in the intent (`dispatched_at`).
+    Queued,
 }
 
 /// One recorded step of a run.
@@ -423,6 +426,13 @@ pub struct Intent {
     pub channel: String,
     /// When the intent was recorded.
     pub at: i64,
+    /// When the delivery stage was about to call the provider (durable before the call):
+    /// unset, the provider was never called and the send can be queued again after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_at: Option<i64>,
+    /// The delivery lane.
+    #[serde(default)]
+    pub priority: herald_dsl::Priority,
 }
 
 /// A contact's membership of a segment.

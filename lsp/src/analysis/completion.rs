@@ -127,6 +127,23 @@ fn string_completion(
                     Some("a new run on every trigger".into()),
                 ),
             ],
+            ("priority", 0) if method => herald_dsl::Priority::ALL
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.as_str().to_string(),
+                        CompletionItemKind::VALUE,
+                        Some(
+                            match p {
+                                herald_dsl::Priority::Transactional => "served first",
+                                herald_dsl::Priority::Normal => "the default lane",
+                                herald_dsl::Priority::Bulk => "served last",
+                            }
+                            .into(),
+                        ),
+                    )
+                })
+                .collect(),
             _ => Vec::new(),
         };
     names

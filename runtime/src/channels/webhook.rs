@@ -10,9 +10,14 @@ pub struct WebhookChannel {
 }
 
 impl WebhookChannel {
-    /// A webhook channel posting to `url`.
-    pub fn new(url: String, timeout: Duration) -> Self {
-        let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+    /// A webhook channel posting to `url`, keeping up to `connections` idle connections for
+    /// reuse (the channel's delivery concurrency, so sends in flight do not reconnect).
+    pub fn new(url: String, timeout: Duration, connections: usize) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(timeout)
+            .max_idle_connections(connections.max(1))
+            .max_idle_connections_per_host(connections.max(1))
+            .build();
         WebhookChannel { url, agent }
     }
 }

@@ -5,6 +5,10 @@
 use super::*;
 
 impl RunHost {
+    /// Hand a send (or action) to its channel's delivery stage: the step is recorded as
+    /// queued together with its intent, in one batch, and the run waits for the result, which
+    /// comes back as a job on this contact's worker ([`Engine::record_delivery`]). The worker
+    /// never waits on the provider.
     pub(super) fn call_channel(
         &self,
         st: &mut RunState,
@@ -16,122 +20,60 @@ impl RunHost {
                 return self.fail_step(st, step, format!("recorded message is unreadable: {e}"))
             }
         };
-        let Some(channel) = self.engine.state().channels.get(&message.channel).cloned() else {
+        if !self.engine.state().channels.contains_key(&message.channel) {
             return self.fail_step(
                 st,
                 step,
                 format!("channel \"{}\" is not configured", message.channel),
             );
-        };
-        if step.status != StepStatus::Intent || step.attempts == 0 {
-            step.status = StepStatus::Intent;
-            step.attempts += 1;
-            self.engine.failpoint("before_intent");
-            self.save(st, &step)?;
-            let key = message.idempotency_key.clone();
-            let intent = Intent {
-                run: st.run.id.clone(),
-                step: step.seq,
-                channel: message.channel.clone(),
-                at: st.now,
-            };
-            if let Err(e) = self.store().put_intent(&key, &intent) {
-                st.store_error = Some(e);
-                return Err(Interrupt::Park(
-                    "storage failed while recording an intent".into(),
-                ));
-            }
-            self.durable()?;
-        } else {
-            step.attempts += 1;
         }
-        self.engine.failpoint("after_intent");
-        let result = channel.send(&message);
-        self.engine.failpoint("after_send");
+        step.status = StepStatus::Queued;
+        step.attempts += 1;
+        step.due_at = None;
+        self.engine.failpoint("before_intent");
         let key = message.idempotency_key.clone();
-        let outcome = match &result {
-            Ok(_) => "sent",
-            Err(ChannelError::Transient(_)) | Err(ChannelError::RateLimited { .. }) => "retry",
-            Err(ChannelError::Ambiguous(_)) => "ambiguous",
-            Err(_) => "failed",
+        let priority = self
+            .engine
+            .version(&st.run.script_hash)
+            .map(|w| w.decl.priority)
+            .unwrap_or_default();
+        let intent = Intent {
+            run: st.run.id.clone(),
+            step: step.seq,
+            channel: message.channel.clone(),
+            at: st.now,
+            dispatched_at: None,
+            priority,
         };
-        self.engine.metrics.send(&message.channel, outcome);
-        step.finished_at = Some(self.engine.clock.now_ms());
-        let value = match result {
-            Ok(d) => {
-                if let Some(pid) = &d.provider_id {
-                    // Provider callbacks name the provider's id: remember whose message it was.
-                    let owner = crate::model::ProviderMessage {
-                        contact: st.run.contact.clone(),
-                        run: st.run.id.clone(),
-                        step: step.seq,
-                        key: key.clone(),
-                    };
-                    if let Err(e) = self
-                        .store()
-                        .put_provider_message(&message.channel, pid, &owner)
-                    {
-                        st.store_error = Some(e);
-                    }
-                }
-                step.status = StepStatus::Done;
-                step.error = None;
-                step.due_at = None;
-                step.result = json!({
-                    "message_id": key,
-                    "channel": message.channel,
-                    "template": message.template,
-                    "operation": message.operation,
-                    "provider_id": d.provider_id,
-                    "detail": d.detail,
-                });
-                Ok(step.result.clone())
-            }
-            Err(ChannelError::Ambiguous(msg)) => {
-                step.status = StepStatus::Ambiguous;
-                step.error = Some(msg);
-                Err(Interrupt::Park(ambiguous_reason(&step)))
-            }
-            Err(e @ (ChannelError::Transient(_) | ChannelError::RateLimited { .. }))
-                if step.attempts < self.engine.config.max_attempts =>
-            {
-                let mut delay = self.engine.backoff(step.attempts);
-                if let ChannelError::RateLimited { retry_after_ms, .. } = &e {
-                    delay = delay.max(*retry_after_ms as i64);
-                }
-                let due = st.now + delay;
-                step.status = StepStatus::Retrying;
-                step.due_at = Some(due);
-                step.error = Some(e.to_string());
-                st.wake = Some(due);
-                tracing::info!(run = st.run.id, step = step.seq, attempt = step.attempts, delay_ms = delay, error = %e, "channel call will be retried");
-                Err(Interrupt::Suspend)
-            }
-            Err(e) => {
-                step.status = StepStatus::Failed;
-                let msg = if step.attempts > 1 {
-                    format!("{e} (after {} attempts)", step.attempts)
-                } else {
-                    e.to_string()
-                };
-                step.error = Some(msg.clone());
-                Err(Interrupt::Fail(format!(
-                    "{} {} failed: {msg}",
-                    step.kind, step.name
-                )))
-            }
-        };
-        self.save(st, &step)?;
-        if step.status != StepStatus::Ambiguous {
-            if let Err(e) = self.store().remove_intent(&key) {
-                st.store_error = Some(e);
-            }
+        let mut batch = WriteBatch::new();
+        batch
+            .push(Write::Step {
+                run: st.run.id.clone(),
+                step: step.clone(),
+            })
+            .push(Write::Intent {
+                key: key.clone(),
+                intent: intent.clone(),
+            });
+        if let Err(e) = self.store().apply(&batch) {
+            st.store_error = Some(e);
+            return Err(Interrupt::Park(
+                "storage failed while recording an intent".into(),
+            ));
         }
-        self.durable()?;
-        if value.is_ok() || step.status == StepStatus::Failed {
-            st.cursor += 1;
-        }
-        value
+        st.record(step.clone());
+        self.engine.flusher.request_flush();
+        self.engine.delivery.submit(QueuedSend {
+            key,
+            run: st.run.id.clone(),
+            contact: st.run.contact.clone(),
+            step: step.seq,
+            attempt: step.attempts,
+            intent,
+            message: Some(Box::new(message)),
+        });
+        st.wake = None;
+        Err(Interrupt::Suspend)
     }
 
     pub(super) fn fail_step(
@@ -393,5 +335,105 @@ impl RunHost {
         }
         st.wake = Some(due);
         Err(Interrupt::Suspend)
+    }
+}
+
+impl Engine {
+    /// Record what came of a send (on the contact's worker) and continue the run: a result
+    /// for a run that ended, or for an older attempt of the step, changes nothing.
+    pub(super) fn record_delivery(&self, o: &Outcome) -> Result<(), EngineError> {
+        let run = self.store.run(&o.run)?;
+        let journal = match &run {
+            Some(r) if !r.status.is_terminal() => self.store.journal(&o.run)?,
+            _ => Vec::new(),
+        };
+        let Some(mut step) = journal
+            .get(o.step as usize)
+            .filter(|s| s.status == StepStatus::Queued && s.attempts == o.attempt)
+            .cloned()
+        else {
+            if run.as_ref().is_none_or(|r| r.status.is_terminal()) {
+                self.store.remove_intent(&o.key)?;
+            }
+            return Ok(());
+        };
+        let Some(run) = run else { return Ok(()) };
+        let outcome = match &o.result {
+            Ok(_) => "sent",
+            Err(ChannelError::Transient(_)) | Err(ChannelError::RateLimited { .. }) => "retry",
+            Err(ChannelError::Ambiguous(_)) => "ambiguous",
+            Err(_) => "failed",
+        };
+        if o.called {
+            self.metrics.send(&o.channel, outcome);
+        }
+        let now = self.clock.now_ms();
+        step.finished_at = Some(now);
+        match &o.result {
+            Ok(d) => {
+                if let Some(pid) = &d.provider_id {
+                    // Provider callbacks name the provider's id: remember whose message it was.
+                    let owner = crate::model::ProviderMessage {
+                        contact: run.contact.clone(),
+                        run: run.id.clone(),
+                        step: step.seq,
+                        key: o.key.clone(),
+                    };
+                    self.store.put_provider_message(&o.channel, pid, &owner)?;
+                }
+                step.status = StepStatus::Done;
+                step.error = None;
+                step.due_at = None;
+                step.result = json!({
+                    "message_id": o.key,
+                    "channel": o.channel,
+                    "template": step.input.get("template"),
+                    "operation": step.input.get("operation"),
+                    "provider_id": d.provider_id,
+                    "detail": d.detail,
+                });
+            }
+            Err(ChannelError::Ambiguous(msg)) => {
+                step.status = StepStatus::Ambiguous;
+                step.error = Some(msg.clone());
+            }
+            Err(e @ (ChannelError::Transient(_) | ChannelError::RateLimited { .. }))
+                if !o.called || step.attempts < self.config.max_attempts =>
+            {
+                let mut delay = self.backoff(step.attempts);
+                if let ChannelError::RateLimited { retry_after_ms, .. } = e {
+                    delay = delay.max(*retry_after_ms as i64);
+                }
+                if !o.called {
+                    // The send never started: it does not count as an attempt.
+                    step.attempts -= 1;
+                }
+                step.status = StepStatus::Retrying;
+                step.due_at = Some(now + delay);
+                step.error = Some(e.to_string());
+                tracing::info!(run = run.id, step = step.seq, attempt = step.attempts, delay_ms = delay, error = %e, "channel call will be retried");
+            }
+            Err(e) => {
+                step.status = StepStatus::Failed;
+                step.error = Some(if step.attempts > 1 {
+                    format!("{e} (after {} attempts)", step.attempts)
+                } else {
+                    e.to_string()
+                });
+            }
+        }
+        let mut batch = WriteBatch::new();
+        batch.push(Write::Step {
+            run: run.id.clone(),
+            step: step.clone(),
+        });
+        if step.status != StepStatus::Ambiguous {
+            batch.push(Write::IntentDone { key: o.key.clone() });
+        }
+        self.store.apply(&batch)?;
+        // The result is in the store: the same step may be queued again from here on (a
+        // retry that is due at once).
+        self.delivery.release(&o.key);
+        self.activate(&run.id)
     }
 }

@@ -25,16 +25,18 @@ use sha2::{Digest, Sha256};
 
 use crate::channels::{Channel, ChannelError, OutboundMessage, OutboxChannel, WebhookChannel};
 use crate::clock::Clock;
-use crate::config::{ChannelConfig, EngineConfig};
+use crate::config::{ChannelConfig, ChannelKind, EngineConfig};
+use crate::delivery::{DeliveryStage, Outcome, QueuedSend, Sink};
 use crate::metrics::Metrics;
 use crate::model::{Contact, Event, InboxItem, Intent, Run, RunStatus, Step, StepStatus, WaitReg};
 use crate::project::{Project, WorkflowVersion};
-use crate::store::{Flusher, Store, StoreError, Timer, TimerTarget};
+use crate::store::{Flusher, Store, StoreError, Timer, TimerTarget, Write, WriteBatch};
 use crate::templates::Templates;
 
 mod effects;
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod hooks;
+mod operators;
 mod rendering;
 mod replay;
 mod runs;
@@ -45,8 +47,10 @@ mod workers;
 
 #[allow(unused_imports)]
 use self::{
-    effects::*, rendering::*, replay::*, runs::*, timers::*, triggers::*, variants::*, workers::*,
+    effects::*, operators::*, rendering::*, replay::*, runs::*, timers::*, triggers::*,
+    variants::*, workers::*,
 };
+pub use operators::{BulkResolve, DeadLetter, Matched};
 pub use rendering::template_globals;
 pub use timers::next_local_time;
 pub use variants::pick_variant;
@@ -106,18 +110,25 @@ impl ProjectState {
         let mut channels: BTreeMap<String, Arc<dyn Channel>> = BTreeMap::new();
         let mut loaded_plugins = BTreeMap::new();
         for (name, cfg) in &project.config.channels {
-            let ch: Arc<dyn Channel> = match cfg {
-                ChannelConfig::Outbox {
+            let ch: Arc<dyn Channel> = match &cfg.kind {
+                ChannelKind::Outbox {
                     path, idempotent, ..
                 } => Arc::new(OutboxChannel::new(project.dir.join(path), *idempotent)),
-                ChannelConfig::Webhook {
+                ChannelKind::Webhook {
                     url, timeout_ms, ..
                 } => Arc::new(WebhookChannel::new(
                     url.clone(),
                     std::time::Duration::from_millis(*timeout_ms),
+                    cfg.delivery.concurrency,
                 )),
-                ChannelConfig::Plugin { plugin, grant, .. } => {
-                    let ch = plugins.load(&project.dir, name, plugin, grant)?;
+                ChannelKind::Plugin { plugin, grant, .. } => {
+                    // Warm instances and concurrent calls follow the channel's delivery
+                    // concurrency unless the grant sets them.
+                    let mut grant = grant.clone();
+                    let concurrency = cfg.delivery.concurrency;
+                    grant.limits.max_concurrent_calls.get_or_insert(concurrency);
+                    grant.limits.pool_size.get_or_insert(concurrency);
+                    let ch = plugins.load(&project.dir, name, plugin, &grant)?;
                     loaded_plugins.insert(name.clone(), ch.plugin.clone());
                     Arc::new(ch)
                 }
@@ -188,6 +199,13 @@ pub(crate) enum Job {
         reply: mpsc::Sender<Result<(), EngineError>>,
     },
     Barrier(mpsc::Sender<()>),
+    /// A send the delivery stage finished: record the result and continue the run.
+    Delivered(Box<Outcome>),
+    /// An operator sends a dead letter again.
+    Retry {
+        run: String,
+        reply: mpsc::Sender<Result<(), EngineError>>,
+    },
 }
 
 /// A set of event names; `None` stands for every name.
@@ -260,6 +278,8 @@ pub struct Engine {
     counted: std::sync::atomic::AtomicBool,
     /// Accepted events the workers still owe (ingest waits at its limit).
     pub backlog: Backlog,
+    /// Where sends wait for their channel and run concurrently.
+    pub delivery: Arc<DeliveryStage>,
 }
 
 /// Accepted events handed to the workers and not processed yet. Ingest waits for room before
@@ -346,6 +366,7 @@ impl Engine {
                 .max(2)
         });
         let backlog = Backlog::new(config.max_backlog);
+        let delivery = DeliveryStage::new(store.clone(), flusher.clone(), clock.clone());
         let engine = Arc::new(Engine {
             store,
             flusher,
@@ -372,8 +393,12 @@ impl Engine {
             contact_lock: Mutex::new(()),
             counted: std::sync::atomic::AtomicBool::new(false),
             backlog,
+            delivery,
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
+        let sink: Arc<dyn Sink> = engine.clone();
+        engine.delivery.set_sink(Arc::downgrade(&sink));
+        engine.configure_delivery(&engine.state());
         engine.store_versions()?;
         let mut senders = Vec::new();
         let mut threads = Vec::new();
@@ -510,6 +535,7 @@ impl Engine {
                 changed.push(format!("segment:{name}"));
             }
         }
+        self.configure_delivery(&new);
         *self.state.write_locked() = new;
         self.store_versions()?;
         if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {
@@ -605,8 +631,27 @@ impl Engine {
         rx.recv().map_err(|_| EngineError::Stopped)?
     }
 
-    /// Stop the workers after they finish what is queued, and flush.
+    /// Give the delivery stage the channels of `state` with their delivery settings.
+    fn configure_delivery(&self, state: &ProjectState) {
+        let channels: Vec<_> = state
+            .channels
+            .iter()
+            .map(|(name, ch)| {
+                let delivery = state
+                    .channel_config
+                    .get(name)
+                    .map(|c| c.delivery.clone())
+                    .unwrap_or_default();
+                (name.clone(), ch.clone(), delivery)
+            })
+            .collect();
+        self.delivery.configure(&channels);
+    }
+
+    /// Stop the sends in flight (their results are recorded), then the workers after they
+    /// finish what is queued, and flush.
     pub fn shutdown(&self) {
+        self.delivery.shutdown();
         self.workers.locked().clear();
         let threads = std::mem::take(&mut *self.threads.locked());
         for t in threads {
@@ -634,6 +679,24 @@ impl Engine {
     fn failpoint(&self, _name: &str) {
         #[cfg(any(test, feature = "test-hooks"))]
         hooks::failpoint(self.failpoint.as_deref(), _name);
+    }
+}
+
+impl Sink for Engine {
+    fn delivered(&self, outcome: Outcome) {
+        let contact = outcome.contact.clone();
+        let key = outcome.key.clone();
+        if self
+            .send_job(&contact, Job::Delivered(Box::new(outcome)))
+            .is_err()
+        {
+            // Stopping: the intent stays, and the next start settles the step.
+            self.delivery.release(&key);
+        }
+    }
+
+    fn failpoint(&self, name: &str) {
+        Engine::failpoint(self, name);
     }
 }
 

@@ -16,6 +16,18 @@ pub(super) struct RunState {
     pub(super) store_error: Option<StoreError>,
 }
 
+impl RunState {
+    /// Put a step that was just written into the in-memory journal.
+    pub(super) fn record(&mut self, step: Step) {
+        let i = step.seq as usize;
+        if i < self.journal.len() {
+            self.journal[i] = step;
+        } else {
+            self.journal.push(step);
+        }
+    }
+}
+
 pub(super) struct RunHost {
     pub(super) engine: Arc<Engine>,
     pub(super) state: Rc<RefCell<RunState>>,
@@ -80,12 +92,7 @@ impl RunHost {
     pub(super) fn save(&self, st: &mut RunState, step: &Step) -> Result<(), Interrupt> {
         match self.store().put_step(&st.run.id, step) {
             Ok(()) => {
-                let i = step.seq as usize;
-                if i < st.journal.len() {
-                    st.journal[i] = step.clone();
-                } else {
-                    st.journal.push(step.clone());
-                }
+                st.record(step.clone());
                 Ok(())
             }
             Err(e) => {
@@ -96,14 +103,6 @@ impl RunHost {
                 )))
             }
         }
-    }
-
-    /// Make the journal durable before going on (an effect's intent, its result).
-    pub(super) fn durable(&self) -> Result<(), Interrupt> {
-        self.engine
-            .flusher
-            .commit_blocking()
-            .map_err(|e| Interrupt::Park(format!("storage flush failed: {e}")))
     }
 
     pub(super) fn new_step(
@@ -164,8 +163,14 @@ impl RunHost {
             }
             StepStatus::Failed => {
                 st.cursor += 1;
+                let error = rec.error.unwrap_or_else(|| "step failed".into());
+                // An effect the provider refused: say which step it was.
                 Err(Interrupt::Fail(
-                    rec.error.unwrap_or_else(|| "step failed".into()),
+                    if rec.attempts > 0 && rec.idempotency_key.is_some() {
+                        format!("{} {} failed: {error}", rec.kind, rec.name)
+                    } else {
+                        error
+                    },
                 ))
             }
             StepStatus::Pending => {
@@ -202,32 +207,69 @@ impl RunHost {
                 }
                 self.call_channel(st, rec)
             }
-            StepStatus::Intent => {
-                let channel = rec
-                    .input
-                    .get("channel")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                let idempotent = self
-                    .engine
-                    .state()
-                    .channels
-                    .get(&channel)
-                    .is_some_and(|c| c.supports_idempotency());
-                if idempotent {
-                    tracing::info!(run = st.run.id, step = rec.seq, channel, "retrying an effect from the ambiguous window with the same idempotency key");
-                    self.call_channel(st, rec)
+            StepStatus::Intent => self.settle_ambiguous(st, rec),
+            StepStatus::Ambiguous => Err(Interrupt::Park(ambiguous_reason(&rec))),
+            StepStatus::Queued => {
+                let key = rec.idempotency_key.clone().unwrap_or_default();
+                if self.engine.delivery.holds(&key) {
+                    // Queued or in flight in this process: its result continues the run.
+                    st.wake = None;
+                    return Err(Interrupt::Suspend);
+                }
+                let dispatched = match self.store().intent(&key) {
+                    Ok(intent) => intent.and_then(|i| i.dispatched_at).is_some(),
+                    Err(e) => {
+                        st.store_error = Some(e);
+                        return Err(Interrupt::Park(
+                            "storage failed while reading an intent".into(),
+                        ));
+                    }
+                };
+                if dispatched {
+                    // The provider may have been called before the process stopped.
+                    self.settle_ambiguous(st, rec)
                 } else {
+                    // The process stopped before the send started: queue it again, as the
+                    // same attempt.
                     let mut step = rec;
-                    step.status = StepStatus::Ambiguous;
-                    step.error = Some("the process stopped after this effect's intent was recorded and before its result was; the channel does not support idempotency keys, so it was not retried".into());
-                    self.save(st, &step)?;
-                    self.engine.metrics.send(&channel, "ambiguous");
-                    Err(Interrupt::Park(ambiguous_reason(&step)))
+                    step.attempts = step.attempts.saturating_sub(1);
+                    self.call_channel(st, step)
                 }
             }
-            StepStatus::Ambiguous => Err(Interrupt::Park(ambiguous_reason(&rec))),
+        }
+    }
+
+    /// A step whose provider call may or may not have happened (the process stopped between
+    /// the intent and the result): sent again with the same key where the channel honours
+    /// idempotency keys, otherwise marked ambiguous and parked for an operator.
+    fn settle_ambiguous(&self, st: &mut RunState, rec: Step) -> Result<Value, Interrupt> {
+        let channel = rec
+            .input
+            .get("channel")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let idempotent = self
+            .engine
+            .state()
+            .channels
+            .get(&channel)
+            .is_some_and(|c| c.supports_idempotency());
+        if idempotent {
+            tracing::info!(
+                run = st.run.id,
+                step = rec.seq,
+                channel,
+                "retrying an effect from the ambiguous window with the same idempotency key"
+            );
+            self.call_channel(st, rec)
+        } else {
+            let mut step = rec;
+            step.status = StepStatus::Ambiguous;
+            step.error = Some("the process stopped after this effect's intent was recorded and before its result was; the channel does not support idempotency keys, so it was not retried".into());
+            self.save(st, &step)?;
+            self.engine.metrics.send(&channel, "ambiguous");
+            Err(Interrupt::Park(ambiguous_reason(&step)))
         }
     }
 }

@@ -24,17 +24,39 @@ impl Engine {
                     .collect(),
             );
         }
+        // Sends the last process queued: those it never started go out again; those it may
+        // have started are the ambiguous window. Runs already parked for an operator stay
+        // quiet: they were reported when they parked.
+        let (mut requeued, mut parked) = (0usize, 0usize);
         for (key, intent) in self.store.intents()? {
-            tracing::warn!(
-                key,
-                run = intent.run,
-                step = intent.step,
-                channel = intent.channel,
-                "effect in the ambiguous window at start-up"
-            );
-            if let Some(run) = self.store.run(&intent.run)? {
-                self.send_job(&run.contact, Job::Activate(TimerTarget::Run(run.id), None))?;
+            let Some(run) = self.store.run(&intent.run)? else {
+                continue;
+            };
+            if run.status == RunStatus::Parked {
+                parked += 1;
+                continue;
             }
+            if intent.dispatched_at.is_none() {
+                requeued += 1;
+            } else {
+                tracing::warn!(
+                    key,
+                    run = intent.run,
+                    step = intent.step,
+                    channel = intent.channel,
+                    "effect in the ambiguous window at start-up"
+                );
+            }
+            self.send_job(&run.contact, Job::Activate(TimerTarget::Run(run.id), None))?;
+        }
+        if requeued > 0 {
+            tracing::info!(count = requeued, "re-queueing sends that had not started");
+        }
+        if parked > 0 {
+            tracing::info!(
+                count = parked,
+                "runs parked on an ambiguous send wait for an operator (GET /v1/runs?status=parked)"
+            );
         }
         Ok(())
     }

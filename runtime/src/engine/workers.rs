@@ -258,6 +258,24 @@ impl Engine {
             Job::Barrier(tx) => {
                 let _ = tx.send(());
             }
+            Job::Retry { run, reply } => {
+                let result = self
+                    .guard(|| format!("retry of run {run}"), || self.retry_inner(&run))
+                    .map_err(EngineError::Panicked)
+                    .and_then(|r| r.map_err(EngineError::Invalid));
+                let _ = reply.send(result);
+            }
+            Job::Delivered(outcome) => {
+                let key = outcome.key.clone();
+                let done = self.guard(
+                    || format!("result of send {key}"),
+                    || self.record_delivery(&outcome),
+                );
+                if let Ok(Err(e)) = done {
+                    tracing::error!(key, error = %e, "recording a send's result failed; the next start settles it");
+                }
+                self.delivery.release(&key);
+            }
         }
     }
 
@@ -350,9 +368,15 @@ impl Engine {
     }
 
     /// Write what a worker's batch owes so far (the batch goes on): its segment changes, one
-    /// record per segment, then the audience states that follow from them. sled recovers a
-    /// prefix of its log, so a crash keeps a state only with the changes logged before it.
+    /// record per segment, and the audience states that follow from them, in one atomic
+    /// [`WriteBatch`], so a crash never keeps a state without the changes it logged.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn write_batch(&self) -> Result<(), EngineError> {
+        self.write_batch_with(Vec::new())
+    }
+
+    /// [`Engine::write_batch`], with `done` inbox records removed in the same batch.
+    fn write_batch_with(&self, done: Vec<u64>) -> Result<(), EngineError> {
         let (changes, states) = in_batch(|b| {
             (
                 std::mem::take(&mut b.changes),
@@ -360,31 +384,46 @@ impl Engine {
             )
         })
         .unwrap_or_default();
+        let mut batch = WriteBatch::new();
         for (segment, changes) in changes {
-            self.store.log_segment_changes(&segment, &changes)?;
+            batch.push(Write::SegmentChanges { segment, changes });
         }
-        for (contact, state) in states {
-            self.store.put_audience_encoded(&contact, state)?;
+        for (contact, encoded) in states {
+            batch.push(Write::Audience { contact, encoded });
         }
+        for key in done {
+            batch.push(Write::InboxDone { key });
+        }
+        self.store.apply(&batch)?;
         Ok(())
     }
 
-    /// End a worker's batch: its changes and states are written, then the inbox records of its
-    /// events may go, in that order. If a write fails, the records stay (the events are
-    /// processed again at the next start, from the states last written) and the worker's
-    /// cached states, which may be ahead of the store, are dropped.
+    /// End a worker's batch: its changes, its states and the removal of the inbox records
+    /// its events finished are written as one batch. If it fails, the records stay (the
+    /// events are processed again at the next start, from the states last written) and the
+    /// worker's cached states, which may be ahead of the store, are dropped.
     pub(super) fn end_batch(&self) {
-        let written = self.write_batch();
-        let batch = BATCH.with(|b| b.borrow_mut().take());
+        let tickets = BATCH
+            .with(|b| {
+                b.borrow_mut()
+                    .as_mut()
+                    .map(|b| std::mem::take(&mut b.tickets))
+            })
+            .unwrap_or_default();
+        let done: Vec<u64> = tickets
+            .iter()
+            .filter(|t| {
+                t.remaining
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+                    == 1
+            })
+            .map(|t| t.key)
+            .collect();
+        let written = self.write_batch_with(done);
+        BATCH.with(|b| b.borrow_mut().take());
         if let Err(e) = written {
-            tracing::error!(error = %e, "writing a batch's segment changes and audience states failed; its events stay queued");
+            tracing::error!(error = %e, "writing a batch's segment changes, audience states and finished inbox records failed; its events stay queued");
             crate::audience::forget_cached_states();
-            return;
-        }
-        for t in batch.map(|b| b.tickets).unwrap_or_default() {
-            if let Err(e) = self.complete_now(&t) {
-                tracing::error!(error = %e, "removing a processed inbox record failed; its events are processed again at the next start");
-            }
         }
     }
 

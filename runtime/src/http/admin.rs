@@ -212,6 +212,118 @@ pub(super) async fn resolve_step(
     Ok(Json(json!({"resolved": true})))
 }
 
+/// `GET /v1/channels`: each channel's delivery queue by lane, sends in flight, limits, rate
+/// and latency.
+pub(super) async fn channels(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    Ok(Json(json!({"channels": shared.engine.delivery.status()})))
+}
+
+/// `POST /v1/channels/{name}/pause`: no new sends start on the channel (kept across restarts).
+pub(super) async fn pause_channel(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_paused(shared, headers, name, true).await
+}
+
+/// `POST /v1/channels/{name}/resume`: the channel's queued sends go out again.
+pub(super) async fn resume_channel(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_paused(shared, headers, name, false).await
+}
+
+async fn set_paused(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    name: String,
+    paused: bool,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let engine = shared.engine.clone();
+    let channel = name.clone();
+    let found = blocking(move || engine.delivery.set_paused(&channel, paused)).await??;
+    if !found {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "channel_not_found",
+            format!("no channel \"{name}\""),
+        ));
+    }
+    tracing::info!(
+        channel = name,
+        paused,
+        "channel {}",
+        if paused { "paused" } else { "resumed" }
+    );
+    Ok(Json(json!({"channel": name, "paused": paused})))
+}
+
+/// `POST /v1/resolve`: settle the ambiguous sends of a channel in a time range, in bulk
+/// (`dry_run` lists them only).
+pub(super) async fn resolve_bulk(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let req: crate::engine::BulkResolve = parse_json(&body)?;
+    let engine = shared.engine.clone();
+    let matched = blocking(move || engine.resolve_bulk(&req)).await??;
+    let resolved = matched.iter().filter(|m| m.resolved).count();
+    Ok(Json(
+        json!({"matched": matched.len(), "resolved": resolved, "steps": matched}),
+    ))
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeadLetterQuery {
+    pub(super) channel: Option<String>,
+    pub(super) limit: Option<usize>,
+}
+
+/// `GET /v1/dead-letters?channel=&limit=`: sends that failed for good, newest first.
+pub(super) async fn dead_letters(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<DeadLetterQuery>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let engine = shared.engine.clone();
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let list = blocking(move || engine.dead_letters(q.channel.as_deref(), limit)).await??;
+    Ok(Json(json!({"dead_letters": list})))
+}
+
+/// `POST /v1/runs/{id}/retry`: send a dead letter again.
+pub(super) async fn retry_run(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let engine = shared.engine.clone();
+    blocking(move || -> ApiResult<()> {
+        let run = engine.store.run(&id)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "run_not_found",
+                format!("no run \"{id}\""),
+            )
+        })?;
+        Ok(engine.retry_dead_letter(&run)?)
+    })
+    .await??;
+    Ok(Json(json!({"retried": true})))
+}
+
 pub(super) async fn workflows(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -291,6 +403,7 @@ pub(super) async fn status(
             "reloads": shared.reload_stats.locked().clone(),
             "backfill": shared.engine.backfill.locked().clone(),
             "pending_timers": shared.engine.store.timer_count()?,
+            "channels": shared.engine.delivery.status(),
             "clock": shared.engine.clock.now_ms(),
         })))
     })

@@ -44,6 +44,7 @@ pub(super) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 shared.engine.backlog.queued() as f64,
             ),
         ]);
+        render_channels(&mut body, &shared.engine.delivery.status());
         body.push_str("# HELP herald_segment_size Current members of each segment.\n# TYPE herald_segment_size gauge\n");
         for (name, size) in shared.engine.segment_sizes() {
             body.push_str(&format!(
@@ -54,4 +55,47 @@ pub(super) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     })
     .await
     .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The delivery stage's gauges and counters, per channel.
+fn render_channels(
+    body: &mut String,
+    channels: &std::collections::BTreeMap<String, crate::delivery::ChannelStatus>,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(body, "# HELP herald_channel_queued Sends waiting for their channel, by lane.\n# TYPE herald_channel_queued gauge");
+    for (name, c) in channels {
+        for (lane, n) in &c.queued {
+            let _ = writeln!(
+                body,
+                "herald_channel_queued{{channel=\"{name}\",lane=\"{lane}\"}} {n}"
+            );
+        }
+    }
+    type Gauge = (
+        &'static str,
+        &'static str,
+        fn(&crate::delivery::ChannelStatus) -> f64,
+    );
+    let gauges: [Gauge; 5] = [
+        ("herald_channel_in_flight", "Sends between dispatch and result.", |c| c.in_flight as f64),
+        ("herald_channel_allowance", "Sends the channel may have in flight now (below its concurrency after the provider asked to slow down).", |c| c.allowance as f64),
+        ("herald_channel_paused", "1 while an operator has paused the channel.", |c| if c.paused { 1.0 } else { 0.0 }),
+        ("herald_channel_send_rate", "Sends started per second over the last ten seconds.", |c| c.rate),
+        ("herald_channel_latency_mean_ms", "Mean time the provider took to answer.", |c| c.mean_latency_ms),
+    ];
+    for (metric, help, value) in gauges {
+        let _ = writeln!(body, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+        for (name, c) in channels {
+            let _ = writeln!(body, "{metric}{{channel=\"{name}\"}} {}", value(c));
+        }
+    }
+    let _ = writeln!(body, "# HELP herald_channel_throttled_total Calls the provider refused as too many (429, 454).\n# TYPE herald_channel_throttled_total counter");
+    for (name, c) in channels {
+        let _ = writeln!(
+            body,
+            "herald_channel_throttled_total{{channel=\"{name}\"}} {}",
+            c.throttled
+        );
+    }
 }

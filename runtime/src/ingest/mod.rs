@@ -16,7 +16,7 @@ use crate::engine::{Engine, Queued, Ticket};
 use crate::ingest::dedupe::Dedupe;
 use crate::metrics::Metrics;
 use crate::model::{Contact, Event, InboxItem};
-use crate::store::{Flusher, IdKind, Store, StoreError};
+use crate::store::{Flusher, IdKind, Store, StoreError, Write, WriteBatch};
 
 /// Largest single message, as Segment documents it.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -298,23 +298,38 @@ struct Pending {
 }
 
 impl Pending {
-    /// Write what is pending: events, then the inbox record, then the request's messageIds
-    /// (so an id is never remembered without its event), which only then join the window.
+    /// Write what is pending in one atomic batch: the events, the inbox record of those the
+    /// engine owes work, and the request's messageIds (so an id is never remembered without
+    /// its event); the ids join the dedupe window only once the batch is written.
     fn apply(
         &mut self,
         store: &dyn Store,
         dedupe: &mut Dedupe,
         now: i64,
     ) -> Result<(), StoreError> {
-        store.put_events(&std::mem::take(&mut self.events))?;
+        let mut batch = WriteBatch::new();
+        for (contact, event) in std::mem::take(&mut self.events) {
+            batch.push(Write::Event { contact, event });
+        }
         let inbox = std::mem::take(&mut self.inbox);
+        let mut ticket = None;
         if let Some((first, _)) = inbox.first() {
             // One inbox record for the events of this request; the engine removes it when
             // the last of them is processed.
             let key = first.event_seq;
             let items: Vec<InboxItem> = inbox.iter().map(|(i, _)| i.clone()).collect();
-            store.push_inbox(key, &items)?;
-            let ticket = Ticket::new(key, inbox.len());
+            batch.push(Write::Inbox { key, items });
+            ticket = Some(Ticket::new(key, inbox.len()));
+        }
+        let ids = std::mem::take(&mut self.message_ids);
+        if !ids.is_empty() {
+            batch.push(Write::MessageIds {
+                at: now,
+                ids: ids.clone(),
+            });
+        }
+        store.apply(&batch)?;
+        if let Some(ticket) = ticket {
             self.queued
                 .extend(inbox.into_iter().map(|(item, event)| Queued {
                     item,
@@ -322,8 +337,6 @@ impl Pending {
                     ticket: ticket.clone(),
                 }));
         }
-        let ids = std::mem::take(&mut self.message_ids);
-        store.log_message_ids(now, &ids)?;
         for id in &ids {
             dedupe.insert(id, now);
         }
@@ -425,9 +438,8 @@ impl Ingestor {
         let mut seen = HashSet::new();
         let mut dup = 0;
         let mut accepted = 0;
-        // Events, then the inbox record, then messageId markers, so a marker never exists without
-        // its event. Plain inserts, not sled batches: a batch takes sled's global write lock and
-        // would stall every worker while it is applied.
+        // Events, the inbox record and the messageId markers of a request land together
+        // (`Pending::apply`), so a marker never exists without its event.
         let mut pending = Pending::default();
         for m in messages {
             if let Some(mid) = &m.message_id {

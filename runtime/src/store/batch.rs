@@ -64,6 +64,32 @@ pub enum Write {
         /// What it would have woken.
         target: TimerTarget,
     },
+    /// [`Store::log_segment_changes`].
+    SegmentChanges {
+        /// The segment.
+        segment: String,
+        /// Its entries and exits, oldest first.
+        changes: Vec<SegmentChange>,
+    },
+    /// [`Store::put_audience_encoded`].
+    Audience {
+        /// The contact.
+        contact: String,
+        /// Its audience state, encoded with [`crate::store::enc_audience`].
+        encoded: Vec<u8>,
+    },
+    /// [`Store::put_intent`].
+    Intent {
+        /// The effect's idempotency key.
+        key: String,
+        /// The intent.
+        intent: Intent,
+    },
+    /// [`Store::remove_intent`].
+    IntentDone {
+        /// The effect's idempotency key.
+        key: String,
+    },
     /// [`Store::put_meta`].
     Meta {
         /// The setting.

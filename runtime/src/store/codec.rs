@@ -226,11 +226,14 @@ pub(super) enum TreeId {
     Journal = 7,
     Timers = 8,
     Meta = 9,
+    SegmentLog = 10,
+    Audience = 11,
+    Outbox = 12,
 }
 
 impl TreeId {
     /// Every tree, in number order.
-    const ALL: [TreeId; 10] = [
+    const ALL: [TreeId; 13] = [
         TreeId::Contacts,
         TreeId::Identities,
         TreeId::Events,
@@ -241,6 +244,9 @@ impl TreeId {
         TreeId::Journal,
         TreeId::Timers,
         TreeId::Meta,
+        TreeId::SegmentLog,
+        TreeId::Audience,
+        TreeId::Outbox,
     ];
 }
 
@@ -427,4 +433,27 @@ pub(super) fn meta_op(key: &str, value: &str) -> RawOp {
         key.as_bytes().to_vec(),
         value.as_bytes().to_vec(),
     )
+}
+
+/// One record of a segment's change log: the changes one write logged, keyed by the segment
+/// and a sequence number (so the newest is the last written even if the clock stepped back).
+pub(super) fn segment_changes_op(segment: &str, seq: u64, changes: &[SegmentChange]) -> RawOp {
+    let mut k = prefix(segment);
+    k.extend_from_slice(&seq.to_be_bytes());
+    put(TreeId::SegmentLog, k, encode_changes(changes))
+}
+
+/// A contact's audience state, already encoded ([`enc_audience`]).
+pub(super) fn audience_op(contact: &str, encoded: Vec<u8>) -> RawOp {
+    put(TreeId::Audience, contact.as_bytes().to_vec(), encoded)
+}
+
+/// An effect's intent under its idempotency key.
+pub(super) fn intent_op(key: &str, intent: &Intent) -> StoreResult<RawOp> {
+    Ok(put(TreeId::Outbox, key.as_bytes().to_vec(), enc(intent)?))
+}
+
+/// The removal of an intent whose result is recorded.
+pub(super) fn intent_done_op(key: &str) -> RawOp {
+    remove(TreeId::Outbox, key.as_bytes().to_vec())
 }

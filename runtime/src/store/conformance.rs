@@ -206,6 +206,18 @@ pub fn a_batch_is_visible_whole_once_applied(s: &dyn Store) {
         contact: "c1".into(),
     })
     .unwrap();
+    s.put_intent(
+        "r0:0",
+        &Intent {
+            run: "r0".into(),
+            step: 0,
+            channel: "email".into(),
+            at: 40,
+            dispatched_at: None,
+            priority: herald_dsl::Priority::Normal,
+        },
+    )
+    .unwrap();
     s.push_inbox(1, &[]).unwrap();
     s.push_inbox(
         2,
@@ -255,8 +267,36 @@ pub fn a_batch_is_visible_whole_once_applied(s: &dyn Store) {
         .push(Write::Meta {
             key: "conformance".into(),
             value: "yes".into(),
-        });
-    assert_eq!(b.len(), 11);
+        })
+        .push(Write::SegmentChanges {
+            segment: "vip".into(),
+            changes: vec![SegmentChange {
+                contact: "c1".into(),
+                entered: true,
+                at: 300,
+            }],
+        })
+        .push(Write::Audience {
+            contact: "c1".into(),
+            encoded: crate::store::enc_audience(&AudienceState {
+                score: 7.0,
+                ..AudienceState::default()
+            })
+            .unwrap(),
+        })
+        .push(Write::Intent {
+            key: "r1:1".into(),
+            intent: Intent {
+                run: "r1".into(),
+                step: 1,
+                channel: "email".into(),
+                at: 300,
+                dispatched_at: Some(301),
+                priority: herald_dsl::Priority::Transactional,
+            },
+        })
+        .push(Write::IntentDone { key: "r0:0".into() });
+    assert_eq!(b.len(), 15);
     s.apply(&b).unwrap();
     assert_eq!(s.contact_count().unwrap(), 1);
     assert_eq!(
@@ -276,6 +316,14 @@ pub fn a_batch_is_visible_whole_once_applied(s: &dyn Store) {
     assert_eq!(s.timer_count().unwrap(), 1);
     assert_eq!(s.next_timer().unwrap(), Some(900));
     assert_eq!(s.meta("conformance").unwrap().as_deref(), Some("yes"));
+    assert_eq!(s.members("vip", 10).unwrap(), ["c1"]);
+    assert_eq!(s.audience("c1").unwrap().unwrap().score, 7.0);
+    let intent = s.intent("r1:1").unwrap().unwrap();
+    assert_eq!(
+        (intent.dispatched_at, intent.priority),
+        (Some(301), herald_dsl::Priority::Transactional)
+    );
+    assert!(s.intent("r0:0").unwrap().is_none());
 }
 
 /// An empty batch is no write at all.

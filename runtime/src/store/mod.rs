@@ -275,6 +275,8 @@ pub trait Store: Send + Sync + 'static {
     fn remove_intent(&self, key: &str) -> StoreResult<()>;
     /// Every intent without a result.
     fn intents(&self) -> StoreResult<Vec<(String, Intent)>>;
+    /// One intent, if it is still there.
+    fn intent(&self, key: &str) -> StoreResult<Option<Intent>>;
 
     /// Every event of a contact, oldest first.
     fn events_of(&self, contact: &str) -> StoreResult<Vec<Event>>;

@@ -262,6 +262,9 @@ impl SledStore {
             TreeId::Journal => &self.journal,
             TreeId::Timers => &self.timers,
             TreeId::Meta => &self.meta,
+            TreeId::SegmentLog => &self.segment_log,
+            TreeId::Audience => &self.audience,
+            TreeId::Outbox => &self.outbox,
         }
     }
 
@@ -285,6 +288,17 @@ impl SledStore {
                 Write::Timer(t) => ops.push(timer_op(t)),
                 Write::ClearTimer { due, target } => ops.push(clear_timer_op(*due, target)),
                 Write::Meta { key, value } => ops.push(meta_op(key, value)),
+                Write::SegmentChanges { segment, changes } => {
+                    if !changes.is_empty() {
+                        let seq = self.db.generate_id()?;
+                        ops.push(segment_changes_op(segment, seq, changes));
+                    }
+                }
+                Write::Audience { contact, encoded } => {
+                    ops.push(audience_op(contact, encoded.clone()))
+                }
+                Write::Intent { key, intent } => ops.push(intent_op(key, intent)?),
+                Write::IntentDone { key } => ops.push(intent_done_op(key)),
             }
         }
         Ok(ops)
@@ -303,9 +317,12 @@ impl SledStore {
     /// write in the log, the second covers a checkpoint saved while the write was under way.
     /// `atomic`: all of them or none across a crash, through a commit record (see `apply`).
     fn write_ops(&self, ops: &[RawOp], atomic: bool) -> StoreResult<()> {
-        let counted = ops
-            .iter()
-            .any(|o| matches!(o.tree, TreeId::Contacts | TreeId::Timers | TreeId::Runs));
+        let counted = ops.iter().any(|o| {
+            matches!(
+                o.tree,
+                TreeId::Contacts | TreeId::Timers | TreeId::Runs | TreeId::SegmentLog
+            )
+        });
         if counted {
             self.invalidate_checkpoint()?;
         }
@@ -690,13 +707,15 @@ impl Store for SledStore {
     }
 
     fn put_intent(&self, key: &str, intent: &Intent) -> StoreResult<()> {
-        self.outbox.insert(key, enc(intent)?)?;
-        Ok(())
+        self.write_ops(&[intent_op(key, intent)?], false)
     }
 
     fn remove_intent(&self, key: &str) -> StoreResult<()> {
-        self.outbox.remove(key)?;
-        Ok(())
+        self.write_ops(&[intent_done_op(key)], false)
+    }
+
+    fn intent(&self, key: &str) -> StoreResult<Option<Intent>> {
+        self.outbox.get(key)?.map(|b| dec(&b)).transpose()
     }
 
     fn intents(&self) -> StoreResult<Vec<(String, Intent)>> {
@@ -768,11 +787,8 @@ impl Store for SledStore {
         }
         // Ordered by a sequence number, not the time: the newest change is the last written
         // even if the clock stepped back in between.
-        let mut k = prefix(segment);
-        k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-        self.invalidate_checkpoint()?;
-        self.segment_log.insert(k, encode_changes(changes))?;
-        self.invalidate_checkpoint()
+        let op = segment_changes_op(segment, self.db.generate_id()?, changes);
+        self.write_ops(&[op], false)
     }
 
     fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>> {
@@ -795,8 +811,7 @@ impl Store for SledStore {
     }
 
     fn put_audience_encoded(&self, contact: &str, encoded: Vec<u8>) -> StoreResult<()> {
-        self.audience.insert(contact.as_bytes(), encoded)?;
-        Ok(())
+        self.write_ops(&[audience_op(contact, encoded)], false)
     }
 
     fn put_provider_message(

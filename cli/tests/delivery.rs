@@ -1,0 +1,376 @@
+//! The delivery pipeline: sends run concurrently per channel within its limits, lanes are
+//! served in order, a slow or failing channel holds up nothing else, pauses hold sends durably,
+//! and a crash re-queues sends that never started instead of calling them ambiguous.
+//!
+//! Limits are counted at the receiver (a loopback HTTP server that holds requests until the
+//! test lets them go), never timed.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Condvar, Mutex};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A loopback HTTP receiver that holds every request until released, counting how many it
+/// holds at once.
+struct Gate {
+    url: String,
+    state: Arc<(Mutex<GateState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Requests answered so far may go through without waiting.
+    open: bool,
+    /// Requests let through one by one (`release`), on top of `open`.
+    tickets: usize,
+    held: usize,
+    most_held: usize,
+    /// Bodies in arrival order.
+    bodies: Vec<Value>,
+    /// Status to answer with.
+    status: u16,
+}
+
+impl Gate {
+    fn start(open: bool) -> Gate {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new((
+            Mutex::new(GateState {
+                open,
+                status: 200,
+                ..GateState::default()
+            }),
+            Condvar::new(),
+        ));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let shared = shared.clone();
+                std::thread::spawn(move || serve(stream, shared));
+            }
+        });
+        Gate { url, state }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut GateState) -> R) -> R {
+        let (lock, cv) = &*self.state;
+        let r = f(&mut lock.lock().unwrap());
+        cv.notify_all();
+        r
+    }
+
+    fn held(&self) -> usize {
+        self.with(|s| s.held)
+    }
+
+    fn open(&self) {
+        self.with(|s| s.open = true);
+    }
+
+    fn bodies(&self) -> Vec<Value> {
+        self.with(|s| s.bodies.clone())
+    }
+}
+
+fn serve(stream: std::net::TcpStream, shared: Arc<(Mutex<GateState>, Condvar)>) {
+    let _ = stream.set_nodelay(true);
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut len = 0usize;
+        let mut first = true;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let l = line.trim_end();
+            if l.is_empty() && !first {
+                break;
+            }
+            first = false;
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let (lock, cv) = &*shared;
+        let status = {
+            let mut s = lock.lock().unwrap();
+            s.bodies
+                .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            s.held += 1;
+            s.most_held = s.most_held.max(s.held);
+            cv.notify_all();
+            while !s.open && s.tickets == 0 {
+                s = cv.wait(s).unwrap();
+            }
+            if !s.open {
+                s.tickets -= 1;
+            }
+            s.held -= 1;
+            s.status
+        };
+        let reply = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\nretry-after: 1\r\n\r\n{{}}"
+        );
+        if out.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn hook_project(url: &str, settings: &str) -> TestProject {
+    let p = TestProject::new(&format!(
+        "[channels.hook]\ntype = \"webhook\"\nurl = \"{url}/in\"\n{settings}\n"
+    ));
+    p.workflow(
+        "notify.rhai",
+        "workflow(\"notify\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    action(\"hook\", \"event\", #{ n: trigger.properties.n });\n}\n",
+    );
+    p
+}
+
+fn channel(c: &Client, name: &str) -> Value {
+    let (status, body) = c.admin_get("/v1/channels");
+    assert_eq!(status, 200, "{body}");
+    body["channels"][name].clone()
+}
+
+fn completed(c: &Client, workflow: &str) -> usize {
+    let (_, runs) = c.admin_get(&format!("/v1/runs?workflow={workflow}&status=completed"));
+    runs["runs"].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn no_more_sends_are_in_flight_than_the_channel_concurrency() {
+    let gate = Gate::start(false);
+    let p = hook_project(&gate.url, "concurrency = 4");
+    let d = p.start();
+    let c = Client::new(d.url());
+    for n in 0..20 {
+        c.track(&format!("u{n}"), "go", json!({"n": n}));
+    }
+    // Four reach the receiver and are held there; the other sixteen wait in the queue.
+    eventually("four sends are held at the receiver", || {
+        (gate.held() == 4).then_some(())
+    });
+    eventually("the rest are queued", || {
+        let ch = channel(&c, "hook");
+        (ch["queued"]["normal"] == 16 && ch["in_flight"] == 4).then_some(())
+    });
+    assert_eq!(gate.held(), 4, "the limit holds while the queue is full");
+    gate.open();
+    eventually("every run completes", || {
+        (completed(&c, "notify") == 20).then_some(())
+    });
+    assert_eq!(gate.with(|s| s.most_held), 4);
+    assert_eq!(
+        gate.bodies().len(),
+        20,
+        "each send reached the receiver once"
+    );
+    let ch = channel(&c, "hook");
+    assert_eq!(ch["succeeded"], 20);
+    assert_eq!(ch["concurrency"], 4);
+}
+
+#[test]
+fn a_transactional_send_overtakes_queued_bulk_sends() {
+    let gate = Gate::start(true);
+    let p = hook_project(&gate.url, "concurrency = 1");
+    p.workflow(
+        "notify.rhai",
+        "workflow(\"notify\").on_event(\"go\").reentry(\"always\").priority(\"bulk\");\nfn run(contact, trigger) {\n    action(\"hook\", \"event\", #{ n: trigger.properties.n });\n}\n",
+    );
+    p.workflow(
+        "reset.rhai",
+        "workflow(\"reset\").on_event(\"reset_requested\").reentry(\"always\").priority(\"transactional\");\nfn run(contact, trigger) {\n    action(\"hook\", \"event\", #{ n: \"reset\" });\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    let (status, body) = c.admin_post("/v1/channels/hook/pause", json!({}));
+    assert_eq!(status, 200, "{body}");
+    for n in 0..5 {
+        c.track(&format!("u{n}"), "go", json!({"n": n}));
+    }
+    eventually("the bulk sends are queued", || {
+        (channel(&c, "hook")["queued"]["bulk"] == 5).then_some(())
+    });
+    c.track("ada", "reset_requested", json!({}));
+    eventually("the reset is queued", || {
+        (channel(&c, "hook")["queued"]["transactional"] == 1).then_some(())
+    });
+    assert!(gate.bodies().is_empty(), "a paused channel starts nothing");
+    let (status, _) = c.admin_post("/v1/channels/hook/resume", json!({}));
+    assert_eq!(status, 200);
+    eventually("every run completes", || {
+        (completed(&c, "notify") == 5 && completed(&c, "reset") == 1).then_some(())
+    });
+    let order: Vec<Value> = gate
+        .bodies()
+        .iter()
+        .map(|b| b["payload"]["n"].clone())
+        .collect();
+    assert_eq!(order[0], "reset", "{order:?}");
+    assert_eq!(order.len(), 6);
+}
+
+#[test]
+fn a_channel_that_keeps_failing_holds_up_no_other_channel() {
+    let good = Gate::start(true);
+    let bad = Gate::start(true);
+    bad.with(|s| s.status = 503);
+    let p = TestProject::new(&format!(
+        "[engine]\nmax_attempts = 100\nbackoff_ms = 50\n\n\
+         [channels.good]\ntype = \"webhook\"\nurl = \"{}/in\"\n\n\
+         [channels.bad]\ntype = \"webhook\"\nurl = \"{}/in\"\n",
+        good.url, bad.url
+    ));
+    p.workflow(
+        "good.rhai",
+        "workflow(\"good\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    action(\"good\", \"event\", #{});\n}\n",
+    );
+    p.workflow(
+        "bad.rhai",
+        "workflow(\"bad\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    action(\"bad\", \"event\", #{});\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    for n in 0..10 {
+        c.track(&format!("u{n}"), "go", json!({}));
+    }
+    eventually("the good channel's runs complete", || {
+        (completed(&c, "good") == 10).then_some(())
+    });
+    eventually("the bad channel's runs are retrying", || {
+        (channel(&c, "bad")["failed"].as_u64().unwrap_or(0) >= 10).then_some(())
+    });
+    assert_eq!(completed(&c, "bad"), 0);
+    assert_eq!(good.bodies().len(), 10);
+}
+
+#[test]
+fn a_provider_asking_to_slow_down_is_heard_and_the_send_goes_out_later() {
+    let gate = Gate::start(true);
+    gate.with(|s| s.status = 429);
+    let p = hook_project(&gate.url, "concurrency = 8");
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.track("ada", "go", json!({"n": 1}));
+    eventually("the provider refused the send", || {
+        (channel(&c, "hook")["throttled"] == 1).then_some(())
+    });
+    let ch = channel(&c, "hook");
+    assert_eq!(ch["allowance"], 4, "half the concurrency: {ch}");
+    gate.with(|s| s.status = 200);
+    let run = c.only_run("ada");
+    let r = c.run(run["id"].as_str().unwrap());
+    assert_eq!(r["journal"][0]["status"], "retrying", "{r}");
+    // The retry waits for the provider's Retry-After (1 s) and the backoff, on the engine's
+    // clock.
+    c.advance(60_000);
+    let r = c.run_reaches(run["id"].as_str().unwrap(), "completed", 1);
+    assert_eq!(r["journal"][0]["attempts"], 2);
+    assert_eq!(gate.bodies().len(), 2);
+}
+
+#[test]
+fn a_pause_holds_sends_across_a_crash_and_none_of_them_is_ambiguous() {
+    // The outbox channel does not honour idempotency keys: a send whose call may have started
+    // would be parked as ambiguous after a crash. Sends that never started are not.
+    let p = TestProject::new("");
+    p.workflow(
+        "welcome.rhai",
+        "workflow(\"welcome\").on_event(\"signup\");\nfn run(contact, trigger) {\n    send(\"email\", \"welcome\");\n}\n",
+    );
+    let first = Process::start(p.path(), &[]);
+    let c = first.client.clone();
+    let (status, body) = c.admin_post("/v1/channels/email/pause", json!({}));
+    assert_eq!(status, 200, "{body}");
+    for n in 0..5 {
+        c.identify(
+            &format!("u{n}"),
+            json!({"email": format!("u{n}@example.com")}),
+        );
+        c.track(&format!("u{n}"), "signup", json!({}));
+    }
+    eventually("five sends are queued", || {
+        (channel(&c, "email")["queued"]["normal"] == 5).then_some(())
+    });
+    first.kill9();
+    assert!(p.outbox("email").is_empty());
+
+    let second = Process::start(p.path(), &[]);
+    let c = second.client.clone();
+    eventually("the queue is back, still paused", || {
+        let ch = channel(&c, "email");
+        (ch["paused"] == true && ch["queued"]["normal"] == 5).then_some(())
+    });
+    assert!(p.outbox("email").is_empty(), "paused across the restart");
+    let (status, _) = c.admin_post("/v1/channels/email/resume", json!({}));
+    assert_eq!(status, 200);
+    eventually("all five are sent", || {
+        (completed(&c, "welcome") == 5).then_some(())
+    });
+    assert_eq!(p.outbox("email").len(), 5, "each exactly once");
+    let (_, parked) = c.admin_get("/v1/runs?status=parked");
+    assert_eq!(parked["runs"], json!([]));
+    assert!(!second.log_text().contains("ambiguous window"));
+    assert!(second
+        .log_text()
+        .contains("re-queueing sends that had not started"));
+}
+
+#[test]
+fn runs_parked_for_an_operator_stay_quiet_at_the_next_start() {
+    // A crash between dispatch and result parks the run as ambiguous once; later starts do
+    // not warn about it again or activate it.
+    let p = TestProject::new("");
+    p.workflow(
+        "welcome.rhai",
+        "workflow(\"welcome\").on_event(\"signup\");\nfn run(contact, trigger) {\n    send(\"email\", \"welcome\");\n}\n",
+    );
+    let first = Process::start(p.path(), &[("HERALD_FAILPOINT", "after_intent")]);
+    first
+        .client
+        .identify("ada", json!({"email": "ada@example.com"}));
+    let _ = first.client.try_ingest(
+        "/v1/track",
+        &json!({"userId": "ada", "event": "signup"}).to_string(),
+    );
+    first.wait_dead();
+
+    let second = Process::start(p.path(), &[]);
+    let run = eventually("the run is parked", || {
+        let runs = second.client.runs_of("ada");
+        runs.first().filter(|r| r["status"] == "parked").cloned()
+    });
+    assert!(second.log_text().contains("ambiguous window"));
+    let activations = second.client.run(run["id"].as_str().unwrap())["activations"].clone();
+    drop(second);
+
+    let third = Process::start(p.path(), &[]);
+    eventually("the third start serves", || {
+        (third.client.get("/healthz").0 == 200).then_some(())
+    });
+    let r = third.client.run(run["id"].as_str().unwrap());
+    assert_eq!(r["status"], "parked");
+    assert_eq!(r["activations"], activations, "not activated again");
+    let log = third.log_text();
+    assert!(!log.contains("ambiguous window"), "{log}");
+    assert!(log.contains("wait for an operator"), "{log}");
+}
