@@ -374,3 +374,96 @@ fn runs_parked_for_an_operator_stay_quiet_at_the_next_start() {
     assert!(!log.contains("ambiguous window"), "{log}");
     assert!(log.contains("wait for an operator"), "{log}");
 }
+
+#[test]
+fn ambiguous_sends_of_a_channel_are_settled_in_bulk_after_a_dry_run() {
+    let p = TestProject::new("");
+    p.workflow(
+        "welcome.rhai",
+        "workflow(\"welcome\").on_event(\"signup\");\nfn run(contact, trigger) {\n    send(\"email\", \"welcome\");\n}\n",
+    );
+    // Three crashes, each right after a send was marked dispatched: three runs whose sends
+    // may or may not have happened (the outbox channel cannot tell), parked for an operator.
+    for n in 0..3 {
+        let p = Process::start(p.path(), &[("HERALD_FAILPOINT", "after_intent")]);
+        p.client.identify(
+            &format!("u{n}"),
+            json!({"email": format!("u{n}@example.com")}),
+        );
+        let _ = p.client.try_ingest(
+            "/v1/track",
+            &json!({"userId": format!("u{n}"), "event": "signup"}).to_string(),
+        );
+        p.wait_dead();
+    }
+    let d = Process::start(p.path(), &[]);
+    let c = d.client.clone();
+    eventually("three runs are parked", || {
+        let (_, runs) = c.admin_get("/v1/runs?status=parked");
+        (runs["runs"].as_array().map_or(0, Vec::len) == 3).then_some(())
+    });
+    assert!(
+        p.outbox("email").is_empty(),
+        "the kills came before each call"
+    );
+
+    let (status, dry) = c.admin_post(
+        "/v1/resolve",
+        json!({"channel": "email", "delivered": false, "dry_run": true}),
+    );
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(
+        (dry["matched"].clone(), dry["resolved"].clone()),
+        (json!(3), json!(0))
+    );
+    let (_, none) = c.admin_post(
+        "/v1/resolve",
+        json!({"channel": "sms", "delivered": false, "dry_run": true}),
+    );
+    assert_eq!(none["matched"], 0, "another channel matches nothing");
+    let (_, later) = c.admin_post(
+        "/v1/resolve",
+        json!({"channel": "email", "since": i64::MAX / 2, "delivered": false, "dry_run": true}),
+    );
+    assert_eq!(later["matched"], 0, "the time range applies");
+    let (status, done) = c.admin_post(
+        "/v1/resolve",
+        json!({"channel": "email", "delivered": false}),
+    );
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["resolved"], 3, "{done}");
+    eventually("the three are sent again and complete", || {
+        (completed(&c, "welcome") == 3).then_some(())
+    });
+    assert_eq!(p.outbox("email").len(), 3);
+}
+
+#[test]
+fn a_send_that_failed_for_good_is_listed_as_a_dead_letter_and_sent_again() {
+    let recorder = Recorder::start(vec![400, 200]);
+    let p = hook_project(&recorder.url, "");
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.track("ada", "go", json!({"n": 1}));
+    let run = c.only_run("ada");
+    let id = run["id"].as_str().unwrap().to_string();
+    c.run_reaches(&id, "failed", 1);
+    let (status, list) = c.admin_get("/v1/dead-letters?channel=hook");
+    assert_eq!(status, 200, "{list}");
+    let letters = list["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{list}");
+    assert_eq!(letters[0]["run"], id.as_str());
+    assert_eq!(letters[0]["channel"], "hook");
+    assert!(letters[0]["error"].as_str().unwrap().contains("HTTP 400"));
+    let (_, other) = c.admin_get("/v1/dead-letters?channel=email");
+    assert_eq!(other["dead_letters"], json!([]));
+
+    let (status, body) = c.admin_post(&format!("/v1/runs/{id}/retry"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    c.run_reaches(&id, "completed", 1);
+    assert_eq!(recorder.count(), 2);
+    let (_, list) = c.admin_get("/v1/dead-letters");
+    assert_eq!(list["dead_letters"], json!([]));
+    let (status, again) = c.admin_post(&format!("/v1/runs/{id}/retry"), json!({}));
+    assert_eq!(status, 422, "a completed run is not a dead letter: {again}");
+}

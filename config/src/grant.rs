@@ -15,6 +15,7 @@
 //! security = "starttls"                  # none | starttls | tls
 //! username = "herald"
 //! password = "env:SMTP_PASSWORD"
+//! connections = 4                        # connections kept open to the relay
 //! ```
 //!
 //! Secret values are references: `env:NAME` (environment variable),
@@ -66,10 +67,19 @@ pub struct SmtpConfig {
     pub password: Option<String>,
     /// Timeout in milliseconds (default 30000).
     pub timeout_ms: Option<u64>,
+    /// Connections to the relay kept open between messages and reused
+    /// (default 4). Messages sent at the same time beyond these open more
+    /// connections, which are closed once done; 0 keeps none open.
+    #[serde(default = "default_smtp_connections")]
+    pub connections: usize,
 }
 
 fn default_smtp_port() -> u16 {
     587
+}
+
+fn default_smtp_connections() -> usize {
+    4
 }
 
 /// SMTP transport security in config form.

@@ -39,6 +39,7 @@ impl GrantConfigExt for GrantConfig {
                     },
                     credentials,
                     timeout: Duration::from_millis(s.timeout_ms.unwrap_or(30_000)),
+                    connections: s.connections,
                 })
             }
         };
@@ -107,6 +108,20 @@ password = "env:HERALD_TEST_GRANT_PASSWORD"
         let smtp = g.smtp.unwrap();
         assert_eq!((smtp.port, smtp.security), (587, SmtpSecurity::StartTls));
         assert_eq!(smtp.credentials, Some(("herald".into(), "from-env".into())));
+        assert_eq!(smtp.connections, 4, "default");
+    }
+
+    #[test]
+    fn smtp_connections_is_configurable() {
+        let cfg: GrantConfig = toml::from_str(
+            "[smtp]\nhost = \"127.0.0.1\"\nport = 2525\nsecurity = \"none\"\nconnections = 9\n",
+        )
+        .unwrap();
+        let smtp = cfg.into_grant().unwrap().smtp.unwrap();
+        assert_eq!(
+            (smtp.port, smtp.security, smtp.connections),
+            (2525, SmtpSecurity::None, 9)
+        );
     }
 
     #[test]

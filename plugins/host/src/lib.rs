@@ -17,9 +17,10 @@
 //! * capabilities: HTTP to manifest-declared or operator-granted hosts only,
 //!   public addresses only unless granted, secrets substituted by name on the
 //!   way out and scrubbed on the way in; SMTP submission through the
-//!   operator's relay (lettre); HMAC-SHA256 keyed by secret name; config
-//!   lookup; structured logging. WASI is linked for `std` but grants nothing:
-//!   no files, no environment, no sockets.
+//!   operator's relay ([`smtp_client`]: pooled persistent connections);
+//!   HMAC-SHA256 keyed by secret name; config lookup; structured logging.
+//!   WASI is linked for `std` but grants nothing: no files, no environment,
+//!   no sockets.
 //!
 //! [`HostOptions::pooling`] switches to wasmtime's pooling allocator, which
 //! makes (re-)instantiation several times cheaper. [`GrantConfig`] is the
@@ -36,6 +37,7 @@ mod inspect;
 pub mod manifest;
 pub mod net;
 pub mod ratelimit;
+pub mod smtp_client;
 mod state;
 mod types;
 

@@ -12,7 +12,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::herald::channel::{config, crypto, http, log, smtp, types};
 use crate::net::{resolve_checked, CheckedResolver, HostPattern, ResolveError};
-use crate::types::{CallLimits, SmtpRelay, SmtpSecurity};
+use crate::smtp_client::{SmtpClient, SmtpSendError};
+use crate::types::{CallLimits, SmtpRelay};
 
 /// Capacity of the captured guest stderr per instance. An instance whose
 /// buffer is more than half full is not returned to the pool.
@@ -28,7 +29,7 @@ pub(crate) struct Shared {
     pub(crate) secrets: HashMap<String, String>,
     pub(crate) config: serde_json::Value,
     pub(crate) smtp_declared: bool,
-    pub(crate) smtp: Option<lettre::SmtpTransport>,
+    pub(crate) smtp: Option<SmtpClient>,
     pub(crate) agent: ureq::Agent,
     pub(crate) limits: CallLimits,
 }
@@ -56,6 +57,9 @@ impl Shared {
             .redirects(0)
             .timeout_connect(Duration::from_secs(10))
             .user_agent(&format!("herald-plugin/{id}"))
+            // Calls running at once each keep their connection for the next call.
+            .max_idle_connections(limits.max_concurrent_calls.max(1))
+            .max_idle_connections_per_host(limits.max_concurrent_calls.max(1))
             .build();
         let smtp = match (smtp_declared, relay) {
             (true, Some(r)) => Some(build_smtp(r)?),
@@ -156,20 +160,8 @@ fn form_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn build_smtp(r: &SmtpRelay) -> Result<lettre::SmtpTransport, String> {
-    use lettre::transport::smtp::authentication::Credentials;
-    let builder = match r.security {
-        SmtpSecurity::None => lettre::SmtpTransport::builder_dangerous(r.host.as_str()),
-        SmtpSecurity::StartTls => lettre::SmtpTransport::starttls_relay(&r.host)
-            .map_err(|e| format!("smtp relay {}: {e}", r.host))?,
-        SmtpSecurity::Tls => lettre::SmtpTransport::relay(&r.host)
-            .map_err(|e| format!("smtp relay {}: {e}", r.host))?,
-    };
-    let mut builder = builder.port(r.port).timeout(Some(r.timeout));
-    if let Some((u, p)) = &r.credentials {
-        builder = builder.credentials(Credentials::new(u.clone(), p.clone()));
-    }
-    Ok(builder.build())
+fn build_smtp(r: &SmtpRelay) -> Result<SmtpClient, String> {
+    SmtpClient::new(r).map_err(|e| e.to_string())
 }
 
 /// Memory limiter that remembers whether it refused a growth.
@@ -472,7 +464,6 @@ impl smtp::Host for HostState {
         envelope: smtp::Envelope,
         message: Vec<u8>,
     ) -> Result<String, smtp::SmtpError> {
-        use lettre::Transport;
         use smtp::SmtpError as E;
         let shared = self.shared.clone();
         if !shared.smtp_declared {
@@ -481,7 +472,7 @@ impl smtp::Host for HostState {
                 "the plugin manifest does not declare `smtp = true`".into(),
             )));
         }
-        let Some(transport) = &shared.smtp else {
+        let Some(client) = &shared.smtp else {
             return Err(E::NotGranted(self.deny(
                 "smtp",
                 "the operator did not configure an SMTP relay for this channel".into(),
@@ -514,38 +505,18 @@ impl smtp::Host for HostState {
             return Err(E::Transient("call deadline already passed".into()));
         }
         self.effects += 1;
-        match transport.send_raw(&env, &message) {
+        match client.send(&env, &message, Some(self.remaining())) {
             Ok(resp) => Ok(format!(
                 "{} {}",
                 resp.code(),
                 resp.message().collect::<Vec<_>>().join(" ")
             )),
-            Err(e) => {
-                let msg = e.to_string();
-                Err(if e.is_permanent() {
-                    E::Rejected(msg)
-                } else if e.is_transient() || connection_refused(&e) {
-                    E::Transient(msg)
-                } else {
-                    E::Ambiguous(msg)
-                })
-            }
+            Err(SmtpSendError::Invalid(m)) => Err(E::Invalid(m)),
+            Err(SmtpSendError::Rejected(m)) => Err(E::Rejected(m)),
+            Err(SmtpSendError::Transient(m)) => Err(E::Transient(m)),
+            Err(SmtpSendError::Ambiguous(m)) => Err(E::Ambiguous(m)),
         }
     }
-}
-
-fn connection_refused(e: &lettre::transport::smtp::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-            );
-        }
-        src = s.source();
-    }
-    false
 }
 
 impl crypto::Host for HostState {

@@ -49,6 +49,10 @@ pub struct SmtpRelay {
     pub credentials: Option<(String, String)>,
     /// Connection and command timeout.
     pub timeout: Duration,
+    /// Connections to the relay kept open for reuse between messages
+    /// (default 4). Messages submitted at the same time beyond these open
+    /// further connections, which are closed afterwards; 0 keeps none open.
+    pub connections: usize,
 }
 
 impl SmtpRelay {
@@ -60,6 +64,7 @@ impl SmtpRelay {
             security: SmtpSecurity::None,
             credentials: None,
             timeout: Duration::from_secs(30),
+            connections: 4,
         }
     }
 }

@@ -173,3 +173,425 @@ fn invalid_input_and_missing_relay() {
     });
     assert!(matches!(r, Err(SendError::Transient(_))), "{r:?}");
 }
+
+// ---------------------------------------------------------------------------
+// Connection handling, observed at a scripted SMTP server on loopback that
+// logs every command line per connection.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use herald_plugin_host::smtp_client::SmtpClient;
+
+/// How the scripted server closes a connection after accepting a message.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Close {
+    /// Keep it open.
+    Never,
+    /// Close it without a word (as after an idle timeout or a restart).
+    Silently,
+    /// Announce `421` first, as Postfix does on its idle timeout.
+    With421,
+}
+
+#[derive(Clone, Debug)]
+struct Script {
+    pipelining: bool,
+    close_after_message: Close,
+    /// Answer `550` to `RCPT TO` for this address.
+    reject_rcpt: Option<String>,
+    /// Hold the reply to the end-of-data marker until this many messages arrived.
+    hold_until: usize,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            pipelining: false,
+            close_after_message: Close::Never,
+            reject_rcpt: None,
+            hold_until: 0,
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+struct Seen {
+    accepted: usize,
+    closed: usize,
+    /// (connection number, command line without CRLF)
+    commands: Vec<(usize, String)>,
+    /// (connection number, DATA bytes as on the wire, before the terminator line)
+    messages: Vec<(usize, Vec<u8>)>,
+}
+
+type SeenCell = Arc<(Mutex<Seen>, Condvar)>;
+
+struct ScriptedSmtp {
+    port: u16,
+    seen: SeenCell,
+}
+
+impl ScriptedSmtp {
+    fn start(script: Script) -> ScriptedSmtp {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: SeenCell = Arc::default();
+        let cell = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let n = {
+                    let mut s = cell.0.lock().unwrap();
+                    s.accepted += 1;
+                    s.accepted - 1
+                };
+                let (script, cell) = (script.clone(), cell.clone());
+                std::thread::spawn(move || {
+                    serve(stream, n, &script, &cell);
+                    cell.0.lock().unwrap().closed += 1;
+                    cell.1.notify_all();
+                });
+            }
+        });
+        ScriptedSmtp { port, seen }
+    }
+
+    /// Wait (two-minute hang guard) until `cond` holds, then return its view.
+    fn wait_until(
+        &self,
+        what: &str,
+        cond: impl Fn(&Seen) -> bool,
+    ) -> std::sync::MutexGuard<'_, Seen> {
+        let (lock, cv) = &*self.seen;
+        let (s, _) = cv
+            .wait_timeout_while(lock.lock().unwrap(), Duration::from_secs(120), |s| !cond(s))
+            .unwrap();
+        assert!(cond(&s), "hang guard: never saw {what}: {s:#?}");
+        s
+    }
+}
+
+fn serve(stream: TcpStream, conn: usize, script: &Script, cell: &SeenCell) {
+    stream.set_read_timeout(Some(Duration::from_secs(120))).ok();
+    let mut out = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let reply = |out: &mut TcpStream, text: &str| out.write_all(text.as_bytes()).is_ok();
+    if !reply(&mut out, "220 mx.test ESMTP scripted\r\n") {
+        return;
+    }
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let line = String::from_utf8_lossy(&line).trim_end().to_string();
+        cell.0.lock().unwrap().commands.push((conn, line.clone()));
+        let verb = line
+            .split([' ', ':'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let ok = match verb.as_str() {
+            "EHLO" => {
+                let pipelining = if script.pipelining {
+                    "250-PIPELINING\r\n"
+                } else {
+                    ""
+                };
+                reply(
+                    &mut out,
+                    &format!("250-mx.test\r\n{pipelining}250-8BITMIME\r\n250 SMTPUTF8\r\n"),
+                )
+            }
+            "MAIL" => reply(&mut out, "250 2.1.0 sender ok\r\n"),
+            "RCPT" => match &script.reject_rcpt {
+                Some(bad) if line.contains(bad.as_str()) => {
+                    reply(&mut out, "550 5.1.1 no such user\r\n")
+                }
+                _ => reply(&mut out, "250 2.1.5 recipient ok\r\n"),
+            },
+            "DATA" => {
+                if !reply(&mut out, "354 end with <CRLF>.<CRLF>\r\n") {
+                    return;
+                }
+                let mut data = Vec::new();
+                loop {
+                    let mut l = Vec::new();
+                    if reader.read_until(b'\n', &mut l).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if l == b".\r\n" {
+                        break;
+                    }
+                    data.extend_from_slice(&l);
+                }
+                let (lock, cv) = &**cell;
+                let mut s = lock.lock().unwrap();
+                s.messages.push((conn, data));
+                let n = s.messages.len();
+                cv.notify_all();
+                let (s, _) = cv
+                    .wait_timeout_while(s, Duration::from_secs(120), |s| {
+                        s.messages.len() < script.hold_until
+                    })
+                    .unwrap();
+                drop(s);
+                if !reply(&mut out, &format!("250 2.0.0 queued as {n}\r\n")) {
+                    return;
+                }
+                match script.close_after_message {
+                    Close::Never => true,
+                    Close::Silently => false,
+                    Close::With421 => {
+                        reply(&mut out, "421 4.4.2 mx.test closing connection\r\n");
+                        false
+                    }
+                }
+            }
+            "RSET" | "NOOP" => reply(&mut out, "250 2.0.0 ok\r\n"),
+            "QUIT" => {
+                reply(&mut out, "221 2.0.0 bye\r\n");
+                false
+            }
+            _ => reply(&mut out, "502 5.5.2 unknown command\r\n"),
+        };
+        if !ok {
+            let _ = out.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// The verbs (first word, upper-case) the client sent on connection `conn`.
+fn verbs(seen: &Seen, conn: usize) -> Vec<String> {
+    seen.commands
+        .iter()
+        .filter(|(c, _)| *c == conn)
+        .map(|(_, l)| {
+            l.split([' ', ':'])
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase()
+        })
+        .collect()
+}
+
+fn scripted_grant(port: u16, connections: usize) -> Grant {
+    let mut relay = SmtpRelay::plain("127.0.0.1", port);
+    relay.connections = connections;
+    Grant {
+        config: json!({ "from_address": "news@shop.example" }),
+        smtp: Some(relay),
+        limits: CallLimits {
+            // A hang guard only: a loaded machine must not fail a test by being slow.
+            timeout: Duration::from_secs(120),
+            ..CallLimits::default()
+        },
+        ..Grant::default()
+    }
+}
+
+fn mail_to(to: &str, i: usize) -> SendRequest {
+    SendRequest {
+        idempotency_key: format!("run-{i}:step-1"),
+        to: to.into(),
+        subject: Some(format!("Message {i}")),
+        text: Some(format!("Hello,\r\nthis is message {i}.\r\n")),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn messages_on_one_connection_are_sent_without_noop() {
+    for pipelining in [false, true] {
+        let server = ScriptedSmtp::start(Script {
+            pipelining,
+            ..Script::default()
+        });
+        let plugin = load_connector("smtp-email", scripted_grant(server.port, 4));
+        for i in 0..3 {
+            plugin
+                .send(&mail_to("ada@example.org", i))
+                .unwrap_or_else(|e| panic!("send {i}: {e}"));
+        }
+        let seen = server.wait_until("3 messages", |s| s.messages.len() == 3);
+        assert_eq!(seen.accepted, 1, "one connection for all messages");
+        let transaction = ["MAIL", "RCPT", "DATA"];
+        let expected: Vec<&str> = ["EHLO", "EHLO"]
+            .into_iter()
+            .chain(transaction.iter().copied().cycle().take(9))
+            .collect();
+        assert_eq!(verbs(&seen, 0), expected, "pipelining={pipelining}");
+        assert!(
+            seen.commands
+                .iter()
+                .all(|(_, l)| !l.eq_ignore_ascii_case("NOOP")),
+            "{:#?}",
+            seen.commands
+        );
+    }
+}
+
+#[test]
+fn server_closing_an_idle_connection_does_not_lose_the_next_message() {
+    for (close, pipelining) in [(Close::Silently, false), (Close::With421, true)] {
+        let server = ScriptedSmtp::start(Script {
+            pipelining,
+            close_after_message: close,
+            ..Script::default()
+        });
+        let plugin = load_connector("smtp-email", scripted_grant(server.port, 4));
+        plugin.send(&mail_to("ada@example.org", 1)).expect("first");
+        // The server has closed the pooled connection before the next message.
+        drop(server.wait_until("the first connection closed", |s| s.closed == 1));
+        plugin
+            .send(&mail_to("bob@example.org", 2))
+            .unwrap_or_else(|e| panic!("{close:?}: second message lost: {e}"));
+        let seen = server.wait_until("2 messages", |s| s.messages.len() == 2);
+        assert_eq!(seen.accepted, 2, "{close:?}: retried on a new connection");
+        assert_eq!(
+            seen.messages.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        // The closed connection got the first command of the second message, no more.
+        assert_eq!(verbs(&seen, 0).last().map(String::as_str), Some("DATA"));
+    }
+}
+
+#[test]
+fn refused_recipient_is_reset_and_the_connection_reused() {
+    for pipelining in [false, true] {
+        let server = ScriptedSmtp::start(Script {
+            pipelining,
+            reject_rcpt: Some("nobody@example.org".into()),
+            ..Script::default()
+        });
+        let plugin = load_connector("smtp-email", scripted_grant(server.port, 4));
+        let refused = plugin.send(&mail_to("nobody@example.org", 1));
+        match refused {
+            Err(SendError::InvalidInput(m)) => assert!(m.contains("550"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        plugin.send(&mail_to("ada@example.org", 2)).expect("next");
+        let seen = server.wait_until("1 message", |s| s.messages.len() == 1);
+        assert_eq!(seen.accepted, 1);
+        assert_eq!(
+            verbs(&seen, 0),
+            ["EHLO", "EHLO", "MAIL", "RCPT", "RSET", "MAIL", "RCPT", "DATA"],
+            "pipelining={pipelining}"
+        );
+    }
+}
+
+#[test]
+fn body_line_starting_with_a_dot_arrives_intact() {
+    // Through the plugin into a real SMTP server: unstuffed there, the lines
+    // are as written; without stuffing the lone "." would end the message.
+    let smtp = SmtpServer::start();
+    let plugin = load_connector("smtp-email", grant(&smtp));
+    plugin
+        .send(&SendRequest {
+            idempotency_key: "dots".into(),
+            to: "ada@example.org".into(),
+            subject: Some("Dots".into()),
+            text: Some(".leading dot\r\n..two dots\r\n.\r\nafter the lone dot\r\n".into()),
+            ..Default::default()
+        })
+        .expect("send");
+    let mails = smtp.wait_for(1);
+    let raw = String::from_utf8(mails[0].data.clone()).unwrap();
+    assert!(
+        raw.contains("\r\n.leading dot\r\n..two dots\r\n.\r\nafter the lone dot\r\n"),
+        "{raw}"
+    );
+
+    // On the wire, exactly: each such line gets one more dot, and the marker
+    // follows the message's own final CRLF (no blank line added).
+    let server = ScriptedSmtp::start(Script::default());
+    let mut relay = SmtpRelay::plain("127.0.0.1", server.port);
+    relay.connections = 1;
+    let client = SmtpClient::new(&relay).unwrap();
+    let envelope = lettre::address::Envelope::new(
+        Some("news@shop.example".parse().unwrap()),
+        vec!["ada@example.org".parse().unwrap()],
+    )
+    .unwrap();
+    let reply = client
+        .send(
+            &envelope,
+            b"Subject: dots\r\n\r\n.one\r\n..two\r\n.\r\nend\r\n",
+            None,
+        )
+        .expect("send");
+    assert_eq!(u16::from(reply.code()), 250);
+    client
+        .send(&envelope, b"Subject: no final line break\r\n\r\n.x", None)
+        .expect("send");
+    let seen = server.wait_until("2 messages", |s| s.messages.len() == 2);
+    assert_eq!(
+        String::from_utf8_lossy(&seen.messages[0].1),
+        "Subject: dots\r\n\r\n..one\r\n...two\r\n..\r\nend\r\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&seen.messages[1].1),
+        "Subject: no final line break\r\n\r\n..x\r\n"
+    );
+}
+
+#[test]
+fn connections_setting_bounds_the_connections_kept() {
+    const BURST: usize = 5;
+    const KEPT: usize = 2;
+    // The server answers no message before BURST are in flight, so the burst
+    // needs BURST connections at once.
+    let server = ScriptedSmtp::start(Script {
+        hold_until: BURST,
+        ..Script::default()
+    });
+    let plugin = Arc::new(load_connector(
+        "smtp-email",
+        scripted_grant(server.port, KEPT),
+    ));
+    let threads: Vec<_> = (0..BURST)
+        .map(|i| {
+            let plugin = plugin.clone();
+            std::thread::spawn(move || plugin.send(&mail_to("ada@example.org", i)))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().expect("burst send");
+    }
+    // All but KEPT were closed with QUIT once the burst was over.
+    let seen = server.wait_until("the surplus connections closed", |s| {
+        s.closed == BURST - KEPT
+    });
+    assert_eq!(seen.accepted, BURST);
+    let quits = seen
+        .commands
+        .iter()
+        .filter(|(_, l)| l.eq_ignore_ascii_case("QUIT"))
+        .count();
+    assert_eq!(quits, BURST - KEPT);
+    drop(seen);
+    // Later messages, one or KEPT at a time, reuse the kept connections.
+    for i in 0..3 {
+        plugin
+            .send(&mail_to("bob@example.org", 10 + i))
+            .expect("later send");
+    }
+    let threads: Vec<_> = (0..KEPT)
+        .map(|i| {
+            let plugin = plugin.clone();
+            std::thread::spawn(move || plugin.send(&mail_to("eve@example.org", 20 + i)))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().expect("parallel send");
+    }
+    let seen = server.wait_until("all messages", |s| s.messages.len() == BURST + 3 + KEPT);
+    assert_eq!(seen.accepted, BURST, "no new connection after the burst");
+    assert_eq!(seen.closed, BURST - KEPT);
+}

@@ -256,6 +256,8 @@ pub(super) struct RawOp {
     pub(super) tree: TreeId,
     pub(super) key: Vec<u8>,
     pub(super) value: Option<Vec<u8>>,
+    /// A put under a key that cannot exist yet (a new sequence number): undone by a remove.
+    pub(super) fresh: bool,
 }
 
 /// A commit record: per operation its tree, the key and the value (u32 lengths; a value
@@ -279,6 +281,44 @@ pub(super) fn encode_ops(ops: &[RawOp]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The first byte of an undo record (tree numbers, which begin a commit record, are below it).
+pub(super) const UNDO_RECORD: u8 = 0xFF;
+
+/// An undo record, for a batch of fresh puts only: the tree and key of each (u32 lengths),
+/// which a crash that cut the batch off removes again. Much smaller than a commit record,
+/// which carries every value.
+pub(super) fn encode_undo(ops: &[RawOp]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + ops.iter().map(|o| 5 + o.key.len()).sum::<usize>());
+    out.push(UNDO_RECORD);
+    for o in ops {
+        out.push(o.tree as u8);
+        out.extend_from_slice(&(o.key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&o.key);
+    }
+    out
+}
+
+/// The removals an undo record stands for.
+pub(super) fn decode_undo(b: &[u8]) -> StoreResult<Vec<RawOp>> {
+    let corrupt = || StoreError::Corrupt("a write batch's undo record is cut short".into());
+    let mut b = b.strip_prefix(&[UNDO_RECORD]).ok_or_else(corrupt)?;
+    let mut ops = Vec::new();
+    while !b.is_empty() {
+        if b.len() < 5 {
+            return Err(corrupt());
+        }
+        let tree = *TreeId::ALL.get(usize::from(b[0])).ok_or_else(corrupt)?;
+        let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        b = &b[5..];
+        if b.len() < len {
+            return Err(corrupt());
+        }
+        ops.push(remove(tree, b[..len].to_vec()));
+        b = &b[len..];
+    }
+    Ok(ops)
 }
 
 /// Read a commit record back.
@@ -307,7 +347,12 @@ pub(super) fn decode_ops(mut b: &[u8]) -> StoreResult<Vec<RawOp>> {
         } else {
             Some(take(&mut b, value_len as usize)?)
         };
-        ops.push(RawOp { tree, key, value });
+        ops.push(RawOp {
+            tree,
+            key,
+            value,
+            fresh: false,
+        });
     }
     Ok(ops)
 }
@@ -317,6 +362,15 @@ fn put(tree: TreeId, key: Vec<u8>, value: Vec<u8>) -> RawOp {
         tree,
         key,
         value: Some(value),
+        fresh: false,
+    }
+}
+
+/// A put under a key new by construction (a sequence number the store just handed out).
+fn put_fresh(tree: TreeId, key: Vec<u8>, value: Vec<u8>) -> RawOp {
+    RawOp {
+        fresh: true,
+        ..put(tree, key, value)
     }
 }
 
@@ -325,6 +379,7 @@ fn remove(tree: TreeId, key: Vec<u8>) -> RawOp {
         tree,
         key,
         value: None,
+        fresh: false,
     }
 }
 
@@ -344,7 +399,7 @@ pub(super) fn identity_op(kind: IdKind, id: &str, contact: &str) -> RawOp {
 
 /// An event under its contact and sequence number.
 pub(super) fn event_op(contact: &str, e: &Event) -> StoreResult<RawOp> {
-    Ok(put(
+    Ok(put_fresh(
         TreeId::Events,
         key2(contact, &e.seq.to_be_bytes()),
         enc_event(e)?,
@@ -359,7 +414,7 @@ pub(super) fn message_ids_op(at: i64, seq: u64, ids: &[String]) -> RawOp {
     for id in ids {
         push_str16(&mut v, id);
     }
-    put(TreeId::Dedupe, k, v)
+    put_fresh(TreeId::Dedupe, k, v)
 }
 
 /// An inbox record (none for no items).
@@ -367,7 +422,7 @@ pub(super) fn inbox_op(key: u64, items: &[InboxItem]) -> StoreResult<Option<RawO
     if items.is_empty() {
         return Ok(None);
     }
-    Ok(Some(put(
+    Ok(Some(put_fresh(
         TreeId::Inbox,
         key.to_be_bytes().to_vec(),
         enc(&items)?,
@@ -440,7 +495,7 @@ pub(super) fn meta_op(key: &str, value: &str) -> RawOp {
 pub(super) fn segment_changes_op(segment: &str, seq: u64, changes: &[SegmentChange]) -> RawOp {
     let mut k = prefix(segment);
     k.extend_from_slice(&seq.to_be_bytes());
-    put(TreeId::SegmentLog, k, encode_changes(changes))
+    put_fresh(TreeId::SegmentLog, k, encode_changes(changes))
 }
 
 /// A contact's audience state, already encoded ([`enc_audience`]).

@@ -343,13 +343,21 @@ pub fn ids_are_unique_and_increase(s: &dyn Store) {
 /// Events per batch in the crash test: big enough that a kill lands inside one.
 pub const CRASH_BATCH_EVENTS: usize = 64;
 
+/// Crash-test batch `n` holds only new records (events and an inbox record, an ingest
+/// request's shape), which a backend may make atomic differently from a batch that also
+/// overwrites records.
+fn new_records_only(n: u64) -> bool {
+    n % 2 == 1
+}
+
 /// The contact of crash-test batch `n` of `round`.
 fn crash_contact(round: u32, n: u64) -> String {
     format!("crash-{round}-{n}")
 }
 
 /// The crash test's writer: apply batch after batch (each: a contact, an identity,
-/// [`CRASH_BATCH_EVENTS`] events, an inbox record, a timer and a marker), with another thread
+/// [`CRASH_BATCH_EVENTS`] events, an inbox record, a timer and a marker; every other one only
+/// the events and the inbox record), with another thread
 /// flushing all the time so that the durable prefix ends at arbitrary points, and print
 /// `batch N` once batch N and every one before it are durable. Never returns; the test kills
 /// the process.
@@ -363,12 +371,15 @@ pub fn crash_writer(s: std::sync::Arc<dyn Store>, round: u32) -> ! {
     loop {
         let contact = crash_contact(round, n);
         let mut b = WriteBatch::new();
-        b.push(Write::Contact(Contact::new(contact.clone(), n as i64)));
-        b.push(Write::Identity {
-            kind: IdKind::User,
-            id: contact.clone(),
-            contact: contact.clone(),
-        });
+        let full = !new_records_only(n);
+        if full {
+            b.push(Write::Contact(Contact::new(contact.clone(), n as i64)));
+            b.push(Write::Identity {
+                kind: IdKind::User,
+                id: contact.clone(),
+                contact: contact.clone(),
+            });
+        }
         for i in 0..CRASH_BATCH_EVENTS as u64 {
             b.push(Write::Event {
                 contact: contact.clone(),
@@ -382,15 +393,17 @@ pub fn crash_writer(s: std::sync::Arc<dyn Store>, round: u32) -> ! {
                 event_seq: 0,
             }],
         });
-        b.push(Write::Timer(Timer {
-            due: n as i64,
-            target: TimerTarget::Run(contact.clone()),
-            contact: contact.clone(),
-        }));
-        b.push(Write::Meta {
-            key: format!("crash:{contact}"),
-            value: "whole".into(),
-        });
+        if full {
+            b.push(Write::Timer(Timer {
+                due: n as i64,
+                target: TimerTarget::Run(contact.clone()),
+                contact: contact.clone(),
+            }));
+            b.push(Write::Meta {
+                key: format!("crash:{contact}"),
+                value: "whole".into(),
+            });
+        }
         s.apply(&b).expect("apply");
         if n.is_multiple_of(16) {
             s.flush().expect("flush");
@@ -422,14 +435,18 @@ pub fn check_after_crash(s: &dyn Store, round: u32) -> u64 {
     while absent_run < 64 {
         let contact = crash_contact(round, n);
         let events = s.events_of(&contact).unwrap().len();
-        let parts = [
-            s.contact(&contact).unwrap().is_some(),
-            s.identity(IdKind::User, &contact).unwrap().is_some(),
+        let mut parts = vec![
             events == CRASH_BATCH_EVENTS,
             inbox.contains_key(&((u64::from(round) << 40) | n)),
-            timers.contains(&TimerTarget::Run(contact.clone())),
-            s.meta(&format!("crash:{contact}")).unwrap().is_some(),
         ];
+        if !new_records_only(n) {
+            parts.extend([
+                s.contact(&contact).unwrap().is_some(),
+                s.identity(IdKind::User, &contact).unwrap().is_some(),
+                timers.contains(&TimerTarget::Run(contact.clone())),
+                s.meta(&format!("crash:{contact}")).unwrap().is_some(),
+            ]);
+        }
         if parts.iter().all(|p| *p) {
             assert_eq!(absent_run, 0, "batch {n} is there after a missing one");
             whole += 1;
@@ -437,8 +454,9 @@ pub fn check_after_crash(s: &dyn Store, round: u32) -> u64 {
             absent_run += 1;
         } else {
             panic!(
-                "batch {n} of round {round} is partly stored: contact, identity, all events, \
-                 inbox, timer, marker = {parts:?} ({events} of {CRASH_BATCH_EVENTS} events)"
+                "batch {n} of round {round} is partly stored: all events, inbox (and for a full \
+                 batch contact, identity, timer, marker) = {parts:?} ({events} of \
+                 {CRASH_BATCH_EVENTS} events)"
             );
         }
         n += 1;

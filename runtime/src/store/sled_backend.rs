@@ -202,22 +202,29 @@ impl SledStore {
     }
 
     /// A batch whose commit record survived a crash is applied again, whole (its writes are
-    /// plain puts and removes, so applying some of them twice is harmless). A crash never
+    /// plain puts and removes, so applying some of them twice is harmless); one whose undo
+    /// record survived (new records only) is taken back, whole. A crash never
     /// leaves a checkpoint beside a commit record: the checkpoint is withdrawn at open, before
     /// anything is written.
     fn with_cut_off_batches_completed(self) -> StoreResult<Self> {
-        let mut cut_off = 0usize;
+        let (mut finished, mut undone) = (0usize, 0usize);
         for r in self.batches.iter() {
             let (k, v) = r?;
-            self.apply_ops(&decode_ops(&v)?)?;
+            if v.first() == Some(&UNDO_RECORD) {
+                self.apply_ops(&decode_undo(&v)?)?;
+                undone += 1;
+            } else {
+                self.apply_ops(&decode_ops(&v)?)?;
+                finished += 1;
+            }
             self.batches.remove(k)?;
-            cut_off += 1;
         }
-        if cut_off > 0 {
+        if finished + undone > 0 {
             self.db.flush()?;
             tracing::warn!(
-                batches = cut_off,
-                "completed write batches that a crash cut off (all of each, as if it had finished)"
+                finished,
+                undone,
+                "write batches that a crash cut off: finished whole, or (new records only) taken back whole"
             );
         }
         Ok(self)
@@ -328,7 +335,14 @@ impl SledStore {
         }
         if atomic && ops.len() > 1 {
             let record = self.db.generate_id()?.to_be_bytes();
-            self.batches.insert(record, encode_ops(ops))?;
+            // Fresh puts only (an ingest request): recording their keys is enough to take
+            // them back; anything else records the whole batch, to finish it.
+            let log = if ops.iter().all(|o| o.fresh) {
+                encode_undo(ops)
+            } else {
+                encode_ops(ops)
+            };
+            self.batches.insert(record, log)?;
             self.apply_ops(ops)?;
             self.batches.remove(record)?;
         } else {
@@ -341,7 +355,7 @@ impl SledStore {
     }
 
     /// Apply tree operations, keeping the running counts exact.
-    fn apply_ops(&self, ops: &[RawOp]) -> StoreResult<()> {
+    pub(super) fn apply_ops(&self, ops: &[RawOp]) -> StoreResult<()> {
         for op in ops {
             let tree = self.tree(op.tree);
             let before = match &op.value {
@@ -431,7 +445,9 @@ impl SledStore {
 impl Store for SledStore {
     /// A batch of more than one write is made atomic with a commit record: the whole batch is
     /// written as one record (a single write, atomic in sled) before its writes, and removed
-    /// after them. sled recovers a prefix of its log (contract rule 3), so after a crash
+    /// after them. A batch of new records only (events, inbox and dedupe records, segment
+    /// changes: keys from fresh sequence numbers) records just their keys instead, and a crash
+    /// takes it back rather than finishing it: an ingest request then costs its bytes once. sled recovers a prefix of its log (contract rule 3), so after a crash
     /// either the record is gone and so is every write of the batch, or it is there and
     /// [`SledStore::open`] applies the batch again, whole. sled's own transactions are not
     /// used: once used, they make every other write in the process pay for concurrency

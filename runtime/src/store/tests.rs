@@ -387,3 +387,60 @@ fn message_ids_are_logged_per_request_read_back_from_a_time_and_expired_by_age()
         .unwrap();
     assert!(ids.iter().any(|i| i == "old-marker"), "{ids:?}");
 }
+
+#[test]
+fn a_cut_off_batch_of_new_records_is_taken_back_and_any_other_is_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = |seq: u64| Event {
+        seq,
+        event: "signed_up".into(),
+        kind: "track".into(),
+        properties: serde_json::json!({}),
+        context: serde_json::json!({}),
+        timestamp: 0,
+        received_at: 0,
+        message_id: None,
+    };
+    {
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        // As a crash leaves them: the records of two batches, and some of their writes.
+        let fresh = [
+            event_op("c1", &event(1)).unwrap(),
+            inbox_op(
+                1,
+                &[InboxItem {
+                    contact: "c1".into(),
+                    event_seq: 1,
+                }],
+            )
+            .unwrap()
+            .unwrap(),
+        ];
+        assert!(fresh.iter().all(|o| o.fresh));
+        s.batches
+            .insert(1u64.to_be_bytes(), encode_undo(&fresh))
+            .unwrap();
+        s.apply_ops(&fresh[..1]).unwrap();
+        let other = [
+            contact_op(&Contact::new("c2".into(), 0)).unwrap(),
+            meta_op("m", "v"),
+        ];
+        s.batches
+            .insert(2u64.to_be_bytes(), encode_ops(&other))
+            .unwrap();
+        s.apply_ops(&other[..1]).unwrap();
+        s.flush().unwrap();
+    }
+    let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+    assert!(
+        s.event("c1", 1).unwrap().is_none(),
+        "new records taken back"
+    );
+    assert!(s.inbox().unwrap().is_empty());
+    assert!(
+        s.contact("c2").unwrap().is_some(),
+        "the other batch finished"
+    );
+    assert_eq!(s.meta("m").unwrap().as_deref(), Some("v"));
+    assert!(s.batches.is_empty());
+}
