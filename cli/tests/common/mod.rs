@@ -251,13 +251,16 @@ impl Client {
     }
 
     /// Wait until a run reaches `status` (and, for `waiting`, has recorded `min_steps` steps).
+    /// `waiting` means waiting on a timer or an event: a run whose send is still queued or in
+    /// flight in its channel's delivery stage has not reached it yet.
     pub fn run_reaches(&self, id: &str, status: &str, min_steps: usize) -> Value {
         eventually(
             &format!("run {id} reaches {status} with {min_steps} steps"),
             || {
                 let r = self.run(id);
-                (r["status"] == status && r["journal"].as_array().map_or(0, Vec::len) >= min_steps)
-                    .then_some(r)
+                let journal = r["journal"].as_array().cloned().unwrap_or_default();
+                let sending = journal.iter().any(|s| s["status"] == "queued");
+                (r["status"] == status && journal.len() >= min_steps && !sending).then_some(r)
             },
         )
     }
