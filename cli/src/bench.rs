@@ -803,9 +803,17 @@ fn send_rate(table: &str, n: usize, batch: usize, clients: usize, label: &str) -
     wait_for_runs(&d, "bench", n, "completed")?;
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let sent = d.shared.engine.metrics.sends("hook", "sent");
+    let window = d
+        .shared
+        .engine
+        .delivery
+        .status()
+        .get("hook")
+        .map_or(0.0, |c| c.mean_ambiguous_window_ms);
     d.shutdown();
     if sent as usize != n {
         anyhow::bail!("{label}: {sent} of {n} sends succeeded");
     }
+    println!("  mean ambiguous window        {window:>11.1} ms        ({label}: from the dispatch mark, durable before the call, to the recorded result)");
     Ok(rate)
 }

@@ -186,6 +186,10 @@ fn no_more_sends_are_in_flight_than_the_channel_concurrency() {
     let ch = channel(&c, "hook");
     assert_eq!(ch["succeeded"], 20);
     assert_eq!(ch["concurrency"], 4);
+    assert!(
+        ch["mean_ambiguous_window_ms"].as_f64().unwrap() > 0.0,
+        "the window from dispatch mark to recorded result is measured: {ch}"
+    );
 }
 
 #[test]

@@ -82,6 +82,8 @@ pub struct Outcome {
     /// Whether the provider was called (false: the send did not start and can simply be
     /// queued again).
     pub called: bool,
+    /// When the dispatch mark was made (the ambiguous window opened), if it was.
+    pub dispatched: Option<Instant>,
 }
 
 /// Where results go: the engine, which hands each to the contact's worker.
@@ -153,6 +155,8 @@ struct Stats {
     throttled: AtomicU64,
     latency_us_sum: AtomicU64,
     latency_count: AtomicU64,
+    window_us_sum: AtomicU64,
+    window_count: AtomicU64,
     /// Send starts per second over the last [`RATE_SECONDS`] seconds (second, count).
     starts: Mutex<[(u64, u64); RATE_SECONDS]>,
 }
@@ -178,6 +182,10 @@ pub struct ChannelStatus {
     pub rate: f64,
     /// Mean time the provider took to answer, in milliseconds.
     pub mean_latency_ms: f64,
+    /// Mean ambiguous window, in milliseconds: from the dispatch mark (durable before the
+    /// call) to the result recorded by the contact's worker. A crash inside it leaves a send
+    /// that may or may not have happened.
+    pub mean_ambiguous_window_ms: f64,
     /// Sends started since the daemon started.
     pub dispatched: u64,
     /// Calls that succeeded.
@@ -340,6 +348,16 @@ impl DeliveryStage {
         true
     }
 
+    /// The contact's worker recorded the result of a send dispatched at `since`: the ambiguous
+    /// window of that send (dispatch mark to recorded result) closed now.
+    pub fn note_window(&self, channel: &str, since: Instant) {
+        if let Some(stage) = self.channels.read_locked().get(channel) {
+            let us = since.elapsed().as_micros() as u64;
+            stage.stats.window_us_sum.fetch_add(us, Ordering::Relaxed);
+            stage.stats.window_count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The contact's worker recorded the result of `key`: it may be queued again.
     pub fn release(&self, key: &str) {
         self.registry.locked().remove(key);
@@ -475,6 +493,7 @@ impl DeliveryStage {
                 .map(|_| m)
                 .map_err(|e| format!("storage failed: {e}"))
         });
+        let mut dispatched = None;
         let (result, called) = match marked {
             Err(e) => (
                 Err(ChannelError::Transient(format!(
@@ -483,6 +502,7 @@ impl DeliveryStage {
                 false,
             ),
             Ok(message) => {
+                dispatched = Some(Instant::now());
                 if let Some(s) = &sink {
                     s.failpoint("after_intent");
                 }
@@ -507,6 +527,7 @@ impl DeliveryStage {
             channel: stage.name.clone(),
             result,
             called,
+            dispatched,
         };
         match sink {
             Some(s) => s.delivered(outcome),
@@ -590,6 +611,14 @@ impl ChannelStage {
                 0.0
             } else {
                 self.stats.latency_us_sum.load(Ordering::Relaxed) as f64 / count as f64 / 1000.0
+            },
+            mean_ambiguous_window_ms: {
+                let n = self.stats.window_count.load(Ordering::Relaxed);
+                if n == 0 {
+                    0.0
+                } else {
+                    self.stats.window_us_sum.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0
+                }
             },
             dispatched: self.stats.dispatched.load(Ordering::Relaxed),
             succeeded: self.stats.succeeded.load(Ordering::Relaxed),

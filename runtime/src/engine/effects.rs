@@ -431,6 +431,9 @@ impl Engine {
             batch.push(Write::IntentDone { key: o.key.clone() });
         }
         self.store.apply(&batch)?;
+        if let Some(since) = o.dispatched {
+            self.delivery.note_window(&o.channel, since);
+        }
         // The result is in the store: the same step may be queued again from here on (a
         // retry that is due at once).
         self.delivery.release(&o.key);

@@ -77,12 +77,13 @@ fn render_channels(
         &'static str,
         fn(&crate::delivery::ChannelStatus) -> f64,
     );
-    let gauges: [Gauge; 5] = [
+    let gauges: [Gauge; 6] = [
         ("herald_channel_in_flight", "Sends between dispatch and result.", |c| c.in_flight as f64),
         ("herald_channel_allowance", "Sends the channel may have in flight now (below its concurrency after the provider asked to slow down).", |c| c.allowance as f64),
         ("herald_channel_paused", "1 while an operator has paused the channel.", |c| if c.paused { 1.0 } else { 0.0 }),
         ("herald_channel_send_rate", "Sends started per second over the last ten seconds.", |c| c.rate),
         ("herald_channel_latency_mean_ms", "Mean time the provider took to answer.", |c| c.mean_latency_ms),
+        ("herald_channel_ambiguous_window_mean_ms", "Mean time from a send's dispatch mark to its recorded result.", |c| c.mean_ambiguous_window_ms),
     ];
     for (metric, help, value) in gauges {
         let _ = writeln!(body, "# HELP {metric} {help}\n# TYPE {metric} gauge");
