@@ -19,7 +19,7 @@
 //! run: the stage writes no run state.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -207,7 +207,6 @@ pub struct DeliveryStage {
     /// Keys of sends queued or in flight in this process. A send enters once; the contact's
     /// worker takes it out after it recorded the result.
     registry: Mutex<HashSet<String>>,
-    stopping: AtomicBool,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -222,7 +221,6 @@ impl DeliveryStage {
             channels: RwLock::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             registry: Mutex::new(HashSet::new()),
-            stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
         })
     }
@@ -396,7 +394,6 @@ impl DeliveryStage {
     /// Stop starting sends and wait for those in flight; their results reach the workers.
     /// Queued sends stay durable and are queued again at the next start.
     pub fn shutdown(&self) {
-        self.stopping.store(true, Ordering::Release);
         let channels: Vec<Arc<ChannelStage>> =
             self.channels.read_locked().values().cloned().collect();
         for stage in &channels {

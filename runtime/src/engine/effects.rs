@@ -342,22 +342,21 @@ impl Engine {
     /// Record what came of a send (on the contact's worker) and continue the run: a result
     /// for a run that ended, or for an older attempt of the step, changes nothing.
     pub(super) fn record_delivery(&self, o: &Outcome) -> Result<(), EngineError> {
-        let run = self.store.run(&o.run)?;
-        let journal = match &run {
-            Some(r) if !r.status.is_terminal() => self.store.journal(&o.run)?,
-            _ => Vec::new(),
-        };
-        let Some(mut step) = journal
-            .get(o.step as usize)
-            .filter(|s| s.status == StepStatus::Queued && s.attempts == o.attempt)
-            .cloned()
-        else {
-            if run.as_ref().is_none_or(|r| r.status.is_terminal()) {
-                self.store.remove_intent(&o.key)?;
-            }
+        // A run that ended (or is gone) owes nothing for its send but the intent's removal.
+        let Some(run) = self.store.run(&o.run)?.filter(|r| !r.status.is_terminal()) else {
+            self.store.remove_intent(&o.key)?;
             return Ok(());
         };
-        let Some(run) = run else { return Ok(()) };
+        // A result for an older attempt of the step changes nothing.
+        let Some(mut step) = self
+            .store
+            .journal(&o.run)?
+            .into_iter()
+            .nth(o.step as usize)
+            .filter(|s| s.status == StepStatus::Queued && s.attempts == o.attempt)
+        else {
+            return Ok(());
+        };
         let outcome = match &o.result {
             Ok(_) => "sent",
             Err(ChannelError::Transient(_)) | Err(ChannelError::RateLimited { .. }) => "retry",

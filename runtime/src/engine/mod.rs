@@ -235,6 +235,13 @@ impl Ticket {
             remaining: std::sync::atomic::AtomicUsize::new(events),
         })
     }
+
+    /// One more of the record's events is done: true for the last one (the record may go).
+    fn finish_one(&self) -> bool {
+        self.remaining
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+    }
 }
 
 /// The shared part of the engine.

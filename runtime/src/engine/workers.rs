@@ -412,11 +412,7 @@ impl Engine {
             .unwrap_or_default();
         let done: Vec<u64> = tickets
             .iter()
-            .filter(|t| {
-                t.remaining
-                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-                    == 1
-            })
+            .filter(|t| t.finish_one())
             .map(|t| t.key)
             .collect();
         let written = self.write_batch_with(done);
@@ -437,11 +433,7 @@ impl Engine {
     }
 
     pub(super) fn complete_now(&self, ticket: &Ticket) -> Result<(), EngineError> {
-        if ticket
-            .remaining
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-            == 1
-        {
+        if ticket.finish_one() {
             self.store.remove_inbox(ticket.key)?;
         }
         Ok(())
