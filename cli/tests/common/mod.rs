@@ -329,30 +329,41 @@ impl Process {
         Self::start_args(&["run", project.to_str().unwrap(), "--test-clock"], env)
     }
 
-    /// Start `herald ARGS --listen 127.0.0.1:<free port>` (ARGS begin with `run`), logging to a
-    /// file beside the project, and wait until it accepts connections.
+    /// Start `herald ARGS --listen 127.0.0.1:0` (ARGS begin with `run`), logging to a file
+    /// beside the project, and wait until it says where it listens. The daemon picks its own
+    /// port, so no other test can take it between a probe and the bind.
     pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Process {
-        let port = free_port();
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let project = Path::new(args[1]);
-        let log = project.join(format!("herald-{port}.log"));
+        let tag = format!("{}-{n}", std::process::id());
+        let log = project.join(format!("herald-{tag}.log"));
+        let out = project.join(format!("herald-{tag}.out"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
         cmd.args(args)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .env("NO_COLOR", "1");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn herald");
-        let client = Client::new(format!("http://127.0.0.1:{port}"));
-        let p = Process { child, client, log };
-        eventually("the daemon serves /healthz", || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
+        let mut child = cmd.spawn().expect("spawn herald");
+        let base = eventually("the daemon says where it listens", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "herald exited before serving ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::fs::read_to_string(&out).ok().and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("herald listening on "))
+                    .map(|url| url.trim().to_string())
+            })
         });
-        p
+        let client = Client::new(base);
+        Process { child, client, log }
     }
 
     /// SIGKILL the process (no chance to flush or clean up).
