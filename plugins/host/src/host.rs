@@ -20,6 +20,9 @@ use crate::state::{HostState, Shared, STDERR_CAPACITY};
 use crate::types::*;
 use crate::{PluginError, SendError};
 
+/// How long a plugin channel waits after an SMTP relay asked it to slow down.
+const SMTP_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Interval of the epoch ticker that drives interruption.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -51,6 +54,52 @@ fn start_ticker(engine: &Engine) -> Arc<Ticker> {
         })
         .expect("spawn epoch ticker");
     Arc::new(Ticker { stop })
+}
+
+/// The host's own tokio runtime: it runs the blocking calls ([`LoadedPlugin::send`],
+/// loading, inspection) for callers outside async code. Async callers run plugin calls on
+/// their own runtime.
+pub(crate) struct IoRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl IoRuntime {
+    fn new() -> Result<Arc<IoRuntime>, PluginError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("herald-plugin-io")
+            .enable_all()
+            .build()
+            .map_err(|e| PluginError::Engine(format!("cannot start the plugin runtime: {e}")))?;
+        Ok(Arc::new(IoRuntime {
+            runtime: Some(runtime),
+        }))
+    }
+
+    /// Run `future` on this runtime and wait for it (from any thread, also one inside
+    /// another runtime).
+    pub(crate) fn block_on<F>(&self, future: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let runtime = self.runtime.as_ref().expect("runtime present until drop");
+        runtime.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv()
+            .expect("a plugin call task ended without an answer")
+    }
+}
+
+impl Drop for IoRuntime {
+    fn drop(&mut self) {
+        // May be dropped inside another runtime, where waiting is not allowed.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Build the engine configuration every Herald host uses.
@@ -112,6 +161,7 @@ pub struct PluginHost {
     linker: Arc<Linker<HostState>>,
     cache_dir: Option<PathBuf>,
     ticker: Arc<Ticker>,
+    io: Arc<IoRuntime>,
     compiled: std::sync::atomic::AtomicU64,
 }
 
@@ -125,7 +175,7 @@ impl std::fmt::Debug for PluginHost {
 
 pub(crate) fn make_linker(engine: &Engine) -> Result<Linker<HostState>, PluginError> {
     let mut linker: Linker<HostState> = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| PluginError::Engine(format!("linking WASI: {e}")))?;
     Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(|e| PluginError::Engine(format!("linking herald:channel: {e}")))?;
@@ -161,6 +211,7 @@ impl PluginHost {
             linker,
             cache_dir,
             ticker,
+            io: IoRuntime::new()?,
             compiled: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -245,6 +296,7 @@ impl PluginHost {
             pool: Mutex::new(Vec::new()),
             rate: RateLimiter::new(limits.rate_per_second, limits.burst),
             in_flight: AtomicUsize::new(0),
+            io: self.io.clone(),
             _ticker: self.ticker.clone(),
         }))
     }
@@ -342,10 +394,13 @@ impl PluginHost {
         .map_err(PluginError::Engine)?;
         let inner = self.new_inner(&component, shared)?;
 
-        let raw = inner
-            .call(|store, p| p.herald_channel_connector().call_describe(store))
-            .map_err(|f| PluginError::Sandbox(format!("describe(): {}", f.message)))?
-            .0;
+        let raw = match inner.call_blocking(Call::Describe) {
+            Ok((Answer::Describe(d), _)) => d,
+            Ok(_) => unreachable!("describe answers with a description"),
+            Err(f) => {
+                return Err(PluginError::Sandbox(format!("describe(): {}", f.message)));
+            }
+        };
         let description = convert_description(raw, &manifest.api_version)?;
         if description.id != manifest.id || description.version != manifest.version {
             return Err(PluginError::InvalidPlugin(format!(
@@ -360,13 +415,16 @@ impl PluginHost {
                 ));
             }
         }
-        let verdict = inner
-            .call(|store, p| {
-                p.herald_channel_connector()
-                    .call_validate_config(store, &config.to_string())
-            })
-            .map_err(|f| PluginError::Sandbox(format!("validate-config(): {}", f.message)))?
-            .0;
+        let verdict = match inner.call_blocking(Call::ValidateConfig(config.to_string())) {
+            Ok((Answer::ValidateConfig(v), _)) => v,
+            Ok(_) => unreachable!("validate-config answers with a verdict"),
+            Err(f) => {
+                return Err(PluginError::Sandbox(format!(
+                    "validate-config(): {}",
+                    f.message
+                )));
+            }
+        };
         if let Err(message) = verdict {
             return Err(PluginError::Config {
                 plugin: manifest.id.clone(),
@@ -455,6 +513,31 @@ struct Warm {
     plugin: Plugin,
 }
 
+/// One call into a plugin's `connector` export.
+pub(crate) enum Call {
+    Describe,
+    ValidateConfig(String),
+    Send(wit::Outbound),
+    ParseWebhook(wit::WebhookRequest),
+}
+
+/// The export's answer, one variant per [`Call`].
+pub(crate) enum Answer {
+    Describe(wit::Description),
+    ValidateConfig(Result<(), String>),
+    Send(Result<wit::Sent, wit::SendError>),
+    ParseWebhook(Result<Vec<wit::WebhookEvent>, String>),
+}
+
+/// What the host saw during a call besides its answer.
+#[derive(Debug, Default)]
+pub(crate) struct Notes {
+    /// Capability requests the host refused.
+    pub(crate) denials: Vec<String>,
+    /// The SMTP relay asked to slow down.
+    pub(crate) throttled: bool,
+}
+
 /// A call that the sandbox stopped.
 #[derive(Debug)]
 pub(crate) struct Failure {
@@ -472,26 +555,40 @@ pub(crate) struct Inner {
     pool: Mutex<Vec<Warm>>,
     pub(crate) rate: RateLimiter,
     in_flight: AtomicUsize,
+    io: Arc<IoRuntime>,
     _ticker: Arc<Ticker>,
 }
 
-/// Decrements the in-flight counter when a call ends.
-struct InFlight<'a>(&'a AtomicUsize);
+/// Decrements the in-flight counter when a call ends (also when its future is dropped).
+struct InFlight(Arc<Inner>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Inner {
-    fn instantiate(&self) -> Result<Warm, Failure> {
+    /// A new store under the call limits: guest code yields to the executor at every epoch
+    /// tick and is interrupted once the call's deadline has passed.
+    fn new_store(&self) -> Store<HostState> {
         let mut store = Store::new(&self.engine, HostState::new(self.shared.clone()));
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks(self.shared.limits.timeout));
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
         store.data_mut().deadline = Instant::now() + self.shared.limits.timeout;
-        match self.pre.instantiate(&mut store) {
+        store
+    }
+
+    async fn instantiate(&self) -> Result<Warm, Failure> {
+        let mut store = self.new_store();
+        match self.pre.instantiate_async(&mut store).await {
             Ok(plugin) => Ok(Warm { store, plugin }),
             Err(e) => Err(Failure {
                 message: classify(&e, store.data(), &self.shared.limits, "instantiation"),
@@ -501,13 +598,10 @@ impl Inner {
         }
     }
 
-    /// Run `f` on a warm (or new) instance under the call limits. Returns the
-    /// result and the capability denials recorded during the call. The
-    /// instance goes back to the pool unless it trapped.
-    pub(crate) fn call<R>(
-        &self,
-        f: impl FnOnce(&mut Store<HostState>, &Plugin) -> wasmtime::Result<R>,
-    ) -> Result<(R, Vec<String>), Failure> {
+    /// Run `call` on a warm (or new) instance under the call limits. Returns the answer and
+    /// what the host saw during the call. The instance goes back to the pool unless it
+    /// trapped. While the plugin waits on the network no thread is held.
+    pub(crate) async fn call(self: Arc<Self>, call: Call) -> Result<(Answer, Notes), Failure> {
         let max = self.shared.limits.max_concurrent_calls.max(1);
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -517,11 +611,11 @@ impl Inner {
                 busy: true,
             });
         }
-        let _guard = InFlight(&self.in_flight);
+        let _guard = InFlight(self.clone());
         let warm = self.pool.lock().expect("pool lock").pop();
         let mut warm = match warm {
             Some(w) => w,
-            None => self.instantiate()?,
+            None => self.instantiate().await?,
         };
         let limits = &self.shared.limits;
         {
@@ -531,12 +625,30 @@ impl Inner {
             data.limiter.hit = false;
             data.http_requests = 0;
             data.effects = 0;
+            data.throttled = false;
         }
-        warm.store.set_epoch_deadline(ticks(limits.timeout));
-        let result = f(&mut warm.store, &warm.plugin);
+        warm.store.set_epoch_deadline(1);
+        let connector = warm.plugin.herald_channel_connector();
+        let store = &mut warm.store;
+        let result = match call {
+            Call::Describe => connector.call_describe(store).await.map(Answer::Describe),
+            Call::ValidateConfig(c) => connector
+                .call_validate_config(store, &c)
+                .await
+                .map(Answer::ValidateConfig),
+            Call::Send(m) => connector.call_send(store, &m).await.map(Answer::Send),
+            Call::ParseWebhook(r) => connector
+                .call_parse_webhook(store, &r)
+                .await
+                .map(Answer::ParseWebhook),
+        };
         match result {
-            Ok(r) => {
-                let denials = std::mem::take(&mut warm.store.data_mut().denials);
+            Ok(answer) => {
+                let data = warm.store.data_mut();
+                let notes = Notes {
+                    denials: std::mem::take(&mut data.denials),
+                    throttled: data.throttled,
+                };
                 let reusable = warm.store.data().stderr.contents().len() < STDERR_CAPACITY / 2;
                 if reusable {
                     let mut pool = self.pool.lock().expect("pool lock");
@@ -544,7 +656,7 @@ impl Inner {
                         pool.push(warm);
                     }
                 }
-                Ok((r, denials))
+                Ok((answer, notes))
             }
             Err(e) => {
                 let message = classify(&e, warm.store.data(), limits, "call");
@@ -559,6 +671,12 @@ impl Inner {
         }
     }
 
+    /// [`Inner::call`] from blocking code: runs on the host's runtime and waits.
+    pub(crate) fn call_blocking(self: &Arc<Self>, call: Call) -> Result<(Answer, Notes), Failure> {
+        let me = self.clone();
+        self.io.block_on(me.call(call))
+    }
+
     /// Number of warm instances currently pooled.
     pub(crate) fn pooled(&self) -> usize {
         self.pool.lock().expect("pool lock").len()
@@ -568,10 +686,6 @@ impl Inner {
     pub(crate) fn clear_pool(&self) {
         self.pool.lock().expect("pool lock").clear();
     }
-}
-
-fn ticks(timeout: Duration) -> u64 {
-    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
 }
 
 /// Turn a wasmtime error into a precise, operator-readable reason.
@@ -644,7 +758,16 @@ impl LoadedPlugin {
         self.inner.clear_pool()
     }
 
-    /// Deliver a message or perform an operation. Blocking.
+    /// Deliver a message or perform an operation, waiting for the answer. For
+    /// async code, [`LoadedPlugin::send_async`] does the same without holding the thread.
+    pub fn send(&self, req: &SendRequest) -> Result<SendOutcome, SendError> {
+        let call = self.send_async(req);
+        self.inner.io.block_on(call)
+    }
+
+    /// Deliver a message or perform an operation. The returned future owns what
+    /// it needs (it may be spawned), and while the plugin waits on the network
+    /// it holds no thread, only its instance.
     ///
     /// Errors the plugin reports are passed through; a trap, panic, timeout,
     /// memory-cap hit — or a plugin error caused by a capability the host
@@ -652,17 +775,20 @@ impl LoadedPlugin {
     /// dispatched an HTTP request or SMTP submission becomes
     /// [`SendError::Ambiguous`] instead (message prefixed `sandbox:`), since
     /// the provider may have acted: the engine retries it with the same key
-    /// only for idempotent plugins. A local rate limit or an
-    /// active provider slow-down returns [`SendError::RateLimited`] without
-    /// calling the plugin.
-    pub fn send(&self, req: &SendRequest) -> Result<SendOutcome, SendError> {
-        if !self.description.supports(req.operation.as_deref()) {
-            return Err(SendError::InvalidInput(match &req.operation {
-                Some(op) => format!("plugin `{}` has no operation `{op}`", self.description.id),
-                None => format!("plugin `{}` does not deliver messages", self.description.id),
-            }));
-        }
-        self.inner.rate.acquire()?;
+    /// only for idempotent plugins. A transient failure after the SMTP relay
+    /// asked to slow down becomes [`SendError::RateLimited`]. A local rate
+    /// limit or an active provider slow-down returns [`SendError::RateLimited`]
+    /// without calling the plugin.
+    pub fn send_async(
+        &self,
+        req: &SendRequest,
+    ) -> impl std::future::Future<Output = Result<SendOutcome, SendError>> + Send + 'static {
+        let supported = self.description.supports(req.operation.as_deref());
+        let refusal = match &req.operation {
+            Some(op) => format!("plugin `{}` has no operation `{op}`", self.description.id),
+            None => format!("plugin `{}` does not deliver messages", self.description.id),
+        };
+        let inner = self.inner.clone();
         let msg = wit::Outbound {
             idempotency_key: req.idempotency_key.clone(),
             operation: req.operation.clone(),
@@ -673,10 +799,12 @@ impl LoadedPlugin {
             fields: json_or_empty(&req.fields),
             payload: json_or_empty(&req.payload),
         };
-        let (result, denials) = self
-            .inner
-            .call(|store, p| p.herald_channel_connector().call_send(store, &msg))
-            .map_err(|f| {
+        async move {
+            if !supported {
+                return Err(SendError::InvalidInput(refusal));
+            }
+            inner.rate.acquire()?;
+            let (answer, notes) = inner.clone().call(Call::Send(msg)).await.map_err(|f| {
                 if f.busy {
                     SendError::RateLimited {
                         retry_after_ms: 50,
@@ -691,33 +819,45 @@ impl LoadedPlugin {
                     SendError::Sandbox(f.message)
                 }
             })?;
-        match result {
-            Ok(sent) => {
-                self.inner.rate.on_success();
-                Ok(SendOutcome {
-                    provider_message_id: sent.provider_message_id,
-                    details: serde_json::from_str(&sent.details).unwrap_or(serde_json::Value::Null),
-                })
-            }
-            Err(_) if !denials.is_empty() => Err(SendError::Sandbox(format!(
-                "denied: {}",
-                denials.join("; ")
-            ))),
-            Err(e) => Err(match e {
-                wit::SendError::InvalidInput(m) => SendError::InvalidInput(m),
-                wit::SendError::Unauthorized(m) => SendError::Unauthorized(m),
-                wit::SendError::RateLimited(r) => {
-                    self.inner
-                        .rate
-                        .on_rate_limited(Duration::from_millis(r.retry_after_ms));
-                    SendError::RateLimited {
-                        retry_after_ms: r.retry_after_ms,
-                        message: r.message,
-                    }
+            let Answer::Send(result) = answer else {
+                unreachable!("send answers with a send result")
+            };
+            match result {
+                Ok(sent) => {
+                    inner.rate.on_success();
+                    Ok(SendOutcome {
+                        provider_message_id: sent.provider_message_id,
+                        details: serde_json::from_str(&sent.details)
+                            .unwrap_or(serde_json::Value::Null),
+                    })
                 }
-                wit::SendError::Transient(m) => SendError::Transient(m),
-                wit::SendError::Ambiguous(m) => SendError::Ambiguous(m),
-            }),
+                Err(_) if !notes.denials.is_empty() => Err(SendError::Sandbox(format!(
+                    "denied: {}",
+                    notes.denials.join("; ")
+                ))),
+                Err(wit::SendError::Transient(m)) if notes.throttled => {
+                    inner.rate.on_rate_limited(SMTP_THROTTLE_PAUSE);
+                    Err(SendError::RateLimited {
+                        retry_after_ms: SMTP_THROTTLE_PAUSE.as_millis() as u64,
+                        message: m,
+                    })
+                }
+                Err(e) => Err(match e {
+                    wit::SendError::InvalidInput(m) => SendError::InvalidInput(m),
+                    wit::SendError::Unauthorized(m) => SendError::Unauthorized(m),
+                    wit::SendError::RateLimited(r) => {
+                        inner
+                            .rate
+                            .on_rate_limited(Duration::from_millis(r.retry_after_ms));
+                        SendError::RateLimited {
+                            retry_after_ms: r.retry_after_ms,
+                            message: r.message,
+                        }
+                    }
+                    wit::SendError::Transient(m) => SendError::Transient(m),
+                    wit::SendError::Ambiguous(m) => SendError::Ambiguous(m),
+                }),
+            }
         }
     }
 
@@ -734,13 +874,11 @@ impl LoadedPlugin {
                 .collect(),
             body: req.body.clone(),
         };
-        let (result, _) = self
-            .inner
-            .call(|store, p| {
-                p.herald_channel_connector()
-                    .call_parse_webhook(store, &wreq)
-            })
-            .map_err(|f| PluginError::Sandbox(f.message))?;
+        let result = match self.inner.call_blocking(Call::ParseWebhook(wreq)) {
+            Ok((Answer::ParseWebhook(r), _)) => r,
+            Ok(_) => unreachable!("parse-webhook answers with events"),
+            Err(f) => return Err(PluginError::Sandbox(f.message)),
+        };
         let events = result.map_err(PluginError::Webhook)?;
         Ok(events
             .into_iter()

@@ -190,17 +190,16 @@ pub fn inspect(wasm_path: &Path) -> Result<InspectReport, PluginError> {
         )
         .map_err(PluginError::Engine)?;
         match host.new_inner(&component, shared) {
-            Ok(inner) => {
-                match inner.call(|store, p| p.herald_channel_connector().call_describe(store)) {
-                    Ok((raw, _)) => {
-                        match convert_description(raw, api_version.as_deref().unwrap_or("?")) {
-                            Ok(d) => description = Some(d),
-                            Err(e) => problems.push(strip_prefix(e)),
-                        }
+            Ok(inner) => match inner.call_blocking(crate::host::Call::Describe) {
+                Ok((crate::host::Answer::Describe(raw), _)) => {
+                    match convert_description(raw, api_version.as_deref().unwrap_or("?")) {
+                        Ok(d) => description = Some(d),
+                        Err(e) => problems.push(strip_prefix(e)),
                     }
-                    Err(f) => problems.push(format!("describe() failed: {}", f.message)),
                 }
-            }
+                Ok(_) => unreachable!("describe answers with a description"),
+                Err(f) => problems.push(format!("describe() failed: {}", f.message)),
+            },
             Err(e) => problems.push(strip_prefix(e)),
         }
     }

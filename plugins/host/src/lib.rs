@@ -27,7 +27,10 @@
 //! `herald.toml` form of a [`Grant`], with secrets referenced as `env:VAR` or
 //! `file:PATH`. [`inspect`] explains what a `.wasm` file is.
 //!
-//! The API is blocking; call it from a blocking thread in async code.
+//! Calls are asynchronous: a plugin waiting on the network (an HTTP request, an
+//! SMTP relay) holds no thread, only its instance. [`LoadedPlugin::send_async`]
+//! is the call for async code; [`LoadedPlugin::send`] and the other blocking
+//! calls run on the host's own small runtime and may be used from any thread.
 #![warn(missing_docs)]
 
 mod error;
@@ -47,6 +50,8 @@ pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         world: "plugin",
         path: "../wit",
+        imports: { default: async },
+        exports: { default: async },
     });
 }
 

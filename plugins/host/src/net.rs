@@ -114,6 +114,36 @@ pub fn resolve_checked(
         .to_socket_addrs()
         .map_err(|e| ResolveError::Lookup(format!("cannot resolve `{host}`: {e}")))?
         .collect();
+    check_addresses(host, addrs, allow_private)
+}
+
+/// Why resolution failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    /// DNS failure.
+    Lookup(String),
+    /// Resolved to a refused address.
+    Private(String),
+}
+
+/// [`resolve_checked`] without holding a thread: the lookup runs on tokio's resolver.
+pub async fn resolve_checked_async(
+    host: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, ResolveError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| ResolveError::Lookup(format!("cannot resolve `{host}`: {e}")))?
+        .collect();
+    check_addresses(host, addrs, allow_private)
+}
+
+fn check_addresses(
+    host: &str,
+    addrs: Vec<SocketAddr>,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, ResolveError> {
     if addrs.is_empty() {
         return Err(ResolveError::Lookup(format!("`{host}` has no addresses")));
     }
@@ -128,31 +158,26 @@ pub fn resolve_checked(
     Ok(addrs)
 }
 
-/// Why resolution failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResolveError {
-    /// DNS failure.
-    Lookup(String),
-    /// Resolved to a refused address.
-    Private(String),
-}
-
-/// ureq resolver that re-applies the address policy at connect time, so a
+/// HTTP client resolver that re-applies the address policy at connect time, so a
 /// DNS answer that changes between the check and the connection (rebinding)
 /// cannot reach a private address.
 pub(crate) struct CheckedResolver {
     pub(crate) allow_private: bool,
 }
 
-impl ureq::Resolver for CheckedResolver {
-    fn resolve(&self, netloc: &str) -> std::io::Result<Vec<SocketAddr>> {
-        let (host, port) = netloc
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-            .ok_or_else(|| std::io::Error::other(format!("bad netloc {netloc}")))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        resolve_checked(host, port, self.allow_private).map_err(|e| match e {
-            ResolveError::Lookup(m) | ResolveError::Private(m) => std::io::Error::other(m),
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().trim_start_matches('[').trim_end_matches(']');
+            // The client puts the URL's port on the addresses it gets back.
+            match resolve_checked_async(host, 0, allow_private).await {
+                Ok(addrs) => Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs),
+                Err(ResolveError::Lookup(m) | ResolveError::Private(m)) => {
+                    Err(Box::new(std::io::Error::other(m))
+                        as Box<dyn std::error::Error + Send + Sync>)
+                }
+            }
         })
     }
 }

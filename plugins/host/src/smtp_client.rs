@@ -23,7 +23,9 @@
 //! reset with `RSET` and kept; a connection with an I/O or protocol error is
 //! dropped. At most [`SmtpRelay::connections`] idle connections are kept;
 //! concurrent submissions beyond them open more connections, which are
-//! closed (`QUIT`) when they are not needed any more. A connection idle for
+//! closed (`QUIT`) when they are not needed any more (the `smtp` capability
+//! runs at most `connections` submissions at once, so through a plugin the
+//! number of connections stays at that setting). A connection idle for
 //! longer than [`IDLE_TIMEOUT`] is closed instead of reused.
 
 use std::borrow::Cow;
@@ -59,6 +61,11 @@ pub enum SmtpSendError {
     /// the connection; retry later.
     #[error("{0}")]
     Transient(String),
+    /// Nothing was delivered and the relay asked the client to slow down
+    /// (`454`, or a `421`/`450`/`451` reply that speaks of rates or too many
+    /// messages); retry later, more slowly.
+    #[error("{0}")]
+    Throttled(String),
     /// The outcome is unknown (for example the connection was lost after the
     /// message data was sent).
     #[error("{0}")]
@@ -70,6 +77,8 @@ impl From<&LettreError> for SmtpSendError {
         let msg = e.to_string();
         if e.is_permanent() {
             SmtpSendError::Rejected(msg)
+        } else if e.is_transient() && is_throttle(e) {
+            SmtpSendError::Throttled(msg)
         } else if e.is_transient() || connection_refused(e) {
             SmtpSendError::Transient(msg)
         } else {
@@ -487,6 +496,20 @@ pub(crate) fn dot_stuff(message: &[u8]) -> Vec<u8> {
 }
 
 /// A negative SMTP reply (4xx/5xx), after which the connection is still in sync.
+/// A transient reply that asks the client to slow down rather than report a
+/// passing failure.
+fn is_throttle(e: &LettreError) -> bool {
+    let code = e.status().map(|c| c.to_string()).unwrap_or_default();
+    if code == "454" {
+        return true;
+    }
+    let text = e.to_string().to_ascii_lowercase();
+    matches!(code.as_str(), "421" | "450" | "451")
+        && ["rate", "too many", "throttl", "slow down"]
+            .iter()
+            .any(|w| text.contains(w))
+}
+
 fn is_reply(e: &LettreError) -> bool {
     e.is_transient() || e.is_permanent()
 }

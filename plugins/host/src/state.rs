@@ -2,7 +2,6 @@
 //! (`http`, `smtp`, `crypto`, `config`, `log`).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::herald::channel::{config, crypto, http, log, smtp, types};
-use crate::net::{resolve_checked, CheckedResolver, HostPattern, ResolveError};
+use crate::net::{resolve_checked_async, CheckedResolver, HostPattern, ResolveError};
 use crate::smtp_client::{SmtpClient, SmtpSendError};
 use crate::types::{CallLimits, SmtpRelay};
 
@@ -29,8 +28,11 @@ pub(crate) struct Shared {
     pub(crate) secrets: HashMap<String, String>,
     pub(crate) config: serde_json::Value,
     pub(crate) smtp_declared: bool,
-    pub(crate) smtp: Option<SmtpClient>,
-    pub(crate) agent: ureq::Agent,
+    pub(crate) smtp: Option<Arc<SmtpClient>>,
+    /// Submissions running at once: one per relay connection. Calls beyond them wait for a
+    /// free connection without holding a thread.
+    pub(crate) smtp_slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) http: reqwest::Client,
     pub(crate) limits: CallLimits,
 }
 
@@ -52,19 +54,23 @@ impl Shared {
             .filter(|(k, _)| declared_secrets.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let agent = ureq::AgentBuilder::new()
-            .resolver(CheckedResolver { allow_private })
-            .redirects(0)
-            .timeout_connect(Duration::from_secs(10))
-            .user_agent(&format!("herald-plugin/{id}"))
+        let http = reqwest::Client::builder()
+            .dns_resolver(Arc::new(CheckedResolver { allow_private }))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .user_agent(format!("herald-plugin/{id}"))
             // Calls running at once each keep their connection for the next call.
-            .max_idle_connections(limits.max_concurrent_calls.max(1))
-            .max_idle_connections_per_host(limits.max_concurrent_calls.max(1))
-            .build();
+            .pool_max_idle_per_host(limits.max_concurrent_calls.max(1))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let smtp = match (smtp_declared, relay) {
-            (true, Some(r)) => Some(build_smtp(r)?),
+            (true, Some(r)) => Some(Arc::new(build_smtp(r)?)),
             _ => None,
         };
+        let smtp_slots = Arc::new(tokio::sync::Semaphore::new(
+            relay.map_or(1, |r| r.connections.max(1)),
+        ));
         Ok(Shared {
             id,
             hosts,
@@ -74,7 +80,8 @@ impl Shared {
             config,
             smtp_declared,
             smtp,
-            agent,
+            smtp_slots,
+            http,
             limits,
         })
     }
@@ -222,6 +229,8 @@ pub(crate) struct HostState {
     /// Outbound effects (HTTP requests dispatched, SMTP submissions) attempted
     /// during the current call: after one, a trap leaves the outcome unknown.
     pub(crate) effects: u32,
+    /// The SMTP relay asked to slow down during the current call.
+    pub(crate) throttled: bool,
 }
 
 impl HostState {
@@ -249,6 +258,7 @@ impl HostState {
             denials: Vec::new(),
             http_requests: 0,
             effects: 0,
+            throttled: false,
         }
     }
 
@@ -279,6 +289,34 @@ impl WasiView for HostState {
 
 impl types::Host for HostState {}
 
+/// Classify an HTTP client error: nothing sent, a refused request, or an exchange cut off.
+fn transport_error(e: reqwest::Error) -> http::HttpError {
+    use http::HttpError as E;
+    let msg = error_chain(&e);
+    if e.is_builder() {
+        E::InvalidRequest(msg)
+    } else if e.is_connect() {
+        E::Connect(msg)
+    } else {
+        E::Incomplete(msg)
+    }
+}
+
+/// An error with its causes, which say what actually failed (refused, reset, timed out).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
 const FORBIDDEN_HEADERS: &[&str] = &[
     "host",
     "content-length",
@@ -290,7 +328,7 @@ const FORBIDDEN_HEADERS: &[&str] = &[
 ];
 
 impl http::Host for HostState {
-    fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
+    async fn send(&mut self, req: http::Request) -> Result<http::Response, http::HttpError> {
         use http::HttpError as E;
         let shared = self.shared.clone();
         if self.http_requests >= shared.limits.max_http_requests_per_call {
@@ -333,7 +371,7 @@ impl http::Host for HostState {
                 format!("host `{host}:{port}` is not in the plugin's allowed hosts nor granted by the operator"),
             )));
         }
-        match resolve_checked(&host, port, shared.allow_private) {
+        match resolve_checked_async(&host, port, shared.allow_private).await {
             Ok(_) => {}
             Err(ResolveError::Private(m)) => return Err(E::Denied(self.deny("http", m))),
             Err(ResolveError::Lookup(m)) => return Err(E::Connect(m)),
@@ -349,7 +387,9 @@ impl http::Host for HostState {
         ) {
             return Err(E::InvalidRequest(format!("method `{method}` not allowed")));
         }
-        let mut request = shared.agent.request(&method, &url);
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| E::InvalidRequest(format!("method `{method}`: {e}")))?;
+        let mut request = shared.http.request(method.clone(), &url);
         for (name, value) in &req.headers {
             let lname = name.to_ascii_lowercase();
             if FORBIDDEN_HEADERS.contains(&lname.as_str()) {
@@ -365,7 +405,11 @@ impl http::Host for HostState {
                     "header `{name}` contains a line break"
                 )));
             }
-            request = request.set(name, &value);
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| E::InvalidRequest(format!("header `{name}`: {e}")))?;
+            let value = reqwest::header::HeaderValue::from_str(&value)
+                .map_err(|e| E::InvalidRequest(format!("header `{name}`: {e}")))?;
+            request = request.header(name, value);
         }
         match &req.auth {
             http::Auth::None => {}
@@ -379,14 +423,14 @@ impl http::Host for HostState {
                     .map_err(|m| E::Denied(self.deny("secret", m)))?;
                 let token =
                     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-                request = request.set("Authorization", &format!("Basic {token}"));
+                request = request.header("authorization", format!("Basic {token}"));
             }
             http::Auth::Bearer(name) => {
                 let token = shared
                     .secret(name)
                     .map_err(|m| E::Denied(self.deny("secret", m)))?
                     .to_string();
-                request = request.set("Authorization", &format!("Bearer {token}"));
+                request = request.header("authorization", format!("Bearer {token}"));
             }
         }
         let body = shared
@@ -401,49 +445,47 @@ impl http::Host for HostState {
             return Err(E::Connect("call deadline already passed".into()));
         }
         request = request.timeout(timeout);
-        self.effects += 1;
-        let result = if body.is_empty()
-            && matches!(method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS")
-        {
-            request.call()
-        } else {
-            request.send_bytes(&body)
-        };
-        let response = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(ureq::Error::Transport(t)) => {
-                let msg = t.to_string();
-                return Err(match t.kind() {
-                    ureq::ErrorKind::InvalidUrl
-                    | ureq::ErrorKind::UnknownScheme
-                    | ureq::ErrorKind::BadHeader => E::InvalidRequest(msg),
-                    ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed => E::Connect(msg),
-                    _ => E::Incomplete(msg),
-                });
-            }
-        };
-        let status = response.status();
-        let mut headers: Vec<(String, String)> = response
-            .headers_names()
-            .into_iter()
-            .filter_map(|n| {
-                let v = response.header(&n)?.to_string();
-                Some((n.to_ascii_lowercase(), v))
-            })
-            .collect();
-        let limit = shared.limits.max_http_body_bytes;
-        let mut body = Vec::new();
-        response
-            .into_reader()
-            .take(limit as u64 + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| E::Incomplete(format!("reading response body: {e}")))?;
-        if body.len() > limit {
-            return Err(E::Incomplete(format!(
-                "response body larger than {limit} bytes"
-            )));
+        if !body.is_empty() || !matches!(method.as_str(), "GET" | "HEAD" | "DELETE" | "OPTIONS") {
+            request = request.body(body);
         }
+        self.effects += 1;
+        let limit = shared.limits.max_http_body_bytes;
+        let exchange = async {
+            let mut response = request.send().await.map_err(transport_error)?;
+            let status = response.status().as_u16();
+            let headers: Vec<(String, String)> = response
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let mut body = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| E::Incomplete(format!("reading response body: {e}")))?
+            {
+                body.extend_from_slice(&chunk);
+                if body.len() > limit {
+                    return Err(E::Incomplete(format!(
+                        "response body larger than {limit} bytes"
+                    )));
+                }
+            }
+            Ok((status, headers, body))
+        };
+        let (status, mut headers, mut body) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| {
+                E::Incomplete(format!(
+                    "no complete answer within {} ms",
+                    timeout.as_millis()
+                ))
+            })??;
         shared.scrub(&mut body);
         for (_, v) in headers.iter_mut() {
             let mut bytes = std::mem::take(v).into_bytes();
@@ -459,7 +501,7 @@ impl http::Host for HostState {
 }
 
 impl smtp::Host for HostState {
-    fn submit(
+    async fn submit(
         &mut self,
         envelope: smtp::Envelope,
         message: Vec<u8>,
@@ -472,7 +514,7 @@ impl smtp::Host for HostState {
                 "the plugin manifest does not declare `smtp = true`".into(),
             )));
         }
-        let Some(client) = &shared.smtp else {
+        let Some(client) = shared.smtp.clone() else {
             return Err(E::NotGranted(self.deny(
                 "smtp",
                 "the operator did not configure an SMTP relay for this channel".into(),
@@ -504,8 +546,30 @@ impl smtp::Host for HostState {
         if self.remaining().is_zero() {
             return Err(E::Transient("call deadline already passed".into()));
         }
+        // Wait for a free relay connection without holding a thread; the exchange itself runs
+        // on a blocking thread (one per connection in use).
+        let slot =
+            tokio::time::timeout(self.remaining(), shared.smtp_slots.clone().acquire_owned())
+                .await
+                .map_err(|_| {
+                    E::Transient(
+                        "no relay connection became free before the call's deadline".into(),
+                    )
+                })?
+                .map_err(|_| E::Transient("the SMTP client is shutting down".into()))?;
         self.effects += 1;
-        match client.send(&env, &message, Some(self.remaining())) {
+        let timeout = self.remaining();
+        let sent = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            client.send(&env, &message, Some(timeout))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(SmtpSendError::Ambiguous(format!(
+                "the SMTP submission stopped: {e}"
+            )))
+        });
+        match sent {
             Ok(resp) => Ok(format!(
                 "{} {}",
                 resp.code(),
@@ -514,13 +578,17 @@ impl smtp::Host for HostState {
             Err(SmtpSendError::Invalid(m)) => Err(E::Invalid(m)),
             Err(SmtpSendError::Rejected(m)) => Err(E::Rejected(m)),
             Err(SmtpSendError::Transient(m)) => Err(E::Transient(m)),
+            Err(SmtpSendError::Throttled(m)) => {
+                self.throttled = true;
+                Err(E::Transient(m))
+            }
             Err(SmtpSendError::Ambiguous(m)) => Err(E::Ambiguous(m)),
         }
     }
 }
 
 impl crypto::Host for HostState {
-    fn hmac_sha256(&mut self, secret_name: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
+    async fn hmac_sha256(&mut self, secret_name: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
         use hmac::{Hmac, Mac};
         let shared = self.shared.clone();
         let key = shared
@@ -532,7 +600,7 @@ impl crypto::Host for HostState {
         Ok(mac.finalize().into_bytes().to_vec())
     }
 
-    fn hmac_sha1(&mut self, secret_name: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
+    async fn hmac_sha1(&mut self, secret_name: String, data: Vec<u8>) -> Result<Vec<u8>, String> {
         use hmac::{Hmac, Mac};
         let shared = self.shared.clone();
         let key = shared
@@ -546,7 +614,7 @@ impl crypto::Host for HostState {
 }
 
 impl config::Host for HostState {
-    fn get(&mut self, key: String) -> Option<String> {
+    async fn get(&mut self, key: String) -> Option<String> {
         let v = if key.starts_with('/') {
             self.shared.config.pointer(&key)
         } else {
@@ -555,13 +623,13 @@ impl config::Host for HostState {
         v.map(|v| v.to_string())
     }
 
-    fn all(&mut self) -> String {
+    async fn all(&mut self) -> String {
         self.shared.config.to_string()
     }
 }
 
 impl log::Host for HostState {
-    fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+    async fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
         let message: String = message.chars().take(4096).collect();
         let fields: String = fields
             .iter()

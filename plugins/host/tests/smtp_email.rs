@@ -204,6 +204,8 @@ struct Script {
     reject_rcpt: Option<String>,
     /// Hold the reply to the end-of-data marker until this many messages arrived.
     hold_until: usize,
+    /// Answer this many `MAIL FROM` commands with `454` (the relay throttles).
+    throttle_mail: usize,
 }
 
 impl Default for Script {
@@ -213,6 +215,7 @@ impl Default for Script {
             close_after_message: Close::Never,
             reject_rcpt: None,
             hold_until: 0,
+            throttle_mail: 0,
         }
     }
 }
@@ -306,7 +309,22 @@ fn serve(stream: TcpStream, conn: usize, script: &Script, cell: &SeenCell) {
                     &format!("250-mx.test\r\n{pipelining}250-8BITMIME\r\n250 SMTPUTF8\r\n"),
                 )
             }
-            "MAIL" => reply(&mut out, "250 2.1.0 sender ok\r\n"),
+            "MAIL" => {
+                let throttled = {
+                    let s = cell.0.lock().unwrap();
+                    let n = s
+                        .commands
+                        .iter()
+                        .filter(|(_, l)| l.starts_with("MAIL"))
+                        .count();
+                    n <= script.throttle_mail
+                };
+                if throttled {
+                    reply(&mut out, "454 4.7.0 too many messages, slow down\r\n")
+                } else {
+                    reply(&mut out, "250 2.1.0 sender ok\r\n")
+                }
+            }
             "RCPT" => match &script.reject_rcpt {
                 Some(bad) if line.contains(bad.as_str()) => {
                     reply(&mut out, "550 5.1.1 no such user\r\n")
@@ -542,13 +560,39 @@ fn body_line_starting_with_a_dot_arrives_intact() {
 }
 
 #[test]
-fn connections_setting_bounds_the_connections_kept() {
-    const BURST: usize = 5;
-    const KEPT: usize = 2;
-    // The server answers no message before BURST are in flight, so the burst
-    // needs BURST connections at once.
+fn a_relay_that_throttles_with_454_rate_limits_the_channel() {
     let server = ScriptedSmtp::start(Script {
-        hold_until: BURST,
+        throttle_mail: 1,
+        ..Script::default()
+    });
+    let plugin = load_connector("smtp-email", scripted_grant(server.port, 1));
+    match plugin.send(&mail_to("ada@example.org", 1)) {
+        Err(SendError::RateLimited {
+            retry_after_ms,
+            message,
+        }) => {
+            assert!(retry_after_ms > 0);
+            assert!(message.contains("454"), "{message}");
+        }
+        other => panic!("expected a rate limit, got {other:?}"),
+    }
+    let seen = server.wait_until("the reset", |s| {
+        s.commands
+            .iter()
+            .any(|(_, l)| l.eq_ignore_ascii_case("RSET"))
+    });
+    assert!(seen.messages.is_empty(), "nothing was submitted");
+    assert_eq!(seen.closed, 0, "the connection is kept after a 454");
+}
+
+#[test]
+fn connections_setting_bounds_the_connections_open_at_once() {
+    const BURST: usize = 6;
+    const KEPT: usize = 2;
+    // The server answers no message before KEPT are in flight, so the burst
+    // cannot finish unless KEPT connections are open at once.
+    let server = ScriptedSmtp::start(Script {
+        hold_until: KEPT,
         ..Script::default()
     });
     let plugin = Arc::new(load_connector(
@@ -564,17 +608,10 @@ fn connections_setting_bounds_the_connections_kept() {
     for t in threads {
         t.join().unwrap().expect("burst send");
     }
-    // All but KEPT were closed with QUIT once the burst was over.
-    let seen = server.wait_until("the surplus connections closed", |s| {
-        s.closed == BURST - KEPT
-    });
-    assert_eq!(seen.accepted, BURST);
-    let quits = seen
-        .commands
-        .iter()
-        .filter(|(_, l)| l.eq_ignore_ascii_case("QUIT"))
-        .count();
-    assert_eq!(quits, BURST - KEPT);
+    // Sends beyond KEPT waited for a free connection instead of opening one.
+    let seen = server.wait_until("the burst", |s| s.messages.len() == BURST);
+    assert_eq!(seen.accepted, KEPT, "connections opened for the burst");
+    assert_eq!(seen.closed, 0, "the connections are kept for later sends");
     drop(seen);
     // Later messages, one or KEPT at a time, reuse the kept connections.
     for i in 0..3 {
@@ -592,6 +629,6 @@ fn connections_setting_bounds_the_connections_kept() {
         t.join().unwrap().expect("parallel send");
     }
     let seen = server.wait_until("all messages", |s| s.messages.len() == BURST + 3 + KEPT);
-    assert_eq!(seen.accepted, BURST, "no new connection after the burst");
-    assert_eq!(seen.closed, BURST - KEPT);
+    assert_eq!(seen.accepted, KEPT, "no new connection after the burst");
+    assert_eq!(seen.closed, 0);
 }

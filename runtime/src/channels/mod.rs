@@ -94,6 +94,11 @@ pub enum ChannelError {
     Ambiguous(String),
 }
 
+/// A channel's answer to one send, still to come.
+pub type SendFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Delivery, ChannelError>> + Send + 'a>,
+>;
+
 /// A destination for messages and actions.
 pub trait Channel: Send + Sync {
     /// Does a retry with the same idempotency key never duplicate the effect?
@@ -102,6 +107,8 @@ pub trait Channel: Send + Sync {
     fn operations(&self) -> Vec<String> {
         Vec::new()
     }
-    /// Deliver a message or perform an action.
-    fn send(&self, message: &OutboundMessage) -> Result<Delivery, ChannelError>;
+    /// Deliver a message or perform an action. The delivery stage runs many of these futures
+    /// at once on a few threads, so a channel waiting on its provider must not hold the
+    /// thread: use async I/O, or `tokio::task::block_in_place` around short blocking work.
+    fn send<'a>(&'a self, message: &'a OutboundMessage) -> SendFuture<'a>;
 }

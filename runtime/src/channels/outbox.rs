@@ -41,7 +41,14 @@ impl Channel for OutboxChannel {
         self.idempotent
     }
 
-    fn send(&self, message: &OutboundMessage) -> Result<Delivery, ChannelError> {
+    fn send<'a>(&'a self, message: &'a OutboundMessage) -> SendFuture<'a> {
+        // A short local write and its fsync: other sends move to another thread meanwhile.
+        Box::pin(async move { tokio::task::block_in_place(|| self.append(message)) })
+    }
+}
+
+impl OutboxChannel {
+    fn append(&self, message: &OutboundMessage) -> Result<Delivery, ChannelError> {
         let mut state = self
             .state
             .lock()

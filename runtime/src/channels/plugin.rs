@@ -85,7 +85,7 @@ impl Channel for PluginChannel {
             .collect()
     }
 
-    fn send(&self, m: &OutboundMessage) -> Result<Delivery, ChannelError> {
+    fn send<'a>(&'a self, m: &'a OutboundMessage) -> SendFuture<'a> {
         use herald_plugin_host::SendError as E;
         let req = herald_plugin_host::SendRequest {
             idempotency_key: m.idempotency_key.clone(),
@@ -97,25 +97,28 @@ impl Channel for PluginChannel {
             fields: Value::Object(m.fields.clone()),
             payload: m.payload.clone(),
         };
-        match self.plugin.send(&req) {
-            Ok(out) => Ok(Delivery {
-                provider_id: out.provider_message_id,
-                detail: out.details,
-            }),
-            Err(E::InvalidInput(s)) => Err(ChannelError::InvalidInput(s)),
-            Err(E::Unauthorized(s)) => Err(ChannelError::Unauthorized(s)),
-            Err(E::RateLimited {
-                retry_after_ms,
-                message,
-            }) => Err(ChannelError::RateLimited {
-                retry_after_ms,
-                message,
-            }),
-            Err(E::Transient(s)) => Err(ChannelError::Transient(s)),
-            Err(E::Ambiguous(s)) => Err(ChannelError::Ambiguous(s)),
-            // A trap, timeout or memory cap before anything left the sandbox: retried with
-            // backoff, so a passing hiccup recovers and a broken plugin fails the step.
-            Err(E::Sandbox(s)) => Err(ChannelError::Transient(format!("plugin sandbox: {s}"))),
-        }
+        let call = self.plugin.send_async(&req);
+        Box::pin(async move {
+            match call.await {
+                Ok(out) => Ok(Delivery {
+                    provider_id: out.provider_message_id,
+                    detail: out.details,
+                }),
+                Err(E::InvalidInput(s)) => Err(ChannelError::InvalidInput(s)),
+                Err(E::Unauthorized(s)) => Err(ChannelError::Unauthorized(s)),
+                Err(E::RateLimited {
+                    retry_after_ms,
+                    message,
+                }) => Err(ChannelError::RateLimited {
+                    retry_after_ms,
+                    message,
+                }),
+                Err(E::Transient(s)) => Err(ChannelError::Transient(s)),
+                Err(E::Ambiguous(s)) => Err(ChannelError::Ambiguous(s)),
+                // A trap, timeout or memory cap before anything left the sandbox: retried with
+                // backoff, so a passing hiccup recovers and a broken plugin fails the step.
+                Err(E::Sandbox(s)) => Err(ChannelError::Transient(format!("plugin sandbox: {s}"))),
+            }
+        })
     }
 }

@@ -6,27 +6,94 @@ use super::*;
 /// POSTs each message as JSON, with the idempotency key in an `Idempotency-Key` header.
 pub struct WebhookChannel {
     url: String,
-    agent: ureq::Agent,
+    client: reqwest::Client,
 }
 
 impl WebhookChannel {
     /// A webhook channel posting to `url`, keeping up to `connections` idle connections for
     /// reuse (the channel's delivery concurrency, so sends in flight do not reconnect).
     pub fn new(url: String, timeout: Duration, connections: usize) -> Self {
-        let agent = ureq::AgentBuilder::new()
+        let client = reqwest::Client::builder()
             .timeout(timeout)
-            .max_idle_connections(connections.max(1))
-            .max_idle_connections_per_host(connections.max(1))
-            .build();
-        WebhookChannel { url, agent }
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(connections.max(1))
+            .build()
+            // Only a broken TLS setup makes the builder fail; the default one cannot.
+            .unwrap_or_else(|_| reqwest::Client::new());
+        WebhookChannel { url, client }
+    }
+
+    async fn post(&self, message: &OutboundMessage) -> Result<Delivery, ChannelError> {
+        let body =
+            serde_json::to_vec(message).map_err(|e| ChannelError::InvalidInput(e.to_string()))?;
+        let response = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("idempotency-key", &message.idempotency_key)
+            .body(body)
+            .send()
+            .await
+            // The request may or may not have reached the server; the key makes a retry safe.
+            .map_err(|e| ChannelError::Transient(error_chain(&e)))?;
+        let code = response.status().as_u16();
+        let retry = retry_after_ms(response.headers());
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ChannelError::Transient(error_chain(&e)))?;
+        if response_ok(code) {
+            let detail = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            let provider_id = detail.get("id").and_then(Value::as_str).map(String::from);
+            return Ok(Delivery {
+                provider_id,
+                detail,
+            });
+        }
+        let msg = format!(
+            "HTTP {code}: {}",
+            text.chars().take(300).collect::<String>()
+        );
+        Err(match code {
+            401 | 403 => ChannelError::Unauthorized(msg),
+            429 => ChannelError::RateLimited {
+                retry_after_ms: retry,
+                message: msg,
+            },
+            408 | 500..=599 => ChannelError::Transient(msg),
+            _ => ChannelError::InvalidInput(msg),
+        })
     }
 }
 
-fn retry_after_ms(resp: &ureq::Response) -> u64 {
-    resp.header("retry-after")
+fn response_ok(code: u16) -> bool {
+    (200..300).contains(&code)
+}
+
+fn retry_after_ms(headers: &reqwest::header::HeaderMap) -> u64 {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| s * 1000)
         .unwrap_or(1000)
+}
+
+/// An error with its causes (refused, reset, timed out), which the top level leaves out.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
 }
 
 impl Channel for WebhookChannel {
@@ -34,44 +101,7 @@ impl Channel for WebhookChannel {
         true
     }
 
-    fn send(&self, message: &OutboundMessage) -> Result<Delivery, ChannelError> {
-        let body = serde_json::to_string(message)
-            .map_err(|e| ChannelError::InvalidInput(e.to_string()))?;
-        let result = self
-            .agent
-            .post(&self.url)
-            .set("content-type", "application/json")
-            .set("idempotency-key", &message.idempotency_key)
-            .send_string(&body);
-        match result {
-            Ok(resp) => {
-                let text = resp.into_string().unwrap_or_default();
-                let detail = serde_json::from_str(&text).unwrap_or(Value::String(text));
-                let provider_id = detail.get("id").and_then(Value::as_str).map(String::from);
-                Ok(Delivery {
-                    provider_id,
-                    detail,
-                })
-            }
-            Err(ureq::Error::Status(code, resp)) => {
-                let retry = retry_after_ms(&resp);
-                let text = resp.into_string().unwrap_or_default();
-                let msg = format!(
-                    "HTTP {code}: {}",
-                    text.chars().take(300).collect::<String>()
-                );
-                Err(match code {
-                    401 | 403 => ChannelError::Unauthorized(msg),
-                    429 => ChannelError::RateLimited {
-                        retry_after_ms: retry,
-                        message: msg,
-                    },
-                    408 | 500..=599 => ChannelError::Transient(msg),
-                    _ => ChannelError::InvalidInput(msg),
-                })
-            }
-            // The request may or may not have reached the server; the key makes a retry safe.
-            Err(ureq::Error::Transport(t)) => Err(ChannelError::Transient(t.to_string())),
-        }
+    fn send<'a>(&'a self, message: &'a OutboundMessage) -> SendFuture<'a> {
+        Box::pin(self.post(message))
     }
 }

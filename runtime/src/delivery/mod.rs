@@ -5,7 +5,9 @@
 //!
 //! - a queue ordered by lane ([`Priority`]: transactional, normal, bulk), so a password reset
 //!   never waits behind a newsletter;
-//! - sender threads up to its `concurrency`, started as the queue needs them;
+//! - a dispatcher thread that starts sends up to its `concurrency`; the sends themselves are
+//!   futures on the stage's small async runtime, so a send waiting on its provider holds no
+//!   thread (hundreds can be in flight on two threads);
 //! - a [`Pacer`] for its `rate_per_second`, shared by the channels of one `rate_group`;
 //! - adaptive slow-down: a provider that answers "too many requests" (HTTP 429, SMTP 454, a
 //!   `Retry-After`) holds the channel for the time it asked and halves the sends in flight,
@@ -44,6 +46,12 @@ pub const MESSAGES_IN_MEMORY: usize = 10_000;
 
 /// Successes in a row after which a slowed-down channel allows one more send in flight.
 const GROW_AFTER: u32 = 8;
+
+/// Sends a dispatcher starts with one group commit of their dispatch marks, at most.
+const DISPATCH_BATCH: usize = 256;
+
+/// Threads of the runtime that carries the sends in flight.
+const SEND_THREADS: usize = 2;
 
 /// A send handed to the stage: the journal step it belongs to and its intent.
 pub struct QueuedSend {
@@ -113,9 +121,8 @@ struct Lanes {
     queues: [VecDeque<QueuedSend>; 3],
     /// Queued sends holding their message in memory.
     messages: usize,
-    /// Sender threads running, and how many of them wait for work.
-    threads: usize,
-    idle: usize,
+    /// The channel's dispatcher thread is running.
+    dispatcher: bool,
     /// Sends between dispatch and result.
     in_flight: usize,
     /// The configured limit of sends in flight.
@@ -207,7 +214,51 @@ pub struct DeliveryStage {
     /// Keys of sends queued or in flight in this process. A send enters once; the contact's
     /// worker takes it out after it recorded the result.
     registry: Mutex<HashSet<String>>,
+    /// Dispatcher threads, one per channel with work.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Where sends in flight run.
+    runtime: SendRuntime,
+}
+
+/// The async runtime of the sends in flight; shut down without waiting when the stage goes
+/// (which may happen inside another runtime, where waiting is not allowed).
+struct SendRuntime(Option<tokio::runtime::Runtime>);
+
+impl SendRuntime {
+    fn new() -> SendRuntime {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(SEND_THREADS)
+            .thread_name("herald-send")
+            .enable_all()
+            .build()
+            .expect("start the delivery runtime");
+        SendRuntime(Some(runtime))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("runtime present until drop")
+            .handle()
+    }
+}
+
+impl Drop for SendRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Counts a send out of its channel's in-flight sends when it is done, however it ends.
+struct InFlight(Arc<ChannelStage>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.state.locked().in_flight -= 1;
+        self.0.wake.notify_all();
+    }
 }
 
 impl DeliveryStage {
@@ -222,6 +273,7 @@ impl DeliveryStage {
             groups: Mutex::new(HashMap::new()),
             registry: Mutex::new(HashSet::new()),
             threads: Mutex::new(Vec::new()),
+            runtime: SendRuntime::new(),
         })
     }
 
@@ -287,8 +339,7 @@ impl DeliveryStage {
                     state: Mutex::new(Lanes {
                         queues: Default::default(),
                         messages: 0,
-                        threads: 0,
-                        idle: 0,
+                        dispatcher: false,
                         in_flight: 0,
                         concurrency: d.concurrency,
                         allowance: d.concurrency,
@@ -323,7 +374,7 @@ impl DeliveryStage {
         if !self.registry.locked().insert(send.key.clone()) {
             return false;
         }
-        let start_thread = {
+        let start_dispatcher = {
             let mut st = stage.state.locked();
             if st.messages >= MESSAGES_IN_MEMORY {
                 send.message = None;
@@ -332,17 +383,16 @@ impl DeliveryStage {
                 st.messages += 1;
             }
             st.queues[lane_index(send.intent.priority)].push_back(send);
-            let wanted =
-                st.threads < st.concurrency && st.idle == 0 && !st.stopping && st.queued() > 0;
+            let wanted = !st.dispatcher && !st.stopping;
             if wanted {
-                st.threads += 1;
+                st.dispatcher = true;
             }
             wanted
         };
-        if start_thread {
-            self.spawn_sender(stage.clone());
+        if start_dispatcher {
+            self.spawn_dispatcher(stage.clone());
         }
-        stage.wake.notify_one();
+        stage.wake.notify_all();
         true
     }
 
@@ -404,14 +454,20 @@ impl DeliveryStage {
         for t in threads {
             let _ = t.join();
         }
+        for stage in &channels {
+            let mut st = stage.state.locked();
+            while st.in_flight > 0 {
+                st = stage.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
     }
 
-    fn spawn_sender(self: &Arc<Self>, stage: Arc<ChannelStage>) {
+    fn spawn_dispatcher(self: &Arc<Self>, stage: Arc<ChannelStage>) {
         let me = self.clone();
-        let name = format!("herald-send-{}", stage.name);
+        let name = format!("herald-dispatch-{}", stage.name);
         let spawned = std::thread::Builder::new()
             .name(name)
-            .spawn(move || me.sender(stage));
+            .spawn(move || me.dispatcher(stage));
         match spawned {
             Ok(handle) => {
                 let mut threads = self.threads.locked();
@@ -422,14 +478,14 @@ impl DeliveryStage {
         }
     }
 
-    /// One sender thread of a channel: take the next send the limits allow, make it.
-    fn sender(self: Arc<Self>, stage: Arc<ChannelStage>) {
+    /// A channel's dispatcher: take the sends the limits allow now, start them.
+    fn dispatcher(self: Arc<Self>, stage: Arc<ChannelStage>) {
         loop {
-            let send = {
+            let batch = {
                 let mut st = stage.state.locked();
                 loop {
                     if st.stopping {
-                        st.threads -= 1;
+                        st.dispatcher = false;
                         stage.wake.notify_all();
                         return;
                     }
@@ -438,13 +494,18 @@ impl DeliveryStage {
                     if held.is_none() {
                         st.hold_until = None;
                     }
-                    if !st.paused && held.is_none() && st.in_flight < st.allowance {
-                        if let Some(send) = st.pop() {
-                            st.in_flight += 1;
-                            break send;
+                    let room = st.allowance.saturating_sub(st.in_flight);
+                    if !st.paused && held.is_none() && room > 0 && st.queued() > 0 {
+                        let mut batch = Vec::with_capacity(room.min(DISPATCH_BATCH));
+                        while batch.len() < room.min(DISPATCH_BATCH) {
+                            match st.pop() {
+                                Some(send) => batch.push(send),
+                                None => break,
+                            }
                         }
+                        st.in_flight += batch.len();
+                        break batch;
                     }
-                    st.idle += 1;
                     st = match held {
                         Some(t) => {
                             stage
@@ -455,21 +516,41 @@ impl DeliveryStage {
                         }
                         None => stage.wake.wait(st).unwrap_or_else(|p| p.into_inner()),
                     };
-                    st.idle -= 1;
                 }
             };
-            self.dispatch(&stage, send);
-            stage.state.locked().in_flight -= 1;
-            stage.wake.notify_one();
+            self.dispatch(&stage, batch);
         }
     }
 
-    /// Make one send: pace it, mark its intent dispatched (durable), call the provider, adapt
-    /// to the answer, hand the outcome to the contact's worker.
-    fn dispatch(&self, stage: &ChannelStage, mut send: QueuedSend) {
+    /// Start a batch of sends: pace them, mark their intents dispatched (one group commit for
+    /// all that may start now), then run the provider calls as futures.
+    fn dispatch(self: &Arc<Self>, stage: &Arc<ChannelStage>, batch: Vec<QueuedSend>) {
         let pacer = stage.pacer.read_locked().clone();
-        pacer.wait();
-        let sink = self.sink.get().and_then(Weak::upgrade);
+        let mut ready = Vec::with_capacity(batch.len());
+        for send in batch {
+            let guard = InFlight(stage.clone());
+            let slot = pacer.reserve();
+            let now = Instant::now();
+            if slot > now {
+                // Start what is marked before waiting for the next slot.
+                self.launch(stage, std::mem::take(&mut ready));
+                std::thread::sleep(slot - now);
+            }
+            if let Some(marked) = self.mark(stage, send, guard) {
+                ready.push(marked);
+            }
+        }
+        self.launch(stage, ready);
+    }
+
+    /// Record a send's dispatch mark (not yet flushed). A send that cannot start is answered
+    /// at once (not called: it is simply queued again).
+    fn mark(
+        &self,
+        stage: &ChannelStage,
+        mut send: QueuedSend,
+        guard: InFlight,
+    ) -> Option<(QueuedSend, Box<OutboundMessage>, InFlight)> {
         // A run that ended while its send waited (its goal was reached, it was exited) sends
         // nothing more.
         let ended = matches!(self.store.run(&send.run), Ok(Some(r)) if r.status.is_terminal());
@@ -485,36 +566,84 @@ impl DeliveryStage {
         let marked = message.and_then(|m| {
             self.store
                 .put_intent(&send.key, &send.intent)
-                .map_err(|e| e.to_string())
-                .and_then(|_| self.flusher.commit_blocking())
                 .map(|_| m)
                 .map_err(|e| format!("storage failed: {e}"))
         });
-        let mut dispatched = None;
-        let (result, called) = match marked {
-            Err(e) => (
-                Err(ChannelError::Transient(format!(
-                    "the send did not start: {e}"
-                ))),
-                false,
-            ),
-            Ok(message) => {
-                dispatched = Some(Instant::now());
-                if let Some(s) = &sink {
-                    s.failpoint("after_intent");
-                }
-                stage.stats.note_start();
-                let channel = stage.channel.read_locked().clone();
+        match marked {
+            Ok(message) => Some((send, message, guard)),
+            Err(e) => {
+                self.not_started(stage, send, e);
+                drop(guard);
+                None
+            }
+        }
+    }
+
+    /// Make the marks of `ready` durable (one flush), then run their calls.
+    fn launch(
+        self: &Arc<Self>,
+        stage: &Arc<ChannelStage>,
+        ready: Vec<(QueuedSend, Box<OutboundMessage>, InFlight)>,
+    ) {
+        if ready.is_empty() {
+            return;
+        }
+        if let Err(e) = self.flusher.commit_blocking() {
+            for (send, _, guard) in ready {
+                self.not_started(stage, send, format!("storage failed: {e}"));
+                drop(guard);
+            }
+            return;
+        }
+        let dispatched = Instant::now();
+        let sink = self.sink.get().and_then(Weak::upgrade);
+        for (send, message, guard) in ready {
+            if let Some(s) = &sink {
+                s.failpoint("after_intent");
+            }
+            stage.stats.note_start();
+            let channel = stage.channel.read_locked().clone();
+            let (stage, sink, me) = (stage.clone(), sink.clone(), self.clone());
+            self.runtime.handle().spawn(async move {
+                let _guard = guard;
                 let started = Instant::now();
-                let result = channel.send(&message);
+                let result = channel.send(&message).await;
                 stage.stats.note_latency(started.elapsed());
                 if let Some(s) = &sink {
                     s.failpoint("after_send");
                 }
-                (result, true)
-            }
-        };
-        stage.adapt(&result);
+                stage.adapt(&result);
+                me.answer(
+                    &stage,
+                    sink.as_deref(),
+                    send,
+                    result,
+                    true,
+                    Some(dispatched),
+                );
+            });
+        }
+    }
+
+    /// A send that did not start: its outcome says so, and the worker queues it again.
+    fn not_started(&self, stage: &ChannelStage, send: QueuedSend, why: String) {
+        let sink = self.sink.get().and_then(Weak::upgrade);
+        let result = Err(ChannelError::Transient(format!(
+            "the send did not start: {why}"
+        )));
+        self.answer(stage, sink.as_deref(), send, result, false, None);
+    }
+
+    /// Hand an outcome to the contact's worker.
+    fn answer(
+        &self,
+        stage: &ChannelStage,
+        sink: Option<&dyn Sink>,
+        send: QueuedSend,
+        result: Result<Delivery, ChannelError>,
+        called: bool,
+        dispatched: Option<Instant>,
+    ) {
         let outcome = Outcome {
             key: send.key,
             run: send.run,

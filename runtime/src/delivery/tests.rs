@@ -11,8 +11,7 @@ struct Gate {
     running: AtomicUsize,
     most: AtomicUsize,
     calls: Mutex<Vec<String>>,
-    open: Mutex<bool>,
-    opened: Condvar,
+    open: tokio::sync::watch::Sender<bool>,
     answer: Mutex<Option<ChannelError>>,
 }
 
@@ -22,15 +21,13 @@ impl Gate {
             running: AtomicUsize::new(0),
             most: AtomicUsize::new(0),
             calls: Mutex::new(Vec::new()),
-            open: Mutex::new(false),
-            opened: Condvar::new(),
+            open: tokio::sync::watch::channel(false).0,
             answer: Mutex::new(None),
         })
     }
 
     fn open(&self) {
-        *self.open.locked() = true;
-        self.opened.notify_all();
+        self.open.send_replace(true);
     }
 }
 
@@ -39,20 +36,19 @@ impl Channel for Gate {
         true
     }
 
-    fn send(&self, message: &OutboundMessage) -> Result<Delivery, ChannelError> {
-        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most.fetch_max(now, Ordering::SeqCst);
-        self.calls.locked().push(message.idempotency_key.clone());
-        let mut open = self.open.locked();
-        while !*open {
-            open = self.opened.wait(open).unwrap();
-        }
-        drop(open);
-        self.running.fetch_sub(1, Ordering::SeqCst);
-        match self.answer.locked().take() {
-            Some(e) => Err(e),
-            None => Ok(Delivery::default()),
-        }
+    fn send<'a>(&'a self, message: &'a OutboundMessage) -> crate::channels::SendFuture<'a> {
+        Box::pin(async move {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            self.calls.locked().push(message.idempotency_key.clone());
+            let mut open = self.open.subscribe();
+            let _ = open.wait_for(|o| *o).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            match self.answer.locked().take() {
+                Some(e) => Err(e),
+                None => Ok(Delivery::default()),
+            }
+        })
     }
 }
 

@@ -199,8 +199,11 @@ pub(crate) enum Job {
         reply: mpsc::Sender<Result<(), EngineError>>,
     },
     Barrier(mpsc::Sender<()>),
-    /// A send the delivery stage finished: record the result and continue the run.
+    /// A send the delivery stage finished: record the result and continue the run. It goes
+    /// through the worker's results queue, served before the next job of the main queue.
     Delivered(Box<Outcome>),
+    /// Wakes a worker waiting on its main queue: results are waiting.
+    Nudge,
     /// An operator sends a dead letter again.
     Retry {
         run: String,
@@ -263,7 +266,7 @@ pub struct Engine {
     /// Event names some stored workflow version waits for (`wait_for`) and has as a goal;
     /// `None`: any name. Events outside them skip the wait and goal lookups.
     waited: RwLock<(EventNames, EventNames)>,
-    workers: Mutex<Vec<mpsc::Sender<Job>>>,
+    workers: Mutex<Vec<WorkerQueue>>,
     worker_count: usize,
     inflight: Mutex<HashSet<TimerTarget>>,
     /// The armed failpoint (test builds only; see `hooks`).
@@ -410,15 +413,15 @@ impl Engine {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         for i in 0..worker_count {
-            let (tx, rx) = mpsc::channel::<Job>();
-            senders.push(tx);
+            let (queue, inbox) = WorkerQueue::new();
+            senders.push(queue);
             let e = engine.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("herald-worker-{i}"))
                     .spawn(move || {
                         WORKER.with(|w| w.set(Some(i)));
-                        e.worker(rx)
+                        e.worker(inbox)
                     })
                     .expect("spawn worker"),
             );

@@ -107,12 +107,74 @@ pub(crate) fn shard_of(contact: &str, n: usize) -> usize {
     (h % n as u64) as usize
 }
 
+/// A worker's queues as seen by those who hand it jobs. Results of sends have their own queue,
+/// served before the next job of the main one, so a result does not wait behind a backlog of
+/// ingested events: the ambiguous window (dispatch mark to recorded result) stays short.
+pub(crate) struct WorkerQueue {
+    jobs: mpsc::Sender<Job>,
+    results: mpsc::Sender<Job>,
+    /// A [`Job::Nudge`] is on its way through `jobs`; more results need no other.
+    nudged: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A worker's end of its queues.
+pub(crate) struct WorkerInbox {
+    jobs: mpsc::Receiver<Job>,
+    results: mpsc::Receiver<Job>,
+    nudged: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WorkerQueue {
+    pub(crate) fn new() -> (WorkerQueue, WorkerInbox) {
+        let (jobs, jobs_rx) = mpsc::channel();
+        let (results, results_rx) = mpsc::channel();
+        let nudged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            WorkerQueue {
+                jobs,
+                results,
+                nudged: nudged.clone(),
+            },
+            WorkerInbox {
+                jobs: jobs_rx,
+                results: results_rx,
+                nudged,
+            },
+        )
+    }
+
+    pub(crate) fn send(&self, job: Job) -> Result<(), mpsc::SendError<Job>> {
+        use std::sync::atomic::Ordering;
+        match job {
+            Job::Delivered(_) => {
+                self.results.send(job)?;
+                // A worker waiting on its main queue must wake up for it.
+                if !self.nudged.swap(true, Ordering::AcqRel) {
+                    self.jobs.send(Job::Nudge)?;
+                }
+                Ok(())
+            }
+            other => self.jobs.send(other),
+        }
+    }
+}
+
+impl WorkerInbox {
+    /// Take the results waiting, to be handled before anything else.
+    fn results(&self) -> Vec<Job> {
+        // Cleared before looking, so a result queued after the look brings a new nudge.
+        self.nudged
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.results.try_iter().collect()
+    }
+}
+
 impl Engine {
-    pub(super) fn worker(self: Arc<Self>, rx: mpsc::Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
+    pub(super) fn worker(self: Arc<Self>, inbox: WorkerInbox) {
+        while let Ok(job) = inbox.jobs.recv() {
             let mut batch = vec![job];
             while batch.len() < 256 {
-                match rx.try_recv() {
+                match inbox.jobs.try_recv() {
                     Ok(j) => batch.push(j),
                     Err(_) => break,
                 }
@@ -120,10 +182,17 @@ impl Engine {
             let mut barriers = Vec::new();
             begin_batch();
             for job in batch {
+                for result in inbox.results() {
+                    self.handle(result);
+                }
                 match job {
                     Job::Barrier(tx) => barriers.push(tx),
+                    Job::Nudge => {}
                     other => self.handle(other),
                 }
+            }
+            for result in inbox.results() {
+                self.handle(result);
             }
             self.end_batch();
             // What a batch wrote becomes durable with the next group commit; the worker only
@@ -138,6 +207,15 @@ impl Engine {
             for b in barriers {
                 let _ = b.send(());
             }
+        }
+        // Stopping: results that came after the last nudge are still recorded.
+        let left = inbox.results();
+        if !left.is_empty() {
+            begin_batch();
+            for result in left {
+                self.handle(result);
+            }
+            self.end_batch();
         }
     }
 
@@ -258,6 +336,7 @@ impl Engine {
             Job::Barrier(tx) => {
                 let _ = tx.send(());
             }
+            Job::Nudge => {}
             Job::Retry { run, reply } => {
                 let result = self
                     .guard(|| format!("retry of run {run}"), || self.retry_inner(&run))
