@@ -141,6 +141,25 @@ fn killed_after_the_call_the_message_is_not_written_twice() {
 }
 
 #[test]
+fn killed_after_the_provider_accepted_the_send_it_is_recorded_as_sent_not_ambiguous() {
+    let p = project(false);
+    let second = crash_at(&p, "after_answer");
+    let c = &second.client;
+    let id = c.only_run("ada")["id"].as_str().unwrap().to_string();
+    let r = c.run_reaches(&id, "waiting", 2);
+    assert_eq!(r["journal"][0]["status"], "done");
+    assert_eq!(r["journal"][0]["result"]["channel"], "email");
+    assert_eq!(
+        p.outbox("email").len(),
+        1,
+        "written once before the crash, never again"
+    );
+    c.advance(3 * DAY + 1000);
+    c.run_reaches(&id, "completed", 3);
+    assert_eq!(p.outbox("email").len(), 2);
+}
+
+#[test]
 fn an_idempotent_channel_is_retried_with_the_same_key_after_a_crash_in_the_window() {
     let p = project(true);
     let second = crash_at(&p, "after_send");

@@ -68,8 +68,9 @@ pub struct SmtpConfig {
     /// Timeout in milliseconds (default 30000).
     pub timeout_ms: Option<u64>,
     /// Connections to the relay kept open between messages and reused
-    /// (default 4). Messages sent at the same time beyond these open more
-    /// connections, which are closed once done; 0 keeps none open.
+    /// (default 4). At most this many messages are submitted at once (at
+    /// least one); the rest wait for a free connection. It is also the
+    /// channel's delivery `concurrency` unless that is set.
     #[serde(default = "default_smtp_connections")]
     pub connections: usize,
 }

@@ -145,8 +145,9 @@ pub struct ChannelConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
-    /// Sends in flight at once (default 64). Each in-flight send holds one delivery thread
-    /// while it waits on the provider; for a plugin channel also one warm instance.
+    /// Sends in flight at once (default 64; for a plugin channel with an SMTP relay, the
+    /// relay's `connections`). A send waiting on its provider holds no thread; for a plugin
+    /// channel it holds one wasm instance.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Sends started per second at most (default: no limit).
@@ -256,13 +257,22 @@ impl<'de> Deserialize<'de> for ChannelConfig {
                 delivery.insert(key.to_string(), v);
             }
         }
-        let delivery: DeliveryConfig = toml::Value::Table(delivery)
+        let explicit_concurrency = delivery.contains_key("concurrency");
+        let mut delivery: DeliveryConfig = toml::Value::Table(delivery)
             .try_into()
             .map_err(D::Error::custom)?;
         if let Some(problem) = delivery.problem() {
             return Err(D::Error::custom(problem));
         }
         let kind = ChannelKind::from_table(table).map_err(D::Error::custom)?;
+        if let ChannelKind::Plugin { grant, .. } = &kind {
+            // Through an SMTP relay no more sends run at once than there are connections to
+            // it: more in flight would only wait (each holding an instance and widening the
+            // ambiguous window) without going out sooner.
+            if let (false, Some(relay)) = (explicit_concurrency, &grant.smtp) {
+                delivery.concurrency = relay.connections.max(1);
+            }
+        }
         Ok(ChannelConfig { kind, delivery })
     }
 }

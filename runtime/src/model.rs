@@ -433,6 +433,22 @@ pub struct Intent {
     /// The delivery lane.
     #[serde(default)]
     pub priority: herald_dsl::Priority,
+    /// The provider's answer, noted by the delivery stage as soon as it came (before the
+    /// result reaches the contact's worker): after a crash in between, the send is known to
+    /// have happened and is recorded as sent rather than ambiguous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered: Option<Answered>,
+}
+
+/// A provider's acceptance of a send, kept on its intent until the run records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Answered {
+    /// The provider's id for the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    /// Anything else the provider answered.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub detail: Value,
 }
 
 /// A contact's membership of a segment.

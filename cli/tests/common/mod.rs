@@ -113,7 +113,7 @@ impl Client {
     }
 
     /// A fresh connection per request: the tests exercise the server, not connection reuse.
-    fn agent(&self) -> ureq::Agent {
+    pub fn agent(&self) -> ureq::Agent {
         ureq::AgentBuilder::new()
             .timeout(HANG_GUARD)
             .max_idle_connections(0)
@@ -323,6 +323,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The `herald` binary the process tests run: this build's, or the one `HERALD_BIN` names (to
+/// run the same test against another build and compare, e.g. the SMTP kill schedule).
+pub fn herald_bin() -> std::ffi::OsString {
+    std::env::var_os("HERALD_BIN")
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_herald").into())
+}
+
 impl Process {
     /// Start `herald run --test-clock` on the project, with optional env vars.
     pub fn start(project: &Path, env: &[(&str, &str)]) -> Process {
@@ -339,7 +347,7 @@ impl Process {
         let tag = format!("{}-{n}", std::process::id());
         let log = project.join(format!("herald-{tag}.log"));
         let out = project.join(format!("herald-{tag}.out"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        let mut cmd = Command::new(herald_bin());
         cmd.args(args)
             .args(["--listen", "127.0.0.1:0"])
             .stdout(std::fs::File::create(&out).unwrap())

@@ -613,6 +613,13 @@ impl DeliveryStage {
                     s.failpoint("after_send");
                 }
                 stage.adapt(&result);
+                let mut send = send;
+                if let Ok(d) = &result {
+                    me.note_answer(&mut send, d);
+                    if let Some(s) = &sink {
+                        s.failpoint("after_answer");
+                    }
+                }
                 me.answer(
                     &stage,
                     sink.as_deref(),
@@ -622,6 +629,22 @@ impl DeliveryStage {
                     Some(dispatched),
                 );
             });
+        }
+    }
+
+    /// Keep the provider's acceptance on the intent (durable with the next group commit, no
+    /// waiting here): a crash before the contact's worker records the result then finds the
+    /// send made, not ambiguous.
+    fn note_answer(&self, send: &mut QueuedSend, d: &Delivery) {
+        send.intent.answered = Some(crate::model::Answered {
+            provider_id: d.provider_id.clone(),
+            detail: d.detail.clone(),
+        });
+        match self.store.put_intent(&send.key, &send.intent) {
+            Ok(()) => self.flusher.request_flush(),
+            Err(e) => {
+                tracing::warn!(key = send.key, error = %e, "could not note a provider's answer on its intent")
+            }
         }
     }
 

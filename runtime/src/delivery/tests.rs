@@ -98,6 +98,7 @@ fn send(key: &str, priority: Priority) -> QueuedSend {
             at: 0,
             dispatched_at: None,
             priority,
+            answered: None,
         },
         message: Some(Box::new(OutboundMessage {
             idempotency_key: key.to_string(),

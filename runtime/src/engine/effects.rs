@@ -44,6 +44,7 @@ impl RunHost {
             at: st.now,
             dispatched_at: None,
             priority,
+            answered: None,
         };
         let mut batch = WriteBatch::new();
         batch
@@ -341,6 +342,40 @@ impl RunHost {
 impl Engine {
     /// Record what came of a send (on the contact's worker) and continue the run: a result
     /// for a run that ended, or for an older attempt of the step, changes nothing.
+    /// A send step the provider accepted: done, with the provider's answer as its result, and
+    /// the provider's id mapped to it for later callbacks.
+    pub(super) fn mark_sent(
+        &self,
+        run: &crate::model::Run,
+        step: &mut Step,
+        key: &str,
+        channel: &str,
+        d: &crate::channels::Delivery,
+    ) -> Result<(), crate::store::StoreError> {
+        if let Some(pid) = &d.provider_id {
+            // Provider callbacks name the provider's id: remember whose message it was.
+            let owner = crate::model::ProviderMessage {
+                contact: run.contact.clone(),
+                run: run.id.clone(),
+                step: step.seq,
+                key: key.to_string(),
+            };
+            self.store.put_provider_message(channel, pid, &owner)?;
+        }
+        step.status = StepStatus::Done;
+        step.error = None;
+        step.due_at = None;
+        step.result = json!({
+            "message_id": key,
+            "channel": channel,
+            "template": step.input.get("template"),
+            "operation": step.input.get("operation"),
+            "provider_id": d.provider_id,
+            "detail": d.detail,
+        });
+        Ok(())
+    }
+
     pub(super) fn record_delivery(&self, o: &Outcome) -> Result<(), EngineError> {
         // A run that ended (or is gone) owes nothing for its send but the intent's removal.
         let Some(run) = self.store.run(&o.run)?.filter(|r| !r.status.is_terminal()) else {
@@ -369,29 +404,7 @@ impl Engine {
         let now = self.clock.now_ms();
         step.finished_at = Some(now);
         match &o.result {
-            Ok(d) => {
-                if let Some(pid) = &d.provider_id {
-                    // Provider callbacks name the provider's id: remember whose message it was.
-                    let owner = crate::model::ProviderMessage {
-                        contact: run.contact.clone(),
-                        run: run.id.clone(),
-                        step: step.seq,
-                        key: o.key.clone(),
-                    };
-                    self.store.put_provider_message(&o.channel, pid, &owner)?;
-                }
-                step.status = StepStatus::Done;
-                step.error = None;
-                step.due_at = None;
-                step.result = json!({
-                    "message_id": o.key,
-                    "channel": o.channel,
-                    "template": step.input.get("template"),
-                    "operation": step.input.get("operation"),
-                    "provider_id": d.provider_id,
-                    "detail": d.detail,
-                });
-            }
+            Ok(d) => self.mark_sent(&run, &mut step, &o.key, &o.channel, d)?,
             Err(ChannelError::Ambiguous(msg)) => {
                 step.status = StepStatus::Ambiguous;
                 step.error = Some(msg.clone());

@@ -706,6 +706,12 @@ impl Sink for Engine {
     }
 
     fn failpoint(&self, name: &str) {
+        // "after_answer": killed once the provider's answer on the intent is durable, before
+        // the contact's worker records the result.
+        #[cfg(any(test, feature = "test-hooks"))]
+        if name == "after_answer" && self.failpoint.as_deref() == Some(name) {
+            let _ = self.flusher.commit_blocking();
+        }
         Engine::failpoint(self, name);
     }
 }

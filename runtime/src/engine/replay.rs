@@ -216,8 +216,8 @@ impl RunHost {
                     st.wake = None;
                     return Err(Interrupt::Suspend);
                 }
-                let dispatched = match self.store().intent(&key) {
-                    Ok(intent) => intent.and_then(|i| i.dispatched_at).is_some(),
+                let intent = match self.store().intent(&key) {
+                    Ok(intent) => intent,
                     Err(e) => {
                         st.store_error = Some(e);
                         return Err(Interrupt::Park(
@@ -225,7 +225,12 @@ impl RunHost {
                         ));
                     }
                 };
-                if dispatched {
+                if let Some(answered) = intent.as_ref().and_then(|i| i.answered.clone()) {
+                    // The provider accepted it before the process stopped; only the run had
+                    // not recorded it yet.
+                    return self.settle_answered(st, rec, &key, answered);
+                }
+                if intent.and_then(|i| i.dispatched_at).is_some() {
                     // The provider may have been called before the process stopped.
                     self.settle_ambiguous(st, rec)
                 } else {
@@ -237,6 +242,60 @@ impl RunHost {
                 }
             }
         }
+    }
+
+    /// A queued send whose provider's acceptance was noted on its intent: recorded as sent.
+    fn settle_answered(
+        &self,
+        st: &mut RunState,
+        rec: Step,
+        key: &str,
+        answered: crate::model::Answered,
+    ) -> Result<Value, Interrupt> {
+        let channel = rec
+            .input
+            .get("channel")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let mut step = rec;
+        step.finished_at = Some(st.now);
+        let delivery = crate::channels::Delivery {
+            provider_id: answered.provider_id,
+            detail: answered.detail,
+        };
+        // The step and the intent's removal in one batch: never a done step whose intent
+        // could send it again, nor a removed intent under a queued step.
+        let marked = self
+            .engine
+            .mark_sent(&st.run, &mut step, key, &channel, &delivery)
+            .and_then(|_| {
+                let mut batch = crate::store::WriteBatch::new();
+                batch.push(crate::store::Write::Step {
+                    run: st.run.id.clone(),
+                    step: step.clone(),
+                });
+                batch.push(crate::store::Write::IntentDone {
+                    key: key.to_string(),
+                });
+                self.store().apply(&batch)
+            });
+        if let Err(e) = marked {
+            st.store_error = Some(e);
+            return Err(Interrupt::Park(
+                "storage failed while recording a send".into(),
+            ));
+        }
+        st.record(step.clone());
+        self.engine.metrics.send(&channel, "sent");
+        tracing::info!(
+            run = st.run.id,
+            step = step.seq,
+            channel,
+            "a send the provider accepted before the process stopped is recorded as sent"
+        );
+        st.cursor += 1;
+        Ok(step.result)
     }
 
     /// A step whose provider call may or may not have happened (the process stopped between

@@ -27,7 +27,7 @@ impl Engine {
         // Sends the last process queued: those it never started go out again; those it may
         // have started are the ambiguous window. Runs already parked for an operator stay
         // quiet: they were reported when they parked.
-        let (mut requeued, mut parked) = (0usize, 0usize);
+        let (mut requeued, mut parked, mut answered) = (0usize, 0usize, 0usize);
         for (key, intent) in self.store.intents()? {
             let Some(run) = self.store.run(&intent.run)? else {
                 continue;
@@ -38,6 +38,8 @@ impl Engine {
             }
             if intent.dispatched_at.is_none() {
                 requeued += 1;
+            } else if intent.answered.is_some() {
+                answered += 1;
             } else {
                 tracing::warn!(
                     key,
@@ -51,6 +53,12 @@ impl Engine {
         }
         if requeued > 0 {
             tracing::info!(count = requeued, "re-queueing sends that had not started");
+        }
+        if answered > 0 {
+            tracing::info!(
+                count = answered,
+                "recording sends the provider had accepted before the process stopped"
+            );
         }
         if parked > 0 {
             tracing::info!(

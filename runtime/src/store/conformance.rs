@@ -215,6 +215,7 @@ pub fn a_batch_is_visible_whole_once_applied(s: &dyn Store) {
             at: 40,
             dispatched_at: None,
             priority: herald_dsl::Priority::Normal,
+            answered: None,
         },
     )
     .unwrap();
@@ -293,6 +294,7 @@ pub fn a_batch_is_visible_whole_once_applied(s: &dyn Store) {
                 at: 300,
                 dispatched_at: Some(301),
                 priority: herald_dsl::Priority::Transactional,
+                answered: None,
             },
         })
         .push(Write::IntentDone { key: "r0:0".into() });
