@@ -225,9 +225,38 @@ fn bad_input_gets_a_json_error_naming_the_problem_and_stores_nothing() {
     assert_eq!((s, code.as_str()), (413, "payload_too_large"));
     assert!(msg.contains("500 KB"), "{msg}");
 
-    let (s, code, msg) = error_of(c.ingest("/v1/batch", &json!({"batch": [{"type": "track", "userId": "x", "event": "ok"}, {"type": "bogus", "userId": "x"}]}).to_string()));
-    assert_eq!((s, code.as_str()), (400, "invalid_type"));
-    assert!(msg.starts_with("batch[1]:"), "{msg}");
+    // A batch none of whose items is valid is refused as a whole.
+    let (s, code, msg) = error_of(
+        c.ingest(
+            "/v1/batch",
+            &json!({"batch": [{"type": "track", "userId": "x"}, {"type": "bogus", "userId": "x"}]})
+                .to_string(),
+        ),
+    );
+    assert_eq!((s, code.as_str()), (400, "missing_event"));
+    assert!(msg.starts_with("batch[0]:"), "{msg}");
+
+    // Otherwise an invalid item is dropped and reported, and the rest is accepted.
+    let (s, b) = c.ingest("/v1/batch", r#"{"batch": [{"type": "track", "userId": "p", "event": "ok"}, {"type": "bogus", "userId": "p"}, {"type": "track", "userId": 123456789012345678901234, "event": "big"}]}"#);
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["accepted"].clone(), b["rejected"].clone()),
+        (json!(1), json!(2)),
+        "{b}"
+    );
+    assert_eq!(b["rejections"][0]["index"], 1);
+    assert_eq!(b["rejections"][0]["code"], "invalid_type");
+    assert!(
+        b["rejections"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("batch[1]:"),
+        "{b}"
+    );
+    assert_eq!(
+        b["rejections"][1]["code"], "invalid_id",
+        "a numeric id beyond 64 bits is not rounded into another: {b}"
+    );
 
     let (s, code, _) = error_of(c.raw_post(
         "/v1/track",
@@ -259,8 +288,12 @@ fn bad_input_gets_a_json_error_naming_the_problem_and_stores_nothing() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("herald_events_ingested_total{type=\"track\"} 1"),
-        "{metrics}"
+        metrics.contains("herald_events_ingested_total{type=\"track\"} 2"),
+        "the valid item of the mixed batch and the last track: {metrics}"
+    );
+    assert!(
+        metrics.contains("herald_ingest_rejected_total{reason=\"invalid_type\"} 1"),
+        "a dropped item is counted: {metrics}"
     );
 }
 

@@ -128,6 +128,36 @@ impl AuthConfig {
             .and_then(|e| std::env::var(e).ok())
             .or_else(|| self.admin_token.clone())
     }
+
+    /// What is wrong with the credentials as configured: an empty write key or admin token
+    /// (written so, or an environment variable that is set but empty) would let anyone in.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.write_keys.iter().any(|k| k.trim().is_empty()) {
+            out.push(
+                "[auth] write_keys contains an empty key, which would accept any client; remove it"
+                    .to_string(),
+            );
+        }
+        if let Some(var) = &self.write_key_env {
+            if std::env::var(var).is_ok_and(|v| v.trim().is_empty()) {
+                out.push(format!("[auth] write_key_env: the environment variable {var} is empty, which would accept any client"));
+            }
+        }
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            out.push("[auth] admin_token is empty, which would open the management API to anyone; remove it to disable the API or set a token".to_string());
+        }
+        if let Some(var) = &self.admin_token_env {
+            if std::env::var(var).is_ok_and(|v| v.trim().is_empty()) {
+                out.push(format!("[auth] admin_token_env: the environment variable {var} is empty, which would open the management API to anyone"));
+            }
+        }
+        out
+    }
 }
 
 /// One `[channels.NAME]` table: what kind of channel, and how its delivery stage sends.

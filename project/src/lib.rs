@@ -328,6 +328,11 @@ fn check_config(sources: &dyn Sources, report: &mut CheckReport) -> Option<Confi
             return None;
         }
     };
+    for problem in config.auth.problems() {
+        let d = Diagnostic::error(CONFIG_INVALID, file, range_of(&text, "[auth]"), problem)
+            .with_label("credentials");
+        report.push(file, &text, d);
+    }
     for (name, ch) in &config.channels {
         if let ChannelKind::Webhook { url, .. } = &ch.kind {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -56,16 +56,68 @@ pub struct Options {
     pub watch: bool,
 }
 
+/// The credentials clients present, as configured in `[auth]`.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// Accepted write keys (none empty: the project loader refuses empty keys).
+    pub write_keys: Vec<String>,
+    /// Management token.
+    pub admin_token: Option<String>,
+}
+
+impl Credentials {
+    /// The credentials of `[auth]`, empty values left out.
+    pub fn from_config(auth: &crate::config::AuthConfig) -> Self {
+        Credentials {
+            write_keys: auth
+                .all_write_keys()
+                .into_iter()
+                .filter(|k| !k.trim().is_empty())
+                .collect(),
+            admin_token: auth.token().filter(|t| !t.trim().is_empty()),
+        }
+    }
+
+    /// Is `key` one of the write keys? Compared in constant time, so the time an answer takes
+    /// says nothing about how much of a guess was right.
+    pub fn accepts_write_key(&self, key: &str) -> bool {
+        // Every key is compared, so the time does not reveal which one matched either.
+        self.write_keys
+            .iter()
+            .fold(false, |found, k| found | constant_time_eq(k, key))
+    }
+
+    /// Is `token` the admin token? (constant time)
+    pub fn accepts_admin_token(&self, token: &str) -> bool {
+        self.admin_token
+            .as_deref()
+            .is_some_and(|t| constant_time_eq(t, token))
+    }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+impl Shared {
+    /// The credentials in force now.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// State shared by the HTTP handlers.
 pub struct Shared {
     /// The engine.
     pub engine: Arc<Engine>,
     /// The ingest path.
     pub ingestor: Ingestor,
-    /// Accepted write keys.
-    pub write_keys: Vec<String>,
-    /// Management token.
-    pub admin_token: Option<String>,
+    /// Write keys and the admin token: swapped whole by a reload, so a rotation applies at once.
+    pub credentials: std::sync::RwLock<Arc<Credentials>>,
     /// Whether `/v1/test/clock` is enabled.
     pub test_clock: bool,
     /// Project directory.
@@ -163,8 +215,9 @@ impl RunningDaemon {
                 path: data.clone(),
                 source,
             })?,
-            write_keys: project.config.auth.all_write_keys(),
-            admin_token: project.config.auth.token(),
+            credentials: std::sync::RwLock::new(Arc::new(Credentials::from_config(
+                &project.config.auth,
+            ))),
             test_clock: opts.test_clock,
             project_dir: opts.project.clone(),
             last_reload_error: Mutex::new(None),

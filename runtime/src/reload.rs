@@ -142,6 +142,10 @@ impl Shared {
             Ok(c) => c,
             Err(e) => return self.refused(format!("{e}\n")),
         };
+        // Rotated keys and tokens apply with the rest of the change.
+        *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(
+            crate::daemon::Credentials::from_config(&project.config.auth),
+        );
         self.engine.metrics.reload(true);
         {
             let mut stats = self.reload_stats.locked();

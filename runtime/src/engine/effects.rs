@@ -442,7 +442,20 @@ impl Engine {
         if step.status != StepStatus::Ambiguous {
             batch.push(Write::IntentDone { key: o.key.clone() });
         }
+        // The run goes on from here: marked running with its step, so that a crash before the
+        // activation below has written the run leaves one the next start resumes, not a run
+        // waiting on a send that is already recorded.
+        let mut run = run;
+        let from = run.status;
+        if from != RunStatus::Running {
+            run.status = RunStatus::Running;
+            run.updated_at = now;
+            batch.push(Write::Run(run.clone()));
+        }
         self.store.apply(&batch)?;
+        if from != RunStatus::Running {
+            self.metrics.run_status(Some(from), RunStatus::Running);
+        }
         if let Some(since) = o.dispatched {
             self.delivery.note_window(&o.channel, since);
         }

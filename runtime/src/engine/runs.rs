@@ -177,7 +177,17 @@ impl Engine {
         if run.status.is_terminal() {
             return Ok(());
         }
-        if let Some(t) = run.wake_at.take() {
+        let woke_at = run.wake_at.take();
+        if run.status != RunStatus::Running {
+            // Marked running before anything of the activation is written: a crash in the
+            // middle leaves a run the next start resumes, never one that waits on a timer or
+            // a send already gone.
+            let before = run.status;
+            run.status = RunStatus::Running;
+            self.store.put_run(&run)?;
+            self.metrics.run_status(Some(before), RunStatus::Running);
+        }
+        if let Some(t) = woke_at {
             self.store
                 .clear_timer(t, &TimerTarget::Run(run.id.clone()))?;
         }

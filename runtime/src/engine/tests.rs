@@ -38,7 +38,9 @@ fn daemon_with(workflows: &[(&str, &str)]) -> (tempfile::TempDir, crate::daemon:
 /// Ingest `body` (a `/v1/batch` body) and wait until the workers have processed it.
 fn ingest_now(d: &crate::daemon::RunningDaemon, body: Value) -> usize {
     let engine = &d.shared.engine;
-    let (messages, _) = crate::ingest::parse_body(None, body.to_string().as_bytes()).unwrap();
+    let messages = crate::ingest::parse_body(None, body.to_string().as_bytes())
+        .unwrap()
+        .messages;
     let (accepted, queued) = d.shared.ingestor.write(messages).unwrap();
     engine.flusher.commit_blocking().unwrap();
     engine.submit_events(queued);
@@ -89,7 +91,9 @@ fn a_panicking_job_is_reported_and_the_worker_goes_on_keeping_the_event_queued()
         {"type": "track", "userId": "p1", "event": "fine"},
     ]})
     .to_string();
-    let (messages, _) = crate::ingest::parse_body(None, body.as_bytes()).unwrap();
+    let messages = crate::ingest::parse_body(None, body.as_bytes())
+        .unwrap()
+        .messages;
     let (accepted, queued) = d.shared.ingestor.write(messages).unwrap();
     assert_eq!(accepted.accepted, 2);
     engine.flusher.commit_blocking().unwrap();

@@ -6,19 +6,20 @@
 use super::*;
 
 pub(super) fn check_admin(shared: &Shared, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(token) = &shared.admin_token else {
+    let credentials = shared.credentials();
+    if credentials.admin_token.is_none() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "admin_disabled",
             "no admin token is configured in herald.toml [auth]",
         ));
-    };
+    }
     let got = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match got {
-        Some(t) if t == token => Ok(()),
+        Some(t) if credentials.accepts_admin_token(t) => Ok(()),
         Some(_) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_token",

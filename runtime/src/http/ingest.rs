@@ -32,7 +32,7 @@ pub(super) fn check_write_key(
             "missing_write_key",
             "send the write key as the HTTP Basic user name",
         )),
-        Some(k) if shared.write_keys.iter().any(|w| w == &k) => Ok(()),
+        Some(k) if shared.credentials().accepts_write_key(&k) => Ok(()),
         Some(_) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_write_key",
@@ -41,7 +41,13 @@ pub(super) fn check_write_key(
     }
 }
 
-pub(super) fn decode_body(headers: &HeaderMap, body: Bytes) -> ApiResult<Vec<u8>> {
+/// A write key given only inside the body (`writeKey`, as some Segment clients send it) is
+/// honoured for bodies up to this size; a larger body must carry its key in the Basic
+/// authorization header, which is checked before a byte of the body is read.
+pub const BODY_KEY_LIMIT: usize = 64 * 1024;
+
+/// Decode the body (gzip or identity) into at most `limit` + 1 bytes.
+pub(super) fn decode_body(headers: &HeaderMap, body: Bytes, limit: usize) -> ApiResult<Vec<u8>> {
     let gz = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -51,7 +57,7 @@ pub(super) fn decode_body(headers: &HeaderMap, body: Bytes) -> ApiResult<Vec<u8>
     }
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(&body[..])
-        .take(MAX_BATCH_BYTES as u64 + 1)
+        .take(limit as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| {
             ApiError::new(
@@ -88,48 +94,100 @@ pub(super) async fn ingest(
         .map_err(ApiError::for_segment)
 }
 
+/// A request body as read: still encoded, or already decoded (to find a key inside it).
+enum Received {
+    Raw(Bytes),
+    Decoded(Vec<u8>),
+}
+
+/// The `writeKey` of a JSON body, if it has one (nothing else of the body is kept).
+fn body_write_key(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct KeyOnly {
+        #[serde(rename = "writeKey")]
+        write_key: Option<String>,
+    }
+    serde_json::from_slice::<KeyOnly>(bytes).ok()?.write_key
+}
+
 pub(super) async fn accept(
     kind: Option<&str>,
     shared: Arc<Shared>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let bytes = read_limited(body).await?;
-    let bytes = decode_body(&headers, bytes)?;
-    let parsed = parse_body(kind, &bytes);
-    let body_key = match &parsed {
-        Ok((_, k)) => k.clone(),
-        Err(_) => None,
-    };
-    // Authenticate before reporting payload problems, so that keyless probes learn nothing.
-    if let Err(e) = check_write_key(
-        &shared,
-        &headers,
-        body_key.or_else(|| {
-            serde_json::from_slice::<Value>(&bytes)
-                .ok()?
-                .get("writeKey")?
-                .as_str()
-                .map(String::from)
-        }),
-    ) {
+    let rejected = |e: ApiError| {
         shared.engine.metrics.rejected(e.code);
-        return Err(e);
+        e
+    };
+    // Authenticate before any work that grows with the body: with the key in the header the
+    // body is not read at all before the key is checked; a key inside the body is honoured
+    // only for a small one.
+    let received = match basic_user(&headers) {
+        Some(key) => {
+            check_write_key(&shared, &headers, Some(key)).map_err(rejected)?;
+            Received::Raw(read_limited(body).await?)
+        }
+        None => {
+            let too_large = || {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_write_key",
+                    format!(
+                        "send the write key as the HTTP Basic user name (a writeKey inside the body is honoured only for bodies up to {} KB)",
+                        BODY_KEY_LIMIT / 1024
+                    ),
+                )
+            };
+            let bytes = axum::body::to_bytes(body, BODY_KEY_LIMIT)
+                .await
+                .map_err(|_| rejected(too_large()))?;
+            let decoded = decode_body(&headers, bytes, BODY_KEY_LIMIT).map_err(rejected)?;
+            if decoded.len() > BODY_KEY_LIMIT {
+                return Err(rejected(too_large()));
+            }
+            check_write_key(&shared, &headers, body_write_key(&decoded)).map_err(rejected)?;
+            Received::Decoded(decoded)
+        }
+    };
+    // Decoding and parsing are CPU work: off the async threads.
+    let kind = kind.map(str::to_string);
+    let parsed = blocking(move || {
+        let decoded = match received {
+            Received::Decoded(decoded) => decoded,
+            Received::Raw(raw) => decode_body(&headers, raw, MAX_BATCH_BYTES)?,
+        };
+        parse_body(kind.as_deref(), &decoded).map_err(ingest_error)
+    })
+    .await?
+    .map_err(rejected)?;
+    for r in &parsed.rejected {
+        shared.engine.metrics.rejected(r.code);
     }
-    let (messages, _) = parsed.map_err(|e| {
-        let err = ingest_error(e);
-        shared.engine.metrics.rejected(err.code);
-        err
-    })?;
+    if let Some(first) = parsed.rejected.first() {
+        tracing::info!(
+            rejected = parsed.rejected.len(),
+            accepted = parsed.messages.len(),
+            first_code = first.code,
+            first_reason = %first.message,
+            "batch items dropped; the rest of the batch is accepted"
+        );
+    }
     let accepted = shared
         .ingestor
-        .ingest(messages)
+        .ingest(parsed.messages)
         .await
         .map_err(ingest_error)?;
-    Ok(Json(
-        json!({"success": true, "accepted": accepted.accepted, "duplicates": accepted.duplicates}),
-    )
-    .into_response())
+    let mut answer = json!({
+        "success": true,
+        "accepted": accepted.accepted,
+        "duplicates": accepted.duplicates,
+    });
+    if !parsed.rejected.is_empty() {
+        answer["rejected"] = json!(parsed.rejected.len());
+        answer["rejections"] = json!(parsed.rejected.iter().take(100).collect::<Vec<_>>());
+    }
+    Ok(Json(answer).into_response())
 }
 
 pub(super) fn ingest_error(e: IngestError) -> ApiError {

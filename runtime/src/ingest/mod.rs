@@ -102,9 +102,17 @@ impl Message {
 fn id_field(m: &Map<String, Value>, key: &str) -> Option<String> {
     match m.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// Id fields given as numbers that are not 64-bit integers: as JSON numbers they would be
+/// rounded, and different ids would become one.
+fn inexact_numeric_id(m: &Map<String, Value>) -> Option<&'static str> {
+    ["userId", "anonymousId", "previousId", "groupId"]
+        .into_iter()
+        .find(|k| matches!(m.get(*k), Some(Value::Number(n)) if !(n.is_i64() || n.is_u64())))
 }
 
 /// Validate one message. `kind` comes from the endpoint, or from `type` inside a batch.
@@ -151,6 +159,14 @@ pub fn validate(
             ))
         }
     };
+    if let Some(key) = inexact_numeric_id(&raw) {
+        return Err(invalid(
+            "invalid_id",
+            at(format!(
+                "\"{key}\" is a number that is not a 64-bit integer; send the id as a string"
+            )),
+        ));
+    }
     let user_id = id_field(&raw, "userId");
     let anonymous_id = id_field(&raw, "anonymousId");
     if kind == "alias" {
@@ -223,11 +239,40 @@ pub fn validate(
     })
 }
 
+/// At most this many bytes of a batch's messages once its top-level `context` is copied into
+/// those without their own: a small request cannot grow into a large one inside the daemon.
+pub const MAX_EXPANDED_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// A batch item that was dropped, and why; the rest of its batch is accepted.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Rejected {
+    /// Its place in the batch.
+    pub index: usize,
+    /// Machine-readable reason.
+    pub code: &'static str,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+/// A parsed request: its valid messages, the batch items dropped, and a key from the body.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The messages to accept.
+    pub messages: Vec<Message>,
+    /// Batch items dropped for breaking a limit or a rule.
+    pub rejected: Vec<Rejected>,
+    /// The body's `writeKey`, if any.
+    pub write_key: Option<String>,
+}
+
 /// Parse a request body: a single message for `kind`, or a batch when `kind` is `None`.
-pub fn parse_body(
-    kind: Option<&str>,
-    body: &[u8],
-) -> Result<(Vec<Message>, Option<String>), IngestError> {
+///
+/// A request that is malformed as a whole (not JSON, no `batch` array, too large, or a batch
+/// none of whose items is valid) is an error. Otherwise each batch item is checked on its own:
+/// one that breaks a limit or a rule is dropped and reported in [`Parsed::rejected`], as
+/// Segment's API does. A batch's top-level `context` belongs to each item without its own and
+/// counts against that item's 32 KB.
+pub fn parse_body(kind: Option<&str>, body: &[u8]) -> Result<Parsed, IngestError> {
     if body.len() > MAX_BATCH_BYTES {
         return Err(invalid(
             "payload_too_large",
@@ -246,11 +291,15 @@ pub fn parse_body(
     match kind {
         Some(k) => {
             let value: Value = serde_json::from_slice(body).map_err(malformed)?;
-            let body_key = value
+            let write_key = value
                 .get("writeKey")
                 .and_then(Value::as_str)
                 .map(String::from);
-            Ok((vec![validate(Some(k), value, body.len(), None)?], body_key))
+            Ok(Parsed {
+                messages: vec![validate(Some(k), value, body.len(), None)?],
+                rejected: Vec::new(),
+                write_key,
+            })
         }
         None => {
             // Items stay raw until each is measured, so the 32 KB rule is checked against the
@@ -259,7 +308,8 @@ pub fn parse_body(
             struct Batch<'a> {
                 #[serde(borrow)]
                 batch: Option<Vec<&'a serde_json::value::RawValue>>,
-                context: Option<Value>,
+                #[serde(borrow)]
+                context: Option<&'a serde_json::value::RawValue>,
                 #[serde(rename = "writeKey")]
                 write_key: Option<String>,
             }
@@ -273,15 +323,72 @@ pub fn parse_body(
             if items.is_empty() {
                 return Err(invalid("empty_batch", "the \"batch\" array is empty"));
             }
-            let mut out = Vec::with_capacity(items.len());
+            let context: Option<(Value, usize)> = match parsed.context {
+                Some(raw) => Some((
+                    serde_json::from_str(raw.get()).map_err(malformed)?,
+                    raw.get().len(),
+                )),
+                None => None,
+            };
+            let mut messages = Vec::with_capacity(items.len());
+            let mut rejected = Vec::new();
+            let mut expanded = 0usize;
+            let mut first_error = None;
             for (i, raw) in items.into_iter().enumerate() {
-                let mut item: Value = serde_json::from_str(raw.get()).map_err(malformed)?;
-                if let (Some(ctx), Some(obj)) = (&parsed.context, item.as_object_mut()) {
-                    obj.entry("context").or_insert_with(|| ctx.clone());
+                let outcome = (|| {
+                    let mut item: Value = serde_json::from_str(raw.get()).map_err(malformed)?;
+                    let mut size = raw.get().len();
+                    if let (Some((ctx, ctx_len)), Some(obj)) = (&context, item.as_object_mut()) {
+                        if !obj.contains_key("context") {
+                            // `,"context":` and the context itself.
+                            size += ctx_len + 12;
+                            if size <= MAX_MESSAGE_BYTES {
+                                obj.insert("context".into(), ctx.clone());
+                            }
+                        }
+                    }
+                    expanded += size;
+                    if expanded > MAX_EXPANDED_BATCH_BYTES {
+                        return Err(invalid(
+                            "payload_too_large",
+                            format!(
+                                "the batch's messages, with its context copied into each, exceed {} MB",
+                                MAX_EXPANDED_BATCH_BYTES >> 20
+                            ),
+                        ));
+                    }
+                    validate(None, item, size, Some(i))
+                })();
+                match outcome {
+                    Ok(m) => messages.push(m),
+                    // Growing past the expanded limit refuses the whole request.
+                    Err(
+                        e @ IngestError::Invalid {
+                            code: "payload_too_large",
+                            ..
+                        },
+                    ) => return Err(e),
+                    Err(IngestError::Invalid { code, message }) => {
+                        if first_error.is_none() {
+                            first_error = Some(invalid(code, message.clone()));
+                        }
+                        rejected.push(Rejected {
+                            index: i,
+                            code,
+                            message,
+                        });
+                    }
+                    Err(other) => return Err(other),
                 }
-                out.push(validate(None, item, raw.get().len(), Some(i))?);
             }
-            Ok((out, parsed.write_key))
+            if messages.is_empty() {
+                return Err(first_error.unwrap_or_else(|| invalid("empty_batch", "no valid item")));
+            }
+            Ok(Parsed {
+                messages,
+                rejected,
+                write_key: parsed.write_key,
+            })
         }
     }
 }

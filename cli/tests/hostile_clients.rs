@@ -1,0 +1,214 @@
+//! The ingest and management APIs face the open internet: credentials rotate on reload, empty
+//! credentials are refused, and a client without a key gets nothing for its bytes.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn set_auth(p: &TestProject, write_key: &str, token: &str) {
+    let path = p.path().join("herald.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    let (_, rest) = toml.split_once("\n\n").unwrap();
+    std::fs::write(
+        &path,
+        format!("[auth]\nwrite_keys = [\"{write_key}\"]\nadmin_token = \"{token}\"\n\n{rest}"),
+    )
+    .unwrap();
+}
+
+fn track_with(base: &str, key: &str) -> u16 {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+    let r = ureq::post(&format!("{base}/v1/track"))
+        .set("authorization", &format!("Basic {auth}"))
+        .send_string(&json!({"userId": "ada", "event": "viewed"}).to_string());
+    match r {
+        Ok(resp) => resp.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn admin_with(base: &str, token: &str, method: &str, path: &str) -> (u16, Value) {
+    let r = ureq::request(method, &format!("{base}{path}"))
+        .set("authorization", &format!("Bearer {token}"))
+        .call();
+    let resp = match r {
+        Ok(resp) => resp,
+        Err(ureq::Error::Status(_, resp)) => resp,
+        Err(e) => panic!("{e}"),
+    };
+    let status = resp.status();
+    (status, resp.into_json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_reload_with_rotated_credentials_refuses_the_old_ones_and_accepts_the_new() {
+    let p = TestProject::new("");
+    let d = p.start();
+    let base = d.url();
+    assert_eq!(track_with(&base, WRITE_KEY), 200);
+
+    set_auth(&p, "rotated-write-key", "rotated-admin-token");
+    let (s, body) = admin_with(&base, TOKEN, "POST", "/v1/reload");
+    assert_eq!(s, 200, "{body}");
+
+    assert_eq!(track_with(&base, WRITE_KEY), 401, "the old write key");
+    assert_eq!(
+        track_with(&base, "rotated-write-key"),
+        200,
+        "the new write key"
+    );
+    assert_eq!(
+        admin_with(&base, TOKEN, "GET", "/v1/status").0,
+        401,
+        "the old token"
+    );
+    assert_eq!(
+        admin_with(&base, "rotated-admin-token", "GET", "/v1/status").0,
+        200,
+        "the new token"
+    );
+}
+
+#[test]
+fn an_empty_write_key_is_refused_at_start_by_check_and_at_reload() {
+    // At start.
+    let p = TestProject::new("");
+    set_auth(&p, "", TOKEN);
+    let started = herald_runtime::daemon::RunningDaemon::start(herald_runtime::daemon::Options {
+        project: p.path().to_path_buf(),
+        listen: Some("127.0.0.1:0".into()),
+        data: None,
+        test_clock: true,
+        watch: false,
+    });
+    let Err(e) = started else {
+        panic!("a daemon with an empty write key must not start");
+    };
+    assert!(e.to_string().contains("empty key"), "{e}");
+
+    // By `herald check`.
+    let out = std::process::Command::new(herald_bin())
+        .args(["check", p.path().to_str().unwrap()])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "check must fail");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("write_keys contains an empty key"), "{text}");
+
+    // At reload: refused, and the keys in force keep working.
+    let p = TestProject::new("");
+    let d = p.start();
+    let base = d.url();
+    set_auth(&p, "", TOKEN);
+    let (s, body) = admin_with(&base, TOKEN, "POST", "/v1/reload");
+    assert_ne!(s, 200, "{body}");
+    assert_eq!(track_with(&base, ""), 401, "an empty key is never accepted");
+    assert_eq!(
+        track_with(&base, WRITE_KEY),
+        200,
+        "the previous key still works"
+    );
+}
+
+/// The peak resident memory of a process so far, in MiB (Linux).
+fn peak_resident_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb / 1024
+}
+
+fn post_batch(base: &str, body: &str, key: Option<&str>) -> (u16, Value) {
+    use base64::Engine as _;
+    let mut req = ureq::post(&format!("{base}/v1/batch")).set("content-type", "application/json");
+    if let Some(k) = key {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{k}:"));
+        req = req.set("authorization", &format!("Basic {auth}"));
+    }
+    match req.send_string(body) {
+        Ok(resp) => (resp.status(), resp.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_batch_context_copied_into_every_item_cannot_blow_up_the_daemon() {
+    const LIMIT_MIB: u64 = 400;
+    let p = TestProject::new("");
+    let daemon = Process::start(p.path(), &[]);
+    let base = daemon.client.base.clone();
+    let pid = daemon.child.id();
+    // 470 KB of context and 400 small items: under the 500 KB request limit, but 188 MB if the
+    // context were copied into every item.
+    let items: Vec<Value> = (0..400)
+        .map(|i| json!({"type": "track", "userId": format!("c{i}"), "event": "e"}))
+        .collect();
+    let body = json!({"batch": items, "context": {"blob": "x".repeat(470_000)}}).to_string();
+    assert!(body.len() < 500 * 1024);
+    let before = peak_resident_mib(pid);
+
+    // Without a key, four at once: refused before the body is read.
+    let keyless: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, body) = (base.clone(), body.clone());
+            std::thread::spawn(move || post_batch(&base, &body, None))
+        })
+        .collect();
+    for t in keyless {
+        let (s, b) = t.join().unwrap();
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (401, Some("missing_write_key")),
+            "{b}"
+        );
+    }
+    // With the key, three at once: the context counts against each item's 32 KB and against
+    // the request's 4 MB once copied, so the request is refused as a whole.
+    let keyed: Vec<_> = (0..3)
+        .map(|_| {
+            let (base, body) = (base.clone(), body.clone());
+            std::thread::spawn(move || post_batch(&base, &body, Some(WRITE_KEY)))
+        })
+        .collect();
+    for t in keyed {
+        let (s, b) = t.join().unwrap();
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (413, Some("payload_too_large")),
+            "{b}"
+        );
+    }
+    // One item of 40 KB context: the item is dropped, the small one beside it accepted.
+    let small = json!({"batch": [
+        {"type": "track", "userId": "s1", "event": "e"},
+        {"type": "track", "userId": "s2", "event": "e", "context": {"own": true}},
+    ], "context": {"blob": "y".repeat(40_000)}})
+    .to_string();
+    let (s, b) = post_batch(&base, &small, Some(WRITE_KEY));
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["rejections"][0]["code"], "message_too_large", "{b}");
+    assert_eq!(b["accepted"], 1, "{b}");
+    let after = peak_resident_mib(pid);
+    assert!(
+        after < LIMIT_MIB,
+        "peak resident memory {after} MiB (before the requests: {before} MiB)"
+    );
+    // Nothing of it was stored, and the daemon serves as before.
+    let (s, _) = daemon.client.admin_get("/v1/contacts/c1");
+    assert_eq!(s, 404);
+    let (s, _) = daemon.client.admin_get("/v1/contacts/s1");
+    assert_eq!(s, 404, "the item too large with its context was dropped");
+    daemon.client.track("ada", "fine", json!({}));
+}
