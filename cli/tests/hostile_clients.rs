@@ -212,3 +212,76 @@ fn a_batch_context_copied_into_every_item_cannot_blow_up_the_daemon() {
     assert_eq!(s, 404, "the item too large with its context was dropped");
     daemon.client.track("ada", "fine", json!({}));
 }
+
+/// Open `n` connections that send half a request's headers and then nothing.
+fn half_open(addr: &str, n: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write as _;
+    (0..n)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"POST /v1/track HTTP/1.1\r\nHost: herald\r\n")
+                .unwrap();
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn clients_holding_every_connection_leave_room_for_the_operator_and_health_checks() {
+    let p = TestProject::new(
+        "[server]\nmax_connections = 40\nreserved_connections = 4\nheader_timeout_ms = 600000\n",
+    );
+    let d = p.start();
+    let addr = d.url().trim_start_matches("http://").to_string();
+    // Clients take every connection that is not reserved.
+    let slow = half_open(&addr, 36);
+    let c = Client::new(d.url());
+    assert_eq!(c.get("/healthz").0, 200, "a health check still gets in");
+    assert_eq!(c.admin_get("/v1/status").0, 200, "so does the operator");
+    let (s, b) = c.ingest(
+        "/v1/track",
+        &json!({"userId": "ada", "event": "e"}).to_string(),
+    );
+    assert_eq!(
+        s, 503,
+        "a client on a reserved connection is told to retry: {b}"
+    );
+    // Clients that take the reserved connections too lose them within a second.
+    let more = half_open(&addr, 20);
+    eventually("the operator gets in again", || {
+        let r = c.agent().get(&format!("{}/healthz", c.base)).call().ok()?;
+        (r.status() == 200).then_some(())
+    });
+    drop(more);
+    drop(slow);
+    // Once they are gone, clients are served again.
+    eventually("clients are served again", || {
+        let (s, _) = c.ingest(
+            "/v1/track",
+            &json!({"userId": "ada", "event": "e"}).to_string(),
+        );
+        (s == 200).then_some(())
+    });
+}
+
+#[test]
+fn connections_that_never_finish_their_headers_are_closed() {
+    use std::io::Read as _;
+    let p = TestProject::new("[server]\nheader_timeout_ms = 300\n");
+    let d = p.start();
+    let addr = d.url().trim_start_matches("http://").to_string();
+    for mut s in half_open(&addr, 20) {
+        s.set_read_timeout(Some(HANG_GUARD)).unwrap();
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            // Closed, possibly after a 408 for the request that never came.
+            Ok(n) => assert!(
+                n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+                "{}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    assert_eq!(Client::new(d.url()).get("/healthz").0, 200);
+}

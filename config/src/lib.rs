@@ -68,6 +68,21 @@ pub struct ServerConfig {
     /// duplicate. Each id in the window takes about 8.5 bytes of memory.
     #[serde(default = "default_dedupe_hours")]
     pub dedupe_window_hours: u64,
+    /// Connections open at once, at most (default 1024, and never more than the process's
+    /// file limit allows). A connection beyond them is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Of `max_connections`, how many only the management API and `/healthz` may use (default
+    /// 32): an operator and a health check still get in when clients take every other one.
+    #[serde(default = "default_reserved_connections")]
+    pub reserved_connections: usize,
+    /// Milliseconds a client has to send a request's headers, and that an idle keep-alive
+    /// connection stays open (default 10000).
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's body (default 30000).
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -76,8 +91,28 @@ impl Default for ServerConfig {
             listen: default_listen(),
             data: default_data(),
             dedupe_window_hours: default_dedupe_hours(),
+            max_connections: default_max_connections(),
+            reserved_connections: default_reserved_connections(),
+            header_timeout_ms: default_header_timeout_ms(),
+            body_timeout_ms: default_body_timeout_ms(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_reserved_connections() -> usize {
+    32
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_body_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_dedupe_hours() -> u64 {

@@ -254,6 +254,7 @@ impl RunningDaemon {
             .enable_all()
             .build()?;
         let app = crate::http::router(shared.clone());
+        let limits = crate::http::serve::ConnectionLimits::from_config(&project.config.server);
         let e2 = engine.clone();
         let e3 = engine.clone();
         let serving = shared.clone();
@@ -267,13 +268,12 @@ impl RunningDaemon {
                     let mut srx = stop_rx.clone();
                     let s2 = serving.clone();
                     s2.serving.store(true, std::sync::atomic::Ordering::SeqCst);
-                    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let stopped = async move {
                         let _ = srx.wait_for(|s| *s).await;
                         s2.serving.store(false, std::sync::atomic::Ordering::SeqCst);
-                    });
-                    if let Err(e) = server.await {
-                        tracing::error!(error = %e, "server error");
-                    }
+                    };
+                    let server = crate::http::serve::serve(listener, app, limits, stop_rx.clone());
+                    tokio::join!(stopped, server);
                     let _ = timers.await;
                 });
                 e3.shutdown();

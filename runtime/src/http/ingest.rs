@@ -69,18 +69,39 @@ pub(super) fn decode_body(headers: &HeaderMap, body: Bytes, limit: usize) -> Api
     Ok(out)
 }
 
+/// Read at most `limit` bytes of a body within `deadline` in all (a body trickling in byte by
+/// byte is cut off as well as one that stops).
+async fn read_body(
+    body: Body,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Option<ApiResult<Bytes>> {
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Some(Ok(bytes)),
+        Ok(Err(_)) => None,
+        Err(_) => Some(Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                deadline.as_millis()
+            ),
+        ))),
+    }
+}
+
 /// Read the body. Up to 4 MB is read even though 500 KB is the limit, so that a client that
 /// is still sending learns what was wrong instead of seeing a broken connection.
-pub(super) async fn read_limited(body: Body) -> ApiResult<Bytes> {
-    axum::body::to_bytes(body, 4 * 1024 * 1024)
+pub(super) async fn read_limited(body: Body, deadline: std::time::Duration) -> ApiResult<Bytes> {
+    read_body(body, 4 * 1024 * 1024, deadline)
         .await
-        .map_err(|_| {
+        .ok_or_else(|| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!("request body exceeds the limit of {MAX_BATCH_BYTES} bytes (500 KB)"),
             )
-        })
+        })?
 }
 
 pub(super) async fn ingest(
@@ -123,10 +144,11 @@ pub(super) async fn accept(
     // Authenticate before any work that grows with the body: with the key in the header the
     // body is not read at all before the key is checked; a key inside the body is honoured
     // only for a small one.
+    let deadline = std::time::Duration::from_millis(shared.server.body_timeout_ms.max(1));
     let received = match basic_user(&headers) {
         Some(key) => {
             check_write_key(&shared, &headers, Some(key)).map_err(rejected)?;
-            Received::Raw(read_limited(body).await?)
+            Received::Raw(read_limited(body, deadline).await?)
         }
         None => {
             let too_large = || {
@@ -139,9 +161,9 @@ pub(super) async fn accept(
                     ),
                 )
             };
-            let bytes = axum::body::to_bytes(body, BODY_KEY_LIMIT)
+            let bytes = read_body(body, BODY_KEY_LIMIT, deadline)
                 .await
-                .map_err(|_| rejected(too_large()))?;
+                .ok_or_else(|| rejected(too_large()))??;
             let decoded = decode_body(&headers, bytes, BODY_KEY_LIMIT).map_err(rejected)?;
             if decoded.len() > BODY_KEY_LIMIT {
                 return Err(rejected(too_large()));

@@ -22,6 +22,7 @@ use crate::store::IdKind;
 mod admin;
 mod ingest;
 mod ops;
+pub mod serve;
 mod webhooks;
 
 #[allow(unused_imports)]
@@ -174,6 +175,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 post(move |s, h, b| single(kind, s, h, b)),
             );
     }
+    // A body that stops arriving ends the request instead of holding its connection.
+    let body_timeout = std::time::Duration::from_millis(shared.server.body_timeout_ms.max(1));
     r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
         .with_state(shared)
 }
