@@ -27,6 +27,9 @@ pub(crate) struct Shared {
     pub(crate) declared_secrets: HashSet<String>,
     pub(crate) secrets: HashMap<String, String>,
     pub(crate) config: serde_json::Value,
+    /// Every form a secret can come back in (as is, URL-encoded, base64), with its
+    /// placeholder; the longest first.
+    scrub_forms: Vec<(Vec<u8>, String)>,
     pub(crate) smtp_declared: bool,
     pub(crate) smtp: Option<Arc<SmtpClient>>,
     /// Submissions running at once: one per relay connection. Calls beyond them wait for a
@@ -49,11 +52,12 @@ impl Shared {
         relay: Option<&SmtpRelay>,
         limits: CallLimits,
     ) -> Result<Shared, String> {
-        let secrets = granted
+        let secrets: HashMap<String, String> = granted
             .iter()
             .filter(|(k, _)| declared_secrets.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let scrub_forms = scrub_forms(&secrets);
         let http = reqwest::Client::builder()
             .dns_resolver(Arc::new(CheckedResolver { allow_private }))
             .redirect(reqwest::redirect::Policy::none())
@@ -78,6 +82,7 @@ impl Shared {
             declared_secrets,
             secrets,
             config,
+            scrub_forms,
             smtp_declared,
             smtp,
             smtp_slots,
@@ -133,34 +138,75 @@ impl Shared {
             .map_err(|_| "substituted value is not UTF-8".to_string())
     }
 
-    /// Replace secret values in data flowing back to the guest by their placeholders.
-    fn scrub(&self, data: &mut Vec<u8>) {
-        for (name, value) in &self.secrets {
-            if value.len() < 4 {
-                continue;
-            }
-            let needle = value.as_bytes();
-            if data.windows(needle.len()).any(|w| w == needle) {
-                let placeholder = format!("{{{{secret:{name}}}}}");
-                let mut out = Vec::with_capacity(data.len());
-                let mut i = 0;
-                while i < data.len() {
-                    if data[i..].starts_with(needle) {
-                        out.extend_from_slice(placeholder.as_bytes());
-                        i += needle.len();
-                    } else {
-                        out.push(data[i]);
-                        i += 1;
-                    }
-                }
-                *data = out;
-            }
+    /// Replace secret values in data flowing back to the guest by their placeholders: every
+    /// form a provider may echo (as is, URL-encoded, base64), and `extra` (values derived from
+    /// secrets during this call, such as a Basic authorization token).
+    pub(crate) fn scrub(&self, data: &mut Vec<u8>, extra: &[(Vec<u8>, String)]) {
+        for (needle, placeholder) in extra.iter().chain(&self.scrub_forms) {
+            replace_all(data, needle, placeholder.as_bytes());
         }
+    }
+
+    /// [`Shared::scrub`] for text.
+    pub(crate) fn scrub_text(&self, text: String, extra: &[(Vec<u8>, String)]) -> String {
+        let mut bytes = text.into_bytes();
+        self.scrub(&mut bytes, extra);
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     fn host_allowed(&self, host: &str, port: u16) -> bool {
         self.hosts.iter().any(|p| p.matches(host, port))
     }
+}
+
+/// The forms each secret may come back in, longest first (so a longer form is replaced
+/// before a shorter one inside it).
+fn scrub_forms(secrets: &HashMap<String, String>) -> Vec<(Vec<u8>, String)> {
+    use base64::Engine as _;
+    let mut forms = Vec::new();
+    for (name, value) in secrets {
+        if value.len() < 4 {
+            continue;
+        }
+        let placeholder = format!("{{{{secret:{name}}}}}");
+        let form = form_encode(value);
+        let candidates = [
+            value.clone(),
+            form.clone(),
+            form.replace('+', "%20"),
+            base64::engine::general_purpose::STANDARD.encode(value),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value),
+        ];
+        for c in candidates {
+            if !forms
+                .iter()
+                .any(|(n, _): &(Vec<u8>, String)| n == c.as_bytes())
+            {
+                forms.push((c.into_bytes(), placeholder.clone()));
+            }
+        }
+    }
+    forms.sort_by_key(|f| std::cmp::Reverse(f.0.len()));
+    forms
+}
+
+/// Replace every occurrence of `needle` in `data`.
+fn replace_all(data: &mut Vec<u8>, needle: &[u8], with: &[u8]) {
+    if needle.is_empty() || !data.windows(needle.len()).any(|w| w == needle) {
+        return;
+    }
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i..].starts_with(needle) {
+            out.extend_from_slice(with);
+            i += needle.len();
+        } else {
+            out.push(data[i]);
+            i += 1;
+        }
+    }
+    *data = out;
 }
 
 fn form_encode(s: &str) -> String {
@@ -411,6 +457,8 @@ impl http::Host for HostState {
                 .map_err(|e| E::InvalidRequest(format!("header `{name}`: {e}")))?;
             request = request.header(name, value);
         }
+        // Values derived from secrets in this request, scrubbed from what comes back.
+        let mut derived: Vec<(Vec<u8>, String)> = Vec::new();
         match &req.auth {
             http::Auth::None => {}
             http::Auth::Basic(b) => {
@@ -424,6 +472,9 @@ impl http::Host for HostState {
                 let token =
                     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
                 request = request.header("authorization", format!("Basic {token}"));
+                if user != b.username || pass != b.password {
+                    derived.push((token.into_bytes(), "{{secret:basic-auth}}".to_string()));
+                }
             }
             http::Auth::Bearer(name) => {
                 let token = shared
@@ -478,19 +529,25 @@ impl http::Host for HostState {
             }
             Ok((status, headers, body))
         };
-        let (status, mut headers, mut body) = tokio::time::timeout(timeout, exchange)
+        let answer = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| {
                 E::Incomplete(format!(
                     "no complete answer within {} ms",
                     timeout.as_millis()
                 ))
-            })??;
-        shared.scrub(&mut body);
+            })
+            .and_then(|r| r);
+        // An error names the URL, which may carry a secret.
+        let (status, mut headers, mut body) = answer.map_err(|e| match e {
+            E::Connect(m) => E::Connect(shared.scrub_text(m, &derived)),
+            E::Incomplete(m) => E::Incomplete(shared.scrub_text(m, &derived)),
+            E::InvalidRequest(m) => E::InvalidRequest(shared.scrub_text(m, &derived)),
+            other => other,
+        })?;
+        shared.scrub(&mut body, &derived);
         for (_, v) in headers.iter_mut() {
-            let mut bytes = std::mem::take(v).into_bytes();
-            shared.scrub(&mut bytes);
-            *v = String::from_utf8_lossy(&bytes).into_owned();
+            *v = shared.scrub_text(std::mem::take(v), &derived);
         }
         Ok(http::Response {
             status,
@@ -703,10 +760,32 @@ mod tests {
             .contains("not supplied"));
         assert!(s.substitute_str("{{secret:TOKEN", false).is_err());
         let mut echoed = b"you sent s3cr3t&value twice: s3cr3t&value".to_vec();
-        s.scrub(&mut echoed);
+        s.scrub(&mut echoed, &[]);
         assert_eq!(
             String::from_utf8(echoed).unwrap(),
             "you sent {{secret:TOKEN}} twice: {{secret:TOKEN}}"
+        );
+    }
+
+    #[test]
+    fn scrubs_the_encodings_a_provider_can_echo() {
+        use base64::Engine as _;
+        let s = shared();
+        let b64 = base64::engine::general_purpose::STANDARD.encode("s3cr3t&value");
+        let echoed = format!("url: ?k=s3cr3t%26value, base64: {b64}");
+        assert_eq!(
+            s.scrub_text(echoed, &[]),
+            "url: ?k={{secret:TOKEN}}, base64: {{secret:TOKEN}}"
+        );
+        // A Basic token made from a secret during the call.
+        let token = base64::engine::general_purpose::STANDARD.encode("AC123:s3cr3t&value");
+        let derived = [(
+            token.clone().into_bytes(),
+            "{{secret:basic-auth}}".to_string(),
+        )];
+        assert_eq!(
+            s.scrub_text(format!("Authorization: Basic {token}"), &derived),
+            "Authorization: Basic {{secret:basic-auth}}"
         );
     }
 }

@@ -299,3 +299,38 @@ fn verifies_x_twilio_signature_when_configured() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, "delivered");
 }
+
+#[test]
+fn a_provider_echoing_the_authorization_header_leaks_no_form_of_the_secret() {
+    use base64::Engine as _;
+    // A provider that answers an error echoing what it got: the Basic token (base64 of
+    // `sid:token`), and the token itself base64- and URL-encoded.
+    let server = HttpServer::start(|r| {
+        let auth = r.header("authorization").unwrap_or_default().to_string();
+        let token_b64 = base64::engine::general_purpose::STANDARD.encode(TOKEN);
+        Reply::json(
+            400,
+            json!({ "code": 21211, "message": format!("bad request; you sent `{auth}`, token {token_b64}, k={}", TOKEN.replace('-', "%2D")) }),
+        )
+    });
+    let plugin = load_connector(
+        "twilio-sms",
+        loopback_grant(
+            &server,
+            json!({ "account_sid": SID, "from": "+14155550199", "api_base": server.base_url() }),
+            &[("TWILIO_AUTH_TOKEN", TOKEN)],
+        ),
+    );
+    let err = plugin
+        .send(&sms("+14155550100", "hi"))
+        .expect_err("the provider refused");
+    let text = format!("{err:?}");
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}"));
+    assert!(!text.contains(&basic), "the Basic token leaked: {text}");
+    assert!(
+        !text.contains(&base64::engine::general_purpose::STANDARD.encode(TOKEN)),
+        "the base64 token leaked: {text}"
+    );
+    assert!(!text.contains(TOKEN), "{text}");
+    assert!(text.contains("{{secret:"), "{text}");
+}
