@@ -55,8 +55,104 @@ pub struct Templates {
 fn parser() -> liquid::Parser {
     liquid::ParserBuilder::with_stdlib()
         .filter(local_date::LocalDate)
+        .filter(html::Raw)
+        // Replaces the stdlib's `escape`: in HTML every value is escaped already, so
+        // `escape` must not escape it twice.
+        .filter(html::EscapeOnce)
         .build()
         .expect("the liquid stdlib parser builds")
+}
+
+/// Every string in `v`, HTML-escaped: the data an HTML template sees.
+fn html_escaped(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(html_escape::encode_safe(s).into_owned()),
+        Value::Array(a) => Value::Array(a.iter().map(html_escaped).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), html_escaped(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Attributes whose value is a URL the recipient's client follows or loads.
+const URL_ATTRIBUTES: [&str; 4] = ["href", "src", "action", "background"];
+
+/// Replace URLs with a scheme that runs code or smuggles content (`javascript:`, `vbscript:`,
+/// `data:` other than images) by `#` in every URL attribute of `html`.
+fn neutralise_url_attributes(html: &str) -> String {
+    let lower = html.to_ascii_lowercase();
+    let bytes = html.as_bytes();
+    let mut out = String::with_capacity(html.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let lower_bytes = lower.as_bytes();
+        let attribute = if i == 0 || bytes[i - 1].is_ascii_whitespace() {
+            URL_ATTRIBUTES.iter().find(|a| {
+                lower_bytes[i..].starts_with(a.as_bytes())
+                    && lower_bytes[i + a.len()..]
+                        .iter()
+                        .find(|b| !b.is_ascii_whitespace())
+                        == Some(&b'=')
+            })
+        } else {
+            None
+        };
+        let Some(attr) = attribute else {
+            i += 1;
+            continue;
+        };
+        let eq = i
+            + attr.len()
+            + lower_bytes[i + attr.len()..]
+                .iter()
+                .position(|b| *b == b'=')
+                .unwrap_or(0);
+        let mut start = eq + 1;
+        while start < bytes.len() && bytes[start].is_ascii_whitespace() {
+            start += 1;
+        }
+        let (value_start, value_end) = match bytes.get(start) {
+            Some(q @ (b'"' | b'\'')) => {
+                let end = html[start + 1..]
+                    .find(*q as char)
+                    .map_or(bytes.len(), |e| start + 1 + e);
+                (start + 1, end)
+            }
+            _ => {
+                let end = html[start..]
+                    .find(|c: char| c.is_ascii_whitespace() || c == '>')
+                    .map_or(bytes.len(), |e| start + e);
+                (start, end)
+            }
+        };
+        let value = html_escape::decode_html_entities(&html[value_start..value_end]);
+        let scheme: String = value
+            .chars()
+            .filter(|c| !c.is_whitespace() && !c.is_control())
+            .take_while(|c| *c != ':')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let has_scheme = value.contains(':') && !scheme.contains(['/', '?', '#']);
+        let dangerous = has_scheme
+            && matches!(scheme.as_str(), "javascript" | "vbscript" | "data")
+            && !(scheme == "data"
+                && value
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("data:image/"));
+        if dangerous {
+            out.push_str(&html[copied..value_start]);
+            out.push('#');
+            copied = value_end;
+        }
+        i = value_end.max(i + 1);
+    }
+    out.push_str(&html[copied..]);
+    out
 }
 
 impl Templates {
@@ -150,6 +246,7 @@ impl Templates {
             .ok_or_else(|| {
                 format!("no template templates/{name}.liquid or templates/{name}.{channel}.liquid")
             })?;
+        let globals_json = globals;
         let globals = lenient::Obj::from_json(globals);
         let mut fields = Map::new();
         let mut subject = None;
@@ -162,9 +259,17 @@ impl Templates {
             }
             fields.insert(k.clone(), Value::String(v));
         }
+        // HTML sees every value escaped (`raw` opts out); plain text sees it as it is.
+        let html_globals;
+        let body_globals = if t.mjml {
+            html_globals = lenient::Obj::from_json(&html_escaped(globals_json));
+            &html_globals
+        } else {
+            &globals
+        };
         let body = t
             .body
-            .render(&globals)
+            .render(body_globals)
             .map_err(|e| format!("template {name}: {}", flatten(&e)))?;
         // Files end with a newline; the message does not.
         let body = body
@@ -173,6 +278,7 @@ impl Templates {
             .unwrap_or(&body)
             .to_string();
         if t.mjml {
+            let body = neutralise_url_attributes(&body);
             let parsed = mrml::parse(&body)
                 .map_err(|e| format!("template {name}: MJML after Liquid: {e}"))?;
             let options = mrml::prelude::render::RenderOptions {
@@ -372,13 +478,7 @@ pub fn html_to_text(html: &str) -> String {
             i = next;
         }
     }
-    let decoded = out
-        .replace("&nbsp;", " ")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&");
+    let decoded = html_escape::decode_html_entities(&out.replace("&nbsp;", " ")).into_owned();
     let mut lines: Vec<String> = Vec::new();
     for line in decoded.lines() {
         let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -517,6 +617,71 @@ mod tests {
     use crate::sources::DiskSources;
 
     #[test]
+    fn values_in_an_mjml_template_are_escaped_and_unsafe_urls_neutralised() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("templates")).unwrap();
+        std::fs::write(
+            dir.path().join("templates/news.mjml"),
+            "---\nsubject: \"News for {{ contact.first_name }}\"\n---\n<mjml><mj-body><mj-section><mj-column>\
+             <mj-text>Hi {{ contact.first_name }}! {{ contact.first_name | escape }} \
+             <a href=\"{{ contact.site }}\">your site</a> {{ contact.bio | raw }}</mj-text>\
+             <mj-button href=\"{{ contact.site }}\">Go</mj-button>\
+             <mj-image src=\"https://img.example/{{ contact.id }}.png\"></mj-image>\
+             </mj-column></mj-section></mj-body></mjml>\n",
+        )
+        .unwrap();
+        let (t, errors) = Templates::load(&DiskSources::new(dir.path()));
+        assert!(errors.is_empty(), "{errors:?}");
+        let globals = serde_json::json!({"contact": {
+            "first_name": "<a href=\"https://evil.example\">x</a><img src=\"https://track.example/p.gif\">",
+            "site": " JavaScript:alert(1)",
+            "bio": "<b>bold</b>",
+            "id": "c1",
+        }});
+        let r = t.render("news", "email", &globals).unwrap();
+        let html = r.html.unwrap();
+        assert!(!html.contains("<a href=\"https://evil.example\""), "{html}");
+        assert!(!html.contains("<img src=\"https://track.example"), "{html}");
+        assert!(
+            html.contains("&lt;a href="),
+            "the value shows as text: {html}"
+        );
+        assert!(
+            !html.contains("&amp;lt;"),
+            "escape on an escaped value does not escape it twice: {html}"
+        );
+        assert!(!html.to_ascii_lowercase().contains("javascript:"), "{html}");
+        assert!(html.contains("<b>bold</b>"), "raw opts out: {html}");
+        assert!(html.contains("https://img.example/c1.png"), "{html}");
+        // The subject is text, not HTML: the value as it is.
+        assert_eq!(
+            r.subject.as_deref(),
+            Some("News for <a href=\"https://evil.example\">x</a><img src=\"https://track.example/p.gif\">")
+        );
+        // The text part shows the value as the text it is.
+        assert!(
+            r.body
+                .starts_with("Hi <a href=\"https://evil.example\">x</a><img"),
+            "{}",
+            r.body
+        );
+    }
+
+    #[test]
+    fn url_attributes_keep_safe_schemes_and_lose_dangerous_ones() {
+        let html = "<a href=\"https://a.example/?q=1\">a</a> <a href='mailto:x@y'>m</a> \
+                    <a href=\"java&#115;cript:x\">j</a> <img src=data:text/html,hi> \
+                    <img src=\"data:image/png;base64,AA==\"> <a class=\"href\" href=\"/rel\">r</a> é";
+        let out = neutralise_url_attributes(html);
+        assert_eq!(
+            out,
+            "<a href=\"https://a.example/?q=1\">a</a> <a href='mailto:x@y'>m</a> \
+             <a href=\"#\">j</a> <img src=#> \
+             <img src=\"data:image/png;base64,AA==\"> <a class=\"href\" href=\"/rel\">r</a> é"
+        );
+    }
+
+    #[test]
     fn front_matter_and_body_render_with_contact_data() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("templates")).unwrap();
@@ -585,6 +750,63 @@ mod tests {
 /// renders `Tuesday 1 December, 09:30` for `Europe/London` and `mardi 1 décembre, 10:30` for
 /// `Europe/Paris` with locale `fr_FR`. Unknown or missing timezones fall back to UTC, unknown
 /// locales to English.
+/// Filters for HTML templates.
+mod html {
+    use liquid_core::{
+        Display_filter, Filter, FilterReflection, ParseFilter, Result, Runtime, Value, ValueView,
+    };
+
+    /// `raw`: a value as it is, not escaped, in an HTML template (for HTML a trusted attribute
+    /// holds).
+    #[derive(Clone, ParseFilter, FilterReflection)]
+    #[filter(
+        name = "raw",
+        description = "Inserts the value unescaped into an HTML template. Only for trusted HTML.",
+        parsed(RawFilter)
+    )]
+    pub struct Raw;
+
+    #[derive(Debug, Default, Display_filter)]
+    #[name = "raw"]
+    struct RawFilter;
+
+    impl Filter for RawFilter {
+        fn evaluate(&self, input: &dyn ValueView, _runtime: &dyn Runtime) -> Result<Value> {
+            if input.is_nil() {
+                return Ok(Value::Nil);
+            }
+            let text = input.to_kstr();
+            Ok(Value::scalar(
+                html_escape::decode_html_entities(text.as_str()).into_owned(),
+            ))
+        }
+    }
+
+    /// `escape`, idempotent: escapes what is not escaped yet.
+    #[derive(Clone, ParseFilter, FilterReflection)]
+    #[filter(
+        name = "escape",
+        description = "Escapes HTML special characters; a value already escaped stays as it is.",
+        parsed(EscapeOnceFilter)
+    )]
+    pub struct EscapeOnce;
+
+    #[derive(Debug, Default, Display_filter)]
+    #[name = "escape"]
+    struct EscapeOnceFilter;
+
+    impl Filter for EscapeOnceFilter {
+        fn evaluate(&self, input: &dyn ValueView, _runtime: &dyn Runtime) -> Result<Value> {
+            if input.is_nil() {
+                return Ok(Value::Nil);
+            }
+            let text = input.to_kstr();
+            let plain = html_escape::decode_html_entities(text.as_str());
+            Ok(Value::scalar(html_escape::encode_safe(&plain).into_owned()))
+        }
+    }
+}
+
 mod local_date {
     use chrono::{TimeZone, Utc};
     use liquid_core::{
