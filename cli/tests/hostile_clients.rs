@@ -285,3 +285,125 @@ fn connections_that_never_finish_their_headers_are_closed() {
     }
     assert_eq!(Client::new(d.url()).get("/healthz").0, 200);
 }
+
+fn post_with(base: &str, path: &str, key: &str, body: Value) -> (u16, Value) {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
+    match ureq::post(&format!("{base}{path}"))
+        .set("authorization", &format!("Basic {auth}"))
+        .send_string(&body.to_string())
+    {
+        Ok(resp) => (resp.status(), resp.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A project with a client key for browsers and a server key.
+fn two_kinds_of_key() -> TestProject {
+    let p = TestProject::new("");
+    let path = p.path().join("herald.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    let (_, rest) = toml.split_once("\n\n").unwrap();
+    std::fs::write(
+        &path,
+        format!("[auth]\nclient_keys = [\"browser-key\"]\nserver_keys = [\"server-key\"]\nadmin_token = \"{TOKEN}\"\n\n{rest}"),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn a_client_key_cannot_send_the_events_a_channel_reports() {
+    let p = two_kinds_of_key();
+    let d = p.start();
+    let base = d.url();
+    let opened =
+        json!({"userId": "ada", "event": "email_opened", "properties": {"campaign": "welcome"}});
+    let (s, b) = post_with(&base, "/v1/track", "browser-key", opened.clone());
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (403, Some("reserved_event")),
+        "{b}"
+    );
+    // In a batch the item is dropped and the rest accepted.
+    let (s, b) = post_with(
+        &base,
+        "/v1/batch",
+        "browser-key",
+        json!({"batch": [
+            {"type": "track", "userId": "ada", "event": "viewed_pricing"},
+            {"type": "track", "userId": "ada", "event": "sms_delivered"},
+        ]}),
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["accepted"].clone(), b["rejected"].clone()),
+        (json!(1), json!(1)),
+        "{b}"
+    );
+    assert_eq!(b["rejections"][0]["index"], 1, "{b}");
+    assert_eq!(b["rejections"][0]["code"], "reserved_event", "{b}");
+    // A server key may (a provider integration, a back end).
+    let (s, b) = post_with(&base, "/v1/track", "server-key", opened);
+    assert_eq!(s, 200, "{b}");
+    let c = Client::new(base);
+    let (_, contact) = c.admin_get("/v1/contacts/ada");
+    let names: Vec<&str> = contact["recent_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert_eq!(names, ["email_opened", "viewed_pricing"], "{contact}");
+}
+
+#[test]
+fn a_client_key_cannot_take_over_a_known_user_with_alias() {
+    let p = two_kinds_of_key();
+    let d = p.start();
+    let base = d.url();
+    let (s, b) = post_with(
+        &base,
+        "/v1/identify",
+        "server-key",
+        json!({"userId": "victim", "traits": {"email": "victim@example.org"}}),
+    );
+    assert_eq!(s, 200, "{b}");
+    let (s, _) = post_with(
+        &base,
+        "/v1/identify",
+        "browser-key",
+        json!({"userId": "mallory"}),
+    );
+    assert_eq!(s, 200);
+    let (s, b) = post_with(
+        &base,
+        "/v1/alias",
+        "browser-key",
+        json!({"previousId": "victim", "userId": "mallory"}),
+    );
+    assert_eq!((s, b["code"].as_str()), (403, Some("merge_refused")), "{b}");
+    let c = Client::new(base.clone());
+    let (s, victim) = c.admin_get("/v1/contacts/victim");
+    assert_eq!(s, 200);
+    assert_eq!(victim["attributes"]["email"], "victim@example.org");
+    let (_, mallory) = c.admin_get("/v1/contacts/mallory");
+    assert_ne!(victim["id"], mallory["id"], "still two contacts");
+    // Tying an anonymous visitor to a user is what a browser does; that stays allowed.
+    let (s, b) = post_with(
+        &base,
+        "/v1/alias",
+        "browser-key",
+        json!({"previousId": "anon-7", "userId": "mallory"}),
+    );
+    assert_eq!(s, 200, "{b}");
+    // A server key may merge known users.
+    let (s, b) = post_with(
+        &base,
+        "/v1/alias",
+        "server-key",
+        json!({"previousId": "victim", "userId": "mallory"}),
+    );
+    assert_eq!(s, 200, "{b}");
+}

@@ -95,7 +95,7 @@ fn example_project(smtp: &Smtp, twilio: &Recorder, hook: &Recorder) -> tempfile:
     let path = dir.path().join("herald.toml");
     let toml = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("write_keys = [\"multichannel-write-key\"]", &format!("write_keys = [\"{WRITE_KEY}\"]"))
+        .replace("server_keys = [\"multichannel-write-key\"]", &format!("server_keys = [\"{WRITE_KEY}\"]"))
         .replace("port = 1025", &format!("port = {}", smtp.port))
         .replace("from = \"+15550009999\" }", &format!("from = \"+15550009999\", api_base = \"{}\" }}", twilio.url))
         .replace("https://hooks.example.com/herald", &format!("{}/herald", hook.url))

@@ -131,9 +131,17 @@ fn default_data() -> String {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Write keys accepted by the ingest API.
+    /// Write keys accepted by the ingest API, with the rights of server keys (the name before
+    /// there were two kinds; `herald check` suggests `server_keys`).
     #[serde(default)]
     pub write_keys: Vec<String>,
+    /// Keys for browsers and apps, public by nature: they cannot send the event names channels
+    /// own (`email_opened`, …) nor merge two known users with `alias`.
+    #[serde(default)]
+    pub client_keys: Vec<String>,
+    /// Keys for servers, kept secret: every event name, every merge.
+    #[serde(default)]
+    pub server_keys: Vec<String>,
     /// Environment variable holding one more write key.
     pub write_key_env: Option<String>,
     /// Bearer token for the management API.
@@ -143,9 +151,10 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
-    /// Every accepted write key.
+    /// Every server key (`server_keys`, `write_keys` and `write_key_env`).
     pub fn all_write_keys(&self) -> Vec<String> {
-        let mut keys = self.write_keys.clone();
+        let mut keys = self.server_keys.clone();
+        keys.extend(self.write_keys.iter().cloned());
         if let Some(v) = self
             .write_key_env
             .as_ref()
@@ -162,6 +171,14 @@ impl AuthConfig {
             .as_ref()
             .and_then(|e| std::env::var(e).ok())
             .or_else(|| self.admin_token.clone())
+    }
+
+    /// Advice about the credentials that does not stop them working.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.write_keys.is_empty() {
+            return Vec::new();
+        }
+        vec!["[auth] write_keys are server keys: every event name and every merge; name them server_keys, and give browsers and apps client_keys".to_string()]
     }
 
     /// What is wrong with the credentials as configured: an empty write key or admin token

@@ -328,6 +328,11 @@ fn check_config(sources: &dyn Sources, report: &mut CheckReport) -> Option<Confi
             return None;
         }
     };
+    for advice in config.auth.warnings() {
+        let d = Diagnostic::warning(CONFIG_INVALID, file, range_of(&text, "write_keys"), advice)
+            .with_label("server keys");
+        report.push(file, &text, d);
+    }
     for problem in config.auth.problems() {
         let d = Diagnostic::error(CONFIG_INVALID, file, range_of(&text, "[auth]"), problem)
             .with_label("credentials");

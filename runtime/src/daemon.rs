@@ -56,11 +56,23 @@ pub struct Options {
     pub watch: bool,
 }
 
+/// What a write key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A browser's or an app's key (public): no channel-owned event names, no merging of two
+    /// known users.
+    Client,
+    /// A server's key (secret): everything.
+    Server,
+}
+
 /// The credentials clients present, as configured in `[auth]`.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
-    /// Accepted write keys (none empty: the project loader refuses empty keys).
+    /// Server keys (none empty: the project loader refuses empty keys).
     pub write_keys: Vec<String>,
+    /// Client keys, for browsers and apps.
+    pub client_keys: Vec<String>,
     /// Management token.
     pub admin_token: Option<String>,
 }
@@ -74,17 +86,33 @@ impl Credentials {
                 .into_iter()
                 .filter(|k| !k.trim().is_empty())
                 .collect(),
+            client_keys: auth
+                .client_keys
+                .iter()
+                .filter(|k| !k.trim().is_empty())
+                .cloned()
+                .collect(),
             admin_token: auth.token().filter(|t| !t.trim().is_empty()),
         }
     }
 
-    /// Is `key` one of the write keys? Compared in constant time, so the time an answer takes
-    /// says nothing about how much of a guess was right.
-    pub fn accepts_write_key(&self, key: &str) -> bool {
+    /// The kind of write key `key` is, if it is one. Compared in constant time, so the time
+    /// an answer takes says nothing about how much of a guess was right.
+    pub fn write_key_kind(&self, key: &str) -> Option<KeyKind> {
         // Every key is compared, so the time does not reveal which one matched either.
-        self.write_keys
+        let server = self
+            .write_keys
             .iter()
-            .fold(false, |found, k| found | constant_time_eq(k, key))
+            .fold(false, |found, k| found | constant_time_eq(k, key));
+        let client = self
+            .client_keys
+            .iter()
+            .fold(false, |found, k| found | constant_time_eq(k, key));
+        match (server, client) {
+            (true, _) => Some(KeyKind::Server),
+            (false, true) => Some(KeyKind::Client),
+            (false, false) => None,
+        }
     }
 
     /// Is `token` the admin token? (constant time)

@@ -24,16 +24,19 @@ pub(super) fn check_write_key(
     shared: &Shared,
     headers: &HeaderMap,
     body_key: Option<String>,
-) -> ApiResult<()> {
+) -> ApiResult<crate::daemon::KeyKind> {
     let key = basic_user(headers).or(body_key);
-    match key {
-        None => Err(ApiError::new(
+    let kind = key
+        .as_deref()
+        .and_then(|k| shared.credentials().write_key_kind(k));
+    match (key, kind) {
+        (None, _) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_write_key",
             "send the write key as the HTTP Basic user name",
         )),
-        Some(k) if shared.credentials().accepts_write_key(&k) => Ok(()),
-        Some(_) => Err(ApiError::new(
+        (Some(_), Some(kind)) => Ok(kind),
+        (Some(_), None) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_write_key",
             "the write key is not valid",
@@ -145,10 +148,10 @@ pub(super) async fn accept(
     // body is not read at all before the key is checked; a key inside the body is honoured
     // only for a small one.
     let deadline = std::time::Duration::from_millis(shared.server.body_timeout_ms.max(1));
-    let received = match basic_user(&headers) {
+    let (key_kind, received) = match basic_user(&headers) {
         Some(key) => {
-            check_write_key(&shared, &headers, Some(key)).map_err(rejected)?;
-            Received::Raw(read_limited(body, deadline).await?)
+            let kind = check_write_key(&shared, &headers, Some(key)).map_err(rejected)?;
+            (kind, Received::Raw(read_limited(body, deadline).await?))
         }
         None => {
             let too_large = || {
@@ -168,10 +171,24 @@ pub(super) async fn accept(
             if decoded.len() > BODY_KEY_LIMIT {
                 return Err(rejected(too_large()));
             }
-            check_write_key(&shared, &headers, body_write_key(&decoded)).map_err(rejected)?;
-            Received::Decoded(decoded)
+            let kind =
+                check_write_key(&shared, &headers, body_write_key(&decoded)).map_err(rejected)?;
+            (kind, Received::Decoded(decoded))
         }
     };
+    let single = kind.is_some();
+    let client_rules = (key_kind == crate::daemon::KeyKind::Client).then(|| {
+        (
+            shared
+                .engine
+                .state()
+                .channels
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>(),
+            shared.engine.store.clone(),
+        )
+    });
     // Decoding and parsing are CPU work: off the async threads.
     let kind = kind.map(str::to_string);
     let parsed = blocking(move || {
@@ -179,7 +196,18 @@ pub(super) async fn accept(
             Received::Decoded(decoded) => decoded,
             Received::Raw(raw) => decode_body(&headers, raw, MAX_BATCH_BYTES)?,
         };
-        parse_body(kind.as_deref(), &decoded).map_err(ingest_error)
+        let mut parsed = parse_body(kind.as_deref(), &decoded).map_err(ingest_error)?;
+        if let Some((channels, store)) = &client_rules {
+            crate::ingest::restrict_client(&mut parsed, channels, &**store, !single)?;
+            if parsed.messages.is_empty() {
+                let first = parsed.rejected.first().cloned();
+                return Err(match first {
+                    Some(r) => ApiError::new(StatusCode::FORBIDDEN, r.code, r.message),
+                    None => ApiError::new(StatusCode::BAD_REQUEST, "empty_batch", "no valid item"),
+                });
+            }
+        }
+        Ok(parsed)
     })
     .await?
     .map_err(rejected)?;

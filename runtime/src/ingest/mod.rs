@@ -64,6 +64,8 @@ pub struct Accepted {
 /// A validated message.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// Its place in its batch (0 for a single message).
+    index: usize,
     kind: String,
     raw: Map<String, Value>,
     user_id: Option<String>,
@@ -88,6 +90,7 @@ impl Message {
         raw.insert("event".into(), json!(event));
         raw.insert("properties".into(), properties);
         Message {
+            index: 0,
             kind: "track".into(),
             raw,
             user_id: None,
@@ -229,6 +232,7 @@ pub fn validate(
     };
     let message_id = id_field(&raw, "messageId");
     Ok(Message {
+        index: index.unwrap_or(0),
         kind,
         raw,
         user_id,
@@ -237,6 +241,82 @@ pub fn validate(
         timestamp,
         contact: None,
     })
+}
+
+/// The kinds of provider event a channel reports, seen as `<channel>_<kind>` events.
+pub const CHANNEL_EVENT_KINDS: [&str; 7] = [
+    "delivered",
+    "bounced",
+    "opened",
+    "clicked",
+    "replied",
+    "unsubscribed",
+    "complained",
+];
+
+/// The rules of a client key (a browser's or an app's, public by nature), applied per item:
+/// no event name a channel owns (`<channel>_<kind>` of a configured channel) or Herald owns
+/// (`herald_…`), and no `alias` that would merge two known users.
+pub fn restrict_client(
+    parsed: &mut Parsed,
+    channels: &[String],
+    store: &dyn Store,
+    batch: bool,
+) -> Result<(), crate::store::StoreError> {
+    let owned = |event: &str| {
+        event.starts_with("herald_")
+            || channels.iter().any(|c| {
+                event
+                    .strip_prefix(c.as_str())
+                    .and_then(|rest| rest.strip_prefix('_'))
+                    .is_some_and(|kind| CHANNEL_EVENT_KINDS.contains(&kind))
+            })
+    };
+    let mut kept = Vec::with_capacity(parsed.messages.len());
+    for m in std::mem::take(&mut parsed.messages) {
+        let refusal = match m.kind.as_str() {
+            "track" => m
+                .raw
+                .get("event")
+                .and_then(Value::as_str)
+                .filter(|e| owned(e))
+                .map(|e| {
+                    (
+                        "reserved_event",
+                        format!("\"{e}\" is an event a channel reports; a client key cannot send it (use a server key)"),
+                    )
+                }),
+            "alias" => {
+                let previous = id_field(&m.raw, "previousId").unwrap_or_default();
+                let user = m.user_id.clone().unwrap_or_default();
+                let known_previous = store.identity(crate::store::IdKind::User, &previous)?;
+                let known_user = store.identity(crate::store::IdKind::User, &user)?;
+                match (known_previous, known_user) {
+                    (Some(a), b) if b.as_deref() != Some(a.as_str()) => Some((
+                        "merge_refused",
+                        format!("alias would merge the known user \"{previous}\" into \"{user}\"; a client key cannot merge known users (use a server key)"),
+                    )),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match refusal {
+            Some((code, message)) => parsed.rejected.push(Rejected {
+                index: m.index,
+                code,
+                message: if batch {
+                    format!("batch[{}]: {message}", m.index)
+                } else {
+                    message
+                },
+            }),
+            None => kept.push(m),
+        }
+    }
+    parsed.messages = kept;
+    parsed.rejected.sort_by_key(|r| r.index);
+    Ok(())
 }
 
 /// At most this many bytes of a batch's messages once its top-level `context` is copied into
