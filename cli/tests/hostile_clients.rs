@@ -407,3 +407,37 @@ fn a_client_key_cannot_take_over_a_known_user_with_alias() {
     );
     assert_eq!(s, 200, "{b}");
 }
+
+#[test]
+fn an_id_merged_away_many_times_still_resolves_in_one_step() {
+    const HOPS: usize = 20;
+    let p = TestProject::new("");
+    let d = p.start();
+    let c = Client::new(d.url());
+    let mut first_ids = Vec::new();
+    for i in 0..=HOPS {
+        c.identify(&format!("u{i}"), json!({"n": i}));
+        let (s, contact) = c.admin_get(&format!("/v1/contacts/u{i}"));
+        assert_eq!(s, 200);
+        first_ids.push(contact["id"].as_str().unwrap().to_string());
+    }
+    // u0 into u1, that into u2, … : a chain of HOPS merges.
+    for i in 0..HOPS {
+        let (s, b) = c.ingest(
+            "/v1/alias",
+            &json!({"previousId": format!("u{i}"), "userId": format!("u{}", i + 1)}).to_string(),
+        );
+        assert_eq!(s, 200, "{b}");
+    }
+    let (_, survivor) = c.admin_get(&format!("/v1/contacts/u{HOPS}"));
+    let survivor_id = survivor["id"].as_str().unwrap().to_string();
+    for (i, id) in first_ids.iter().enumerate() {
+        let (s, contact) = c.admin_get(&format!("/v1/contacts/{id}"));
+        assert_eq!(s, 200, "the contact first created for u{i}: {contact}");
+        assert_eq!(contact["id"], survivor_id.as_str(), "u{i}");
+    }
+    // An event sent under the oldest id lands on the survivor.
+    c.track("u0", "late", json!({}));
+    let (_, contact) = c.admin_get(&format!("/v1/contacts/{}", first_ids[0]));
+    assert_eq!(contact["recent_events"][0]["event"], "late", "{contact}");
+}

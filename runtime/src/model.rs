@@ -32,6 +32,10 @@ pub struct Contact {
     /// How many contacts were merged into this one (their events moved here).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub merges: u32,
+    /// The contacts merged into this one, directly or through others: each of them points
+    /// straight here, so an old id resolves in one step however long the chain of merges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -51,6 +55,7 @@ impl Contact {
             updated_at: now,
             merged_into: None,
             merges: 0,
+            merged_from: Vec::new(),
         }
     }
 

@@ -840,6 +840,20 @@ impl Ingestor {
         t.updated_at = now;
         self.store.move_events(from, into)?;
         self.store.move_waits(from, into)?;
+        // Collapse the chain: what was merged into `from` now points at `into` directly.
+        let earlier = std::mem::take(&mut f.merged_from);
+        for old in &earlier {
+            if let Some(mut o) = self.store.contact(old)? {
+                o.merged_into = Some(into.to_string());
+                o.updated_at = now;
+                self.store.put_contact(&o)?;
+            }
+        }
+        for old in earlier.into_iter().chain([f.id.clone()]) {
+            if !t.merged_from.contains(&old) {
+                t.merged_from.push(old);
+            }
+        }
         f.merged_into = Some(into.to_string());
         f.updated_at = now;
         self.store.put_contact(&t)?;
