@@ -68,6 +68,30 @@ impl Smtp {
     }
 }
 
+/// POST a Twilio callback `body` (the form of `params`) signed as Twilio signs it for the
+/// example's `webhook_url`.
+fn twilio_callback(c: &Client, params: &[(&str, &str)], body: &str) -> (u16, serde_json::Value) {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let data: String = std::iter::once("https://herald.example.com/v1/webhooks/text".to_string())
+        .chain(sorted.iter().map(|(k, v)| format!("{k}{v}")))
+        .collect();
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"twilio-secret-token").unwrap();
+    mac.update(data.as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let r = ureq::post(&format!("{}/v1/webhooks/text", c.base))
+        .set("content-type", "application/x-www-form-urlencoded")
+        .set("x-twilio-signature", &sig)
+        .send_string(body);
+    match r {
+        Ok(resp) => (resp.status(), resp.into_json().unwrap_or_default()),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap_or_default()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
@@ -97,7 +121,7 @@ fn example_project(smtp: &Smtp, twilio: &Recorder, hook: &Recorder) -> tempfile:
         .unwrap()
         .replace("server_keys = [\"multichannel-write-key\"]", &format!("server_keys = [\"{WRITE_KEY}\"]"))
         .replace("port = 1025", &format!("port = {}", smtp.port))
-        .replace("from = \"+15550009999\" }", &format!("from = \"+15550009999\", api_base = \"{}\" }}", twilio.url))
+        .replace("from = \"+15550009999\",", &format!("from = \"+15550009999\", api_base = \"{}\",", twilio.url))
         .replace("https://hooks.example.com/herald", &format!("{}/herald", hook.url))
         .replace("plugin = \"bundled:twilio-sms\"", "plugin = \"bundled:twilio-sms\"\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true")
         .replace("allowed_hosts = [\"hooks.example.com\"]", "allowed_hosts = [\"127.0.0.1\"]\nallow_private = true");
@@ -163,13 +187,21 @@ fn the_multichannel_example_sends_email_sms_and_a_webhook_and_a_delivery_callbac
     assert_eq!(form["From"], "+15550009999");
     assert_eq!(form["Body"], "Welcome Ada! Reply STOP to opt out.");
 
-    // Twilio's status callback for that message.
-    let (s, b) = c.raw_post(
-        "/v1/webhooks/text",
-        "MessageSid=SM000000000000000000000000000000&MessageStatus=delivered&To=%2B15550100&AccountSid=AC0123456789abcdef0123456789abcdef",
-        None,
-        None,
+    // Twilio's status callback for that message: unsigned it is refused, signed it counts.
+    let callback = [
+        ("MessageSid", "SM000000000000000000000000000000"),
+        ("MessageStatus", "delivered"),
+        ("To", "+15550100"),
+        ("AccountSid", SID),
+    ];
+    let body = "MessageSid=SM000000000000000000000000000000&MessageStatus=delivered&To=%2B15550100&AccountSid=AC0123456789abcdef0123456789abcdef";
+    let (s, b) = c.raw_post("/v1/webhooks/text", body, None, None);
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("webhook_rejected")),
+        "{b}"
     );
+    let (s, b) = twilio_callback(&c, &callback, body);
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["accepted"], 1, "{b}");
     let run = c.run_reaches(&id, "completed", 4);
@@ -200,11 +232,13 @@ fn the_multichannel_example_sends_email_sms_and_a_webhook_and_a_delivery_callbac
         .contains("herald_sends_total{channel=\"text\",outcome=\"sent\"} 1"));
 
     // A callback for a message Herald never sent is accepted but matches nothing.
-    let (s, b) = c.raw_post(
-        "/v1/webhooks/text",
+    let (s, b) = twilio_callback(
+        &c,
+        &[
+            ("MessageSid", "SMffffffffffffffffffffffffffffffff"),
+            ("MessageStatus", "delivered"),
+        ],
         "MessageSid=SMffffffffffffffffffffffffffffffff&MessageStatus=delivered",
-        None,
-        None,
     );
     assert_eq!((s, b["unmatched"].clone()), (200, json!(1)));
     // Garbage is refused with a JSON error.

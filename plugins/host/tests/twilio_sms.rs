@@ -177,6 +177,44 @@ fn form_webhook(pairs: &[(&str, &str)]) -> WebhookRequest {
     }
 }
 
+/// `params` as Twilio posts them to `url`, signed with `token` the way Twilio signs.
+fn signed_webhook(url: &str, token: &str, params: &[(&str, &str)]) -> WebhookRequest {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let mut sorted: Vec<_> = params.to_vec();
+    sorted.sort();
+    let data: String = std::iter::once(url.to_string())
+        .chain(sorted.iter().map(|(k, v)| format!("{k}{v}")))
+        .collect();
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
+    mac.update(data.as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let mut req = form_webhook(params);
+    req.headers.push(("X-Twilio-Signature".into(), sig));
+    req
+}
+
+const CALLBACK_URL: &str = "https://herald.example.com/v1/webhooks/sms";
+
+#[test]
+fn callbacks_are_refused_when_they_cannot_be_verified() {
+    let server = HttpServer::start(|_| Reply::json(500, json!({})));
+    let plugin = load_connector(
+        "twilio-sms",
+        loopback_grant(
+            &server,
+            json!({ "account_sid": SID, "from": "+14155550199" }),
+            &[("TWILIO_AUTH_TOKEN", TOKEN)],
+        ),
+    );
+    let params = [("MessageSid", "SM1"), ("MessageStatus", "delivered")];
+    let err = plugin
+        .parse_webhook(&signed_webhook(CALLBACK_URL, TOKEN, &params))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("webhook_url is not configured"), "{err}");
+}
+
 #[test]
 fn parses_status_callbacks_and_inbound_messages() {
     let server = HttpServer::start(|_| Reply::json(500, json!({})));
@@ -184,10 +222,11 @@ fn parses_status_callbacks_and_inbound_messages() {
         "twilio-sms",
         loopback_grant(
             &server,
-            json!({ "account_sid": SID, "from": "+14155550199" }),
-            &[],
+            json!({ "account_sid": SID, "from": "+14155550199", "webhook_url": CALLBACK_URL }),
+            &[("TWILIO_AUTH_TOKEN", TOKEN)],
         ),
     );
+    let form_webhook = |params: &[(&str, &str)]| signed_webhook(CALLBACK_URL, TOKEN, params);
     // Recorded shape of a Twilio status callback.
     let delivered = form_webhook(&[
         ("SmsSid", "SM0123456789abcdef0123456789abcdef"),
@@ -232,7 +271,7 @@ fn parses_status_callbacks_and_inbound_messages() {
 }
 
 #[test]
-fn verifies_x_twilio_signature_when_configured() {
+fn verifies_x_twilio_signature() {
     let server = HttpServer::start(|_| Reply::json(500, json!({})));
     // The example from Twilio's "Validating requests" documentation.
     let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
@@ -283,18 +322,7 @@ fn verifies_x_twilio_signature_when_configured() {
         ("To", "+14155550100"),
         ("AccountSid", SID),
     ];
-    let mut sorted: Vec<_> = params.to_vec();
-    sorted.sort();
-    let data: String = std::iter::once(url.to_string())
-        .chain(sorted.iter().map(|(k, v)| format!("{k}{v}")))
-        .collect();
-    use base64::Engine;
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"12345").unwrap();
-    mac.update(data.as_bytes());
-    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let mut req = form_webhook(&params);
-    req.headers.push(("X-Twilio-Signature".into(), sig));
+    let req = signed_webhook(url, "12345", &params);
     let events = plugin.parse_webhook(&req).expect("valid signature");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, "delivered");

@@ -4,7 +4,8 @@
 //! form-encoded `To`, `From` (or `MessagingServiceSid`), `Body`, optional
 //! `StatusCallback`, HTTP Basic auth `AccountSid:{{secret:TWILIO_AUTH_TOKEN}}`
 //! — and parses Twilio's status callbacks and inbound-message webhooks,
-//! verifying `X-Twilio-Signature` when `webhook_url` is configured.
+//! verifying `X-Twilio-Signature` against `webhook_url`. Without `webhook_url`
+//! no callback can be verified, so every callback is refused (fail closed).
 use herald_plugin_sdk::prelude::*;
 
 struct TwilioSms;
@@ -162,9 +163,11 @@ impl Plugin for TwilioSms {
     /// form-encoded.
     fn parse_webhook(req: WebhookRequest) -> Result<Vec<WebhookEvent>, String> {
         let form = req.body_form();
-        if let Some(url) = config::get_str("webhook_url") {
-            verify_signature(&url, &form, req.header("x-twilio-signature"))?;
-        }
+        let url = config::get_str("webhook_url").ok_or(
+            "webhook_url is not configured, so Twilio callbacks cannot be verified and are refused; \
+             set config.webhook_url to the URL Twilio posts to",
+        )?;
+        verify_signature(&url, &form, req.header("x-twilio-signature"))?;
         let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let sid = get("MessageSid")
             .or_else(|| get("SmsSid"))
