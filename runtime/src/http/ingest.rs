@@ -72,6 +72,52 @@ pub(super) fn decode_body(headers: &HeaderMap, body: Bytes, limit: usize) -> Api
     Ok(out)
 }
 
+/// Bytes of a refused body read and thrown away at most, so that a client still sending can
+/// read the answer; past them the connection is simply closed.
+const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Keep the first `keep` bytes of a body, read and throw away the rest (up to
+/// [`DRAIN_LIMIT`] in all), within `deadline`. Memory stays at `keep` whatever the client
+/// sends. Returns the kept bytes and whether the body was longer.
+async fn read_keeping(
+    body: Body,
+    keep: usize,
+    deadline: std::time::Duration,
+) -> ApiResult<(Vec<u8>, bool)> {
+    use http_body_util::BodyExt as _;
+    let read = async move {
+        let mut body = body;
+        let (mut kept, mut seen, mut longer) = (Vec::new(), 0usize, false);
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen += data.len();
+            if !longer && kept.len() + data.len() <= keep {
+                kept.extend_from_slice(&data);
+            } else {
+                longer = true;
+                kept.clear();
+            }
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+        (kept, longer)
+    };
+    tokio::time::timeout(deadline, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                deadline.as_millis()
+            ),
+        )
+    })
+}
+
 /// Read at most `limit` bytes of a body within `deadline` in all (a body trickling in byte by
 /// byte is cut off as well as one that stops).
 async fn read_body(
@@ -150,7 +196,15 @@ pub(super) async fn accept(
     let deadline = std::time::Duration::from_millis(shared.server.body_timeout_ms.max(1));
     let (key_kind, received) = match basic_user(&headers) {
         Some(key) => {
-            let kind = check_write_key(&shared, &headers, Some(key)).map_err(rejected)?;
+            let kind = match check_write_key(&shared, &headers, Some(key)) {
+                Ok(kind) => kind,
+                Err(e) => {
+                    // Read (and throw away) what the client is still sending, so that it
+                    // reads the answer instead of a broken pipe.
+                    let _ = read_keeping(body, 0, deadline).await;
+                    return Err(rejected(e));
+                }
+            };
             (kind, Received::Raw(read_limited(body, deadline).await?))
         }
         None => {
@@ -164,10 +218,14 @@ pub(super) async fn accept(
                     ),
                 )
             };
-            let bytes = read_body(body, BODY_KEY_LIMIT, deadline)
+            let (bytes, longer) = read_keeping(body, BODY_KEY_LIMIT, deadline)
                 .await
-                .ok_or_else(|| rejected(too_large()))??;
-            let decoded = decode_body(&headers, bytes, BODY_KEY_LIMIT).map_err(rejected)?;
+                .map_err(rejected)?;
+            if longer {
+                return Err(rejected(too_large()));
+            }
+            let decoded =
+                decode_body(&headers, Bytes::from(bytes), BODY_KEY_LIMIT).map_err(rejected)?;
             if decoded.len() > BODY_KEY_LIMIT {
                 return Err(rejected(too_large()));
             }
