@@ -6,28 +6,39 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn set_auth(p: &TestProject, write_key: &str, token: &str) {
+/// Replace the `[auth]` table of the test project with `auth` (its lines).
+fn replace_auth(p: &TestProject, auth: &str) {
     let path = p.path().join("herald.toml");
     let toml = std::fs::read_to_string(&path).unwrap();
     let (_, rest) = toml.split_once("\n\n").unwrap();
-    std::fs::write(
-        &path,
-        format!("[auth]\nwrite_keys = [\"{write_key}\"]\nadmin_token = \"{token}\"\n\n{rest}"),
-    )
-    .unwrap();
+    std::fs::write(&path, format!("[auth]\n{auth}\n\n{rest}")).unwrap();
+}
+
+fn set_auth(p: &TestProject, write_key: &str, token: &str) {
+    replace_auth(
+        p,
+        &format!("write_keys = [\"{write_key}\"]\nadmin_token = \"{token}\""),
+    );
+}
+
+/// POST `body` to `path` with `key` (if any) as the Basic user name.
+fn post(base: &str, path: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    use base64::Engine as _;
+    let mut req = ureq::post(&format!("{base}{path}")).set("content-type", "application/json");
+    if let Some(k) = key {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{k}:"));
+        req = req.set("authorization", &format!("Basic {auth}"));
+    }
+    match req.send_string(body) {
+        Ok(resp) => (resp.status(), resp.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 fn track_with(base: &str, key: &str) -> u16 {
-    use base64::Engine as _;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
-    let r = ureq::post(&format!("{base}/v1/track"))
-        .set("authorization", &format!("Basic {auth}"))
-        .send_string(&json!({"userId": "ada", "event": "viewed"}).to_string());
-    match r {
-        Ok(resp) => resp.status(),
-        Err(ureq::Error::Status(code, _)) => code,
-        Err(e) => panic!("{e}"),
-    }
+    let body = json!({"userId": "ada", "event": "viewed"}).to_string();
+    post(base, "/v1/track", Some(key), &body).0
 }
 
 fn admin_with(base: &str, token: &str, method: &str, path: &str) -> (u16, Value) {
@@ -130,17 +141,7 @@ fn peak_resident_mib(pid: u32) -> u64 {
 }
 
 fn post_batch(base: &str, body: &str, key: Option<&str>) -> (u16, Value) {
-    use base64::Engine as _;
-    let mut req = ureq::post(&format!("{base}/v1/batch")).set("content-type", "application/json");
-    if let Some(k) = key {
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{k}:"));
-        req = req.set("authorization", &format!("Basic {auth}"));
-    }
-    match req.send_string(body) {
-        Ok(resp) => (resp.status(), resp.into_json().unwrap_or(Value::Null)),
-        Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap_or(Value::Null)),
-        Err(e) => panic!("{e}"),
-    }
+    post(base, "/v1/batch", key, body)
 }
 
 #[test]
@@ -287,29 +288,16 @@ fn connections_that_never_finish_their_headers_are_closed() {
 }
 
 fn post_with(base: &str, path: &str, key: &str, body: Value) -> (u16, Value) {
-    use base64::Engine as _;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:"));
-    match ureq::post(&format!("{base}{path}"))
-        .set("authorization", &format!("Basic {auth}"))
-        .send_string(&body.to_string())
-    {
-        Ok(resp) => (resp.status(), resp.into_json().unwrap_or(Value::Null)),
-        Err(ureq::Error::Status(code, resp)) => (code, resp.into_json().unwrap_or(Value::Null)),
-        Err(e) => panic!("{e}"),
-    }
+    post(base, path, Some(key), &body.to_string())
 }
 
 /// A project with a client key for browsers and a server key.
 fn two_kinds_of_key() -> TestProject {
     let p = TestProject::new("");
-    let path = p.path().join("herald.toml");
-    let toml = std::fs::read_to_string(&path).unwrap();
-    let (_, rest) = toml.split_once("\n\n").unwrap();
-    std::fs::write(
-        &path,
-        format!("[auth]\nclient_keys = [\"browser-key\"]\nserver_keys = [\"server-key\"]\nadmin_token = \"{TOKEN}\"\n\n{rest}"),
-    )
-    .unwrap();
+    replace_auth(
+        &p,
+        &format!("client_keys = [\"browser-key\"]\nserver_keys = [\"server-key\"]\nadmin_token = \"{TOKEN}\""),
+    );
     p
 }
 

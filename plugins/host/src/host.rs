@@ -783,11 +783,12 @@ impl LoadedPlugin {
         &self,
         req: &SendRequest,
     ) -> impl std::future::Future<Output = Result<SendOutcome, SendError>> + Send + 'static {
-        let supported = self.description.supports(req.operation.as_deref());
-        let refusal = match &req.operation {
-            Some(op) => format!("plugin `{}` has no operation `{op}`", self.description.id),
-            None => format!("plugin `{}` does not deliver messages", self.description.id),
-        };
+        // Only a send the plugin cannot take pays for its message.
+        let refusal =
+            (!self.description.supports(req.operation.as_deref())).then(|| match &req.operation {
+                Some(op) => format!("plugin `{}` has no operation `{op}`", self.description.id),
+                None => format!("plugin `{}` does not deliver messages", self.description.id),
+            });
         let inner = self.inner.clone();
         let msg = wit::Outbound {
             idempotency_key: req.idempotency_key.clone(),
@@ -800,7 +801,7 @@ impl LoadedPlugin {
             payload: json_or_empty(&req.payload),
         };
         async move {
-            if !supported {
+            if let Some(refusal) = refusal {
                 return Err(SendError::InvalidInput(refusal));
             }
             inner.rate.acquire()?;

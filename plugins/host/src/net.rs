@@ -126,6 +126,22 @@ pub enum ResolveError {
     Private(String),
 }
 
+/// An error with its causes, which say what actually failed (refused, reset, timed out) where
+/// an HTTP client's top-level message does not.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
 /// [`resolve_checked`] without holding a thread: the lookup runs on tokio's resolver.
 pub async fn resolve_checked_async(
     host: &str,

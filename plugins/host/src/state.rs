@@ -10,7 +10,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::herald::channel::{config, crypto, http, log, smtp, types};
-use crate::net::{resolve_checked_async, CheckedResolver, HostPattern, ResolveError};
+use crate::net::{error_chain, resolve_checked_async, CheckedResolver, HostPattern, ResolveError};
 use crate::smtp_client::{SmtpClient, SmtpSendError};
 use crate::types::{CallLimits, SmtpRelay};
 
@@ -346,21 +346,6 @@ fn transport_error(e: reqwest::Error) -> http::HttpError {
     } else {
         E::Incomplete(msg)
     }
-}
-
-/// An error with its causes, which say what actually failed (refused, reset, timed out).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 const FORBIDDEN_HEADERS: &[&str] = &[

@@ -2,6 +2,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use herald_plugin_host::net::error_chain;
 
 /// POSTs each message as JSON, with the idempotency key in an `Idempotency-Key` header.
 pub struct WebhookChannel {
@@ -79,21 +80,6 @@ fn retry_after_ms(headers: &reqwest::header::HeaderMap) -> u64 {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| s * 1000)
         .unwrap_or(1000)
-}
-
-/// An error with its causes (refused, reset, timed out), which the top level leaves out.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            msg.push_str(": ");
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 impl Channel for WebhookChannel {

@@ -252,12 +252,7 @@ impl RunHost {
         key: &str,
         answered: crate::model::Answered,
     ) -> Result<Value, Interrupt> {
-        let channel = rec
-            .input
-            .get("channel")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let channel = step_channel(&rec);
         let mut step = rec;
         step.finished_at = Some(st.now);
         let delivery = crate::channels::Delivery {
@@ -302,12 +297,7 @@ impl RunHost {
     /// the intent and the result): sent again with the same key where the channel honours
     /// idempotency keys, otherwise marked ambiguous and parked for an operator.
     fn settle_ambiguous(&self, st: &mut RunState, rec: Step) -> Result<Value, Interrupt> {
-        let channel = rec
-            .input
-            .get("channel")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        let channel = step_channel(&rec);
         let idempotent = self
             .engine
             .state()
@@ -331,4 +321,13 @@ impl RunHost {
             Err(Interrupt::Park(ambiguous_reason(&step)))
         }
     }
+}
+
+/// The channel a recorded send step went to.
+fn step_channel(rec: &Step) -> String {
+    rec.input
+        .get("channel")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
 }

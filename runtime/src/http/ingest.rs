@@ -106,16 +106,20 @@ async fn read_keeping(
         }
         (kept, longer)
     };
-    tokio::time::timeout(deadline, read).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the request body did not arrive within {} ms",
-                deadline.as_millis()
-            ),
-        )
-    })
+    tokio::time::timeout(deadline, read)
+        .await
+        .map_err(|_| body_timed_out(deadline))
+}
+
+fn body_timed_out(deadline: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "the request body did not arrive within {} ms",
+            deadline.as_millis()
+        ),
+    )
 }
 
 /// Read at most `limit` bytes of a body within `deadline` in all (a body trickling in byte by
@@ -128,14 +132,7 @@ async fn read_body(
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Some(Ok(bytes)),
         Ok(Err(_)) => None,
-        Err(_) => Some(Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the request body did not arrive within {} ms",
-                deadline.as_millis()
-            ),
-        ))),
+        Err(_) => Some(Err(body_timed_out(deadline))),
     }
 }
 
