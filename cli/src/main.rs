@@ -143,6 +143,11 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Work with contacts in the running daemon.
+    Contact {
+        #[command(subcommand)]
+        command: ContactCommand,
+    },
     /// Import contacts from a CSV file into the running daemon.
     Import {
         /// The CSV file (first row: column names).
@@ -156,6 +161,19 @@ enum Command {
         /// Column renames, e.g. `First Name:first_name,E-mail:email`.
         #[arg(long)]
         map: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContactCommand {
+    /// Erase a contact and everything Herald holds about it (profile, events, runs,
+    /// identities), keeping only a hashed entry so the person is not taken in again (GDPR's
+    /// right to erasure).
+    Delete {
+        /// Herald id, userId or anonymousId.
+        id: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -461,6 +479,24 @@ fn import(
     Ok(report["rejected"].as_array().is_none_or(Vec::is_empty))
 }
 
+fn delete_contact(id: &str, remote: &Remote) -> Result<bool> {
+    let (url, token) = remote.resolve()?;
+    let path = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+    let req = ureq::delete(&format!("{url}/v1/contacts/{path}"))
+        .set("authorization", &format!("Bearer {token}"));
+    let answer = call(req, None)?;
+    let removed = &answer["removed"];
+    println!(
+        "erased contact {}: {} event(s), {} run(s), {} identit(ies); {} suppression entr(ies) kept",
+        removed["contact"].as_str().unwrap_or(id),
+        removed["events"],
+        removed["runs"],
+        removed["identities"],
+        removed["suppressed"]
+    );
+    Ok(true)
+}
+
 fn inspect(file: &Path) -> Result<bool> {
     match herald_plugin_host::inspect(file) {
         Ok(report) => {
@@ -523,6 +559,9 @@ fn main() -> ExitCode {
             vars,
             remote,
         } => preview(&template, &contact, &channel, &vars, &remote),
+        Command::Contact {
+            command: ContactCommand::Delete { id, remote },
+        } => delete_contact(&id, &remote),
         Command::Import {
             file,
             id,

@@ -405,3 +405,90 @@ fn a_retried_message_id_is_a_duplicate_after_a_crash_and_new_again_once_the_wind
         "only the new acceptances remain"
     );
 }
+
+#[test]
+fn a_batch_request_cut_off_by_a_crash_is_kept_whole_or_not_at_all() {
+    let p = TestProject::new("");
+    // Anonymous browsing, then sign-up (a merge of the device into the known user).
+    let c0 = Process::start(p.path(), &[]);
+    let (s, b) = c0.client.ingest(
+        "/v1/batch",
+        &json!({"batch": [
+            {"type": "identify", "userId": "ada", "traits": {"plan": "pro"}, "messageId": "m0"},
+            {"type": "track", "anonymousId": "dev-1", "event": "viewed", "messageId": "m1"},
+        ]})
+        .to_string(),
+    );
+    assert_eq!(s, 200, "{b}");
+    c0.kill9();
+
+    let body = json!({"batch": [
+        {"type": "track", "anonymousId": "dev-1", "event": "viewed", "messageId": "m2"},
+        {"type": "identify", "userId": "ada", "anonymousId": "dev-1", "traits": {"name": "Ada"}, "messageId": "m3"},
+        {"type": "track", "userId": "ada", "event": "signed_up", "messageId": "m4"},
+        {"type": "identify", "userId": "ada", "anonymousId": "dev-2", "traits": {"city": "Paris"}, "messageId": "m5"},
+    ]})
+    .to_string();
+    // Killed half-way through writing the request: the client sees no answer.
+    let first = Process::start(p.path(), &[("HERALD_FAILPOINT", "ingest_mid_batch")]);
+    let answer = first.client.try_ingest("/v1/batch", &body);
+    assert!(answer.is_none(), "the request was cut off: {answer:?}");
+    assert!(!first.wait_dead().success());
+
+    let second = Process::start(p.path(), &[]);
+    let c = &second.client;
+    let (s, contact) = c.admin_get("/v1/contacts/ada");
+    assert_eq!(s, 200, "{contact}");
+    let events: Vec<&str> = contact["recent_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["message_id"].as_str())
+        .collect();
+    let request = ["m2", "m3", "m4", "m5"];
+    let kept = request.iter().filter(|m| events.contains(m)).count();
+    assert!(
+        kept == 0 || kept == request.len(),
+        "a request is all or nothing, found {kept} of its {} events: {contact}",
+        request.len()
+    );
+    let merged = contact["anonymous_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a == "dev-2");
+    assert_eq!(
+        merged,
+        kept > 0,
+        "its identity links go with its events: {contact}"
+    );
+    assert_eq!(
+        contact["attributes"]["city"].is_string(),
+        kept > 0,
+        "and its traits: {contact}"
+    );
+
+    // The SDK retries: afterwards every event is stored exactly once.
+    let (s, b) = c.ingest("/v1/batch", &body);
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["accepted"].as_u64(), b["duplicates"].as_u64()),
+        if kept > 0 {
+            (Some(0), Some(4))
+        } else {
+            (Some(4), Some(0))
+        },
+        "{b}"
+    );
+    let (_, contact) = c.admin_get("/v1/contacts/ada");
+    let mut ids: Vec<&str> = contact["recent_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["message_id"].as_str())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["m0", "m1", "m2", "m3", "m4", "m5"], "{contact}");
+    assert_eq!(contact["attributes"]["name"], "Ada");
+    assert_eq!(contact["attributes"]["plan"], "pro");
+}

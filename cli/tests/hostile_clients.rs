@@ -429,3 +429,83 @@ fn an_id_merged_away_many_times_still_resolves_in_one_step() {
     let (_, contact) = c.admin_get(&format!("/v1/contacts/{}", first_ids[0]));
     assert_eq!(contact["recent_events"][0]["event"], "late", "{contact}");
 }
+
+#[test]
+fn a_message_past_a_contact_limit_is_dropped_and_the_rest_of_its_batch_is_accepted() {
+    let p = TestProject::new("[limits]\nmax_traits = 3\nmax_anonymous_ids = 2\nmax_groups = 1\n");
+    let d = p.start();
+    let c = Client::new(d.url());
+    let body = json!({"batch": [
+        {"type": "identify", "userId": "ada", "anonymousId": "phone", "traits": {"a": 1, "b": 2}},
+        // Two new traits on top of two: past max_traits = 3.
+        {"type": "identify", "userId": "ada", "traits": {"c": 3, "d": 4}},
+        // Replacing one and removing one stays within it.
+        {"type": "identify", "userId": "ada", "traits": {"a": 10, "b": null, "c": 3}},
+        {"type": "track", "userId": "ada", "anonymousId": "laptop", "event": "viewed"},
+        // A third device: past max_anonymous_ids = 2.
+        {"type": "track", "userId": "ada", "anonymousId": "tablet", "event": "viewed"},
+        {"type": "group", "userId": "ada", "groupId": "acme"},
+        {"type": "group", "userId": "ada", "groupId": "globex"},
+    ]})
+    .to_string();
+    let (s, b) = c.ingest("/v1/batch", &body);
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["accepted"], 4, "{b}");
+    assert_eq!(b["rejected"], 3, "{b}");
+    let dropped: Vec<(u64, &str)> = b["rejections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["index"].as_u64().unwrap(), r["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        dropped,
+        [
+            (1, "contact_limit"),
+            (4, "contact_limit"),
+            (6, "contact_limit")
+        ]
+    );
+    assert!(
+        b["rejections"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_traits"),
+        "{b}"
+    );
+    let (_, contact) = c.admin_get("/v1/contacts/ada");
+    assert_eq!(contact["attributes"], json!({"a": 10, "c": 3}), "{contact}");
+    assert_eq!(
+        contact["anonymous_ids"],
+        json!(["phone", "laptop"]),
+        "{contact}"
+    );
+    assert_eq!(contact["groups"], json!(["acme"]), "{contact}");
+    // Nothing of a dropped message was stored: four events, not seven.
+    let events = contact["recent_events"].as_array().unwrap().len();
+    assert_eq!(events, 4, "{contact}");
+
+    // A single call past a limit is refused as a whole, with the reason.
+    let (s, b) = c.ingest(
+        "/v1/identify",
+        &json!({"userId": "ada", "traits": {"e": 5, "f": 6}}).to_string(),
+    );
+    assert_eq!((s, b["code"].as_str()), (400, Some("contact_limit")), "{b}");
+}
+
+#[test]
+fn a_limit_of_zero_is_refused_by_check() {
+    let p = TestProject::new("[limits]\nmax_traits = 0\n");
+    let out = std::process::Command::new(herald_bin())
+        .args(["check"])
+        .arg(p.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("max_traits = 0"), "{text}");
+}

@@ -51,6 +51,91 @@ pub struct Config {
     /// Engine tuning.
     #[serde(default)]
     pub engine: EngineConfig,
+    /// How large a contact may grow.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: how large one contact may grow through ingest and imports. A message that would
+/// take a contact past one of them is dropped with a reason (`rejected` in a batch's answer, a
+/// 400 for a single call) and the rest of its batch is accepted; nothing already stored is
+/// touched. The defaults are far above what a person's profile needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Traits (attributes) on one contact (default 1000).
+    #[serde(default = "default_max_traits")]
+    pub max_traits: usize,
+    /// Size of one contact's traits, in bytes of JSON (default 262144, 256 KB).
+    #[serde(default = "default_max_trait_bytes")]
+    pub max_trait_bytes: usize,
+    /// `userId`s on one contact, gained through `alias` and merges (default 100).
+    #[serde(default = "default_max_user_ids")]
+    pub max_user_ids: usize,
+    /// `anonymousId`s on one contact: devices and browsers (default 1000).
+    #[serde(default = "default_max_anonymous_ids")]
+    pub max_anonymous_ids: usize,
+    /// Groups one contact belongs to (default 100).
+    #[serde(default = "default_max_groups")]
+    pub max_groups: usize,
+    /// Contacts merged into one (default 1000).
+    #[serde(default = "default_max_merges")]
+    pub max_merges: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_traits: default_max_traits(),
+            max_trait_bytes: default_max_trait_bytes(),
+            max_user_ids: default_max_user_ids(),
+            max_anonymous_ids: default_max_anonymous_ids(),
+            max_groups: default_max_groups(),
+            max_merges: default_max_merges(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Limits that cannot work: a zero would refuse every contact.
+    pub fn problems(&self) -> Vec<String> {
+        [
+            ("max_traits", self.max_traits),
+            ("max_trait_bytes", self.max_trait_bytes),
+            ("max_user_ids", self.max_user_ids),
+            ("max_anonymous_ids", self.max_anonymous_ids),
+            ("max_groups", self.max_groups),
+            ("max_merges", self.max_merges),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v == 0)
+        .map(|(k, _)| format!("[limits] {k} = 0 would refuse every contact; raise it or remove it for the default"))
+        .collect()
+    }
+}
+
+fn default_max_traits() -> usize {
+    1000
+}
+
+fn default_max_trait_bytes() -> usize {
+    256 * 1024
+}
+
+fn default_max_user_ids() -> usize {
+    100
+}
+
+fn default_max_anonymous_ids() -> usize {
+    1000
+}
+
+fn default_max_groups() -> usize {
+    100
+}
+
+fn default_max_merges() -> usize {
+    1000
 }
 
 /// `[server]`.
@@ -148,6 +233,13 @@ pub struct AuthConfig {
     pub admin_token: Option<String>,
     /// Environment variable holding the admin token.
     pub admin_token_env: Option<String>,
+    /// Read-only tokens for the management API: reports, dashboards and lookups (`GET`
+    /// routes and template previews); every change (reload, import, erasure, runs) needs the
+    /// admin token.
+    #[serde(default)]
+    pub read_tokens: Vec<String>,
+    /// Environment variable holding one more read-only token.
+    pub read_token_env: Option<String>,
 }
 
 impl AuthConfig {
@@ -171,6 +263,19 @@ impl AuthConfig {
             .as_ref()
             .and_then(|e| std::env::var(e).ok())
             .or_else(|| self.admin_token.clone())
+    }
+
+    /// Every read-only token (`read_tokens` and `read_token_env`).
+    pub fn all_read_tokens(&self) -> Vec<String> {
+        let mut tokens = self.read_tokens.clone();
+        if let Some(v) = self
+            .read_token_env
+            .as_ref()
+            .and_then(|e| std::env::var(e).ok())
+        {
+            tokens.push(v);
+        }
+        tokens
     }
 
     /// Advice about the credentials that does not stop them working.
@@ -202,6 +307,14 @@ impl AuthConfig {
             .is_some_and(|t| t.trim().is_empty())
         {
             out.push("[auth] admin_token is empty, which would open the management API to anyone; remove it to disable the API or set a token".to_string());
+        }
+        if self.read_tokens.iter().any(|t| t.trim().is_empty()) {
+            out.push("[auth] read_tokens contains an empty token, which would let anyone read contacts and reports; remove it".to_string());
+        }
+        if let Some(var) = &self.read_token_env {
+            if std::env::var(var).is_ok_and(|v| v.trim().is_empty()) {
+                out.push(format!("[auth] read_token_env: the environment variable {var} is empty, which would let anyone read contacts and reports"));
+            }
         }
         if let Some(var) = &self.admin_token_env {
             if std::env::var(var).is_ok_and(|v| v.trim().is_empty()) {

@@ -338,6 +338,11 @@ fn check_config(sources: &dyn Sources, report: &mut CheckReport) -> Option<Confi
             .with_label("credentials");
         report.push(file, &text, d);
     }
+    for problem in config.limits.problems() {
+        let d = Diagnostic::error(CONFIG_INVALID, file, range_of(&text, "[limits]"), problem)
+            .with_label("limit");
+        report.push(file, &text, d);
+    }
     for (name, ch) in &config.channels {
         if let ChannelKind::Webhook { url, .. } = &ch.kind {
             if !(url.starts_with("http://") || url.starts_with("https://")) {

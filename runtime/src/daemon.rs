@@ -75,6 +75,17 @@ pub struct Credentials {
     pub client_keys: Vec<String>,
     /// Management token.
     pub admin_token: Option<String>,
+    /// Read-only management tokens.
+    pub read_tokens: Vec<String>,
+}
+
+/// What a management token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Reports, dashboards and lookups.
+    Read,
+    /// Everything.
+    Full,
 }
 
 impl Credentials {
@@ -93,6 +104,11 @@ impl Credentials {
                 .cloned()
                 .collect(),
             admin_token: auth.token().filter(|t| !t.trim().is_empty()),
+            read_tokens: auth
+                .all_read_tokens()
+                .into_iter()
+                .filter(|t| !t.trim().is_empty())
+                .collect(),
         }
     }
 
@@ -120,6 +136,24 @@ impl Credentials {
         self.admin_token
             .as_deref()
             .is_some_and(|t| constant_time_eq(t, token))
+    }
+
+    /// What `token` may do, if it is a management token at all (constant time).
+    pub fn token_scope(&self, token: &str) -> Option<Scope> {
+        let read = self
+            .read_tokens
+            .iter()
+            .fold(false, |found, t| found | constant_time_eq(t, token));
+        match (self.accepts_admin_token(token), read) {
+            (true, _) => Some(Scope::Full),
+            (false, true) => Some(Scope::Read),
+            (false, false) => None,
+        }
+    }
+
+    /// Is any management token configured?
+    pub fn management_enabled(&self) -> bool {
+        self.admin_token.is_some() || !self.read_tokens.is_empty()
     }
 }
 
@@ -238,6 +272,7 @@ impl RunningDaemon {
             ingestor: Ingestor::new(
                 engine.clone(),
                 (project.config.server.dedupe_window_hours as i64).saturating_mul(3_600_000),
+                project.config.limits.clone(),
             )
             .map_err(|source| DaemonError::Storage {
                 path: data.clone(),

@@ -146,6 +146,7 @@ impl Shared {
         *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(
             crate::daemon::Credentials::from_config(&project.config.auth),
         );
+        self.ingestor.set_limits(project.config.limits.clone());
         self.engine.metrics.reload(true);
         {
             let mut stats = self.reload_stats.locked();

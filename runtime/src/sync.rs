@@ -36,6 +36,70 @@ impl<T: ?Sized> RwLockExt<T> for RwLock<T> {
     }
 }
 
+/// Striped locks for contacts and the external ids that lead to them, so writers of unrelated
+/// contacts never wait for each other (one lock per stripe, not one for the whole store).
+///
+/// Order, which keeps every taker free of deadlock: identity stripes first (all at once, in
+/// stripe order), then contact stripes (all at once, in stripe order). Nobody holding a
+/// contact stripe waits for an identity stripe.
+pub struct StripedLocks {
+    identities: Vec<Mutex<()>>,
+    contacts: Vec<Mutex<()>>,
+}
+
+/// Guards of the stripes taken together; dropping it releases them all.
+pub struct Stripes<'a> {
+    _guards: Vec<MutexGuard<'a, ()>>,
+}
+
+impl StripedLocks {
+    /// `stripes` locks for identities and as many for contacts.
+    pub fn new(stripes: usize) -> Self {
+        let make = || (0..stripes.max(1)).map(|_| Mutex::new(())).collect();
+        StripedLocks {
+            identities: make(),
+            contacts: make(),
+        }
+    }
+
+    /// The stripe a name falls in.
+    pub fn stripe(&self, name: &str) -> usize {
+        use std::hash::Hasher as _;
+        // Fixed keys: the same name is the same stripe in every process.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write(name.as_bytes());
+        (h.finish() % self.contacts.len() as u64) as usize
+    }
+
+    fn take<'a, S: AsRef<str>>(
+        &self,
+        locks: &'a [Mutex<()>],
+        names: impl IntoIterator<Item = S>,
+    ) -> Stripes<'a> {
+        let mut idx: Vec<usize> = names.into_iter().map(|n| self.stripe(n.as_ref())).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        Stripes {
+            _guards: idx.into_iter().map(|i| locks[i].locked()).collect(),
+        }
+    }
+
+    /// Lock the stripes of these external ids (take before any contact stripe).
+    pub fn identities<S: AsRef<str>>(&self, ids: impl IntoIterator<Item = S>) -> Stripes<'_> {
+        self.take(&self.identities, ids)
+    }
+
+    /// Lock the stripes of these contacts.
+    pub fn contacts<S: AsRef<str>>(&self, ids: impl IntoIterator<Item = S>) -> Stripes<'_> {
+        self.take(&self.contacts, ids)
+    }
+
+    /// Is the contact stripe of `name` free right now? (tests)
+    pub fn contact_stripe_free(&self, name: &str) -> bool {
+        self.contacts[self.stripe(name)].try_lock().is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

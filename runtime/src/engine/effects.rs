@@ -212,9 +212,8 @@ impl RunHost {
             }
             StepCall::Update { attrs } => {
                 let contact_id = st.run.contact.clone();
-                let guard = self.engine.contact_lock.locked();
-                match self.engine.live_contact(&contact_id) {
-                    Ok(Some(mut c)) => {
+                match self.engine.locked_live_contact(&contact_id) {
+                    Ok(Some((guard, mut c))) => {
                         if let Some(map) = attrs.as_object() {
                             c.merge_attributes(map);
                             c.updated_at = st.now;

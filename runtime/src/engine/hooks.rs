@@ -3,7 +3,8 @@
 //!
 //! - `HERALD_FAILPOINT=<name>`: the process kills itself with SIGKILL when it reaches the named
 //!   point (`before_intent`, `after_intent`, `after_send`, `after_event`), so crash tests hit
-//!   the exact window they test.
+//!   the exact window they test. `ingest_mid_batch` kills it half-way through writing an ingest
+//!   request's batch (the store's part: `store::sled_backend`).
 //! - A worker panics on the event [`PANIC_EVENT`] (and on a manual start of a workflow of that
 //!   name), and an activation after the first of a run of workflow [`PANIC_WORKFLOW`] panics:
 //!   stand-ins for bugs, to test that nothing hangs on a panic.

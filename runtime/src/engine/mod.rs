@@ -34,6 +34,8 @@ use crate::store::{Flusher, Store, StoreError, Timer, TimerTarget, Write, WriteB
 use crate::templates::Templates;
 
 mod effects;
+mod erasure;
+pub use erasure::{suppression_key, Erasure, SUPPRESSION_PREFIX};
 #[cfg(any(test, feature = "test-hooks"))]
 pub mod hooks;
 mod operators;
@@ -204,6 +206,11 @@ pub(crate) enum Job {
     Delivered(Box<Outcome>),
     /// Wakes a worker waiting on its main queue: results are waiting.
     Nudge,
+    /// Erase a contact (on its worker, between its runs' activations).
+    Erase {
+        contact: String,
+        reply: mpsc::Sender<Result<Option<Erasure>, EngineError>>,
+    },
     /// An operator sends a dead letter again.
     Retry {
         run: String,
@@ -281,8 +288,11 @@ pub struct Engine {
     /// Progress of segment backfills.
     pub backfill: Mutex<crate::audience::BackfillStatus>,
     /// Held while contact records are read and rewritten (ingest's identity resolution and
-    /// traits, `update()` steps), so no writer loses another's change.
-    pub(crate) contact_lock: Mutex<()>,
+    /// traits, `update()` steps, erasure), per contact and per external id, so no writer loses
+    /// another's change and writers of unrelated contacts do not wait for each other.
+    pub contact_locks: crate::sync::StripedLocks,
+    /// Suppression keys of erased people ([`suppression_key`]): their data is not taken again.
+    pub(crate) suppressed: RwLock<HashSet<String>>,
     /// The run and segment gauges were counted at start without error, so a clean shutdown
     /// may save them as a checkpoint.
     counted: std::sync::atomic::AtomicBool,
@@ -354,6 +364,9 @@ pub fn limits_from(config: &EngineConfig) -> Limits {
     }
 }
 
+/// Lock stripes for contacts (and as many for external ids).
+const CONTACT_STRIPES: usize = 256;
+
 impl Engine {
     /// Create the engine and start its workers. Queued events and runs left `running` by a
     /// crash are picked up again.
@@ -376,6 +389,11 @@ impl Engine {
                 .max(2)
         });
         let backlog = Backlog::new(config.max_backlog);
+        let suppressed = store
+            .meta_with_prefix(SUPPRESSION_PREFIX)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         let delivery = DeliveryStage::new(store.clone(), flusher.clone(), clock.clone());
         let engine = Arc::new(Engine {
             store,
@@ -400,7 +418,8 @@ impl Engine {
             me: std::sync::OnceLock::new(),
             segment_sizes: Mutex::new(BTreeMap::new()),
             backfill: Mutex::new(Default::default()),
-            contact_lock: Mutex::new(()),
+            contact_locks: crate::sync::StripedLocks::new(CONTACT_STRIPES),
+            suppressed: RwLock::new(suppressed),
             counted: std::sync::atomic::AtomicBool::new(false),
             backlog,
             delivery,

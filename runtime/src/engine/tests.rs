@@ -457,3 +457,47 @@ fn local_times_follow_the_contacts_timezone() {
     // 09:00 UTC has passed: tomorrow.
     assert_eq!(next_local_time(now, None, 9, 0), now + 21 * 3_600_000);
 }
+
+#[test]
+fn ingest_for_one_contact_does_not_wait_for_another_contacts_lock() {
+    let (_dir, d) = daemon_with(&[]);
+    let shared = d.shared.clone();
+    ingest_now(
+        &d,
+        json!({"batch": [{"type": "identify", "userId": "ann", "traits": {"n": 1}}]}),
+    );
+    let ann = shared
+        .engine
+        .store
+        .identity(crate::store::IdKind::User, "ann")
+        .unwrap()
+        .unwrap();
+    let locks = &shared.engine.contact_locks;
+    let held = locks.contacts([ann.as_str()]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s2 = shared.clone();
+    let body = json!({"batch": [{"type": "track", "userId": "bob", "event": "viewed"}]});
+    std::thread::spawn(move || {
+        let messages = crate::ingest::parse_body(None, body.to_string().as_bytes())
+            .unwrap()
+            .messages;
+        let _ = tx.send(s2.ingestor.write(messages).map(|(a, _)| a.accepted));
+    });
+    // Only a bug (one lock for every contact) makes this wait: the limit is never reached
+    // on a working build, however busy the machine.
+    let written = rx.recv_timeout(std::time::Duration::from_secs(600));
+    assert_eq!(written.unwrap().unwrap(), 1);
+    assert!(
+        !locks.contact_stripe_free(&ann),
+        "ann's lock was held throughout"
+    );
+    drop(held);
+    // And ann's own writer gets through once the lock is free.
+    assert_eq!(
+        ingest_now(
+            &d,
+            json!({"batch": [{"type": "identify", "userId": "ann", "traits": {"n": 2}}]})
+        ),
+        1
+    );
+}

@@ -19,6 +19,26 @@ impl Engine {
         Ok(None)
     }
 
+    /// The live contact `id` leads to, with its contact stripe locked: the contact read after
+    /// the lock is taken, and still live (not merged away meanwhile).
+    pub(crate) fn locked_live_contact(
+        &self,
+        id: &str,
+    ) -> Result<Option<(crate::sync::Stripes<'_>, Contact)>, StoreError> {
+        loop {
+            let Some(found) = self.live_contact(id)? else {
+                return Ok(None);
+            };
+            let guard = self.contact_locks.contacts([found.id.as_str()]);
+            match self.store.contact(&found.id)? {
+                Some(c) if c.merged_into.is_none() => return Ok(Some((guard, c))),
+                // Merged (or erased) between the read and the lock: look again.
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
     pub(super) fn process_event_inner(
         &self,
         item: &InboxItem,

@@ -318,6 +318,16 @@ impl Engine {
                     .and_then(|r| r.map_err(EngineError::Invalid));
                 let _ = reply.send(result);
             }
+            Job::Erase { contact, reply } => {
+                let result = self
+                    .guard(
+                        || format!("erasure of {contact}"),
+                        || self.erase_now(&contact),
+                    )
+                    .map_err(EngineError::Panicked)
+                    .and_then(|r| r);
+                let _ = reply.send(result);
+            }
             Job::Resolve {
                 run,
                 step,

@@ -5,9 +5,16 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// A management request must carry a token; a read-only token is refused for changes by
+/// [`read_only_guard`] before any handler runs.
 pub(super) fn check_admin(shared: &Shared, headers: &HeaderMap) -> ApiResult<()> {
+    token_scope(shared, headers).map(|_| ())
+}
+
+/// The scope of the request's bearer token, or why it has none.
+pub(super) fn token_scope(shared: &Shared, headers: &HeaderMap) -> ApiResult<Scope> {
     let credentials = shared.credentials();
-    if credentials.admin_token.is_none() {
+    if !credentials.management_enabled() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "admin_disabled",
@@ -19,18 +26,42 @@ pub(super) fn check_admin(shared: &Shared, headers: &HeaderMap) -> ApiResult<()>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match got {
-        Some(t) if credentials.accepts_admin_token(t) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-            "the bearer token is not valid",
-        )),
+        Some(t) => credentials.token_scope(t).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the bearer token is not valid",
+            )
+        }),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_token",
             "send `Authorization: Bearer <admin token>`",
         )),
     }
+}
+
+/// Read-only tokens may look (`GET`, template previews) but not change anything: any other
+/// request carrying one is refused here, whatever route it names.
+pub(super) async fn read_only_guard(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let looks = request.method() == axum::http::Method::GET
+        || request.method() == axum::http::Method::HEAD
+        || (request.method() == axum::http::Method::POST
+            && request.uri().path().starts_with("/v1/templates/")
+            && request.uri().path().ends_with("/preview"));
+    if !looks && matches!(token_scope(&shared, request.headers()), Ok(Scope::Read)) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "read_only_token",
+            "this token is read-only ([auth] read_tokens); changes need the admin token",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 pub(super) fn find_contact(shared: &Shared, id: &str) -> ApiResult<crate::model::Contact> {
@@ -89,6 +120,33 @@ pub(super) async fn contact(
             "recent_events": events, "runs": runs,
             "segments": segments,
         })))
+    })
+    .await?
+}
+
+/// `DELETE /v1/contacts/{id}`: erase the contact (Herald id, userId or anonymousId) and
+/// everything about it; a hashed suppression entry keeps it from being taken in again.
+pub(super) async fn erase_contact(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    blocking(move || -> ApiResult<Json<Value>> {
+        let c = find_contact(&shared, &id)?;
+        match shared.engine.erase_contact(&c.id) {
+            Ok(Some(erasure)) => Ok(Json(json!({"erased": true, "removed": erasure}))),
+            Ok(None) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no contact {id}"),
+            )),
+            Err(e) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_erased",
+                format!("{e}; nothing was erased, retry"),
+            )),
+        }
     })
     .await?
 }

@@ -283,14 +283,33 @@ pub(super) async fn accept(
         .ingest(parsed.messages)
         .await
         .map_err(ingest_error)?;
+    let mut rejected = parsed.rejected;
+    if let Some(first) = accepted.rejected.first() {
+        tracing::info!(
+            rejected = accepted.rejected.len(),
+            first_code = first.code,
+            first_reason = %first.message,
+            "messages dropped at a contact limit; the rest of the request is accepted"
+        );
+        if accepted.accepted == 0 && accepted.duplicates == 0 {
+            // Nothing of the request was kept: refused as a whole, with the first reason.
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                first.code,
+                first.message.clone(),
+            ));
+        }
+        rejected.extend(accepted.rejected.iter().cloned());
+        rejected.sort_by_key(|r| r.index);
+    }
     let mut answer = json!({
         "success": true,
         "accepted": accepted.accepted,
         "duplicates": accepted.duplicates,
     });
-    if !parsed.rejected.is_empty() {
-        answer["rejected"] = json!(parsed.rejected.len());
-        answer["rejections"] = json!(parsed.rejected.iter().take(100).collect::<Vec<_>>());
+    if !rejected.is_empty() {
+        answer["rejected"] = json!(rejected.len());
+        answer["rejections"] = json!(rejected.iter().take(100).collect::<Vec<_>>());
     }
     Ok(Json(answer).into_response())
 }

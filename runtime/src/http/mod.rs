@@ -14,7 +14,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::daemon::Shared;
+use crate::daemon::{Scope, Shared};
 use crate::ingest::{parse_body, IngestError, MAX_BATCH_BYTES};
 use crate::model::RunStatus;
 use crate::store::IdKind;
@@ -133,7 +133,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let mut r = Router::new()
         .route("/v1/batch", post(batch))
         .route("/v1/b", post(batch))
-        .route("/v1/contacts/{id}", get(contact))
+        .route("/v1/contacts/{id}", get(contact).delete(erase_contact))
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(run_detail))
         .route("/v1/runs/{id}/steps/{step}/resolve", post(resolve_step))
@@ -178,6 +178,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
     // A body that stops arriving ends the request instead of holding its connection.
     let body_timeout = std::time::Duration::from_millis(shared.server.body_timeout_ms.max(1));
     r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            read_only_guard,
+        ))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             body_timeout,
         ))

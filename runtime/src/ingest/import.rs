@@ -163,6 +163,8 @@ pub async fn import_csv(
             .map_or(Ok(()), |e| Err(bad(e)))?;
     }
     let mut messages: Vec<Message> = Vec::new();
+    // The line of each message, to report the ones a contact limit drops.
+    let mut lines: Vec<u64> = Vec::new();
     let mut rejected = Vec::new();
     for record in reader.records() {
         let record = match record {
@@ -223,7 +225,10 @@ pub async fn import_csv(
                          "context": {"library": {"name": "herald-import"}}});
         let size = msg.to_string().len();
         match validate(Some("identify"), msg, size, None) {
-            Ok(m) => messages.push(m),
+            Ok(m) => {
+                lines.push(line);
+                messages.push(m)
+            }
             Err(e) => rejected.push(RowError {
                 line,
                 reason: e.to_string(),
@@ -232,13 +237,25 @@ pub async fn import_csv(
     }
     let mut imported = 0;
     let mut unchanged = 0;
+    let mut start = 0;
     while !messages.is_empty() {
         let rest = messages.split_off(messages.len().min(1000));
-        let chunk = std::mem::replace(&mut messages, rest);
+        let mut chunk = std::mem::replace(&mut messages, rest);
+        for (i, m) in chunk.iter_mut().enumerate() {
+            m.index = i;
+        }
         let a = ingestor.ingest(chunk).await?;
         imported += a.accepted;
         unchanged += a.duplicates;
+        for r in a.rejected {
+            rejected.push(RowError {
+                line: lines[start + r.index],
+                reason: r.message,
+            });
+        }
+        start += 1000;
     }
+    rejected.sort_by_key(|r| r.line);
     let mut attributes: Vec<String> = names.iter().filter(|n| **n != id_column).cloned().collect();
     attributes.sort();
     Ok(ImportReport {

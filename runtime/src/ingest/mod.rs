@@ -4,19 +4,20 @@
 pub mod callbacks;
 pub mod dedupe;
 pub mod import;
+mod write;
 
-use crate::sync::LockExt as _;
-use std::collections::HashSet;
+use crate::sync::{LockExt as _, RwLockExt as _};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
 use crate::clock::Clock;
-use crate::engine::{Engine, Queued, Ticket};
+use crate::config::LimitsConfig;
+use crate::engine::{Engine, Queued};
 use crate::ingest::dedupe::Dedupe;
 use crate::metrics::Metrics;
-use crate::model::{Contact, Event, InboxItem};
-use crate::store::{Flusher, IdKind, Store, StoreError, Write, WriteBatch};
+use crate::store::{Flusher, Store, StoreError};
 
 /// Largest single message, as Segment documents it.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -59,6 +60,8 @@ pub struct Accepted {
     pub accepted: usize,
     /// Messages already stored under the same `messageId`.
     pub duplicates: usize,
+    /// Messages dropped because they would take a contact past `[limits]`.
+    pub rejected: Vec<Rejected>,
 }
 
 /// A validated message.
@@ -324,7 +327,7 @@ pub fn restrict_client(
 pub const MAX_EXPANDED_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// A batch item that was dropped, and why; the rest of its batch is accepted.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Rejected {
     /// Its place in the batch.
     pub index: usize,
@@ -473,68 +476,12 @@ pub fn parse_body(kind: Option<&str>, body: &[u8]) -> Result<Parsed, IngestError
     }
 }
 
-/// Writes of one request not yet handed to the store.
-#[derive(Default)]
-struct Pending {
-    events: Vec<(String, Event)>,
-    /// Events for the engine, with the event itself.
-    inbox: Vec<(InboxItem, Box<Event>)>,
-    message_ids: Vec<String>,
-    /// Work for the engine whose inbox record is written.
-    queued: Vec<Queued>,
-}
-
-impl Pending {
-    /// Write what is pending in one atomic batch: the events, the inbox record of those the
-    /// engine owes work, and the request's messageIds (so an id is never remembered without
-    /// its event); the ids join the dedupe window only once the batch is written.
-    fn apply(
-        &mut self,
-        store: &dyn Store,
-        dedupe: &mut Dedupe,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let mut batch = WriteBatch::new();
-        for (contact, event) in std::mem::take(&mut self.events) {
-            batch.push(Write::Event { contact, event });
-        }
-        let inbox = std::mem::take(&mut self.inbox);
-        let mut ticket = None;
-        if let Some((first, _)) = inbox.first() {
-            // One inbox record for the events of this request; the engine removes it when
-            // the last of them is processed.
-            let key = first.event_seq;
-            let items: Vec<InboxItem> = inbox.iter().map(|(i, _)| i.clone()).collect();
-            batch.push(Write::Inbox { key, items });
-            ticket = Some(Ticket::new(key, inbox.len()));
-        }
-        let ids = std::mem::take(&mut self.message_ids);
-        if !ids.is_empty() {
-            batch.push(Write::MessageIds {
-                at: now,
-                ids: ids.clone(),
-            });
-        }
-        store.apply(&batch)?;
-        if let Some(ticket) = ticket {
-            self.queued
-                .extend(inbox.into_iter().map(|(item, event)| Queued {
-                    item,
-                    event: Some(event),
-                    ticket: ticket.clone(),
-                }));
-        }
-        for id in &ids {
-            dedupe.insert(id, now);
-        }
-        Ok(())
-    }
-}
-
 /// Accepts validated messages.
 pub struct Ingestor {
     /// The messageIds accepted within the dedupe window; used under the contact lock.
     dedupe: std::sync::Mutex<DedupeState>,
+    /// `[limits]`, swapped on reload.
+    limits: std::sync::RwLock<Arc<LimitsConfig>>,
     store: Arc<dyn Store>,
     flusher: Arc<Flusher>,
     clock: Arc<dyn Clock>,
@@ -546,6 +493,8 @@ pub struct Ingestor {
 struct DedupeState {
     window: Dedupe,
     next_sweep: i64,
+    /// The messageIds of requests being written now.
+    in_flight: HashSet<String>,
 }
 
 impl DedupeState {
@@ -577,7 +526,11 @@ impl Ingestor {
     /// An ingestor writing to the engine's store, remembering messageIds for `dedupe_window_ms`.
     /// Rebuilds the window from the stored records (and takes over the markers of a data
     /// directory written before the window existed).
-    pub fn new(engine: Arc<Engine>, dedupe_window_ms: i64) -> Result<Self, StoreError> {
+    pub fn new(
+        engine: Arc<Engine>,
+        dedupe_window_ms: i64,
+        limits: LimitsConfig,
+    ) -> Result<Self, StoreError> {
         let store = engine.store.clone();
         let now = engine.clock.now_ms();
         let mut window = Dedupe::new(dedupe_window_ms);
@@ -588,7 +541,9 @@ impl Ingestor {
             dedupe: std::sync::Mutex::new(DedupeState {
                 window,
                 next_sweep: now,
+                in_flight: HashSet::new(),
             }),
+            limits: std::sync::RwLock::new(Arc::new(limits)),
             store,
             flusher: engine.flusher.clone(),
             clock: engine.clock.clone(),
@@ -606,7 +561,15 @@ impl Ingestor {
     /// Waits first while the workers' backlog is at its limit (`[engine] max_backlog`).
     pub async fn ingest(&self, messages: Vec<Message>) -> Result<Accepted, IngestError> {
         self.engine.backlog.room().await;
-        let (accepted, items) = self.write(messages)?;
+        // Identity lookups and the batch are store IO, and the locks may be waited for: off
+        // the async threads where the runtime has more than one.
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let (accepted, items) = if multi {
+            tokio::task::block_in_place(|| self.write(messages))?
+        } else {
+            self.write(messages)?
+        };
         self.flusher
             .commit()
             .await
@@ -615,250 +578,132 @@ impl Ingestor {
         Ok(accepted)
     }
 
-    /// The synchronous part: identity resolution and writes, under one lock.
+    /// The synchronous part: identity resolution and writes, under the locks of the ids
+    /// and contacts the request names; one atomic batch.
     pub fn write(&self, messages: Vec<Message>) -> Result<(Accepted, Vec<Queued>), IngestError> {
-        let _guard = self.engine.contact_lock.locked();
         let now = self.clock.now_ms();
-        let mut dedupe = self.dedupe.locked();
-        dedupe.sweep(self.store.as_ref(), now);
-        let window = &mut dedupe.window;
-        let mut seen = HashSet::new();
+        let batch = messages.len() > 1 || messages.first().is_some_and(|m| m.index > 0);
+        let (messages, duplicates, claim) = self.claim(messages, now);
+        if messages.is_empty() {
+            return Ok((
+                Accepted {
+                    accepted: 0,
+                    duplicates,
+                    rejected: Vec::new(),
+                },
+                Vec::new(),
+            ));
+        }
+        let limits = self.limits();
+        let store = self.store.as_ref();
+        let ids = write::named_ids(&messages);
+        let known: BTreeSet<String> = messages.iter().filter_map(|m| m.contact.clone()).collect();
+        let locks = &self.engine.contact_locks;
+        loop {
+            let _ids = locks.identities(&ids);
+            let before = write::Lookup::take(store, &ids, &known)?;
+            let _contacts = locks.contacts(before.contacts());
+            // A merge elsewhere may have moved an id while this request waited.
+            if write::Lookup::take(store, &ids, &known)? != before {
+                continue;
+            }
+            let mut work = write::Working::new(store, &limits);
+            for m in &messages {
+                match &m.contact {
+                    // A contact Herald named may have been merged since: its survivor.
+                    Some(c) => {
+                        let Some(Some(live)) = before.known.get(c) else {
+                            continue;
+                        };
+                        let mut m = m.clone();
+                        m.contact = Some(live.clone());
+                        work.take(self, &m, batch, now)?;
+                    }
+                    None => work.take(self, m, batch, now)?,
+                }
+            }
+            let accepted = work.accepted;
+            let rejected = std::mem::take(&mut work.rejected);
+            let (queued, written) = work.apply(now)?;
+            claim.commit(&written, now);
+            for r in &rejected {
+                self.metrics.rejected(r.code);
+            }
+            return Ok((
+                Accepted {
+                    accepted,
+                    duplicates,
+                    rejected,
+                },
+                queued,
+            ));
+        }
+    }
+
+    /// Claim the request's messageIds: those in the window (or twice in the request, or in a
+    /// request under way) are duplicates; the rest are held until the request is written.
+    fn claim(&self, messages: Vec<Message>, now: i64) -> (Vec<Message>, usize, Claim<'_>) {
+        let mut d = self.dedupe.locked();
+        d.sweep(self.store.as_ref(), now);
+        let mut kept = Vec::with_capacity(messages.len());
+        let mut claimed = Vec::new();
         let mut dup = 0;
-        let mut accepted = 0;
-        // Events, the inbox record and the messageId markers of a request land together
-        // (`Pending::apply`), so a marker never exists without its event.
-        let mut pending = Pending::default();
         for m in messages {
             if let Some(mid) = &m.message_id {
-                if !seen.insert(mid.clone()) || window.contains(mid) {
+                if d.window.contains(mid) || !d.in_flight.insert(mid.clone()) {
                     dup += 1;
                     self.metrics.duplicate();
                     continue;
                 }
+                claimed.push(mid.clone());
             }
-            if matches!(m.kind.as_str(), "identify" | "alias") {
-                // These may merge contacts, which moves stored events: store ours first.
-                pending.apply(self.store.as_ref(), window, now)?;
-            }
-            let contact = self.resolve(&m, now)?;
-            let seq = self.store.next_id()?;
-            let event = self.to_event(&m, seq, now);
-            if matches!(m.kind.as_str(), "identify" | "group") {
-                if let Some(mut c) = self.store.contact(&contact)? {
-                    if let Some(Value::Object(traits)) = m.raw.get("traits") {
-                        if m.kind == "identify" {
-                            c.merge_attributes(traits);
-                        }
-                    }
-                    if let Some(g) = id_field(&m.raw, "groupId") {
-                        if !c.groups.contains(&g) {
-                            c.groups.push(g);
-                        }
-                    }
-                    c.updated_at = now;
-                    self.store.put_contact(&c)?;
-                }
-            }
-            let item = InboxItem {
-                contact: contact.clone(),
-                event_seq: seq,
-            };
-            // Events no trigger, goal or wait can use are stored but skip the engine.
-            if self.engine.is_interesting(&event.event) {
-                pending.inbox.push((item, Box::new(event.clone())));
-            }
-            pending.events.push((contact, event));
-            if let Some(mid) = m.message_id.clone() {
-                pending.message_ids.push(mid);
-            }
-            self.metrics.event(&m.kind);
-            accepted += 1;
+            kept.push(m);
         }
-        pending.apply(self.store.as_ref(), window, now)?;
-        Ok((
-            Accepted {
-                accepted,
-                duplicates: dup,
+        (
+            kept,
+            dup,
+            Claim {
+                ingestor: self,
+                ids: claimed,
             },
-            pending.queued,
-        ))
+        )
     }
 
-    fn to_event(&self, m: &Message, seq: u64, now: i64) -> Event {
-        let obj = |k: &str| {
-            m.raw
-                .get(k)
-                .filter(|v| v.is_object())
-                .cloned()
-                .unwrap_or_else(|| json!({}))
-        };
-        let (event, properties) = match m.kind.as_str() {
-            "track" => (
-                m.raw
-                    .get("event")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                obj("properties"),
-            ),
-            "identify" => ("identify".to_string(), obj("traits")),
-            "group" => {
-                let mut p = obj("traits");
-                p["group_id"] = json!(id_field(&m.raw, "groupId"));
-                ("group".to_string(), p)
-            }
-            "alias" => (
-                "alias".to_string(),
-                json!({"previous_id": id_field(&m.raw, "previousId")}),
-            ),
-            kind => {
-                let mut p = obj("properties");
-                if let Some(n) = m.raw.get("name") {
-                    p["name"] = n.clone();
-                }
-                (kind.to_string(), p)
-            }
-        };
-        Event {
-            seq,
-            kind: m.kind.clone(),
-            event,
-            properties,
-            message_id: m.message_id.clone(),
-            timestamp: m.timestamp.unwrap_or(now),
-            received_at: now,
-            context: m.raw.get("context").cloned().unwrap_or(Value::Null),
-        }
+    /// The contact limits in force.
+    pub fn limits(&self) -> Arc<LimitsConfig> {
+        self.limits.read_locked().clone()
     }
 
-    fn new_contact(&self, now: i64) -> Result<Contact, StoreError> {
-        let id = format!("c_{:012x}", self.store.next_id()?);
-        Ok(Contact::new(id, now))
+    /// New contact limits (a reload).
+    pub fn set_limits(&self, limits: LimitsConfig) {
+        *self.limits.write_locked() = Arc::new(limits);
     }
+}
 
-    fn link(&self, contact: &mut Contact, kind: IdKind, id: &str) -> Result<(), StoreError> {
-        self.store.link_identity(kind, id, &contact.id)?;
-        let list = match kind {
-            IdKind::User => &mut contact.user_ids,
-            IdKind::Anonymous => &mut contact.anonymous_ids,
-        };
-        if !list.iter().any(|x| x == id) {
-            list.push(id.to_string());
+/// A request's claimed messageIds: they join the window once written, and are released
+/// whatever happens.
+struct Claim<'a> {
+    ingestor: &'a Ingestor,
+    ids: Vec<String>,
+}
+
+impl Claim<'_> {
+    fn commit(&self, written: &[String], now: i64) {
+        let mut d = self.ingestor.dedupe.locked();
+        for id in written {
+            d.window.insert(id, now);
         }
-        Ok(())
     }
+}
 
-    /// Find or create the contact of a message, linking and merging identities as the Segment
-    /// spec describes: `identify` and `alias` tie an anonymous history to a known user.
-    fn resolve(&self, m: &Message, now: i64) -> Result<String, StoreError> {
-        if let Some(c) = &m.contact {
-            return Ok(c.clone());
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
         }
-        let (user, other, other_kind) = if m.kind == "alias" {
-            // previousId may be an old userId or an anonymousId.
-            let prev = id_field(&m.raw, "previousId").unwrap_or_default();
-            let kind = if self.store.identity(IdKind::User, &prev)?.is_some() {
-                IdKind::User
-            } else {
-                IdKind::Anonymous
-            };
-            (m.user_id.clone(), Some(prev), kind)
-        } else {
-            (m.user_id.clone(), m.anonymous_id.clone(), IdKind::Anonymous)
-        };
-        let cu = match &user {
-            Some(u) => self.store.identity(IdKind::User, u)?,
-            None => None,
-        };
-        let co = match &other {
-            Some(a) => self.store.identity(other_kind, a)?,
-            None => None,
-        };
-        let id = match (cu, co) {
-            (Some(u), Some(a)) if u != a => {
-                self.merge(&a, &u, now)?;
-                u
-            }
-            (Some(u), co) => {
-                // The other id is new to this contact only when it resolved to nobody.
-                if let (Some(a), None) = (&other, co) {
-                    if let Some(mut c) = self.store.contact(&u)? {
-                        if !c.anonymous_ids.contains(a) && !c.user_ids.contains(a) {
-                            self.link(&mut c, other_kind, a)?;
-                            self.store.put_contact(&c)?;
-                        }
-                    }
-                }
-                u
-            }
-            (None, Some(a)) => {
-                if let Some(u) = &user {
-                    if let Some(mut c) = self.store.contact(&a)? {
-                        self.link(&mut c, IdKind::User, u)?;
-                        self.store.put_contact(&c)?;
-                    }
-                }
-                a
-            }
-            (None, None) => {
-                let mut c = self.new_contact(now)?;
-                if let Some(u) = &user {
-                    self.link(&mut c, IdKind::User, u)?;
-                }
-                if let Some(a) = &other {
-                    self.link(&mut c, other_kind, a)?;
-                }
-                self.store.put_contact(&c)?;
-                c.id
-            }
-        };
-        Ok(id)
-    }
-
-    /// Merge contact `from` into `into`: identities, attributes (`into` wins), events, waits.
-    fn merge(&self, from: &str, into: &str, now: i64) -> Result<(), StoreError> {
-        let (Some(mut f), Some(mut t)) = (self.store.contact(from)?, self.store.contact(into)?)
-        else {
-            return Ok(());
-        };
-        for (k, v) in &f.attributes {
-            t.attributes.entry(k.clone()).or_insert_with(|| v.clone());
+        let mut d = self.ingestor.dedupe.locked();
+        for id in &self.ids {
+            d.in_flight.remove(id);
         }
-        for u in f.user_ids.clone() {
-            self.link(&mut t, IdKind::User, &u)?;
-        }
-        for a in f.anonymous_ids.clone() {
-            self.link(&mut t, IdKind::Anonymous, &a)?;
-        }
-        for g in &f.groups {
-            if !t.groups.contains(g) {
-                t.groups.push(g.clone());
-            }
-        }
-        t.created_at = t.created_at.min(f.created_at);
-        t.merges += f.merges + 1;
-        t.updated_at = now;
-        self.store.move_events(from, into)?;
-        self.store.move_waits(from, into)?;
-        // Collapse the chain: what was merged into `from` now points at `into` directly.
-        let earlier = std::mem::take(&mut f.merged_from);
-        for old in &earlier {
-            if let Some(mut o) = self.store.contact(old)? {
-                o.merged_into = Some(into.to_string());
-                o.updated_at = now;
-                self.store.put_contact(&o)?;
-            }
-        }
-        for old in earlier.into_iter().chain([f.id.clone()]) {
-            if !t.merged_from.contains(&old) {
-                t.merged_from.push(old);
-            }
-        }
-        f.merged_into = Some(into.to_string());
-        f.updated_at = now;
-        self.store.put_contact(&t)?;
-        self.store.put_contact(&f)?;
-        tracing::info!(from, into, "contacts merged");
-        Ok(())
     }
 }

@@ -25,6 +25,36 @@ pub enum Write {
         /// The event.
         event: Event,
     },
+    /// [`Store::move_events`]: the events stored for `from` when the batch is applied join
+    /// `to`'s timeline.
+    MoveEvents {
+        /// The contact merged away.
+        from: String,
+        /// The contact it was merged into.
+        to: String,
+    },
+    /// [`Store::move_waits`].
+    MoveWaits {
+        /// The contact merged away.
+        from: String,
+        /// The contact it was merged into.
+        to: String,
+    },
+    /// An identity link removed (erasure).
+    Unlink {
+        /// Which kind of id.
+        kind: IdKind,
+        /// The external id.
+        id: String,
+    },
+    /// Erasure: every record of the contact in every tree goes — the profile, its timeline
+    /// and waits, its audience state, its runs with their journals, intents and timers, its
+    /// entries in segment logs and the engine's inbox, and the provider-message records that
+    /// name it. Identity links are removed with [`Write::Unlink`].
+    EraseContact {
+        /// The contact.
+        contact: String,
+    },
     /// [`Store::log_message_ids`].
     MessageIds {
         /// When the request was accepted.

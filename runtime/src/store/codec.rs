@@ -229,11 +229,12 @@ pub(super) enum TreeId {
     SegmentLog = 10,
     Audience = 11,
     Outbox = 12,
+    Waits = 13,
 }
 
 impl TreeId {
     /// Every tree, in number order.
-    const ALL: [TreeId; 13] = [
+    const ALL: [TreeId; 14] = [
         TreeId::Contacts,
         TreeId::Identities,
         TreeId::Events,
@@ -247,6 +248,7 @@ impl TreeId {
         TreeId::SegmentLog,
         TreeId::Audience,
         TreeId::Outbox,
+        TreeId::Waits,
     ];
 }
 
@@ -357,7 +359,7 @@ pub(super) fn decode_ops(mut b: &[u8]) -> StoreResult<Vec<RawOp>> {
     Ok(ops)
 }
 
-fn put(tree: TreeId, key: Vec<u8>, value: Vec<u8>) -> RawOp {
+pub(super) fn put(tree: TreeId, key: Vec<u8>, value: Vec<u8>) -> RawOp {
     RawOp {
         tree,
         key,
@@ -374,7 +376,7 @@ fn put_fresh(tree: TreeId, key: Vec<u8>, value: Vec<u8>) -> RawOp {
     }
 }
 
-fn remove(tree: TreeId, key: Vec<u8>) -> RawOp {
+pub(super) fn remove(tree: TreeId, key: Vec<u8>) -> RawOp {
     RawOp {
         tree,
         key,

@@ -22,6 +22,7 @@ pub fn check_all(open: &mut dyn FnMut() -> Box<dyn Store>) {
     runs_journals_and_entries(open().as_ref());
     timers_come_back_due_first_and_are_counted(open().as_ref());
     a_batch_is_visible_whole_once_applied(open().as_ref());
+    a_batch_moves_a_merged_contacts_timeline_and_waits(open().as_ref());
     an_empty_batch_writes_nothing(open().as_ref());
     ids_are_unique_and_increase(open().as_ref());
 }
@@ -326,6 +327,44 @@ pub fn a_batch_is_visible_whole_once_applied(s: &dyn Store) {
         (Some(301), herald_dsl::Priority::Transactional)
     );
     assert!(s.intent("r0:0").unwrap().is_none());
+}
+
+/// A merge in a batch: the stored events and waits of the contact merged away join the
+/// survivor's, beside the batch's other writes.
+pub fn a_batch_moves_a_merged_contacts_timeline_and_waits(s: &dyn Store) {
+    s.put_event("gone", &event(1, "viewed")).unwrap();
+    s.put_event("gone", &event(3, "clicked")).unwrap();
+    s.put_event("kept", &event(2, "signed_up")).unwrap();
+    let wait = WaitReg {
+        run: "r1".into(),
+        step: 2,
+        filter: Default::default(),
+    };
+    s.put_wait("gone", "clicked", &wait).unwrap();
+    let mut b = WriteBatch::new();
+    b.push(Write::MoveEvents {
+        from: "gone".into(),
+        to: "kept".into(),
+    })
+    .push(Write::MoveWaits {
+        from: "gone".into(),
+        to: "kept".into(),
+    })
+    .push(Write::Event {
+        contact: "kept".into(),
+        event: event(4, "identify"),
+    });
+    s.apply(&b).unwrap();
+    let names: Vec<String> = s
+        .events_of("kept")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(names, ["viewed", "signed_up", "clicked", "identify"]);
+    assert!(s.events_of("gone").unwrap().is_empty());
+    assert_eq!(s.waits("kept", "clicked").unwrap(), [wait]);
+    assert!(s.waits("gone", "clicked").unwrap().is_empty());
 }
 
 /// An empty batch is no write at all.

@@ -74,7 +74,7 @@ pub const LAYOUT: &str = "5";
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Which kind of external id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IdKind {
     /// Segment `userId`.
     User,
@@ -325,6 +325,8 @@ pub trait Store: Send + Sync + 'static {
     fn meta(&self, key: &str) -> StoreResult<Option<String>>;
     /// Write a small persistent setting.
     fn put_meta(&self, key: &str, value: &str) -> StoreResult<()>;
+    /// Every setting whose key starts with `prefix`, in key order.
+    fn meta_with_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>>;
 }
 
 #[cfg(test)]

@@ -272,6 +272,7 @@ impl SledStore {
             TreeId::SegmentLog => &self.segment_log,
             TreeId::Audience => &self.audience,
             TreeId::Outbox => &self.outbox,
+            TreeId::Waits => &self.waits,
         }
     }
 
@@ -284,6 +285,27 @@ impl SledStore {
                 Write::Contact(c) => ops.push(contact_op(c)?),
                 Write::Identity { kind, id, contact } => ops.push(identity_op(*kind, id, contact)),
                 Write::Event { contact, event } => ops.push(event_op(contact, event)?),
+                Write::MoveEvents { from, to } => {
+                    for item in self.events.scan_prefix(prefix(from)) {
+                        let (k, v) = item?;
+                        let seq = &k[k.len() - 8..];
+                        ops.push(put(TreeId::Events, key2(to, seq), v.to_vec()));
+                        ops.push(remove(TreeId::Events, k.to_vec()));
+                    }
+                }
+                Write::Unlink { kind, id } => {
+                    ops.push(remove(TreeId::Identities, id_key(*kind, id)))
+                }
+                Write::EraseContact { contact } => self.erase_ops(contact, &mut ops)?,
+                Write::MoveWaits { from, to } => {
+                    for item in self.waits.scan_prefix(prefix(from)) {
+                        let (k, v) = item?;
+                        let mut nk = to.as_bytes().to_vec();
+                        nk.extend_from_slice(&k[from.len()..]);
+                        ops.push(put(TreeId::Waits, nk, v.to_vec()));
+                        ops.push(remove(TreeId::Waits, k.to_vec()));
+                    }
+                }
                 Write::MessageIds { at, ids } => {
                     ops.extend(self.message_ids_op(*at, ids)?);
                 }
@@ -309,6 +331,90 @@ impl SledStore {
             }
         }
         Ok(ops)
+    }
+
+    /// The removes (and rewrites of shared records) that erase a contact from every tree.
+    fn erase_ops(&self, contact: &str, ops: &mut Vec<RawOp>) -> StoreResult<()> {
+        let gone = |tree: TreeId, k: &[u8]| remove(tree, k.to_vec());
+        ops.push(gone(TreeId::Contacts, contact.as_bytes()));
+        ops.push(gone(TreeId::Audience, contact.as_bytes()));
+        for (tree, t) in [(TreeId::Events, &self.events), (TreeId::Waits, &self.waits)] {
+            for item in t.scan_prefix(prefix(contact)) {
+                ops.push(gone(tree, &item?.0));
+            }
+        }
+        let mut runs = std::collections::HashSet::new();
+        for item in self.runs_by_contact.scan_prefix(prefix(contact)) {
+            let (k, _) = item?;
+            let (_, _, run) = parse_run_index_key(&k[contact.len() + 1..]);
+            ops.push(gone(TreeId::RunsByContact, &k));
+            ops.push(gone(TreeId::Runs, run.as_bytes()));
+            for step in self.journal.scan_prefix(prefix(&run)) {
+                ops.push(gone(TreeId::Journal, &step?.0));
+            }
+            runs.insert(run);
+        }
+        for item in self.outbox.iter() {
+            let (k, v) = item?;
+            let intent: Intent = dec(&v)?;
+            if runs.contains(&intent.run) {
+                ops.push(gone(TreeId::Outbox, &k));
+            }
+        }
+        for item in self.timers.iter() {
+            let (k, v) = item?;
+            if v.as_ref() == contact.as_bytes() {
+                ops.push(gone(TreeId::Timers, &k));
+            }
+        }
+        // Records shared with other contacts are written again without this one.
+        for item in self.segment_log.iter() {
+            let (k, v) = item?;
+            let skip = k
+                .iter()
+                .position(|b| *b == 0)
+                .map_or(k.len(), |i| i + 1 + 8);
+            if k.len() > skip {
+                // A one-change record, its contact in the key.
+                if &k[skip..] == contact.as_bytes() {
+                    ops.push(gone(TreeId::SegmentLog, &k));
+                }
+                continue;
+            }
+            let changes = decode_changes(&v)?;
+            if changes.iter().any(|c| c.contact == contact) {
+                let rest: Vec<SegmentChange> = changes
+                    .into_iter()
+                    .filter(|c| c.contact != contact)
+                    .collect();
+                ops.push(if rest.is_empty() {
+                    gone(TreeId::SegmentLog, &k)
+                } else {
+                    put(TreeId::SegmentLog, k.to_vec(), encode_changes(&rest))
+                });
+            }
+        }
+        for item in self.inbox.iter() {
+            let (k, v) = item?;
+            let items: Vec<InboxItem> = dec(&v)?;
+            if items.iter().any(|i| i.contact == contact) {
+                let rest: Vec<InboxItem> =
+                    items.into_iter().filter(|i| i.contact != contact).collect();
+                ops.push(if rest.is_empty() {
+                    gone(TreeId::Inbox, &k)
+                } else {
+                    put(TreeId::Inbox, k.to_vec(), enc(&rest)?)
+                });
+            }
+        }
+        for item in self.meta.scan_prefix(b"pmsg:") {
+            let (k, v) = item?;
+            let owner: Option<ProviderMessage> = serde_json::from_slice(&v).ok();
+            if owner.is_some_and(|o| o.contact == contact) {
+                ops.push(gone(TreeId::Meta, &k));
+            }
+        }
+        Ok(())
     }
 
     /// The dedupe record of one request's messageIds (none for none).
@@ -343,6 +449,18 @@ impl SledStore {
                 encode_ops(ops)
             };
             self.batches.insert(record, log)?;
+            #[cfg(any(test, feature = "test-hooks"))]
+            if crash_mid_request(ops) {
+                // Half of the request's writes on disk, then a crash: the commit record must
+                // bring it back whole (or take it back) at the next open.
+                self.apply_ops(&ops[..ops.len() / 2])?;
+                self.db.flush()?;
+                tracing::warn!(failpoint = "ingest_mid_batch", "killing the process");
+                // SAFETY: kill(2) on our own pid with SIGKILL has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
+            }
             self.apply_ops(ops)?;
             self.batches.remove(record)?;
         } else {
@@ -440,6 +558,16 @@ impl SledStore {
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
+}
+
+/// Test builds: `HERALD_FAILPOINT=ingest_mid_batch` kills the process half-way through the
+/// first ingest request that links identities (a batch with identity links and events).
+#[cfg(any(test, feature = "test-hooks"))]
+fn crash_mid_request(ops: &[RawOp]) -> bool {
+    static ARMED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ARMED.get_or_init(|| std::env::var("HERALD_FAILPOINT").is_ok_and(|f| f == "ingest_mid_batch"))
+        && ops.iter().any(|o| o.tree == TreeId::Identities)
+        && ops.iter().any(|o| o.tree == TreeId::Events)
 }
 
 impl Store for SledStore {
@@ -859,6 +987,19 @@ impl Store for SledStore {
             .meta
             .get(key)?
             .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    fn meta_with_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>> {
+        self.meta
+            .scan_prefix(prefix)
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
+            })
+            .collect()
     }
 
     fn put_meta(&self, key: &str, value: &str) -> StoreResult<()> {
