@@ -146,6 +146,11 @@ impl Shared {
         *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(
             crate::daemon::Credentials::from_config(&project.config.auth),
         );
+        // So do changed rate limits; the ones left as they were keep their buckets.
+        let limits = self
+            .rate_limits()
+            .reconfigured(&project.config.server.rate_limits);
+        *self.rate_limits.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limits);
         self.engine.metrics.reload(true);
         {
             let mut stats = self.reload_stats.locked();
