@@ -8,6 +8,9 @@
 
 pub mod grant;
 pub mod manifest;
+pub mod rate_limits;
+
+pub use rate_limits::RateLimitsConfig;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -168,6 +171,10 @@ pub struct ServerConfig {
     /// Milliseconds a client has to send a request's body (default 30000).
     #[serde(default = "default_body_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// `[server.rate_limits]`: requests per write key and per client address on the ingest
+    /// API, and the proxies trusted to name the client (applied on reload too).
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
 }
 
 impl Default for ServerConfig {
@@ -180,6 +187,7 @@ impl Default for ServerConfig {
             reserved_connections: default_reserved_connections(),
             header_timeout_ms: default_header_timeout_ms(),
             body_timeout_ms: default_body_timeout_ms(),
+            rate_limits: RateLimitsConfig::default(),
         }
     }
 }

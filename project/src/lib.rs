@@ -333,6 +333,16 @@ fn check_config(sources: &dyn Sources, report: &mut CheckReport) -> Option<Confi
             .with_label("server keys");
         report.push(file, &text, d);
     }
+    for advice in config.server.rate_limits.warnings() {
+        let d = Diagnostic::warning(
+            CONFIG_INVALID,
+            file,
+            range_of(&text, "trusted_proxies"),
+            advice,
+        )
+        .with_label("trusts every peer");
+        report.push(file, &text, d);
+    }
     for problem in config.auth.problems() {
         let d = Diagnostic::error(CONFIG_INVALID, file, range_of(&text, "[auth]"), problem)
             .with_label("credentials");

@@ -163,6 +163,14 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 }
 
 impl Shared {
+    /// The ingest rate limits in force now.
+    pub fn rate_limits(&self) -> Arc<crate::http::rate::RateLimits> {
+        self.rate_limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// The credentials in force now.
     pub fn credentials(&self) -> Arc<Credentials> {
         self.credentials
@@ -180,6 +188,8 @@ pub struct Shared {
     pub ingestor: Ingestor,
     /// Write keys and the admin token: swapped whole by a reload, so a rotation applies at once.
     pub credentials: std::sync::RwLock<Arc<Credentials>>,
+    /// `[server.rate_limits]`: swapped whole by a reload (unchanged limits keep their state).
+    pub rate_limits: std::sync::RwLock<Arc<crate::http::rate::RateLimits>>,
     /// Whether `/v1/test/clock` is enabled.
     pub test_clock: bool,
     /// Project directory.
@@ -280,6 +290,9 @@ impl RunningDaemon {
             })?,
             credentials: std::sync::RwLock::new(Arc::new(Credentials::from_config(
                 &project.config.auth,
+            ))),
+            rate_limits: std::sync::RwLock::new(Arc::new(crate::http::rate::RateLimits::new(
+                &project.config.server.rate_limits,
             ))),
             test_clock: opts.test_clock,
             project_dir: opts.project.clone(),

@@ -25,6 +25,7 @@ pub struct Metrics {
     activation_count: AtomicU64,
     activation_sum_us: AtomicU64,
     reloads: Mutex<BTreeMap<&'static str, u64>>,
+    rate_limited: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K, by: u64) {
@@ -39,6 +40,11 @@ impl Metrics {
     /// A rejected ingest request.
     pub fn rejected(&self, reason: &str) {
         bump(&self.rejected, reason.to_string(), 1);
+    }
+    /// An ingest request refused with 429 by the rate limit `limit` (`client_key`,
+    /// `client_address`, …).
+    pub fn rate_limited(&self, limit: &'static str) {
+        bump(&self.rate_limited, limit, 1);
     }
     /// A retried message that was already accepted.
     pub fn duplicate(&self) {
@@ -132,6 +138,13 @@ impl Metrics {
             line(
                 &mut o,
                 format!("herald_ingest_rejected_total{{reason=\"{k}\"}} {v}"),
+            );
+        }
+        line(&mut o, "# HELP herald_ingest_rate_limited_total Ingest requests refused with 429, by the rate limit they were over.\n# TYPE herald_ingest_rate_limited_total counter".into());
+        for (k, v) in self.rate_limited.locked().iter() {
+            line(
+                &mut o,
+                format!("herald_ingest_rate_limited_total{{limit=\"{k}\"}} {v}"),
             );
         }
         line(&mut o, "# HELP herald_ingest_duplicates_total Messages already accepted under the same messageId.\n# TYPE herald_ingest_duplicates_total counter".into());

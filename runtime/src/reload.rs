@@ -147,6 +147,11 @@ impl Shared {
             crate::daemon::Credentials::from_config(&project.config.auth),
         );
         self.ingestor.set_limits(project.config.limits.clone());
+        // So do changed rate limits; the ones left as they were keep their buckets.
+        let limits = self
+            .rate_limits()
+            .reconfigured(&project.config.server.rate_limits);
+        *self.rate_limits.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limits);
         self.engine.metrics.reload(true);
         {
             let mut stats = self.reload_stats.locked();

@@ -1,5 +1,5 @@
-//! The Segment-compatible ingest endpoints: write-key check, body decoding (gzip, limits),
-//! per-request acceptance through [`crate::ingest`].
+//! The Segment-compatible ingest endpoints: write-key check, rate limits ([`super::rate`]),
+//! body decoding (gzip, limits), per-request acceptance through [`crate::ingest`].
 
 #[allow(unused_imports)]
 use super::*;
@@ -153,10 +153,11 @@ pub(super) async fn read_limited(body: Body, deadline: std::time::Duration) -> A
 pub(super) async fn ingest(
     kind: Option<&str>,
     shared: Arc<Shared>,
+    peer: std::net::SocketAddr,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    accept(kind, shared, headers, body)
+    accept(kind, shared, peer, headers, body)
         .await
         .map_err(ApiError::for_segment)
 }
@@ -177,9 +178,28 @@ fn body_write_key(bytes: &[u8]) -> Option<String> {
     serde_json::from_slice::<KeyOnly>(bytes).ok()?.write_key
 }
 
+/// The rate limits for a request whose key is `key` (of `kind`), from `peer`: a request over
+/// one is refused (429), counted by the limit it was over.
+fn rate_limit(
+    shared: &Shared,
+    kind: crate::daemon::KeyKind,
+    key: &str,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+) -> ApiResult<()> {
+    shared
+        .rate_limits()
+        .check(kind, key, peer, headers)
+        .map_err(|refused| {
+            shared.engine.metrics.rate_limited(refused.limit.name());
+            ApiError::rate_limited(refused)
+        })
+}
+
 pub(super) async fn accept(
     kind: Option<&str>,
     shared: Arc<Shared>,
+    peer: std::net::SocketAddr,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -188,12 +208,14 @@ pub(super) async fn accept(
         e
     };
     // Authenticate before any work that grows with the body: with the key in the header the
-    // body is not read at all before the key is checked; a key inside the body is honoured
-    // only for a small one.
+    // body is not read at all before the key and the rate limits are checked; a key inside
+    // the body is honoured only for a small one.
     let deadline = std::time::Duration::from_millis(shared.server.body_timeout_ms.max(1));
     let (key_kind, received) = match basic_user(&headers) {
         Some(key) => {
-            let kind = match check_write_key(&shared, &headers, Some(key)) {
+            let checked = check_write_key(&shared, &headers, Some(key.clone()))
+                .and_then(|kind| rate_limit(&shared, kind, &key, peer, &headers).map(|()| kind));
+            let kind = match checked {
                 Ok(kind) => kind,
                 Err(e) => {
                     // Read (and throw away) what the client is still sending, so that it
@@ -226,8 +248,16 @@ pub(super) async fn accept(
             if decoded.len() > BODY_KEY_LIMIT {
                 return Err(rejected(too_large()));
             }
-            let kind =
-                check_write_key(&shared, &headers, body_write_key(&decoded)).map_err(rejected)?;
+            let key = body_write_key(&decoded);
+            let kind = check_write_key(&shared, &headers, key.clone()).map_err(rejected)?;
+            rate_limit(
+                &shared,
+                kind,
+                key.as_deref().unwrap_or_default(),
+                peer,
+                &headers,
+            )
+            .map_err(rejected)?;
             (kind, Received::Decoded(decoded))
         }
     };
@@ -335,16 +365,18 @@ pub(super) fn ingest_error(e: IngestError) -> ApiError {
 pub(super) async fn single(
     kind: &'static str,
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    ingest(Some(kind), shared, headers, body).await
+    ingest(Some(kind), shared, peer, headers, body).await
 }
 
 pub(super) async fn batch(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    ingest(None, shared, headers, body).await
+    ingest(None, shared, peer, headers, body).await
 }

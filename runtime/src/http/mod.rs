@@ -5,7 +5,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +22,7 @@ use crate::store::IdKind;
 mod admin;
 mod ingest;
 mod ops;
+pub mod rate;
 pub mod serve;
 mod webhooks;
 
@@ -36,6 +37,8 @@ pub struct ApiError {
     pub(crate) code: &'static str,
     message: String,
     segment: bool,
+    /// Seconds for a `Retry-After` header, when the client should come back later.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -45,6 +48,23 @@ impl ApiError {
             code,
             message: message.into(),
             segment: false,
+            retry_after: None,
+        }
+    }
+
+    /// A request over a rate limit: 429 with `Retry-After`.
+    fn rate_limited(refused: rate::Refused) -> Self {
+        let secs = refused.retry_after_secs();
+        ApiError {
+            retry_after: Some(secs),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many requests: over the {} rate limit; retry in {secs} s",
+                    refused.limit.name()
+                ),
+            )
         }
     }
 
@@ -69,7 +89,13 @@ impl IntoResponse for ApiError {
         } else {
             json!({"error": {"code": self.code, "message": self.message}})
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -168,11 +194,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         r = r
             .route(
                 &format!("/v1/{kind}"),
-                post(move |s, h, b| single(kind, s, h, b)),
+                post(move |s, c, h, b| single(kind, s, c, h, b)),
             )
             .route(
                 &format!("/v1/{short}"),
-                post(move |s, h, b| single(kind, s, h, b)),
+                post(move |s, c, h, b| single(kind, s, c, h, b)),
             );
     }
     // A body that stops arriving ends the request instead of holding its connection.

@@ -43,6 +43,11 @@ pub(super) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 "Accepted events the workers have not processed yet.",
                 shared.engine.backlog.queued() as f64,
             ),
+            (
+                "herald_rate_limit_addresses",
+                "Client addresses the ingest rate limits keep track of (at most [server.rate_limits] max_addresses each).",
+                shared.rate_limits().tracked_addresses() as f64,
+            ),
         ]);
         render_channels(&mut body, &shared.engine.delivery.status());
         body.push_str("# HELP herald_segment_size Current members of each segment.\n# TYPE herald_segment_size gauge\n");

@@ -9,6 +9,8 @@
 //!   `/metrics` and requests with a management bearer token, so an operator and a health check
 //!   still get in while clients hold every other connection; a client that takes a reserved
 //!   one has a second to send its headers. A connection beyond all of them is closed at once.
+//! - Every request carries its connection's peer address (`ConnectInfo<SocketAddr>`), which
+//!   the ingest rate limits count by ([`super::rate`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,8 +95,8 @@ pub async fn serve(
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors or a passing error: wait a moment, do not spin.
                 tracing::warn!(error = %e, "accepting a connection failed");
@@ -122,6 +124,16 @@ pub async fn serve(
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            // Handlers learn the peer's address (the rate limits count by it).
+            let router = tower::ServiceExt::map_request(
+                router,
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request
+                },
+            );
             let service = hyper_util::service::TowerToHyperService::new(router);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
