@@ -266,7 +266,7 @@ impl Client {
     }
 }
 
-fn respond(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+pub fn respond(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
     match r {
         Ok(resp) => {
             let status = resp.status();
