@@ -327,11 +327,16 @@ fn plugin_inspect_describes_a_connector_and_rejects_other_files() {
 #[test]
 fn a_postmark_open_callback_reaches_the_timeline_and_wakes_wait_for() {
     std::env::set_var("HERALD_TEST_POSTMARK_TOKEN", "postmark-server-token");
+    std::env::set_var(
+        "HERALD_TEST_POSTMARK_HOOK_PASSWORD",
+        "postmark-hook-password",
+    );
     let postmark = Recorder::start_with_body(vec![200], "{\"To\":\"ada@example.com\",\"MessageID\":\"b7bc2f4a-e38e-4336-af7d-e6c39{n}\",\"ErrorCode\":0,\"Message\":\"OK\"}");
     let p = TestProject::new(&format!(
         "[channels.mail]\nplugin = \"bundled:postmark\"\nto = \"email\"\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true\n\
-         config = {{ from = \"hello@example.com\", api_base = \"{}\" }}\n\
-         secrets = {{ POSTMARK_SERVER_TOKEN = \"env:HERALD_TEST_POSTMARK_TOKEN\" }}\n",
+         config = {{ from = \"hello@example.com\", api_base = \"{}\", webhook_username = \"hooks\" }}\n\
+         secrets = {{ POSTMARK_SERVER_TOKEN = \"env:HERALD_TEST_POSTMARK_TOKEN\", \
+         POSTMARK_WEBHOOK_PASSWORD = \"env:HERALD_TEST_POSTMARK_HOOK_PASSWORD\" }}\n",
         postmark.url
     ));
     p.workflow(
@@ -359,10 +364,16 @@ fn a_postmark_open_callback_reaches_the_timeline_and_wakes_wait_for() {
         (Some("eve@example.com"), Some("Welcome Eve"))
     );
 
-    // Postmark's Open webhook, in the format Postmark documents.
+    // Postmark's Open webhook, in the format Postmark documents, with the Basic credentials
+    // of the webhook URL (forged ones: `webhook_auth.rs`).
     let open = json!({"RecordType": "Open", "MessageStream": "outbound", "FirstOpen": true, "Recipient": "eve@example.com",
                       "MessageID": "b7bc2f4a-e38e-4336-af7d-e6c390", "ReceivedAt": "2026-11-30T10:00:00Z", "Platform": "WebMail"});
-    let (s, b) = c.raw_post("/v1/webhooks/mail", &open.to_string(), None, None);
+    use base64::Engine as _;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("hooks:postmark-hook-password")
+    );
+    let (s, b) = c.raw_post("/v1/webhooks/mail", &open.to_string(), Some(&auth), None);
     assert_eq!((s, b["accepted"].clone()), (200, json!(1)), "{b}");
     let run = c.run_reaches(&id, "completed", 3);
     assert_eq!(run["journal"][1]["result"]["event"], "mail_opened");

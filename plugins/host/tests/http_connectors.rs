@@ -106,12 +106,124 @@ fn postmark_error_codes() {
     ));
 }
 
+const PM_HOOK_USER: &str = "postmark-hooks";
+const PM_HOOK_PASSWORD: &str = "pm-hook-password";
+
+/// A Postmark callback with `body` and, when given, Basic credentials as Postmark sends those
+/// of the webhook URL.
+fn postmark_callback(body: &serde_json::Value, basic: Option<(&str, &str)>) -> WebhookRequest {
+    use base64::Engine as _;
+    let headers = basic
+        .map(|(u, p)| {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            vec![("authorization".to_string(), format!("Basic {token}"))]
+        })
+        .unwrap_or_default();
+    WebhookRequest {
+        method: "POST".into(),
+        headers,
+        body: body.to_string().into_bytes(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn postmark_webhooks_need_the_configured_basic_credentials() {
+    let server = HttpServer::start(|_| Reply::json(500, json!({})));
+    let open = json!({ "RecordType": "Open", "MessageID": "m-1", "Recipient": "john@example.com" });
+    // Not configured: refused whatever the request carries, and the reason says what to set.
+    for (config, secrets) in [
+        (json!({ "from": "n@shop.example" }), vec![]),
+        (
+            json!({ "from": "n@shop.example" }),
+            vec![("POSTMARK_WEBHOOK_PASSWORD", PM_HOOK_PASSWORD)],
+        ),
+        (
+            json!({ "from": "n@shop.example", "webhook_username": PM_HOOK_USER }),
+            vec![],
+        ),
+    ] {
+        let p = load_connector("postmark", loopback_grant(&server, config, &secrets));
+        let err = p
+            .parse_webhook(&postmark_callback(
+                &open,
+                Some((PM_HOOK_USER, PM_HOOK_PASSWORD)),
+            ))
+            .expect_err("unconfigured callbacks are refused")
+            .to_string();
+        assert!(
+            err.contains("webhook_username") || err.contains("POSTMARK_WEBHOOK_PASSWORD"),
+            "{err}"
+        );
+        assert!(err.contains("refused"), "{err}");
+    }
+    // Configured: only the exact credentials pass.
+    let p = load_connector(
+        "postmark",
+        loopback_grant(
+            &server,
+            json!({ "from": "n@shop.example", "webhook_username": PM_HOOK_USER }),
+            &[("POSTMARK_WEBHOOK_PASSWORD", PM_HOOK_PASSWORD)],
+        ),
+    );
+    let nul_suffixed = format!("{PM_HOOK_PASSWORD}\0");
+    for basic in [
+        None,
+        Some((PM_HOOK_USER, "")),
+        Some((PM_HOOK_USER, "pm-hook-passwor")),
+        Some((PM_HOOK_USER, "pm-hook-password2")),
+        Some((PM_HOOK_USER, nul_suffixed.as_str())),
+        Some(("postmark-hook", PM_HOOK_PASSWORD)),
+        Some(("", PM_HOOK_PASSWORD)),
+    ] {
+        let err = p
+            .parse_webhook(&postmark_callback(&open, basic))
+            .expect_err("wrong credentials are refused")
+            .to_string();
+        assert!(err.contains("credentials"), "{basic:?}: {err}");
+    }
+    let mut bearer = postmark_callback(&open, None);
+    bearer.headers = vec![("authorization".into(), format!("Bearer {PM_HOOK_PASSWORD}"))];
+    assert!(p.parse_webhook(&bearer).is_err());
+    let events = p
+        .parse_webhook(&postmark_callback(
+            &open,
+            Some((PM_HOOK_USER, PM_HOOK_PASSWORD)),
+        ))
+        .expect("authenticated callback");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].message_id.as_deref(), Some("m-1"));
+    // A long password (beyond HMAC's 64-byte block) works too.
+    let long = "p".repeat(100);
+    let p = load_connector(
+        "postmark",
+        loopback_grant(
+            &server,
+            json!({ "from": "n@shop.example", "webhook_username": PM_HOOK_USER }),
+            &[("POSTMARK_WEBHOOK_PASSWORD", long.as_str())],
+        ),
+    );
+    assert!(p
+        .parse_webhook(&postmark_callback(
+            &open,
+            Some((PM_HOOK_USER, long.as_str()))
+        ))
+        .is_ok());
+    assert!(p
+        .parse_webhook(&postmark_callback(&open, Some((PM_HOOK_USER, &long[1..]))))
+        .is_err());
+}
+
 #[test]
 fn postmark_webhooks_become_events() {
     let server = HttpServer::start(|_| Reply::json(500, json!({})));
     let p = load_connector(
         "postmark",
-        loopback_grant(&server, json!({ "from": "n@shop.example" }), &[]),
+        loopback_grant(
+            &server,
+            json!({ "from": "n@shop.example", "webhook_username": PM_HOOK_USER }),
+            &[("POSTMARK_WEBHOOK_PASSWORD", PM_HOOK_PASSWORD)],
+        ),
     );
     // Payloads in the shape Postmark's webhook documentation shows.
     let payloads = [
@@ -133,22 +245,15 @@ fn postmark_webhooks_become_events() {
                 "SuppressionReason": "ManualSuppression", "Tag": "my-tag", "Metadata": {} }),
     ];
     let mut events = Vec::new();
+    let credentials = Some((PM_HOOK_USER, PM_HOOK_PASSWORD));
     for body in payloads {
         events.extend(
-            p.parse_webhook(&WebhookRequest {
-                method: "POST".into(),
-                body: body.to_string().into_bytes(),
-                ..Default::default()
-            })
-            .expect("parse"),
+            p.parse_webhook(&postmark_callback(&body, credentials))
+                .expect("parse"),
         );
     }
     insta::assert_json_snapshot!("postmark_webhook_events", events);
-    let bad = p.parse_webhook(&WebhookRequest {
-        method: "POST".into(),
-        body: b"{\"x\":1}".to_vec(),
-        ..Default::default()
-    });
+    let bad = p.parse_webhook(&postmark_callback(&json!({ "x": 1 }), credentials));
     assert!(bad.is_err());
 }
 
@@ -449,4 +554,15 @@ fn webhook_is_signed_by_the_host() {
     assert_eq!(body["type"], "message");
     assert_eq!(body["payload"], json!({ "plan": "pro" }));
     assert!(!r.body_text().contains(key));
+    // It only sends: a callback is refused, even one signed with its own key.
+    let err = p
+        .parse_webhook(&WebhookRequest {
+            method: "POST".into(),
+            headers: r.headers.clone().into_iter().collect(),
+            body: r.body.clone(),
+            ..Default::default()
+        })
+        .expect_err("the webhook connector accepts no callbacks")
+        .to_string();
+    assert!(err.contains("accepts no callbacks"), "{err}");
 }

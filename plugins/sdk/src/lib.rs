@@ -279,6 +279,19 @@ impl WebhookRequest {
         serde_json::from_slice(&self.body).map_err(|e| format!("body is not valid JSON: {e}"))
     }
 
+    /// The user name and password of an `Authorization: Basic` header, if
+    /// the request has one that decodes (base64 of `user:password`, UTF-8).
+    pub fn basic_auth(&self) -> Option<(String, String)> {
+        let value = self.header("authorization")?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = String::from_utf8(crate::b64::decode(token.trim())?).ok()?;
+        let (user, password) = decoded.split_once(':')?;
+        Some((user.to_string(), password.to_string()))
+    }
+
     /// The body parsed as `application/x-www-form-urlencoded` pairs.
     pub fn body_form(&self) -> Vec<(String, String)> {
         form_urlencoded::parse(&self.body)
@@ -655,9 +668,38 @@ pub mod crypto {
         wit::hmac_sha1(secret_name, data)
     }
 
-    /// Compare two byte strings in time independent of where they differ.
+    /// Compare two byte strings in time independent of where they differ
+    /// (`subtle`); only their lengths may show.
     pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        use subtle::ConstantTimeEq;
+        a.ct_eq(b).into()
+    }
+
+    /// The message both sides of [`secret_equals`] authenticate.
+    const SECRET_EQUALS_LABEL: &[u8] = b"herald-plugin-sdk secret_equals v1";
+
+    /// Whether `presented` (for example a password a provider's callback
+    /// carries) equals the secret named `secret_name`, without the secret
+    /// entering the plugin: the host computes HMAC-SHA256 keyed with the
+    /// secret over a fixed label, the plugin computes it keyed with
+    /// `presented`, and the two tags are compared in constant time
+    /// (`hmac`'s `verify_slice`). Equal tags mean equal keys, up to HMAC's
+    /// own key rules (a key longer than 64 bytes stands for its SHA-256, a
+    /// shorter one for itself padded with zero bytes), so a presented value
+    /// containing a NUL byte is refused outright.
+    ///
+    /// Fails, like [`hmac_sha256`], when the manifest does not declare the
+    /// secret or the operator did not supply it.
+    pub fn secret_equals(secret_name: &str, presented: &[u8]) -> Result<bool, String> {
+        use hmac::{Hmac, Mac};
+        let expected = hmac_sha256(secret_name, SECRET_EQUALS_LABEL)?;
+        if presented.contains(&0) {
+            return Ok(false);
+        }
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(presented)
+            .map_err(|e| format!("cannot key HMAC-SHA256: {e}"))?;
+        mac.update(SECRET_EQUALS_LABEL);
+        Ok(mac.verify_slice(&expected).is_ok())
     }
 }
 

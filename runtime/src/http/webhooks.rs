@@ -6,7 +6,9 @@ use super::*;
 /// Provider callbacks (delivered, opened, clicked, bounced, …): the channel's connector turns
 /// the request into events, which land on the contact's timeline as `<channel>_<kind>` (for
 /// example `email_opened`), count in metrics and can satisfy `wait_for`. Authenticity is the
-/// connector's job (for example Twilio's request signature).
+/// connector's job (Twilio's request signature, Postmark's Basic credentials), so it gets the
+/// request whole; a connector refuses what it cannot authenticate, and a refusal is a 400
+/// `webhook_rejected` that records nothing.
 pub(super) async fn provider_webhook(
     State(shared): State<Arc<Shared>>,
     Path(channel): Path<String>,

@@ -5,12 +5,52 @@
 //! `TextBody`, `MessageStream`, `Tag`, `Metadata`, `Headers`, tracking flags).
 //! Webhooks: `RecordType` Delivery, Bounce, Open, Click, SpamComplaint and
 //! SubscriptionChange become Herald events tied to Postmark's `MessageID`.
+//!
+//! Callbacks are authenticated with the HTTP Basic credentials Postmark sends
+//! when they are part of the webhook URL
+//! (`https://USER:PASSWORD@herald.example.com/v1/webhooks/<channel>`): the user
+//! must equal `webhook_username` and the password the `POSTMARK_WEBHOOK_PASSWORD`
+//! secret, compared in constant time without the secret entering the plugin
+//! (`crypto::secret_equals`). Without both configured every callback is
+//! refused (fail closed).
 use herald_plugin_sdk::parse_rfc3339_ms;
 use herald_plugin_sdk::prelude::*;
 
 struct Postmark;
 
 const SCHEMA: &str = include_str!("../config.schema.json");
+
+/// The secret holding the webhook's Basic auth password.
+const PASSWORD_SECRET: &str = "POSTMARK_WEBHOOK_PASSWORD";
+
+/// How a refusal for missing configuration ends.
+const REFUSED: &str = "so Postmark callbacks cannot be authenticated and are refused";
+
+/// Check the callback's Basic credentials against `webhook_username` and the
+/// `POSTMARK_WEBHOOK_PASSWORD` secret.
+fn authenticate(req: &WebhookRequest) -> Result<(), String> {
+    let username = config::get_str("webhook_username")
+        .filter(|u| !u.is_empty())
+        .ok_or(
+            "webhook_username is not configured, so Postmark callbacks cannot be authenticated \
+             and are refused; set config.webhook_username and the POSTMARK_WEBHOOK_PASSWORD \
+             secret, and put both into the webhook URL in Postmark \
+             (https://USER:PASSWORD@host/v1/webhooks/<channel>)",
+        )?;
+    let credentials = req.basic_auth();
+    let presented = credentials.as_ref().map_or("", |(_, p)| p.as_str());
+    // Asked even without credentials, so an unconfigured secret is reported as such.
+    let password_ok = crypto::secret_equals(PASSWORD_SECRET, presented.as_bytes())
+        .map_err(|e| format!("the {PASSWORD_SECRET} secret is not available ({e}), {REFUSED}"))?;
+    let (user, _) = credentials
+        .ok_or("missing HTTP Basic credentials (put them into the webhook URL in Postmark)")?;
+    let user_ok = crypto::constant_time_eq(user.as_bytes(), username.as_bytes());
+    if user_ok & password_ok {
+        Ok(())
+    } else {
+        Err("invalid webhook credentials".into())
+    }
+}
 
 impl Plugin for Postmark {
     fn describe() -> Description {
@@ -21,9 +61,16 @@ impl Plugin for Postmark {
 
     fn validate_config(config: &Value) -> Result<(), String> {
         match config.get("from").and_then(Value::as_str) {
-            Some(f) if f.contains('@') => Ok(()),
-            _ => Err("`from` must be a sender signature address".into()),
+            Some(f) if f.contains('@') => {}
+            _ => return Err("`from` must be a sender signature address".into()),
         }
+        if let Some(u) = config.get("webhook_username") {
+            match u.as_str() {
+                Some(u) if !u.is_empty() && !u.contains(':') => {}
+                _ => return Err("`webhook_username` must be a non-empty string without `:`".into()),
+            }
+        }
+        Ok(())
     }
 
     fn send(msg: Outbound) -> Result<Sent, SendError> {
@@ -133,6 +180,7 @@ impl Plugin for Postmark {
     }
 
     fn parse_webhook(req: WebhookRequest) -> Result<Vec<WebhookEvent>, String> {
+        authenticate(&req)?;
         let j = req.body_json()?;
         let record = j
             .get("RecordType")

@@ -13,6 +13,11 @@
 //! host's `crypto` capability to sign. Receivers verify by recomputing the
 //! HMAC over the timestamp, a dot and the raw body, and should reject stale
 //! timestamps and dedupe on `Idempotency-Key`.
+//!
+//! The connector only sends: it accepts no callbacks, so every request to
+//! `/v1/webhooks/<channel>` for it is refused. A receiver that wants to report
+//! back to Herald sends events through the ingest API with a server key, which
+//! is authenticated already.
 use herald_plugin_sdk::prelude::*;
 
 struct Webhook;
@@ -79,6 +84,14 @@ impl Plugin for Webhook {
         }
         let resp = req.body(body).send()?.error_for_status()?;
         Ok(Sent::with_id(resp.json_field("id")).details(json!({ "status": resp.status() })))
+    }
+
+    fn parse_webhook(_req: WebhookRequest) -> Result<Vec<WebhookEvent>, String> {
+        Err(
+            "the webhook connector only sends and accepts no callbacks; report events \
+             to Herald through the ingest API with a server key"
+                .into(),
+        )
     }
 }
 
