@@ -220,6 +220,10 @@ fn call(req: ureq::Request, body: Option<(&str, &[u8])>) -> Result<serde_json::V
         Some((ct, b)) => req.set("content-type", ct).send_bytes(b),
         None => req.call(),
     };
+    call_result(result)
+}
+
+fn call_result(result: Result<ureq::Response, ureq::Error>) -> Result<serde_json::Value> {
     match result {
         Ok(r) => Ok(r.into_json()?),
         Err(ureq::Error::Status(code, r)) => {
@@ -452,7 +456,7 @@ fn import(
     remote: &Remote,
 ) -> Result<bool> {
     let (url, token) = remote.resolve()?;
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let input = std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
     let mut req = ureq::post(&format!("{url}/v1/import/contacts"))
         .set("authorization", &format!("Bearer {token}"));
     for (k, v) in [("id", id), ("types", types), ("map", map)] {
@@ -460,12 +464,18 @@ fn import(
             req = req.query(k, &v);
         }
     }
-    let report = call(req, Some(("text/csv", &bytes)))?;
+    // Streamed: the file is never held in memory, here or in the daemon.
+    let report = match req.set("content-type", "text/csv").send(input) {
+        Ok(r) => r.into_json()?,
+        Err(ureq::Error::Status(207, r)) => r.into_json()?,
+        other => call_result(other)?,
+    };
+    let rejected = report["rejected_count"].as_u64().unwrap_or(0);
     println!(
         "imported {} row(s), {} unchanged, {} rejected (id column: {})",
         report["imported"],
         report["unchanged"],
-        report["rejected"].as_array().map_or(0, Vec::len),
+        rejected,
         report["id_column"].as_str().unwrap_or("?")
     );
     for r in report["rejected"].as_array().into_iter().flatten() {
@@ -476,7 +486,15 @@ fn import(
             r["reason"].as_str().unwrap_or_default()
         );
     }
-    Ok(report["rejected"].as_array().is_none_or(Vec::is_empty))
+    let listed = report["rejected"].as_array().map_or(0, Vec::len) as u64;
+    if rejected > listed {
+        eprintln!(
+            "{}: {} more rejected row(s) not listed",
+            file.display(),
+            rejected - listed
+        );
+    }
+    Ok(rejected == 0)
 }
 
 fn delete_contact(id: &str, remote: &Remote) -> Result<bool> {

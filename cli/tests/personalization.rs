@@ -195,6 +195,42 @@ fn csv_import_takes_good_rows_whole_and_reports_bad_ones_by_line() {
 }
 
 #[test]
+fn a_large_import_goes_in_chunks_and_lists_the_first_thousand_bad_rows_with_their_count() {
+    let p = TestProject::new("[limits]\nmax_traits = 2\n");
+    let d = p.start();
+    let c = Client::new(d.url());
+    // 2,500 good rows, 1,200 without an id, and one row whose contact would pass a limit
+    // (found when its chunk is written, not when it is read).
+    let mut csv = String::from("user_id,email,plan\n");
+    for i in 0..3700 {
+        if i % 3 == 1 && i < 3600 {
+            csv.push_str(&format!(",nobody{i}@example.com,free\n"));
+        } else {
+            csv.push_str(&format!("user{i},user{i}@example.com,pro\n"));
+        }
+    }
+    c.identify("user3699", json!({"a": 1, "b": 2}));
+    let (status, report) = respond(
+        c.agent()
+            .post(&format!("{}/v1/import/contacts", d.url()))
+            .set("authorization", &format!("Bearer {TOKEN}"))
+            .set("content-type", "text/csv")
+            .send_string(&csv),
+    );
+    assert_eq!(status, 207, "{report}");
+    assert_eq!(report["imported"], 2499, "{report}");
+    assert_eq!(report["rejected_count"], 1201, "{report}");
+    let listed = report["rejected"].as_array().unwrap();
+    assert_eq!(listed.len(), 1000);
+    // Line 1 is the header: the first bad row (i = 1) is line 3.
+    assert_eq!(listed[0]["line"], 3);
+    let (_, last) = c.admin_get("/v1/contacts/user3698");
+    assert_eq!(last["attributes"]["plan"], "pro", "{last}");
+    let (_, capped) = c.admin_get("/v1/contacts/user3699");
+    assert_eq!(capped["attributes"], json!({"a": 1, "b": 2}), "{capped}");
+}
+
+#[test]
 fn the_import_and_preview_commands_talk_to_the_running_daemon() {
     let p = TestProject::new("");
     p.template("hello", "Hello {{ contact.first_name }}");

@@ -622,6 +622,9 @@ pub(super) async fn preview_template(
     .await?
 }
 
+/// Largest CSV upload.
+const MAX_IMPORT_BYTES: usize = 1 << 30;
+
 pub(super) async fn import_contacts(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -629,28 +632,75 @@ pub(super) async fn import_contacts(
     body: Body,
 ) -> ApiResult<Response> {
     check_admin(&shared, &headers)?;
-    let bytes = axum::body::to_bytes(body, 256 * 1024 * 1024)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "CSV imports are limited to 256 MB per request",
-            )
-        })?;
-    let report = crate::ingest::import::import_csv(&shared.ingestor, &bytes, &q)
-        .await
-        .map_err(|e| match e {
-            crate::ingest::IngestError::Invalid { code, message } => {
-                ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    // The upload goes to a temporary file as it arrives and is imported from there a chunk
+    // of rows at a time: memory stays the same however large the file.
+    let mut spool = tempfile::tempfile().map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_accepted",
+            format!("cannot hold the upload: {e}"),
+        )
+    })?;
+    let mut body = body;
+    let mut size = 0usize;
+    {
+        use http_body_util::BodyExt as _;
+        use std::io::Write as _;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("reading the upload: {e}"),
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            size += data.len();
+            if size > MAX_IMPORT_BYTES {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "CSV imports are limited to {} MB per request; split the file",
+                        MAX_IMPORT_BYTES >> 20
+                    ),
+                ));
             }
-            other => ApiError::new(
+            spool.write_all(&data).map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_accepted",
+                    format!("cannot hold the upload: {e}"),
+                )
+            })?;
+        }
+    }
+    {
+        use std::io::Seek as _;
+        spool.rewind().map_err(|e| {
+            ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_accepted",
-                other.to_string(),
-            ),
+                e.to_string(),
+            )
         })?;
-    let status = if report.rejected.is_empty() {
+    }
+    let report =
+        crate::ingest::import::import_csv(&shared.ingestor, std::io::BufReader::new(spool), &q)
+            .await
+            .map_err(|e| match e {
+                crate::ingest::IngestError::Invalid { code, message } => {
+                    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+                }
+                other => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_accepted",
+                    other.to_string(),
+                ),
+            })?;
+    let status = if report.rejected_count == 0 {
         StatusCode::OK
     } else {
         StatusCode::MULTI_STATUS

@@ -36,8 +36,10 @@ pub struct ImportReport {
     pub imported: usize,
     /// Rows identical to an earlier import (skipped).
     pub unchanged: usize,
-    /// Rows refused, with line and reason.
+    /// Rows refused, with line and reason: the first [`MAX_REPORTED_ROWS`] of them.
     pub rejected: Vec<RowError>,
+    /// How many rows were refused in all.
+    pub rejected_count: usize,
     /// The id column used.
     pub id_column: String,
     /// Attribute names, after mapping.
@@ -97,10 +99,33 @@ fn plausible_email(s: &str) -> bool {
     }
 }
 
-/// Parse, validate and import a CSV file.
+/// Refused rows listed in a report (all of them are counted).
+pub const MAX_REPORTED_ROWS: usize = 1000;
+
+/// Rows imported together (one ingest request each).
+const CHUNK_ROWS: usize = 1000;
+
+/// The refused rows of an import: the first [`MAX_REPORTED_ROWS`] kept, all counted.
+#[derive(Default)]
+struct Refused {
+    rows: Vec<RowError>,
+    count: usize,
+}
+
+impl Refused {
+    fn push(&mut self, row: RowError) {
+        self.count += 1;
+        if self.rows.len() < MAX_REPORTED_ROWS {
+            self.rows.push(row);
+        }
+    }
+}
+
+/// Parse, validate and import a CSV file, read as it goes: rows are imported a chunk at a
+/// time, so memory does not grow with the file.
 pub async fn import_csv(
     ingestor: &Ingestor,
-    bytes: &[u8],
+    input: impl std::io::Read,
     opts: &ImportOptions,
 ) -> Result<ImportReport, IngestError> {
     let bad = |m: String| IngestError::Invalid {
@@ -110,7 +135,7 @@ pub async fn import_csv(
     let mut reader = csv::ReaderBuilder::new()
         .flexible(false)
         .trim(csv::Trim::All)
-        .from_reader(bytes);
+        .from_reader(input);
     let headers: Vec<String> = reader
         .headers()
         .map_err(|e| bad(format!("header row: {e}")))?
@@ -162,13 +187,17 @@ pub async fn import_csv(
             .filter(|e| e.starts_with("unknown"))
             .map_or(Ok(()), |e| Err(bad(e)))?;
     }
-    let mut messages: Vec<Message> = Vec::new();
+    let mut messages: Vec<Message> = Vec::with_capacity(CHUNK_ROWS);
     // The line of each message, to report the ones a contact limit drops.
-    let mut lines: Vec<u64> = Vec::new();
-    let mut rejected = Vec::new();
-    for record in reader.records() {
-        let record = match record {
-            Ok(r) => r,
+    let mut lines: Vec<u64> = Vec::with_capacity(CHUNK_ROWS);
+    let mut rejected = Refused::default();
+    let mut imported = 0;
+    let mut unchanged = 0;
+    let mut record = csv::StringRecord::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(0);
                 rejected.push(RowError {
@@ -177,7 +206,7 @@ pub async fn import_csv(
                 });
                 continue;
             }
-        };
+        }
         let line = record.position().map(|p| p.line()).unwrap_or(0);
         let id = record.get(id_index).unwrap_or("").to_string();
         if id.is_empty() {
@@ -227,7 +256,13 @@ pub async fn import_csv(
         match validate(Some("identify"), msg, size, None) {
             Ok(m) => {
                 lines.push(line);
-                messages.push(m)
+                messages.push(m);
+                if messages.len() == CHUNK_ROWS {
+                    let (i, u) =
+                        import_chunk(ingestor, &mut messages, &mut lines, &mut rejected).await?;
+                    imported += i;
+                    unchanged += u;
+                }
             }
             Err(e) => rejected.push(RowError {
                 line,
@@ -235,34 +270,43 @@ pub async fn import_csv(
             }),
         }
     }
-    let mut imported = 0;
-    let mut unchanged = 0;
-    let mut start = 0;
-    while !messages.is_empty() {
-        let rest = messages.split_off(messages.len().min(1000));
-        let mut chunk = std::mem::replace(&mut messages, rest);
-        for (i, m) in chunk.iter_mut().enumerate() {
-            m.index = i;
-        }
-        let a = ingestor.ingest(chunk).await?;
-        imported += a.accepted;
-        unchanged += a.duplicates;
-        for r in a.rejected {
-            rejected.push(RowError {
-                line: lines[start + r.index],
-                reason: r.message,
-            });
-        }
-        start += 1000;
+    if !messages.is_empty() {
+        let (i, u) = import_chunk(ingestor, &mut messages, &mut lines, &mut rejected).await?;
+        imported += i;
+        unchanged += u;
     }
-    rejected.sort_by_key(|r| r.line);
     let mut attributes: Vec<String> = names.iter().filter(|n| **n != id_column).cloned().collect();
     attributes.sort();
+    let mut rows = rejected.rows;
+    rows.sort_by_key(|r| r.line);
     Ok(ImportReport {
         imported,
         unchanged,
-        rejected,
+        rejected: rows,
+        rejected_count: rejected.count,
         id_column,
         attributes,
     })
+}
+
+/// Import one chunk of rows (emptied), recording the rows a contact limit or an erasure drops.
+async fn import_chunk(
+    ingestor: &Ingestor,
+    messages: &mut Vec<Message>,
+    lines: &mut Vec<u64>,
+    rejected: &mut Refused,
+) -> Result<(usize, usize), IngestError> {
+    let mut chunk = std::mem::take(messages);
+    for (i, m) in chunk.iter_mut().enumerate() {
+        m.index = i;
+    }
+    let a = ingestor.ingest(chunk).await?;
+    for r in a.rejected {
+        rejected.push(RowError {
+            line: lines[r.index],
+            reason: r.message,
+        });
+    }
+    lines.clear();
+    Ok((a.accepted, a.duplicates))
 }
