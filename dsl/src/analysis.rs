@@ -227,12 +227,11 @@ pub fn check_script(
         .iter_functions()
         .find(|f| f.name == "run" && f.params.len() != 2)
     {
-        let offset = source.find("fn run").unwrap_or(0);
         diagnostics.push(
             Diagnostic::error(
                 "H008",
                 file,
-                offset..offset + 6,
+                fn_declaration_range(source, "run"),
                 format!(
                     "`fn run` takes (contact, trigger), not {} parameter(s)",
                     f.params.len()
@@ -248,6 +247,43 @@ pub fn check_script(
     ScriptReport {
         workflow: workflow.filter(|_| has_run),
         diagnostics,
+    }
+}
+
+/// The range from `fn` to the end of the name in the first declaration of function `name`
+/// (`fn run`, `fn  run (`), or `0..0` when the source does not spell one out.
+pub(crate) fn fn_declaration_range(source: &str, name: &str) -> std::ops::Range<usize> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    for (at, _) in source.match_indices("fn") {
+        if source[..at].chars().next_back().is_some_and(ident) {
+            continue;
+        }
+        let after_fn = &source[at + 2..];
+        let rest = after_fn.trim_start();
+        if rest.len() == after_fn.len() {
+            continue;
+        }
+        let Some(after_name) = rest.strip_prefix(name) else {
+            continue;
+        };
+        if after_name.trim_start().starts_with('(') {
+            return at..source.len() - after_name.len();
+        }
+    }
+    0..0
+}
+
+/// The range of `"name"` where the script spells it out as a string literal, else `fallback`
+/// (a name computed while loading appears nowhere in the source).
+pub(crate) fn quoted_range(
+    source: &str,
+    name: &str,
+    fallback: std::ops::Range<usize>,
+) -> std::ops::Range<usize> {
+    let needle = format!("\"{name}\"");
+    match source.find(&needle) {
+        Some(start) => start..start + needle.len(),
+        None => fallback,
     }
 }
 
@@ -568,12 +604,10 @@ fn lint_triggers(
             _ => ("", &String::new(), &project.segments, ""),
         };
         if !kind.is_empty() && !known.contains(name) {
-            let needle = format!("\"{name}\"");
-            let start = source.find(&needle).unwrap_or(0);
             let mut d = Diagnostic::error(
                 code,
                 file,
-                start..start + needle.len(),
+                quoted_range(source, name, line_range(source, decl.line)),
                 format!("unknown {kind} \"{name}\" in a trigger"),
             );
             d = match closest(name, known.iter()) {
@@ -585,12 +619,10 @@ fn lint_triggers(
         }
         if let Trigger::WorkflowCompleted { workflow } = t {
             if !project.workflows.contains(workflow) {
-                let needle = format!("\"{workflow}\"");
-                let start = source.find(&needle).unwrap_or(0);
                 let mut d = Diagnostic::error(
                     "H004",
                     file,
-                    start..start + needle.len(),
+                    quoted_range(source, workflow, line_range(source, decl.line)),
                     format!("unknown workflow \"{workflow}\" in a trigger"),
                 )
                 .with_label("no workflow of this name in the project");

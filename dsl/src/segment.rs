@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 
 use rhai::{ASTNode, Dynamic, Engine, Expr, Scope, AST};
 
-use crate::analysis::{compile_and_declare, line_range};
+use crate::analysis::{compile_and_declare, line_range, quoted_range};
 use crate::decl::{RuleDecl, ScoringDecl, SegmentDecl};
 use crate::diagnostic::Diagnostic;
 use crate::engine::{ActivationEnd, ContactView, Limits};
@@ -318,13 +318,11 @@ pub fn check_segment(
     if let Some(known) = known_segments {
         for s in &deps.segments {
             if !known.contains(s) {
-                let needle = format!("\"{s}\"");
-                let start = source.find(&needle).unwrap_or(0);
                 diags.push(
                     Diagnostic::error(
                         "H013",
                         file,
-                        start..start + needle.len(),
+                        quoted_range(source, s, 0..0),
                         format!("unknown segment \"{s}\""),
                     )
                     .with_label("no segments/*.rhai declares it"),

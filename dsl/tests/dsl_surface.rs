@@ -294,6 +294,37 @@ fn steps_at_the_top_level_are_reported() {
     ));
 }
 
+#[test]
+fn a_trigger_name_computed_while_loading_is_reported_on_the_declaration_line() {
+    // The name is longer than the file and spelled nowhere in it.
+    let source = "let name = \"w\";\nfor i in 0..10 { name += name; }\nworkflow(\"x\").on_workflow_completed(name);\nfn run(contact, trigger) {}\n";
+    let engine = build_engine(&Limits::default());
+    let report = check_script(&engine, "workflows/x.rhai", source, Some(&project()));
+    let unknown = report
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "H004")
+        .expect("the unknown workflow is reported");
+    assert_eq!(
+        &source[unknown.range.clone()],
+        "workflow(\"x\").on_workflow_completed(name);"
+    );
+}
+
+#[test]
+fn a_run_function_with_the_wrong_parameters_is_underlined_where_it_is_declared() {
+    // `fn run` is not spelled with one space, and a multi-byte character comes first.
+    let source = "//€é\nworkflow(\"w\").manual();\nfn  run(contact) {}\n";
+    let engine = build_engine(&Limits::default());
+    let report = check_script(&engine, "workflows/w.rhai", source, None);
+    let wrong = report
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "H008")
+        .expect("the parameters are reported");
+    assert_eq!(&source[wrong.range.clone()], "fn  run");
+}
+
 fn sample(ty: herald_dsl::api::ArgType) -> &'static str {
     use herald_dsl::api::ArgType::*;
     match ty {

@@ -103,6 +103,21 @@ impl Message {
             contact: Some(contact.to_string()),
         }
     }
+
+    /// Its place in its batch (0 for a single message).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Its call type: `track`, `identify`, `page`, `screen`, `group` or `alias`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The message as received, with its batch's `context` copied in when it had none.
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.raw
+    }
 }
 
 fn id_field(m: &Map<String, Value>, key: &str) -> Option<String> {
@@ -419,7 +434,15 @@ pub fn parse_body(kind: Option<&str>, body: &[u8]) -> Result<Parsed, IngestError
             let mut first_error = None;
             for (i, raw) in items.into_iter().enumerate() {
                 let outcome = (|| {
-                    let mut item: Value = serde_json::from_str(raw.get()).map_err(malformed)?;
+                    // Well-formed as part of the body, yet not a JSON value on its own (a lone
+                    // surrogate escape, a number out of range): this item is dropped, and its
+                    // rejection names it (positions count from the item's first byte).
+                    let mut item: Value = serde_json::from_str(raw.get()).map_err(|e| {
+                        invalid(
+                            "malformed_json",
+                            format!("batch[{i}]: the item is not valid JSON: {e}"),
+                        )
+                    })?;
                     let mut size = raw.get().len();
                     if let (Some((ctx, ctx_len)), Some(obj)) = (&context, item.as_object_mut()) {
                         if !obj.contains_key("context") {
