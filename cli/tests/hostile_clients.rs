@@ -509,3 +509,39 @@ fn a_limit_of_zero_is_refused_by_check() {
     );
     assert!(text.contains("max_traits = 0"), "{text}");
 }
+
+#[test]
+fn a_large_csv_import_does_not_grow_the_daemon_with_the_file() {
+    const FILE_MIB: usize = 64;
+    const LIMIT_MIB: u64 = 24;
+    let p = TestProject::new("");
+    let daemon = Process::start(p.path(), &[]);
+    let pid = daemon.child.id();
+    // Rows without an id: refused as they are read, so the file's size is all there is.
+    let row = ",someone@example.com,a value long enough to make the row about a hundred bytes\n";
+    let mut csv = String::with_capacity(FILE_MIB << 20);
+    csv.push_str("user_id,email,note\n");
+    while csv.len() < FILE_MIB << 20 {
+        csv.push_str(row);
+    }
+    let rows = (csv.len() - 19) / row.len();
+    let before = peak_resident_mib(pid);
+    let (status, report) = respond(
+        daemon
+            .client
+            .agent()
+            .post(&format!("{}/v1/import/contacts", daemon.client.base))
+            .set("authorization", &format!("Bearer {TOKEN}"))
+            .set("content-type", "text/csv")
+            .send_string(&csv),
+    );
+    let after = peak_resident_mib(pid);
+    eprintln!("peak resident: {before} MiB before, {after} MiB after a {FILE_MIB} MB import");
+    assert_eq!(status, 207, "{report}");
+    assert_eq!(report["rejected_count"], rows, "{report}");
+    assert_eq!(report["rejected"].as_array().unwrap().len(), 1000);
+    assert!(
+        after.saturating_sub(before) < LIMIT_MIB,
+        "a {FILE_MIB} MB import grew the daemon's peak from {before} MiB to {after} MiB"
+    );
+}
