@@ -333,7 +333,11 @@ fn describe_error(err: &EvalAltResult) -> (String, Position) {
                 (msg, p)
             }
         }
-        EvalAltResult::ErrorRuntime(v, pos) => (v.to_string(), *pos),
+        // `throw` with an empty (or blank) value still needs words.
+        EvalAltResult::ErrorRuntime(v, pos) => match v.to_string() {
+            m if m.trim().is_empty() => ("the script threw an error with no message".into(), *pos),
+            m => (m, *pos),
+        },
         EvalAltResult::ErrorTooManyOperations(pos) => (
             "the script exceeded its operation limit while loading (an endless loop?)".into(),
             *pos,

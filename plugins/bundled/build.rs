@@ -103,6 +103,9 @@ fn main() {
         "CARGO_ENCODED_RUSTFLAGS",
         "CARGO_BUILD_TARGET",
         "CARGO_BUILD_RUSTFLAGS",
+        // The outer build's build directory is locked by the outer cargo: the nested one
+        // would wait for it forever.
+        "CARGO_BUILD_BUILD_DIR",
         "RUSTC_WORKSPACE_WRAPPER",
         "RUSTC_WRAPPER",
         "CARGO_MAKEFLAGS",

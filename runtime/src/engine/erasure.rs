@@ -125,6 +125,8 @@ impl Engine {
                 });
             }
             self.store.apply(&batch)?;
+            self.relinks
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.suppressed
                 .write_locked()
                 .extend(suppressed.iter().cloned());

@@ -293,6 +293,9 @@ pub struct Engine {
     pub contact_locks: crate::sync::StripedLocks,
     /// Suppression keys of erased people ([`suppression_key`]): their data is not taken again.
     pub(crate) suppressed: RwLock<HashSet<String>>,
+    /// Counts merges and erasures, raised after their batch is written (under their locks):
+    /// a writer that saw it unchanged across taking its locks knows its lookups still hold.
+    pub(crate) relinks: std::sync::atomic::AtomicU64,
     /// The run and segment gauges were counted at start without error, so a clean shutdown
     /// may save them as a checkpoint.
     counted: std::sync::atomic::AtomicBool,
@@ -420,6 +423,7 @@ impl Engine {
             backfill: Mutex::new(Default::default()),
             contact_locks: crate::sync::StripedLocks::new(CONTACT_STRIPES),
             suppressed: RwLock::new(suppressed),
+            relinks: std::sync::atomic::AtomicU64::new(0),
             counted: std::sync::atomic::AtomicBool::new(false),
             backlog,
             delivery,

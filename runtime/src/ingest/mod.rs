@@ -584,15 +584,7 @@ impl Ingestor {
     /// Waits first while the workers' backlog is at its limit (`[engine] max_backlog`).
     pub async fn ingest(&self, messages: Vec<Message>) -> Result<Accepted, IngestError> {
         self.engine.backlog.room().await;
-        // Identity lookups and the batch are store IO, and the locks may be waited for: off
-        // the async threads where the runtime has more than one.
-        let multi = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let (accepted, items) = if multi {
-            tokio::task::block_in_place(|| self.write(messages))?
-        } else {
-            self.write(messages)?
-        };
+        let (accepted, items) = self.write(messages)?;
         self.flusher
             .commit()
             .await
@@ -622,20 +614,26 @@ impl Ingestor {
         let ids = write::named_ids(&messages);
         let known: BTreeSet<String> = messages.iter().filter_map(|m| m.contact.clone()).collect();
         let locks = &self.engine.contact_locks;
+        let relinks = &self.engine.relinks;
         loop {
-            let _ids = locks.identities(&ids);
-            let before = write::Lookup::take(store, &ids, &known)?;
+            let _ids = locks.identities(ids.iter().map(|(_, id)| id));
+            let seen = relinks.load(std::sync::atomic::Ordering::SeqCst);
+            let mut before = write::Lookup::take(store, &ids, &known)?;
             let _contacts = locks.contacts(before.contacts());
-            // A merge elsewhere may have moved an id while this request waited.
-            if write::Lookup::take(store, &ids, &known)? != before {
+            // A merge (or erasure) elsewhere may have moved an id while this request waited:
+            // look again, and start over if it did.
+            if relinks.load(std::sync::atomic::Ordering::SeqCst) != seen
+                && write::Lookup::take(store, &ids, &known)? != before
+            {
                 continue;
             }
-            let mut work = write::Working::new(store, &limits);
+            let known = std::mem::take(&mut before.known);
+            let mut work = write::Working::new(store, &limits, before);
             for m in &messages {
                 match &m.contact {
                     // A contact Herald named may have been merged since: its survivor.
                     Some(c) => {
-                        let Some(Some(live)) = before.known.get(c) else {
+                        let Some(Some(live)) = known.get(c) else {
                             continue;
                         };
                         let mut m = m.clone();
@@ -647,7 +645,10 @@ impl Ingestor {
             }
             let accepted = work.accepted;
             let rejected = std::mem::take(&mut work.rejected);
-            let (queued, written) = work.apply(now)?;
+            let (queued, written, merged) = work.apply(now)?;
+            if merged {
+                relinks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             claim.commit(&written, now);
             for r in &rejected {
                 self.metrics.rejected(r.code);

@@ -28,10 +28,13 @@ use crate::store::{IdKind, Store, StoreError, Write, WriteBatch};
 /// A contact the request read or changed.
 struct Loaded {
     contact: Contact,
-    /// Bytes of its traits, as JSON (for `max_trait_bytes`).
-    trait_bytes: usize,
+    /// Bytes of its traits, as JSON (for `max_trait_bytes`), measured when a message could
+    /// grow them.
+    trait_bytes: Option<usize>,
     /// Changed by this request: written with the batch.
     dirty: bool,
+    /// Created by this request.
+    new: bool,
 }
 
 /// Bytes one trait counts for: its key and its value as JSON, with quotes and separators.
@@ -79,8 +82,10 @@ pub(super) struct Working<'s> {
     store: &'s dyn Store,
     limits: &'s LimitsConfig,
     contacts: HashMap<String, Loaded>,
-    /// Identity links this request made (or moved, in merges).
-    links: HashMap<(IdKind, String), String>,
+    /// Identity links this request made (or moved, in merges), and whether the id is new.
+    links: HashMap<(IdKind, String), (String, bool)>,
+    /// What the request's ids were found to lead to under its locks (saves reading them again).
+    found: HashMap<(IdKind, String), Option<String>>,
     /// Merges: the stored events and waits of `from` join `to`.
     moves: Vec<(String, String)>,
     events: Vec<(String, Event)>,
@@ -95,12 +100,13 @@ pub(super) struct Working<'s> {
 type Refusal = (&'static str, String);
 
 impl<'s> Working<'s> {
-    pub(super) fn new(store: &'s dyn Store, limits: &'s LimitsConfig) -> Self {
+    pub(super) fn new(store: &'s dyn Store, limits: &'s LimitsConfig, lookup: Lookup) -> Self {
         Working {
             store,
             limits,
             contacts: HashMap::new(),
             links: HashMap::new(),
+            found: lookup.found,
             moves: Vec::new(),
             events: Vec::new(),
             inbox: Vec::new(),
@@ -112,8 +118,11 @@ impl<'s> Working<'s> {
 
     fn identity(&self, kind: IdKind, id: &str) -> Result<Option<String>, StoreError> {
         match self.links.get(&(kind, id.to_string())) {
-            Some(c) => Ok(Some(c.clone())),
-            None => self.store.identity(kind, id),
+            Some((c, _)) => Ok(Some(c.clone())),
+            None => match self.found.get(&(kind, id.to_string())) {
+                Some(c) => Ok(c.clone()),
+                None => self.store.identity(kind, id),
+            },
         }
     }
 
@@ -124,18 +133,27 @@ impl<'s> Working<'s> {
         }
         match self.store.contact(id)? {
             Some(contact) => {
-                let trait_bytes = traits_bytes(&contact.attributes);
                 self.contacts.insert(
                     id.to_string(),
                     Loaded {
                         contact,
-                        trait_bytes,
+                        trait_bytes: None,
                         dirty: false,
+                        new: false,
                     },
                 );
                 Ok(true)
             }
             None => Ok(false),
+        }
+    }
+
+    /// Measure a loaded contact's traits (once).
+    fn measure(&mut self, id: &str) {
+        if let Some(l) = self.contacts.get_mut(id) {
+            if l.trait_bytes.is_none() {
+                l.trait_bytes = Some(traits_bytes(&l.contact.attributes));
+            }
         }
     }
 
@@ -156,7 +174,6 @@ impl<'s> Working<'s> {
     /// Work out how `m` finds its contact, reading only.
     fn plan(&mut self, m: &Message) -> Result<Plan, StoreError> {
         if let Some(c) = &m.contact {
-            self.load(c)?;
             return Ok(Plan::Known(c.clone()));
         }
         let (user, other, other_kind) = if m.kind == "alias" {
@@ -179,15 +196,17 @@ impl<'s> Working<'s> {
             Some(a) => self.identity(other_kind, a)?,
             None => None,
         };
-        for c in cu.iter().chain(co.iter()) {
-            self.load(c)?;
-        }
         Ok(match (cu, co) {
-            (Some(u), Some(a)) if u != a => Plan::Merge { from: a, into: u },
+            (Some(u), Some(a)) if u != a => {
+                self.load(&u)?;
+                self.load(&a)?;
+                Plan::Merge { from: a, into: u }
+            }
             (Some(u), co) => {
                 // The other id is new to this contact only when it resolved to nobody.
                 let link = match (other, co) {
                     (Some(a), None) => {
+                        self.load(&u)?;
                         let c = self.get(&u);
                         let known = c.is_some_and(|c| {
                             c.anonymous_ids.contains(&a) || c.user_ids.contains(&a)
@@ -198,12 +217,17 @@ impl<'s> Working<'s> {
                 };
                 Plan::Existing { contact: u, link }
             }
-            (None, Some(a)) => Plan::Existing {
-                link: user
-                    .filter(|_| self.get(&a).is_some())
-                    .map(|u| (IdKind::User, u)),
-                contact: a,
-            },
+            (None, Some(a)) => {
+                if user.is_some() {
+                    self.load(&a)?;
+                }
+                Plan::Existing {
+                    link: user
+                        .filter(|_| self.get(&a).is_some())
+                        .map(|u| (IdKind::User, u)),
+                    contact: a,
+                }
+            }
             (None, None) => {
                 let mut links = Vec::new();
                 if let Some(u) = user {
@@ -286,7 +310,10 @@ impl<'s> Working<'s> {
         let base_bytes = match plan {
             Plan::New { .. } => 0,
             Plan::Known(c) | Plan::Existing { contact: c, .. } | Plan::Merge { into: c, .. } => {
-                self.contacts.get(c).map_or(0, |l| l.trait_bytes)
+                self.contacts
+                    .get(c)
+                    .and_then(|l| l.trait_bytes)
+                    .unwrap_or(0)
             }
         };
         let mut traits = target.attributes.len();
@@ -353,7 +380,7 @@ impl<'s> Working<'s> {
             Plan::Known(c) => c,
             Plan::Existing { contact, link } => {
                 if let Some((kind, id)) = link {
-                    self.link(&contact, kind, id);
+                    self.link(&contact, kind, id, true);
                 }
                 contact
             }
@@ -367,19 +394,21 @@ impl<'s> Working<'s> {
                     id.clone(),
                     Loaded {
                         contact: Contact::new(id.clone(), now),
-                        trait_bytes: 0,
+                        trait_bytes: Some(0),
                         dirty: true,
+                        new: true,
                     },
                 );
                 for (kind, ext) in links {
-                    self.link(&id, kind, ext);
+                    self.link(&id, kind, ext, true);
                 }
                 id
             }
         })
     }
 
-    fn link(&mut self, contact: &str, kind: IdKind, id: String) {
+    /// Link `id` to `contact`; `new`: no contact had it before this request.
+    fn link(&mut self, contact: &str, kind: IdKind, id: String, new: bool) {
         let c = &mut self.change(contact).contact;
         let list = match kind {
             IdKind::User => &mut c.user_ids,
@@ -388,7 +417,12 @@ impl<'s> Working<'s> {
         if !list.contains(&id) {
             list.push(id.clone());
         }
-        self.links.insert((kind, id), contact.to_string());
+        let new = new
+            || self
+                .links
+                .get(&(kind, id.clone()))
+                .is_some_and(|(_, was_new)| *was_new);
+        self.links.insert((kind, id), (contact.to_string(), new));
     }
 
     /// Merge contact `from` into `into`: identities, attributes (`into` wins), events, waits;
@@ -414,7 +448,9 @@ impl<'s> Working<'s> {
                 t.contact.attributes.insert(k.clone(), v.clone());
             }
         }
-        t.trait_bytes += added;
+        if let Some(b) = &mut t.trait_bytes {
+            *b += added;
+        }
         let c = &mut t.contact;
         for g in &f.groups {
             if !c.groups.contains(g) {
@@ -431,10 +467,10 @@ impl<'s> Working<'s> {
             }
         }
         for u in std::mem::take(&mut f.user_ids) {
-            self.link(into, IdKind::User, u);
+            self.link(into, IdKind::User, u, false);
         }
         for a in std::mem::take(&mut f.anonymous_ids) {
-            self.link(into, IdKind::Anonymous, a);
+            self.link(into, IdKind::Anonymous, a, false);
         }
         f.merged_into = Some(into.to_string());
         f.updated_at = now;
@@ -482,7 +518,25 @@ impl<'s> Working<'s> {
             None
         };
         let plan = self.plan(m)?;
-        if let Some((code, message)) = refusal.or_else(|| self.check(m, &plan)) {
+        // Only these can grow a contact: traits and groups, a new id, a merge.
+        let grows = matches!(m.kind.as_str(), "identify" | "group")
+            || matches!(
+                plan,
+                Plan::Merge { .. } | Plan::Existing { link: Some(_), .. }
+            );
+        if grows {
+            if let Plan::Known(c)
+            | Plan::Existing { contact: c, .. }
+            | Plan::Merge { into: c, .. } = &plan
+            {
+                self.load(c)?;
+                if m.kind == "identify" || matches!(plan, Plan::Merge { .. }) {
+                    self.measure(c);
+                }
+            }
+        }
+        let refusal = refusal.or_else(|| if grows { self.check(m, &plan) } else { None });
+        if let Some((code, message)) = refusal {
             self.rejected.push(Rejected {
                 index: m.index,
                 code,
@@ -500,7 +554,8 @@ impl<'s> Working<'s> {
             if m.kind == "identify" {
                 if let Some(Value::Object(traits)) = m.raw.get("traits") {
                     if l.contact.merge_attributes(traits) {
-                        l.trait_bytes = traits_bytes(&l.contact.attributes);
+                        // Measured again when a later message needs it.
+                        l.trait_bytes = None;
                     }
                 }
             }
@@ -530,19 +585,32 @@ impl<'s> Working<'s> {
         Ok(())
     }
 
-    /// Write everything in one atomic batch; the engine's work for the accepted events.
-    pub(super) fn apply(mut self, now: i64) -> Result<(Vec<Queued>, Vec<String>), StoreError> {
+    /// Write everything in one atomic batch; the engine's work for the accepted events, the
+    /// messageIds written, and whether contacts were merged.
+    pub(super) fn apply(
+        mut self,
+        now: i64,
+    ) -> Result<(Vec<Queued>, Vec<String>, bool), StoreError> {
         let mut batch = WriteBatch::new();
         let mut dirty: Vec<&Loaded> = self.contacts.values().filter(|l| l.dirty).collect();
         dirty.sort_by(|a, b| a.contact.id.cmp(&b.contact.id));
         for l in dirty {
-            batch.push(Write::Contact(l.contact.clone()));
+            batch.push(if l.new {
+                Write::NewContact(l.contact.clone())
+            } else {
+                Write::Contact(l.contact.clone())
+            });
         }
         let mut links: Vec<_> = std::mem::take(&mut self.links).into_iter().collect();
         links.sort();
-        for ((kind, id), contact) in links {
-            batch.push(Write::Identity { kind, id, contact });
+        for ((kind, id), (contact, new)) in links {
+            batch.push(if new {
+                Write::NewIdentity { kind, id, contact }
+            } else {
+                Write::Identity { kind, id, contact }
+            });
         }
+        let merged = !self.moves.is_empty();
         for (from, to) in std::mem::take(&mut self.moves) {
             batch.push(Write::MoveEvents {
                 from: from.clone(),
@@ -582,19 +650,24 @@ impl<'s> Working<'s> {
                 .collect(),
             None => Vec::new(),
         };
-        Ok((queued, ids))
+        Ok((queued, ids, merged))
     }
 }
 
 /// The external ids a request names (`userId`, `anonymousId`, `previousId`): the stripes it
 /// locks first.
-pub(super) fn named_ids(messages: &[Message]) -> BTreeSet<String> {
+pub(super) fn named_ids(messages: &[Message]) -> BTreeSet<(Option<IdKind>, String)> {
     let mut ids = BTreeSet::new();
     for m in messages {
-        ids.extend(m.user_id.iter().cloned());
-        ids.extend(m.anonymous_id.iter().cloned());
+        ids.extend(m.user_id.iter().map(|u| (Some(IdKind::User), u.clone())));
+        ids.extend(
+            m.anonymous_id
+                .iter()
+                .map(|a| (Some(IdKind::Anonymous), a.clone())),
+        );
         if m.kind == "alias" {
-            ids.extend(id_field(&m.raw, "previousId"));
+            // Either kind.
+            ids.extend(id_field(&m.raw, "previousId").map(|p| (None, p)));
         }
     }
     ids
@@ -604,7 +677,7 @@ pub(super) fn named_ids(messages: &[Message]) -> BTreeSet<String> {
 /// and again after the contact locks, and compared.
 #[derive(PartialEq, Eq)]
 pub(super) struct Lookup {
-    ids: Vec<Option<String>>,
+    found: HashMap<(IdKind, String), Option<String>>,
     /// Contacts Herald named, and the live contact each is now.
     pub(super) known: BTreeMap<String, Option<String>>,
 }
@@ -612,27 +685,30 @@ pub(super) struct Lookup {
 impl Lookup {
     pub(super) fn take(
         store: &dyn Store,
-        ids: &BTreeSet<String>,
+        ids: &BTreeSet<(Option<IdKind>, String)>,
         known: &BTreeSet<String>,
     ) -> Result<Lookup, StoreError> {
-        let mut found = Vec::with_capacity(ids.len() * 2);
-        for id in ids {
-            found.push(store.identity(IdKind::User, id)?);
-            found.push(store.identity(IdKind::Anonymous, id)?);
+        let mut found = HashMap::with_capacity(ids.len());
+        for (kind, id) in ids {
+            let kinds: &[IdKind] = match kind {
+                Some(IdKind::User) => &[IdKind::User],
+                Some(IdKind::Anonymous) => &[IdKind::Anonymous],
+                None => &[IdKind::User, IdKind::Anonymous],
+            };
+            for k in kinds {
+                found.insert((*k, id.clone()), store.identity(*k, id)?);
+            }
         }
         let mut live = BTreeMap::new();
         for c in known {
             live.insert(c.clone(), live_id(store, c)?);
         }
-        Ok(Lookup {
-            ids: found,
-            known: live,
-        })
+        Ok(Lookup { found, known: live })
     }
 
     /// Every contact found: the ones to lock.
     pub(super) fn contacts(&self) -> impl Iterator<Item = &String> {
-        self.ids.iter().chain(self.known.values()).flatten()
+        self.found.values().chain(self.known.values()).flatten()
     }
 }
 

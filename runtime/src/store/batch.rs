@@ -9,6 +9,18 @@ use super::*;
 pub enum Write {
     /// [`Store::put_contact`].
     Contact(Contact),
+    /// [`Store::put_contact`] of a contact this batch creates (its id is new): a crash
+    /// takes it back.
+    NewContact(Contact),
+    /// [`Store::link_identity`] of an id no contact had: a crash takes it back.
+    NewIdentity {
+        /// Which kind of id.
+        kind: IdKind,
+        /// The external id.
+        id: String,
+        /// The contact it belongs to.
+        contact: String,
+    },
     /// [`Store::link_identity`].
     Identity {
         /// Which kind of id.

@@ -284,6 +284,15 @@ impl SledStore {
             match w {
                 Write::Contact(c) => ops.push(contact_op(c)?),
                 Write::Identity { kind, id, contact } => ops.push(identity_op(*kind, id, contact)),
+                // New keys: recording them is enough to take them back after a crash.
+                Write::NewContact(c) => ops.push(RawOp {
+                    fresh: true,
+                    ..contact_op(c)?
+                }),
+                Write::NewIdentity { kind, id, contact } => ops.push(RawOp {
+                    fresh: true,
+                    ..identity_op(*kind, id, contact)
+                }),
                 Write::Event { contact, event } => ops.push(event_op(contact, event)?),
                 Write::MoveEvents { from, to } => {
                     for item in self.events.scan_prefix(prefix(from)) {
