@@ -383,3 +383,34 @@ fn a_postmark_open_callback_reaches_the_timeline_and_wakes_wait_for() {
         .get_text("/metrics")
         .contains("herald_events_ingested_total{type=\"track\"} 2"));
 }
+
+#[test]
+fn a_send_the_sandbox_denied_fails_at_once_with_the_grant_it_lacks() {
+    std::env::set_var("HERALD_TEST_DENIED_HOOK_KEY", "hook-signing-key");
+    let hook = Recorder::start(vec![200]);
+    // The receiver is on loopback, and the channel does not grant private addresses.
+    let p = TestProject::new(&format!(
+        "[engine]\nmax_attempts = 5\n\n\
+         [channels.hook]\nplugin = \"bundled:webhook\"\nallowed_hosts = [\"127.0.0.1\"]\n\
+         config = {{ url = \"{}/herald\" }}\nsecrets = {{ WEBHOOK_SIGNING_KEY = \"env:HERALD_TEST_DENIED_HOOK_KEY\" }}\n",
+        hook.url
+    ));
+    p.workflow(
+        "w.rhai",
+        "workflow(\"w\").on_event(\"signup\");\nfn run(contact, trigger) {\n    action(\"hook\", \"event\", #{ plan: \"pro\" });\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.track("ada", "signup", json!({}));
+    let id = c.only_run("ada")["id"].as_str().unwrap().to_string();
+    let run = c.run_reaches(&id, "failed", 1);
+    let step = &run["journal"][0];
+    assert_eq!(step["status"], "failed", "{run}");
+    assert_eq!(step["attempts"], 1, "a denial is not retried: {run}");
+    let error = step["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("denied") && error.contains("private addresses are not granted"),
+        "{run}"
+    );
+    assert_eq!(hook.count(), 0, "nothing left the sandbox");
+}

@@ -85,10 +85,14 @@ pub enum SendError {
     /// Outcome unknown; retry with the same key only if the plugin supports idempotency.
     #[error("ambiguous: {0}")]
     Ambiguous(String),
-    /// The sandbox stopped the call: trap, panic, timeout, memory cap, or a
-    /// denied capability (host not allowed, private address, undeclared secret).
+    /// The sandbox stopped the call: trap, panic, timeout or memory cap.
     #[error("sandbox: {0}")]
     Sandbox(String),
+    /// The host refused a capability the call used (a host not allowed, a private address,
+    /// an undeclared secret, SMTP without a relay): whatever the plugin answered, the send
+    /// failed, and retrying cannot help until the operator changes the grant.
+    #[error("denied: {0}")]
+    Denied(String),
 }
 
 impl SendError {

@@ -546,6 +546,8 @@ pub(crate) struct Failure {
     pub(crate) effects: u32,
     /// The call was refused because too many calls were running.
     pub(crate) busy: bool,
+    /// Capabilities the host refused during the call.
+    pub(crate) denials: Vec<String>,
 }
 
 pub(crate) struct Inner {
@@ -594,6 +596,7 @@ impl Inner {
                 message: classify(&e, store.data(), &self.shared.limits, "instantiation"),
                 effects: 0,
                 busy: false,
+                denials: Vec::new(),
             }),
         }
     }
@@ -609,6 +612,7 @@ impl Inner {
                 message: format!("busy: {max} calls already running on this plugin"),
                 effects: 0,
                 busy: true,
+                denials: Vec::new(),
             });
         }
         let _guard = InFlight(self.clone());
@@ -666,6 +670,7 @@ impl Inner {
                     message,
                     effects: warm.store.data().effects,
                     busy: false,
+                    denials: std::mem::take(&mut warm.store.data_mut().denials),
                 })
             }
         }
@@ -769,9 +774,10 @@ impl LoadedPlugin {
     /// it needs (it may be spawned), and while the plugin waits on the network
     /// it holds no thread, only its instance.
     ///
-    /// Errors the plugin reports are passed through; a trap, panic, timeout,
-    /// memory-cap hit — or a plugin error caused by a capability the host
-    /// refused — becomes [`SendError::Sandbox`]. A trap *after* the plugin
+    /// Errors the plugin reports are passed through; a trap, panic, timeout or
+    /// memory-cap hit becomes [`SendError::Sandbox`]. A call in which the host
+    /// refused a capability becomes [`SendError::Denied`] whatever the plugin
+    /// answered (never retried). A trap *after* the plugin
     /// dispatched an HTTP request or SMTP submission becomes
     /// [`SendError::Ambiguous`] instead (message prefixed `sandbox:`), since
     /// the provider may have acted: the engine retries it with the same key
@@ -806,7 +812,10 @@ impl LoadedPlugin {
             }
             inner.rate.acquire()?;
             let (answer, notes) = inner.clone().call(Call::Send(msg)).await.map_err(|f| {
-                if f.busy {
+                if !f.denials.is_empty() {
+                    // A plugin that traps after a refusal failed because of it.
+                    SendError::Denied(f.denials.join("; "))
+                } else if f.busy {
                     SendError::RateLimited {
                         retry_after_ms: 50,
                         message: f.message,
@@ -823,6 +832,10 @@ impl LoadedPlugin {
             let Answer::Send(result) = answer else {
                 unreachable!("send answers with a send result")
             };
+            // A refused capability fails the send whatever the plugin made of it.
+            if !notes.denials.is_empty() {
+                return Err(SendError::Denied(notes.denials.join("; ")));
+            }
             match result {
                 Ok(sent) => {
                     inner.rate.on_success();
@@ -832,10 +845,6 @@ impl LoadedPlugin {
                             .unwrap_or(serde_json::Value::Null),
                     })
                 }
-                Err(_) if !notes.denials.is_empty() => Err(SendError::Sandbox(format!(
-                    "denied: {}",
-                    notes.denials.join("; ")
-                ))),
                 Err(wit::SendError::Transient(m)) if notes.throttled => {
                     inner.rate.on_rate_limited(SMTP_THROTTLE_PAUSE);
                     Err(SendError::RateLimited {

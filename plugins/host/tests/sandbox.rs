@@ -55,6 +55,17 @@ fn sandbox_err(r: Result<herald_plugin_host::SendOutcome, SendError>) -> String 
     }
 }
 
+/// A refused capability: never retried, with the refusal's reason.
+fn denied_err(r: Result<herald_plugin_host::SendOutcome, SendError>) -> String {
+    match r {
+        Err(e @ SendError::Denied(_)) => {
+            assert!(!e.is_retryable(), "a denial is never retried");
+            e.to_string()
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
 #[test]
 fn infinite_loop_is_interrupted() {
     let timeout = Duration::from_millis(500);
@@ -109,7 +120,7 @@ fn host_not_granted_is_denied() {
         allow_private: true,
         ..Grant::default()
     });
-    let m = sandbox_err(p.send(&op(
+    let m = denied_err(p.send(&op(
         "http",
         json!({ "url": format!("{}/steal", server.base_url()) }),
     )));
@@ -131,7 +142,7 @@ fn private_address_is_refused_unless_granted() {
         allowed_hosts: vec![server.host_port()],
         ..Grant::default()
     });
-    let m = sandbox_err(p.send(&op("http", json!({ "url": url }))));
+    let m = denied_err(p.send(&op("http", json!({ "url": url }))));
     assert!(m.contains("non-public address 127.0.0.1"), "{m}");
     assert!(server.requests().is_empty());
     // Cloud metadata endpoints are refused the same way (no packet is sent: the check precedes connect).
@@ -140,7 +151,7 @@ fn private_address_is_refused_unless_granted() {
         allowed_hosts: vec!["169.254.169.254".into()],
         ..Grant::default()
     });
-    let m = sandbox_err(meta.send(&op(
+    let m = denied_err(meta.send(&op(
         "http",
         json!({ "url": "http://169.254.169.254/latest/meta-data/" }),
     )));
@@ -167,7 +178,7 @@ fn other_schemes_are_denied() {
         allow_private: true,
         ..Grant::default()
     });
-    let m = sandbox_err(p.send(&op("http", json!({ "url": "file:///etc/passwd" }))));
+    let m = denied_err(p.send(&op("http", json!({ "url": "file:///etc/passwd" }))));
     assert!(m.contains("scheme `file`"), "{m}");
 }
 
@@ -237,7 +248,7 @@ fn secrets_never_reach_the_guest() {
     assert!(!details.contains("super-secret-value-123"), "{details}");
     assert!(details.contains("{{secret:DECLARED_SECRET}}"), "{details}");
     // A secret the manifest does not declare cannot be used, even if the operator has it.
-    let m = sandbox_err(p.send(&op(
+    let m = denied_err(p.send(&op(
         "undeclared-secret",
         json!({ "url": format!("{}/x", server.base_url()) }),
     )));
@@ -245,7 +256,7 @@ fn secrets_never_reach_the_guest() {
         m.contains("secret `OTHER_PLUGINS_SECRET` is not declared"),
         "{m}"
     );
-    let m = sandbox_err(p.send(&op("hmac-undeclared", json!({}))));
+    let m = denied_err(p.send(&op("hmac-undeclared", json!({}))));
     assert!(m.contains("not declared"), "{m}");
     assert_eq!(server.requests().len(), 1);
     still_serves(&p);
@@ -257,7 +268,7 @@ fn smtp_without_grant_is_denied() {
         limits: limits(),
         ..Grant::default()
     });
-    let m = sandbox_err(p.send(&op("smtp", json!({}))));
+    let m = denied_err(p.send(&op("smtp", json!({}))));
     assert!(m.contains("smtp") && m.contains("does not declare"), "{m}");
 }
 
@@ -353,7 +364,7 @@ fn request_floods_are_cut_off() {
         allow_private: true,
         ..Grant::default()
     });
-    let m = sandbox_err(p.send(&op(
+    let m = denied_err(p.send(&op(
         "http-flood",
         json!({ "url": format!("{}/flood", server.base_url()) }),
     )));

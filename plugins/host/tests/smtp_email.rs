@@ -152,7 +152,7 @@ fn invalid_input_and_missing_relay() {
         ..Default::default()
     });
     match r {
-        Err(SendError::Sandbox(m)) => assert!(m.contains("did not configure an SMTP relay"), "{m}"),
+        Err(SendError::Denied(m)) => assert!(m.contains("did not configure an SMTP relay"), "{m}"),
         other => panic!("{other:?}"),
     }
     // A relay that refuses connections is transient: nothing was delivered.

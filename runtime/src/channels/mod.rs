@@ -92,6 +92,10 @@ pub enum ChannelError {
     /// The provider cannot tell whether the effect happened.
     #[error("ambiguous outcome: {0}")]
     Ambiguous(String),
+    /// The plugin sandbox refused a capability the send needed; never retried (the grant in
+    /// `herald.toml` must change first).
+    #[error("denied by the plugin sandbox: {0}")]
+    Denied(String),
 }
 
 /// A channel's answer to one send, still to come.

@@ -118,6 +118,7 @@ impl Channel for PluginChannel {
                 // A trap, timeout or memory cap before anything left the sandbox: retried with
                 // backoff, so a passing hiccup recovers and a broken plugin fails the step.
                 Err(E::Sandbox(s)) => Err(ChannelError::Transient(format!("plugin sandbox: {s}"))),
+                Err(E::Denied(s)) => Err(ChannelError::Denied(s)),
             }
         })
     }
