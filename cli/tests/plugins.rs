@@ -414,3 +414,47 @@ fn a_send_the_sandbox_denied_fails_at_once_with_the_grant_it_lacks() {
     );
     assert_eq!(hook.count(), 0, "nothing left the sandbox");
 }
+
+#[test]
+fn what_a_plugin_prints_reaches_the_log_and_its_traceback_the_steps_error() {
+    let dir = herald_bundled::testdata_dir().join("hostile");
+    let p = TestProject::new(&format!(
+        "[engine]\nmax_attempts = 1\n\n[channels.odd]\nplugin = \"{}\"\n",
+        dir.display()
+    ));
+    p.workflow(
+        "w.rhai",
+        "workflow(\"w\").on_event(\"signup\");\nfn run(contact, trigger) {\n    action(\"odd\", \"print\", #{});\n    action(\"odd\", \"traceback\", #{});\n}\n",
+    );
+    let d = Process::start(p.path(), &[]);
+    let c = &d.client;
+    c.track("ada", "signup", json!({}));
+    let id = c.only_run("ada")["id"].as_str().unwrap().to_string();
+    let run = c.run_reaches(&id, "failed", 2);
+    assert_eq!(run["journal"][0]["status"], "done", "{run}");
+    let error = run["journal"][1]["error"].as_str().unwrap_or_default();
+    // The exception's message first, then where it was raised.
+    assert!(
+        error.contains("plugin aborted: ValueError: the template has no subject"),
+        "{run}"
+    );
+    assert!(error.contains("File \"app.py\", line 12, in send"), "{run}");
+    let log = eventually("the plugin's output in the log", || {
+        let log = d.log_text();
+        log.contains("sending to").then_some(log)
+    });
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} is not in the log:\n{log}"))
+            .to_string()
+    };
+    let printed = line("sending to");
+    assert!(
+        printed.contains("plugin=hostile") && printed.contains("call=\"send\""),
+        "{printed}"
+    );
+    assert!(printed.contains("stdout"), "{printed}");
+    assert!(line("the provider is slow today").contains("stderr"));
+    assert!(line("Traceback (most recent call last)").contains("plugin=hostile"));
+}

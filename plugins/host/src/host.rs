@@ -626,6 +626,7 @@ impl Inner {
             let data = warm.store.data_mut();
             data.deadline = Instant::now() + limits.timeout;
             data.denials.clear();
+            data.mark_output();
             data.limiter.hit = false;
             data.http_requests = 0;
             data.effects = 0;
@@ -634,6 +635,12 @@ impl Inner {
         warm.store.set_epoch_deadline(1);
         let connector = warm.plugin.herald_channel_connector();
         let store = &mut warm.store;
+        let call_name = match &call {
+            Call::Describe => "describe",
+            Call::ValidateConfig(_) => "validate-config",
+            Call::Send(_) => "send",
+            Call::ParseWebhook(_) => "parse-webhook",
+        };
         let result = match call {
             Call::Describe => connector.call_describe(store).await.map(Answer::Describe),
             Call::ValidateConfig(c) => connector
@@ -646,6 +653,7 @@ impl Inner {
                 .await
                 .map(Answer::ParseWebhook),
         };
+        warm.store.data().log_output(call_name);
         match result {
             Ok(answer) => {
                 let data = warm.store.data_mut();
@@ -653,7 +661,8 @@ impl Inner {
                     denials: std::mem::take(&mut data.denials),
                     throttled: data.throttled,
                 };
-                let reusable = warm.store.data().stderr.contents().len() < STDERR_CAPACITY / 2;
+                let reusable = warm.store.data().stderr.contents().len() < STDERR_CAPACITY / 2
+                    && warm.store.data().stdout.contents().len() < STDERR_CAPACITY / 2;
                 if reusable {
                     let mut pool = self.pool.lock().expect("pool lock");
                     if pool.len() < limits.pool_size {
@@ -694,6 +703,11 @@ impl Inner {
 }
 
 /// Turn a wasmtime error into a precise, operator-readable reason.
+/// Lines of a guest's traceback kept in a call's error.
+const TRACEBACK_LINES: usize = 30;
+/// Bytes of a guest's traceback kept in a call's error.
+const TRACEBACK_BYTES: usize = 4096;
+
 fn classify(e: &wasmtime::Error, state: &HostState, limits: &CallLimits, phase: &str) -> String {
     if state.limiter.hit {
         return format!(
@@ -714,10 +728,18 @@ fn classify(e: &wasmtime::Error, state: &HostState, limits: &CallLimits, phase: 
         ),
         Some(Trap::UnreachableCodeReached) => match panic_line {
             Some(msg) => format!("plugin panicked: {msg}"),
-            None if !stderr.trim().is_empty() => format!(
-                "plugin aborted: {}",
-                stderr.trim().lines().last().unwrap_or_default()
-            ),
+            // An exception in Python or JavaScript: its message (the last line) first, then
+            // the traceback the runtime wrote, so the step's error shows where it was raised.
+            None if !stderr.trim().is_empty() => {
+                let lines: Vec<&str> = stderr.trim().lines().collect();
+                let last = lines.last().copied().unwrap_or_default();
+                let tail = lines[lines.len().saturating_sub(TRACEBACK_LINES)..].join("\n");
+                format!(
+                    "plugin aborted: {}\n{}",
+                    crate::state::clip(last, 1024),
+                    crate::state::clip(&tail, TRACEBACK_BYTES)
+                )
+            }
             None => "plugin aborted (wasm `unreachable` executed)".to_string(),
         },
         Some(trap) => format!("plugin trapped during {phase}: {trap}"),

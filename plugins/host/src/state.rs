@@ -14,9 +14,26 @@ use crate::net::{error_chain, resolve_checked_async, CheckedResolver, HostPatter
 use crate::smtp_client::{SmtpClient, SmtpSendError};
 use crate::types::{CallLimits, SmtpRelay};
 
-/// Capacity of the captured guest stderr per instance. An instance whose
-/// buffer is more than half full is not returned to the pool.
+/// Capacity of the captured guest stderr (and stdout) per instance. An instance
+/// whose buffers are more than half full is not returned to the pool.
 pub(crate) const STDERR_CAPACITY: usize = 64 * 1024;
+
+/// Lines of guest output logged per call and stream.
+pub(crate) const LOGGED_LINES: usize = 50;
+/// Bytes logged of one line of guest output.
+pub(crate) const LOGGED_LINE_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes at a character boundary, marked when cut.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
 
 /// Everything about a loaded plugin that host calls need; shared by all of
 /// its instances.
@@ -268,6 +285,10 @@ pub(crate) struct HostState {
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) stderr: MemoryOutputPipe,
+    /// What the guest prints (`print()`, `console.log`, `println!`).
+    pub(crate) stdout: MemoryOutputPipe,
+    /// Where the current call's output starts in `stdout` and `stderr`.
+    pub(crate) output_from: (usize, usize),
     pub(crate) deadline: Instant,
     pub(crate) denials: Vec<String>,
     /// HTTP requests made during the current call.
@@ -282,10 +303,12 @@ pub(crate) struct HostState {
 impl HostState {
     pub(crate) fn new(shared: Arc<Shared>) -> HostState {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let stdout = MemoryOutputPipe::new(STDERR_CAPACITY);
         // No preopened directories, no environment, no arguments, no sockets,
         // no name lookup: WASI is present only so `std` links; it grants nothing.
         let wasi = WasiCtx::builder()
             .stderr(stderr.clone())
+            .stdout(stdout.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -300,6 +323,8 @@ impl HostState {
                 hit: false,
             },
             stderr,
+            stdout,
+            output_from: (0, 0),
             deadline: Instant::now() + Duration::from_secs(3600),
             denials: Vec::new(),
             http_requests: 0,
@@ -318,9 +343,44 @@ impl HostState {
         msg
     }
 
-    /// Text the guest wrote to stderr (panic messages end up here).
+    /// Text the guest wrote to stderr during the current call (panic messages and
+    /// tracebacks end up here).
     pub(crate) fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).into_owned()
+        let all = self.stderr.contents();
+        String::from_utf8_lossy(all.get(self.output_from.1..).unwrap_or_default()).into_owned()
+    }
+
+    /// Text the guest wrote to stdout during the current call.
+    pub(crate) fn stdout_text(&self) -> String {
+        let all = self.stdout.contents();
+        String::from_utf8_lossy(all.get(self.output_from.0..).unwrap_or_default()).into_owned()
+    }
+
+    /// Start a call: its output begins here.
+    pub(crate) fn mark_output(&mut self) {
+        self.output_from = (self.stdout.contents().len(), self.stderr.contents().len());
+    }
+
+    /// Put what the guest printed during the call into the daemon's log, tagged with the
+    /// plugin and the call, at most [`LOGGED_LINES`] lines of [`LOGGED_LINE_BYTES`] each.
+    pub(crate) fn log_output(&self, call: &str) {
+        for (stream, text) in [
+            ("stdout", self.stdout_text()),
+            ("stderr", self.stderr_text()),
+        ] {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            for line in lines.iter().take(LOGGED_LINES) {
+                let line = clip(line, LOGGED_LINE_BYTES);
+                if stream == "stderr" {
+                    tracing::warn!(target: "herald_plugin", plugin = %self.shared.id, call, stream, "{line}");
+                } else {
+                    tracing::info!(target: "herald_plugin", plugin = %self.shared.id, call, stream, "{line}");
+                }
+            }
+            if lines.len() > LOGGED_LINES {
+                tracing::warn!(target: "herald_plugin", plugin = %self.shared.id, call, stream, "… {} more line(s) not logged", lines.len() - LOGGED_LINES);
+            }
+        }
     }
 }
 

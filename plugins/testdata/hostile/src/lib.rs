@@ -18,6 +18,11 @@ impl Plugin for Hostile {
             .operation("loop", "spin forever")
             .operation("memory-bomb", "allocate without bound")
             .operation("panic", "panic")
+            .operation("print", "print to stdout and stderr, then succeed")
+            .operation(
+                "traceback",
+                "write a traceback to stderr and abort, as an uncaught Python exception does",
+            )
             .operation("http", "GET payload.url")
             .operation("http-flood", "GET payload.url 100 times in one call")
             .operation("http-then-panic", "GET payload.url, then panic")
@@ -53,6 +58,18 @@ impl Plugin for Hostile {
                 }
             }
             "panic" => panic!("hostile plugin panicked on purpose"),
+            "print" => {
+                println!("sending to {}", msg.to);
+                eprintln!("warning: the provider is slow today");
+                Ok(Sent::with_id(Some("printed".into())))
+            }
+            "traceback" => {
+                eprintln!("Traceback (most recent call last):");
+                eprintln!("  File \"app.py\", line 12, in send");
+                eprintln!("    raise ValueError(\"the template has no subject\")");
+                eprintln!("ValueError: the template has no subject");
+                std::process::abort()
+            }
             "http" => http_result(&s("url")),
             "http-then-panic" => {
                 let _ = http::Request::get(&s("url")).send();
