@@ -184,7 +184,8 @@ enum PluginCommand {
     /// Show what a component exports and imports, its describe() answer and API version, or
     /// why it is not a valid Herald plugin.
     Inspect {
-        /// The `.wasm` component (a plugin folder's `plugin.wasm`).
+        /// A plugin folder (what `herald.toml` points at) or its `.wasm` component; the
+        /// `plugin.toml` beside it is required and checked as the daemon checks it.
         file: PathBuf,
     },
 }
@@ -292,7 +293,15 @@ fn check(dir: &Path, format: CheckFormat) -> Result<bool> {
                 .values()
                 .any(|c| matches!(c.kind, herald_runtime::config::ChannelKind::Plugin { .. })) =>
         {
-            let loader = herald_runtime::channels::PluginLoader::new(None);
+            // The daemon's compile cache when the project has a data directory, else the
+            // user's: checking again compiles nothing.
+            let data = dir.join(&p.config.server.data);
+            let cache = if data.is_dir() {
+                Some(data.join("plugin-cache"))
+            } else {
+                herald_plugin_host::user_cache_dir()
+            };
+            let loader = herald_runtime::channels::PluginLoader::new(cache);
             match herald_runtime::engine::ProjectState::from_project(p, &loader) {
                 Ok(_) => Vec::new(),
                 Err(e) => vec![e.to_string()],
@@ -516,7 +525,8 @@ fn delete_contact(id: &str, remote: &Remote) -> Result<bool> {
 }
 
 fn inspect(file: &Path) -> Result<bool> {
-    match herald_plugin_host::inspect(file) {
+    // The user's compile cache: a second inspect of the same component compiles nothing.
+    match herald_plugin_host::inspect_with_cache(file, herald_plugin_host::user_cache_dir()) {
         Ok(report) => {
             print!("{report}");
             Ok(report.is_valid())

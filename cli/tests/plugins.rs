@@ -458,3 +458,46 @@ fn what_a_plugin_prints_reaches_the_log_and_its_traceback_the_steps_error() {
     assert!(line("the provider is slow today").contains("stderr"));
     assert!(line("Traceback (most recent call last)").contains("plugin=hostile"));
 }
+
+#[test]
+fn checking_a_project_twice_compiles_its_plugins_once() {
+    let cache = tempfile::tempdir().unwrap();
+    let p = TestProject::new(
+        "[channels.hook]\nplugin = \"bundled:webhook\"\nallowed_hosts = [\"127.0.0.1\"]\n\
+         config = { url = \"http://127.0.0.1:9/herald\" }\nsecrets = { WEBHOOK_SIGNING_KEY = \"env:HERALD_TEST_CACHE_KEY\" }\n",
+    );
+    let check = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("check")
+            .arg(p.path())
+            .env("XDG_CACHE_HOME", cache.path())
+            .env("HERALD_TEST_CACHE_KEY", "k")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let compiled = || -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+        let dir = cache.path().join("herald/plugin-cache");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.map(|e| {
+                    let e = e.unwrap();
+                    (e.path(), e.metadata().unwrap().modified().unwrap())
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    };
+    check();
+    let first = compiled();
+    assert_eq!(first.len(), 1, "one component compiled and kept: {first:?}");
+    check();
+    assert_eq!(compiled(), first, "the second check took it from the cache");
+}

@@ -1,5 +1,6 @@
-//! `herald plugin inspect FILE.wasm`: what a component exports and imports,
-//! its `describe()` answer and API version — or why it is not a Herald plugin.
+//! `herald plugin inspect DIR|FILE.wasm`: what a component exports and imports,
+//! its `describe()` answer and API version — or why it is not a Herald plugin,
+//! its manifest checked as the daemon checks it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,19 @@ pub struct InspectReport {
     pub manifest: Option<Manifest>,
     /// Every reason the file is not a valid, consistent Herald plugin.
     pub problems: Vec<String>,
+    /// How the component was compiled for this run.
+    pub compiled: Compiled,
+}
+
+/// Where `inspect` got the compiled component from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compiled {
+    /// Compiled now; no cache directory was given.
+    Now,
+    /// Compiled now and saved to the cache directory.
+    NowCached(PathBuf),
+    /// Taken from the cache directory: no compilation.
+    FromCache(PathBuf),
 }
 
 impl InspectReport {
@@ -93,6 +107,11 @@ impl fmt::Display for InspectReport {
             }
             None => writeln!(f, "describe(): (not available)")?,
         }
+        match &self.compiled {
+            Compiled::Now => writeln!(f, "compiled: now (no cache)")?,
+            Compiled::NowCached(d) => writeln!(f, "compiled: now, saved to {}", d.display())?,
+            Compiled::FromCache(d) => writeln!(f, "compiled: reused from {}", d.display())?,
+        }
         if let Some(m) = &self.manifest {
             writeln!(f, "manifest (plugin.toml):")?;
             writeln!(f, "  allowed hosts: {}", list(&m.allowed_hosts))?;
@@ -123,23 +142,58 @@ fn list(v: &[String]) -> String {
     }
 }
 
-/// Inspect a `.wasm` file. Returns `Err` only when the file cannot be read
-/// or is not a WebAssembly component at all (with the precise reason);
-/// otherwise the report lists every problem found.
-pub fn inspect(wasm_path: &Path) -> Result<InspectReport, PluginError> {
+/// Inspect a plugin folder or a `.wasm` file, compiling without a cache; see
+/// [`inspect_with_cache`].
+pub fn inspect(path: &Path) -> Result<InspectReport, PluginError> {
+    inspect_with_cache(path, None)
+}
+
+/// Inspect a plugin folder (its `plugin.toml` names the component) or a `.wasm` file (its
+/// `plugin.toml` is the one beside it). The manifest is required and checked as the daemon
+/// checks it. Compiled components are kept in (and taken from) `cache_dir`, keyed by the
+/// component's SHA-256 and the engine's compatibility hash, as the daemon keeps them.
+/// Returns `Err` only when the file cannot be read or is not a WebAssembly component at all
+/// (with the precise reason); otherwise the report lists every problem found.
+pub fn inspect_with_cache(
+    path: &Path,
+    cache_dir: Option<PathBuf>,
+) -> Result<InspectReport, PluginError> {
+    let mut problems = Vec::new();
+    let (wasm_path, manifest_file) = if path.is_dir() {
+        let manifest_file = path.join("plugin.toml");
+        // The component the manifest names (plugin.wasm unless it says otherwise).
+        let wasm = std::fs::read_to_string(&manifest_file)
+            .ok()
+            .and_then(|t| crate::manifest::parse(&t, &manifest_file).ok())
+            .map_or_else(|| path.join("plugin.wasm"), |m| m.wasm_path(path));
+        (wasm, manifest_file)
+    } else {
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        (path.to_path_buf(), dir.join("plugin.toml"))
+    };
+    let wasm_path = wasm_path.as_path();
     let bytes = std::fs::read(wasm_path).map_err(|source| PluginError::Io {
         path: wasm_path.to_path_buf(),
         source,
     })?;
     check_component_header(&bytes)?;
     let sha256 = sha256_hex(&bytes);
-    let host = PluginHost::new(None)?;
+    if let Some(d) = &cache_dir {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let host = PluginHost::new(cache_dir.clone())?;
     let component = host.compile(&bytes, &sha256, wasm_path)?;
+    let compiled = match (&cache_dir, host.compilations()) {
+        (None, _) => Compiled::Now,
+        (Some(d), 0) => Compiled::FromCache(d.clone()),
+        (Some(d), _) => Compiled::NowCached(d.clone()),
+    };
     let engine = host.engine();
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
-    let mut problems = Vec::new();
     let api_version = exports
         .iter()
         .find_map(|e| e.strip_prefix(CONNECTOR_EXPORT)?.strip_prefix('@'))
@@ -154,10 +208,10 @@ pub fn inspect(wasm_path: &Path) -> Result<InspectReport, PluginError> {
             ));
         }
     }
-    let manifest_path = wasm_path.parent().map(|d| d.join("plugin.toml"));
-    let manifest = match manifest_path.as_deref().filter(|p| p.exists()) {
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(text) => match crate::manifest::parse(&text, p) {
+    let component_ok = problems.is_empty();
+    let manifest = if manifest_file.exists() {
+        match std::fs::read_to_string(&manifest_file) {
+            Ok(text) => match crate::manifest::parse(&text, &manifest_file) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     problems.push(e.to_string());
@@ -165,14 +219,20 @@ pub fn inspect(wasm_path: &Path) -> Result<InspectReport, PluginError> {
                 }
             },
             Err(e) => {
-                problems.push(format!("{}: {e}", p.display()));
+                problems.push(format!("{}: {e}", manifest_file.display()));
                 None
             }
-        },
-        None => None,
+        }
+    } else {
+        problems.push(format!(
+            "no plugin.toml beside the component ({}): the daemon loads a plugin only with its manifest (id, version, api_version, sha256 and the grants it asks for)",
+            manifest_file.display()
+        ));
+        None
     };
     let mut description = None;
-    if problems.is_empty() {
+    // describe() runs whenever the component itself is sound, with or without a manifest.
+    if component_ok {
         let id = manifest
             .as_ref()
             .map_or("inspect", |m| m.id.as_str())
@@ -232,6 +292,7 @@ pub fn inspect(wasm_path: &Path) -> Result<InspectReport, PluginError> {
         description,
         manifest,
         problems,
+        compiled,
     })
 }
 

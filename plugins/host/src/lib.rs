@@ -58,7 +58,17 @@ pub(crate) mod bindings {
 pub use error::{PluginError, SendError};
 pub use grant_config::{GrantConfig, GrantConfigExt};
 pub use host::{HostOptions, LoadedPlugin, PluginHost, PoolingOptions};
-pub use inspect::{inspect, InspectReport};
+pub use inspect::{inspect, inspect_with_cache, Compiled, InspectReport};
+
+/// The user's cache directory for compiled components (`$XDG_CACHE_HOME/herald/plugin-cache`,
+/// else `~/.cache/herald/plugin-cache`), for commands run outside a project's data directory.
+pub fn user_cache_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("herald").join("plugin-cache"))
+}
 pub use manifest::{Manifest, API_VERSION};
 pub use types::{
     CallLimits, Description, Grant, Operation, SendOutcome, SendRequest, SmtpRelay, SmtpSecurity,

@@ -10,7 +10,10 @@ fn stable(report: &str) -> String {
     report
         .lines()
         .filter(|l| {
-            !l.starts_with("size: ") && !l.starts_with("sha256: ") && !l.starts_with("file: ")
+            !l.starts_with("size: ")
+                && !l.starts_with("sha256: ")
+                && !l.starts_with("file: ")
+                && !l.starts_with("compiled: ")
         })
         // WASI import versions follow the Rust toolchain's wasm32-wasip2 std.
         .filter(|l| !l.starts_with("  wasi:"))
@@ -96,4 +99,54 @@ fn core_modules_and_garbage_are_refused_precisely() {
         inspect(&dir.path().join("missing.wasm")),
         Err(PluginError::Io { .. })
     ));
+}
+
+#[test]
+fn a_plugin_folder_is_inspected_through_its_manifest() {
+    let report = inspect(&connector_dir("twilio-sms")).expect("inspect");
+    assert!(report.is_valid(), "{report}");
+    assert!(
+        report.path.ends_with("plugin.wasm"),
+        "{}",
+        report.path.display()
+    );
+    assert_eq!(report.manifest.as_ref().unwrap().id, "twilio-sms");
+}
+
+#[test]
+fn a_component_without_its_manifest_is_not_a_plugin_the_daemon_would_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("plugin.wasm");
+    std::fs::copy(connector_dir("twilio-sms").join("plugin.wasm"), &wasm).unwrap();
+    for path in [wasm.clone(), dir.path().to_path_buf()] {
+        let report = inspect(&path).expect("inspect");
+        assert!(!report.is_valid(), "{report}");
+        assert!(
+            report.problems[0].starts_with("no plugin.toml beside the component"),
+            "{report}"
+        );
+        // The component itself is still described.
+        assert_eq!(report.description.as_ref().unwrap().id, "twilio-sms");
+        // And the daemon refuses it the same way: no manifest, no plugin.
+        let err = host().load(dir.path(), Default::default()).unwrap_err();
+        assert!(err.to_string().contains("plugin.toml"), "{err}");
+    }
+}
+
+#[test]
+fn a_second_inspect_of_the_same_component_compiles_nothing() {
+    let cache = tempfile::tempdir().unwrap();
+    let wasm = connector_dir("webhook").join("plugin.wasm");
+    let first = herald_plugin_host::inspect_with_cache(&wasm, Some(cache.path().into())).unwrap();
+    assert_eq!(
+        first.compiled,
+        herald_plugin_host::Compiled::NowCached(cache.path().into())
+    );
+    let second = herald_plugin_host::inspect_with_cache(&wasm, Some(cache.path().into())).unwrap();
+    assert_eq!(
+        second.compiled,
+        herald_plugin_host::Compiled::FromCache(cache.path().into())
+    );
+    assert!(second.is_valid(), "{second}");
+    assert!(second.to_string().contains("compiled: reused from"));
 }
