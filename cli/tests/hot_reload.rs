@@ -176,3 +176,75 @@ fn reading_the_project_does_not_count_as_a_change() {
     assert_eq!(r["applied"], json!(1), "{r}");
     assert!(r["skipped_identical"].as_u64().unwrap_or(99) <= 1, "{r}");
 }
+
+#[test]
+fn a_replaced_plugin_is_reloaded_and_a_broken_one_refused_while_the_old_one_serves() {
+    std::env::set_var("HERALD_TEST_RELOAD_HOOK_KEY", "hook-signing-key");
+    let hook = Recorder::start(vec![200, 200, 200]);
+    let p = TestProject::new(&format!(
+        "[channels.hook]\nplugin = \"plugins/hook\"\nallow_private = true\n\
+         config = {{ url = \"{}/herald\" }}\nsecrets = {{ WEBHOOK_SIGNING_KEY = \"env:HERALD_TEST_RELOAD_HOOK_KEY\" }}\n",
+        hook.url
+    ));
+    // The connector in a folder of the project, granted no host yet (its manifest lists none
+    // and neither does herald.toml).
+    let plugin = p.path().join("plugins/hook");
+    std::fs::create_dir_all(&plugin).unwrap();
+    let packaged = herald_bundled::packaged_dir().join("webhook");
+    for f in ["plugin.toml", "plugin.wasm"] {
+        std::fs::copy(packaged.join(f), plugin.join(f)).unwrap();
+    }
+    p.workflow(
+        "w.rhai",
+        "workflow(\"w\").on_event(\"go\").reentry(\"always\");\nfn run(contact, trigger) {\n    action(\"hook\", \"event\", #{});\n}\n",
+    );
+    let d = p.start_with(true);
+    let c = Client::new(d.url());
+    let run = |n: usize, status: &str| {
+        c.track("h", "go", json!({}));
+        let runs = eventually("the run", || {
+            let r = c.runs_of("h");
+            (r.len() == n).then_some(r)
+        });
+        let newest = runs
+            .iter()
+            .max_by_key(|r| r["created_at"].as_i64())
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        c.run_reaches(&newest, status, 1)
+    };
+    let first = run(1, "failed");
+    assert!(
+        first["journal"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not in the plugin's allowed hosts"),
+        "{first}"
+    );
+
+    // A new manifest granting the receiver: the watcher reloads the plugin.
+    let manifest = std::fs::read_to_string(plugin.join("plugin.toml")).unwrap();
+    std::fs::write(
+        plugin.join("plugin.toml"),
+        manifest.replace("allowed_hosts = []", "allowed_hosts = [\"127.0.0.1\"]"),
+    )
+    .unwrap();
+    eventually("the new plugin is served", || {
+        (reloads(&c)["applied"] == 1).then_some(())
+    });
+    run(2, "completed");
+    assert_eq!(hook.count(), 1);
+
+    // A broken component is refused; the plugin loaded before keeps serving.
+    std::fs::write(plugin.join("plugin.wasm"), b"not a component").unwrap();
+    let status = eventually("the broken plugin is refused", || {
+        let (_, s) = c.admin_get("/v1/status");
+        (s["reloads"]["refused"] == 1).then_some(s)
+    });
+    let err = status["last_reload_error"].as_str().unwrap_or_default();
+    assert!(err.contains("plugins/hook"), "{err}");
+    run(3, "completed");
+    assert_eq!(hook.count(), 2);
+}

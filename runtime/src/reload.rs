@@ -63,14 +63,41 @@ fn collect(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The plugin folders the project's channels name (bundled connectors are in the binary).
+pub fn plugin_dirs(project: &Path) -> Vec<PathBuf> {
+    let Ok(config) = crate::config::Config::load(project) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = config
+        .channels
+        .values()
+        .filter_map(|c| match &c.kind {
+            crate::config::ChannelKind::Plugin { plugin, .. }
+                if !plugin.starts_with("bundled:") =>
+            {
+                Some(project.join(plugin))
+            }
+            _ => None,
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
 /// A hash over every file that makes up the served project, to tell real changes from
-/// identical saves.
+/// identical saves. A plugin folder counts with its manifest's text and its components'
+/// size and modification time (hashing megabytes of wasm on every save would be slow).
 pub fn fingerprint(project: &Path) -> String {
     let mut files = vec![project.join("herald.toml"), project.join("scoring.rhai")];
     collect(&project.join("workflows"), "rhai", &mut files);
     collect(&project.join("segments"), "rhai", &mut files);
     collect(&project.join("templates"), "liquid", &mut files);
     collect(&project.join("templates"), "mjml", &mut files);
+    let plugins = plugin_dirs(project);
+    for dir in &plugins {
+        files.push(dir.join("plugin.toml"));
+    }
     files.sort();
     let mut h = Sha256::new();
     for f in files {
@@ -78,6 +105,24 @@ pub fn fingerprint(project: &Path) -> String {
         h.update([0]);
         h.update(std::fs::read(&f).unwrap_or_default());
         h.update([0]);
+    }
+    for dir in &plugins {
+        let mut wasm = Vec::new();
+        collect(dir, "wasm", &mut wasm);
+        wasm.sort();
+        for f in wasm {
+            h.update(f.to_string_lossy().as_bytes());
+            if let Ok(m) = std::fs::metadata(&f) {
+                h.update(m.len().to_le_bytes());
+                let modified = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                h.update(modified.to_le_bytes());
+            }
+            h.update([0]);
+        }
     }
     hex::encode(h.finalize())
 }
@@ -89,6 +134,17 @@ pub fn watch(shared: Arc<Shared>) -> Result<ProjectWatcher, String> {
         .canonicalize()
         .map_err(|e| e.to_string())?;
     let root = project.clone();
+    // Plugin folders outside the project are watched as well (those named when the daemon
+    // started; one added later is picked up by the next reload's fingerprint).
+    let plugin_roots: Vec<PathBuf> = plugin_dirs(&project)
+        .into_iter()
+        .filter_map(|d| d.canonicalize().ok())
+        .collect();
+    let outside: Vec<PathBuf> = plugin_roots
+        .iter()
+        .filter(|d| !d.starts_with(&project))
+        .cloned()
+        .collect();
     let mut debouncer =
         new_debouncer(
             DEBOUNCE,
@@ -98,7 +154,10 @@ pub fn watch(shared: Arc<Shared>) -> Result<ProjectWatcher, String> {
                     // Reads (including our own, when fingerprinting) are not changes.
                     let relevant = events.iter().any(|e| {
                         !matches!(e.kind, notify_debouncer_full::notify::EventKind::Access(_))
-                            && e.paths.iter().any(|p| is_project_file(&root, p))
+                            && e.paths.iter().any(|p| {
+                                is_project_file(&root, p)
+                                    || plugin_roots.iter().any(|d| p.starts_with(d))
+                            })
                     });
                     if relevant {
                         shared.reload_if_changed();
@@ -115,6 +174,11 @@ pub fn watch(shared: Arc<Shared>) -> Result<ProjectWatcher, String> {
     debouncer
         .watch(&project, RecursiveMode::Recursive)
         .map_err(|e| e.to_string())?;
+    for dir in &outside {
+        if let Err(e) = debouncer.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a plugin folder; reload by hand after replacing it");
+        }
+    }
     tracing::info!(dir = %project.display(), "watching the project for changes");
     Ok(ProjectWatcher {
         _debouncer: debouncer,
