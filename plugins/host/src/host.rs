@@ -711,7 +711,7 @@ const TRACEBACK_BYTES: usize = 4096;
 fn classify(e: &wasmtime::Error, state: &HostState, limits: &CallLimits, phase: &str) -> String {
     if state.limiter.hit {
         return format!(
-            "memory limit exceeded: the plugin tried to grow its memory beyond {} MiB during {phase}",
+            "memory limit exceeded: the plugin tried to grow its memory beyond {} MiB during {phase} (raise it with `limits = {{ max_memory_mb = … }}` in the channel's table of herald.toml; Python and JavaScript runtimes need about 128)",
             limits.max_memory_bytes >> 20
         );
     }
@@ -723,7 +723,7 @@ fn classify(e: &wasmtime::Error, state: &HostState, limits: &CallLimits, phase: 
         .map(str::to_string);
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!(
-            "time limit exceeded: {phase} ran longer than {} ms and was interrupted",
+            "time limit exceeded: {phase} ran longer than {} ms and was interrupted (`limits = {{ timeout_ms = … }}` in the channel's table of herald.toml)",
             limits.timeout.as_millis()
         ),
         Some(Trap::UnreachableCodeReached) => match panic_line {
