@@ -501,3 +501,33 @@ fn checking_a_project_twice_compiles_its_plugins_once() {
     check();
     assert_eq!(compiled(), first, "the second check took it from the cache");
 }
+
+#[test]
+fn a_channel_config_that_breaks_the_plugins_schema_is_refused_with_where() {
+    let p = TestProject::new(
+        "[channels.hook]\nplugin = \"bundled:webhook\"\nallowed_hosts = [\"127.0.0.1\"]\n\
+         config = { url = 42, retries = 3 }\nsecrets = { WEBHOOK_SIGNING_KEY = \"env:HERALD_TEST_SCHEMA_KEY\" }\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("check")
+        .arg(p.path())
+        .env("HERALD_TEST_SCHEMA_KEY", "k")
+        .env("XDG_CACHE_HOME", p.path().join(".cache"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("config does not match the plugin's config_schema"),
+        "{text}"
+    );
+    assert!(
+        text.contains("config.url: 42 is not of type \"string\""),
+        "{text}"
+    );
+    assert!(text.contains("retries"), "{text}");
+}

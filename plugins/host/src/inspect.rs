@@ -253,7 +253,14 @@ pub fn inspect_with_cache(
             Ok(inner) => match inner.call_blocking(crate::host::Call::Describe) {
                 Ok((crate::host::Answer::Describe(raw), _)) => {
                     match convert_description(raw, api_version.as_deref().unwrap_or("?")) {
-                        Ok(d) => description = Some(d),
+                        Ok(d) => {
+                            if let Err(e) = jsonschema::validator_for(&d.config_schema) {
+                                problems.push(format!(
+                                    "describe().config-schema is not a valid JSON Schema: {e}"
+                                ));
+                            }
+                            description = Some(d)
+                        }
                         Err(e) => problems.push(strip_prefix(e)),
                     }
                 }

@@ -57,7 +57,7 @@ pub(crate) mod bindings {
 
 pub use error::{PluginError, SendError};
 pub use grant_config::{GrantConfig, GrantConfigExt};
-pub use host::{HostOptions, LoadedPlugin, PluginHost, PoolingOptions};
+pub use host::{check_config_schema, HostOptions, LoadedPlugin, PluginHost, PoolingOptions};
 pub use inspect::{inspect, inspect_with_cache, Compiled, InspectReport};
 
 /// The user's cache directory for compiled components (`$XDG_CACHE_HOME/herald/plugin-cache`,
