@@ -3,7 +3,7 @@
 //!
 //! Under `cargo test` it replays the committed corpus (`tests/__fuzz__/check/corpus/`: broken
 //! variants and edge cases), every script under `examples/` and `stdlib/modules/`, and then a
-//! fixed number of random inputs. Each input is checked as it is and, mutated, on top of one of
+//! fixed number of random inputs from a fixed seed (the same every run). Each input is checked as it is and, mutated, on top of one of
 //! those seed scripts (edits that keep most of a real script, so the checker gets past the
 //! parser and into declarations and lints).
 //!
@@ -11,8 +11,8 @@
 //! character boundaries and names the file it was checked as, with a code and a message, the
 //! same text checked twice gives the same diagnostics, and the diagnostics render.
 //!
-//! Longer runs: `BOLERO_RANDOM_ITERATIONS=20000 cargo test -p herald-dsl --test fuzz_check`;
-//! a failure prints the `BOLERO_RANDOM_SEED` that replays it.
+//! Longer runs, with fresh seeds: `BOLERO_RANDOM_ITERATIONS=20000 cargo test -p herald-dsl
+//! --test fuzz_check`; a failure prints the `BOLERO_RANDOM_SEED` that replays it.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,33 @@ use rhai::Engine;
 /// Random inputs after the corpus: enough to exercise mutations of every seed, few enough for
 /// a debug build on a busy two-core machine to finish in seconds.
 const RANDOM_INPUTS: usize = 300;
+
+/// The bounded random phase of plain `cargo test`: inputs from a fixed seed, so every run (and
+/// CI) checks the same ones. bolero's own random phase, with fresh seeds, runs when
+/// `BOLERO_RANDOM_ITERATIONS` asks for it.
+fn seeded_inputs(n: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut state: u64 = 0x5eed_0f4e_7a1d;
+    let mut next = move || {
+        // xorshift64*: plenty for picking bytes.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    (0..n).map(move |_| {
+        let len = (next() % 512) as usize;
+        (0..len).map(|_| next() as u8).collect()
+    })
+}
+
+/// bolero's random inputs: none unless `BOLERO_RANDOM_ITERATIONS` is set (it then says how many).
+fn bolero_iterations() -> usize {
+    if std::env::var_os("BOLERO_RANDOM_ITERATIONS").is_some() {
+        RANDOM_INPUTS
+    } else {
+        0
+    }
+}
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -364,12 +391,16 @@ fn assert_checker_holds(bytes: &[u8]) {
 
 #[test]
 fn checking_any_script_is_deterministic_and_keeps_diagnostics_inside_the_source() {
+    let property = |input: &[u8]| {
+        assert_checker_holds(input);
+        assert_checker_holds(&mutate(&mut Draw::new(input)));
+    };
     bolero::check!(name = "check")
-        .with_iterations(RANDOM_INPUTS)
-        .for_each(|input: &[u8]| {
-            assert_checker_holds(input);
-            assert_checker_holds(&mutate(&mut Draw::new(input)));
-        });
+        .with_iterations(bolero_iterations())
+        .for_each(property);
+    for input in seeded_inputs(RANDOM_INPUTS) {
+        property(&input);
+    }
 }
 
 #[test]

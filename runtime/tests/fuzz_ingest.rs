@@ -3,10 +3,10 @@
 //! client-key rules applied to what it accepts, `ingest::restrict_client`.
 //!
 //! Under `cargo test` it replays the committed corpus (`tests/__fuzz__/ingest/corpus/`: real
-//! SDK payloads and edge cases), then a fixed number of random inputs. Each input is parsed as
-//! it is, as a Segment-shaped body built from its bytes (ids beyond 64 bits, odd timestamps,
-//! deep nesting, invalid UTF-8, a batch `context` copied into items, ...), and as a corpus
-//! payload with a few edits.
+//! SDK payloads and edge cases), then a fixed number of random inputs from a fixed seed (the
+//! same every run). Each input is parsed as it is, as a Segment-shaped body built from its
+//! bytes (ids beyond 64 bits, odd timestamps, deep nesting, invalid UTF-8, a batch `context`
+//! copied into items, ...), and as a corpus payload with a few edits.
 //!
 //! What must hold for any body: no panic; an error is `Invalid` with a code and a message; on
 //! success every message is one of the body's items (its kind, its fields, the batch context
@@ -780,31 +780,62 @@ fn mutate(draw: &mut Draw) -> Vec<u8> {
     body
 }
 
+/// The bounded random phase of plain `cargo test`: inputs from a fixed seed, so every run (and
+/// CI) checks the same ones. bolero's own random phase, with fresh seeds, runs when
+/// `BOLERO_RANDOM_ITERATIONS` asks for it.
+fn seeded_inputs(n: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut state: u64 = 0x5eed_0f4e_7a1d;
+    let mut next = move || {
+        // xorshift64*: plenty for picking bytes.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    (0..n).map(move |_| {
+        let len = (next() % 512) as usize;
+        (0..len).map(|_| next() as u8).collect()
+    })
+}
+
+/// bolero's random inputs: none unless `BOLERO_RANDOM_ITERATIONS` is set (it then says how many).
+fn bolero_iterations() -> usize {
+    if std::env::var_os("BOLERO_RANDOM_ITERATIONS").is_some() {
+        RANDOM_INPUTS
+    } else {
+        0
+    }
+}
+
 #[test]
 fn parsing_any_body_accounts_for_every_item_and_client_rules_drop_only_reserved_ones() {
     // A panic inside a check fails the test; nothing observes the store after one.
     let users = std::panic::AssertUnwindSafe(KnownUsers::new());
     let users = &users;
+    let property = |input: &[u8]| {
+        // As sent: a batch, and a single message of every kind.
+        assert_ingest_holds(&TYPES, input, users);
+
+        let mut draw = Draw::new(input);
+        let single = draw.chance(3);
+        let kind = draw.pick(&TYPES);
+        let built = Writer {
+            draw: &mut draw,
+            out: Vec::new(),
+        }
+        .body(single);
+        let kinds: &[&str] = if single { &[kind] } else { &[] };
+        assert_ingest_holds(kinds, &built, users);
+
+        let mutated = mutate(&mut draw);
+        assert_ingest_holds(&[kind], &mutated, users);
+    };
     bolero::check!(name = "ingest")
-        .with_iterations(RANDOM_INPUTS)
-        .for_each(|input: &[u8]| {
-            // As sent: a batch, and a single message of every kind.
-            assert_ingest_holds(&TYPES, input, users);
-
-            let mut draw = Draw::new(input);
-            let single = draw.chance(3);
-            let kind = draw.pick(&TYPES);
-            let built = Writer {
-                draw: &mut draw,
-                out: Vec::new(),
-            }
-            .body(single);
-            let kinds: &[&str] = if single { &[kind] } else { &[] };
-            assert_ingest_holds(kinds, &built, users);
-
-            let mutated = mutate(&mut draw);
-            assert_ingest_holds(&[kind], &mutated, users);
-        });
+        .with_iterations(bolero_iterations())
+        .for_each(property);
+    for input in seeded_inputs(RANDOM_INPUTS) {
+        property(&input);
+    }
 }
 
 /// Bodies at the edges of the size limits, where an off-by-one would hide.
