@@ -188,6 +188,12 @@ enum PluginCommand {
         /// `plugin.toml` beside it is required and checked as the daemon checks it.
         file: PathBuf,
     },
+    /// Write a built component's `sha256` and `config_schema` (from its `describe()`) into
+    /// the folder's `plugin.toml`, keeping the rest of the file, then inspect the folder.
+    Pack {
+        /// The plugin folder: `plugin.toml` and the component it names.
+        dir: PathBuf,
+    },
 }
 
 /// Where the running daemon is.
@@ -524,6 +530,19 @@ fn delete_contact(id: &str, remote: &Remote) -> Result<bool> {
     Ok(true)
 }
 
+fn pack(dir: &Path) -> Result<bool> {
+    match herald_plugin_host::pack(dir, herald_plugin_host::user_cache_dir()) {
+        Ok(report) => {
+            print!("{report}");
+            Ok(report.is_valid())
+        }
+        Err(e) => {
+            eprintln!("error: cannot pack {}: {e}", dir.display());
+            Ok(false)
+        }
+    }
+}
+
 fn inspect(file: &Path) -> Result<bool> {
     // The user's compile cache: a second inspect of the same component compiles nothing.
     match herald_plugin_host::inspect_with_cache(file, herald_plugin_host::user_cache_dir()) {
@@ -580,6 +599,9 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Inspect { file },
         } => inspect(&file),
+        Command::Plugin {
+            command: PluginCommand::Pack { dir },
+        } => pack(&dir),
         Command::Preview {
             template,
             contact,

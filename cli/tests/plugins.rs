@@ -531,3 +531,47 @@ fn a_channel_config_that_breaks_the_plugins_schema_is_refused_with_where() {
     );
     assert!(text.contains("retries"), "{text}");
 }
+
+#[test]
+fn plugin_pack_writes_the_components_digest_and_schema_into_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let packaged = herald_bundled::packaged_dir().join("webhook");
+    std::fs::copy(packaged.join("plugin.wasm"), dir.path().join("plugin.wasm")).unwrap();
+    // The author's manifest (the connector's template): a comment, a stale digest and no
+    // schema yet.
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../plugins/connectors/webhook/plugin.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("plugin.toml"),
+        format!(
+            "# kept as written\n{manifest}sha256 = \"{}\"\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let inspect = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .arg(dir.path())
+            .env("XDG_CACHE_HOME", dir.path().join(".cache"))
+            .output()
+            .unwrap()
+    };
+    assert!(!inspect(&["plugin", "inspect"]).status.success());
+    let out = inspect(&["plugin", "pack"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verdict: valid Herald plugin"), "{stdout}");
+    let written = std::fs::read_to_string(dir.path().join("plugin.toml")).unwrap();
+    assert!(written.starts_with("# kept as written\n"), "{written}");
+    assert!(written.contains("config_schema = "), "{written}");
+    assert!(!written.contains(&"0".repeat(64)), "{written}");
+    assert!(inspect(&["plugin", "inspect"]).status.success());
+}

@@ -309,3 +309,55 @@ fn strip_prefix(e: PluginError) -> String {
         other => other.to_string(),
     }
 }
+
+/// `herald plugin pack DIR`: write into `DIR/plugin.toml` what must follow the component — its
+/// `sha256`, and `config_schema` as `describe()` gives it — keeping the rest of the file as the
+/// author wrote it (comments too), then inspect the folder as the daemon would load it.
+pub fn pack(dir: &Path, cache_dir: Option<PathBuf>) -> Result<InspectReport, PluginError> {
+    let manifest_file = dir.join("plugin.toml");
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| PluginError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let bad = |message: String| PluginError::Manifest {
+        path: manifest_file.clone(),
+        message,
+    };
+    let mut doc: toml_edit::DocumentMut = read(&manifest_file)?
+        .parse()
+        .map_err(|e: toml_edit::TomlError| bad(e.to_string()))?;
+    let wasm = dir.join(
+        doc.get("wasm")
+            .and_then(|v| v.as_str())
+            .unwrap_or("plugin.wasm"),
+    );
+    let bytes = std::fs::read(&wasm).map_err(|source| PluginError::Io {
+        path: wasm.clone(),
+        source,
+    })?;
+    let write = |doc: &toml_edit::DocumentMut| {
+        std::fs::write(&manifest_file, doc.to_string()).map_err(|source| PluginError::Io {
+            path: manifest_file.clone(),
+            source,
+        })
+    };
+    doc["sha256"] = toml_edit::value(sha256_hex(&bytes));
+    write(&doc)?;
+    let report = inspect_with_cache(dir, cache_dir.clone())?;
+    let Some(description) = &report.description else {
+        return Ok(report);
+    };
+    let schema = description.config_schema.to_string();
+    let declared = doc
+        .get("config_schema")
+        .and_then(|v| v.as_str())
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
+    if declared.as_ref() != Some(&description.config_schema) {
+        doc["config_schema"] = toml_edit::value(schema);
+        write(&doc)?;
+        return inspect_with_cache(dir, cache_dir);
+    }
+    Ok(report)
+}

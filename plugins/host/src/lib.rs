@@ -58,7 +58,7 @@ pub(crate) mod bindings {
 pub use error::{PluginError, SendError};
 pub use grant_config::{GrantConfig, GrantConfigExt};
 pub use host::{check_config_schema, HostOptions, LoadedPlugin, PluginHost, PoolingOptions};
-pub use inspect::{inspect, inspect_with_cache, Compiled, InspectReport};
+pub use inspect::{inspect, inspect_with_cache, pack, Compiled, InspectReport};
 
 /// The user's cache directory for compiled components (`$XDG_CACHE_HOME/herald/plugin-cache`,
 /// else `~/.cache/herald/plugin-cache`), for commands run outside a project's data directory.
