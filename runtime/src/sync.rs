@@ -63,7 +63,7 @@ impl StripedLocks {
     }
 
     /// The stripe a name falls in.
-    pub fn stripe(&self, name: &str) -> usize {
+    fn stripe(&self, name: &str) -> usize {
         use std::hash::Hasher as _;
         // Fixed keys: the same name is the same stripe in every process.
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -94,7 +94,8 @@ impl StripedLocks {
         self.take(&self.contacts, ids)
     }
 
-    /// Is the contact stripe of `name` free right now? (tests)
+    /// Is the contact stripe of `name` free right now?
+    #[cfg(test)]
     pub fn contact_stripe_free(&self, name: &str) -> bool {
         self.contacts[self.stripe(name)].try_lock().is_ok()
     }

@@ -159,20 +159,34 @@ pub fn inspect_with_cache(
     cache_dir: Option<PathBuf>,
 ) -> Result<InspectReport, PluginError> {
     let mut problems = Vec::new();
-    let (wasm_path, manifest_file) = if path.is_dir() {
-        let manifest_file = path.join("plugin.toml");
-        // The component the manifest names (plugin.wasm unless it says otherwise).
-        let wasm = std::fs::read_to_string(&manifest_file)
-            .ok()
-            .and_then(|t| crate::manifest::parse(&t, &manifest_file).ok())
-            .map_or_else(|| path.join("plugin.wasm"), |m| m.wasm_path(path));
-        (wasm, manifest_file)
+    let (dir, wasm_path) = if path.is_dir() {
+        (path.to_path_buf(), None)
     } else {
         let dir = path
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        (path.to_path_buf(), dir.join("plugin.toml"))
+        (dir, Some(path.to_path_buf()))
     };
+    // The manifest, read once: it names a folder's component (plugin.wasm unless it says
+    // otherwise), and its problems are reported with the component's.
+    let manifest_file = dir.join("plugin.toml");
+    let manifest_read: Result<Manifest, String> = if manifest_file.exists() {
+        std::fs::read_to_string(&manifest_file)
+            .map_err(|e| format!("{}: {e}", manifest_file.display()))
+            .and_then(|text| {
+                crate::manifest::parse(&text, &manifest_file).map_err(|e| e.to_string())
+            })
+    } else {
+        Err(format!(
+            "no plugin.toml beside the component ({}): the daemon loads a plugin only with its manifest (id, version, api_version, sha256 and the grants it asks for)",
+            manifest_file.display()
+        ))
+    };
+    let wasm_path = wasm_path.unwrap_or_else(|| {
+        manifest_read
+            .as_ref()
+            .map_or_else(|_| dir.join("plugin.wasm"), |m| m.wasm_path(&dir))
+    });
     let wasm_path = wasm_path.as_path();
     let bytes = std::fs::read(wasm_path).map_err(|source| PluginError::Io {
         path: wasm_path.to_path_buf(),
@@ -209,27 +223,7 @@ pub fn inspect_with_cache(
         }
     }
     let component_ok = problems.is_empty();
-    let manifest = if manifest_file.exists() {
-        match std::fs::read_to_string(&manifest_file) {
-            Ok(text) => match crate::manifest::parse(&text, &manifest_file) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    problems.push(e.to_string());
-                    None
-                }
-            },
-            Err(e) => {
-                problems.push(format!("{}: {e}", manifest_file.display()));
-                None
-            }
-        }
-    } else {
-        problems.push(format!(
-            "no plugin.toml beside the component ({}): the daemon loads a plugin only with its manifest (id, version, api_version, sha256 and the grants it asks for)",
-            manifest_file.display()
-        ));
-        None
-    };
+    let manifest = manifest_read.map_err(|e| problems.push(e)).ok();
     let mut description = None;
     // describe() runs whenever the component itself is sound, with or without a manifest.
     if component_ok {

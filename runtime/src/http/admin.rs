@@ -634,18 +634,19 @@ pub(super) async fn import_contacts(
     check_admin(&shared, &headers)?;
     // The upload goes to a temporary file as it arrives and is imported from there a chunk
     // of rows at a time: memory stays the same however large the file.
-    let mut spool = tempfile::tempfile().map_err(|e| {
+    let cannot_hold = |e: std::io::Error| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_accepted",
             format!("cannot hold the upload: {e}"),
         )
-    })?;
+    };
+    let mut spool = tempfile::tempfile().map_err(cannot_hold)?;
     let mut body = body;
     let mut size = 0usize;
     {
         use http_body_util::BodyExt as _;
-        use std::io::Write as _;
+        use std::io::{Seek as _, Write as _};
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 ApiError::new(
@@ -668,24 +669,9 @@ pub(super) async fn import_contacts(
                     ),
                 ));
             }
-            spool.write_all(&data).map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_accepted",
-                    format!("cannot hold the upload: {e}"),
-                )
-            })?;
+            spool.write_all(&data).map_err(cannot_hold)?;
         }
-    }
-    {
-        use std::io::Seek as _;
-        spool.rewind().map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_accepted",
-                e.to_string(),
-            )
-        })?;
+        spool.rewind().map_err(cannot_hold)?;
     }
     let report =
         crate::ingest::import::import_csv(&shared.ingestor, std::io::BufReader::new(spool), &q)

@@ -320,15 +320,7 @@ pub fn restrict_client(
             _ => None,
         };
         match refusal {
-            Some((code, message)) => parsed.rejected.push(Rejected {
-                index: m.index,
-                code,
-                message: if batch {
-                    format!("batch[{}]: {message}", m.index)
-                } else {
-                    message
-                },
-            }),
+            Some((code, message)) => parsed.rejected.push(Rejected::of(&m, batch, code, message)),
             None => kept.push(m),
         }
     }
@@ -350,6 +342,21 @@ pub struct Rejected {
     pub code: &'static str,
     /// Human-readable reason.
     pub message: String,
+}
+
+impl Rejected {
+    /// `m` dropped for `message`, which names the item when it came in a batch.
+    fn of(m: &Message, batch: bool, code: &'static str, message: String) -> Rejected {
+        Rejected {
+            index: m.index,
+            code,
+            message: if batch {
+                format!("batch[{}]: {message}", m.index)
+            } else {
+                message
+            },
+        }
+    }
 }
 
 /// A parsed request: its valid messages, the batch items dropped, and a key from the body.
@@ -618,12 +625,12 @@ impl Ingestor {
         loop {
             let _ids = locks.identities(ids.iter().map(|(_, id)| id));
             let seen = relinks.load(std::sync::atomic::Ordering::SeqCst);
-            let mut before = write::Lookup::take(store, &ids, &known)?;
+            let mut before = write::Lookup::take(&self.engine, &ids, &known)?;
             let _contacts = locks.contacts(before.contacts());
             // A merge (or erasure) elsewhere may have moved an id while this request waited:
             // look again, and start over if it did.
             if relinks.load(std::sync::atomic::Ordering::SeqCst) != seen
-                && write::Lookup::take(store, &ids, &known)? != before
+                && write::Lookup::take(&self.engine, &ids, &known)? != before
             {
                 continue;
             }

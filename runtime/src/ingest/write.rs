@@ -537,15 +537,7 @@ impl<'s> Working<'s> {
         }
         let refusal = refusal.or_else(|| if grows { self.check(m, &plan) } else { None });
         if let Some((code, message)) = refusal {
-            self.rejected.push(Rejected {
-                index: m.index,
-                code,
-                message: if batch {
-                    format!("batch[{}]: {message}", m.index)
-                } else {
-                    message
-                },
-            });
+            self.rejected.push(Rejected::of(m, batch, code, message));
             return Ok(());
         }
         let contact = self.resolve(plan, now)?;
@@ -684,7 +676,7 @@ pub(super) struct Lookup {
 
 impl Lookup {
     pub(super) fn take(
-        store: &dyn Store,
+        engine: &crate::engine::Engine,
         ids: &BTreeSet<(Option<IdKind>, String)>,
         known: &BTreeSet<String>,
     ) -> Result<Lookup, StoreError> {
@@ -696,12 +688,12 @@ impl Lookup {
                 None => &[IdKind::User, IdKind::Anonymous],
             };
             for k in kinds {
-                found.insert((*k, id.clone()), store.identity(*k, id)?);
+                found.insert((*k, id.clone()), engine.store.identity(*k, id)?);
             }
         }
         let mut live = BTreeMap::new();
         for c in known {
-            live.insert(c.clone(), live_id(store, c)?);
+            live.insert(c.clone(), engine.live_contact(c)?.map(|c| c.id));
         }
         Ok(Lookup { found, known: live })
     }
@@ -710,22 +702,6 @@ impl Lookup {
     pub(super) fn contacts(&self) -> impl Iterator<Item = &String> {
         self.found.values().chain(self.known.values()).flatten()
     }
-}
-
-/// The live contact an id leads to (following a merge, which always points at the survivor).
-fn live_id(store: &dyn Store, id: &str) -> Result<Option<String>, StoreError> {
-    Ok(match store.contact(id)? {
-        Some(c) => match c.merged_into {
-            Some(next) => match store.contact(&next)? {
-                Some(n) if n.merged_into.is_none() => Some(n.id),
-                // Merged again meanwhile: the lookup is repeated under the locks.
-                Some(n) => Some(n.merged_into.unwrap_or(n.id)),
-                None => None,
-            },
-            None => Some(c.id),
-        },
-        None => None,
-    })
 }
 
 pub(super) fn to_event(m: &Message, seq: u64, now: i64) -> Event {
