@@ -215,6 +215,11 @@ fn the_multichannel_example_sends_email_sms_and_a_webhook_and_a_delivery_callbac
     assert_eq!(envelope["type"], "event");
     assert_eq!(envelope["payload"]["sms_delivered"], true);
     assert_eq!(envelope["payload"]["email"], "ada@example.com");
+    // The contact fields the webhook connector declares, as the contact has them.
+    assert_eq!(
+        envelope["fields"],
+        json!({"first_name": "Ada", "email": "ada@example.com", "phone": "+15550100"})
+    );
     assert!(
         !posted.body.contains("hook-signing-key"),
         "the signing key never leaves the host"
@@ -361,7 +366,7 @@ fn a_postmark_open_callback_reaches_the_timeline_and_wakes_wait_for() {
     let body: serde_json::Value = serde_json::from_str(&req.body).unwrap();
     assert_eq!(
         (body["To"].as_str(), body["Subject"].as_str()),
-        (Some("eve@example.com"), Some("Welcome Eve"))
+        (Some("\"Eve\" <eve@example.com>"), Some("Welcome Eve"))
     );
 
     // Postmark's Open webhook, in the format Postmark documents, with the Basic credentials
@@ -574,4 +579,72 @@ fn plugin_pack_writes_the_components_digest_and_schema_into_the_manifest() {
     assert!(written.contains("config_schema = "), "{written}");
     assert!(!written.contains(&"0".repeat(64)), "{written}");
     assert!(inspect(&["plugin", "inspect"]).status.success());
+}
+
+#[test]
+fn a_send_carries_the_declared_contact_fields_and_a_0_1_0_plugin_still_gets_the_front_matter() {
+    std::env::set_var("HERALD_TEST_FIELDS_HOOK_KEY", "hook-signing-key");
+    let current = Recorder::start(vec![200]);
+    let legacy = Recorder::start(vec![200]);
+    // The committed 0.1.0 component, as a third party published it.
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/testdata/api-0.1.0/webhook");
+    let channel = |name: &str, plugin: &str, url: &str| {
+        format!(
+            "[channels.{name}]\nplugin = \"{plugin}\"\nto = \"email\"\nallowed_hosts = [\"127.0.0.1\"]\n\
+             allow_private = true\nconfig = {{ url = \"{url}/herald\" }}\n\
+             secrets = {{ WEBHOOK_SIGNING_KEY = \"env:HERALD_TEST_FIELDS_HOOK_KEY\" }}\n\n"
+        )
+    };
+    let p = TestProject::new(&format!(
+        "{}{}",
+        channel("hook", "bundled:webhook", &current.url),
+        channel("legacy", &fixture.display().to_string(), &legacy.url)
+    ));
+    let note = "---\nsubject: Hello {{ contact.first_name }}\nfrom: News <news@shop.example>\n\
+                reply_to: help@shop.example\npreheader: Spring picks\ntag: spring\n---\nHi {{ contact.first_name }}!\n";
+    p.template("note", note);
+    p.workflow(
+        "w.rhai",
+        "workflow(\"w\").on_event(\"signup\");\nfn run(contact, trigger) {\n    send(\"hook\", \"note\");\n    send(\"legacy\", \"note\");\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.identify(
+        "ada",
+        json!({"first_name": "Ada", "last_name": "Lovelace", "email": "ada@example.com",
+               "date_of_birth": "1815-12-10", "plan": "pro"}),
+    );
+    c.track("ada", "signup", json!({}));
+    let id = c.only_run("ada")["id"].as_str().unwrap().to_string();
+    c.run_reaches(&id, "completed", 2);
+
+    // herald:channel@0.2.0: the contact fields the manifest declares, nothing else of the
+    // contact; the front matter apart, and its parts in their own fields.
+    let body: serde_json::Value =
+        serde_json::from_str(&current.requests.lock().unwrap()[0].body).unwrap();
+    assert_eq!(
+        body["fields"],
+        json!({"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}),
+        "{body}"
+    );
+    assert_eq!(body["to"], "ada@example.com");
+    assert_eq!(body["to_name"], "Ada Lovelace");
+    assert_eq!(body["subject"], "Hello Ada");
+    assert_eq!(body["from"], "News <news@shop.example>");
+    assert_eq!(body["reply_to"], "help@shop.example");
+    assert_eq!(body["preheader"], "Spring picks");
+    assert_eq!(body["front_matter"]["tag"], "spring");
+    assert_eq!(body["metadata"]["herald_workflow"], "w");
+    assert!(!body.to_string().contains("1815-12-10"), "{body}");
+
+    // herald:channel@0.1.0: what such a plugin always received, the front matter in `fields`.
+    let old: serde_json::Value =
+        serde_json::from_str(&legacy.requests.lock().unwrap()[0].body).unwrap();
+    assert_eq!(old["fields"]["from"], "News <news@shop.example>", "{old}");
+    assert_eq!(old["fields"]["tag"], "spring", "{old}");
+    assert_eq!(old["to"], "ada@example.com");
+    assert_eq!(old["subject"], "Hello Ada");
+    assert!(old.get("front_matter").is_none(), "{old}");
+    assert!(!old.to_string().contains("Lovelace"), "{old}");
 }

@@ -22,8 +22,15 @@ pub enum ManifestError {
     },
 }
 
-/// The WIT API version this host implements.
-pub const API_VERSION: &str = "0.1.0";
+/// The WIT API version this host implements (what new plugins target).
+pub const API_VERSION: &str = "0.2.0";
+
+/// Every `herald:channel` version this host loads: the current one and the earlier ones it
+/// adapts, newest first.
+pub const SUPPORTED_API_VERSIONS: &[&str] = &["0.2.0", "0.1.0"];
+
+/// At most this many `contact_fields` in a manifest.
+pub const MAX_CONTACT_FIELDS: usize = 64;
 
 /// A parsed and validated `plugin.toml`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -55,6 +62,10 @@ pub struct Manifest {
     /// JSON Schema of the configuration, as a JSON string.
     #[serde(default)]
     pub config_schema: Option<String>,
+    /// The contact fields the plugin receives in `outbound.fields` (API 0.2.0 and later):
+    /// nothing else of a contact reaches the plugin.
+    #[serde(default)]
+    pub contact_fields: Vec<String>,
 }
 
 fn default_wasm() -> String {
@@ -107,7 +118,37 @@ impl Manifest {
                 .map_err(|e| bad(format!("`config_schema` is not valid JSON: {e}")))?;
         }
         check_api_version(&m.api_version)?;
+        if m.contact_fields.len() > MAX_CONTACT_FIELDS {
+            return Err(bad(format!(
+                "`contact_fields` names {} fields; at most {MAX_CONTACT_FIELDS} are allowed",
+                m.contact_fields.len()
+            )));
+        }
+        for f in &m.contact_fields {
+            if f.is_empty()
+                || f.len() > 128
+                || !f
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            {
+                return Err(bad(format!(
+                    "contact field `{f}` must be letters, digits, `_`, `-` or `.`"
+                )));
+            }
+        }
+        if !m.contact_fields.is_empty() && m.api_minor() < Some(2) {
+            return Err(bad(format!(
+                "`contact_fields` needs api_version 0.2.0 or later (this manifest says {}): \
+                 a 0.1.0 plugin receives the template's front matter in `fields`",
+                m.api_version
+            )));
+        }
         Ok(m)
+    }
+
+    /// The minor version of `api_version` (the API is before 1.0, so it tells revisions apart).
+    pub fn api_minor(&self) -> Option<u64> {
+        self.api_version.split('.').nth(1)?.parse().ok()
     }
 
     /// Path of the wasm file for a manifest found in `dir`.
@@ -123,8 +164,8 @@ impl Manifest {
     }
 }
 
-/// Accept `version` when it is compatible with [`API_VERSION`]: same major,
-/// and before 1.0 also the same minor.
+/// Accept `version` when it is compatible with one of [`SUPPORTED_API_VERSIONS`]: same
+/// major, and before 1.0 also the same minor.
 pub fn check_api_version(version: &str) -> Result<(), ManifestError> {
     let parse = |v: &str| -> Option<(u64, u64)> {
         let mut it = v.split('.');
@@ -132,11 +173,13 @@ pub fn check_api_version(version: &str) -> Result<(), ManifestError> {
     };
     let err = || ManifestError::ApiVersion {
         found: version.to_string(),
-        supported: API_VERSION.to_string(),
+        supported: SUPPORTED_API_VERSIONS.join(" and "),
     };
     let (maj, min) = parse(version).ok_or_else(err)?;
-    let (hmaj, hmin) = parse(API_VERSION).expect("valid host version");
-    let ok = maj == hmaj && (hmaj > 0 || min == hmin);
+    let ok = SUPPORTED_API_VERSIONS.iter().any(|host| {
+        let (hmaj, hmin) = parse(host).expect("valid host version");
+        maj == hmaj && (hmaj > 0 || min == hmin)
+    });
     if ok {
         Ok(())
     } else {

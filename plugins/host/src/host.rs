@@ -12,6 +12,8 @@ use wasmtime::{Config, Engine, Store, Trap};
 
 use crate::bindings::herald::channel::types as wit;
 use crate::bindings::{Plugin, PluginPre};
+use crate::bindings_v1::{Plugin as PluginV1, PluginPre as PluginPreV1};
+use crate::compat;
 use crate::manifest as manifest_file;
 use crate::manifest::{sha256_hex, Manifest};
 use crate::net::HostPattern;
@@ -179,6 +181,8 @@ pub(crate) fn make_linker(engine: &Engine) -> Result<Linker<HostState>, PluginEr
         .map_err(|e| PluginError::Engine(format!("linking WASI: {e}")))?;
     Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(|e| PluginError::Engine(format!("linking herald:channel: {e}")))?;
+    PluginV1::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(|e| PluginError::Engine(format!("linking herald:channel@0.1.0: {e}")))?;
     Ok(linker)
 }
 
@@ -281,13 +285,21 @@ impl PluginHost {
     pub(crate) fn new_inner(
         &self,
         component: &Component,
+        revision: Revision,
         shared: Shared,
     ) -> Result<Arc<Inner>, PluginError> {
         let pre = self
             .linker
             .instantiate_pre(component)
             .map_err(|e| PluginError::InvalidPlugin(format!("cannot link: {e}")))?;
-        let pre = PluginPre::new(pre).map_err(|e| PluginError::InvalidPlugin(e.to_string()))?;
+        let pre = match revision {
+            Revision::V2 => {
+                Pre::V2(PluginPre::new(pre).map_err(|e| PluginError::InvalidPlugin(e.to_string()))?)
+            }
+            Revision::V1 => Pre::V1(
+                PluginPreV1::new(pre).map_err(|e| PluginError::InvalidPlugin(e.to_string()))?,
+            ),
+        };
         let limits = shared.limits.clone();
         Ok(Arc::new(Inner {
             engine: self.engine.clone(),
@@ -357,7 +369,14 @@ impl PluginHost {
             });
         }
         let component = self.compile(bytes, &actual, wasm_path)?;
-        check_exports(&self.engine, &component)?;
+        let revision = check_exports(&self.engine, &component)?;
+        if Some(revision.minor()) != manifest.api_minor() {
+            return Err(PluginError::InvalidPlugin(format!(
+                "the component implements herald:channel@{} but plugin.toml says api_version = \"{}\"",
+                revision.version(),
+                manifest.api_version
+            )));
+        }
         let mut hosts = Vec::new();
         for h in manifest
             .allowed_hosts
@@ -392,7 +411,7 @@ impl PluginHost {
             grant.limits.clone(),
         )
         .map_err(PluginError::Engine)?;
-        let inner = self.new_inner(&component, shared)?;
+        let inner = self.new_inner(&component, revision, shared)?;
 
         let raw = match inner.call_blocking(Call::Describe) {
             Ok((Answer::Describe(d), _)) => d,
@@ -415,6 +434,7 @@ impl PluginHost {
                 ));
             }
         }
+        check_contact_fields(&manifest, &description)?;
         // The operator's config against the plugin's JSON Schema first: a located reason for
         // each mistake, whatever the plugin's own validate-config says.
         check_config_schema(&description.config_schema, &config).map_err(|message| {
@@ -501,26 +521,82 @@ pub(crate) fn check_component_header(bytes: &[u8]) -> Result<(), PluginError> {
 /// The export every plugin must have, without version.
 pub(crate) const CONNECTOR_EXPORT: &str = "herald:channel/connector";
 
-pub(crate) fn check_exports(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+/// The `herald:channel` revision a component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Revision {
+    /// 0.1.0, adapted by [`compat`].
+    V1,
+    /// 0.2.0, the current one.
+    V2,
+}
+
+impl Revision {
+    pub(crate) fn version(self) -> &'static str {
+        match self {
+            Revision::V1 => "0.1.0",
+            Revision::V2 => "0.2.0",
+        }
+    }
+
+    pub(crate) fn minor(self) -> u64 {
+        match self {
+            Revision::V1 => 1,
+            Revision::V2 => 2,
+        }
+    }
+}
+
+/// Which supported `herald:channel/connector` the component exports.
+pub(crate) fn check_exports(
+    engine: &Engine,
+    component: &Component,
+) -> Result<Revision, PluginError> {
     let ty = component.component_type();
     let names: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    let want = format!("{CONNECTOR_EXPORT}@{}", crate::API_VERSION);
-    if names.contains(&want) {
-        return Ok(());
+    for (revision, version) in [(Revision::V2, "0.2.0"), (Revision::V1, "0.1.0")] {
+        if names.contains(&format!("{CONNECTOR_EXPORT}@{version}")) {
+            return Ok(revision);
+        }
     }
+    let supported = crate::SUPPORTED_API_VERSIONS
+        .iter()
+        .map(|v| format!("`{CONNECTOR_EXPORT}@{v}`"))
+        .collect::<Vec<_>>()
+        .join(" or ");
     if let Some(other) = names.iter().find(|n| n.starts_with(CONNECTOR_EXPORT)) {
         return Err(PluginError::InvalidPlugin(format!(
-            "exports `{other}` but this host implements `{want}`"
+            "exports `{other}` but this host implements {supported}"
         )));
     }
     Err(PluginError::InvalidPlugin(format!(
-        "does not export `{want}` (exports: {})",
+        "does not export {supported} (exports: {})",
         if names.is_empty() {
             "nothing".to_string()
         } else {
             names.join(", ")
         }
     )))
+}
+
+/// `describe().contact-fields` must name what the manifest grants, so what an operator reads
+/// in `plugin.toml` (and `herald plugin inspect`) is what the plugin gets.
+pub(crate) fn check_contact_fields(
+    manifest: &Manifest,
+    description: &Description,
+) -> Result<(), PluginError> {
+    let mut declared = manifest.contact_fields.clone();
+    let mut described = description.contact_fields.clone();
+    declared.sort();
+    described.sort();
+    if declared != described {
+        return Err(PluginError::InvalidPlugin(format!(
+            "describe().contact-fields [{}] differs from plugin.toml's contact_fields [{}] \
+             (`herald plugin pack` writes them from describe)",
+            description.contact_fields.join(", "),
+            manifest.contact_fields.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn convert_description(
@@ -546,20 +622,33 @@ pub(crate) fn convert_description(
             .collect(),
         supports_idempotency: d.supports_idempotency,
         config_schema,
+        contact_fields: d.contact_fields,
     })
+}
+
+/// Linked, ready to instantiate: one per plugin, of the revision it implements.
+pub(crate) enum Pre {
+    V1(PluginPreV1<HostState>),
+    V2(PluginPre<HostState>),
+}
+
+/// An instance's typed exports.
+enum Bindings {
+    V1(PluginV1),
+    V2(Plugin),
 }
 
 /// A warm instance: its store and typed exports.
 struct Warm {
     store: Store<HostState>,
-    plugin: Plugin,
+    plugin: Bindings,
 }
 
 /// One call into a plugin's `connector` export.
 pub(crate) enum Call {
     Describe,
     ValidateConfig(String),
-    Send(wit::Outbound),
+    Send(Box<wit::Outbound>),
     ParseWebhook(wit::WebhookRequest),
 }
 
@@ -594,7 +683,7 @@ pub(crate) struct Failure {
 
 pub(crate) struct Inner {
     engine: Engine,
-    pre: PluginPre<HostState>,
+    pre: Pre,
     pub(crate) shared: Arc<Shared>,
     pool: Mutex<Vec<Warm>>,
     pub(crate) rate: RateLimiter,
@@ -632,7 +721,11 @@ impl Inner {
 
     async fn instantiate(&self) -> Result<Warm, Failure> {
         let mut store = self.new_store();
-        match self.pre.instantiate_async(&mut store).await {
+        let instance = match &self.pre {
+            Pre::V2(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V2),
+            Pre::V1(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V1),
+        };
+        match instance {
             Ok(plugin) => Ok(Warm { store, plugin }),
             Err(e) => Err(Failure {
                 message: classify(&e, store.data(), &self.shared.limits, "instantiation"),
@@ -675,7 +768,6 @@ impl Inner {
             data.throttled = false;
         }
         warm.store.set_epoch_deadline(1);
-        let connector = warm.plugin.herald_channel_connector();
         let store = &mut warm.store;
         let call_name = match &call {
             Call::Describe => "describe",
@@ -683,17 +775,43 @@ impl Inner {
             Call::Send(_) => "send",
             Call::ParseWebhook(_) => "parse-webhook",
         };
-        let result = match call {
-            Call::Describe => connector.call_describe(store).await.map(Answer::Describe),
-            Call::ValidateConfig(c) => connector
-                .call_validate_config(store, &c)
-                .await
-                .map(Answer::ValidateConfig),
-            Call::Send(m) => connector.call_send(store, &m).await.map(Answer::Send),
-            Call::ParseWebhook(r) => connector
-                .call_parse_webhook(store, &r)
-                .await
-                .map(Answer::ParseWebhook),
+        let result = match &warm.plugin {
+            Bindings::V2(plugin) => {
+                let connector = plugin.herald_channel_connector();
+                match call {
+                    Call::Describe => connector.call_describe(store).await.map(Answer::Describe),
+                    Call::ValidateConfig(c) => connector
+                        .call_validate_config(store, &c)
+                        .await
+                        .map(Answer::ValidateConfig),
+                    Call::Send(m) => connector.call_send(store, &m).await.map(Answer::Send),
+                    Call::ParseWebhook(r) => connector
+                        .call_parse_webhook(store, &r)
+                        .await
+                        .map(Answer::ParseWebhook),
+                }
+            }
+            Bindings::V1(plugin) => {
+                let connector = plugin.herald_channel_connector();
+                match call {
+                    Call::Describe => connector
+                        .call_describe(store)
+                        .await
+                        .map(|d| Answer::Describe(compat::description_from_v1(d))),
+                    Call::ValidateConfig(c) => connector
+                        .call_validate_config(store, &c)
+                        .await
+                        .map(Answer::ValidateConfig),
+                    Call::Send(m) => connector
+                        .call_send(store, &compat::outbound_to_v1(&m))
+                        .await
+                        .map(|r| Answer::Send(compat::sent_from_v1(r))),
+                    Call::ParseWebhook(r) => connector
+                        .call_parse_webhook(store, &compat::webhook_request_to_v1(&r))
+                        .await
+                        .map(|r| Answer::ParseWebhook(compat::events_from_v1(r))),
+                }
+            }
         };
         warm.store.data().log_output(call_name);
         match result {
@@ -860,14 +978,40 @@ impl LoadedPlugin {
                 None => format!("plugin `{}` does not deliver messages", self.description.id),
             });
         let inner = self.inner.clone();
+        // Only the contact fields the manifest declares leave the host.
+        let fields: serde_json::Map<String, serde_json::Value> = match &req.fields {
+            serde_json::Value::Object(all) => self
+                .manifest
+                .contact_fields
+                .iter()
+                .filter_map(|k| all.get(k).map(|v| (k.clone(), v.clone())))
+                .collect(),
+            _ => Default::default(),
+        };
         let msg = wit::Outbound {
             idempotency_key: req.idempotency_key.clone(),
             operation: req.operation.clone(),
             to: req.to.clone(),
+            to_name: req.to_name.clone(),
             subject: req.subject.clone(),
             text: req.text.clone(),
             html: req.html.clone(),
-            fields: json_or_empty(&req.fields),
+            preheader: req.preheader.clone(),
+            from: req.from.clone(),
+            reply_to: req.reply_to.clone(),
+            headers: req.headers.clone(),
+            topic: req.topic.clone(),
+            unsubscribe: req.unsubscribe.as_ref().map(|u| wit::Unsubscribe {
+                url: u.url.clone(),
+                one_click_url: u.one_click_url.clone(),
+            }),
+            tracking: wit::Tracking {
+                opens: req.tracking.opens,
+                clicks: req.tracking.clicks,
+            },
+            metadata: req.metadata.clone(),
+            front_matter: json_or_empty(&req.front_matter),
+            fields: serde_json::Value::Object(fields).to_string(),
             payload: json_or_empty(&req.payload),
         };
         async move {
@@ -875,24 +1019,28 @@ impl LoadedPlugin {
                 return Err(SendError::InvalidInput(refusal));
             }
             inner.rate.acquire()?;
-            let (answer, notes) = inner.clone().call(Call::Send(msg)).await.map_err(|f| {
-                if !f.denials.is_empty() {
-                    // A plugin that traps after a refusal failed because of it.
-                    SendError::Denied(f.denials.join("; "))
-                } else if f.busy {
-                    SendError::RateLimited {
-                        retry_after_ms: 50,
-                        message: f.message,
+            let (answer, notes) = inner
+                .clone()
+                .call(Call::Send(Box::new(msg)))
+                .await
+                .map_err(|f| {
+                    if !f.denials.is_empty() {
+                        // A plugin that traps after a refusal failed because of it.
+                        SendError::Denied(f.denials.join("; "))
+                    } else if f.busy {
+                        SendError::RateLimited {
+                            retry_after_ms: 50,
+                            message: f.message,
+                        }
+                    } else if f.effects > 0 {
+                        SendError::Ambiguous(format!(
+                            "sandbox: {} (after {} outbound request(s): the outcome is unknown)",
+                            f.message, f.effects
+                        ))
+                    } else {
+                        SendError::Sandbox(f.message)
                     }
-                } else if f.effects > 0 {
-                    SendError::Ambiguous(format!(
-                        "sandbox: {} (after {} outbound request(s): the outcome is unknown)",
-                        f.message, f.effects
-                    ))
-                } else {
-                    SendError::Sandbox(f.message)
-                }
-            })?;
+                })?;
             let Answer::Send(result) = answer else {
                 unreachable!("send answers with a send result")
             };
@@ -957,12 +1105,25 @@ impl LoadedPlugin {
         Ok(events
             .into_iter()
             .map(|e| WebhookEvent {
-                kind: event_kind_name(e.kind).to_string(),
+                kind: event_kind_name(&e.kind).to_string(),
+                bounce: match &e.kind {
+                    wit::EventKind::Bounced(b) => Some(crate::types::Bounce {
+                        kind: match b.kind {
+                            wit::BounceKind::Hard => "hard",
+                            wit::BounceKind::Soft => "soft",
+                            wit::BounceKind::Undetermined => "undetermined",
+                        }
+                        .to_string(),
+                        reason: b.reason.clone(),
+                    }),
+                    _ => None,
+                },
                 message_id: e.message_id,
                 recipient: e.recipient,
                 properties: serde_json::from_str(&e.properties)
                     .unwrap_or(serde_json::Value::Object(Default::default())),
                 timestamp_ms: e.timestamp_ms,
+                machine: e.machine,
             })
             .collect())
     }
@@ -977,14 +1138,16 @@ fn json_or_empty(v: &serde_json::Value) -> String {
 }
 
 /// The Herald name of an event kind.
-pub(crate) fn event_kind_name(k: wit::EventKind) -> &'static str {
+pub(crate) fn event_kind_name(k: &wit::EventKind) -> &'static str {
     match k {
         wit::EventKind::Delivered => "delivered",
-        wit::EventKind::Bounced => "bounced",
+        wit::EventKind::Bounced(_) => "bounced",
+        wit::EventKind::Deferred => "deferred",
         wit::EventKind::Opened => "opened",
         wit::EventKind::Clicked => "clicked",
         wit::EventKind::Replied => "replied",
         wit::EventKind::Unsubscribed => "unsubscribed",
+        wit::EventKind::Resubscribed => "resubscribed",
         wit::EventKind::Complained => "complained",
     }
 }

@@ -117,6 +117,7 @@ impl fmt::Display for InspectReport {
             writeln!(f, "  allowed hosts: {}", list(&m.allowed_hosts))?;
             writeln!(f, "  secrets: {}", list(&m.secrets))?;
             writeln!(f, "  smtp: {}", m.smtp)?;
+            writeln!(f, "  contact fields: {}", list(&m.contact_fields))?;
         }
         if self.problems.is_empty() {
             write!(f, "verdict: valid Herald plugin")
@@ -212,9 +213,9 @@ pub fn inspect_with_cache(
         .iter()
         .find_map(|e| e.strip_prefix(CONNECTOR_EXPORT)?.strip_prefix('@'))
         .map(str::to_string);
-    if let Err(e) = check_exports(engine, &component) {
-        problems.push(strip_prefix(e));
-    }
+    let revision = check_exports(engine, &component)
+        .map_err(|e| problems.push(strip_prefix(e)))
+        .ok();
     for i in &imports {
         if !(i.starts_with("herald:channel/") || i.starts_with("wasi:")) {
             problems.push(format!(
@@ -243,7 +244,8 @@ pub fn inspect_with_cache(
             CallLimits::default(),
         )
         .map_err(PluginError::Engine)?;
-        match host.new_inner(&component, shared) {
+        let revision = revision.expect("a sound component has a revision");
+        match host.new_inner(&component, revision, shared) {
             Ok(inner) => match inner.call_blocking(crate::host::Call::Describe) {
                 Ok((crate::host::Answer::Describe(raw), _)) => {
                     match convert_description(raw, api_version.as_deref().unwrap_or("?")) {
@@ -282,6 +284,20 @@ pub fn inspect_with_cache(
                 problems.push("plugin.toml config_schema differs from describe()".into());
             }
         }
+        if m.api_minor()
+            != api_version
+                .as_deref()
+                .and_then(|v| v.split('.').nth(1)?.parse().ok())
+        {
+            problems.push(format!(
+                "plugin.toml says api_version = \"{}\" but the component implements herald:channel@{}",
+                m.api_version,
+                api_version.as_deref().unwrap_or("?")
+            ));
+        }
+        if let Err(e) = crate::host::check_contact_fields(m, d) {
+            problems.push(strip_prefix(e));
+        }
     }
     Ok(InspectReport {
         path: wasm_path.to_path_buf(),
@@ -305,8 +321,9 @@ fn strip_prefix(e: PluginError) -> String {
 }
 
 /// `herald plugin pack DIR`: write into `DIR/plugin.toml` what must follow the component — its
-/// `sha256`, and `config_schema` as `describe()` gives it — keeping the rest of the file as the
-/// author wrote it (comments too), then inspect the folder as the daemon would load it.
+/// `sha256`, the `api_version` it exports, and `config_schema` and `contact_fields` as
+/// `describe()` gives them — keeping the rest of the file as the author wrote it (comments
+/// too), then inspect the folder as the daemon would load it.
 pub fn pack(dir: &Path, cache_dir: Option<PathBuf>) -> Result<InspectReport, PluginError> {
     let manifest_file = dir.join("plugin.toml");
     let read = |p: &Path| {
@@ -340,16 +357,43 @@ pub fn pack(dir: &Path, cache_dir: Option<PathBuf>) -> Result<InspectReport, Plu
     doc["sha256"] = toml_edit::value(sha256_hex(&bytes));
     write(&doc)?;
     let report = inspect_with_cache(dir, cache_dir.clone())?;
-    let Some(description) = &report.description else {
-        return Ok(report);
-    };
-    let schema = description.config_schema.to_string();
-    let declared = doc
-        .get("config_schema")
-        .and_then(|v| v.as_str())
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
-    if declared.as_ref() != Some(&description.config_schema) {
-        doc["config_schema"] = toml_edit::value(schema);
+    let mut changed = false;
+    if let Some(version) = &report.api_version {
+        if doc.get("api_version").and_then(|v| v.as_str()) != Some(version.as_str()) {
+            doc["api_version"] = toml_edit::value(version.as_str());
+            changed = true;
+        }
+    }
+    if let Some(description) = &report.description {
+        let declared = doc
+            .get("config_schema")
+            .and_then(|v| v.as_str())
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
+        if declared.as_ref() != Some(&description.config_schema) {
+            doc["config_schema"] = toml_edit::value(description.config_schema.to_string());
+            changed = true;
+        }
+        let fields: Vec<&str> = doc
+            .get("contact_fields")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        if fields != description.contact_fields {
+            if description.contact_fields.is_empty() {
+                doc.remove("contact_fields");
+            } else {
+                doc["contact_fields"] = toml_edit::value(
+                    description
+                        .contact_fields
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<toml_edit::Array>(),
+                );
+            }
+            changed = true;
+        }
+    }
+    if changed {
         write(&doc)?;
         return inspect_with_cache(dir, cache_dir);
     }

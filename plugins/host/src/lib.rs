@@ -1,8 +1,9 @@
 //! # herald-plugin-host — sandboxed channel plugins for Herald
 //!
 //! Herald's channel connectors (email, SMS, social, ads, webhooks) are
-//! WebAssembly components implementing the `herald:channel@0.1.0` WIT world
-//! (`plugins/wit/channel.wit`). This crate runs them under wasmtime:
+//! WebAssembly components implementing the `herald:channel@0.2.0` WIT world
+//! (`plugins/wit/channel.wit`); components built against `0.1.0` still load, adapted by
+//! the host. This crate runs them under wasmtime:
 //!
 //! * one [`PluginHost`] per process: a single engine with the component model
 //!   and epoch interruption, an epoch ticker thread, and an optional on-disk
@@ -33,6 +34,7 @@
 //! calls run on the host's own small runtime and may be used from any thread.
 #![warn(missing_docs)]
 
+mod compat;
 mod error;
 pub mod grant_config;
 mod host;
@@ -44,12 +46,24 @@ pub mod smtp_client;
 mod state;
 mod types;
 
-/// `wasmtime::component::bindgen!` output for the `herald:channel/plugin` world.
+/// `wasmtime::component::bindgen!` output for the `herald:channel@0.2.0` `plugin` world, the
+/// revision this host implements.
 #[allow(missing_docs, clippy::all)]
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         world: "plugin",
         path: "../wit",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+/// The same for `herald:channel@0.1.0`, whose components the host still loads ([`compat`]).
+#[allow(missing_docs, clippy::all)]
+pub(crate) mod bindings_v1 {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit/0.1.0",
         imports: { default: async },
         exports: { default: async },
     });
@@ -69,10 +83,10 @@ pub fn user_cache_dir() -> Option<std::path::PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
         .map(|d| d.join("herald").join("plugin-cache"))
 }
-pub use manifest::{Manifest, API_VERSION};
+pub use manifest::{Manifest, API_VERSION, SUPPORTED_API_VERSIONS};
 pub use types::{
-    CallLimits, Description, Grant, Operation, SendOutcome, SendRequest, SmtpRelay, SmtpSecurity,
-    WebhookEvent, WebhookRequest,
+    Bounce, CallLimits, Description, Grant, Operation, SendOutcome, SendRequest, SmtpRelay,
+    SmtpSecurity, Tracking, Unsubscribe, WebhookEvent, WebhookRequest,
 };
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! ```toml
 //! id = "twilio-sms"                 # [a-z0-9-]+, equals describe().id
 //! version = "0.1.0"                 # equals describe().version
-//! api_version = "0.1.0"             # herald:channel version built against
+//! api_version = "0.2.0"             # herald:channel version built against (0.1.0 still loads)
 //! description = "SMS via Twilio"    # optional
 //! wasm = "plugin.wasm"              # optional, default plugin.wasm
 //! sha256 = "…64 hex digits…"        # digest of the wasm file, checked on load
@@ -11,12 +11,13 @@
 //! secrets = ["TWILIO_AUTH_TOKEN"]   # names the plugin may reference
 //! smtp = false                      # whether it uses the smtp capability
 //! config_schema = '{"type":"object"}'  # JSON Schema (string), equals describe()'s
+//! contact_fields = ["phone"]        # contact fields sent in outbound.fields, equals describe()'s
 //! ```
 
 use std::path::Path;
 
 pub use herald_config::manifest::{
-    check_api_version, sha256_hex, Manifest, ManifestError, API_VERSION,
+    check_api_version, sha256_hex, Manifest, ManifestError, API_VERSION, SUPPORTED_API_VERSIONS,
 };
 
 use crate::PluginError;
@@ -75,11 +76,24 @@ secrets = ["TOKEN"]
     fn rejects_bad_fields() {
         let bad_id = OK.replace("id = \"demo\"", "id = \"Demo!\"");
         assert!(parse(&bad_id, Path::new("p")).is_err());
-        let bad_api = OK.replace("api_version = \"0.1.0\"", "api_version = \"0.2.0\"");
+        let bad_api = OK.replace("api_version = \"0.1.0\"", "api_version = \"0.3.0\"");
         assert!(matches!(
             parse(&bad_api, Path::new("p")),
             Err(PluginError::ApiVersion { .. })
         ));
+        let fields_on_v1 = format!("{OK}\ncontact_fields = [\"email\"]\n");
+        let err = parse(&fields_on_v1, Path::new("p"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs api_version 0.2.0"), "{err}");
+        let v2 = OK.replace("0.1.0", "0.2.0");
+        let fields = format!("{v2}\ncontact_fields = [\"email\", \"first_name\"]\n");
+        assert_eq!(
+            parse(&fields, Path::new("p")).unwrap().contact_fields,
+            ["email", "first_name"]
+        );
+        let bad_field = format!("{v2}\ncontact_fields = [\"e mail\"]\n");
+        assert!(parse(&bad_field, Path::new("p")).is_err());
         let unknown = format!("{OK}\nfoo = 1\n");
         assert!(parse(&unknown, Path::new("p")).is_err());
         let bad_sha = OK.replace(

@@ -1,4 +1,4 @@
-//! Host-side data types of the plugin API (the Rust face of `herald:channel@0.1.0`).
+//! Host-side data types of the plugin API (the Rust face of `herald:channel@0.2.0`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -138,6 +138,8 @@ pub struct Description {
     pub supports_idempotency: bool,
     /// JSON Schema of the plugin configuration.
     pub config_schema: serde_json::Value,
+    /// The contact fields the plugin receives (equals the manifest's `contact_fields`).
+    pub contact_fields: Vec<String>,
 }
 
 impl Description {
@@ -159,16 +161,55 @@ pub struct SendRequest {
     pub operation: Option<String>,
     /// Recipient (email address, phone number, audience member...).
     pub to: String,
+    /// The recipient's display name.
+    pub to_name: Option<String>,
     /// Subject / title.
     pub subject: Option<String>,
     /// Plain-text body.
     pub text: Option<String>,
     /// HTML body.
     pub html: Option<String>,
-    /// Contact fields (JSON object).
+    /// Inbox preview text (email).
+    pub preheader: Option<String>,
+    /// Sender, from the template (`None`: the channel's configured sender).
+    pub from: Option<String>,
+    /// Reply-to address.
+    pub reply_to: Option<String>,
+    /// Further message headers (`List-Unsubscribe`, ...), in order.
+    pub headers: Vec<(String, String)>,
+    /// Subscription topic (`None`: transactional).
+    pub topic: Option<String>,
+    /// Unsubscribe addresses of a marketing message.
+    pub unsubscribe: Option<Unsubscribe>,
+    /// What Herald tracks in the message itself.
+    pub tracking: Tracking,
+    /// Where the message comes from (workflow, template, ...), for provider metadata.
+    pub metadata: Vec<(String, String)>,
+    /// The template's rendered front matter (JSON object).
+    pub front_matter: serde_json::Value,
+    /// Contact fields (JSON object). The host passes on only those the plugin's manifest
+    /// declares in `contact_fields`.
     pub fields: serde_json::Value,
     /// Channel- or operation-specific payload (JSON).
     pub payload: serde_json::Value,
+}
+
+/// Unsubscribe addresses of a marketing message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unsubscribe {
+    /// Preference page: leave this topic or all.
+    pub url: String,
+    /// RFC 8058 one-click POST URL (https only).
+    pub one_click_url: Option<String>,
+}
+
+/// Engagement Herald tracks itself in a message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tracking {
+    /// An open pixel is in the HTML.
+    pub opens: bool,
+    /// Links in the HTML go through the click redirect.
+    pub clicks: bool,
 }
 
 /// A successful send.
@@ -198,8 +239,11 @@ pub struct WebhookRequest {
 /// One event extracted from a provider callback.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct WebhookEvent {
-    /// `delivered`, `bounced`, `opened`, `clicked`, `replied`, `unsubscribed` or `complained`.
+    /// `delivered`, `bounced`, `deferred`, `opened`, `clicked`, `replied`, `unsubscribed`,
+    /// `resubscribed` or `complained`.
     pub kind: String,
+    /// For `bounced`: permanent or not, and the provider's reason.
+    pub bounce: Option<Bounce>,
     /// Provider message id the event concerns.
     pub message_id: Option<String>,
     /// Recipient the event concerns.
@@ -208,4 +252,15 @@ pub struct WebhookEvent {
     pub properties: serde_json::Value,
     /// Event time, ms since the Unix epoch.
     pub timestamp_ms: Option<i64>,
+    /// The provider says a machine did it (privacy proxy open, link scanner).
+    pub machine: bool,
+}
+
+/// A bounce as the provider reported it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Bounce {
+    /// `hard`, `soft` or `undetermined`.
+    pub kind: String,
+    /// The provider's reason or code.
+    pub reason: Option<String>,
 }

@@ -243,6 +243,13 @@ fn postmark_webhooks_become_events() {
         json!({ "RecordType": "SubscriptionChange", "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483", "ServerID": 123, "MessageStream": "outbound",
                 "ChangedAt": "2020-02-01T10:53:34.416071Z", "Recipient": "bounced-address@wildbit.com", "Origin": "Recipient", "SuppressSending": true,
                 "SuppressionReason": "ManualSuppression", "Tag": "my-tag", "Metadata": {} }),
+        // A temporary failure, and the address reactivated: a soft bounce and a resubscription.
+        json!({ "RecordType": "Bounce", "ID": 43, "Type": "SoftBounce", "TypeCode": 4096, "Name": "Soft bounce", "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
+                "Description": "The server could not temporarily deliver your message (ex: Message is delayed due to network troubles).",
+                "Email": "john@example.com", "BouncedAt": "2019-11-05T16:33:54.9070259Z", "Inactive": false, "CanActivate": true }),
+        json!({ "RecordType": "SubscriptionChange", "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483", "ServerID": 123, "MessageStream": "outbound",
+                "ChangedAt": "2020-02-02T10:53:34.416071Z", "Recipient": "bounced-address@wildbit.com", "Origin": "Customer", "SuppressSending": false,
+                "SuppressionReason": null, "Tag": "my-tag", "Metadata": {} }),
     ];
     let mut events = Vec::new();
     let credentials = Some((PM_HOOK_USER, PM_HOOK_PASSWORD));

@@ -25,7 +25,7 @@ fn stable(report: &str) -> String {
 fn valid_plugin_report() {
     let report = inspect(&connector_dir("twilio-sms").join("plugin.wasm")).expect("inspect");
     assert!(report.is_valid(), "{report}");
-    assert_eq!(report.api_version.as_deref(), Some("0.1.0"));
+    assert_eq!(report.api_version.as_deref(), Some("0.2.0"));
     assert_eq!(report.description.as_ref().unwrap().id, "twilio-sms");
     let text = report.to_string();
     assert!(text.contains(&format!("sha256: {}", report.sha256)));
@@ -69,7 +69,9 @@ fn component_without_connector_export_is_explained() {
         "{text}"
     );
     assert!(
-        text.contains("does not export `herald:channel/connector@0.1.0`"),
+        text.contains(
+            "does not export `herald:channel/connector@0.2.0` or `herald:channel/connector@0.1.0`"
+        ),
         "{text}"
     );
     assert!(report.ensure_valid().is_err());

@@ -54,7 +54,7 @@ fn delivers_multipart_message_with_list_unsubscribe() {
             subject: Some("Welcome to the shop".into()),
             text: Some("Hello Ada,\r\nthanks for subscribing.\r\n".into()),
             html: Some("<p>Hello <b>Ada</b>,</p><p>thanks for subscribing.</p>".into()),
-            fields: json!({ "first_name": "Ada", "last_name": "Lovelace" }),
+            to_name: Some("Ada Lovelace".into()),
             payload: json!({ "unsubscribe_url": "https://shop.example/u/abc123" }),
             ..Default::default()
         })
@@ -91,6 +91,72 @@ fn delivers_multipart_message_with_list_unsubscribe() {
         "every line ends with CRLF"
     );
     insta::assert_snapshot!("smtp_email_received", normalise(&raw));
+}
+
+#[test]
+fn a_send_takes_the_templates_sender_reply_to_preheader_and_the_runtimes_headers() {
+    let smtp = SmtpServer::start();
+    let plugin = common::host()
+        .load(&connector_dir("smtp-email"), grant(&smtp))
+        .expect("load");
+    plugin
+        .send(&SendRequest {
+            idempotency_key: "run-9:step-0".into(),
+            to: "ada@example.org".into(),
+            to_name: Some("Ada Lovelace".into()),
+            subject: Some("Spring picks".into()),
+            html: Some("<html><body class=\"x\"><p>Hello</p></body></html>".into()),
+            preheader: Some("Three new <things>".into()),
+            from: Some("Editors <editors@shop.example>".into()),
+            reply_to: Some("letters@shop.example".into()),
+            headers: vec![
+                (
+                    "List-Unsubscribe".into(),
+                    "<https://herald.example/u/t1>".into(),
+                ),
+                (
+                    "List-Unsubscribe-Post".into(),
+                    "List-Unsubscribe=One-Click".into(),
+                ),
+            ],
+            ..Default::default()
+        })
+        .expect("send");
+    let mails = smtp.wait_for(1);
+    let raw = String::from_utf8(mails[0].data.clone()).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("header/body separator");
+    let head = head.replace("\r\n ", " ");
+    assert!(
+        head.contains("From: \"Editors\" <editors@shop.example>"),
+        "{head}"
+    );
+    assert!(
+        head.contains("To: \"Ada Lovelace\" <ada@example.org>"),
+        "{head}"
+    );
+    assert!(head.contains("Reply-To: <letters@shop.example>"), "{head}");
+    // The runtime's List-Unsubscribe replaces the connector's own (no mailto added).
+    assert!(
+        head.contains("List-Unsubscribe: <https://herald.example/u/t1>\r\n"),
+        "{head}"
+    );
+    assert_eq!(head.matches("List-Unsubscribe:").count(), 1, "{head}");
+    assert!(
+        head.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{head}"
+    );
+    // The preheader is the hidden first element of the body, escaped.
+    let html = body.replace("=\r\n", "").replace("=3D", "=");
+    assert!(
+        html.contains("<body class=\"x\"><div style=\"display:none;"),
+        "{html}"
+    );
+    assert!(
+        html.contains("Three new &lt;things&gt;</div><p>Hello</p>"),
+        "{html}"
+    );
+    // The envelope sender follows the template's address.
+    assert_eq!(mails[0].from, "editors@shop.example");
 }
 
 #[test]

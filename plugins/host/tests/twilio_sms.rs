@@ -326,6 +326,51 @@ fn verifies_x_twilio_signature() {
     let events = plugin.parse_webhook(&req).expect("valid signature");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, "delivered");
+
+    // Failed messages bounce hard or soft by Twilio's error code.
+    for (code, kind) in [
+        ("30005", "hard"),
+        ("30003", "soft"),
+        ("30500", "undetermined"),
+    ] {
+        let params = [
+            ("MessageSid", "SM2"),
+            ("MessageStatus", "undelivered"),
+            ("ErrorCode", code),
+            ("To", "+14155550100"),
+            ("AccountSid", SID),
+        ];
+        let events = plugin
+            .parse_webhook(&signed_webhook(url, "12345", &params))
+            .expect("valid signature");
+        assert_eq!(events[0].kind, "bounced");
+        let bounce = events[0].bounce.as_ref().expect("a bounce has a kind");
+        assert_eq!((code, bounce.kind.as_str()), (code, kind));
+        assert!(bounce
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(code)));
+    }
+    // STOP unsubscribes, START resubscribes, anything else is a reply.
+    for (word, kind) in [
+        ("stop", "unsubscribed"),
+        ("START", "resubscribed"),
+        ("thanks!", "replied"),
+    ] {
+        let params = [
+            ("SmsSid", "SM3"),
+            ("SmsStatus", "received"),
+            ("Body", word),
+            ("From", "+14155550100"),
+            ("To", "+14155550199"),
+            ("AccountSid", SID),
+        ];
+        let events = plugin
+            .parse_webhook(&signed_webhook(url, "12345", &params))
+            .expect("valid signature");
+        assert_eq!((word, events[0].kind.as_str()), (word, kind));
+        assert_eq!(events[0].bounce, None);
+    }
 }
 
 #[test]

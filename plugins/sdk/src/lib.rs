@@ -1,7 +1,7 @@
 //! # herald-plugin-sdk — write a Herald channel plugin in a page of Rust
 //!
 //! A Herald channel plugin is a WebAssembly component implementing the
-//! `herald:channel@0.1.0` world (see `plugins/wit/channel.wit`). This crate
+//! `herald:channel@0.2.0` world (see `plugins/wit/channel.wit`). This crate
 //! wraps the `wit-bindgen` bindings of that world with:
 //!
 //! * the [`Plugin`] trait — implement `describe` and `send` (and optionally
@@ -47,19 +47,20 @@ pub mod bindings {
 }
 
 pub use bindings::herald::channel::types::{
-    Description, EventKind, OperationInfo, Outbound, RateLimit, SendError, Sent, WebhookEvent,
-    WebhookRequest,
+    Bounce, BounceKind, Description, EventKind, OperationInfo, Outbound, RateLimit, SendError,
+    Sent, Tracking, Unsubscribe, WebhookEvent, WebhookRequest,
 };
 pub use serde_json;
 
 /// The version of the WIT contract this SDK implements.
-pub const API_VERSION: &str = "0.1.0";
+pub const API_VERSION: &str = "0.2.0";
 
 /// Everything a connector usually needs, for `use herald_plugin_sdk::prelude::*`.
 pub mod prelude {
     pub use crate::{
-        config, crypto, export_plugin, http, log, secret, smtp, Description, EventKind,
-        OperationInfo, Outbound, Plugin, RateLimit, SendError, Sent, WebhookEvent, WebhookRequest,
+        config, crypto, export_plugin, http, log, secret, smtp, Bounce, BounceKind, Description,
+        EventKind, OperationInfo, Outbound, Plugin, RateLimit, SendError, Sent, WebhookEvent,
+        WebhookRequest,
     };
     pub use serde_json::{json, Value};
 }
@@ -119,6 +120,51 @@ macro_rules! export_plugin {
     };
 }
 
+/// Email helpers shared by email connectors.
+pub mod email {
+    /// `html` with `preheader` as its first, hidden element, where inbox lists take their
+    /// preview text from (right after `<body …>`, or at the start when there is no body tag).
+    /// The text is HTML-escaped.
+    pub fn with_preheader(html: &str, preheader: &str) -> String {
+        if preheader.trim().is_empty() {
+            return html.to_string();
+        }
+        let mut escaped = String::with_capacity(preheader.len());
+        for c in preheader.chars() {
+            match c {
+                '&' => escaped.push_str("&amp;"),
+                '<' => escaped.push_str("&lt;"),
+                '>' => escaped.push_str("&gt;"),
+                '"' => escaped.push_str("&quot;"),
+                '\'' => escaped.push_str("&#39;"),
+                c => escaped.push(c),
+            }
+        }
+        let hidden = format!(
+            "<div style=\"display:none;font-size:1px;line-height:1px;max-height:0;max-width:0;opacity:0;overflow:hidden;mso-hide:all\">{escaped}</div>"
+        );
+        let lower = html.to_ascii_lowercase();
+        let at = lower
+            .find("<body")
+            .and_then(|i| lower[i..].find('>').map(|j| i + j + 1))
+            .unwrap_or(0);
+        format!("{}{hidden}{}", &html[..at], &html[at..])
+    }
+
+    /// Split `Name <address>` into its parts; a bare address has no name.
+    pub fn parse_mailbox(s: &str) -> (Option<String>, String) {
+        let s = s.trim();
+        match (s.rfind('<'), s.ends_with('>')) {
+            (Some(i), true) => {
+                let name = s[..i].trim().trim_matches('"').trim();
+                let address = s[i + 1..s.len() - 1].trim().to_string();
+                ((!name.is_empty()).then(|| name.to_string()), address)
+            }
+            _ => (None, s.to_string()),
+        }
+    }
+}
+
 /// The placeholder for the secret `name`, substituted by the host in HTTP
 /// URLs, header values, bodies and Basic credentials: `{{secret:NAME}}`.
 pub fn secret(name: &str) -> String {
@@ -137,7 +183,15 @@ impl Description {
             operations: Vec::new(),
             supports_idempotency: false,
             config_schema: "{\"type\":\"object\"}".into(),
+            contact_fields: Vec::new(),
         }
+    }
+
+    /// Declare the contact fields the plugin needs in [`Outbound::fields`] (the manifest's
+    /// `contact_fields` must say the same; `herald plugin pack` writes it).
+    pub fn contact_fields(mut self, fields: &[&str]) -> Self {
+        self.contact_fields = fields.iter().map(|f| f.to_string()).collect();
+        self
     }
 
     /// Set the display name.
@@ -175,9 +229,46 @@ impl Description {
 }
 
 impl Outbound {
-    /// The contact fields as JSON (`{}` when absent or invalid).
+    /// The contact fields as JSON (`{}` when absent or invalid): only those the manifest's
+    /// `contact_fields` names.
     pub fn fields_json(&self) -> serde_json::Value {
         parse_object(&self.fields)
+    }
+
+    /// The contact field `name` as text, when the contact has it.
+    pub fn field_str(&self, name: &str) -> Option<String> {
+        self.fields_json()
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    }
+
+    /// The template's rendered front matter as JSON (`{}` when there is none).
+    pub fn front_matter_json(&self) -> serde_json::Value {
+        parse_object(&self.front_matter)
+    }
+
+    /// Where replies go: the template's `reply_to`, else the payload's `reply_to`, else the
+    /// channel's configured `reply_to`.
+    pub fn reply_to_address(&self) -> Option<String> {
+        self.reply_to
+            .clone()
+            .filter(|r| !r.trim().is_empty())
+            .or_else(|| {
+                self.payload_json()
+                    .get("reply_to")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
+            .or_else(|| config::get_str("reply_to"))
+    }
+
+    /// The first header named `name` (case-insensitive) among [`Outbound::headers`].
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The payload as JSON (`{}` when absent or invalid).
@@ -232,7 +323,19 @@ impl WebhookEvent {
             recipient: None,
             properties: "{}".into(),
             timestamp_ms: None,
+            machine: false,
         }
+    }
+
+    /// A bounce of `kind`, with the provider's reason.
+    pub fn bounced(kind: BounceKind, reason: Option<String>) -> Self {
+        WebhookEvent::new(EventKind::Bounced(Bounce { kind, reason }))
+    }
+
+    /// Flag the event as a machine's (privacy proxy open, link scanner), as the provider says.
+    pub fn machine(mut self, yes: bool) -> Self {
+        self.machine = yes;
+        self
     }
 
     /// Set the provider message id.

@@ -21,8 +21,37 @@ pub use outbox::OutboxChannel;
 pub use plugin::{PluginChannel, PluginLoader};
 pub use webhook::WebhookChannel;
 
+/// The contact fields Herald's own channels (`outbox`, `webhook`) pass on.
+pub const NATIVE_CONTACT_FIELDS: &[&str] = &["email", "phone", "name", "first_name", "last_name"];
+
+/// The recipient's display name from a contact snapshot: `name`, else `first_name` and
+/// `last_name`.
+pub fn display_name(contact: &Value) -> Option<String> {
+    let text = |k: &str| {
+        contact
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    if let Some(n) = text("name") {
+        return Some(n.to_string());
+    }
+    let full = [text("first_name"), text("last_name")]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    (!full.is_empty()).then_some(full)
+}
+
 /// A message or action handed to a channel.
+///
+/// It is journaled as the step's input, so its serialized form is read back by later
+/// versions: records written before `front_matter` existed kept the front matter under
+/// `fields`, and are read that way.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(from = "OutboundRecord")]
 pub struct OutboundMessage {
     /// `run:step`; the same for every attempt of the same step.
     pub idempotency_key: String,
@@ -43,6 +72,9 @@ pub struct OutboundMessage {
     /// Recipient address, from the channel's `to` attribute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// The recipient's display name: the contact's `name`, else `first_name` and `last_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_name: Option<String>,
     /// Rendered subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
@@ -52,12 +84,85 @@ pub struct OutboundMessage {
     /// Rendered HTML (MJML templates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub html: Option<String>,
-    /// Other rendered front-matter fields.
+    /// The template's other rendered front-matter fields (`from`, `reply_to`, `preheader`,
+    /// `topic`, ...). Always written, so a record tells which form it has.
+    #[serde(default)]
+    pub front_matter: Map<String, Value>,
+    /// Contact fields the channel asked for ([`Channel::contact_fields`]), as the contact had
+    /// them when the step ran.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub fields: Map<String, Value>,
     /// Action payload.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub payload: Value,
+}
+
+/// The serialized form of [`OutboundMessage`], old and new.
+#[derive(Deserialize)]
+struct OutboundRecord {
+    idempotency_key: String,
+    channel: String,
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    operation: Option<String>,
+    run: String,
+    workflow: String,
+    contact: String,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    to_name: Option<String>,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    html: Option<String>,
+    #[serde(default)]
+    front_matter: Option<Map<String, Value>>,
+    #[serde(default)]
+    fields: Map<String, Value>,
+    #[serde(default)]
+    payload: Value,
+}
+
+impl From<OutboundRecord> for OutboundMessage {
+    fn from(r: OutboundRecord) -> Self {
+        // Before `front_matter`, `fields` held the front matter and no contact fields.
+        let (front_matter, fields) = match r.front_matter {
+            Some(front_matter) => (front_matter, r.fields),
+            None => (r.fields, Map::new()),
+        };
+        OutboundMessage {
+            idempotency_key: r.idempotency_key,
+            channel: r.channel,
+            template: r.template,
+            operation: r.operation,
+            run: r.run,
+            workflow: r.workflow,
+            contact: r.contact,
+            to: r.to,
+            to_name: r.to_name,
+            subject: r.subject,
+            body: r.body,
+            html: r.html,
+            front_matter,
+            fields,
+            payload: r.payload,
+        }
+    }
+}
+
+impl OutboundMessage {
+    /// A front-matter value as text.
+    pub fn front_matter_str(&self, key: &str) -> Option<String> {
+        match self.front_matter.get(key)? {
+            Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
 }
 
 /// What a channel reports after a successful call.
@@ -110,6 +215,14 @@ pub trait Channel: Send + Sync {
     /// Operations accepted by `action` (empty: any).
     fn operations(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// The contact fields this channel receives with each message
+    /// ([`OutboundMessage::fields`]); nothing else of the contact is passed on.
+    fn contact_fields(&self) -> Vec<String> {
+        NATIVE_CONTACT_FIELDS
+            .iter()
+            .map(|f| f.to_string())
+            .collect()
     }
     /// Deliver a message or perform an action. The delivery stage runs many of these futures
     /// at once on a few threads, so a channel waiting on its provider must not hold the

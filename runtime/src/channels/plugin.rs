@@ -85,15 +85,31 @@ impl Channel for PluginChannel {
             .collect()
     }
 
+    fn contact_fields(&self) -> Vec<String> {
+        self.plugin.manifest().contact_fields.clone()
+    }
+
     fn send<'a>(&'a self, m: &'a OutboundMessage) -> SendFuture<'a> {
         use herald_plugin_host::SendError as E;
         let req = herald_plugin_host::SendRequest {
             idempotency_key: m.idempotency_key.clone(),
             operation: m.operation.clone(),
             to: m.to.clone().unwrap_or_default(),
+            to_name: m.to_name.clone(),
             subject: m.subject.clone(),
             text: m.body.clone(),
             html: m.html.clone(),
+            preheader: m.front_matter_str("preheader"),
+            from: m.front_matter_str("from"),
+            reply_to: m
+                .front_matter_str("reply_to")
+                .or_else(|| m.front_matter_str("reply-to")),
+            headers: Vec::new(),
+            topic: m.front_matter_str("topic"),
+            unsubscribe: None,
+            tracking: Default::default(),
+            metadata: send_metadata(m),
+            front_matter: Value::Object(m.front_matter.clone()),
             fields: Value::Object(m.fields.clone()),
             payload: m.payload.clone(),
         };
@@ -122,4 +138,14 @@ impl Channel for PluginChannel {
             }
         })
     }
+}
+
+/// What a provider may store with the message: where it comes from, never personal data.
+fn send_metadata(m: &OutboundMessage) -> Vec<(String, String)> {
+    let mut metadata = vec![("herald_workflow".to_string(), m.workflow.clone())];
+    if let Some(t) = &m.template {
+        metadata.push(("herald_template".into(), t.clone()));
+    }
+    metadata.push(("herald_run".into(), m.run.clone()));
+    metadata
 }

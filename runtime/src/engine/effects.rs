@@ -131,6 +131,13 @@ impl RunHost {
             .and_then(|a| st.snapshot.get(a))
             .and_then(|v| v.as_str())
             .map(String::from);
+        // Only the contact fields the channel declares go with the message.
+        let fields: Map<String, Value> = state.channels[channel.as_str()]
+            .contact_fields()
+            .into_iter()
+            .filter_map(|f| st.snapshot.get(&f).cloned().map(|v| (f, v)))
+            .filter(|(_, v)| !v.is_null())
+            .collect();
         let mut message = OutboundMessage {
             idempotency_key: key,
             channel: channel.clone(),
@@ -140,10 +147,12 @@ impl RunHost {
             workflow: st.run.workflow.clone(),
             contact: st.run.contact.clone(),
             to,
+            to_name: crate::channels::display_name(&st.snapshot),
             subject: None,
             body: None,
             html: None,
-            fields: Map::new(),
+            front_matter: Map::new(),
+            fields,
             payload,
         };
         if let Some(template) = template {
@@ -166,7 +175,7 @@ impl RunHost {
                     message.subject = r.subject;
                     message.body = Some(r.body);
                     message.html = r.html;
-                    message.fields = r.fields;
+                    message.front_matter = r.fields;
                 }
                 Err(e) => return self.fail_step(st, step, e),
             }

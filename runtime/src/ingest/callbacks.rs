@@ -45,6 +45,16 @@ pub fn timeline_events(
         props.insert("step".into(), json!(owner.step));
         props.insert("message_id".into(), json!(owner.key));
         props.insert("channel".into(), json!(channel));
+        if let Some(b) = &ev.bounce {
+            // `hard`, `soft` or `undetermined`, as the connector read it from the provider.
+            props.insert("bounce_type".into(), json!(b.kind));
+            if let Some(reason) = &b.reason {
+                props.insert("bounce_reason".into(), json!(reason));
+            }
+        }
+        if ev.machine {
+            props.insert("machine".into(), json!(true));
+        }
         let dedupe = format!(
             "webhook:{channel}:{}:{}:{}",
             ev.message_id.as_deref().unwrap_or(""),

@@ -138,6 +138,7 @@ impl Plugin for MetaAudiences {
     fn describe() -> Description {
         Description::new("meta-audiences", env!("CARGO_PKG_VERSION"))
             .display_name("Meta Custom Audiences")
+            .contact_fields(&["email", "phone", "first_name", "last_name", "city", "state", "zip", "country", "gender", "birthdate", "external_id"])
             .delivers_messages(false)
             .idempotent(true)
             .operation("audience-add", "Add the contact to the Custom Audience")

@@ -58,6 +58,7 @@ impl Plugin for MetaCapi {
     fn describe() -> Description {
         Description::new("meta-capi", env!("CARGO_PKG_VERSION"))
             .display_name("Meta Conversions API")
+            .contact_fields(&["email", "phone", "first_name", "last_name", "city", "state", "zip", "country", "external_id"])
             .delivers_messages(false)
             .idempotent(true)
             .operation(

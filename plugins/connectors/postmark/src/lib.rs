@@ -3,8 +3,14 @@
 //! `POST {api_base}/email` with `X-Postmark-Server-Token: {{secret:POSTMARK_SERVER_TOKEN}}`
 //! and the JSON body Postmark documents (`From`, `To`, `Subject`, `HtmlBody`,
 //! `TextBody`, `MessageStream`, `Tag`, `Metadata`, `Headers`, tracking flags).
-//! Webhooks: `RecordType` Delivery, Bounce, Open, Click, SpamComplaint and
-//! SubscriptionChange become Herald events tied to Postmark's `MessageID`.
+//! The template's `from` and `reply_to`, the recipient's name, the preheader,
+//! the runtime's headers (`List-Unsubscribe`, ...) and metadata go into the
+//! message; Postmark's own open and link tracking is switched off for what
+//! Herald tracks itself, so nothing is counted twice.
+//!
+//! Webhooks: `RecordType` Delivery, Bounce (hard or soft, by Postmark's `Type`),
+//! Open, Click, SpamComplaint and SubscriptionChange (unsubscribed or
+//! resubscribed) become Herald events tied to Postmark's `MessageID`.
 //!
 //! Callbacks are authenticated with the HTTP Basic credentials Postmark sends
 //! when they are part of the webhook URL
@@ -17,6 +23,36 @@ use herald_plugin_sdk::parse_rfc3339_ms;
 use herald_plugin_sdk::prelude::*;
 
 struct Postmark;
+
+/// Bounce types Postmark reports for addresses that will not accept mail again.
+const HARD_BOUNCES: &[&str] = &[
+    "HardBounce",
+    "BadEmailAddress",
+    "ManuallyDeactivated",
+    "Unsubscribe",
+];
+
+/// Bounce types for failures that may pass.
+const SOFT_BOUNCES: &[&str] = &[
+    "Transient",
+    "SoftBounce",
+    "DnsError",
+    "AutoResponder",
+    "Blocked",
+    "DMARCPolicy",
+    "ChallengeVerification",
+    "AddressChange",
+];
+
+/// Postmark's bounce `Type` (and whether it deactivated the address) as a bounce kind.
+fn bounce_kind(kind: Option<&str>, inactive: bool) -> BounceKind {
+    match kind {
+        Some(t) if HARD_BOUNCES.contains(&t) => BounceKind::Hard,
+        _ if inactive => BounceKind::Hard,
+        Some(t) if SOFT_BOUNCES.contains(&t) => BounceKind::Soft,
+        _ => BounceKind::Undetermined,
+    }
+}
 
 const SCHEMA: &str = include_str!("../config.schema.json");
 
@@ -97,38 +133,71 @@ impl Plugin for Postmark {
             ));
         }
         let payload = msg.payload_json();
+        let front_matter = msg.front_matter_json();
+        let from = match msg.from.clone().filter(|f| !f.trim().is_empty()) {
+            Some(f) => f,
+            None => config::require_str("from")?,
+        };
+        let to_field = match &msg.to_name {
+            // Postmark takes `"Name" <address>`; quotes and backslashes in the name escaped.
+            Some(n) if !n.trim().is_empty() => {
+                format!("\"{}\" <{to}>", n.replace('\\', "\\\\").replace('"', "\\\""))
+            }
+            _ => to.to_string(),
+        };
+        let mut metadata = serde_json::Map::new();
+        for (k, v) in &msg.metadata {
+            metadata.insert(k.clone(), json!(v));
+        }
+        metadata.insert("herald_idempotency_key".into(), json!(msg.idempotency_key));
         let mut body = json!({
-            "From": config::require_str("from")?,
-            "To": to,
+            "From": from,
+            "To": to_field,
             "Subject": subject,
             "MessageStream": config::get_str("message_stream").unwrap_or_else(|| "outbound".into()),
-            "Metadata": { "herald_idempotency_key": msg.idempotency_key },
+            "Metadata": metadata,
         });
         if let Some(h) = &msg.html {
-            body["HtmlBody"] = json!(h);
+            body["HtmlBody"] = json!(match &msg.preheader {
+                Some(p) => herald_plugin_sdk::email::with_preheader(h, p),
+                None => h.clone(),
+            });
         }
         if let Some(t) = &msg.text {
             body["TextBody"] = json!(t);
         }
-        if let Some(tag) = payload.get("tag").and_then(Value::as_str) {
-            body["Tag"] = json!(tag);
-        }
-        if let Some(r) = payload
-            .get("reply_to")
+        let tag = payload
+            .get("tag")
+            .or_else(|| front_matter.get("tag"))
             .and_then(Value::as_str)
             .map(str::to_string)
-            .or_else(|| config::get_str("reply_to"))
+            .or_else(|| msg.topic.clone());
+        if let Some(tag) = tag {
+            body["Tag"] = json!(tag);
+        }
+        if let Some(r) = msg.reply_to_address()
         {
             body["ReplyTo"] = json!(r);
         }
-        if let Some(true) = config::get("track_opens").and_then(|v| v.as_bool()) {
+        // What Herald tracks itself is not tracked by Postmark as well.
+        if msg.tracking.opens {
+            body["TrackOpens"] = json!(false);
+        } else if let Some(true) = config::get("track_opens").and_then(|v| v.as_bool()) {
             body["TrackOpens"] = json!(true);
         }
-        if let Some(t) = config::get_str("track_links") {
+        if msg.tracking.clicks {
+            body["TrackLinks"] = json!("None");
+        } else if let Some(t) = config::get_str("track_links") {
             body["TrackLinks"] = json!(t);
         }
-        let mut headers = Vec::new();
-        if let Some(u) = payload.get("unsubscribe_url").and_then(Value::as_str) {
+        let mut headers: Vec<Value> = msg
+            .headers
+            .iter()
+            .map(|(k, v)| json!({ "Name": k, "Value": v }))
+            .collect();
+        if msg.header("List-Unsubscribe").is_some() {
+            // The runtime's unsubscribe headers are already there.
+        } else if let Some(u) = payload.get("unsubscribe_url").and_then(Value::as_str) {
             headers.push(json!({ "Name": "List-Unsubscribe", "Value": format!("<{u}>") }));
             headers.push(
                 json!({ "Name": "List-Unsubscribe-Post", "Value": "List-Unsubscribe=One-Click" }),
@@ -194,7 +263,13 @@ impl Plugin for Postmark {
                 .recipient(s("Recipient"))
                 .timestamp_ms(ts("DeliveredAt"))
                 .properties(json!({ "details": j.get("Details"), "tag": j.get("Tag"), "server_id": j.get("ServerID") })),
-            "Bounce" => WebhookEvent::new(EventKind::Bounced)
+            "Bounce" => WebhookEvent::bounced(
+                bounce_kind(
+                    j.get("Type").and_then(Value::as_str),
+                    j.get("Inactive").and_then(Value::as_bool) == Some(true),
+                ),
+                s("Description").or_else(|| s("Details")),
+            )
                 .recipient(s("Email"))
                 .timestamp_ms(ts("BouncedAt"))
                 .properties(json!({ "type": j.get("Type"), "type_code": j.get("TypeCode"), "description": j.get("Description"), "inactive": j.get("Inactive") })),
@@ -211,11 +286,13 @@ impl Plugin for Postmark {
                 .timestamp_ms(ts("ReceivedAt"))
                 .properties(json!({ "url": j.get("OriginalLink"), "click_location": j.get("ClickLocation"), "platform": j.get("Platform") })),
             "SubscriptionChange" => {
-                if j.get("SuppressSending").and_then(Value::as_bool) != Some(true) {
-                    // A reactivation: not a Herald event.
-                    return Ok(vec![]);
-                }
-                WebhookEvent::new(EventKind::Unsubscribed)
+                let kind = if j.get("SuppressSending").and_then(Value::as_bool) == Some(true) {
+                    EventKind::Unsubscribed
+                } else {
+                    // The address was reactivated.
+                    EventKind::Resubscribed
+                };
+                WebhookEvent::new(kind)
                     .recipient(s("Recipient"))
                     .timestamp_ms(ts("ChangedAt"))
                     .properties(json!({ "reason": j.get("SuppressionReason") }))

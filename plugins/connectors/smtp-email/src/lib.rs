@@ -7,15 +7,34 @@
 //! submits it through the host's `smtp` capability: TLS, authentication and
 //! connection pooling stay in the host.
 //!
-//! Per-message inputs: `to`, `subject`, `text` and/or `html`, and in
-//! `payload`: `unsubscribe_url` (https URL for one-click unsubscribe),
-//! `headers` (extra `X-` headers), `reply_to`.
+//! Per-message inputs: `to` and `to-name`, `subject`, `text` and/or `html`,
+//! `preheader` (a hidden first element of the HTML part), `from` and
+//! `reply-to` (the template's, over the configured ones), `headers` (the
+//! runtime's `List-Unsubscribe`, `List-Unsubscribe-Post`, ...), and in
+//! `payload`: `unsubscribe_url` (https URL for one-click unsubscribe, when the
+//! runtime sent no `List-Unsubscribe`), `headers` (extra `X-` headers),
+//! `reply_to`.
 use herald_plugin_sdk::prelude::*;
 use mail_builder::headers::raw::Raw;
 use mail_builder::headers::url::URL;
 use mail_builder::MessageBuilder;
 
 struct SmtpEmail;
+
+/// Headers the connector writes itself.
+const RESERVED_HEADERS: &[&str] = &[
+    "From",
+    "To",
+    "Cc",
+    "Bcc",
+    "Subject",
+    "Message-ID",
+    "Date",
+    "Reply-To",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+];
 
 const SCHEMA: &str = include_str!("../config.schema.json");
 
@@ -126,7 +145,14 @@ impl Plugin for SmtpEmail {
         if subject.trim().is_empty() {
             return Err(SendError::InvalidInput("email needs a subject".into()));
         }
-        let html = msg.html.clone().filter(|h| !h.trim().is_empty());
+        let html = msg
+            .html
+            .clone()
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| match &msg.preheader {
+                Some(p) => herald_plugin_sdk::email::with_preheader(&h, p),
+                None => h,
+            });
         let text = match (&msg.text, &html) {
             (Some(t), _) if !t.trim().is_empty() => t.clone(),
             (_, Some(h)) => html_to_text(h),
@@ -136,26 +162,28 @@ impl Plugin for SmtpEmail {
                 ))
             }
         };
-        let from_address = config::require_str("from_address")?;
-        let from_name = config::get_str("from_name");
+        // The template's `from` over the configured sender.
+        let (from_name, from_address) = match &msg.from {
+            Some(f) if !f.trim().is_empty() => {
+                let (name, address) = herald_plugin_sdk::email::parse_mailbox(f);
+                if !valid_address(&address) {
+                    return Err(SendError::InvalidInput(format!(
+                        "from `{f}` is not an email address"
+                    )));
+                }
+                (name.or_else(|| config::get_str("from_name")), address)
+            }
+            _ => (
+                config::get_str("from_name"),
+                config::require_str("from_address")?,
+            ),
+        };
         let domain = config::get_str("message_id_domain")
             .or_else(|| from_address.rsplit_once('@').map(|(_, d)| d.to_string()))
             .unwrap_or_else(|| "herald.invalid".into());
         let mid = message_id(&msg.idempotency_key, &domain);
         let payload = msg.payload_json();
-        let fields = msg.fields_json();
-        let recipient_name = fields
-            .get("name")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .or_else(|| {
-                let first = fields.get("first_name").and_then(Value::as_str)?;
-                let last = fields
-                    .get("last_name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                Some(format!("{first} {last}").trim().to_string())
-            });
+        let recipient_name = msg.to_name.clone();
 
         let mut builder = MessageBuilder::new()
             .message_id(mid.clone())
@@ -168,11 +196,7 @@ impl Plugin for SmtpEmail {
             Some(n) if !n.is_empty() => builder.to((n.clone(), to.clone())),
             _ => builder.to(to.clone()),
         };
-        let reply_to = payload
-            .get("reply_to")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .or_else(|| config::get_str("reply_to"));
+        let reply_to = msg.reply_to_address();
         if let Some(r) = reply_to {
             if !valid_address(&r) {
                 return Err(SendError::InvalidInput(format!(
@@ -181,7 +205,20 @@ impl Plugin for SmtpEmail {
             }
             builder = builder.reply_to(r);
         }
-        // RFC 2369 List-Unsubscribe, RFC 8058 one-click when an https URL is known.
+        // The runtime's headers (List-Unsubscribe and its one-click companion among them).
+        for (k, v) in &msg.headers {
+            if k.is_empty()
+                || k.contains([':', ' ', '\r', '\n'])
+                || v.contains(['\r', '\n'])
+                || RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(k))
+            {
+                return Err(SendError::InvalidInput(format!(
+                    "header `{k}` cannot be set on a message"
+                )));
+            }
+            builder = builder.header(k.clone(), Raw::new(v.clone()));
+        }
+        // Otherwise RFC 2369 List-Unsubscribe, RFC 8058 one-click when an https URL is known.
         let mut unsub: Vec<String> = Vec::new();
         let unsubscribe_url = payload.get("unsubscribe_url").and_then(Value::as_str);
         if let Some(u) = unsubscribe_url {
@@ -195,7 +232,7 @@ impl Plugin for SmtpEmail {
         if let Some(m) = config::get_str("list_unsubscribe_mailto") {
             unsub.push(format!("mailto:{m}?subject=unsubscribe"));
         }
-        if !unsub.is_empty() {
+        if !unsub.is_empty() && msg.header("List-Unsubscribe").is_none() {
             builder = builder.header("List-Unsubscribe", URL::new_list(unsub.into_iter()));
             if unsubscribe_url.is_some_and(|u| u.starts_with("https://")) {
                 builder = builder.header(

@@ -6,6 +6,8 @@
 //! — and parses Twilio's status callbacks and inbound-message webhooks,
 //! verifying `X-Twilio-Signature` against `webhook_url`. Without `webhook_url`
 //! no callback can be verified, so every callback is refused (fail closed).
+//! A failed message is a hard or soft bounce by its `ErrorCode`; an inbound
+//! STOP (and the other opt-out words) unsubscribes, START resubscribes.
 use herald_plugin_sdk::prelude::*;
 
 struct TwilioSms;
@@ -23,6 +25,26 @@ const OPT_OUT: &[&str] = &[
     "OPTOUT",
     "REVOKE",
 ];
+
+/// Keywords Twilio treats as opting back in.
+const OPT_IN: &[&str] = &["START", "UNSTOP", "YES"];
+
+/// Twilio error codes for numbers that will not take messages again (unknown or landline
+/// handset, blocked, opted out, not a valid or mobile number).
+const HARD_ERRORS: &[&str] = &["30004", "30005", "30006", "21211", "21610", "21614"];
+
+/// Twilio error codes for failures that may pass (handset off, queue overflow, carrier
+/// filtering, a lost segment).
+const SOFT_ERRORS: &[&str] = &["30001", "30003", "30007", "30009"];
+
+/// A failed message's bounce kind, by Twilio's `ErrorCode`.
+fn bounce_kind(code: Option<&str>) -> BounceKind {
+    match code {
+        Some(c) if HARD_ERRORS.contains(&c) => BounceKind::Hard,
+        Some(c) if SOFT_ERRORS.contains(&c) => BounceKind::Soft,
+        _ => BounceKind::Undetermined,
+    }
+}
 
 fn is_e164(s: &str) -> bool {
     let digits = s.strip_prefix('+').unwrap_or("");
@@ -184,7 +206,13 @@ impl Plugin for TwilioSms {
                     .properties(json!({ "status": status })),
             ),
             "undelivered" | "failed" => events.push(
-                WebhookEvent::new(EventKind::Bounced)
+                WebhookEvent::bounced(
+                    bounce_kind(get("ErrorCode").as_deref()),
+                    get("ErrorCode").map(|c| match get("ErrorMessage") {
+                        Some(m) => format!("{c} {m}"),
+                        None => c,
+                    }),
+                )
                     .message_id(Some(sid))
                     .recipient(get("To"))
                     .properties(json!({ "status": status, "error_code": get("ErrorCode"), "error_message": get("ErrorMessage") })),
@@ -197,8 +225,11 @@ impl Plugin for TwilioSms {
             ),
             "received" => {
                 let body = get("Body").unwrap_or_default();
-                let kind = if OPT_OUT.contains(&body.trim().to_ascii_uppercase().as_str()) {
+                let word = body.trim().to_ascii_uppercase();
+                let kind = if OPT_OUT.contains(&word.as_str()) {
                     EventKind::Unsubscribed
+                } else if OPT_IN.contains(&word.as_str()) {
+                    EventKind::Resubscribed
                 } else {
                     EventKind::Replied
                 };

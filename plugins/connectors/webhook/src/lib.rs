@@ -4,8 +4,16 @@
 //!
 //! ```json
 //! {"id": "<idempotency key>", "type": "message" | "<operation>", "timestamp": 1700000000,
-//!  "to": "...", "subject": ..., "text": ..., "html": ..., "fields": {...}, "payload": {...}}
+//!  "to": "...", "to_name": ..., "from": ..., "reply_to": ..., "subject": ...,
+//!  "preheader": ..., "text": ..., "html": ..., "topic": ..., "headers": [["Name", "value"]],
+//!  "unsubscribe": {"url": ..., "one_click_url": ...} | null, "metadata": {...},
+//!  "front_matter": {...}, "fields": {...}, "payload": {...}}
 //! ```
+//!
+//! `fields` holds the contact's `email`, `phone`, `name`, `first_name` and
+//! `last_name` (those it has); `front_matter` the template's rendered front
+//! matter. (Before version 0.2.0 of this connector, `fields` held the front
+//! matter and there was no `front_matter`.)
 //!
 //! with headers `Idempotency-Key: <id>`, `X-Herald-Timestamp: <unix seconds>`
 //! and `X-Herald-Signature: sha256=<hex HMAC-SHA256(key, "<timestamp>.<body>")>`.
@@ -28,6 +36,7 @@ impl Plugin for Webhook {
     fn describe() -> Description {
         let mut d = Description::new("webhook", env!("CARGO_PKG_VERSION"))
             .display_name("Outbound webhook")
+            .contact_fields(&["email", "phone", "name", "first_name", "last_name"])
             .config_schema(serde_json::from_str(SCHEMA).expect("schema is valid JSON"));
         // Any operation name is forwarded as the envelope `type`.
         for op in ["event", "audience-add", "audience-remove", "conversion"] {
@@ -53,14 +62,31 @@ impl Plugin for Webhook {
         } else {
             msg.operation_name()
         };
+        let metadata: serde_json::Map<String, Value> = msg
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
         let envelope = json!({
             "id": msg.idempotency_key,
             "type": kind,
             "timestamp": timestamp,
             "to": msg.to,
+            "to_name": msg.to_name,
+            "from": msg.from,
+            "reply_to": msg.reply_to,
             "subject": msg.subject,
+            "preheader": msg.preheader,
             "text": msg.text,
             "html": msg.html,
+            "topic": msg.topic,
+            "headers": msg.headers,
+            "unsubscribe": msg.unsubscribe.as_ref().map(|u| json!({
+                "url": u.url,
+                "one_click_url": u.one_click_url,
+            })),
+            "metadata": metadata,
+            "front_matter": msg.front_matter_json(),
             "fields": msg.fields_json(),
             "payload": msg.payload_json(),
         });

@@ -12,6 +12,7 @@ impl Plugin for Bench {
     fn describe() -> Description {
         Description::new("bench", env!("CARGO_PKG_VERSION"))
             .config_schema(json!({"type": "object"}))
+            .contact_fields(&["first_name"])
     }
 
     fn send(msg: Outbound) -> Result<Sent, SendError> {
