@@ -16,6 +16,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `mi_option_purge_delay` in mimalloc's option enumeration.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+mod authoring;
 mod bench;
 
 /// `herald --version`: the release, the channel plugin API it hosts, and the connectors it
@@ -188,11 +189,36 @@ enum PluginCommand {
         /// `plugin.toml` beside it is required and checked as the daemon checks it.
         file: PathBuf,
     },
-    /// Write a built component's `sha256` and `config_schema` (from its `describe()`) into
-    /// the folder's `plugin.toml`, keeping the rest of the file, then inspect the folder.
+    /// Build a plugin folder with its language's tool (cargo, componentize-py, npm), write
+    /// the component's `sha256`, `api_version`, `config_schema` and `contact_fields` (from its
+    /// `describe()`) into `plugin.toml`, keeping the rest of the file, then inspect the folder.
     Pack {
         /// The plugin folder: `plugin.toml` and the component it names.
         dir: PathBuf,
+        /// Do not run the build tool; pack the component as it is.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Write a working connector skeleton: source, manifest, the WIT contract, cases for
+    /// `herald plugin test` and (for Rust) the guest SDK.
+    New {
+        /// The plugin id: lower-case letters, digits and dashes. Also the folder's name.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: authoring::Lang,
+        /// Where to create the folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Load a plugin folder as the daemon would and run its `test.toml` cases: sends against
+    /// a loopback receiver standing in for the provider, and recorded callbacks.
+    Test {
+        /// The plugin folder.
+        dir: PathBuf,
+        /// The cases to run (default: `test.toml` in the folder).
+        #[arg(long)]
+        cases: Option<PathBuf>,
     },
 }
 
@@ -530,7 +556,13 @@ fn delete_contact(id: &str, remote: &Remote) -> Result<bool> {
     Ok(true)
 }
 
-fn pack(dir: &Path) -> Result<bool> {
+fn pack(dir: &Path, no_build: bool) -> Result<bool> {
+    if !no_build {
+        if let Err(e) = authoring::build(dir) {
+            eprintln!("error: cannot build {}: {e:#}", dir.display());
+            return Ok(false);
+        }
+    }
     match herald_plugin_host::pack(dir, herald_plugin_host::user_cache_dir()) {
         Ok(report) => {
             print!("{report}");
@@ -600,8 +632,28 @@ fn main() -> ExitCode {
             command: PluginCommand::Inspect { file },
         } => inspect(&file),
         Command::Plugin {
-            command: PluginCommand::Pack { dir },
-        } => pack(&dir),
+            command: PluginCommand::Pack { dir, no_build },
+        } => pack(&dir, no_build),
+        Command::Plugin {
+            command: PluginCommand::New { name, lang, dir },
+        } => authoring::new_plugin(&name, lang, &dir).map(|made| {
+            let tool = match lang {
+                authoring::Lang::Rust => "cargo and the wasm32-wasip2 target".to_string(),
+                authoring::Lang::Python => format!(
+                    "componentize-py {}",
+                    authoring::COMPONENTIZE_PY_VERSION
+                ),
+                authoring::Lang::Js => "Node.js 20 or newer with npm".to_string(),
+            };
+            println!(
+                "wrote {shown}\n  build:  herald plugin pack {shown}   (needs {tool})\n  test:   herald plugin test {shown}",
+                shown = made.display()
+            );
+            true
+        }),
+        Command::Plugin {
+            command: PluginCommand::Test { dir, cases },
+        } => authoring::test_plugin(&dir, cases.as_deref()),
         Command::Preview {
             template,
             contact,

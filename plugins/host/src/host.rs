@@ -876,34 +876,48 @@ fn classify(e: &wasmtime::Error, state: &HostState, limits: &CallLimits, phase: 
         );
     }
     let stderr = state.stderr_text();
-    let panic_line = stderr
-        .lines()
-        .skip_while(|l| !l.contains("panicked at"))
-        .nth(1)
-        .map(str::to_string);
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => format!(
             "time limit exceeded: {phase} ran longer than {} ms and was interrupted (`limits = {{ timeout_ms = … }}` in the channel's table of herald.toml)",
             limits.timeout.as_millis()
         ),
-        Some(Trap::UnreachableCodeReached) => match panic_line {
-            Some(msg) => format!("plugin panicked: {msg}"),
-            // An exception in Python or JavaScript: its message (the last line) first, then
-            // the traceback the runtime wrote, so the step's error shows where it was raised.
-            None if !stderr.trim().is_empty() => {
-                let lines: Vec<&str> = stderr.trim().lines().collect();
-                let last = lines.last().copied().unwrap_or_default();
-                let tail = lines[lines.len().saturating_sub(TRACEBACK_LINES)..].join("\n");
-                format!(
-                    "plugin aborted: {}\n{}",
-                    crate::state::clip(last, 1024),
-                    crate::state::clip(&tail, TRACEBACK_BYTES)
-                )
-            }
-            None => "plugin aborted (wasm `unreachable` executed)".to_string(),
-        },
+        Some(Trap::UnreachableCodeReached) => abort_reason(&stderr),
         Some(trap) => format!("plugin trapped during {phase}: {trap}"),
         None => format!("plugin failed during {phase}: {e}"),
+    }
+}
+
+/// Lines a guest runtime writes on its way down that say nothing about why.
+const ABORT_NOISE: &[&str] = &["Redirecting call to abort() to mozalloc_abort"];
+
+/// Why a guest aborted, from what it wrote to stderr: a Rust panic's message; or an uncaught
+/// Python or JavaScript exception's message first, then its traceback, so the step's error
+/// shows what was raised and where. (componentize-py ends an exception with a Rust panic of
+/// its own, whose message only says that Python threw: the exception's is the line before.)
+fn abort_reason(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && !ABORT_NOISE.iter().any(|n| l.contains(n)))
+        .collect();
+    let panic_at = lines.iter().position(|l| l.contains("panicked at"));
+    let traceback = |lines: &[&str]| {
+        let last = lines.last().copied().unwrap_or_default();
+        let tail = lines[lines.len().saturating_sub(TRACEBACK_LINES)..].join("\n");
+        format!(
+            "plugin aborted: {}\n{}",
+            crate::state::clip(last, 1024),
+            crate::state::clip(&tail, TRACEBACK_BYTES)
+        )
+    };
+    match panic_at {
+        Some(i) if lines[..i].iter().any(|l| l.starts_with("Traceback")) => traceback(&lines[..i]),
+        Some(i) => match lines.get(i + 1) {
+            Some(msg) => format!("plugin panicked: {msg}"),
+            None => format!("plugin panicked: {}", lines[i]),
+        },
+        None if !lines.is_empty() => traceback(&lines),
+        None => "plugin aborted (wasm `unreachable` executed)".to_string(),
     }
 }
 
@@ -1149,5 +1163,50 @@ pub(crate) fn event_kind_name(k: &wit::EventKind) -> &'static str {
         wit::EventKind::Unsubscribed => "unsubscribed",
         wit::EventKind::Resubscribed => "resubscribed",
         wit::EventKind::Complained => "complained",
+    }
+}
+
+#[cfg(test)]
+mod abort_tests {
+    use super::abort_reason;
+
+    #[test]
+    fn a_python_exception_under_componentize_py_is_named_by_its_own_message() {
+        let stderr = "Traceback (most recent call last):\n  File \"app.py\", line 90, in send\n    \
+                      reply = json.loads(body)\njson.decoder.JSONDecodeError: Expecting value: line 1 column 1 (char 0)\n\
+                      thread '<unnamed>' panicked at src/lib.rs:1:1:\nPython function threw an unexpected exception\n";
+        let reason = abort_reason(stderr);
+        assert!(
+            reason.starts_with("plugin aborted: json.decoder.JSONDecodeError: Expecting value"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("File \"app.py\", line 90, in send"),
+            "{reason}"
+        );
+        assert!(!reason.contains("Python function threw"), "{reason}");
+    }
+
+    #[test]
+    fn a_javascript_runtimes_last_words_do_not_hide_the_exception() {
+        let stderr = "invalid variant tag value undefined (received SyntaxError: JSON.parse: unexpected character) specified for SendError\n\
+                      Redirecting call to abort() to mozalloc_abort\n\n";
+        let reason = abort_reason(stderr);
+        assert!(
+            reason.starts_with(
+                "plugin aborted: invalid variant tag value undefined (received SyntaxError"
+            ),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_rust_panic_is_named_by_its_message() {
+        let stderr = "thread '<unnamed>' panicked at src/lib.rs:3:5:\nno subject\nnote: run with RUST_BACKTRACE=1\n";
+        assert_eq!(abort_reason(stderr), "plugin panicked: no subject");
+        assert_eq!(
+            abort_reason(""),
+            "plugin aborted (wasm `unreachable` executed)"
+        );
     }
 }
