@@ -221,7 +221,12 @@ fn plugin_folders_are_checked_without_wasmtime_in_both() {
         .collect();
     assert_eq!(
         toml,
-        [("C003", "error"), ("C004", "warning"), ("C003", "error")],
+        [
+            ("C003", "error"),
+            ("C005", "error"),
+            ("C004", "warning"),
+            ("C003", "error")
+        ],
         "{checked:#?}"
     );
     let messages: Vec<&str> = checked["herald.toml"]
@@ -232,12 +237,20 @@ fn plugin_folders_are_checked_without_wasmtime_in_both() {
         messages[0].contains("plugins/acme/plugin.wasm has sha256"),
         "{messages:?}"
     );
-    assert!(messages[1].contains("ACME_TOKEN"), "{messages:?}");
+    // The channel's config against the manifest's config_schema, without loading the
+    // component: the missing key is named, and the finding points at `config = …`.
     assert!(
-        messages[2].contains("plugins/missing/plugin.toml"),
+        messages[1].contains("config does not match the plugin's config_schema")
+            && messages[1].contains("\"sender\" is a required property"),
         "{messages:?}"
     );
-    // Each points at its channel's `plugin = "…"` line.
+    assert_eq!(checked["herald.toml"][1].2, 7);
+    assert!(messages[2].contains("ACME_TOKEN"), "{messages:?}");
+    assert!(
+        messages[3].contains("plugins/missing/plugin.toml"),
+        "{messages:?}"
+    );
+    // The others point at their channel's `plugin = "…"` line.
     assert_eq!(checked["herald.toml"][0].2, 6);
-    assert_eq!(checked["herald.toml"][2].2, 10);
+    assert_eq!(checked["herald.toml"][3].2, 10);
 }

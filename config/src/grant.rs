@@ -50,6 +50,17 @@ pub struct GrantConfig {
     pub plugin: Option<String>,
 }
 
+impl GrantConfig {
+    /// The plugin's configuration as the plugin sees it: an absent `config` is `{}`.
+    pub fn plugin_config(&self) -> serde_json::Value {
+        if self.config.is_null() {
+            serde_json::json!({})
+        } else {
+            self.config.clone()
+        }
+    }
+}
+
 /// `[channels.X.smtp]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct SmtpConfig {

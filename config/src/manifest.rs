@@ -192,3 +192,37 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// Check a channel's `config` against the plugin's `config_schema` (JSON Schema); each
+/// mistake is named by where it is (`config.url`).
+pub fn check_config_schema(
+    schema: &serde_json::Value,
+    config: &serde_json::Value,
+) -> Result<(), String> {
+    if schema.as_object().is_none_or(|o| o.is_empty()) {
+        return Ok(());
+    }
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| format!("the plugin's config_schema is not a valid JSON Schema: {e}"))?;
+    let problems: Vec<String> = validator
+        .iter_errors(config)
+        .take(10)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            let at = if at.is_empty() || at == "/" {
+                "config".to_string()
+            } else {
+                format!("config{}", at.replace('/', "."))
+            };
+            format!("{at}: {e}")
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "config does not match the plugin's config_schema: {}",
+            problems.join("; ")
+        ))
+    }
+}

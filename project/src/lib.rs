@@ -36,6 +36,8 @@ pub const CHANNEL_INVALID: &str = "C002";
 pub const PLUGIN_INVALID: &str = "C003";
 /// A plugin declares a secret the channel's grant does not supply.
 pub const PLUGIN_SECRET_MISSING: &str = "C004";
+/// A plugin channel's `config` does not match the plugin's `config_schema`.
+pub const PLUGIN_CONFIG_INVALID: &str = "C005";
 /// A template does not compile (or cannot be read, or exists twice).
 pub const TEMPLATE_INVALID: &str = "L001";
 /// A template reads a variable that can never be set.
@@ -292,6 +294,28 @@ fn range_of(source: &str, needle: &str) -> std::ops::Range<usize> {
         .map_or(0..0, |start| start..start + needle.len())
 }
 
+/// Where `key` is set in the TOML table `table` (`[table]` and the lines after it, up to the
+/// next table header), if it is written that way.
+fn table_key_range(source: &str, table: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let mut offset = 0;
+    let mut inside = false;
+    for line in source.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            inside = trimmed.trim_start_matches('[').trim_end_matches(']').trim() == table;
+        } else if inside {
+            let lead = line.len() - line.trim_start().len();
+            if let Some(rest) = trimmed.strip_prefix(key) {
+                if rest.trim_start().starts_with('=') {
+                    return Some(offset + lead..offset + lead + key.len());
+                }
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
 /// The byte range of 1-based `line` in `source`.
 fn line_range(source: &str, line: usize) -> std::ops::Range<usize> {
     let mut start = 0;
@@ -423,6 +447,24 @@ fn check_plugins(sources: &dyn Sources, config: &Config, text: &str, report: &mu
                         )),
                     );
                 }
+            }
+        }
+        if let Some(schema) = manifest.config_schema_json() {
+            if let Err(message) =
+                herald_config::manifest::check_config_schema(&schema, &grant.plugin_config())
+            {
+                report.push(
+                    file,
+                    text,
+                    Diagnostic::error(
+                        PLUGIN_CONFIG_INVALID,
+                        file,
+                        table_key_range(text, &format!("channels.{name}"), "config")
+                            .unwrap_or_else(|| at.clone()),
+                        format!("channel \"{name}\": {message}"),
+                    )
+                    .with_label("does not match the plugin's config_schema"),
+                );
             }
         }
         for secret in &manifest.secrets {

@@ -22,6 +22,7 @@ impl GrantConfigExt for GrantConfig {
         for (name, reference) in &self.secrets {
             secrets.insert(name.clone(), resolve_secret(name, reference)?);
         }
+        let config = self.plugin_config();
         let smtp = match self.smtp {
             None => None,
             Some(s) => {
@@ -49,11 +50,7 @@ impl GrantConfigExt for GrantConfig {
             allowed_hosts: self.allowed_hosts,
             allow_private: self.allow_private,
             secrets,
-            config: if self.config.is_null() {
-                serde_json::json!({})
-            } else {
-                self.config
-            },
+            config,
             smtp,
             limits: CallLimits {
                 timeout: l.timeout_ms.map(Duration::from_millis).unwrap_or(d.timeout),

@@ -71,8 +71,9 @@ pub(crate) mod bindings_v1 {
 
 pub use error::{PluginError, SendError};
 pub use grant_config::{GrantConfig, GrantConfigExt};
-pub use host::{check_config_schema, HostOptions, LoadedPlugin, PluginHost, PoolingOptions};
+pub use host::{HostOptions, LoadedPlugin, PluginHost, PoolingOptions};
 pub use inspect::{inspect, inspect_with_cache, pack, Compiled, InspectReport};
+pub use manifest::check_config_schema;
 
 /// The user's cache directory for compiled components (`$XDG_CACHE_HOME/herald/plugin-cache`,
 /// else `~/.cache/herald/plugin-cache`), for commands run outside a project's data directory.

@@ -17,7 +17,8 @@
 use std::path::Path;
 
 pub use herald_config::manifest::{
-    check_api_version, sha256_hex, Manifest, ManifestError, API_VERSION, SUPPORTED_API_VERSIONS,
+    check_api_version, check_config_schema, sha256_hex, Manifest, ManifestError, API_VERSION,
+    SUPPORTED_API_VERSIONS,
 };
 
 use crate::PluginError;
