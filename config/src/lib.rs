@@ -57,6 +57,87 @@ pub struct Config {
     /// How large a contact may grow.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Subscription topics by name (`[topics.newsletter]`): what a contact can subscribe to
+    /// and leave. Once any is declared, every template names its topic (or the policy's
+    /// `default_topic` applies).
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicConfig>,
+    /// `[policy]`: the delivery policy every send passes.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// The topic of messages that are never marketing (a receipt, a password reset): consent
+/// does not apply to it and it has no unsubscribe link, but a suppressed address (a hard
+/// bounce, a complaint) still receives nothing. Always known; not declared in `[topics]`.
+pub const TRANSACTIONAL_TOPIC: &str = "transactional";
+
+/// `[topics.NAME]`: a subscription topic.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// What the preference page calls it (default: the topic's name).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// One sentence on the preference page about what the topic sends.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The consent of a contact who has no record for this topic (default `subscribed`).
+    #[serde(default)]
+    pub default: ConsentStatus,
+}
+
+/// Whether a contact receives a topic.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentStatus {
+    /// Receives it.
+    #[default]
+    Subscribed,
+    /// Does not.
+    Unsubscribed,
+}
+
+impl ConsentStatus {
+    /// `subscribed` or `unsubscribed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentStatus::Subscribed => "subscribed",
+            ConsentStatus::Unsubscribed => "unsubscribed",
+        }
+    }
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The topic of a template that names none (a declared topic). Without it, a template
+    /// without `topic` is an error once topics are declared: nothing is transactional by
+    /// default.
+    #[serde(default)]
+    pub default_topic: Option<String>,
+}
+
+impl Config {
+    /// The topic a template's front-matter `topic` (if any) puts a message under:
+    /// `None` when the project declares no topics and the template names none.
+    pub fn topic_of(&self, declared: Option<&str>) -> Option<String> {
+        declared
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .or_else(|| self.policy.default_topic.clone())
+    }
+
+    /// The base of links the daemon serves to recipients (unsubscribe, preferences):
+    /// `[server] public_url` without a trailing `/`, else `http://` and the listen address.
+    pub fn public_url(&self) -> String {
+        match &self.server.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.server.listen),
+        }
+    }
 }
 
 /// `[limits]`: how large one contact may grow through ingest and imports. A message that would
@@ -175,6 +256,11 @@ pub struct ServerConfig {
     /// API, and the proxies trusted to name the client (applied on reload too).
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// The address recipients reach the daemon at, for the links it puts in messages
+    /// (unsubscribe, preferences): `https://…` in production. Default: `http://` and
+    /// `listen`. One-click unsubscribe (RFC 8058) is only offered over https.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -188,6 +274,7 @@ impl Default for ServerConfig {
             header_timeout_ms: default_header_timeout_ms(),
             body_timeout_ms: default_body_timeout_ms(),
             rate_limits: RateLimitsConfig::default(),
+            public_url: None,
         }
     }
 }

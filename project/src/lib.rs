@@ -42,6 +42,10 @@ pub const PLUGIN_CONFIG_INVALID: &str = "C005";
 pub const TEMPLATE_INVALID: &str = "L001";
 /// A template reads a variable that can never be set.
 pub const TEMPLATE_UNKNOWN_VARIABLE: &str = "L002";
+/// A template names no topic though the project declares topics (and no `default_topic`).
+pub const TEMPLATE_NO_TOPIC: &str = "L003";
+/// A template names a topic the project does not declare.
+pub const TEMPLATE_UNKNOWN_TOPIC: &str = "L004";
 /// A script cannot be read, or declares a name another file already declares.
 pub const SCRIPT_CONFLICT: &str = "H020";
 
@@ -391,8 +395,110 @@ fn check_config(sources: &dyn Sources, report: &mut CheckReport) -> Option<Confi
             }
         }
     }
+    for problem in topic_problems(&config) {
+        let d = Diagnostic::error(CONFIG_INVALID, file, range_of(&text, &problem.0), problem.1)
+            .with_label("topics");
+        report.push(file, &text, d);
+    }
     check_plugins(sources, &config, &text, report);
     Some(config)
+}
+
+/// Mistakes in `[topics]`, `[policy]` and `[server] public_url`: (text to point at, message).
+fn topic_problems(config: &Config) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for name in config.topics.keys() {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !ok {
+            out.push((
+                format!("[topics.{name}]"),
+                format!("topic `{name}`: a topic name is lower-case letters, digits, `_` and `-`"),
+            ));
+        }
+        if name == herald_config::TRANSACTIONAL_TOPIC {
+            out.push((
+                format!("[topics.{name}]"),
+                "`transactional` is built in (no consent, no unsubscribe link) and cannot be \
+                 declared"
+                    .to_string(),
+            ));
+        }
+    }
+    if let Some(t) = &config.policy.default_topic {
+        if t != herald_config::TRANSACTIONAL_TOPIC && !config.topics.contains_key(t) {
+            out.push((
+                "default_topic".into(),
+                format!("[policy] default_topic `{t}` is not a declared topic ([topics.{t}])"),
+            ));
+        }
+    }
+    if let Some(u) = &config.server.public_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(['?', '#']) {
+            out.push((
+                "public_url".into(),
+                format!("[server] public_url `{u}` must be an http:// or https:// URL without query or fragment"),
+            ));
+        }
+    }
+    out
+}
+
+/// Every template names a declared topic (or `transactional`), or takes `default_topic`.
+fn check_template_topics(config: &Config, files: &[(String, String)], report: &mut CheckReport) {
+    for (file, source) in files {
+        let Ok((fields, _)) = herald_dsl::template::split_front_matter(source) else {
+            continue;
+        };
+        let topic = fields.iter().find(|(k, _)| k == "topic").map(|(_, v)| v);
+        match topic {
+            None if !config.topics.is_empty() && config.policy.default_topic.is_none() => {
+                let known = config.topics.keys().cloned().collect::<Vec<_>>().join(", ");
+                let d = Diagnostic::error(
+                    TEMPLATE_NO_TOPIC,
+                    file,
+                    0..source.find('\n').unwrap_or(source.len()),
+                    format!(
+                        "this template names no topic: add `topic: …` to its front matter \
+                         ({known}, or transactional), or set [policy] default_topic"
+                    ),
+                )
+                .with_label("no topic");
+                report.push(file, source, d);
+            }
+            Some(t)
+                if t != herald_config::TRANSACTIONAL_TOPIC && !config.topics.contains_key(t) =>
+            {
+                let d = Diagnostic::error(
+                    TEMPLATE_UNKNOWN_TOPIC,
+                    file,
+                    table_line_range(source, "topic:"),
+                    format!(
+                        "topic `{t}` is not declared in herald.toml (add [topics.{t}], or use \
+                         transactional)"
+                    ),
+                )
+                .with_label("unknown topic");
+                report.push(file, source, d);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The line of the first line of `source` that starts with `prefix` (after indentation).
+fn table_line_range(source: &str, prefix: &str) -> std::ops::Range<usize> {
+    let mut offset = 0;
+    for line in source.split_inclusive('\n') {
+        if line.trim_start().starts_with(prefix) {
+            return offset..offset + line.trim_end().len();
+        }
+        offset += line.len();
+    }
+    0..0
 }
 
 /// The checks of a plugin channel that need no WebAssembly runtime, for plugins in a folder of
@@ -489,8 +595,15 @@ fn check_plugins(sources: &dyn Sources, config: &Config, text: &str, report: &mu
 }
 
 /// Load `templates/`, reporting what does not compile and what can never be set.
-fn check_templates(sources: &dyn Sources, report: &mut CheckReport) -> Templates {
+fn check_templates(
+    sources: &dyn Sources,
+    config: Option<&Config>,
+    report: &mut CheckReport,
+) -> Templates {
     let (templates, errors, files) = Templates::load_files(sources);
+    if let Some(config) = config {
+        check_template_topics(config, &files, report);
+    }
     let text_of = |file: &str| {
         files
             .iter()
@@ -578,7 +691,7 @@ fn check_audience(
 pub fn check(dir: &Path, sources: &dyn Sources, engine: &rhai::Engine) -> Checked {
     let mut report = CheckReport::default();
     let config = check_config(sources, &mut report);
-    let templates = check_templates(sources, &mut report);
+    let templates = check_templates(sources, config.as_ref(), &mut report);
     let scripts = read_scripts(sources, "workflows", &mut report);
     // First pass: names, so that triggers can refer to any workflow of the project.
     let names: Vec<String> = scripts

@@ -564,3 +564,92 @@ impl AudienceState {
         self.base_at = now;
     }
 }
+
+pub use herald_config::ConsentStatus;
+
+/// A contact's consent for one topic, as last given: what, when, how, and the evidence — the
+/// proof GDPR asks for. Stored per contact and topic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConsentRecord {
+    /// The topic.
+    pub topic: String,
+    /// Subscribed or unsubscribed.
+    pub status: ConsentStatus,
+    /// When it was given (ms since the epoch).
+    pub at: i64,
+    /// How: `api`, `import`, `form`, `double_opt_in`, `unsubscribe_link`, `one_click`,
+    /// `preference_page`, or a channel's name for a provider's report (SMS STOP).
+    pub source: String,
+    /// The client's address, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The client's user agent, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The message whose link was used (its idempotency key), where one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Why an address is suppressed on a channel.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionReason {
+    /// The provider reported a permanent bounce.
+    HardBounce,
+    /// The recipient marked a message as spam.
+    Complaint,
+    /// The address cannot receive messages (the provider refused it as invalid).
+    Invalid,
+    /// The recipient asked for nothing more on this channel (SMS STOP, a provider's
+    /// unsubscribe report).
+    Unsubscribed,
+    /// An operator put it there (the API, an import).
+    Manual,
+}
+
+impl SuppressionReason {
+    /// The reason's name, as the API and the journal show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressionReason::HardBounce => "hard_bounce",
+            SuppressionReason::Complaint => "complaint",
+            SuppressionReason::Invalid => "invalid",
+            SuppressionReason::Unsubscribed => "unsubscribed",
+            SuppressionReason::Manual => "manual",
+        }
+    }
+}
+
+/// An address that receives nothing more on one channel, whatever the message's priority.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Suppression {
+    /// The channel.
+    pub channel: String,
+    /// The address, normalized ([`normalize_address`]).
+    pub address: String,
+    /// Why.
+    pub reason: SuppressionReason,
+    /// Since when (ms since the epoch).
+    pub at: i64,
+    /// Who put it there: a provider callback (`callback`), an operator (`api`, `import`).
+    pub source: String,
+    /// The provider's words, an operator's note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// An address as suppression lists compare it: trimmed and lower-cased (email addresses are
+/// case-insensitive in practice), and for phone numbers without spaces, dashes, dots and
+/// brackets.
+pub fn normalize_address(address: &str) -> String {
+    let a = address.trim();
+    if a.contains('@') {
+        a.to_lowercase()
+    } else {
+        a.chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+            .collect::<String>()
+            .to_lowercase()
+    }
+}

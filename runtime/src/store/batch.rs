@@ -139,6 +139,24 @@ pub enum Write {
         /// Its value.
         value: String,
     },
+    /// A contact's consent for one topic (replaces its earlier record for that topic);
+    /// read with [`Store::consent`].
+    Consent {
+        /// The contact.
+        contact: String,
+        /// The record (its topic included).
+        record: ConsentRecord,
+    },
+    /// An address suppressed on a channel (replaces an earlier suppression of it); read with
+    /// [`Store::suppression`].
+    Suppress(Suppression),
+    /// A suppression lifted.
+    Unsuppress {
+        /// The channel.
+        channel: String,
+        /// The normalized address.
+        address: String,
+    },
 }
 
 /// Writes that [`Store::apply`] makes land together: after a crash, every one of them is

@@ -230,11 +230,13 @@ pub(super) enum TreeId {
     Audience = 11,
     Outbox = 12,
     Waits = 13,
+    Consent = 14,
+    Suppression = 15,
 }
 
 impl TreeId {
     /// Every tree, in number order.
-    const ALL: [TreeId; 14] = [
+    const ALL: [TreeId; 16] = [
         TreeId::Contacts,
         TreeId::Identities,
         TreeId::Events,
@@ -249,6 +251,8 @@ impl TreeId {
         TreeId::Audience,
         TreeId::Outbox,
         TreeId::Waits,
+        TreeId::Consent,
+        TreeId::Suppression,
     ];
 }
 
@@ -513,4 +517,27 @@ pub(super) fn intent_op(key: &str, intent: &Intent) -> StoreResult<RawOp> {
 /// The removal of an intent whose result is recorded.
 pub(super) fn intent_done_op(key: &str) -> RawOp {
     remove(TreeId::Outbox, key.as_bytes().to_vec())
+}
+
+/// A contact's consent for one topic, under `contact \0 topic`.
+pub(super) fn consent_op(contact: &str, record: &ConsentRecord) -> StoreResult<RawOp> {
+    Ok(put(
+        TreeId::Consent,
+        key2(contact, record.topic.as_bytes()),
+        enc(record)?,
+    ))
+}
+
+/// An address's suppression on a channel, under `channel \0 address`.
+pub(super) fn suppress_op(s: &Suppression) -> StoreResult<RawOp> {
+    Ok(put(
+        TreeId::Suppression,
+        key2(&s.channel, s.address.as_bytes()),
+        enc(s)?,
+    ))
+}
+
+/// A suppression lifted.
+pub(super) fn unsuppress_op(channel: &str, address: &str) -> RawOp {
+    remove(TreeId::Suppression, key2(channel, address.as_bytes()))
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::model::{RunStatus, StepStatus};
+use crate::model::{ConsentStatus, RunStatus, StepStatus, SuppressionReason};
 
 /// Run every check, each against a new, empty store from `open`.
 pub fn check_all(open: &mut dyn FnMut() -> Box<dyn Store>) {
@@ -25,6 +25,8 @@ pub fn check_all(open: &mut dyn FnMut() -> Box<dyn Store>) {
     a_batch_moves_a_merged_contacts_timeline_and_waits(open().as_ref());
     an_empty_batch_writes_nothing(open().as_ref());
     ids_are_unique_and_increase(open().as_ref());
+    consent_is_kept_per_contact_and_topic_and_erased_with_the_contact(open().as_ref());
+    suppressions_are_listed_per_channel_in_pages_and_can_be_lifted(open().as_ref());
 }
 
 fn contact(id: &str, email: &str) -> Contact {
@@ -376,6 +378,112 @@ pub fn an_empty_batch_writes_nothing(s: &dyn Store) {
 }
 
 /// `next_id` never repeats and only grows.
+pub fn consent_is_kept_per_contact_and_topic_and_erased_with_the_contact(s: &dyn Store) {
+    let record = |topic: &str, status, at| ConsentRecord {
+        topic: topic.into(),
+        status,
+        at,
+        source: "preference_page".into(),
+        ip: Some("127.0.0.1".into()),
+        user_agent: Some("test".into()),
+        message: None,
+    };
+    assert!(s.consent("c1").unwrap().is_empty());
+    let mut b = WriteBatch::new();
+    b.push(Write::Contact(contact("c1", "a@example.com")))
+        .push(Write::Consent {
+            contact: "c1".into(),
+            record: record("product", ConsentStatus::Subscribed, 1),
+        })
+        .push(Write::Consent {
+            contact: "c1".into(),
+            record: record("newsletter", ConsentStatus::Subscribed, 2),
+        })
+        .push(Write::Consent {
+            contact: "c10".into(),
+            record: record("newsletter", ConsentStatus::Unsubscribed, 3),
+        });
+    s.apply(&b).unwrap();
+    // A later record for the same topic replaces the earlier one.
+    let mut b = WriteBatch::new();
+    b.push(Write::Consent {
+        contact: "c1".into(),
+        record: record("newsletter", ConsentStatus::Unsubscribed, 4),
+    });
+    s.apply(&b).unwrap();
+    let got = s.consent("c1").unwrap();
+    assert_eq!(
+        got,
+        vec![
+            record("newsletter", ConsentStatus::Unsubscribed, 4),
+            record("product", ConsentStatus::Subscribed, 1)
+        ]
+    );
+    // Another contact whose id starts the same is not mixed in.
+    assert_eq!(s.consent("c10").unwrap().len(), 1);
+    let mut b = WriteBatch::new();
+    b.push(Write::EraseContact {
+        contact: "c1".into(),
+    });
+    s.apply(&b).unwrap();
+    assert!(s.consent("c1").unwrap().is_empty());
+    assert_eq!(s.consent("c10").unwrap().len(), 1);
+}
+
+pub fn suppressions_are_listed_per_channel_in_pages_and_can_be_lifted(s: &dyn Store) {
+    let sup = |channel: &str, address: &str, reason| Suppression {
+        channel: channel.into(),
+        address: address.into(),
+        reason,
+        at: 7,
+        source: "callback".into(),
+        detail: None,
+    };
+    let mut b = WriteBatch::new();
+    for a in ["c@example.com", "a@example.com", "b@example.com"] {
+        b.push(Write::Suppress(sup(
+            "email",
+            a,
+            SuppressionReason::HardBounce,
+        )));
+    }
+    b.push(Write::Suppress(sup(
+        "email2",
+        "z@example.com",
+        SuppressionReason::Complaint,
+    )))
+    .push(Write::Suppress(sup(
+        "sms",
+        "+15550100",
+        SuppressionReason::Unsubscribed,
+    )));
+    s.apply(&b).unwrap();
+    assert_eq!(
+        s.suppression("email", "b@example.com").unwrap(),
+        Some(sup("email", "b@example.com", SuppressionReason::HardBounce))
+    );
+    assert_eq!(s.suppression("sms", "b@example.com").unwrap(), None);
+    let addresses =
+        |page: Vec<Suppression>| -> Vec<String> { page.into_iter().map(|x| x.address).collect() };
+    assert_eq!(
+        addresses(s.suppressions("email", None, 2).unwrap()),
+        ["a@example.com", "b@example.com"]
+    );
+    assert_eq!(
+        addresses(s.suppressions("email", Some("b@example.com"), 10).unwrap()),
+        ["c@example.com"],
+        "the next page, and nothing of channel email2"
+    );
+    let mut b = WriteBatch::new();
+    b.push(Write::Unsuppress {
+        channel: "email".into(),
+        address: "a@example.com".into(),
+    });
+    s.apply(&b).unwrap();
+    assert_eq!(s.suppression("email", "a@example.com").unwrap(), None);
+    assert_eq!(s.suppressions("email", None, 10).unwrap().len(), 2);
+}
+
 pub fn ids_are_unique_and_increase(s: &dyn Store) {
     let ids: Vec<u64> = (0..1000).map(|_| s.next_id().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]));

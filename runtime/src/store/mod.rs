@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::model::{
-    AudienceState, Contact, Entry, Event, EventFact, InboxItem, Intent, ProviderMessage, Run,
-    ScriptVersion, SegmentChange, Step, WaitReg,
+    AudienceState, ConsentRecord, Contact, Entry, Event, EventFact, InboxItem, Intent,
+    ProviderMessage, Run, ScriptVersion, SegmentChange, Step, Suppression, WaitReg,
 };
 
 mod batch;
@@ -327,6 +327,20 @@ pub trait Store: Send + Sync + 'static {
     fn put_meta(&self, key: &str, value: &str) -> StoreResult<()>;
     /// Every setting whose key starts with `prefix`, in key order.
     fn meta_with_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>>;
+
+    /// A contact's consent records, one per topic it has one for, in topic order
+    /// (written with [`Write::Consent`]).
+    fn consent(&self, contact: &str) -> StoreResult<Vec<ConsentRecord>>;
+    /// The suppression of a normalized `address` on `channel`, if it is suppressed (written
+    /// with [`Write::Suppress`], lifted with [`Write::Unsuppress`]).
+    fn suppression(&self, channel: &str, address: &str) -> StoreResult<Option<Suppression>>;
+    /// Suppressed addresses of `channel` in address order, after `after`, at most `limit`.
+    fn suppressions(
+        &self,
+        channel: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Suppression>>;
 }
 
 #[cfg(test)]

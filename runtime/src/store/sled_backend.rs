@@ -40,6 +40,10 @@ pub struct SledStore {
     pub(super) segment_log: sled::Tree,
     pub(super) audience: sled::Tree,
     pub(super) meta: sled::Tree,
+    /// Consent per contact and topic (`contact \0 topic`).
+    pub(super) consent: sled::Tree,
+    /// Suppressed addresses per channel (`channel \0 address`).
+    pub(super) suppression: sled::Tree,
     /// Commit records of write batches being applied (see [`SledStore::apply`]).
     pub(super) batches: sled::Tree,
     /// Stored contacts, kept exact from insert results so status and metrics are O(1).
@@ -194,6 +198,8 @@ impl SledStore {
             segment_log: t("segment_log")?,
             audience: t("audience")?,
             meta,
+            consent: t("consent")?,
+            suppression: t("suppression")?,
             batches: t("batches")?,
             db,
         }
@@ -273,6 +279,8 @@ impl SledStore {
             TreeId::Audience => &self.audience,
             TreeId::Outbox => &self.outbox,
             TreeId::Waits => &self.waits,
+            TreeId::Consent => &self.consent,
+            TreeId::Suppression => &self.suppression,
         }
     }
 
@@ -337,6 +345,9 @@ impl SledStore {
                 }
                 Write::Intent { key, intent } => ops.push(intent_op(key, intent)?),
                 Write::IntentDone { key } => ops.push(intent_done_op(key)),
+                Write::Consent { contact, record } => ops.push(consent_op(contact, record)?),
+                Write::Suppress(sup) => ops.push(suppress_op(sup)?),
+                Write::Unsuppress { channel, address } => ops.push(unsuppress_op(channel, address)),
             }
         }
         Ok(ops)
@@ -347,7 +358,11 @@ impl SledStore {
         let gone = |tree: TreeId, k: &[u8]| remove(tree, k.to_vec());
         ops.push(gone(TreeId::Contacts, contact.as_bytes()));
         ops.push(gone(TreeId::Audience, contact.as_bytes()));
-        for (tree, t) in [(TreeId::Events, &self.events), (TreeId::Waits, &self.waits)] {
+        for (tree, t) in [
+            (TreeId::Events, &self.events),
+            (TreeId::Waits, &self.waits),
+            (TreeId::Consent, &self.consent),
+        ] {
             for item in t.scan_prefix(prefix(contact)) {
                 ops.push(gone(tree, &item?.0));
             }
@@ -1013,6 +1028,46 @@ impl Store for SledStore {
 
     fn put_meta(&self, key: &str, value: &str) -> StoreResult<()> {
         self.write_ops(&[meta_op(key, value)], false)
+    }
+
+    fn consent(&self, contact: &str) -> StoreResult<Vec<ConsentRecord>> {
+        self.consent
+            .scan_prefix(prefix(contact))
+            .map(|item| dec(&item?.1))
+            .collect()
+    }
+
+    fn suppression(&self, channel: &str, address: &str) -> StoreResult<Option<Suppression>> {
+        self.suppression
+            .get(key2(channel, address.as_bytes()))?
+            .map(|v| dec(&v))
+            .transpose()
+    }
+
+    fn suppressions(
+        &self,
+        channel: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Suppression>> {
+        let start = match after {
+            Some(a) => {
+                let mut k = key2(channel, a.as_bytes());
+                k.push(0);
+                k
+            }
+            None => prefix(channel),
+        };
+        let end = {
+            let mut k = channel.as_bytes().to_vec();
+            k.push(1);
+            k
+        };
+        self.suppression
+            .range(start..end)
+            .take(limit)
+            .map(|item| dec(&item?.1))
+            .collect()
     }
 }
 
