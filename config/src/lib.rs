@@ -120,23 +120,14 @@ pub struct PolicyConfig {
 }
 
 impl Config {
-    /// The topic a template's front-matter `topic` (if any) puts a message under:
-    /// `None` when the project declares no topics and the template names none.
-    pub fn topic_of(&self, declared: Option<&str>) -> Option<String> {
-        declared
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .or_else(|| self.policy.default_topic.clone())
-    }
-
     /// The base of links the daemon serves to recipients (unsubscribe, preferences):
-    /// `[server] public_url` without a trailing `/`, else `http://` and the listen address.
-    pub fn public_url(&self) -> String {
-        match &self.server.public_url {
-            Some(u) => u.trim_end_matches('/').to_string(),
-            None => format!("http://{}", self.server.listen),
-        }
+    /// `[server] public_url` without a trailing `/`. Without it the daemon uses the address
+    /// it listens on.
+    pub fn public_url(&self) -> Option<String> {
+        self.server
+            .public_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_string())
     }
 }
 

@@ -200,8 +200,12 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
         doc: "Render `templates/<template>.liquid` (or `<template>.<channel>.liquid`) for the contact \
               and send it through `channel`. Extra `vars` are visible to the template as `vars`. \
               A journaled step: on replay it returns the recorded result and never sends twice. \
-              Returns `#{ message_id, channel, template }`. A permanent failure throws; transient \
-              failures are retried with backoff before that.",
+              The delivery policy decides when the send is taken: the run waits until it is sent \
+              or skipped. Returns `#{ status, message_id, channel, template }`, where `status` is \
+              `\"sent\"`, or `\"skipped\"` with the `rule` that decided (`\"consent\"`: the \
+              contact left the template's topic; `\"suppression\"`: the address bounced, \
+              complained or was suppressed) and its `reason`. A permanent failure throws; \
+              transient failures are retried with backoff before that.",
     },
     DslFunction {
         name: "action",

@@ -31,6 +31,8 @@ struct Template {
     body: liquid::Template,
     /// The body is MJML: rendered to HTML after Liquid, with a generated plain-text part.
     mjml: bool,
+    /// The front matter's `topic`, as written (a topic is a name, never computed).
+    topic: Option<String>,
 }
 
 /// A rendered message.
@@ -212,6 +214,11 @@ impl Templates {
         if mjml {
             mrml::parse(body).map_err(|e| format!("MJML: {e}"))?;
         }
+        let topic = fields
+            .iter()
+            .find(|(k, _)| k == "topic")
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|t| !t.is_empty());
         let mut compiled = Vec::new();
         for (k, v) in fields {
             let t = parser
@@ -224,6 +231,7 @@ impl Templates {
             fields: compiled,
             body,
             mjml,
+            topic,
         })
     }
 
@@ -235,6 +243,14 @@ impl Templates {
     /// Does `send(channel, name)` find a template?
     pub fn resolves(&self, name: &str, channel: &str) -> bool {
         self.by_name.contains_key(&format!("{name}.{channel}")) || self.by_name.contains_key(name)
+    }
+
+    /// The `topic` the template `send(channel, name)` finds names in its front matter.
+    pub fn topic(&self, name: &str, channel: &str) -> Option<&str> {
+        self.by_name
+            .get(&format!("{name}.{channel}"))
+            .or_else(|| self.by_name.get(name))
+            .and_then(|t| t.topic.as_deref())
     }
 
     /// Render `name` for `channel` with `globals` (an object: `contact`, `trigger`, `vars`, …).
@@ -307,8 +323,8 @@ impl Templates {
 }
 
 /// Top-level names a template can read.
-pub const TEMPLATE_ROOTS: [&str; 6] = [
-    "contact", "trigger", "event", "vars", "workflow", "variants",
+pub const TEMPLATE_ROOTS: [&str; 7] = [
+    "contact", "trigger", "event", "vars", "workflow", "variants", "message",
 ];
 
 /// Variables a template reads that nothing can ever set: a misspelt `contcat.first_name`

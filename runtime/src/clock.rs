@@ -51,3 +51,10 @@ impl Clock for ManualClock {
         true
     }
 }
+
+/// A time in ms since the epoch as RFC 3339 in UTC, to the second (`2026-12-07T13:00:00Z`).
+pub fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ms.to_string())
+}

@@ -323,6 +323,7 @@ impl RunningDaemon {
             })?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
+        engine.set_listen_url(format!("http://{addr}"));
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

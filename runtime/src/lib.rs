@@ -8,6 +8,8 @@
 //! - [`audience`]: segments, scoring, the per-contact behaviour index, backfills;
 //! - [`delivery`]: per-channel queues by lane, concurrency and rate limits, the sends in
 //!   flight; results go back to the contact's worker;
+//! - [`consent`]: topics, consent and suppression records, the delivery policy every send
+//!   passes, signed unsubscribe links;
 //! - [`channels`]: the native channels and WebAssembly connectors messages leave through;
 //! - [`reload`]: watching the project and swapping in a new version;
 //! - [`daemon`]: the wiring of all of it into a running process.
@@ -15,6 +17,7 @@
 pub mod audience;
 pub mod channels;
 pub mod clock;
+pub mod consent;
 pub mod daemon;
 pub mod delivery;
 pub mod engine;

@@ -95,6 +95,23 @@ pub struct OutboundMessage {
     /// Action payload.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub payload: Value,
+    /// The subscription topic the message is sent under (`None`: the project declares no
+    /// topics and the template names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// How the recipient leaves the topic: for marketing messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<Unsubscribe>,
+}
+
+/// The unsubscribe links of a message (`List-Unsubscribe`, and a link in the body).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Unsubscribe {
+    /// The preference page, where the recipient can leave this topic or every topic.
+    pub url: String,
+    /// The URL a single POST unsubscribes with (RFC 8058 one-click), offered only over https.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_click: Option<String>,
 }
 
 /// The serialized form of [`OutboundMessage`], old and new.
@@ -125,6 +142,10 @@ struct OutboundRecord {
     fields: Map<String, Value>,
     #[serde(default)]
     payload: Value,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    unsubscribe: Option<Unsubscribe>,
 }
 
 impl From<OutboundRecord> for OutboundMessage {
@@ -150,6 +171,8 @@ impl From<OutboundRecord> for OutboundMessage {
             front_matter,
             fields,
             payload: r.payload,
+            topic: r.topic,
+            unsubscribe: r.unsubscribe,
         }
     }
 }
@@ -201,6 +224,15 @@ pub enum ChannelError {
     /// `herald.toml` must change first).
     #[error("denied by the plugin sandbox: {0}")]
     Denied(String),
+    /// The delivery policy decided not to send (consent, suppression): not a failure, and
+    /// never retried. The step records it and `send()` returns it.
+    #[error("skipped by the delivery policy ({rule}): {reason}")]
+    Skipped {
+        /// The rule that decided: `consent` or `suppression`.
+        rule: String,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// A channel's answer to one send, still to come.

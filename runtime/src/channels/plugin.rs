@@ -105,8 +105,14 @@ impl Channel for PluginChannel {
                 .front_matter_str("reply_to")
                 .or_else(|| m.front_matter_str("reply-to")),
             headers: Vec::new(),
-            topic: m.front_matter_str("topic"),
-            unsubscribe: None,
+            topic: m.topic.clone().or_else(|| m.front_matter_str("topic")),
+            unsubscribe: m
+                .unsubscribe
+                .as_ref()
+                .map(|u| herald_plugin_host::Unsubscribe {
+                    url: u.url.clone(),
+                    one_click_url: u.one_click.clone(),
+                }),
             tracking: Default::default(),
             metadata: send_metadata(m),
             front_matter: Value::Object(m.front_matter.clone()),

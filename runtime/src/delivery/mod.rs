@@ -98,6 +98,10 @@ pub struct Outcome {
 pub trait Sink: Send + Sync {
     /// A send finished (or could not start).
     fn delivered(&self, outcome: Outcome);
+    /// The delivery policy's decision for a send about to start (consent, suppression).
+    fn decide(&self, _send: &QueuedSend, _message: &OutboundMessage) -> crate::consent::Decision {
+        crate::consent::Decision::Send
+    }
     /// A crash test's failpoint; nothing in a build without test hooks.
     fn failpoint(&self, _name: &str) {}
 }
@@ -561,6 +565,31 @@ impl DeliveryStage {
                 Some(m) => Ok(m),
                 None => self.message_from_journal(&send),
             }
+        };
+        // One policy evaluation, as the send is taken: a send the policy skips is answered
+        // at once, never called.
+        let message = match message {
+            Ok(m) => {
+                let decision = match self.sink.get().and_then(Weak::upgrade) {
+                    Some(sink) => sink.decide(&send, &m),
+                    None => crate::consent::Decision::Send,
+                };
+                match decision {
+                    crate::consent::Decision::Send => Ok(m),
+                    crate::consent::Decision::Wait(why) => Err(why),
+                    crate::consent::Decision::Skip { rule, reason } => {
+                        let sink = self.sink.get().and_then(Weak::upgrade);
+                        let result = Err(ChannelError::Skipped {
+                            rule: rule.to_string(),
+                            reason,
+                        });
+                        self.answer(stage, sink.as_deref(), send, result, false, None);
+                        drop(guard);
+                        return None;
+                    }
+                }
+            }
+            Err(e) => Err(e),
         };
         send.intent.dispatched_at = Some(self.clock.now_ms());
         let marked = message.and_then(|m| {

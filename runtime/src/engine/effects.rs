@@ -154,15 +154,41 @@ impl RunHost {
             front_matter: Map::new(),
             fields,
             payload,
+            topic: None,
+            unsubscribe: None,
         };
         if let Some(template) = template {
+            // The topic the template names (or the project's default), and for a marketing
+            // topic the signed link that leaves it.
+            message.topic = state
+                .consent
+                .topic_of(state.templates.topic(template, channel));
+            if let Some(topic) = message
+                .topic
+                .clone()
+                .filter(|t| state.consent.is_marketing(Some(t)))
+            {
+                let token = self.engine.link_keys().sign(&crate::consent::LinkClaims {
+                    contact: st.run.contact.clone(),
+                    topic,
+                    message: message.idempotency_key.clone(),
+                    channel: channel.clone(),
+                });
+                let base = self.engine.public_url();
+                let url = crate::consent::ConsentSettings::unsubscribe_url(&base, &token);
+                message.unsubscribe = Some(crate::channels::Unsubscribe {
+                    // One-click (RFC 8058) only over https.
+                    one_click: base.starts_with("https://").then(|| url.clone()),
+                    url,
+                });
+            }
             let variants: Map<String, Value> = st
                 .journal
                 .iter()
                 .filter(|s| s.kind == "variant" && s.status == StepStatus::Done)
                 .map(|s| (s.name.clone(), s.result.clone()))
                 .collect();
-            let globals = template_globals(
+            let mut globals = template_globals(
                 &st.snapshot,
                 &st.run.trigger,
                 &vars,
@@ -170,6 +196,10 @@ impl RunHost {
                 &st.run.id,
                 variants,
             );
+            globals["message"] = json!({
+                "topic": message.topic,
+                "unsubscribe_url": message.unsubscribe.as_ref().map(|u| u.url.clone()),
+            });
             match state.templates.render(template, channel, &globals) {
                 Ok(r) => {
                     message.subject = r.subject;
@@ -374,6 +404,7 @@ impl Engine {
         step.error = None;
         step.due_at = None;
         step.result = json!({
+            "status": "sent",
             "message_id": key,
             "channel": channel,
             "template": step.input.get("template"),
@@ -402,17 +433,33 @@ impl Engine {
         };
         let outcome = match &o.result {
             Ok(_) => "sent",
+            Err(ChannelError::Skipped { .. }) => "skipped",
             Err(ChannelError::Transient(_)) | Err(ChannelError::RateLimited { .. }) => "retry",
             Err(ChannelError::Ambiguous(_)) => "ambiguous",
             Err(_) => "failed",
         };
-        if o.called {
+        if o.called || outcome == "skipped" {
             self.metrics.send(&o.channel, outcome);
         }
         let now = self.clock.now_ms();
         step.finished_at = Some(now);
         match &o.result {
             Ok(d) => self.mark_sent(&run, &mut step, &o.key, &o.channel, d)?,
+            Err(ChannelError::Skipped { rule, reason }) => {
+                step.status = StepStatus::Done;
+                step.error = None;
+                step.due_at = None;
+                step.result = json!({
+                    "status": "skipped",
+                    "rule": rule,
+                    "reason": reason,
+                    "message_id": o.key,
+                    "channel": o.channel,
+                    "template": step.input.get("template"),
+                    "topic": step.input.get("topic"),
+                });
+                tracing::info!(run = run.id, step = step.seq, rule = %rule, reason = %reason, "send skipped by the delivery policy");
+            }
             Err(ChannelError::Ambiguous(msg)) => {
                 step.status = StepStatus::Ambiguous;
                 step.error = Some(msg.clone());

@@ -101,6 +101,8 @@ pub struct ProjectState {
     pub segments_read_members: bool,
     /// WebAssembly connectors by channel name (for provider webhooks).
     pub plugins: BTreeMap<String, Arc<herald_plugin_host::LoadedPlugin>>,
+    /// Topics, the default topic and the public URL (the policy, the preference page).
+    pub consent: Arc<crate::consent::ConsentSettings>,
 }
 
 impl ProjectState {
@@ -177,6 +179,9 @@ impl ProjectState {
             }),
             scoring: project.scoring.clone(),
             plugins: loaded_plugins,
+            consent: Arc::new(crate::consent::ConsentSettings::from_config(
+                &project.config,
+            )),
         })
     }
 }
@@ -291,6 +296,10 @@ pub struct Engine {
     /// traits, `update()` steps, erasure), per contact and per external id, so no writer loses
     /// another's change and writers of unrelated contacts do not wait for each other.
     pub contact_locks: crate::sync::StripedLocks,
+    /// The keys that sign and verify unsubscribe links (stored in the data directory).
+    pub(crate) links: RwLock<Arc<crate::consent::LinkKeys>>,
+    /// `http://` and the address the daemon listens on.
+    listen_url: RwLock<String>,
     /// Suppression keys of erased people ([`suppression_key`]): their data is not taken again.
     pub(crate) suppressed: RwLock<HashSet<String>>,
     /// Counts merges and erasures, raised after their batch is written (under their locks):
@@ -397,6 +406,7 @@ impl Engine {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
+        let links = crate::consent::LinkKeys::load_or_create(store.as_ref(), clock.now_ms())?;
         let delivery = DeliveryStage::new(store.clone(), flusher.clone(), clock.clone());
         let engine = Arc::new(Engine {
             store,
@@ -423,6 +433,8 @@ impl Engine {
             backfill: Mutex::new(Default::default()),
             contact_locks: crate::sync::StripedLocks::new(CONTACT_STRIPES),
             suppressed: RwLock::new(suppressed),
+            links: RwLock::new(Arc::new(links)),
+            listen_url: RwLock::new(format!("http://{}", project.config.server.listen)),
             relinks: std::sync::atomic::AtomicU64::new(0),
             counted: std::sync::atomic::AtomicBool::new(false),
             backlog,
@@ -728,6 +740,19 @@ impl Sink for Engine {
         }
     }
 
+    fn decide(&self, send: &QueuedSend, message: &OutboundMessage) -> crate::consent::Decision {
+        let state = self.state();
+        let policy = crate::consent::Policy {
+            store: self.store.as_ref(),
+            settings: &state.consent,
+        };
+        match policy.decide(message, send.intent.priority) {
+            Ok(d) => d,
+            // Without the records the policy cannot say the send is allowed: it waits.
+            Err(e) => crate::consent::Decision::Wait(format!("storage failed: {e}")),
+        }
+    }
+
     fn failpoint(&self, name: &str) {
         // "after_answer": killed once the provider's answer on the intent is durable, before
         // the contact's worker records the result.
@@ -741,3 +766,32 @@ impl Sink for Engine {
 
 #[cfg(test)]
 mod tests;
+
+impl Engine {
+    /// The base of the links the daemon puts in messages: `[server] public_url`, else the
+    /// address it listens on.
+    pub fn public_url(&self) -> String {
+        match &self.state().consent.public_url {
+            Some(u) => u.clone(),
+            None => self.listen_url.read_locked().clone(),
+        }
+    }
+
+    /// Where the daemon listens, once it does (the default public URL).
+    pub fn set_listen_url(&self, url: String) {
+        *self.listen_url.write_locked() = url;
+    }
+
+    /// The keys that sign unsubscribe links (and verify them).
+    pub fn link_keys(&self) -> Arc<crate::consent::LinkKeys> {
+        self.links.read_locked().clone()
+    }
+
+    /// Add a link key that signs from now on; links signed before still verify.
+    pub fn rotate_link_keys(&self) -> Result<u8, EngineError> {
+        let (id, keys) =
+            crate::consent::LinkKeys::rotate(self.store.as_ref(), self.clock.now_ms())?;
+        *self.links.write_locked() = Arc::new(keys);
+        Ok(id)
+    }
+}

@@ -20,14 +20,16 @@ use crate::model::RunStatus;
 use crate::store::IdKind;
 
 mod admin;
+mod consent;
 mod ingest;
 mod ops;
+mod preferences;
 pub mod rate;
 pub mod serve;
 mod webhooks;
 
 #[allow(unused_imports)]
-use self::{admin::*, ingest::*, ops::*, webhooks::*};
+use self::{admin::*, consent::*, ingest::*, ops::*, preferences::*, webhooks::*};
 
 /// A JSON error response: `{"error": {"code": "...", "message": "..."}}`. The ingest endpoints
 /// also repeat `code` and `message` at the top level, next to `"success": false`, where the
@@ -180,6 +182,20 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/channels/{name}/pause", post(pause_channel))
         .route("/v1/channels/{name}/resume", post(resume_channel))
         .route("/v1/test/clock", post(test_clock))
+        .route(
+            "/v1/contacts/{id}/consent",
+            get(get_consent).post(set_consent),
+        )
+        .route(
+            "/v1/suppressions/{channel}",
+            get(list_suppressions).post(import_suppressions),
+        )
+        .route(
+            "/v1/suppressions/{channel}/{address}",
+            axum::routing::delete(lift_suppression),
+        )
+        .route("/v1/links/rotate", post(rotate_links))
+        .route("/u/{token}", get(preference_page).post(preference_post))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));

@@ -44,8 +44,22 @@ pub(super) async fn provider_webhook(
     let callbacks = {
         let store = shared.engine.store.clone();
         let channel = channel.clone();
-        blocking(move || {
-            crate::ingest::callbacks::timeline_events(store.as_ref(), &channel, events)
+        let now = shared.engine.clock.now_ms();
+        blocking(move || -> Result<_, crate::store::StoreError> {
+            let mut callbacks =
+                crate::ingest::callbacks::timeline_events(store.as_ref(), &channel, events, now)?;
+            // Bounces, complaints and unsubscribes reach the suppression list before the
+            // provider hears back, so the next send to the address is already skipped.
+            let changes = std::mem::take(&mut callbacks.suppression);
+            if !changes.is_empty() {
+                let mut batch = crate::store::WriteBatch::new();
+                for w in changes {
+                    batch.push(w);
+                }
+                store.apply(&batch)?;
+                store.flush()?;
+            }
+            Ok(callbacks)
         })
         .await??
     };
