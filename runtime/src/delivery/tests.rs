@@ -116,6 +116,8 @@ fn send(key: &str, priority: Priority) -> QueuedSend {
             front_matter: Default::default(),
             fields: Default::default(),
             payload: serde_json::Value::Null,
+            topic: None,
+            unsubscribe: None,
         })),
     }
 }
