@@ -56,11 +56,7 @@ pub struct LinkKeys {
 impl LinkKeys {
     /// Read the keys from the store, making the first one when there is none.
     pub fn load_or_create(store: &dyn Store, now: i64) -> Result<LinkKeys, StoreError> {
-        let mut stored: Vec<StoredKey> = match store.meta(KEYS_META)? {
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|e| StoreError::Codec(format!("link keys: {e}")))?,
-            None => Vec::new(),
-        };
+        let mut stored = stored_keys(store)?;
         if stored.is_empty() {
             stored.push(new_key(1, now));
             store.put_meta(KEYS_META, &serde_json::to_string(&stored)?)?;
@@ -71,11 +67,7 @@ impl LinkKeys {
 
     /// Add a key that signs from now on (the old ones still verify); returns its id.
     pub fn rotate(store: &dyn Store, now: i64) -> Result<(u8, LinkKeys), StoreError> {
-        let mut stored: Vec<StoredKey> = match store.meta(KEYS_META)? {
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|e| StoreError::Codec(format!("link keys: {e}")))?,
-            None => Vec::new(),
-        };
+        let mut stored = stored_keys(store)?;
         let id = stored
             .iter()
             .map(|k| k.id)
@@ -166,6 +158,16 @@ impl LinkKeys {
             return Err(BadToken);
         }
         Ok(claims)
+    }
+}
+
+/// The keys as stored (none yet: empty).
+fn stored_keys(store: &dyn Store) -> Result<Vec<StoredKey>, StoreError> {
+    match store.meta(KEYS_META)? {
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|e| StoreError::Codec(format!("link keys: {e}")))
+        }
+        None => Ok(Vec::new()),
     }
 }
 

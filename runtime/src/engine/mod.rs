@@ -782,6 +782,13 @@ impl Engine {
         *self.listen_url.write_locked() = url;
     }
 
+    /// Apply `batch` and wait until it is durable, sharing the group commit with every other
+    /// writer (consent, suppression and other changes answered only once they are safe).
+    pub fn apply_durably(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        self.store.apply(batch)?;
+        self.flusher.commit_blocking().map_err(StoreError::Backend)
+    }
+
     /// The keys that sign unsubscribe links (and verify them).
     pub fn link_keys(&self) -> Arc<crate::consent::LinkKeys> {
         self.links.read_locked().clone()

@@ -116,8 +116,7 @@ pub(super) async fn set_consent(
                 record: record(&c.topic, c.status, now, &c.source, &evidence),
             });
         }
-        shared.engine.store.apply(&batch)?;
-        shared.engine.store.flush()?;
+        shared.engine.apply_durably(&batch)?;
         Ok(Json(
             json!({"contact": contact.id, "recorded": changes.len()}),
         ))
@@ -222,8 +221,7 @@ pub(super) async fn import_suppressions(
                 detail: i.detail.clone().map(|d| d.chars().take(512).collect()),
             }));
         }
-        shared.engine.store.apply(&batch)?;
-        shared.engine.store.flush()?;
+        shared.engine.apply_durably(&batch)?;
         Ok(Json(json!({"channel": channel, "suppressed": items.len()})))
     })
     .await?
@@ -252,8 +250,7 @@ pub(super) async fn lift_suppression(
             channel: channel.clone(),
             address: address.clone(),
         });
-        store.apply(&batch)?;
-        store.flush()?;
+        shared.engine.apply_durably(&batch)?;
         tracing::info!(
             channel,
             address,

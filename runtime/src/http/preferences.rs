@@ -296,8 +296,7 @@ pub(super) async fn preference_post(
             });
         }
         if !batch.is_empty() {
-            engine.store.apply(&batch)?;
-            engine.store.flush()?;
+            engine.apply_durably(&batch)?;
             tracing::info!(
                 contact,
                 topic = claims.topic,

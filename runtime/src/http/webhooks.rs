@@ -42,12 +42,16 @@ pub(super) async fn provider_webhook(
             ApiError::new(StatusCode::BAD_REQUEST, "webhook_rejected", e.to_string())
         })?;
     let callbacks = {
-        let store = shared.engine.store.clone();
+        let engine = shared.engine.clone();
         let channel = channel.clone();
         let now = shared.engine.clock.now_ms();
         blocking(move || -> Result<_, crate::store::StoreError> {
-            let mut callbacks =
-                crate::ingest::callbacks::timeline_events(store.as_ref(), &channel, events, now)?;
+            let mut callbacks = crate::ingest::callbacks::timeline_events(
+                engine.store.as_ref(),
+                &channel,
+                events,
+                now,
+            )?;
             // Bounces, complaints and unsubscribes reach the suppression list before the
             // provider hears back, so the next send to the address is already skipped.
             let changes = std::mem::take(&mut callbacks.suppression);
@@ -56,8 +60,7 @@ pub(super) async fn provider_webhook(
                 for w in changes {
                     batch.push(w);
                 }
-                store.apply(&batch)?;
-                store.flush()?;
+                engine.apply_durably(&batch)?;
             }
             Ok(callbacks)
         })
