@@ -18,6 +18,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 mod authoring;
 mod bench;
+mod broadcasts;
 
 /// `herald --version`: the release, the channel plugin API it hosts, and the connectors it
 /// carries.
@@ -143,6 +144,12 @@ enum Command {
         vars: String,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Broadcasts of the running daemon's project: schedule, pause, resume, cancel, test
+    /// send, preview, progress.
+    Broadcast {
+        #[command(subcommand)]
+        command: broadcasts::BroadcastCommand,
     },
     /// Work with contacts in the running daemon.
     Contact {
@@ -661,6 +668,7 @@ fn main() -> ExitCode {
             vars,
             remote,
         } => preview(&template, &contact, &channel, &vars, &remote),
+        Command::Broadcast { command } => broadcasts::run(command),
         Command::Contact {
             command: ContactCommand::Delete { id, remote },
         } => delete_contact(&id, &remote),

@@ -15,6 +15,8 @@
 //! | H008 | `fn run(contact, trigger)` missing |
 //! | H009 | error while evaluating the script's top level |
 //! | H010 | unknown operation of a channel |
+//! | H030 | broadcast declaration missing or repeated, or a workflow in `broadcasts/` |
+//! | H031 | a broadcast's message is incomplete or contradictory |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -248,6 +250,191 @@ pub fn check_script(
         workflow: workflow.filter(|_| has_run),
         diagnostics,
     }
+}
+
+/// What [`check_broadcast`] found.
+#[derive(Debug)]
+pub struct BroadcastReport {
+    /// The broadcast as a workflow (its declaration carries the [`BroadcastSpec`]), when it
+    /// loads.
+    ///
+    /// [`BroadcastSpec`]: crate::decl::BroadcastSpec
+    pub workflow: Option<LoadedWorkflow>,
+    /// The source the runtime stores and replays: the file, plus the generated
+    /// `fn run(contact, trigger)` when the file defines none.
+    pub source: String,
+    /// Every finding, in source order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Check one broadcast file (`broadcasts/NAME.rhai`). A broadcast without its own
+/// `fn run(contact, trigger)` sends its template (or one of its arms) on its channel: that
+/// function is generated from the declaration and appended to the source the runtime runs.
+pub fn check_broadcast(
+    engine: &Engine,
+    file: &str,
+    source: &str,
+    project: Option<&ProjectContext>,
+) -> BroadcastReport {
+    let fail = |diagnostics: Vec<Diagnostic>| BroadcastReport {
+        workflow: None,
+        source: source.to_string(),
+        diagnostics,
+    };
+    let (ast, declared, load_error) = match compile_and_declare(engine, file, source) {
+        Ok(loaded) => loaded,
+        Err(d) => return fail(vec![*d]),
+    };
+    if let Some(d) = load_error {
+        let mut diagnostics = Vec::new();
+        lint_calls(&ast, file, source, project, &mut diagnostics);
+        if !diagnostics.iter().any(|x| x.range.start == d.range.start) {
+            diagnostics.push(d);
+        }
+        return fail(diagnostics);
+    }
+    let mut diagnostics = Vec::new();
+    for w in declared.workflows.iter().filter(|w| w.broadcast.is_none()) {
+        diagnostics.push(
+            Diagnostic::error(
+                "H030",
+                file,
+                line_range(source, w.line),
+                format!("workflow \"{}\" is declared in broadcasts/", w.name),
+            )
+            .with_label("not a broadcast")
+            .with_help(
+                "workflows live in workflows/; a broadcast file starts with `broadcast(\"name\")`",
+            ),
+        );
+    }
+    let broadcasts: Vec<&WorkflowDecl> = declared
+        .workflows
+        .iter()
+        .filter(|w| w.broadcast.is_some())
+        .collect();
+    let Some(decl) = broadcasts.first().copied() else {
+        diagnostics.push(
+            Diagnostic::error("H030", file, 0..0, "this file declares no broadcast")
+                .with_label("expected `broadcast(\"name\")` at the top level")
+                .with_help(
+                    "start the file with `broadcast(\"spring_sale\").audience(\"newsletter\").channel(\"email\").template(\"spring\").topic(\"newsletter\");`",
+                ),
+        );
+        return fail(diagnostics);
+    };
+    for extra in &broadcasts[1..] {
+        diagnostics.push(
+            Diagnostic::error(
+                "H030",
+                file,
+                line_range(source, extra.line),
+                format!(
+                    "a second broadcast \"{}\" is declared in this file",
+                    extra.name
+                ),
+            )
+            .with_label("only one `broadcast(...)` per file"),
+        );
+    }
+    let mut decl = decl.clone();
+    let at = line_range(source, decl.line);
+    let has_run = ast.iter_functions().any(|f| f.name == "run");
+    let spec = decl.broadcast.get_or_insert_with(Default::default);
+    spec.custom_run = has_run;
+    let mut incomplete = |message: String, help: &str| {
+        diagnostics.push(
+            Diagnostic::error("H031", file, at.clone(), message)
+                .with_label("this broadcast")
+                .with_help(help.to_string()),
+        );
+    };
+    if spec.topic.is_none() {
+        incomplete(
+            format!("broadcast \"{}\" names no topic", decl.name),
+            "add `.topic(\"newsletter\")`: the subscription topic recipients can leave",
+        );
+    }
+    if !decl.triggers.is_empty() {
+        incomplete(
+            "a broadcast has no triggers: it starts when it is scheduled".into(),
+            "remove `.on_event(...)`; start it with `herald broadcast schedule NAME`",
+        );
+    }
+    let mut generated = String::new();
+    if has_run {
+        if matches!(spec.send_at, Some(crate::decl::SendAt::LocalTime { .. })) {
+            incomplete(
+                "`.send_at(\"HH:MM\")` needs the generated run: with your own `fn run`, call `wait_until(\"HH:MM\")` first in it".into(),
+                "use an RFC 3339 instant in `.send_at(...)`, or remove `fn run`",
+            );
+        }
+    } else {
+        match (&spec.channel, &spec.template, spec.arms.is_empty()) {
+            (None, _, _) => incomplete(
+                format!("broadcast \"{}\" names no channel", decl.name),
+                "add `.channel(\"email\")`, or write `fn run(contact, trigger)` with its steps",
+            ),
+            (Some(_), None, true) => incomplete(
+                format!("broadcast \"{}\" names no template", decl.name),
+                "add `.template(\"name\")` or `.arms(#{ a: \"template_a\", b: \"template_b\" })`",
+            ),
+            (Some(_), Some(_), false) => incomplete(
+                "a broadcast sends either one template or arms, not both".into(),
+                "remove `.template(...)` or `.arms(...)`",
+            ),
+            (Some(channel), _, _) => generated = generated_run(&decl.name, channel, spec),
+        }
+    }
+    let full = format!("{source}{generated}");
+    let report = check_script(engine, file, &full, project);
+    // The generated function is Herald's: nothing in it is reported against the file.
+    diagnostics.extend(report.diagnostics.into_iter().filter(|d| {
+        d.range.start <= source.len()
+                    && d.code != "H007"
+                    // A missing `fn run` is the incomplete declaration reported above.
+                    && (has_run || d.code != "H008")
+    }));
+    diagnostics.sort_by_key(|d| (d.range.start, d.code));
+    diagnostics.dedup();
+    let ok = !diagnostics.iter().any(Diagnostic::is_error);
+    BroadcastReport {
+        workflow: report.workflow.filter(|_| ok).map(|mut w| {
+            w.decl = decl;
+            w
+        }),
+        source: full,
+        diagnostics,
+    }
+}
+
+/// `fn run` of a broadcast that defines none: wait for the local send time when there is one,
+/// pick the arm, send.
+fn generated_run(name: &str, channel: &str, spec: &crate::decl::BroadcastSpec) -> String {
+    let lit = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+    let mut body = String::new();
+    if let Some(crate::decl::SendAt::LocalTime { hour, minute }) = spec.send_at {
+        body.push_str(&format!("    wait_until(\"{hour:02}:{minute:02}\");\n"));
+    }
+    match &spec.template {
+        Some(t) => body.push_str(&format!("    send({}, {});\n", lit(channel), lit(t))),
+        None => {
+            let arms: Vec<String> = spec.arms.iter().map(|(a, _)| lit(a)).collect();
+            let templates: Vec<String> = spec
+                .arms
+                .iter()
+                .map(|(a, t)| format!("{}: {}", lit(a), lit(t)))
+                .collect();
+            body.push_str(&format!(
+                "    let arm = variant({}, [{}]);\n    let templates = #{{ {} }};\n    send({}, templates[arm]);\n",
+                lit(name),
+                arms.join(", "),
+                templates.join(", "),
+                lit(channel)
+            ));
+        }
+    }
+    format!("\n\n// Generated by Herald from the declaration above.\nfn run(contact, trigger) {{\n{body}}}\n")
 }
 
 /// The range from `fn` to the end of the name in the first declaration of function `name`

@@ -188,6 +188,101 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
               lane, so a transactional message never waits behind a large bulk send.",
     },
     DslFunction {
+        name: "broadcast",
+        method: false,
+        on: "",
+        overloads: &[&[("name", ArgType::String)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "Declare the broadcast this file (`broadcasts/NAME.rhai`) defines: a one-off send to \
+              an audience. Chain `.audience(...)`, `.channel(...)`, `.template(...)` (or \
+              `.arms(...)`), `.topic(...)` and optionally `.send_at(...)`, `.throttle(...)`, \
+              `.goal(...)`. Saving the file never sends it: `herald broadcast schedule NAME` \
+              does, pinned to the version it was given. Define `fn run(contact, trigger)` for a \
+              multi-step send instead of `.template(...)`.",
+    },
+    DslFunction {
+        name: "audience",
+        method: true,
+        on: "Broadcast",
+        overloads: &[&[("segment", ArgType::String)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "The segment whose members receive the broadcast. Its members are fixed (a durable \
+              snapshot) when sending starts. Without `.audience(...)` every contact receives it.",
+    },
+    DslFunction {
+        name: "channel",
+        method: true,
+        on: "Broadcast",
+        overloads: &[&[("channel", ArgType::String)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "The channel (a `[channels.NAME]` of herald.toml) the broadcast is sent on.",
+    },
+    DslFunction {
+        name: "template",
+        method: true,
+        on: "Broadcast",
+        overloads: &[&[("template", ArgType::String)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "The template the broadcast sends (`templates/NAME.liquid`, `.mjml` or the \
+              channel's override). Its `topic:` must be the broadcast's topic.",
+    },
+    DslFunction {
+        name: "topic",
+        method: true,
+        on: "Broadcast",
+        overloads: &[&[("topic", ArgType::String)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "The subscription topic (a `[topics.NAME]` of herald.toml): contacts unsubscribed \
+              from it are skipped, and its messages carry an unsubscribe link for it.",
+    },
+    DslFunction {
+        name: "send_at",
+        method: true,
+        on: "Broadcast",
+        overloads: &[&[("when", ArgType::String)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "When it sends once scheduled: an RFC 3339 instant (`\"2026-12-24T09:00:00Z\"`), or \
+              `\"HH:MM\"` for that time of day in each contact's own timezone (the first such \
+              moment after it starts). `herald broadcast schedule NAME --at ...` overrides it; \
+              without either it starts at once.",
+    },
+    DslFunction {
+        name: "throttle",
+        method: true,
+        on: "Broadcast",
+        overloads: &[&[("per_second", Int)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "Start at most this many recipients per second (the channel's own rate limit \
+              applies as well).",
+    },
+    DslFunction {
+        name: "arms",
+        method: true,
+        on: "Broadcast",
+        overloads: &[&[("arms", Map)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "A/B arms instead of one template: `#{ a: \"spring_a\", b: \"spring_b\" }`. Each \
+              contact gets one arm (an even, deterministic split), recorded on its run.",
+    },
+    DslFunction {
+        name: "goal",
+        method: true,
+        on: "Broadcast",
+        overloads: &[&[("event", ArgType::String), ("window", Int)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "Conversion goal of the broadcast: a recipient who sends `event` within `window` of \
+              receiving it counts as converted.",
+    },
+    DslFunction {
         name: "send",
         method: false,
         on: "",

@@ -133,6 +133,76 @@ pub struct WorkflowDecl {
     /// 1-based line of the `workflow(...)` call.
     #[serde(default)]
     pub line: usize,
+    /// Set when the file declares a broadcast (`broadcast(...)` in `broadcasts/`) rather than
+    /// a workflow: who it goes to and what it sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<BroadcastSpec>,
+}
+
+/// When a broadcast sends, as its file declares it (`.send_at(...)`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SendAt {
+    /// At this instant (milliseconds since the epoch).
+    At {
+        /// The instant.
+        at_ms: i64,
+    },
+    /// At this time of day in each contact's own timezone, the first such moment after the
+    /// broadcast starts.
+    LocalTime {
+        /// Hour, 0–23.
+        hour: u32,
+        /// Minute, 0–59.
+        minute: u32,
+    },
+}
+
+/// What a broadcast file declares beyond a workflow: its audience, message and pacing.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct BroadcastSpec {
+    /// The segment whose members receive it; `None`: every contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The channel it is sent on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The template it sends (without arms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The subscription topic; every template it sends must name the same topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// When it sends, unless `herald broadcast schedule --at` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<SendAt>,
+    /// At most this many recipients started per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_per_second: Option<u32>,
+    /// A/B arms: (arm name, template), each contact gets one arm, split evenly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arms: Vec<(String, String)>,
+    /// Whether the file defines its own `fn run(contact, trigger)` (a multi-step send).
+    #[serde(default)]
+    pub custom_run: bool,
+}
+
+/// The handle returned by `broadcast(name)`; its methods fill in the declaration.
+#[derive(Debug, Clone)]
+pub struct BroadcastBuilder(pub(crate) Arc<Mutex<WorkflowDecl>>);
+
+impl BroadcastBuilder {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut BroadcastSpec)) -> Self {
+        let mut d = self.0.lock().expect("declaration lock");
+        f(d.broadcast.get_or_insert_with(BroadcastSpec::default));
+        drop(d);
+        self.clone()
+    }
+
+    pub(crate) fn update_decl(&self, f: impl FnOnce(&mut WorkflowDecl)) -> Self {
+        f(&mut self.0.lock().expect("declaration lock"));
+        self.clone()
+    }
 }
 
 impl WorkflowDecl {
@@ -145,6 +215,7 @@ impl WorkflowDecl {
             reentry: Reentry::Once,
             priority: Priority::Normal,
             line,
+            broadcast: None,
         }
     }
 
@@ -345,6 +416,17 @@ pub(crate) fn declare(decl: WorkflowDecl) -> Option<WorkflowBuilder> {
             let b = WorkflowBuilder(Arc::new(Mutex::new(decl)));
             c.workflows.push(b.clone());
             b
+        })
+    })
+}
+
+/// Record a new broadcast declaration (kept with the workflows: a broadcast runs as one).
+pub(crate) fn declare_broadcast(decl: WorkflowDecl) -> Option<BroadcastBuilder> {
+    DECLARED.with(|d| {
+        d.borrow_mut().as_mut().map(|c| {
+            let shared = Arc::new(Mutex::new(decl));
+            c.workflows.push(WorkflowBuilder(shared.clone()));
+            BroadcastBuilder(shared)
         })
     })
 }

@@ -11,8 +11,8 @@ use rhai::{
 };
 
 use crate::decl::{
-    self, Goal, Priority, Reentry, RuleBuilder, RuleCondition, RuleDecl, ScoringBuilder,
-    SegmentDecl, Trigger, WorkflowBuilder, WorkflowDecl,
+    self, BroadcastBuilder, BroadcastSpec, Goal, Priority, Reentry, RuleBuilder, RuleCondition,
+    RuleDecl, ScoringBuilder, SegmentDecl, SendAt, Trigger, WorkflowBuilder, WorkflowDecl,
 };
 use crate::host::{current_host, Interrupt, Query, StepCall, WaitTarget};
 use crate::value::{to_dynamic, to_json};
@@ -94,6 +94,7 @@ pub fn build_engine(limits: &Limits) -> Engine {
     });
     register_durations(&mut engine);
     register_declarations(&mut engine);
+    register_broadcasts(&mut engine);
     register_audience(&mut engine);
     register_contact(&mut engine);
     register_steps(&mut engine);
@@ -505,6 +506,130 @@ fn register_declarations(engine: &mut Engine) {
             }
         })
     });
+}
+
+/// `broadcast(name)` and its methods (files in `broadcasts/`).
+fn register_broadcasts(engine: &mut Engine) {
+    engine.register_type_with_name::<BroadcastBuilder>("Broadcast");
+    engine.register_fn(
+        "broadcast",
+        |ctx: NativeCallContext,
+         name: ImmutableString|
+         -> Result<BroadcastBuilder, Box<EvalAltResult>> {
+            let pos = ctx.call_position();
+            if name.trim().is_empty() {
+                return Err(runtime_error("a broadcast needs a non-empty name", pos));
+            }
+            if name.chars().any(char::is_control) {
+                return Err(runtime_error(
+                    "a broadcast name cannot contain control characters",
+                    pos,
+                ));
+            }
+            let mut decl = WorkflowDecl::new(name.as_str(), pos.line().unwrap_or(0));
+            decl.priority = Priority::Bulk;
+            decl.broadcast = Some(BroadcastSpec::default());
+            Ok(decl::declare_broadcast(decl.clone()).unwrap_or_else(|| {
+                BroadcastBuilder(std::sync::Arc::new(std::sync::Mutex::new(decl)))
+            }))
+        },
+    );
+    engine.register_fn(
+        "audience",
+        |b: &mut BroadcastBuilder, segment: ImmutableString| {
+            b.update(|s| s.audience = Some(segment.to_string()))
+        },
+    );
+    engine.register_fn(
+        "channel",
+        |b: &mut BroadcastBuilder, name: ImmutableString| {
+            b.update(|s| s.channel = Some(name.to_string()))
+        },
+    );
+    engine.register_fn(
+        "template",
+        |b: &mut BroadcastBuilder, name: ImmutableString| {
+            b.update(|s| s.template = Some(name.to_string()))
+        },
+    );
+    engine.register_fn(
+        "topic",
+        |b: &mut BroadcastBuilder, name: ImmutableString| {
+            b.update(|s| s.topic = Some(name.to_string()))
+        },
+    );
+    engine.register_fn(
+        "send_at",
+        |ctx: NativeCallContext,
+         b: &mut BroadcastBuilder,
+         when: ImmutableString|
+         -> Result<BroadcastBuilder, Box<EvalAltResult>> {
+            let at = if let Some((hour, minute)) = parse_local_time(&when) {
+                SendAt::LocalTime { hour, minute }
+            } else if let Some(at_ms) = parse_rfc3339_ms(&when) {
+                SendAt::At { at_ms }
+            } else {
+                return Err(runtime_error(
+                    format!("send_at expects \"HH:MM\" (each contact's local time) or an RFC 3339 instant such as \"2026-12-24T09:00:00Z\", got \"{when}\""),
+                    ctx.call_position(),
+                ));
+            };
+            Ok(b.update(|s| s.send_at = Some(at)))
+        },
+    );
+    engine.register_fn(
+        "throttle",
+        |ctx: NativeCallContext,
+         b: &mut BroadcastBuilder,
+         per_second: i64|
+         -> Result<BroadcastBuilder, Box<EvalAltResult>> {
+            if !(1..=1_000_000).contains(&per_second) {
+                return Err(runtime_error(
+                    format!(
+                        "throttle is recipients per second, from 1 to 1000000; got {per_second}"
+                    ),
+                    ctx.call_position(),
+                ));
+            }
+            Ok(b.update(|s| s.throttle_per_second = Some(per_second as u32)))
+        },
+    );
+    engine.register_fn(
+        "arms",
+        |ctx: NativeCallContext,
+         b: &mut BroadcastBuilder,
+         arms: Map|
+         -> Result<BroadcastBuilder, Box<EvalAltResult>> {
+            let mut out = Vec::new();
+            for (arm, template) in arms.iter() {
+                let Some(t) = template.clone().try_cast::<ImmutableString>() else {
+                    return Err(runtime_error(
+                        format!("arm \"{arm}\" must name a template (a string)"),
+                        ctx.call_position(),
+                    ));
+                };
+                out.push((arm.to_string(), t.to_string()));
+            }
+            if out.len() < 2 {
+                return Err(runtime_error(
+                    "arms needs at least two arms: #{ a: \"template_a\", b: \"template_b\" }",
+                    ctx.call_position(),
+                ));
+            }
+            Ok(b.update(|s| s.arms = out))
+        },
+    );
+    engine.register_fn(
+        "goal",
+        |b: &mut BroadcastBuilder, event: ImmutableString, window: i64| {
+            b.update_decl(|d| {
+                d.goal = Some(Goal {
+                    event: event.to_string(),
+                    window_ms: window,
+                })
+            })
+        },
+    );
 }
 
 /// The `contact` value seen by scripts: reads go to the snapshot recorded at the last step

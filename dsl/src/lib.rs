@@ -19,11 +19,13 @@ pub mod segment;
 pub mod template;
 pub mod value;
 
-pub use analysis::{check_script, load_workflow, LoadedWorkflow, ProjectContext};
+pub use analysis::{
+    check_broadcast, check_script, load_workflow, BroadcastReport, LoadedWorkflow, ProjectContext,
+};
 pub use api::{DslFunction, DSL_FUNCTIONS};
 pub use decl::{
-    Goal, Priority, Reentry, RuleCondition, RuleDecl, ScoringDecl, SegmentDecl, Trigger,
-    WorkflowDecl,
+    BroadcastSpec, Goal, Priority, Reentry, RuleCondition, RuleDecl, ScoringDecl, SegmentDecl,
+    SendAt, Trigger, WorkflowDecl,
 };
 pub use diagnostic::{render_diagnostics, Diagnostic, Severity};
 pub use engine::{build_engine, run_activation, ActivationEnd, Limits};

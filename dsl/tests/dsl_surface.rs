@@ -367,13 +367,18 @@ fn every_documented_function_is_registered_with_every_overload() {
             let call = format!("{}({})", f.name, args.join(", "));
             let receiver = match f.on {
                 "Workflow" => "workflow(\"w\").",
+                "Broadcast" => "broadcast(\"b\").",
                 "Scoring" => "scoring().",
                 "Rule" => "rule(\"r\").on_event(\"e\").",
                 _ => "",
             };
             match f.context {
                 Context::Declaration => {
-                    let (_, diags) = if f.on == "Workflow" || f.name == "workflow" {
+                    let (_, diags) = if f.on == "Workflow"
+                        || f.on == "Broadcast"
+                        || f.name == "workflow"
+                        || f.name == "broadcast"
+                    {
                         let src = format!("{receiver}{call};\nfn run(contact, trigger) {{}}");
                         let r = check_script(&engine, "w.rhai", &src, None);
                         (r.workflow.is_some(), r.diagnostics)

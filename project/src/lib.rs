@@ -182,6 +182,9 @@ pub struct Project {
     pub segments: BTreeMap<String, Arc<SegmentVersion>>,
     /// `scoring.rhai`, if the project has one.
     pub scoring: Option<Arc<LoadedScoring>>,
+    /// Broadcasts by name (`broadcasts/*.rhai`), each as the workflow it runs as: its
+    /// `source` is the file plus the generated `fn run` when the file has none.
+    pub broadcasts: BTreeMap<String, Arc<WorkflowVersion>>,
 }
 
 /// What one check of a project found.
@@ -231,6 +234,8 @@ pub enum FileKind {
     Scoring,
     /// `templates/*.liquid`, `templates/*.mjml`.
     Template,
+    /// `broadcasts/*.rhai`.
+    Broadcast,
     /// Anything else: not part of what the daemon loads.
     Other,
 }
@@ -245,6 +250,9 @@ pub fn file_kind(rel: &str) -> FileKind {
         }
         Some(("segments", name)) if !name.contains('/') && name.ends_with(".rhai") => {
             FileKind::Segment
+        }
+        Some(("broadcasts", name)) if !name.contains('/') && name.ends_with(".rhai") => {
+            FileKind::Broadcast
         }
         Some(("templates", name))
             if !name.contains('/') && templates::template_name(name).is_some() =>
@@ -721,6 +729,18 @@ pub fn check(dir: &Path, sources: &dyn Sources, engine: &rhai::Engine) -> Checke
             continue;
         };
         let name = loaded.decl.name.clone();
+        if loaded.decl.broadcast.is_some() {
+            let d = Diagnostic::error(
+                "H030",
+                &path,
+                range_of(&source, &format!("\"{name}\"")),
+                format!("broadcast \"{name}\" is declared in workflows/"),
+            )
+            .with_label("not a workflow")
+            .with_help("move it to broadcasts/: a broadcast is sent once, when it is scheduled");
+            report.push(&path, &source, d);
+            continue;
+        }
         if let Some(other) = workflows.get(&name) {
             let d = Diagnostic::error(
                 SCRIPT_CONFLICT,
@@ -742,8 +762,18 @@ pub fn check(dir: &Path, sources: &dyn Sources, engine: &rhai::Engine) -> Checke
             }),
         );
     }
+    let broadcasts = check_broadcasts(
+        sources,
+        engine,
+        config.as_ref(),
+        context.as_ref(),
+        &templates,
+        &workflows,
+        &mut report,
+    );
     let project = match config {
         Some(config) if !report.has_errors() => Some(Project {
+            broadcasts,
             dir: dir.to_path_buf(),
             config,
             workflows,
@@ -758,6 +788,137 @@ pub fn check(dir: &Path, sources: &dyn Sources, engine: &rhai::Engine) -> Checke
         context,
         project,
     }
+}
+
+/// Load `broadcasts/*.rhai`: each file checked as a script, then against the project (its
+/// audience, channel, templates and topic, its name unique among workflows and broadcasts).
+fn check_broadcasts(
+    sources: &dyn Sources,
+    engine: &rhai::Engine,
+    config: Option<&Config>,
+    context: Option<&ProjectContext>,
+    templates: &Templates,
+    workflows: &BTreeMap<String, Arc<WorkflowVersion>>,
+    report: &mut CheckReport,
+) -> BTreeMap<String, Arc<WorkflowVersion>> {
+    let mut out: BTreeMap<String, Arc<WorkflowVersion>> = BTreeMap::new();
+    for (path, source) in read_scripts(sources, "broadcasts", report) {
+        let r = herald_dsl::check_broadcast(engine, &path, &source, context);
+        let mut errors = r.diagnostics.iter().any(Diagnostic::is_error);
+        report.extend(&path, &source, r.diagnostics);
+        let Some(loaded) = r.workflow else {
+            continue;
+        };
+        let name = loaded.decl.name.clone();
+        let spec = loaded.decl.broadcast.clone().unwrap_or_default();
+        let mut problem = |needle: &str, code: &'static str, message: String, label: &str| {
+            let at = source.find(needle).map_or_else(
+                || line_range(&source, loaded.decl.line),
+                |s| s..s + needle.len(),
+            );
+            report.push(
+                &path,
+                &source,
+                Diagnostic::error(code, &path, at, message).with_label(label.to_string()),
+            );
+            errors = true;
+        };
+        if let Some(other) = workflows.get(&name).or_else(|| out.get(&name)) {
+            problem(
+                &format!("\"{name}\""),
+                SCRIPT_CONFLICT,
+                format!("\"{name}\" is already declared in {}", other.path),
+                "declared twice",
+            );
+        }
+        if let (Some(ctx), Some(segment)) = (context, &spec.audience) {
+            if !ctx.segments.contains(segment) {
+                let known = ctx.segments.iter().cloned().collect::<Vec<_>>().join(", ");
+                problem(
+                    &format!("\"{segment}\""),
+                    "H031",
+                    format!("no segment named \"{segment}\" (segments: {known})"),
+                    "unknown segment",
+                );
+            }
+        }
+        if let Some(config) = config {
+            if let Some(channel) = &spec.channel {
+                if !config.channels.contains_key(channel) {
+                    problem(
+                        &format!("\"{channel}\""),
+                        "H002",
+                        format!("no channel named \"{channel}\" in herald.toml"),
+                        "unknown channel",
+                    );
+                }
+            }
+            if let Some(topic) = &spec.topic {
+                if topic != herald_config::TRANSACTIONAL_TOPIC && !config.topics.contains_key(topic)
+                {
+                    problem(
+                        &format!("\"{topic}\""),
+                        TEMPLATE_UNKNOWN_TOPIC,
+                        format!(
+                            "topic `{topic}` is not declared in herald.toml (add [topics.{topic}])"
+                        ),
+                        "unknown topic",
+                    );
+                }
+            }
+            let sent: Vec<&String> = spec
+                .template
+                .iter()
+                .chain(spec.arms.iter().map(|(_, t)| t))
+                .collect();
+            for template in sent {
+                let Some(channel) = &spec.channel else { break };
+                if !templates.resolves(template, channel) {
+                    problem(
+                        &format!("\"{template}\""),
+                        "H003",
+                        format!(
+                            "no template \"{template}\" for channel \"{channel}\" in templates/"
+                        ),
+                        "unknown template",
+                    );
+                    continue;
+                }
+                let topic = templates
+                    .topic(template, channel)
+                    .map(str::to_string)
+                    .or_else(|| config.policy.default_topic.clone());
+                let declared = |t: &String| {
+                    t == herald_config::TRANSACTIONAL_TOPIC || config.topics.contains_key(t)
+                };
+                if spec.topic.as_ref().is_some_and(declared) && topic != spec.topic {
+                    problem(
+                        &format!("\"{template}\""),
+                        "H031",
+                        format!(
+                            "template \"{template}\" is on topic `{}`, the broadcast on `{}`: they must agree",
+                            topic.as_deref().unwrap_or("none"),
+                            spec.topic.as_deref().unwrap_or("none")
+                        ),
+                        "topic differs",
+                    );
+                }
+            }
+        }
+        if errors {
+            continue;
+        }
+        out.insert(
+            name,
+            Arc::new(WorkflowVersion {
+                hash: script_hash(&r.source),
+                path,
+                source: r.source,
+                loaded,
+            }),
+        );
+    }
+    out
 }
 
 impl Project {

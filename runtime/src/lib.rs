@@ -15,6 +15,7 @@
 //! - [`daemon`]: the wiring of all of it into a running process.
 
 pub mod audience;
+pub mod broadcast;
 pub mod channels;
 pub mod clock;
 pub mod consent;

@@ -37,7 +37,10 @@ pub fn is_project_file(project: &Path, path: &Path) -> bool {
     // A directory created or removed as a whole: the files inside may have been written
     // before the watcher saw the directory, so treat it as a change.
     if rel.components().count() == 1
-        && matches!(first.as_str(), "workflows" | "segments" | "templates")
+        && matches!(
+            first.as_str(),
+            "workflows" | "segments" | "templates" | "broadcasts"
+        )
     {
         return true;
     }
@@ -45,7 +48,7 @@ pub fn is_project_file(project: &Path, path: &Path) -> bool {
         "herald.toml" => true,
         "workflows" => name.ends_with(".rhai"),
         "templates" => name.ends_with(".liquid") || name.ends_with(".mjml"),
-        "segments" => name.ends_with(".rhai"),
+        "segments" | "broadcasts" => name.ends_with(".rhai"),
         "scoring.rhai" => true,
         "plugins" => true,
         _ => false,
@@ -92,6 +95,7 @@ pub fn fingerprint(project: &Path) -> String {
     let mut files = vec![project.join("herald.toml"), project.join("scoring.rhai")];
     collect(&project.join("workflows"), "rhai", &mut files);
     collect(&project.join("segments"), "rhai", &mut files);
+    collect(&project.join("broadcasts"), "rhai", &mut files);
     collect(&project.join("templates"), "liquid", &mut files);
     collect(&project.join("templates"), "mjml", &mut files);
     let plugins = plugin_dirs(project);

@@ -103,6 +103,8 @@ pub struct ProjectState {
     pub plugins: BTreeMap<String, Arc<herald_plugin_host::LoadedPlugin>>,
     /// Topics, the default topic and the public URL (the policy, the preference page).
     pub consent: Arc<crate::consent::ConsentSettings>,
+    /// Broadcasts by name, as the project's files say now (a scheduled one is pinned).
+    pub broadcasts: BTreeMap<String, Arc<WorkflowVersion>>,
 }
 
 impl ProjectState {
@@ -178,6 +180,7 @@ impl ProjectState {
                 !d.segments.is_empty() || d.reads_any(&["segments"])
             }),
             scoring: project.scoring.clone(),
+            broadcasts: project.broadcasts.clone(),
             plugins: loaded_plugins,
             consent: Arc::new(crate::consent::ConsentSettings::from_config(
                 &project.config,
@@ -215,6 +218,14 @@ pub(crate) enum Job {
     Erase {
         contact: String,
         reply: mpsc::Sender<Result<Option<Erasure>, EngineError>>,
+    },
+    /// Start a broadcast's run for a recipient (`run`: a seed send's run id); `done` is told
+    /// once it is written.
+    Broadcast {
+        version: Arc<WorkflowVersion>,
+        contact: String,
+        run: Option<String>,
+        done: mpsc::Sender<bool>,
     },
     /// An operator sends a dead letter again.
     Retry {
@@ -312,6 +323,8 @@ pub struct Engine {
     pub backlog: Backlog,
     /// Where sends wait for their channel and run concurrently.
     pub delivery: Arc<DeliveryStage>,
+    /// The broadcasts' thread and the lock over their records.
+    pub(crate) broadcaster: Arc<crate::broadcast::Broadcaster>,
 }
 
 /// Accepted events handed to the workers and not processed yet. Ingest waits for room before
@@ -439,6 +452,7 @@ impl Engine {
             counted: std::sync::atomic::AtomicBool::new(false),
             backlog,
             delivery,
+            broadcaster: Default::default(),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         let sink: Arc<dyn Sink> = engine.clone();
@@ -474,6 +488,8 @@ impl Engine {
         }
         engine.recover()?;
         engine.start_backfill();
+        let broadcasts = engine.start_broadcaster();
+        engine.threads.locked().push(broadcasts);
         Ok(engine)
     }
 
@@ -594,6 +610,26 @@ impl Engine {
         Ok(changed)
     }
 
+    /// Store a script version (content-addressed) and keep it compiled.
+    pub(crate) fn store_version(&self, wf: &WorkflowVersion) -> Result<(), EngineError> {
+        self.store.put_script(&crate::model::ScriptVersion {
+            hash: wf.hash.clone(),
+            workflow: wf.loaded.decl.name.clone(),
+            path: wf.path.clone(),
+            source: wf.source.clone(),
+            stored_at: self.clock.now_ms(),
+        })?;
+        self.versions
+            .locked()
+            .insert(wf.hash.clone(), Arc::new(wf.loaded.clone()));
+        Ok(())
+    }
+
+    /// The compiled script version `hash`.
+    pub(crate) fn version_of(&self, hash: &str) -> Result<Arc<LoadedWorkflow>, String> {
+        self.version(hash)
+    }
+
     fn version(&self, hash: &str) -> Result<Arc<LoadedWorkflow>, String> {
         if let Some(v) = self.versions.locked().get(hash) {
             return Ok(v.clone());
@@ -696,6 +732,7 @@ impl Engine {
     /// Stop the sends in flight (their results are recorded), then the workers after they
     /// finish what is queued, and flush.
     pub fn shutdown(&self) {
+        self.broadcaster.stop();
         self.delivery.shutdown();
         self.workers.locked().clear();
         let threads = std::mem::take(&mut *self.threads.locked());

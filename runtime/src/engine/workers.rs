@@ -318,6 +318,29 @@ impl Engine {
                     .and_then(|r| r.map_err(EngineError::Invalid));
                 let _ = reply.send(result);
             }
+            Job::Broadcast {
+                version,
+                contact,
+                run,
+                done,
+            } => {
+                let result = self.guard(
+                    || format!("broadcast {} for {contact}", version.loaded.decl.name),
+                    || self.start_broadcast_run(&version, &contact, run),
+                );
+                let ok = match result {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::error!(contact, error = %e, "starting a broadcast run failed");
+                        false
+                    }
+                    Err(panic) => {
+                        tracing::error!(contact, panic, "starting a broadcast run panicked");
+                        false
+                    }
+                };
+                let _ = done.send(ok);
+            }
             Job::Erase { contact, reply } => {
                 let result = self
                     .guard(

@@ -20,6 +20,7 @@ use crate::model::RunStatus;
 use crate::store::IdKind;
 
 mod admin;
+mod broadcasts;
 mod consent;
 mod ingest;
 mod ops;
@@ -29,7 +30,7 @@ pub mod serve;
 mod webhooks;
 
 #[allow(unused_imports)]
-use self::{admin::*, consent::*, ingest::*, ops::*, preferences::*, webhooks::*};
+use self::{admin::*, broadcasts::*, consent::*, ingest::*, ops::*, preferences::*, webhooks::*};
 
 /// A JSON error response: `{"error": {"code": "...", "message": "..."}}`. The ingest endpoints
 /// also repeat `code` and `message` at the top level, next to `"success": false`, where the
@@ -176,6 +177,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/import/contacts", post(import_contacts))
         .route("/v1/webhooks/{channel}", post(provider_webhook))
         .route("/v1/workflows/{name}/runs", post(start_run))
+        .route("/v1/broadcasts", get(list_broadcasts))
+        .route("/v1/broadcasts/{name}", get(broadcast_detail))
+        .route("/v1/broadcasts/{name}/schedule", post(schedule_broadcast))
+        .route("/v1/broadcasts/{name}/test", post(test_broadcast))
+        .route("/v1/broadcasts/{name}/preview", get(preview_broadcast))
+        .route("/v1/broadcasts/{name}/{action}", post(control_broadcast))
         .route("/v1/reload", post(reload))
         .route("/v1/status", get(status))
         .route("/v1/channels", get(channels))

@@ -157,6 +157,16 @@ pub enum Write {
         /// The normalized address.
         address: String,
     },
+    /// A page of a broadcast's audience snapshot: `contacts` numbered from `first`; read
+    /// with [`Store::recipients`](super::Store::recipients).
+    Recipients {
+        /// The broadcast.
+        broadcast: String,
+        /// The number of the first contact.
+        first: u64,
+        /// Contact ids, in order.
+        contacts: Vec<String>,
+    },
 }
 
 /// Writes that [`Store::apply`] makes land together: after a crash, every one of them is

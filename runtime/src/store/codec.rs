@@ -232,11 +232,12 @@ pub(super) enum TreeId {
     Waits = 13,
     Consent = 14,
     Suppression = 15,
+    Recipients = 16,
 }
 
 impl TreeId {
     /// Every tree, in number order.
-    const ALL: [TreeId; 16] = [
+    const ALL: [TreeId; 17] = [
         TreeId::Contacts,
         TreeId::Identities,
         TreeId::Events,
@@ -253,6 +254,7 @@ impl TreeId {
         TreeId::Waits,
         TreeId::Consent,
         TreeId::Suppression,
+        TreeId::Recipients,
     ];
 }
 
@@ -526,6 +528,23 @@ pub(super) fn consent_op(contact: &str, record: &ConsentRecord) -> StoreResult<R
         key2(contact, record.topic.as_bytes()),
         enc(record)?,
     ))
+}
+
+/// A page of a broadcast's audience snapshot: `broadcast \0 seq (u64 BE)` → contact id, new
+/// keys each.
+pub(super) fn recipients_ops(broadcast: &str, first: u64, contacts: &[String]) -> Vec<RawOp> {
+    contacts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| RawOp {
+            fresh: true,
+            ..put(
+                TreeId::Recipients,
+                key2(broadcast, &(first + i as u64).to_be_bytes()),
+                c.as_bytes().to_vec(),
+            )
+        })
+        .collect()
 }
 
 /// An address's suppression on a channel, under `channel \0 address`.

@@ -27,6 +27,50 @@ pub fn check_all(open: &mut dyn FnMut() -> Box<dyn Store>) {
     ids_are_unique_and_increase(open().as_ref());
     consent_is_kept_per_contact_and_topic_and_erased_with_the_contact(open().as_ref());
     suppressions_are_listed_per_channel_in_pages_and_can_be_lifted(open().as_ref());
+    a_broadcast_snapshot_is_read_in_order_from_a_number_and_cleared(open().as_ref());
+}
+
+pub fn a_broadcast_snapshot_is_read_in_order_from_a_number_and_cleared(s: &dyn Store) {
+    let mut b = WriteBatch::new();
+    b.push(Write::Recipients {
+        broadcast: "spring".into(),
+        first: 0,
+        contacts: vec!["c3".into(), "c1".into()],
+    })
+    .push(Write::Recipients {
+        broadcast: "spring2".into(),
+        first: 0,
+        contacts: vec!["x".into()],
+    })
+    .push(Write::Meta {
+        key: "broadcast:spring".into(),
+        value: "2".into(),
+    });
+    s.apply(&b).unwrap();
+    let mut b = WriteBatch::new();
+    b.push(Write::Recipients {
+        broadcast: "spring".into(),
+        first: 2,
+        contacts: (0..300).map(|i| format!("d{i}")).collect(),
+    });
+    s.apply(&b).unwrap();
+    let page = s.recipients("spring", 0, 3).unwrap();
+    assert_eq!(
+        page,
+        [(0, "c3".to_string()), (1, "c1".into()), (2, "d0".into())],
+        "snapshot order, not contact order"
+    );
+    let rest = s.recipients("spring", 3, 1000).unwrap();
+    assert_eq!(rest.len(), 299, "the rest of this broadcast only");
+    assert_eq!(rest.last().unwrap(), &(301, "d299".to_string()));
+    assert_eq!(s.recipients("spring", 302, 10).unwrap(), []);
+    s.clear_recipients("spring").unwrap();
+    assert_eq!(s.recipients("spring", 0, 10).unwrap(), []);
+    assert_eq!(
+        s.recipients("spring2", 0, 10).unwrap(),
+        [(0, "x".to_string())],
+        "another broadcast's snapshot stays"
+    );
 }
 
 fn contact(id: &str, email: &str) -> Contact {

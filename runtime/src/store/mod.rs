@@ -328,6 +328,18 @@ pub trait Store: Send + Sync + 'static {
     /// Every setting whose key starts with `prefix`, in key order.
     fn meta_with_prefix(&self, prefix: &str) -> StoreResult<Vec<(String, String)>>;
 
+    /// Up to `limit` recipients of a broadcast's audience snapshot, numbered `from` on, in
+    /// order: (number, contact id).
+    fn recipients(
+        &self,
+        broadcast: &str,
+        from: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, String)>>;
+
+    /// Drop a broadcast's audience snapshot (once it has finished).
+    fn clear_recipients(&self, broadcast: &str) -> StoreResult<()>;
+
     /// A contact's consent records, one per topic it has one for, in topic order
     /// (written with [`Write::Consent`]).
     fn consent(&self, contact: &str) -> StoreResult<Vec<ConsentRecord>>;

@@ -42,6 +42,8 @@ pub struct SledStore {
     pub(super) meta: sled::Tree,
     /// Consent per contact and topic (`contact \0 topic`).
     pub(super) consent: sled::Tree,
+    /// Broadcast audience snapshots (`broadcast \0 seq`).
+    pub(super) recipients: sled::Tree,
     /// Suppressed addresses per channel (`channel \0 address`).
     pub(super) suppression: sled::Tree,
     /// Commit records of write batches being applied (see [`SledStore::apply`]).
@@ -199,6 +201,7 @@ impl SledStore {
             audience: t("audience")?,
             meta,
             consent: t("consent")?,
+            recipients: t("recipients")?,
             suppression: t("suppression")?,
             batches: t("batches")?,
             db,
@@ -281,6 +284,7 @@ impl SledStore {
             TreeId::Waits => &self.waits,
             TreeId::Consent => &self.consent,
             TreeId::Suppression => &self.suppression,
+            TreeId::Recipients => &self.recipients,
         }
     }
 
@@ -348,6 +352,11 @@ impl SledStore {
                 Write::Consent { contact, record } => ops.push(consent_op(contact, record)?),
                 Write::Suppress(sup) => ops.push(suppress_op(sup)?),
                 Write::Unsuppress { channel, address } => ops.push(unsuppress_op(channel, address)),
+                Write::Recipients {
+                    broadcast,
+                    first,
+                    contacts,
+                } => ops.extend(recipients_ops(broadcast, *first, contacts)),
             }
         }
         Ok(ops)
@@ -1028,6 +1037,43 @@ impl Store for SledStore {
 
     fn put_meta(&self, key: &str, value: &str) -> StoreResult<()> {
         self.write_ops(&[meta_op(key, value)], false)
+    }
+
+    fn recipients(
+        &self,
+        broadcast: &str,
+        from: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, String)>> {
+        let start = key2(broadcast, &from.to_be_bytes());
+        let end = key2(broadcast, &u64::MAX.to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.recipients.range(start..=end).take(limit) {
+            let (k, v) = item?;
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&k[broadcast.len() + 1..]);
+            out.push((
+                u64::from_be_bytes(seq),
+                String::from_utf8(v.to_vec()).map_err(|e| StoreError::Codec(e.to_string()))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn clear_recipients(&self, broadcast: &str) -> StoreResult<()> {
+        let keys: Vec<sled::IVec> = self
+            .recipients
+            .scan_prefix(prefix(broadcast))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for chunk in keys.chunks(10_000) {
+            let mut b = sled::Batch::default();
+            for k in chunk {
+                b.remove(k.clone());
+            }
+            self.recipients.apply_batch(b)?;
+        }
+        Ok(())
     }
 
     fn consent(&self, contact: &str) -> StoreResult<Vec<ConsentRecord>> {

@@ -1,0 +1,228 @@
+//! `herald broadcast`: the broadcasts of the running daemon's project, their life cycle and
+//! progress, through the management API.
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::{call, Remote};
+
+#[derive(Subcommand)]
+pub enum BroadcastCommand {
+    /// Every broadcast of the project and where it is (draft until scheduled).
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A scheduled broadcast's record and where each recipient's message is.
+    Show {
+        /// The broadcast's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Start sending it: pinned to the file version the daemon serves now. Saving a broadcast
+    /// file never sends it; this does.
+    Schedule {
+        /// The broadcast's name.
+        name: String,
+        /// RFC 3339 instant to start at (default: the file's `.send_at(...)`, else now).
+        #[arg(long)]
+        at: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop starting recipients until `resume`.
+    Pause {
+        /// The broadcast's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Go on where a paused broadcast stopped.
+    Resume {
+        /// The broadcast's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop for good: no further recipient is started.
+    Cancel {
+        /// The broadcast's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Send the current file version to a seed list now (kept out of its numbers).
+    Test {
+        /// The broadcast's name.
+        name: String,
+        /// Seed contacts (Herald id, userId or anonymousId), comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Render what a contact would receive.
+    Preview {
+        /// The broadcast's name.
+        name: String,
+        /// Herald id, userId or anonymousId.
+        #[arg(long)]
+        contact: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+pub fn run(command: BroadcastCommand) -> Result<bool> {
+    match command {
+        BroadcastCommand::List { remote } => {
+            let v = get(&remote, "/v1/broadcasts")?;
+            println!(
+                "{:<24} {:<13} {:>10} {:>10}  FILE",
+                "NAME", "STATUS", "RECIPIENTS", "STARTED"
+            );
+            for b in v["broadcasts"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {:<13} {:>10} {:>10}  {}",
+                    b["name"].as_str().unwrap_or(""),
+                    b["status"].as_str().unwrap_or(""),
+                    b["record"]["recipients"]
+                        .as_u64()
+                        .map_or("-".into(), |n| n.to_string()),
+                    b["record"]["dispatched"]
+                        .as_u64()
+                        .map_or("-".into(), |n| n.to_string()),
+                    b["path"].as_str().unwrap_or("")
+                );
+            }
+            Ok(true)
+        }
+        BroadcastCommand::Show { name, remote } => {
+            let v = get(&remote, &format!("/v1/broadcasts/{name}"))?;
+            print_progress(&v);
+            Ok(true)
+        }
+        BroadcastCommand::Schedule { name, at, remote } => {
+            let body = match at {
+                Some(at) => json!({ "at": at }),
+                None => json!({}),
+            };
+            let v = post(&remote, &format!("/v1/broadcasts/{name}/schedule"), &body)?;
+            println!(
+                "broadcast {name} scheduled (version {}), starts at {}",
+                short(&v["hash"]),
+                v["start_at"]
+            );
+            Ok(true)
+        }
+        BroadcastCommand::Pause { name, remote } => control(&remote, &name, "pause"),
+        BroadcastCommand::Resume { name, remote } => control(&remote, &name, "resume"),
+        BroadcastCommand::Cancel { name, remote } => control(&remote, &name, "cancel"),
+        BroadcastCommand::Test { name, to, remote } => {
+            let v = post(
+                &remote,
+                &format!("/v1/broadcasts/{name}/test"),
+                &json!({ "contacts": to }),
+            )?;
+            for r in v["runs"].as_array().into_iter().flatten() {
+                println!("started {}", r.as_str().unwrap_or(""));
+            }
+            Ok(true)
+        }
+        BroadcastCommand::Preview {
+            name,
+            contact,
+            remote,
+        } => {
+            let v = get(
+                &remote,
+                &format!(
+                    "/v1/broadcasts/{name}/preview?contact={}",
+                    urlencode(&contact)
+                ),
+            )?;
+            if let Some(arm) = v["arm"].as_str() {
+                println!("Arm: {arm}");
+            }
+            if let Some(to) = v["to"].as_str() {
+                println!("To: {to}");
+            }
+            if let Some(subject) = v["subject"].as_str() {
+                println!("Subject: {subject}");
+            }
+            println!("\n{}", v["body"].as_str().unwrap_or_default());
+            Ok(true)
+        }
+    }
+}
+
+fn print_progress(v: &Value) {
+    let r = &v["record"];
+    let p = &v["progress"];
+    println!(
+        "broadcast {}: {}",
+        v["name"].as_str().unwrap_or(""),
+        v["status"].as_str().unwrap_or("")
+    );
+    println!("  version    {}", short(&r["hash"]));
+    println!(
+        "  audience   {}",
+        r["audience"].as_str().unwrap_or("every contact")
+    );
+    println!("  recipients {}", p["recipients"]);
+    println!("  started    {}", p["started"]);
+    println!("  waiting    {}", p["waiting"]);
+    println!("  queued     {}", p["queued"]);
+    println!("  sent       {}", p["sent"]);
+    println!("  failed     {}", p["failed"]);
+    println!("  ambiguous  {}", p["ambiguous"]);
+    let skipped = p["skipped"].as_object().cloned().unwrap_or_default();
+    let total: u64 = skipped.values().filter_map(Value::as_u64).sum();
+    println!("  skipped    {total}");
+    for (why, n) in skipped {
+        println!("    {n:>8}  {why}");
+    }
+}
+
+fn short(v: &Value) -> String {
+    v.as_str().unwrap_or("").chars().take(12).collect()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn control(remote: &Remote, name: &str, action: &str) -> Result<bool> {
+    let v = post(
+        remote,
+        &format!("/v1/broadcasts/{name}/{action}"),
+        &json!({}),
+    )?;
+    println!("broadcast {name}: {}", v["status"].as_str().unwrap_or(""));
+    Ok(true)
+}
+
+fn get(remote: &Remote, path: &str) -> Result<Value> {
+    let (url, token) = remote.resolve()?;
+    call(
+        ureq::get(&format!("{url}{path}")).set("authorization", &format!("Bearer {token}")),
+        None,
+    )
+}
+
+fn post(remote: &Remote, path: &str, body: &Value) -> Result<Value> {
+    let (url, token) = remote.resolve()?;
+    call(
+        ureq::post(&format!("{url}{path}")).set("authorization", &format!("Bearer {token}")),
+        Some(("application/json", body.to_string().as_bytes())),
+    )
+}
