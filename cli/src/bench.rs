@@ -53,6 +53,14 @@ pub struct BenchArgs {
     /// The benchmark channel's `concurrency` (sends in flight at once).
     #[arg(long, default_value_t = 256)]
     send_concurrency: usize,
+    /// Recipients of the broadcast benchmark through the outbox channel (0 skips it). The
+    /// README's figure is for 1,000,000.
+    #[arg(long, default_value_t = 100_000)]
+    broadcast: usize,
+    /// Recipients of the same broadcast through the webhook plugin to a loopback receiver
+    /// answering after `--provider-latency-ms` (0 skips it).
+    #[arg(long, default_value_t = 20_000)]
+    broadcast_plugin: usize,
     /// Saved script changes timed from save to serving (0 skips it).
     #[arg(long, default_value_t = 20)]
     reloads: usize,
@@ -317,6 +325,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("workflow activations         {act:>12.0} runs/s      (ingest + trigger + render + outbox send + completion)");
     d.shutdown();
 
+    if args.broadcast > 0 {
+        broadcasts(&args, act)?;
+    }
     if args.channel_runs > 0 {
         channels(
             args.channel_runs,
@@ -787,6 +798,158 @@ fn channels(
                 rate / instant_rates[i]
             );
         }
+    }
+    Ok(())
+}
+
+/// Broadcasts: one to every contact through the outbox channel, and one through the webhook
+/// plugin to a loopback receiver that answers after the provider latency, each in its own
+/// daemon process (so its resident memory can be read), next to the workflow activation rate.
+fn broadcasts(args: &BenchArgs, activations: f64) -> Result<()> {
+    let outbox = broadcast_rate(
+        args,
+        args.broadcast,
+        "email",
+        "",
+        "outbox channel",
+    )?;
+    println!(
+        "broadcast, outbox channel    {:>12.0} recipients/s ({} recipients in {:.1} s; target: 1,000,000 in under 100 s); ratio to workflow activations: {:.2}",
+        outbox.0,
+        args.broadcast,
+        args.broadcast as f64 / outbox.0,
+        outbox.0 / activations
+    );
+    println!(
+        "  resident memory            {:>12.0} MB before scheduling, {:.0} MB at most while sending (the snapshot is paged: it should not grow with the audience)",
+        outbox.1, outbox.2
+    );
+    if args.broadcast_plugin > 0 {
+        let sink = http_sink(Duration::from_millis(args.provider_latency_ms))?;
+        let table = format!(
+            "[channels.hook]\nplugin = \"bundled:webhook\"\nallowed_hosts = [\"127.0.0.1\"]\nallow_private = true\n\
+             concurrency = {}\nconfig = {{ url = \"{sink}/in\" }}\nsecrets = {{ WEBHOOK_SIGNING_KEY = \"env:HERALD_BENCH_SIGNING_KEY\" }}\n",
+            args.send_concurrency
+        );
+        std::env::set_var("HERALD_BENCH_SIGNING_KEY", "bench-signing-key");
+        let plugin = broadcast_rate(args, args.broadcast_plugin, "hook", &table, "webhook plugin")?;
+        println!(
+            "broadcast, webhook plugin    {:>12.0} recipients/s ({} recipients, receiver answering after {} ms, concurrency {}); ratio to the outbox rate: {:.2} (target >= 0.50)",
+            plugin.0,
+            args.broadcast_plugin,
+            args.provider_latency_ms,
+            args.send_concurrency,
+            plugin.0 / outbox.0
+        );
+    }
+    Ok(())
+}
+
+/// One broadcast to `n` contacts on `channel`: (recipients per second from schedule to the
+/// last message sent, resident MB before scheduling, peak resident MB while sending).
+fn broadcast_rate(
+    args: &BenchArgs,
+    n: usize,
+    channel: &str,
+    table: &str,
+    label: &str,
+) -> Result<(f64, f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    project(dir.path(), "workflow(\"bench\").manual();\nfn run(contact, trigger) {}\n")?;
+    let toml = std::fs::read_to_string(dir.path().join("herald.toml"))?;
+    std::fs::write(
+        dir.path().join("herald.toml"),
+        format!("{toml}\n[topics.news]\nlabel = \"News\"\n\n{table}"),
+    )?;
+    std::fs::write(
+        dir.path().join("templates/hello.liquid"),
+        "---\ntopic: news\nsubject: Hi {{ contact.first_name }}\n---\nHello! {{ message.unsubscribe_url }}\n",
+    )?;
+    std::fs::create_dir_all(dir.path().join("broadcasts"))?;
+    std::fs::write(
+        dir.path().join("broadcasts/news.rhai"),
+        format!("broadcast(\"news\").channel(\"{channel}\").template(\"hello\").topic(\"news\");\n"),
+    )?;
+    let d = Child::start(dir.path())?;
+    identify_http(&d.url, n, args.batch, args.clients)?;
+    // Every contact is stored before the snapshot starts.
+    let metrics = |d: &Child| -> Result<String> {
+        Ok(ureq::get(&format!("{}/metrics", d.url))
+            .set("authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .map_err(|e| anyhow::anyhow!("metrics: {e}"))?
+            .into_string()?)
+    };
+    let count = |text: &str, prefix: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while count(&metrics(&d)?, "herald_contacts ") < n as u64 {
+        if Instant::now() > deadline {
+            anyhow::bail!("{label}: the contacts were not all stored");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = d.rss_mb();
+    let start = Instant::now();
+    ureq::post(&format!("{}/v1/broadcasts/news/schedule", d.url))
+        .set("authorization", &format!("Bearer {TOKEN}"))
+        .send_string("{}")
+        .map_err(|e| anyhow::anyhow!("schedule: {e}"))?;
+    let sent = format!("herald_sends_total{{channel=\"{channel}\",outcome=\"sent\"}}");
+    let mut peak = before;
+    loop {
+        peak = peak.max(d.rss_mb());
+        let done = count(&metrics(&d)?, &sent);
+        if done >= n as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{label}: only {done} of {n} messages were sent");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    d.stop()?;
+    Ok((rate, before, peak))
+}
+
+/// Create `n` contacts with an email address through `/v1/batch` identify calls.
+fn identify_http(url: &str, n: usize, batch: usize, clients: usize) -> Result<()> {
+    let per_client = n.div_ceil(clients);
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let url = format!("{url}/v1/batch");
+            std::thread::spawn(move || -> Result<()> {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(120))
+                    .build();
+                let lo = c * per_client;
+                let hi = ((c + 1) * per_client).min(n);
+                let mut i = lo;
+                while i < hi {
+                    let k = batch.min(hi - i);
+                    let msgs: Vec<_> = (i..i + k)
+                        .map(|j| {
+                            json!({"type": "identify", "userId": format!("b{j}"),
+                                   "messageId": format!("id-{j}"),
+                                   "traits": {"email": format!("b{j}@example.com"), "first_name": "B"}})
+                        })
+                        .collect();
+                    post(&agent, &url, &json!({ "batch": msgs }).to_string())?;
+                    i += k;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     }
     Ok(())
 }
