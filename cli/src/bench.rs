@@ -806,13 +806,7 @@ fn channels(
 /// plugin to a loopback receiver that answers after the provider latency, each in its own
 /// daemon process (so its resident memory can be read), next to the workflow activation rate.
 fn broadcasts(args: &BenchArgs, activations: f64) -> Result<()> {
-    let outbox = broadcast_rate(
-        args,
-        args.broadcast,
-        "email",
-        "",
-        "outbox channel",
-    )?;
+    let outbox = broadcast_rate(args, args.broadcast, "email", "", "outbox channel")?;
     println!(
         "broadcast, outbox channel    {:>12.0} recipients/s ({} recipients in {:.1} s; target: 1,000,000 in under 100 s); ratio to workflow activations: {:.2}",
         outbox.0,
@@ -832,7 +826,13 @@ fn broadcasts(args: &BenchArgs, activations: f64) -> Result<()> {
             args.send_concurrency
         );
         std::env::set_var("HERALD_BENCH_SIGNING_KEY", "bench-signing-key");
-        let plugin = broadcast_rate(args, args.broadcast_plugin, "hook", &table, "webhook plugin")?;
+        let plugin = broadcast_rate(
+            args,
+            args.broadcast_plugin,
+            "hook",
+            &table,
+            "webhook plugin",
+        )?;
         println!(
             "broadcast, webhook plugin    {:>12.0} recipients/s ({} recipients, receiver answering after {} ms, concurrency {}); ratio to the outbox rate: {:.2} (target >= 0.50)",
             plugin.0,
@@ -855,7 +855,10 @@ fn broadcast_rate(
     label: &str,
 ) -> Result<(f64, f64, f64)> {
     let dir = tempfile::tempdir()?;
-    project(dir.path(), "workflow(\"bench\").manual();\nfn run(contact, trigger) {}\n")?;
+    project(
+        dir.path(),
+        "workflow(\"bench\").manual();\nfn run(contact, trigger) {}\n",
+    )?;
     let toml = std::fs::read_to_string(dir.path().join("herald.toml"))?;
     std::fs::write(
         dir.path().join("herald.toml"),
@@ -868,7 +871,9 @@ fn broadcast_rate(
     std::fs::create_dir_all(dir.path().join("broadcasts"))?;
     std::fs::write(
         dir.path().join("broadcasts/news.rhai"),
-        format!("broadcast(\"news\").channel(\"{channel}\").template(\"hello\").topic(\"news\");\n"),
+        format!(
+            "broadcast(\"news\").channel(\"{channel}\").template(\"hello\").topic(\"news\");\n"
+        ),
     )?;
     let d = Child::start(dir.path())?;
     identify_http(&d.url, n, args.batch, args.clients)?;

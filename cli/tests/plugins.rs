@@ -10,64 +10,6 @@ use serde_json::json;
 
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
 
-/// A real SMTP server (mailin-embedded) on loopback that keeps what it receives.
-struct Smtp {
-    port: u16,
-    inbox: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-#[derive(Clone)]
-struct MailHandler {
-    current: Vec<u8>,
-    inbox: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl mailin_embedded::Handler for MailHandler {
-    fn data_start(
-        &mut self,
-        _domain: &str,
-        _from: &str,
-        _is8bit: bool,
-        _to: &[String],
-    ) -> mailin_embedded::Response {
-        self.current.clear();
-        mailin_embedded::response::OK
-    }
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.current.extend_from_slice(buf);
-        Ok(())
-    }
-    fn data_end(&mut self) -> mailin_embedded::Response {
-        self.inbox
-            .lock()
-            .unwrap()
-            .push(String::from_utf8_lossy(&self.current).into_owned());
-        mailin_embedded::response::OK
-    }
-}
-
-impl Smtp {
-    fn start() -> Smtp {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let inbox = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut server = mailin_embedded::Server::new(MailHandler {
-            current: Vec::new(),
-            inbox: inbox.clone(),
-        });
-        server
-            .with_name("mx.test")
-            .with_ssl(mailin_embedded::SslConfig::None)
-            .unwrap()
-            .with_num_threads(2)
-            .with_tcp_listener(listener);
-        std::thread::spawn(move || {
-            let _ = server.serve();
-        });
-        Smtp { port, inbox }
-    }
-}
-
 /// POST a Twilio callback `body` (the form of `params`) signed as Twilio signs it for the
 /// example's `webhook_url`.
 fn twilio_callback(c: &Client, params: &[(&str, &str)], body: &str) -> (u16, serde_json::Value) {

@@ -438,6 +438,15 @@ pub struct DeliveryConfig {
     /// account); the group's rate is the smallest `rate_per_second` among them.
     #[serde(default)]
     pub rate_group: Option<String>,
+    /// Track opens and clicks of this channel's HTML messages (default true): links go
+    /// through the daemon's click redirect and an open pixel is added. A link marked
+    /// `data-herald-track="off"` is left alone either way.
+    #[serde(default = "default_true")]
+    pub track: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for DeliveryConfig {
@@ -446,6 +455,7 @@ impl Default for DeliveryConfig {
             concurrency: default_concurrency(),
             rate_per_second: None,
             rate_group: None,
+            track: true,
         }
     }
 }
@@ -456,7 +466,7 @@ fn default_concurrency() -> usize {
 
 impl DeliveryConfig {
     /// The keys of a channel table that belong to the delivery stage.
-    pub const KEYS: [&'static str; 3] = ["concurrency", "rate_per_second", "rate_group"];
+    pub const KEYS: [&'static str; 4] = ["concurrency", "rate_per_second", "rate_group", "track"];
 
     /// A setting that cannot work, in words.
     pub fn problem(&self) -> Option<String> {

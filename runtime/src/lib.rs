@@ -21,6 +21,7 @@ pub mod clock;
 pub mod consent;
 pub mod daemon;
 pub mod delivery;
+pub mod engagement;
 pub mod engine;
 pub mod http;
 pub mod ingest;

@@ -597,3 +597,61 @@ impl LspProcess {
         status.code().expect("an exit code, not a signal")
     }
 }
+
+/// A real SMTP server (mailin-embedded) on loopback that keeps what it receives.
+pub struct Smtp {
+    pub port: u16,
+    pub inbox: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[derive(Clone)]
+struct MailHandler {
+    current: Vec<u8>,
+    inbox: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl mailin_embedded::Handler for MailHandler {
+    fn data_start(
+        &mut self,
+        _domain: &str,
+        _from: &str,
+        _is8bit: bool,
+        _to: &[String],
+    ) -> mailin_embedded::Response {
+        self.current.clear();
+        mailin_embedded::response::OK
+    }
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.current.extend_from_slice(buf);
+        Ok(())
+    }
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        self.inbox
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&self.current).into_owned());
+        mailin_embedded::response::OK
+    }
+}
+
+impl Smtp {
+    pub fn start() -> Smtp {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let inbox = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut server = mailin_embedded::Server::new(MailHandler {
+            current: Vec::new(),
+            inbox: inbox.clone(),
+        });
+        server
+            .with_name("mx.test")
+            .with_ssl(mailin_embedded::SslConfig::None)
+            .unwrap()
+            .with_num_threads(2)
+            .with_tcp_listener(listener);
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        Smtp { port, inbox }
+    }
+}

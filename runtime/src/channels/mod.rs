@@ -102,6 +102,9 @@ pub struct OutboundMessage {
     /// How the recipient leaves the topic: for marketing messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsubscribe: Option<Unsubscribe>,
+    /// Herald rewrote the HTML's links through its click redirect and added its open pixel.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tracked: bool,
 }
 
 /// The unsubscribe links of a message (`List-Unsubscribe`, and a link in the body).
@@ -146,6 +149,8 @@ struct OutboundRecord {
     topic: Option<String>,
     #[serde(default)]
     unsubscribe: Option<Unsubscribe>,
+    #[serde(default)]
+    tracked: bool,
 }
 
 impl From<OutboundRecord> for OutboundMessage {
@@ -173,6 +178,7 @@ impl From<OutboundRecord> for OutboundMessage {
             payload: r.payload,
             topic: r.topic,
             unsubscribe: r.unsubscribe,
+            tracked: r.tracked,
         }
     }
 }

@@ -104,7 +104,20 @@ impl Channel for PluginChannel {
             reply_to: m
                 .front_matter_str("reply_to")
                 .or_else(|| m.front_matter_str("reply-to")),
-            headers: Vec::new(),
+            // RFC 2369 and, over https, RFC 8058 one-click: every email connector adds them.
+            headers: match &m.unsubscribe {
+                Some(u) => {
+                    let mut h = vec![("List-Unsubscribe".to_string(), format!("<{}>", u.url))];
+                    if u.one_click.is_some() {
+                        h.push((
+                            "List-Unsubscribe-Post".to_string(),
+                            "List-Unsubscribe=One-Click".to_string(),
+                        ));
+                    }
+                    h
+                }
+                None => Vec::new(),
+            },
             topic: m.topic.clone().or_else(|| m.front_matter_str("topic")),
             unsubscribe: m
                 .unsubscribe
@@ -113,7 +126,10 @@ impl Channel for PluginChannel {
                     url: u.url.clone(),
                     one_click_url: u.one_click.clone(),
                 }),
-            tracking: Default::default(),
+            tracking: herald_plugin_host::Tracking {
+                opens: m.tracked,
+                clicks: m.tracked,
+            },
             metadata: send_metadata(m),
             front_matter: Value::Object(m.front_matter.clone()),
             fields: Value::Object(m.fields.clone()),

@@ -99,32 +99,51 @@ impl LinkKeys {
 
     /// A URL-safe token for `claims`, signed with the newest key.
     pub fn sign(&self, claims: &LinkClaims) -> String {
+        self.sign_parts(
+            FORMAT,
+            &[
+                &claims.contact,
+                &claims.topic,
+                &claims.message,
+                &claims.channel,
+            ],
+        )
+    }
+
+    /// A URL-safe token of `kind` (its first byte, so one kind of token is never taken for
+    /// another) carrying `parts`, signed with the newest key.
+    pub fn sign_parts(&self, kind: u8, parts: &[&str]) -> String {
         let (id, key) = self.keys.last().expect("at least one link key");
-        let mut body = vec![FORMAT, *id];
-        for part in [
-            &claims.contact,
-            &claims.topic,
-            &claims.message,
-            &claims.channel,
-        ] {
-            let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
-            body.extend_from_slice(&len.to_be_bytes());
-            body.extend_from_slice(&part.as_bytes()[..usize::from(len)]);
+        let mut body = vec![kind, *id];
+        for part in parts {
+            let mut end = part.len().min(usize::from(u16::MAX));
+            while !part.is_char_boundary(end) {
+                end -= 1;
+            }
+            body.extend_from_slice(&(end as u16).to_be_bytes());
+            body.extend_from_slice(&part.as_bytes()[..end]);
         }
         let tag = tag(key, &body);
         body.extend_from_slice(&tag[..TAG_BYTES]);
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body)
     }
 
-    /// The claims of a token made by one of these keys, or [`BadToken`].
-    pub fn verify(&self, token: &str) -> Result<LinkClaims, BadToken> {
-        if token.len() > MAX_TOKEN_LEN {
+    /// The `n` parts of a token of `kind` made by one of these keys (at most `max_len`
+    /// characters long), or [`BadToken`].
+    pub fn verify_parts(
+        &self,
+        kind: u8,
+        token: &str,
+        n: usize,
+        max_len: usize,
+    ) -> Result<Vec<String>, BadToken> {
+        if token.len() > max_len {
             return Err(BadToken);
         }
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|_| BadToken)?;
-        if raw.len() < 2 + TAG_BYTES || raw[0] != FORMAT {
+        if raw.len() < 2 + TAG_BYTES || raw[0] != kind {
             return Err(BadToken);
         }
         let (body, given) = raw.split_at(raw.len() - TAG_BYTES);
@@ -138,26 +157,34 @@ impl LinkKeys {
         mac.update(body);
         mac.verify_truncated_left(given).map_err(|_| BadToken)?;
         let mut rest = &body[2..];
-        let mut part = || -> Result<String, BadToken> {
+        let mut parts = Vec::with_capacity(n);
+        for _ in 0..n {
             if rest.len() < 2 {
                 return Err(BadToken);
             }
             let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
             let text = rest.get(2..2 + len).ok_or(BadToken)?;
-            let text = String::from_utf8(text.to_vec()).map_err(|_| BadToken)?;
+            parts.push(String::from_utf8(text.to_vec()).map_err(|_| BadToken)?);
             rest = &rest[2 + len..];
-            Ok(text)
-        };
-        let claims = LinkClaims {
-            contact: part()?,
-            topic: part()?,
-            message: part()?,
-            channel: part()?,
-        };
+        }
         if !rest.is_empty() {
             return Err(BadToken);
         }
-        Ok(claims)
+        Ok(parts)
+    }
+
+    /// The claims of a token made by one of these keys, or [`BadToken`].
+    pub fn verify(&self, token: &str) -> Result<LinkClaims, BadToken> {
+        let mut parts = self
+            .verify_parts(FORMAT, token, 4, MAX_TOKEN_LEN)?
+            .into_iter();
+        let mut next = || parts.next().ok_or(BadToken);
+        Ok(LinkClaims {
+            contact: next()?,
+            topic: next()?,
+            message: next()?,
+            channel: next()?,
+        })
     }
 }
 

@@ -118,6 +118,7 @@ fn send(key: &str, priority: Priority) -> QueuedSend {
             payload: serde_json::Value::Null,
             topic: None,
             unsubscribe: None,
+            tracked: false,
         })),
     }
 }

@@ -156,6 +156,7 @@ impl RunHost {
             payload,
             topic: None,
             unsubscribe: None,
+            tracked: false,
         };
         if let Some(template) = template {
             // The topic the template names (or the project's default), and for a marketing
@@ -204,7 +205,32 @@ impl RunHost {
                 Ok(r) => {
                     message.subject = r.subject;
                     message.body = Some(r.body);
-                    message.html = r.html;
+                    let track = state
+                        .channel_config
+                        .get(channel.as_str())
+                        .is_none_or(|c| c.delivery.track);
+                    message.html = match r.html {
+                        // Links through the click redirect, the open pixel at the end.
+                        Some(html) if track => {
+                            message.tracked = true;
+                            let keep: Vec<&str> = message
+                                .unsubscribe
+                                .as_ref()
+                                .map(|u| u.url.as_str())
+                                .into_iter()
+                                .collect();
+                            Some(crate::engagement::instrument(
+                                &html,
+                                &self.engine.link_keys(),
+                                &self.engine.public_url(),
+                                &message.contact,
+                                &message.idempotency_key,
+                                channel,
+                                &keep,
+                            ))
+                        }
+                        other => other,
+                    };
                     message.front_matter = r.fields;
                 }
                 Err(e) => return self.fail_step(st, step, e),

@@ -22,6 +22,7 @@ use crate::store::IdKind;
 mod admin;
 mod broadcasts;
 mod consent;
+mod engagement;
 mod ingest;
 mod ops;
 mod preferences;
@@ -30,7 +31,10 @@ pub mod serve;
 mod webhooks;
 
 #[allow(unused_imports)]
-use self::{admin::*, broadcasts::*, consent::*, ingest::*, ops::*, preferences::*, webhooks::*};
+use self::{
+    admin::*, broadcasts::*, consent::*, engagement::*, ingest::*, ops::*, preferences::*,
+    webhooks::*,
+};
 
 /// A JSON error response: `{"error": {"code": "...", "message": "..."}}`. The ingest endpoints
 /// also repeat `code` and `message` at the top level, next to `"success": false`, where the
@@ -203,6 +207,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/links/rotate", post(rotate_links))
         .route("/u/{token}", get(preference_page).post(preference_post))
+        .route("/o/{token}", get(open_pixel))
+        .route("/c/{token}", get(click_redirect))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));

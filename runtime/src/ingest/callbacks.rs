@@ -121,15 +121,32 @@ pub fn timeline_events(
         if ev.machine {
             props.insert("machine".into(), json!(true));
         }
-        let dedupe = format!(
-            "webhook:{channel}:{}:{}:{}",
-            ev.message_id.as_deref().unwrap_or(""),
-            ev.kind,
-            ev.timestamp_ms.unwrap_or(0)
-        );
+        // Opens and clicks are one fact per message (and link), whether the provider or
+        // Herald's own pixel and redirect saw it first; a machine's are kept apart.
+        let engagement = matches!(ev.kind.as_str(), "opened" | "clicked");
+        let kind = if engagement && ev.machine {
+            format!("machine_{}", ev.kind)
+        } else {
+            ev.kind.clone()
+        };
+        let dedupe = if engagement {
+            crate::engagement::dedupe_key(
+                channel,
+                &owner.key,
+                &kind,
+                ev.properties.get("url").and_then(Value::as_str),
+            )
+        } else {
+            format!(
+                "webhook:{channel}:{}:{}:{}",
+                ev.message_id.as_deref().unwrap_or(""),
+                ev.kind,
+                ev.timestamp_ms.unwrap_or(0)
+            )
+        };
         out.messages.push(Message::for_contact(
             &owner.contact,
-            &format!("{channel}_{}", ev.kind),
+            &format!("{channel}_{kind}"),
             Value::Object(props),
             ev.timestamp_ms,
             Some(dedupe),
