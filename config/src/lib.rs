@@ -117,6 +117,73 @@ pub struct PolicyConfig {
     /// default.
     #[serde(default)]
     pub default_topic: Option<String>,
+    /// Frequency caps on marketing messages (`[[policy.caps]]`); a send over a cap is
+    /// deferred until the cap allows it.
+    #[serde(default)]
+    pub caps: Vec<CapConfig>,
+    /// Quiet hours per channel (`[policy.quiet_hours] sms = { start = "21:00", end =
+    /// "09:00" }`), in each contact's own timezone; a marketing send inside them is deferred
+    /// to their end.
+    #[serde(default)]
+    pub quiet_hours: BTreeMap<String, QuietHours>,
+}
+
+/// A frequency cap: at most `max` marketing messages to one contact in `days` (or
+/// `hours`), on the channels named (every channel when none is).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapConfig {
+    /// Channels the cap counts and holds (empty: every channel, across channels).
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Messages allowed in the window.
+    pub max: u32,
+    /// The window in days.
+    #[serde(default)]
+    pub days: Option<u32>,
+    /// The window in hours (instead of days).
+    #[serde(default)]
+    pub hours: Option<u32>,
+}
+
+impl CapConfig {
+    /// The window in milliseconds (0 when neither `days` nor `hours` is set).
+    pub fn window_ms(&self) -> i64 {
+        i64::from(self.days.unwrap_or(0)) * 86_400_000
+            + i64::from(self.hours.unwrap_or(0)) * 3_600_000
+    }
+
+    /// What is wrong with it, in words.
+    pub fn problem(&self) -> Option<String> {
+        if self.max == 0 {
+            return Some("a cap's `max` must be at least 1".into());
+        }
+        if self.window_ms() <= 0 {
+            return Some("a cap needs its window: `days = N` or `hours = N`".into());
+        }
+        None
+    }
+}
+
+/// Quiet hours of a channel: from `start` to `end` local time (`"21:00"` to `"09:00"` spans
+/// midnight).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHours {
+    /// When they begin, `HH:MM`.
+    pub start: String,
+    /// When they end, `HH:MM`.
+    pub end: String,
+}
+
+/// `"HH:MM"` as (hour, minute).
+pub fn parse_hh_mm(s: &str) -> Option<(u32, u32)> {
+    let (h, m) = s.split_once(':')?;
+    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some((h, m))
 }
 
 impl Config {

@@ -444,6 +444,39 @@ fn topic_problems(config: &Config) -> Vec<(String, String)> {
             ));
         }
     }
+    for cap in &config.policy.caps {
+        if let Some(p) = cap.problem() {
+            out.push(("[[policy.caps]]".into(), format!("[[policy.caps]]: {p}")));
+        }
+        for ch in &cap.channels {
+            if !config.channels.contains_key(ch) {
+                out.push((
+                    format!("\"{ch}\""),
+                    format!(
+                        "[[policy.caps]] names channel `{ch}`, which herald.toml does not declare"
+                    ),
+                ));
+            }
+        }
+    }
+    for (ch, q) in &config.policy.quiet_hours {
+        if !config.channels.contains_key(ch) {
+            out.push((
+                "[policy.quiet_hours]".into(),
+                format!(
+                    "[policy.quiet_hours] names channel `{ch}`, which herald.toml does not declare"
+                ),
+            ));
+        }
+        for t in [&q.start, &q.end] {
+            if herald_config::parse_hh_mm(t).is_none() {
+                out.push((
+                    format!("\"{t}\""),
+                    format!("[policy.quiet_hours] {ch}: `{t}` is not a time of day (HH:MM)"),
+                ));
+            }
+        }
+    }
     if let Some(u) = &config.server.public_url {
         if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(['?', '#']) {
             out.push((

@@ -239,6 +239,17 @@ pub enum ChannelError {
         /// Why, in words.
         reason: String,
     },
+    /// The delivery policy holds the send until `until` (quiet hours, a frequency cap): not
+    /// a failure and not an attempt; the policy decides again then.
+    #[error("deferred by the delivery policy ({rule}) until {until}: {reason}")]
+    Deferred {
+        /// When it may go.
+        until: i64,
+        /// `quiet_hours` or `frequency_cap`.
+        rule: String,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// A channel's answer to one send, still to come.

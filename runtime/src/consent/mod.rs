@@ -36,6 +36,10 @@ pub struct ConsentSettings {
     /// `[server] public_url`, without a trailing `/` (`None`: the address the daemon listens
     /// on, [`crate::engine::Engine::public_url`]).
     pub public_url: Option<String>,
+    /// `[[policy.caps]]`.
+    pub caps: Vec<herald_config::CapConfig>,
+    /// `[policy.quiet_hours]`: channel → (start, end) as (hour, minute).
+    pub quiet_hours: BTreeMap<String, ((u32, u32), (u32, u32))>,
 }
 
 impl ConsentSettings {
@@ -45,6 +49,21 @@ impl ConsentSettings {
             topics: config.topics.clone(),
             default_topic: config.policy.default_topic.clone(),
             public_url: config.public_url(),
+            caps: config.policy.caps.clone(),
+            quiet_hours: config
+                .policy
+                .quiet_hours
+                .iter()
+                .filter_map(|(ch, q)| {
+                    Some((
+                        ch.clone(),
+                        (
+                            herald_config::parse_hh_mm(&q.start)?,
+                            herald_config::parse_hh_mm(&q.end)?,
+                        ),
+                    ))
+                })
+                .collect(),
         }
     }
 
@@ -95,6 +114,15 @@ pub enum Decision {
         /// In words, for the journal and `herald why`.
         reason: String,
     },
+    /// Not now: the send waits (a durable timer) until `until`, then the policy decides again.
+    Defer {
+        /// When it may go (milliseconds since the epoch).
+        until: i64,
+        /// `frequency_cap` or `quiet_hours`.
+        rule: &'static str,
+        /// In words.
+        reason: String,
+    },
     /// The policy could not decide (its records could not be read): the send is queued again.
     Wait(String),
 }
@@ -114,6 +142,7 @@ impl Policy<'_> {
         &self,
         message: &OutboundMessage,
         priority: Priority,
+        now: i64,
     ) -> Result<Decision, StoreError> {
         if message.template.is_none() {
             return Ok(Decision::Send);
@@ -134,7 +163,7 @@ impl Policy<'_> {
         let topic = topic.expect("a marketing message has a topic");
         let records = self.store.consent(&message.contact)?;
         match self.settings.status(&records, topic) {
-            ConsentStatus::Subscribed => Ok(Decision::Send),
+            ConsentStatus::Subscribed => self.pacing(message, now),
             ConsentStatus::Unsubscribed => Ok(Decision::Skip {
                 rule: "consent",
                 reason: match records.iter().find(|r| r.topic == topic) {
@@ -149,6 +178,119 @@ impl Policy<'_> {
                 },
             }),
         }
+    }
+}
+
+impl Policy<'_> {
+    /// Quiet hours, then frequency caps, for a marketing message the contact may receive.
+    fn pacing(&self, message: &OutboundMessage, now: i64) -> Result<Decision, StoreError> {
+        if let Some(&((sh, sm), (eh, em))) = self.settings.quiet_hours.get(&message.channel) {
+            let tz = self.store.contact(&message.contact)?.and_then(|c| {
+                c.attributes
+                    .get("timezone")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            });
+            let end = crate::engine::next_local_time(now, tz.as_deref(), eh, em);
+            let start = crate::engine::next_local_time(now, tz.as_deref(), sh, sm);
+            // Inside the quiet hours exactly when their end comes before their next start.
+            if end < start {
+                return Ok(Decision::Defer {
+                    until: end,
+                    rule: "quiet_hours",
+                    reason: format!(
+                        "quiet hours on `{}` ({sh:02}:{sm:02}–{eh:02}:{em:02} in {})",
+                        message.channel,
+                        tz.as_deref().unwrap_or("UTC")
+                    ),
+                });
+            }
+        }
+        let caps: Vec<&herald_config::CapConfig> = self
+            .settings
+            .caps
+            .iter()
+            .filter(|c| c.channels.is_empty() || c.channels.contains(&message.channel))
+            .collect();
+        if caps.is_empty() {
+            return Ok(Decision::Send);
+        }
+        let widest = caps.iter().map(|c| c.window_ms()).max().unwrap_or(0);
+        // The contact's marketing messages sent within the widest window: (time, channel).
+        let mut sent: Vec<(i64, String)> = Vec::new();
+        for run in self.store.runs_of_contact(&message.contact)? {
+            if run.updated_at < now - widest {
+                continue;
+            }
+            for step in self.store.journal(&run.id)? {
+                let at = step.finished_at.unwrap_or(0);
+                let marketing = step
+                    .input
+                    .get("topic")
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| self.settings.is_marketing(Some(t)));
+                if step.kind == "send"
+                    && step.status == crate::model::StepStatus::Done
+                    && step.result.get("status").and_then(|s| s.as_str()) == Some("sent")
+                    && marketing
+                    && at > now - widest
+                {
+                    let ch = step
+                        .input
+                        .get("channel")
+                        .and_then(|c| c.as_str())
+                        .unwrap_or("")
+                        .to_string();
+                    sent.push((at, ch));
+                }
+            }
+        }
+        sent.sort();
+        let mut until: Option<(i64, String)> = None;
+        for cap in caps {
+            let window = cap.window_ms();
+            let counted: Vec<i64> = sent
+                .iter()
+                .filter(|(at, ch)| {
+                    *at > now - window && (cap.channels.is_empty() || cap.channels.contains(ch))
+                })
+                .map(|(at, _)| *at)
+                .collect();
+            if counted.len() >= cap.max as usize {
+                // Allowed again once enough of them have left the window.
+                let oldest = counted[counted.len() - cap.max as usize];
+                let free = oldest + window;
+                let scope = if cap.channels.is_empty() {
+                    "every channel".to_string()
+                } else {
+                    cap.channels.join(", ")
+                };
+                let reason = format!(
+                    "frequency cap: {} marketing messages in {} on {scope} already",
+                    counted.len(),
+                    human_window(window)
+                );
+                if until.as_ref().is_none_or(|(u, _)| free > *u) {
+                    until = Some((free, reason));
+                }
+            }
+        }
+        Ok(match until {
+            Some((until, reason)) => Decision::Defer {
+                until,
+                rule: "frequency_cap",
+                reason,
+            },
+            None => Decision::Send,
+        })
+    }
+}
+
+fn human_window(ms: i64) -> String {
+    if ms % 86_400_000 == 0 {
+        format!("{} days", ms / 86_400_000)
+    } else {
+        format!("{} hours", ms / 3_600_000)
     }
 }
 

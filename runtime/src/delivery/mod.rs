@@ -577,6 +577,21 @@ impl DeliveryStage {
                 match decision {
                     crate::consent::Decision::Send => Ok(m),
                     crate::consent::Decision::Wait(why) => Err(why),
+                    crate::consent::Decision::Defer {
+                        until,
+                        rule,
+                        reason,
+                    } => {
+                        let sink = self.sink.get().and_then(Weak::upgrade);
+                        let result = Err(ChannelError::Deferred {
+                            until,
+                            rule: rule.to_string(),
+                            reason,
+                        });
+                        self.answer(stage, sink.as_deref(), send, result, false, None);
+                        drop(guard);
+                        return None;
+                    }
                     crate::consent::Decision::Skip { rule, reason } => {
                         let sink = self.sink.get().and_then(Weak::upgrade);
                         let result = Err(ChannelError::Skipped {

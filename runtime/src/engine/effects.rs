@@ -460,17 +460,30 @@ impl Engine {
         let outcome = match &o.result {
             Ok(_) => "sent",
             Err(ChannelError::Skipped { .. }) => "skipped",
+            Err(ChannelError::Deferred { .. }) => "deferred",
             Err(ChannelError::Transient(_)) | Err(ChannelError::RateLimited { .. }) => "retry",
             Err(ChannelError::Ambiguous(_)) => "ambiguous",
             Err(_) => "failed",
         };
-        if o.called || outcome == "skipped" {
+        if o.called || outcome == "skipped" || outcome == "deferred" {
             self.metrics.send(&o.channel, outcome);
         }
         let now = self.clock.now_ms();
         step.finished_at = Some(now);
         match &o.result {
-            Ok(d) => self.mark_sent(&run, &mut step, &o.key, &o.channel, d)?,
+            Ok(d) => {
+                // A send that waited on the policy keeps the deferral in its result.
+                let deferred = (step.result.get("status").and_then(Value::as_str)
+                    == Some("deferred"))
+                .then(|| step.result.clone());
+                self.mark_sent(&run, &mut step, &o.key, &o.channel, d)?;
+                if let (Some(mut was), Some(result)) = (deferred, step.result.as_object_mut()) {
+                    if let Some(w) = was.as_object_mut() {
+                        w.remove("status");
+                    }
+                    result.insert("deferred".into(), was);
+                }
+            }
             Err(ChannelError::Skipped { rule, reason }) => {
                 step.status = StepStatus::Done;
                 step.error = None;
@@ -485,6 +498,25 @@ impl Engine {
                     "topic": step.input.get("topic"),
                 });
                 tracing::info!(run = run.id, step = step.seq, rule = %rule, reason = %reason, "send skipped by the delivery policy");
+            }
+            Err(ChannelError::Deferred {
+                until,
+                rule,
+                reason,
+            }) => {
+                // Not an attempt: the send waits on a durable timer (the run's), and the
+                // policy decides again when it is due.
+                step.attempts -= 1;
+                step.status = StepStatus::Retrying;
+                step.due_at = Some(*until);
+                step.error = None;
+                step.result = json!({
+                    "status": "deferred",
+                    "until": until,
+                    "rule": rule,
+                    "reason": reason,
+                });
+                tracing::info!(run = run.id, step = step.seq, rule = %rule, until, reason = %reason, "send deferred by the delivery policy");
             }
             Err(ChannelError::Ambiguous(msg)) => {
                 step.status = StepStatus::Ambiguous;

@@ -783,7 +783,7 @@ impl Sink for Engine {
             store: self.store.as_ref(),
             settings: &state.consent,
         };
-        match policy.decide(message, send.intent.priority) {
+        match policy.decide(message, send.intent.priority, self.clock.now_ms()) {
             Ok(d) => d,
             // Without the records the policy cannot say the send is allowed: it waits.
             Err(e) => crate::consent::Decision::Wait(format!("storage failed: {e}")),
