@@ -26,6 +26,9 @@ use crate::store::{Store, StoreError};
 
 pub use token::{BadToken, LinkClaims, LinkKeys};
 
+/// A time of day: (hour, minute).
+pub type TimeOfDay = (u32, u32);
+
 /// The parts of `herald.toml` the policy and the preference page read, swapped on reload.
 #[derive(Debug, Clone, Default)]
 pub struct ConsentSettings {
@@ -39,7 +42,7 @@ pub struct ConsentSettings {
     /// `[[policy.caps]]`.
     pub caps: Vec<herald_config::CapConfig>,
     /// `[policy.quiet_hours]`: channel → (start, end) as (hour, minute).
-    pub quiet_hours: BTreeMap<String, ((u32, u32), (u32, u32))>,
+    pub quiet_hours: BTreeMap<String, (TimeOfDay, TimeOfDay)>,
 }
 
 impl ConsentSettings {
