@@ -151,6 +151,16 @@ enum Command {
         #[command(subcommand)]
         command: broadcasts::BroadcastCommand,
     },
+    /// Why a contact got (or did not get) a message: the decision trace, oldest first.
+    Why {
+        /// Herald id, userId or anonymousId.
+        contact: String,
+        /// Print the trace as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Work with contacts in the running daemon.
     Contact {
         #[command(subcommand)]
@@ -496,6 +506,37 @@ fn preview(
     Ok(true)
 }
 
+fn why(contact: &str, as_json: bool, remote: &Remote) -> Result<bool> {
+    let (url, token) = remote.resolve()?;
+    let id: String = contact
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let req = ureq::get(&format!("{url}/v1/contacts/{id}/trace"))
+        .set("authorization", &format!("Bearer {token}"));
+    let v = call(req, None)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(true);
+    }
+    println!("contact {}", v["contact"].as_str().unwrap_or(contact));
+    for e in v["trace"].as_array().into_iter().flatten() {
+        let at = e["at"].as_i64().unwrap_or(0);
+        println!(
+            "{}  {:<11} {}",
+            herald_runtime::clock::iso(at),
+            e["kind"].as_str().unwrap_or(""),
+            e["summary"].as_str().unwrap_or("")
+        );
+    }
+    Ok(true)
+}
+
 fn import(
     file: &Path,
     id: Option<String>,
@@ -669,6 +710,11 @@ fn main() -> ExitCode {
             remote,
         } => preview(&template, &contact, &channel, &vars, &remote),
         Command::Broadcast { command } => broadcasts::run(command),
+        Command::Why {
+            contact,
+            json,
+            remote,
+        } => why(&contact, json, &remote),
         Command::Contact {
             command: ContactCommand::Delete { id, remote },
         } => delete_contact(&id, &remote),

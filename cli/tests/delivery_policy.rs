@@ -147,6 +147,56 @@ fn a_frequency_cap_defers_the_fourth_email_and_an_unsubscribe_meanwhile_skips_it
     let out = p.outbox("email");
     assert_eq!(out.len(), 4, "three promotions and the code: {out:?}");
     assert_eq!(out[3]["template"], "code");
+
+    // A second `go` starts nothing (re-entry once); the trace says why, and why the fourth
+    // promotion never arrived.
+    c.track("bo", "go", json!({"again": true}));
+    let trace = eventually("the trace shows the refused start", || {
+        let (s, b) = c.admin_get("/v1/contacts/bo/trace");
+        assert_eq!(s, 200, "{b}");
+        let t = b["trace"].as_array().unwrap().clone();
+        t.iter().any(|e| e["kind"] == "not_started").then_some(t)
+    });
+    let summaries: Vec<&str> = trace
+        .iter()
+        .map(|e| e["summary"].as_str().unwrap())
+        .collect();
+    let find = |needle: &str| {
+        summaries
+            .iter()
+            .position(|s| s.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} in {summaries:#?}"))
+    };
+    let started = find("started by `go`");
+    let capped = find("step 3: send `promo` on `email`: skipped by consent");
+    let unsubscribed = find("unsubscribed `product`");
+    let refused = find("did not start `w`: re-entry `once`");
+    assert!(
+        started < unsubscribed && unsubscribed < capped && capped < refused,
+        "in time order: {summaries:#?}"
+    );
+    let ats: Vec<i64> = trace.iter().map(|e| e["at"].as_i64().unwrap()).collect();
+    assert!(ats.windows(2).all(|w| w[0] <= w[1]), "{ats:?}");
+    // `herald why` prints the same trace.
+    let out = std::process::Command::new(herald_bin())
+        .args([
+            "why",
+            "bo",
+            "--dir",
+            p.path().to_str().unwrap(),
+            "--url",
+            &c.base,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("skipped by consent"), "{text}");
+    assert!(text.contains("re-entry `once`"), "{text}");
 }
 
 #[test]

@@ -30,6 +30,7 @@ pub mod model;
 pub mod reload;
 pub mod store;
 pub mod sync;
+pub mod trace;
 
 /// `herald.toml`'s schema (the `herald-config` crate).
 pub use herald_config as config;

@@ -576,6 +576,21 @@ pub(super) async fn contact_score(
     .await?
 }
 
+/// `GET /v1/contacts/{id}/trace`: the contact's decision trace, oldest first.
+pub(super) async fn contact_trace(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    blocking(move || -> ApiResult<Json<Value>> {
+        let c = find_contact(&shared, &id)?;
+        let trace = shared.engine.trace(&c)?;
+        Ok(Json(json!({"contact": c.id, "trace": trace})))
+    })
+    .await?
+}
+
 #[derive(Deserialize)]
 pub(super) struct PreviewBody {
     pub(super) contact: String,

@@ -177,6 +177,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/segments", get(segments))
         .route("/v1/segments/{name}", get(segment_detail))
         .route("/v1/contacts/{id}/score", get(contact_score))
+        .route("/v1/contacts/{id}/trace", get(contact_trace))
         .route("/v1/templates/{name}/preview", post(preview_template))
         .route("/v1/import/contacts", post(import_contacts))
         .route("/v1/webhooks/{channel}", post(provider_webhook))
