@@ -608,6 +608,10 @@ impl<'s> Working<'s> {
                 from: from.clone(),
                 to: to.clone(),
             });
+            batch.push(Write::MoveConsent {
+                from: from.clone(),
+                to: to.clone(),
+            });
             batch.push(Write::MoveWaits { from, to });
         }
         for (contact, event) in std::mem::take(&mut self.events) {

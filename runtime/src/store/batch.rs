@@ -52,6 +52,14 @@ pub enum Write {
         /// The contact it was merged into.
         to: String,
     },
+    /// A merged-away contact's consent records go to the contact it was merged into; per
+    /// topic the newer record wins (the person's latest choice).
+    MoveConsent {
+        /// The contact merged away.
+        from: String,
+        /// The contact it was merged into.
+        to: String,
+    },
     /// An identity link removed (erasure).
     Unlink {
         /// Which kind of id.

@@ -28,6 +28,59 @@ pub fn check_all(open: &mut dyn FnMut() -> Box<dyn Store>) {
     consent_is_kept_per_contact_and_topic_and_erased_with_the_contact(open().as_ref());
     suppressions_are_listed_per_channel_in_pages_and_can_be_lifted(open().as_ref());
     a_broadcast_snapshot_is_read_in_order_from_a_number_and_cleared(open().as_ref());
+    consent_follows_a_merge_and_the_newer_record_per_topic_wins(open().as_ref());
+}
+
+pub fn consent_follows_a_merge_and_the_newer_record_per_topic_wins(s: &dyn Store) {
+    let record = |topic: &str, status, at| ConsentRecord {
+        topic: topic.into(),
+        status,
+        at,
+        source: "api".into(),
+        ip: None,
+        user_agent: None,
+        message: None,
+    };
+    let mut b = WriteBatch::new();
+    for (contact, topic, status, at) in [
+        ("anon", "newsletter", ConsentStatus::Unsubscribed, 5),
+        ("anon", "product", ConsentStatus::Subscribed, 1),
+        ("anon", "offers", ConsentStatus::Subscribed, 2),
+        ("known", "product", ConsentStatus::Unsubscribed, 3),
+        ("known", "newsletter", ConsentStatus::Subscribed, 4),
+    ] {
+        b.push(Write::Consent {
+            contact: contact.into(),
+            record: record(topic, status, at),
+        });
+    }
+    s.apply(&b).unwrap();
+    let mut b = WriteBatch::new();
+    b.push(Write::MoveConsent {
+        from: "anon".into(),
+        to: "known".into(),
+    });
+    s.apply(&b).unwrap();
+    assert!(
+        s.consent("anon").unwrap().is_empty(),
+        "nothing stays behind"
+    );
+    let mut got: Vec<(String, ConsentStatus, i64)> = s
+        .consent("known")
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.topic, r.status, r.at))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("newsletter".to_string(), ConsentStatus::Unsubscribed, 5),
+            ("offers".to_string(), ConsentStatus::Subscribed, 2),
+            ("product".to_string(), ConsentStatus::Unsubscribed, 3),
+        ],
+        "the newer choice per topic, whichever contact made it"
+    );
 }
 
 pub fn a_broadcast_snapshot_is_read_in_order_from_a_number_and_cleared(s: &dyn Store) {

@@ -327,6 +327,21 @@ impl SledStore {
                         ops.push(remove(TreeId::Waits, k.to_vec()));
                     }
                 }
+                Write::MoveConsent { from, to } => {
+                    for item in self.consent.scan_prefix(prefix(from)) {
+                        let (k, v) = item?;
+                        let moving: ConsentRecord = dec(&v)?;
+                        let target = key2(to, moving.topic.as_bytes());
+                        let keep = match self.consent.get(&target)? {
+                            Some(existing) => dec::<ConsentRecord>(&existing)?.at >= moving.at,
+                            None => false,
+                        };
+                        if !keep {
+                            ops.push(put(TreeId::Consent, target, v.to_vec()));
+                        }
+                        ops.push(remove(TreeId::Consent, k.to_vec()));
+                    }
+                }
                 Write::MessageIds { at, ids } => {
                     ops.extend(self.message_ids_op(*at, ids)?);
                 }
