@@ -311,6 +311,10 @@ const QUICKSTART: &[(&str, &str)] = &[
         "templates/tips.liquid",
         include_str!("../../examples/quickstart/templates/tips.liquid"),
     ),
+    (
+        "templates/confirm.mjml",
+        include_str!("../../examples/quickstart/templates/confirm.mjml"),
+    ),
     (".gitignore", ".herald/\n"),
 ];
 

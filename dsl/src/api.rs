@@ -358,6 +358,26 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
               removes the attribute. Journaled, so replays do not apply it twice.",
     },
     DslFunction {
+        name: "consent",
+        method: false,
+        on: "",
+        overloads: &[
+            &[("topic", ArgType::String), ("status", ArgType::String)],
+            &[
+                ("topic", ArgType::String),
+                ("status", ArgType::String),
+                ("source", ArgType::String),
+            ],
+        ],
+        returns: "()",
+        context: Context::Step,
+        doc: "Record the contact's consent for a topic: `consent(\"newsletter\", \"subscribed\", \
+              \"double_opt_in\")`. Status is `\"subscribed\"` or `\"unsubscribed\"`; the source \
+              (default `\"workflow\"`) is kept with the record, with the run and, as evidence, the \
+              user agent of the event the run last waited for (a confirmation click). Journaled, \
+              durable before the run goes on.",
+    },
+    DslFunction {
         name: "now",
         method: false,
         on: "",

@@ -850,6 +850,19 @@ fn register_steps(engine: &mut Engine) {
             },
         )
     });
+    engine.register_fn(
+        "consent",
+        |ctx: NativeCallContext, topic: ImmutableString, status: ImmutableString| {
+            consent_step(&ctx, &topic, &status, "workflow")
+        },
+    );
+    engine.register_fn(
+        "consent",
+        |ctx: NativeCallContext,
+         topic: ImmutableString,
+         status: ImmutableString,
+         source: ImmutableString| { consent_step(&ctx, &topic, &status, &source) },
+    );
     engine.register_fn("now", |ctx: NativeCallContext| step(&ctx, StepCall::Now));
     engine.register_fn("random", |ctx: NativeCallContext| {
         step(&ctx, StepCall::Random)
@@ -877,6 +890,34 @@ fn register_steps(engine: &mut Engine) {
             exit(&ctx, reason.to_string())
         },
     );
+}
+
+fn consent_step(
+    ctx: &NativeCallContext,
+    topic: &str,
+    status: &str,
+    source: &str,
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    if !matches!(status, "subscribed" | "unsubscribed") {
+        return Err(runtime_error(
+            format!("consent status must be \"subscribed\" or \"unsubscribed\", not \"{status}\""),
+            ctx.call_position(),
+        ));
+    }
+    if topic.trim().is_empty() || source.trim().is_empty() || source.len() > 64 {
+        return Err(runtime_error(
+            "consent needs a topic and a short source such as \"double_opt_in\"",
+            ctx.call_position(),
+        ));
+    }
+    step(
+        ctx,
+        StepCall::Consent {
+            topic: topic.to_string(),
+            status: status.to_string(),
+            source: source.to_string(),
+        },
+    )
 }
 
 fn exit(ctx: &NativeCallContext, reason: String) -> Result<(), Box<EvalAltResult>> {

@@ -45,6 +45,12 @@ pub enum StepCall {
     },
     /// `update(attrs)`.
     Update { attrs: Value },
+    /// `consent(topic, status[, source])`.
+    Consent {
+        topic: String,
+        status: String,
+        source: String,
+    },
     /// `now()`.
     Now,
     /// `random()`.
@@ -66,6 +72,7 @@ impl StepCall {
             StepCall::WaitUntil { .. } => "wait_until",
             StepCall::WaitFor { .. } => "wait_for",
             StepCall::Update { .. } => "update",
+            StepCall::Consent { .. } => "consent",
             StepCall::Now => "now",
             StepCall::Random => "random",
             StepCall::Variant { .. } => "variant",
@@ -83,6 +90,7 @@ impl StepCall {
             } => format!("{channel}:{operation}"),
             StepCall::WaitFor { event, .. } => event.clone(),
             StepCall::Variant { name, .. } => name.clone(),
+            StepCall::Consent { topic, .. } => topic.clone(),
             StepCall::Wait { .. }
             | StepCall::WaitUntil { .. }
             | StepCall::Update { .. }

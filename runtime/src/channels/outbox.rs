@@ -1,4 +1,8 @@
 //! The outbox channel: each rendered message appended as one JSON line to a file.
+//!
+//! A send is answered once its line is on disk (`fdatasync`). Sends in flight together share
+//! one sync (group commit): each appends its line under the lock, then the first to reach the
+//! sync makes every line written so far durable, and those it covered return without another.
 
 #[allow(unused_imports)]
 use super::*;
@@ -8,6 +12,10 @@ pub struct OutboxChannel {
     path: PathBuf,
     idempotent: bool,
     state: Mutex<Option<HashSet<String>>>,
+    /// Lines appended so far (under `state`).
+    written: std::sync::atomic::AtomicU64,
+    /// Lines known to be on disk; held while syncing.
+    synced: Mutex<u64>,
 }
 
 impl OutboxChannel {
@@ -18,6 +26,8 @@ impl OutboxChannel {
             path,
             idempotent,
             state: Mutex::new(None),
+            written: std::sync::atomic::AtomicU64::new(0),
+            synced: Mutex::new(0),
         }
     }
 
@@ -75,10 +85,24 @@ impl OutboxChannel {
             .open(&self.path)
             .map_err(|e| ChannelError::Transient(format!("{}: {e}", self.path.display())))?;
         f.write_all(&line)
-            .and_then(|_| f.sync_data())
             .map_err(|e| ChannelError::Ambiguous(format!("{}: {e}", self.path.display())))?;
+        let mine = 1 + self
+            .written
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Some(keys) = state.as_mut() {
             keys.insert(message.idempotency_key.clone());
+        }
+        drop(state);
+        // Group commit: one sync covers every line written before it.
+        let mut synced = self
+            .synced
+            .lock()
+            .map_err(|_| ChannelError::Ambiguous("outbox sync lock poisoned".into()))?;
+        if *synced < mine {
+            let upto = self.written.load(std::sync::atomic::Ordering::Acquire);
+            f.sync_data()
+                .map_err(|e| ChannelError::Ambiguous(format!("{}: {e}", self.path.display())))?;
+            *synced = upto;
         }
         Ok(Delivery {
             provider_id: Some(message.idempotency_key.clone()),

@@ -275,6 +275,58 @@ impl RunHost {
                 let step = self.new_step(st, &call, line, input);
                 record(st, self, step, json!(arm))
             }
+            StepCall::Consent {
+                topic,
+                status,
+                source,
+            } => {
+                let status = if status == "unsubscribed" {
+                    crate::model::ConsentStatus::Unsubscribed
+                } else {
+                    crate::model::ConsentStatus::Subscribed
+                };
+                // Evidence: the event the run last waited for (a confirmation click carries
+                // the user agent and the message whose link was used).
+                let waited = st
+                    .journal
+                    .iter()
+                    .take(st.cursor)
+                    .rev()
+                    .find(|s| s.kind == "wait_for" && s.status == StepStatus::Done)
+                    .map(|s| s.result.get("properties").cloned().unwrap_or(Value::Null));
+                let prop = |k: &str| {
+                    waited
+                        .as_ref()
+                        .and_then(|p| p.get(k))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                let evidence = crate::consent::Evidence {
+                    ip: prop("ip"),
+                    user_agent: prop("user_agent"),
+                    message: prop("message_id").or_else(|| Some(st.run.id.clone())),
+                };
+                let rec = crate::consent::record(topic, status, st.now, source, &evidence);
+                let mut batch = WriteBatch::new();
+                batch.push(Write::Consent {
+                    contact: st.run.contact.clone(),
+                    record: rec.clone(),
+                });
+                if let Err(e) = self.store().apply(&batch) {
+                    st.store_error = Some(e);
+                    return Err(Interrupt::Park(
+                        "storage failed while recording consent".into(),
+                    ));
+                }
+                let input = json!({"topic": topic, "status": status.as_str(), "source": source});
+                let step = self.new_step(st, &call, line, input);
+                record(
+                    st,
+                    self,
+                    step,
+                    serde_json::to_value(&rec).unwrap_or(Value::Null),
+                )
+            }
             StepCall::Update { attrs } => {
                 let contact_id = st.run.contact.clone();
                 match self.engine.locked_live_contact(&contact_id) {
