@@ -27,7 +27,7 @@ fn init_scaffolds_a_project_that_checks_clean_and_refuses_to_overwrite() {
     assert!(project.join("workflows/welcome.rhai").exists());
     let (ok, stdout, stderr) = herald(&["check", project.to_str().unwrap()]);
     assert!(ok, "{stderr}");
-    assert_eq!(stdout.trim(), "ok: 1 workflow(s), 3 template(s)");
+    assert_eq!(stdout.trim(), "ok: 1 workflow(s), 4 template(s)");
     let (ok, _, stderr) = herald(&["init", project.to_str().unwrap()]);
     assert!(!ok);
     assert!(

@@ -283,3 +283,53 @@ fn the_import_and_preview_commands_talk_to_the_running_daemon() {
     assert!(stdout.contains("To: zoe@example.com"), "{stdout}");
     assert!(stdout.contains("Hello Zoe"), "{stdout}");
 }
+
+#[test]
+fn a_liquid_email_gets_its_html_part_from_name_html_with_every_value_escaped() {
+    let p = TestProject::new("");
+    p.template(
+        "note",
+        "---\nsubject: Hi {{ contact.first_name }}\n---\nHi {{ contact.first_name }}, read https://example.com/a",
+    );
+    std::fs::write(
+        p.path().join("templates/note.html"),
+        "<html><body><p>Hi {{ contact.first_name }}</p><a href=\"https://example.com/a\">read</a></body></html>\n",
+    )
+    .unwrap();
+    // An HTML part without its Liquid template is refused by the checker.
+    std::fs::write(p.path().join("templates/orphan.html"), "<p>x</p>").unwrap();
+    let engine = herald_dsl::build_engine(&herald_dsl::Limits::default());
+    let (project, report) = herald_runtime::project::Project::load(p.path(), &engine);
+    assert!(project.is_none());
+    let orphan = report.for_file("templates/orphan.html");
+    assert_eq!(orphan.len(), 1, "{orphan:?}");
+    assert!(
+        orphan[0].message.contains("needs templates/orphan.liquid"),
+        "{orphan:?}"
+    );
+    std::fs::remove_file(p.path().join("templates/orphan.html")).unwrap();
+
+    p.workflow("n.rhai", "workflow(\"n\").on_event(\"go\");\nfn run(contact, trigger) { send(\"email\", \"note\"); }\n");
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.identify(
+        "m",
+        json!({"first_name": "<b>Mo</b>", "email": "mo@example.com"}),
+    );
+    c.track("m", "go", json!({}));
+    let sent = eventually("sent", || p.outbox("email").first().cloned());
+    assert_eq!(
+        sent["body"], "Hi <b>Mo</b>, read https://example.com/a",
+        "the text part as written"
+    );
+    let html = sent["html"].as_str().unwrap();
+    assert!(
+        html.contains("<p>Hi &lt;b&gt;Mo&lt;&#x2F;b&gt;</p>"),
+        "escaped in HTML: {html}"
+    );
+    assert!(
+        html.contains(&format!("{}/c/", c.base)),
+        "tracked like MJML's: {html}"
+    );
+    assert!(html.contains(&format!("{}/o/", c.base)), "{html}");
+}

@@ -363,7 +363,14 @@ fn every_documented_function_is_registered_with_every_overload() {
     for f in herald_dsl::DSL_FUNCTIONS {
         assert!(!f.doc.is_empty(), "{} has no documentation", f.name);
         for params in f.overloads {
-            let args: Vec<&str> = params.iter().map(|(_, t)| sample(*t)).collect();
+            // Arguments with a closed set of values get one of them.
+            let args: Vec<&str> = params
+                .iter()
+                .map(|(n, t)| match (f.name, *n) {
+                    ("consent", "status") => "\"subscribed\"",
+                    _ => sample(*t),
+                })
+                .collect();
             let call = format!("{}({})", f.name, args.join(", "));
             let receiver = match f.on {
                 "Workflow" => "workflow(\"w\").",

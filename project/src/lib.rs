@@ -255,7 +255,9 @@ pub fn file_kind(rel: &str) -> FileKind {
             FileKind::Broadcast
         }
         Some(("templates", name))
-            if !name.contains('/') && templates::template_name(name).is_some() =>
+            if !name.contains('/')
+                && (templates::template_name(name).is_some()
+                    || templates::html_part_name(name).is_some()) =>
         {
             FileKind::Template
         }
@@ -491,6 +493,10 @@ fn topic_problems(config: &Config) -> Vec<(String, String)> {
 /// Every template names a declared topic (or `transactional`), or takes `default_topic`.
 fn check_template_topics(config: &Config, files: &[(String, String)], report: &mut CheckReport) {
     for (file, source) in files {
+        // An HTML part has no front matter: its `.liquid` names the topic.
+        if file.ends_with(".html") {
+            continue;
+        }
         let Ok((fields, _)) = herald_dsl::template::split_front_matter(source) else {
             continue;
         };

@@ -10,6 +10,11 @@
 //!
 //! `send("email", "welcome")` uses `templates/welcome.email.liquid` when it exists, else
 //! `templates/welcome.liquid`.
+//!
+//! An email written in Liquid gets an HTML part from `templates/NAME.html` (or
+//! `NAME.CHANNEL.html`, beside `NAME.CHANNEL.liquid`): Liquid, every value HTML-escaped, no
+//! front matter; `NAME.liquid` keeps the front matter and is the text part. The `.html`
+//! extension never collides with the `NAME.CHANNEL.liquid` override rule.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +38,8 @@ struct Template {
     mjml: bool,
     /// The front matter's `topic`, as written (a topic is a name, never computed).
     topic: Option<String>,
+    /// The HTML part from `NAME.html`, for a Liquid template.
+    html_part: Option<liquid::Template>,
 }
 
 /// A rendered message.
@@ -174,7 +181,28 @@ impl Templates {
         let mut errors = Vec::new();
         let mut files = Vec::new();
         let parser = parser();
+        let mut html_parts: Vec<(String, String, liquid::Template)> = Vec::new();
         for file_name in sources.list("templates") {
+            if let Some(name) = html_part_name(&file_name) {
+                let display = format!("templates/{file_name}");
+                match sources.read(&display) {
+                    Ok(text) => {
+                        match parser.parse(&text) {
+                            Ok(t) => html_parts.push((name.to_string(), display.clone(), t)),
+                            Err(e) => errors.push(TemplateError {
+                                file: display.clone(),
+                                message: e.to_string(),
+                            }),
+                        }
+                        files.push((display, text));
+                    }
+                    Err(e) => errors.push(TemplateError {
+                        file: display,
+                        message: e.to_string(),
+                    }),
+                }
+                continue;
+            }
             let Some((name, mjml)) = template_name(&file_name) else {
                 continue;
             };
@@ -206,6 +234,23 @@ impl Templates {
                 }),
             }
         }
+        for (name, file, part) in html_parts {
+            match out.by_name.get_mut(&name) {
+                Some(t) if !t.mjml => t.html_part = Some(part),
+                Some(_) => errors.push(TemplateError {
+                    file,
+                    message: format!(
+                        "templates/{name}.mjml already makes the HTML part; keep one of the two"
+                    ),
+                }),
+                None => errors.push(TemplateError {
+                    file,
+                    message: format!(
+                        "an HTML part needs templates/{name}.liquid beside it (its front matter and text part)"
+                    ),
+                }),
+            }
+        }
         (out, errors, files)
     }
 
@@ -232,6 +277,7 @@ impl Templates {
             body,
             mjml,
             topic,
+            html_part: None,
         })
     }
 
@@ -313,10 +359,20 @@ impl Templates {
                 fields,
             });
         }
+        let html = match &t.html_part {
+            Some(part) => {
+                let escaped = lenient::Obj::from_json(&html_escaped(globals_json));
+                let html = part
+                    .render(&escaped)
+                    .map_err(|e| format!("template {name}, HTML part: {}", flatten(&e)))?;
+                Some(html)
+            }
+            None => None,
+        };
         Ok(Rendered {
             subject,
             body,
-            html: None,
+            html,
             fields,
         })
     }
@@ -411,6 +467,11 @@ pub fn template_name(file_name: &str) -> Option<(&str, bool)> {
         (None, Some(n)) => Some((n, true)),
         _ => None,
     }
+}
+
+/// The template an HTML part (`NAME.html`, `NAME.CHANNEL.html`) belongs to.
+pub fn html_part_name(file_name: &str) -> Option<&str> {
+    file_name.strip_suffix(".html").filter(|n| !n.is_empty())
 }
 
 /// A template variable that can never be set: the file, the 1-based line, the variable.

@@ -47,7 +47,9 @@ pub fn is_project_file(project: &Path, path: &Path) -> bool {
     match first.as_str() {
         "herald.toml" => true,
         "workflows" => name.ends_with(".rhai"),
-        "templates" => name.ends_with(".liquid") || name.ends_with(".mjml"),
+        "templates" => {
+            name.ends_with(".liquid") || name.ends_with(".mjml") || name.ends_with(".html")
+        }
         "segments" | "broadcasts" => name.ends_with(".rhai"),
         "scoring.rhai" => true,
         "plugins" => true,
@@ -98,6 +100,7 @@ pub fn fingerprint(project: &Path) -> String {
     collect(&project.join("broadcasts"), "rhai", &mut files);
     collect(&project.join("templates"), "liquid", &mut files);
     collect(&project.join("templates"), "mjml", &mut files);
+    collect(&project.join("templates"), "html", &mut files);
     let plugins = plugin_dirs(project);
     for dir in &plugins {
         files.push(dir.join("plugin.toml"));
