@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-const NEWS: &str = "---\ntopic: newsletter\nsubject: Spring news\n---\n<mjml>\n  <mj-body>\n    <mj-section>\n      <mj-column>\n        <mj-text>Hello {{ contact.first_name }}!</mj-text>\n        <mj-button href=\"https://blog.example/post\">Read the post</mj-button>\n        <mj-text><a href=\"https://shop.example/spring?utm=news&amp;x=1\" data-herald-link=\"cta\">Shop</a> or <a href=\"https://raw.example/\" data-herald-track=\"off\">an untracked link</a>. Leave: <a href=\"{{ message.unsubscribe_url }}\">unsubscribe</a></mj-text>\n      </mj-column>\n    </mj-section>\n  </mj-body>\n</mjml>\n";
+const NEWS: &str = "---\ntopic: newsletter\nsubject: Spring news\n---\n<mjml>\n  <mj-body>\n    <mj-section>\n      <mj-column>\n        <mj-text>Hello {{ contact.first_name }}!</mj-text>\n        <mj-button href=\"https://blog.example/post\">Read the post</mj-button>\n        <mj-text><a href=\"https://shop.example/spring?utm=news&amp;x=1\" data-herald-link=\"cta\">Shop</a> or <a href=\"https://raw.example/\" data-herald-track=\"off\">an untracked link</a>. Leave: <a href=\"{{ message.unsubscribe_url }}\">unsubscribe</a>. <a href=\"{{ message.view_url }}\" data-herald-track=\"off\">View in your browser</a></mj-text>\n      </mj-column>\n    </mj-section>\n  </mj-body>\n</mjml>\n";
 
 fn project(smtp: &Smtp) -> TestProject {
     let p = TestProject::new(&format!(
@@ -254,4 +254,21 @@ fn http_public_urls_get_a_list_unsubscribe_link_without_one_click_and_a_channel_
         "not rewritten: {html}"
     );
     assert!(!html.contains("/o/"), "no pixel: {html}");
+
+    // "View in browser": the message as sent, served by the daemon behind a signed link.
+    let decoded = html.replace("&#x2F;", "/");
+    let view = links(&decoded, "http://herald.example.com/v/").remove(0);
+    let path = view.strip_prefix("http://herald.example.com").unwrap();
+    let page = ureq::get(&format!("{}{path}", c.base)).call().unwrap();
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let body = page.into_string().unwrap();
+    assert!(body.contains("Hello Bo!"), "{body}");
+    let forged = format!("{}{}x", c.base, path);
+    match ureq::get(&forged).call() {
+        Err(ureq::Error::Status(404, _)) => {}
+        other => panic!("a changed token is refused: {other:?}"),
+    }
 }

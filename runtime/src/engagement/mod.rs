@@ -24,6 +24,8 @@ use crate::store::{Store, StoreError};
 const OPEN: u8 = 2;
 /// The token kind of a click redirect.
 const CLICK: u8 = 3;
+/// The token kind of a "view in browser" link.
+const VIEW: u8 = 4;
 /// Longest click token accepted (destinations can be long URLs).
 pub const MAX_CLICK_TOKEN: usize = 8192;
 /// Longest open token accepted.
@@ -65,6 +67,24 @@ pub fn click_token(
     link: &str,
 ) -> String {
     keys.sign_parts(CLICK, &[contact, message, channel, url, link])
+}
+
+/// The "view in browser" token of a message.
+pub fn view_token(keys: &LinkKeys, contact: &str, message: &str, channel: &str) -> String {
+    keys.sign_parts(VIEW, &[contact, message, channel])
+}
+
+/// The claims of a "view in browser" token.
+pub fn verify_view(keys: &LinkKeys, token: &str) -> Result<Engagement, BadToken> {
+    let p = keys.verify_parts(VIEW, token, 3, MAX_OPEN_TOKEN)?;
+    let [contact, message, channel]: [String; 3] = p.try_into().map_err(|_| BadToken)?;
+    Ok(Engagement {
+        contact,
+        message,
+        channel,
+        url: None,
+        link: None,
+    })
 }
 
 /// The claims of an open token.

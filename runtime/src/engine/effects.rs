@@ -197,9 +197,20 @@ impl RunHost {
                 &st.run.id,
                 variants,
             );
+            let view_url = format!(
+                "{}/v/{}",
+                self.engine.public_url(),
+                crate::engagement::view_token(
+                    &self.engine.link_keys(),
+                    &message.contact,
+                    &message.idempotency_key,
+                    channel,
+                )
+            );
             globals["message"] = json!({
                 "topic": message.topic,
                 "unsubscribe_url": message.unsubscribe.as_ref().map(|u| u.url.clone()),
+                "view_url": view_url,
             });
             match state.templates.render(template, channel, &globals) {
                 Ok(r) => {

@@ -72,6 +72,55 @@ pub(super) async fn open_pixel(
         .into_response()
 }
 
+/// `GET /v/{token}`: the message as it was sent ("view in browser"), from its journaled step.
+pub(super) async fn view_in_browser(
+    State(shared): State<Arc<Shared>>,
+    Path(token): Path<String>,
+) -> Response {
+    let Ok(e) = crate::engagement::verify_view(&shared.engine.link_keys(), &token) else {
+        return not_found();
+    };
+    let engine = shared.engine.clone();
+    let found = blocking(move || -> Option<String> {
+        let (run, step) = e.message.rsplit_once(':')?;
+        let step: usize = step.parse().ok()?;
+        let journal = engine.store.journal(run).ok()?;
+        let input = &journal.get(step)?.input;
+        if input.get("contact").and_then(Value::as_str) != Some(e.contact.as_str()) {
+            return None;
+        }
+        match input.get("html").and_then(Value::as_str) {
+            Some(html) => Some(html.to_string()),
+            None => input.get("body").and_then(Value::as_str).map(|b| {
+                format!(
+                    "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title></head><body><pre style=\"white-space:pre-wrap;font:1rem/1.5 system-ui,sans-serif\">{}</pre></body></html>",
+                    html_escape::encode_text(input.get("subject").and_then(Value::as_str).unwrap_or("Message")),
+                    html_escape::encode_text(b)
+                )
+            }),
+        }
+    })
+    .await;
+    match found {
+        Ok(Some(html)) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "private, no-store"),
+                (header::REFERRER_POLICY, "no-referrer"),
+                (header::X_FRAME_OPTIONS, "DENY"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; img-src * data:; style-src 'unsafe-inline'; font-src *",
+                ),
+            ],
+            html,
+        )
+            .into_response(),
+        _ => not_found(),
+    }
+}
+
 /// `GET /c/{token}`: record the click and redirect to the link's destination.
 pub(super) async fn click_redirect(
     State(shared): State<Arc<Shared>>,

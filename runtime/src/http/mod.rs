@@ -210,6 +210,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/u/{token}", get(preference_page).post(preference_post))
         .route("/o/{token}", get(open_pixel))
         .route("/c/{token}", get(click_redirect))
+        .route("/v/{token}", get(view_in_browser))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
