@@ -66,10 +66,14 @@ impl TestProject {
         self
     }
 
-    /// Lines written to an outbox channel so far.
+    /// Lines written to an outbox channel so far (a line the daemon is writing at this
+    /// moment, not yet ended by its newline, is left for the next look).
     pub fn outbox(&self, channel: &str) -> Vec<Value> {
-        std::fs::read_to_string(self.path().join("out").join(format!("{channel}.jsonl")))
-            .unwrap_or_default()
+        let text =
+            std::fs::read_to_string(self.path().join("out").join(format!("{channel}.jsonl")))
+                .unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).expect("outbox lines are JSON"))
             .collect()
