@@ -17,11 +17,15 @@ async function main() {
   const browser = await puppeteer.launch({
     executablePath: process.env.HERALD_CHROMIUM || '/usr/bin/chromium',
     headless: true,
+    // No timeouts: a busy machine may be slow, never wrong.
+    timeout: 0,
+    protocolTimeout: 0,
     args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run'],
   });
   const requests = [];
   try {
     const page = await browser.newPage();
+    page.setDefaultTimeout(0);
     await page.setJavaScriptEnabled(false);
     page.on('request', (r) => requests.push(r.url()));
     const first = await page.goto(url, { waitUntil: 'load' });
@@ -34,6 +38,7 @@ async function main() {
     const after = await saved.text();
 
     const check = await browser.newPage();
+    check.setDefaultTimeout(0);
     await check.setBypassCSP(true);
     check.on('request', (r) => requests.push(r.url()));
     await check.goto(url, { waitUntil: 'load' });
