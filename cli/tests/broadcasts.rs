@@ -518,3 +518,65 @@ fn a_broadcast_killed_again_and_again_reaches_every_recipient_exactly_once() {
     assert!(twice.is_empty(), "nobody twice: {twice:?}");
     assert_eq!(progress["sent"], N, "{d}");
 }
+
+/// `herald ARGS --dir PROJECT --url DAEMON`: (success, stdout, stderr).
+fn herald_cli(p: &TestProject, c: &Client, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(herald_bin())
+        .args(args)
+        .args(["--dir", p.path().to_str().unwrap(), "--url", &c.base])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_broadcast_commands_drive_the_running_daemon() {
+    let p = project("");
+    let d = p.start();
+    let c = Client::new(d.url());
+    people(&c, 2);
+    eventually("the segment has its two readers", || {
+        let (_, b) = c.admin_get("/v1/segments/readers");
+        (b["size"] == 2).then_some(())
+    });
+    let (ok, out, err) = herald_cli(&p, &c, &["broadcast", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("spring") && l.contains("draft")),
+        "{out}"
+    );
+    let (ok, out, err) = herald_cli(
+        &p,
+        &c,
+        &["broadcast", "preview", "spring", "--contact", "r0"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("Subject: Spring for R0"), "{out}");
+    let (ok, out, err) = herald_cli(&p, &c, &["broadcast", "test", "spring", "--to", "r1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("started bc-spring-seed"), "{out}");
+    let (ok, out, err) = herald_cli(&p, &c, &["broadcast", "schedule", "spring"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("broadcast spring scheduled"), "{out}");
+    settled(&c, "spring");
+    let (ok, out, err) = herald_cli(&p, &c, &["broadcast", "show", "spring"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("broadcast spring: completed"), "{out}");
+    assert!(
+        out.lines().any(|l| l.trim() == "sent       2"),
+        "both readers: {out}"
+    );
+    // Bad input is a clear error and a failing exit status.
+    let (ok, _, err) = herald_cli(&p, &c, &["broadcast", "schedule", "spring"]);
+    assert!(!ok);
+    assert!(err.contains("sent once"), "{err}");
+    let (ok, _, err) = herald_cli(&p, &c, &["broadcast", "pause", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("not scheduled"), "{err}");
+}

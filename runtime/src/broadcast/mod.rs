@@ -223,7 +223,7 @@ impl Engine {
         if let Some(existing) = self.broadcast_record(name)? {
             return Err(EngineError::Invalid(format!(
                 "broadcast \"{name}\" is already {} (a broadcast is sent once: copy it under a new name to send it again)",
-                serde_json::to_value(existing.status).unwrap_or_default().as_str().unwrap_or("scheduled")
+                status_name(existing.status)
             )));
         }
         self.store_version(&wf)?;
@@ -477,7 +477,7 @@ impl Engine {
             }
             busy |= match r.status {
                 BroadcastStatus::Scheduled if r.start_at <= self.clock.now_ms() => {
-                    self.advance(&r.name, |r| {
+                    self.advance_with(&r.name, BroadcastStatus::Scheduled, Vec::new(), |r| {
                         r.status = BroadcastStatus::Snapshotting;
                         r.started_at = Some(r.start_at.max(r.scheduled_at));
                     })?;
@@ -520,14 +520,6 @@ impl Engine {
         self.put_record(&r, &mut batch);
         self.apply_durably(&batch)?;
         Ok(true)
-    }
-
-    fn advance(
-        &self,
-        name: &str,
-        f: impl FnOnce(&mut BroadcastRecord),
-    ) -> Result<bool, EngineError> {
-        self.advance_with(name, BroadcastStatus::Scheduled, Vec::new(), f)
     }
 
     /// Look at the next page of contacts and add the audience's members to the snapshot.
