@@ -580,3 +580,29 @@ fn the_broadcast_commands_drive_the_running_daemon() {
     assert!(!ok);
     assert!(err.contains("not scheduled"), "{err}");
 }
+
+#[test]
+fn a_recipient_who_reaches_the_broadcasts_goal_converts() {
+    let p = project("");
+    broadcast(
+        &p,
+        "sale.rhai",
+        "broadcast(\"sale\").audience(\"readers\").channel(\"email\").template(\"spring\")\n    \
+         .topic(\"newsletter\").goal(\"order_completed\", days(3));\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    people(&c, 1);
+    eventually("the segment has its reader", || {
+        let (_, b) = c.admin_get("/v1/segments/readers");
+        (b["size"] == 1).then_some(())
+    });
+    let (s, b) = c.admin_post("/v1/broadcasts/sale/schedule", json!({}));
+    assert_eq!(s, 200, "{b}");
+    settled(&c, "sale");
+    let run = c.runs_of("r0")[0]["id"].as_str().unwrap().to_string();
+    assert!(run.starts_with("bc-sale-"), "{run}");
+    // No workflow of the project knows this event: only the scheduled broadcast's goal does.
+    c.track("r0", "order_completed", json!({"revenue": 42}));
+    c.run_reaches(&run, "converted", 1);
+}

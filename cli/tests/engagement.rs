@@ -110,6 +110,11 @@ fn a_broadcast_by_smtp_carries_unsubscribe_headers_and_tracked_links_that_record
     let (s, b) = c.admin_post("/v1/broadcasts/news/schedule", json!({}));
     assert_eq!(s, 200, "{b}");
     let (head, html) = received(&smtp, 1).remove(0);
+    // The send is recorded (its time is what a click is measured from) before time moves on.
+    eventually("the send is recorded", || {
+        let runs = c.runs_of("ada");
+        (runs.first()?["status"] == "completed").then_some(())
+    });
     let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
     assert!(
         unfolded.contains("List-Unsubscribe: <https://herald.example.com/u/"),

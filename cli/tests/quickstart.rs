@@ -96,6 +96,11 @@ fn a_confirmation_click_records_double_opt_in_consent_and_starts_the_welcome_ser
     let (_, consent) = c.admin_get("/v1/contacts/ada/consent");
     assert_eq!(consent["topics"][0]["status"], "unsubscribed", "{consent}");
 
+    // The send is recorded (a click is measured from it) before time moves on.
+    eventually("the confirmation's send is recorded", || {
+        let id = c.runs_of("ada").first()?["id"].as_str()?.to_string();
+        (c.run(&id)["journal"][0]["status"] == "done").then_some(())
+    });
     // A scanner fetching the link at once does not confirm.
     assert_eq!(get(link, "Mozilla/5.0").0, 302);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -130,11 +135,12 @@ fn without_a_confirmation_nothing_but_the_confirmation_is_sent() {
     c.set_clock(1_800_000_000_000);
     c.identify("bo", json!({"first_name": "Bo", "email": "bo@example.com"}));
     c.track("bo", "newsletter_subscribed", json!({}));
-    let run = eventually("the run waits", || {
-        c.runs_of("bo")
-            .first()
-            .filter(|r| r["status"] == "waiting")
-            .and_then(|r| r["id"].as_str().map(str::to_string))
+    // The run waits for the confirmation (its wait_for is journaled) before time moves on.
+    let run = eventually("the run waits for the click", || {
+        let id = c.runs_of("bo").first()?["id"].as_str()?.to_string();
+        let r = c.run(&id);
+        (r["journal"][1]["kind"] == "wait_for" && r["journal"][1]["status"] == "pending")
+            .then_some(id)
     });
     c.advance(4 * 24 * 3_600_000);
     let r = c.run_reaches(&run, "exited", 2);

@@ -531,7 +531,7 @@ impl Engine {
 
     /// Which event names can matter to any stored script version (its triggers, goal and
     /// waits). Events of other names are stored but skip the engine entirely.
-    fn compute_interest(&self) -> Result<(), EngineError> {
+    pub(crate) fn compute_interest(&self) -> Result<(), EngineError> {
         let mut names = HashSet::new();
         let mut all = false;
         let mut waited = Some(HashSet::new());
@@ -619,9 +619,15 @@ impl Engine {
             source: wf.source.clone(),
             stored_at: self.clock.now_ms(),
         })?;
-        self.versions
+        let new = self
+            .versions
             .locked()
-            .insert(wf.hash.clone(), Arc::new(wf.loaded.clone()));
+            .insert(wf.hash.clone(), Arc::new(wf.loaded.clone()))
+            .is_none();
+        // Its goal and waits make their events matter to the engine from now on.
+        if new {
+            self.compute_interest()?;
+        }
         Ok(())
     }
 

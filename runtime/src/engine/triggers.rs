@@ -75,14 +75,15 @@ impl Engine {
                 self.resolve_wait(&contact, &w, &event)?;
             }
         }
-        // 2. Goals of runs in flight.
+        // 2. Goals of runs in flight, and of runs that completed within their goal's window
+        //    (a broadcast's run completes once its message is sent; its goal comes later).
         let runs = if goal {
             self.store.runs_of_contact(&contact.id)?
         } else {
             Vec::new()
         };
         for run in runs {
-            if run.status.is_terminal() {
+            if run.status.is_terminal() && run.status != RunStatus::Completed {
                 continue;
             }
             let Ok(wf) = self.version(&run.script_hash) else {
