@@ -175,6 +175,12 @@ fn print_progress(v: &Value) {
     println!("  started    {}", p["started"]);
     println!("  waiting    {}", p["waiting"]);
     println!("  queued     {}", p["queued"]);
+    let deferred = p["deferred"].as_object().cloned().unwrap_or_default();
+    let total: u64 = deferred.values().filter_map(Value::as_u64).sum();
+    println!("  deferred   {total}");
+    for (rule, n) in deferred {
+        println!("    {n:>8}  {rule}");
+    }
     println!("  sent       {}", p["sent"]);
     println!("  failed     {}", p["failed"]);
     println!("  ambiguous  {}", p["ambiguous"]);

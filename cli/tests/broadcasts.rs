@@ -71,7 +71,13 @@ fn settled(c: &Client, name: &str) -> Value {
     eventually("the broadcast completes and settles", || {
         let d = detail(c, name);
         let p = &d["progress"];
-        let open = p["queued"].as_u64().unwrap() + p["waiting"].as_u64().unwrap();
+        let deferred: u64 = p["deferred"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        let open = p["queued"].as_u64().unwrap() + p["waiting"].as_u64().unwrap() + deferred;
         (d["status"] == "completed" && open == 0).then_some(d)
     })
 }
@@ -605,4 +611,32 @@ fn a_recipient_who_reaches_the_broadcasts_goal_converts() {
     // No workflow of the project knows this event: only the scheduled broadcast's goal does.
     c.track("r0", "order_completed", json!({"revenue": 42}));
     c.run_reaches(&run, "converted", 1);
+}
+
+#[test]
+fn a_broadcast_in_quiet_hours_shows_its_deferred_sends_and_delivers_them_when_they_end() {
+    let p = project("[policy.quiet_hours]\nemail = { start = \"21:00\", end = \"09:00\" }\n\n");
+    let d = p.start();
+    let c = Client::new(d.url());
+    // 2026-12-08 03:00 UTC; the contacts have no timezone, so UTC applies.
+    let three_am = 1_796_698_800_000;
+    c.set_clock(three_am);
+    people(&c, 2);
+    eventually("the segment has its two readers", || {
+        let (_, b) = c.admin_get("/v1/segments/readers");
+        (b["size"] == 2).then_some(())
+    });
+    let (s, b) = c.admin_post("/v1/broadcasts/spring/schedule", json!({}));
+    assert_eq!(s, 200, "{b}");
+    let held = eventually("both sends are deferred", || {
+        let d = detail(&c, "spring");
+        (d["progress"]["deferred"]["quiet_hours"] == 2).then_some(d)
+    });
+    assert_eq!(held["progress"]["sent"], 0, "{held}");
+    assert!(p.outbox("email").is_empty());
+    c.set_clock(three_am + 6 * 3_600_000);
+    let done = settled(&c, "spring");
+    assert_eq!(done["progress"]["sent"], 2, "{done}");
+    assert_eq!(done["progress"]["deferred"], json!({}), "{done}");
+    assert_eq!(p.outbox("email").len(), 2);
 }

@@ -159,6 +159,8 @@ pub struct Progress {
     pub started: u64,
     /// Messages waiting in the delivery stage (queued or to be retried).
     pub queued: u64,
+    /// Messages the delivery policy deferred (quiet hours, a frequency cap), by rule.
+    pub deferred: BTreeMap<String, u64>,
     /// Runs waiting for a local send time or another step.
     pub waiting: u64,
     /// Messages the provider accepted.
@@ -708,6 +710,12 @@ fn count_run(p: &mut Progress, run: &crate::model::Run, journal: &[crate::model:
             },
             StepStatus::Failed => p.failed += 1,
             StepStatus::Ambiguous => p.ambiguous += 1,
+            StepStatus::Retrying
+                if s.result.get("status").and_then(Value::as_str) == Some("deferred") =>
+            {
+                let rule = s.result.get("rule").and_then(Value::as_str).unwrap_or("");
+                *p.deferred.entry(rule.to_string()).or_default() += 1;
+            }
             _ => p.queued += 1,
         }
     }
