@@ -117,6 +117,16 @@ pub fn a_broadcast_snapshot_is_read_in_order_from_a_number_and_cleared(s: &dyn S
     assert_eq!(rest.len(), 299, "the rest of this broadcast only");
     assert_eq!(rest.last().unwrap(), &(301, "d299".to_string()));
     assert_eq!(s.recipients("spring", 302, 10).unwrap(), []);
+    // Erasing a contact takes it out of every snapshot; the others keep their numbers.
+    let mut b = WriteBatch::new();
+    b.push(Write::EraseContact {
+        contact: "c1".into(),
+    });
+    s.apply(&b).unwrap();
+    assert_eq!(
+        s.recipients("spring", 0, 3).unwrap(),
+        [(0, "c3".to_string()), (2, "d0".into()), (3, "d1".into())]
+    );
     s.clear_recipients("spring").unwrap();
     assert_eq!(s.recipients("spring", 0, 10).unwrap(), []);
     assert_eq!(

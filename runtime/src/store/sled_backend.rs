@@ -415,6 +415,13 @@ impl SledStore {
                 ops.push(gone(TreeId::Timers, &k));
             }
         }
+        // Broadcast snapshots: the contact's place is left empty (a broadcast reads past it).
+        for item in self.recipients.iter() {
+            let (k, v) = item?;
+            if v.as_ref() == contact.as_bytes() {
+                ops.push(gone(TreeId::Recipients, &k));
+            }
+        }
         // Records shared with other contacts are written again without this one.
         for item in self.segment_log.iter() {
             let (k, v) = item?;
