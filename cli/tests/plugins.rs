@@ -34,20 +34,6 @@ fn twilio_callback(c: &Client, params: &[(&str, &str)], body: &str) -> (u16, ser
     }
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            if e.file_name() != ".herald" {
-                copy_dir(&e.path(), &target);
-            }
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 /// `examples/multichannel`, pointed at loopback stand-ins for the providers.
 fn example_project(smtp: &Smtp, twilio: &Recorder, hook: &Recorder) -> tempfile::TempDir {
     std::env::set_var("TWILIO_AUTH_TOKEN", "twilio-secret-token");

@@ -10,21 +10,6 @@ use serde_json::{json, Value};
 
 const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0";
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        if e.file_name() == ".herald" {
-            continue;
-        }
-        if src.is_dir() {
-            copy_dir(&src, &dst);
-        } else {
-            std::fs::copy(&src, &dst).unwrap();
-        }
-    }
-}
-
 /// The quickstart project in a scratch directory, on a free port, with a manual clock.
 fn quickstart() -> (tempfile::TempDir, herald_runtime::daemon::RunningDaemon) {
     let dir = tempfile::tempdir().unwrap();

@@ -659,3 +659,18 @@ impl Smtp {
         Smtp { port, inbox }
     }
 }
+
+/// Copy an example project (without its `.herald` data directory) into `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            if e.file_name() != ".herald" {
+                copy_dir(&e.path(), &target);
+            }
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}

@@ -76,20 +76,17 @@ pub fn view_token(keys: &LinkKeys, contact: &str, message: &str, channel: &str) 
 
 /// The claims of a "view in browser" token.
 pub fn verify_view(keys: &LinkKeys, token: &str) -> Result<Engagement, BadToken> {
-    let p = keys.verify_parts(VIEW, token, 3, MAX_OPEN_TOKEN)?;
-    let [contact, message, channel]: [String; 3] = p.try_into().map_err(|_| BadToken)?;
-    Ok(Engagement {
-        contact,
-        message,
-        channel,
-        url: None,
-        link: None,
-    })
+    verify_message(keys, VIEW, token)
 }
 
 /// The claims of an open token.
 pub fn verify_open(keys: &LinkKeys, token: &str) -> Result<Engagement, BadToken> {
-    let p = keys.verify_parts(OPEN, token, 3, MAX_OPEN_TOKEN)?;
+    verify_message(keys, OPEN, token)
+}
+
+/// A token of `kind` that names a message (contact, message, channel).
+fn verify_message(keys: &LinkKeys, kind: u8, token: &str) -> Result<Engagement, BadToken> {
+    let p = keys.verify_parts(kind, token, 3, MAX_OPEN_TOKEN)?;
     let [contact, message, channel]: [String; 3] = p.try_into().map_err(|_| BadToken)?;
     Ok(Engagement {
         contact,
