@@ -408,8 +408,12 @@ fn check(dir: &Path, format: CheckFormat) -> Result<bool> {
             Ok(false)
         }
         Some(p) => {
+            let broadcasts = match p.broadcasts.len() {
+                0 => String::new(),
+                n => format!(", {n} broadcast(s)"),
+            };
             println!(
-                "ok: {} workflow(s), {} template(s)",
+                "ok: {} workflow(s), {} template(s){broadcasts}",
                 p.workflows.len(),
                 p.templates.names().count()
             );

@@ -550,6 +550,12 @@ fn the_broadcast_commands_drive_the_running_daemon() {
         let (_, b) = c.admin_get("/v1/segments/readers");
         (b["size"] == 2).then_some(())
     });
+    let check = std::process::Command::new(herald_bin())
+        .args(["check", p.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(said.contains(", 1 broadcast(s)"), "{said}");
     let (ok, out, err) = herald_cli(&p, &c, &["broadcast", "list"]);
     assert!(ok, "{err}");
     assert!(
