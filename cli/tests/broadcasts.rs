@@ -646,3 +646,22 @@ fn a_broadcast_in_quiet_hours_shows_its_deferred_sends_and_delivers_them_when_th
     assert_eq!(done["progress"]["deferred"], json!({}), "{done}");
     assert_eq!(p.outbox("email").len(), 2);
 }
+
+#[test]
+fn seed_sends_are_not_held_by_quiet_hours_while_the_broadcast_itself_is() {
+    let p = project("[policy.quiet_hours]\nemail = { start = \"21:00\", end = \"09:00\" }\n\n");
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.set_clock(1_796_698_800_000); // 03:00 UTC
+    people(&c, 1);
+    let (s, b) = c.admin_post("/v1/broadcasts/spring/test", json!({"contacts": ["r0"]}));
+    assert_eq!(s, 200, "{b}");
+    let run = b["runs"][0].as_str().unwrap().to_string();
+    let done = c.run_reaches(&run, "completed", 1);
+    assert_eq!(done["journal"][0]["result"]["status"], "sent", "{done}");
+    assert_eq!(
+        p.outbox("email").len(),
+        1,
+        "the seed send went out in quiet hours"
+    );
+}

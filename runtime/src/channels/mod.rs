@@ -105,6 +105,10 @@ pub struct OutboundMessage {
     /// Herald rewrote the HTML's links through its click redirect and added its open pixel.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tracked: bool,
+    /// A broadcast's test send to its seed list: frequency caps and quiet hours do not hold
+    /// it (consent and suppression still do).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seed: bool,
 }
 
 /// The unsubscribe links of a message (`List-Unsubscribe`, and a link in the body).
@@ -151,6 +155,8 @@ struct OutboundRecord {
     unsubscribe: Option<Unsubscribe>,
     #[serde(default)]
     tracked: bool,
+    #[serde(default)]
+    seed: bool,
 }
 
 impl From<OutboundRecord> for OutboundMessage {
@@ -179,6 +185,7 @@ impl From<OutboundRecord> for OutboundMessage {
             topic: r.topic,
             unsubscribe: r.unsubscribe,
             tracked: r.tracked,
+            seed: r.seed,
         }
     }
 }

@@ -166,6 +166,8 @@ impl Policy<'_> {
         let topic = topic.expect("a marketing message has a topic");
         let records = self.store.consent(&message.contact)?;
         match self.settings.status(&records, topic) {
+            // A seed send (a broadcast's test) is not held by caps or quiet hours.
+            ConsentStatus::Subscribed if message.seed => Ok(Decision::Send),
             ConsentStatus::Subscribed => self.pacing(message, now),
             ConsentStatus::Unsubscribed => Ok(Decision::Skip {
                 rule: "consent",

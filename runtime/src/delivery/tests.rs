@@ -119,6 +119,7 @@ fn send(key: &str, priority: Priority) -> QueuedSend {
             topic: None,
             unsubscribe: None,
             tracked: false,
+            seed: false,
         })),
     }
 }

@@ -157,6 +157,8 @@ impl RunHost {
             topic: None,
             unsubscribe: None,
             tracked: false,
+            seed: st.run.trigger["type"] == "broadcast"
+                && st.run.trigger["properties"]["seed"] == true,
         };
         if let Some(template) = template {
             // The topic the template names (or the project's default), and for a marketing
