@@ -140,7 +140,10 @@ pub fn run(command: BroadcastCommand) -> Result<bool> {
                 &remote,
                 &format!(
                     "/v1/broadcasts/{name}/preview?contact={}",
-                    urlencode(&contact)
+                    percent_encoding::utf8_percent_encode(
+                        &contact,
+                        percent_encoding::NON_ALPHANUMERIC
+                    )
                 ),
             )?;
             if let Some(arm) = v["arm"].as_str() {
@@ -194,17 +197,6 @@ fn print_progress(v: &Value) {
 
 fn short(v: &Value) -> String {
     v.as_str().unwrap_or("").chars().take(12).collect()
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn control(remote: &Remote, name: &str, action: &str) -> Result<bool> {

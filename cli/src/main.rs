@@ -516,15 +516,7 @@ fn preview(
 
 fn why(contact: &str, as_json: bool, remote: &Remote) -> Result<bool> {
     let (url, token) = remote.resolve()?;
-    let id: String = contact
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let id = percent_encoding::utf8_percent_encode(contact, percent_encoding::NON_ALPHANUMERIC);
     let req = ureq::get(&format!("{url}/v1/contacts/{id}/trace"))
         .set("authorization", &format!("Bearer {token}"));
     let v = call(req, None)?;

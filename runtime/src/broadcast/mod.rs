@@ -658,7 +658,7 @@ impl Engine {
                 return Ok(wf.clone());
             }
         }
-        let loaded = self.version_of(&r.hash).map_err(EngineError::Invalid)?;
+        let loaded = self.version(&r.hash).map_err(EngineError::Invalid)?;
         let stored = self.store.script(&r.hash)?.ok_or_else(|| {
             EngineError::Invalid(format!("script version {} is not stored", r.hash))
         })?;

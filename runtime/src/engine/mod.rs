@@ -631,12 +631,8 @@ impl Engine {
         Ok(())
     }
 
-    /// The compiled script version `hash`.
-    pub(crate) fn version_of(&self, hash: &str) -> Result<Arc<LoadedWorkflow>, String> {
-        self.version(hash)
-    }
-
-    fn version(&self, hash: &str) -> Result<Arc<LoadedWorkflow>, String> {
+    /// The compiled script version `hash` (compiled from the store when not kept).
+    pub(crate) fn version(&self, hash: &str) -> Result<Arc<LoadedWorkflow>, String> {
         if let Some(v) = self.versions.locked().get(hash) {
             return Ok(v.clone());
         }
