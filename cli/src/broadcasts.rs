@@ -53,6 +53,16 @@ pub enum BroadcastCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Decide a testing broadcast's A/B test now and send the winner to the rest of the
+    /// audience: the arm named, or the best by the declared metric so far.
+    Decide {
+        /// The broadcast's name.
+        name: String,
+        /// The winning arm (default: the declared metric decides).
+        arm: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Send the current file version to a seed list now (kept out of its numbers).
     Test {
         /// The broadcast's name.
@@ -120,6 +130,20 @@ pub fn run(command: BroadcastCommand) -> Result<bool> {
         BroadcastCommand::Pause { name, remote } => control(&remote, &name, "pause"),
         BroadcastCommand::Resume { name, remote } => control(&remote, &name, "resume"),
         BroadcastCommand::Cancel { name, remote } => control(&remote, &name, "cancel"),
+        BroadcastCommand::Decide { name, arm, remote } => {
+            let body = match arm {
+                Some(arm) => json!({ "arm": arm }),
+                None => json!({}),
+            };
+            let v = post(&remote, &format!("/v1/broadcasts/{name}/decide"), &body)?;
+            let d = &v["test"]["decision"];
+            println!(
+                "broadcast {name}: arm {} wins; sending it to the rest of the audience",
+                d["winner"].as_str().unwrap_or("")
+            );
+            print_arms(&d["arms"], v["test"]["metric"].as_str().unwrap_or(""));
+            Ok(true)
+        }
         BroadcastCommand::Test { name, to, remote } => {
             let v = post(
                 &remote,
@@ -192,6 +216,57 @@ fn print_progress(v: &Value) {
     println!("  skipped    {total}");
     for (why, n) in skipped {
         println!("    {n:>8}  {why}");
+    }
+    if p["held"].as_u64().unwrap_or(0) > 0 {
+        println!("  held       {} (waiting for the test's winner)", p["held"]);
+    }
+    let t = &r["test"];
+    if t.is_object() {
+        let metric = t["metric"].as_str().unwrap_or("");
+        println!(
+            "  A/B test   {}% of the audience, decided by {metric}",
+            t["share"]
+        );
+        match t["decision"].as_object() {
+            Some(d) => {
+                println!(
+                    "  winner     {} (decided by {})",
+                    d["winner"].as_str().unwrap_or(""),
+                    d["by"].as_str().unwrap_or("")
+                );
+                print_arms(&d["arms"], metric);
+            }
+            None => {
+                if let Some(due) = t["testers_started_at"].as_i64() {
+                    let after = t["after_ms"].as_i64().unwrap_or(0);
+                    println!("  decided at {} (ms since the epoch)", due + after);
+                }
+                print_arms(&v["test_results"], metric);
+            }
+        }
+    }
+}
+
+/// Each arm's numbers of an A/B test.
+fn print_arms(arms: &Value, metric: &str) {
+    let Some(arms) = arms.as_object() else { return };
+    println!(
+        "    {:<12} {:>8} {:>8} {:>9} {:>7}",
+        "ARM",
+        "TESTERS",
+        "SENT",
+        metric.to_uppercase(),
+        "RATE"
+    );
+    for (arm, a) in arms {
+        println!(
+            "    {:<12} {:>8} {:>8} {:>9} {:>6.1}%",
+            arm,
+            a["testers"],
+            a["sent"],
+            a["reached"],
+            a["rate"].as_f64().unwrap_or(0.0) * 100.0
+        );
     }
 }
 

@@ -412,6 +412,24 @@ fn herald_check_reports_a_missing_segment_an_unknown_topic_and_an_incomplete_bro
         "workflow.rhai",
         "workflow(\"w2\").on_event(\"x\");\nfn run(contact, trigger) {}\n",
     );
+    broadcast(
+        &p,
+        "undecided.rhai",
+        "broadcast(\"undecided\").channel(\"email\").arms(#{ a: \"spring\", b: \"summer\" })\n    \
+         .topic(\"newsletter\").test_share(20);\n",
+    );
+    broadcast(
+        &p,
+        "goalless.rhai",
+        "broadcast(\"goalless\").channel(\"email\").arms(#{ a: \"spring\", b: \"summer\" })\n    \
+         .topic(\"newsletter\").test_share(20).winner(\"converted\", hours(4));\n",
+    );
+    broadcast(
+        &p,
+        "share.rhai",
+        "broadcast(\"share\").channel(\"email\").arms(#{ a: \"spring\", b: \"summer\" })\n    \
+         .topic(\"newsletter\").test_share(100).winner(\"clicked\", hours(4));\n",
+    );
     let errors = check_errors(&p);
     let find = |file: &str| {
         errors
@@ -447,6 +465,23 @@ fn herald_check_reports_a_missing_segment_an_unknown_topic_and_an_incomplete_bro
     );
     let e = find("workflow.rhai");
     assert!(e.iter().any(|x| x.1 == "H030"), "{errors:?}");
+    let e = find("undecided.rhai");
+    assert!(
+        e.iter()
+            .any(|x| x.1 == "H031" && x.2.contains("needs `.winner(...)`")),
+        "{errors:?}"
+    );
+    let e = find("goalless.rhai");
+    assert!(
+        e.iter()
+            .any(|x| x.1 == "H031" && x.2.contains("needs the broadcast's `.goal(...)`")),
+        "{errors:?}"
+    );
+    let e = find("share.rhai");
+    assert!(
+        e.iter().any(|x| x.2.contains("from 1 to 99; got 100")),
+        "{errors:?}"
+    );
     // The daemon refuses the project whole: nothing is sent from a broken broadcast.
     let out = std::process::Command::new(herald_bin())
         .args(["check", p.path().to_str().unwrap()])
@@ -664,4 +699,203 @@ fn seed_sends_are_not_held_by_quiet_hours_while_the_broadcast_itself_is() {
         1,
         "the seed send went out in quiet hours"
     );
+}
+
+/// Two arms tested on half the readers; the other half waits for the winner.
+const DUEL: &str = "broadcast(\"duel\").audience(\"readers\").channel(\"email\")\n    \
+    .arms(#{ a: \"spring\", b: \"summer\" }).topic(\"newsletter\")\n    \
+    .goal(\"order_completed\", days(3))\n    .test_share(50).winner(\"converted\", hours(2));\n";
+
+/// Each arm's recipients in the outbox (arm `a` sends "Spring for …", `b` "Summer").
+fn arms_received(p: &TestProject) -> BTreeMap<String, String> {
+    p.outbox("email")
+        .iter()
+        .map(|m| {
+            let subject = m["subject"].as_str().unwrap_or_default();
+            let arm = if subject.starts_with("Spring") {
+                "a"
+            } else {
+                "b"
+            };
+            (m["to"].as_str().unwrap().to_string(), arm.to_string())
+        })
+        .collect()
+}
+
+/// The broadcast is testing: every tester's message is settled, the rest held.
+fn testing(c: &Client, name: &str) -> Value {
+    eventually(
+        "the testers' messages are sent and the rest is held",
+        || {
+            let d = detail(c, name);
+            let p = &d["progress"];
+            (d["status"] == "testing" && p["queued"] == 0 && p["waiting"] == 0).then_some(d)
+        },
+    )
+}
+
+#[test]
+fn an_ab_test_sends_the_arms_to_its_share_and_the_winner_by_conversions_to_the_rest() {
+    let p = project("");
+    broadcast(&p, "duel.rhai", DUEL);
+    let d = p.start();
+    let c = Client::new(d.url());
+    let t0 = 1_796_724_000_000; // 2026-12-08 10:00 UTC
+    c.set_clock(t0);
+    people(&c, 40);
+    eventually("the segment has its readers", || {
+        let (_, b) = c.admin_get("/v1/segments/readers");
+        (b["size"] == 40).then_some(())
+    });
+    let (s, b) = c.admin_post("/v1/broadcasts/duel/schedule", json!({}));
+    assert_eq!(s, 200, "{b}");
+    let t = testing(&c, "duel");
+    let (sent, held) = (
+        t["progress"]["sent"].as_u64().unwrap(),
+        t["progress"]["held"].as_u64().unwrap(),
+    );
+    assert_eq!(sent + held, 40, "{t}");
+    assert!(sent > 0 && held > 0, "half-ish test, half-ish held: {t}");
+    let testers = arms_received(&p);
+    assert_eq!(testers.len() as u64, sent, "one message per tester");
+    let b_testers: Vec<&String> = testers
+        .iter()
+        .filter(|(_, a)| *a == "b")
+        .map(|(to, _)| to)
+        .collect();
+    let a_testers: Vec<&String> = testers
+        .iter()
+        .filter(|(_, a)| *a == "a")
+        .map(|(to, _)| to)
+        .collect();
+    assert!(
+        !a_testers.is_empty() && !b_testers.is_empty(),
+        "both arms tested: {testers:?}"
+    );
+
+    // Every tester of arm b orders, one of arm a does.
+    let user = |to: &str| to.split('@').next().unwrap().to_string();
+    for to in &b_testers {
+        c.track(&user(to), "order_completed", json!({"revenue": 10}));
+    }
+    c.track(
+        &user(a_testers[0]),
+        "order_completed",
+        json!({"revenue": 10}),
+    );
+    let so_far = eventually("the conversions count for their arms", || {
+        let d = detail(&c, "duel");
+        let r = &d["test_results"];
+        (r["b"]["reached"] == b_testers.len() && r["a"]["reached"] == 1).then_some(d)
+    });
+    assert_eq!(
+        so_far["status"], "testing",
+        "not decided before its time: {so_far}"
+    );
+    assert_eq!(
+        p.outbox("email").len() as u64,
+        sent,
+        "the rest is still held"
+    );
+
+    // Two hours after the last tester started, the winner goes to the rest.
+    c.advance(2 * 3_600_000 + 1);
+    let done = settled(&c, "duel");
+    let decision = &done["record"]["test"]["decision"];
+    assert_eq!(decision["winner"], "b", "{done}");
+    assert_eq!(decision["by"], "metric", "{done}");
+    assert_eq!(decision["arms"]["b"]["sent"], b_testers.len(), "{done}");
+    assert_eq!(decision["arms"]["b"]["reached"], b_testers.len(), "{done}");
+    assert_eq!(decision["arms"]["a"]["sent"], a_testers.len(), "{done}");
+    assert_eq!(decision["arms"]["a"]["reached"], 1, "{done}");
+    assert_eq!(done["progress"]["sent"], 40, "{done}");
+    assert_eq!(done["progress"]["held"], 0, "{done}");
+    let all = arms_received(&p);
+    assert_eq!(recipients(&p).values().max(), Some(&1), "each reader once");
+    assert_eq!(all.len(), 40);
+    for (to, arm) in &all {
+        if !testers.contains_key(to) {
+            assert_eq!(arm, "b", "{to} got the winner");
+        }
+    }
+    // A tester's run took its arm; one of the rest took the winner, in the winner phase.
+    let rest = all.keys().find(|to| !testers.contains_key(*to)).unwrap();
+    let run = &c.runs_of(&user(rest))[0];
+    let (_, r) = c.admin_get(&format!("/v1/runs/{}", run["id"].as_str().unwrap()));
+    assert_eq!(r["journal"][0]["kind"], "variant", "{r}");
+    assert_eq!(r["journal"][0]["result"], "b", "{r}");
+}
+
+#[test]
+fn an_operator_decides_a_test_early_and_clients_cannot_forge_engagement() {
+    let p = project("");
+    broadcast(
+        &p,
+        "early.rhai",
+        &DUEL
+            .replace("duel", "early")
+            .replace("\"converted\", hours(2)", "\"clicked\", days(7)"),
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    people(&c, 20);
+    eventually("the segment has its readers", || {
+        let (_, b) = c.admin_get("/v1/segments/readers");
+        (b["size"] == 20).then_some(())
+    });
+    let (ok, _, err) = herald_cli(&p, &c, &["broadcast", "decide", "early"]);
+    assert!(!ok);
+    assert!(err.contains("not scheduled"), "{err}");
+    let (s, b) = c.admin_post("/v1/broadcasts/early/schedule", json!({}));
+    assert_eq!(s, 200, "{b}");
+    let t = testing(&c, "early");
+    let testers = arms_received(&p);
+    assert_eq!(
+        testers.len() as u64,
+        t["progress"]["sent"].as_u64().unwrap()
+    );
+
+    // A client with the public key cannot claim Herald's own engagement facts.
+    let tester = testers
+        .keys()
+        .next()
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_string();
+    let run = c.runs_of(&tester)[0]["id"].as_str().unwrap().to_string();
+    let forged = json!({"userId": tester, "event": "email_clicked",
+        "messageId": format!("engagement:email:{run}:1:clicked"),
+        "properties": {"run": run}});
+    let (s, b) = c.try_ingest("/v1/track", &forged.to_string()).unwrap();
+    assert_eq!(s, 400, "{b}");
+    assert!(b.to_string().contains("reserved_message_id"), "{b}");
+
+    let (ok, _, err) = herald_cli(&p, &c, &["broadcast", "decide", "spring"]);
+    assert!(!ok);
+    assert!(err.contains("not scheduled"), "{err}");
+    let (ok, _, err) = herald_cli(&p, &c, &["broadcast", "decide", "early", "c"]);
+    assert!(!ok);
+    assert!(err.contains("no arm \"c\""), "{err}");
+    let (ok, out, err) = herald_cli(&p, &c, &["broadcast", "decide", "early", "a"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("arm a wins"), "{out}");
+    let done = settled(&c, "early");
+    assert_eq!(
+        done["record"]["test"]["decision"]["by"], "operator",
+        "{done}"
+    );
+    assert_eq!(done["progress"]["sent"], 20, "{done}");
+    for (to, arm) in arms_received(&p) {
+        if !testers.contains_key(&to) {
+            assert_eq!(arm, "a", "{to} got the operator's pick");
+        }
+    }
+    let (ok, _, err) = herald_cli(&p, &c, &["broadcast", "decide", "early"]);
+    assert!(!ok, "decided once");
+    assert!(err.contains("is completed"), "{err}");
+    let (ok, out, _) = herald_cli(&p, &c, &["broadcast", "show", "early"]);
+    assert!(ok);
+    assert!(out.contains("winner     a (decided by operator)"), "{out}");
 }

@@ -361,6 +361,31 @@ pub fn check_broadcast(
             "remove `.on_event(...)`; start it with `herald broadcast schedule NAME`",
         );
     }
+    match (spec.test_share, &spec.winner) {
+        (Some(_), None) => incomplete(
+            "`.test_share(...)` needs `.winner(...)`: how the test is decided".into(),
+            "add `.winner(\"clicked\", hours(4))`",
+        ),
+        (None, Some(_)) => incomplete(
+            "`.winner(...)` needs `.test_share(...)`: the share of the audience that tests the arms".into(),
+            "add `.test_share(20)`",
+        ),
+        (Some(_), Some(rule)) => {
+            if spec.arms.is_empty() || has_run {
+                incomplete(
+                    "an A/B test needs `.arms(...)` and the generated send (no `fn run`)".into(),
+                    "declare `.arms(#{ a: \"template_a\", b: \"template_b\" })` and remove `fn run`",
+                );
+            }
+            if rule.metric == "converted" && decl.goal.is_none() {
+                incomplete(
+                    "a test decided by \"converted\" needs the broadcast's `.goal(...)`".into(),
+                    "add `.goal(\"order_completed\", days(3))`, or decide by \"clicked\"",
+                );
+            }
+        }
+        (None, None) => {}
+    }
     let mut generated = String::new();
     if has_run {
         if matches!(spec.send_at, Some(crate::decl::SendAt::LocalTime { .. })) {
@@ -425,10 +450,15 @@ fn generated_run(name: &str, channel: &str, spec: &crate::decl::BroadcastSpec) -
                 .iter()
                 .map(|(a, t)| format!("{}: {}", lit(a), lit(t)))
                 .collect();
+            // A tested broadcast's runs carry their arms' weights: even for the testers, the
+            // winner's alone for the rest.
+            let arms = match spec.test_share {
+                Some(_) => "trigger.properties.arms".to_string(),
+                None => format!("[{}]", arms.join(", ")),
+            };
             body.push_str(&format!(
-                "    let arm = variant({}, [{}]);\n    let templates = #{{ {} }};\n    send({}, templates[arm]);\n",
+                "    let arm = variant({}, {arms});\n    let templates = #{{ {} }};\n    send({}, templates[arm]);\n",
                 lit(name),
-                arms.join(", "),
                 templates.join(", "),
                 lit(channel)
             ));

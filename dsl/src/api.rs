@@ -273,6 +273,31 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
               contact gets one arm (an even, deterministic split), recorded on its run.",
     },
     DslFunction {
+        name: "test_share",
+        method: true,
+        on: "Broadcast",
+        overloads: &[&[("percent", Int)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "Test the arms on this percent of the audience (1 to 99) first: each tester gets \
+              one arm (an even, deterministic split), the rest of the audience waits and then \
+              receives the arm `.winner(...)` picks. Needs `.arms(...)` and `.winner(...)`.",
+    },
+    DslFunction {
+        name: "winner",
+        method: true,
+        on: "Broadcast",
+        overloads: &[&[("metric", ArgType::String), ("after", Int)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "How the test of `.test_share(...)` is decided: `after` the last tester's run \
+              started (e.g. `hours(4)`), the arm with the highest rate of `metric` per \
+              message sent wins and goes to the rest of the audience. `metric` is \
+              `\"opened\"` or `\"clicked\"` (unique, machine opens and clicks excluded) or \
+              `\"converted\"` (the broadcast's `.goal(...)`); a tie goes to the arm first by \
+              name. `herald broadcast decide NAME [ARM]` decides it earlier.",
+    },
+    DslFunction {
         name: "goal",
         method: true,
         on: "Broadcast",

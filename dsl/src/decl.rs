@@ -185,7 +185,27 @@ pub struct BroadcastSpec {
     /// Whether the file defines its own `fn run(contact, trigger)` (a multi-step send).
     #[serde(default)]
     pub custom_run: bool,
+    /// Percent of the audience (1–99) that receives the arms as a test; the rest receives
+    /// the winning arm once the test is decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_share: Option<u32>,
+    /// How the test's winner is chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner: Option<WinnerRule>,
 }
+
+/// How a broadcast's A/B test picks the arm the rest of the audience receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WinnerRule {
+    /// `opened`, `clicked` (unique, machine opens and clicks excluded) or `converted` (the
+    /// broadcast's goal), per message sent.
+    pub metric: String,
+    /// How long after the last test message was started the winner is decided, in ms.
+    pub after_ms: i64,
+}
+
+/// The metrics a broadcast's test can be decided by.
+pub const WINNER_METRICS: &[&str] = &["opened", "clicked", "converted"];
 
 /// The handle returned by `broadcast(name)`; its methods fill in the declaration.
 #[derive(Debug, Clone)]

@@ -620,6 +620,51 @@ fn register_broadcasts(engine: &mut Engine) {
         },
     );
     engine.register_fn(
+        "test_share",
+        |ctx: NativeCallContext,
+         b: &mut BroadcastBuilder,
+         percent: i64|
+         -> Result<BroadcastBuilder, Box<EvalAltResult>> {
+            if !(1..=99).contains(&percent) {
+                return Err(runtime_error(
+                    format!("test_share is the percent of the audience that tests the arms, from 1 to 99; got {percent}"),
+                    ctx.call_position(),
+                ));
+            }
+            Ok(b.update(|s| s.test_share = Some(percent as u32)))
+        },
+    );
+    engine.register_fn(
+        "winner",
+        |ctx: NativeCallContext,
+         b: &mut BroadcastBuilder,
+         metric: ImmutableString,
+         after: i64|
+         -> Result<BroadcastBuilder, Box<EvalAltResult>> {
+            if !decl::WINNER_METRICS.contains(&metric.as_str()) {
+                return Err(runtime_error(
+                    format!(
+                        "winner is decided by {}; got \"{metric}\"",
+                        decl::WINNER_METRICS.join(", ")
+                    ),
+                    ctx.call_position(),
+                ));
+            }
+            if after <= 0 {
+                return Err(runtime_error(
+                    format!("winner needs a positive time to wait for the test's results, such as hours(4); got {after}"),
+                    ctx.call_position(),
+                ));
+            }
+            Ok(b.update(|s| {
+                s.winner = Some(decl::WinnerRule {
+                    metric: metric.to_string(),
+                    after_ms: after,
+                })
+            }))
+        },
+    );
+    engine.register_fn(
         "goal",
         |b: &mut BroadcastBuilder, event: ImmutableString, window: i64| {
             b.update_decl(|d| {

@@ -25,7 +25,7 @@ pub use analysis::{
 pub use api::{DslFunction, DSL_FUNCTIONS};
 pub use decl::{
     BroadcastSpec, Goal, Priority, Reentry, RuleCondition, RuleDecl, ScoringDecl, SegmentDecl,
-    SendAt, Trigger, WorkflowDecl,
+    SendAt, Trigger, WinnerRule, WorkflowDecl, WINNER_METRICS,
 };
 pub use diagnostic::{render_diagnostics, Diagnostic, Severity};
 pub use engine::{build_engine, run_activation, ActivationEnd, Limits};

@@ -16,6 +16,13 @@
 //!    covers them; a crash repeats at most one page, whose runs already exist and are not
 //!    started twice;
 //! 4. **completed**, or **paused** / **cancelled** by an operator between pages.
+//!
+//! A broadcast with an A/B test (`.test_share(...)`, `.winner(...)`) sends in two passes over
+//! the snapshot: the first starts the testers' runs (a deterministic share of the recipients,
+//! each given one arm, evenly), then the broadcast is **testing** until the winner is decided
+//! (`after` the last tester started, by the rate of the declared metric per message sent, or
+//! earlier by an operator); the decision and each arm's numbers are stored in the record, and
+//! the second pass starts the rest of the recipients' runs with the winning arm alone.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +54,8 @@ pub enum BroadcastStatus {
     Cancelled,
     /// Every recipient's run is started.
     Completed,
+    /// An A/B test's runs are started; the rest of the audience waits for its winner.
+    Testing,
 }
 
 impl BroadcastStatus {
@@ -54,7 +63,10 @@ impl BroadcastStatus {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            BroadcastStatus::Scheduled | BroadcastStatus::Snapshotting | BroadcastStatus::Sending
+            BroadcastStatus::Scheduled
+                | BroadcastStatus::Snapshotting
+                | BroadcastStatus::Sending
+                | BroadcastStatus::Testing
         )
     }
 }
@@ -88,7 +100,8 @@ pub struct BroadcastRecord {
     pub snapshot_after: Option<String>,
     /// Contacts in the snapshot.
     pub recipients: u64,
-    /// Recipients whose run is started (the dispatch cursor).
+    /// The dispatch cursor of the current pass over the snapshot (every recipient before it
+    /// was looked at; an A/B-tested broadcast makes two passes).
     pub dispatched: u64,
     /// When the snapshot was taken and sending began.
     pub started_at: Option<i64>,
@@ -97,6 +110,72 @@ pub struct BroadcastRecord {
     /// Status before a pause (to resume into).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_from: Option<BroadcastStatus>,
+    /// The A/B test, when the broadcast declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<AbTest>,
+}
+
+/// A broadcast's A/B test: a share of the audience receives the arms, the rest the winner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbTest {
+    /// Percent of the recipients that test the arms.
+    pub share: u32,
+    /// `opened`, `clicked` or `converted`.
+    pub metric: String,
+    /// How long after the last tester's run started the winner is decided (ms).
+    pub after_ms: i64,
+    /// The arms, in the order ties are broken.
+    pub arms: Vec<String>,
+    /// When every tester's run was started (the test's clock starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub testers_started_at: Option<i64>,
+    /// The decision, once made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<TestDecision>,
+}
+
+impl AbTest {
+    /// When the winner is decided unless an operator decides first.
+    pub fn due_at(&self) -> Option<i64> {
+        self.testers_started_at
+            .map(|t| t.saturating_add(self.after_ms))
+    }
+}
+
+/// How an A/B test was decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestDecision {
+    /// The arm the rest of the audience receives.
+    pub winner: String,
+    /// When it was decided.
+    pub decided_at: i64,
+    /// `metric` (the declared rule when due) or `operator` (`herald broadcast decide`).
+    pub by: String,
+    /// Each arm's numbers when it was decided.
+    pub arms: BTreeMap<String, ArmResult>,
+}
+
+/// One arm's numbers among the testers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArmResult {
+    /// Testers whose run took this arm.
+    pub testers: u64,
+    /// Messages of this arm the provider accepted.
+    pub sent: u64,
+    /// Of those, how many reached the metric (unique per recipient).
+    pub reached: u64,
+    /// `reached / sent` (0 without sends).
+    pub rate: f64,
+}
+
+/// Whether `contact` (as the snapshot names it) is among broadcast `name`'s testers: a
+/// deterministic `share` percent of the recipients.
+pub fn is_tester(name: &str, contact: &str, share: u32) -> bool {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{contact}\u{1f}{name}\u{1f}test").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(b) % 100 < u64::from(share)
 }
 
 /// The `meta` key of a broadcast's record.
@@ -173,6 +252,8 @@ pub struct Progress {
     pub ambiguous: u64,
     /// Recipients erased or merged away before their run started.
     pub gone: u64,
+    /// Recipients waiting for an A/B test's winner.
+    pub held: u64,
 }
 
 impl Engine {
@@ -252,6 +333,17 @@ impl Engine {
             started_at: None,
             finished_at: None,
             paused_from: None,
+            test: match (spec.test_share, &spec.winner) {
+                (Some(share), Some(rule)) => Some(AbTest {
+                    share,
+                    metric: rule.metric.clone(),
+                    after_ms: rule.after_ms,
+                    arms: spec.arms.iter().map(|(a, _)| a.clone()).collect(),
+                    testers_started_at: None,
+                    decision: None,
+                }),
+                _ => None,
+            },
         };
         let mut batch = WriteBatch::new();
         self.put_record(&record, &mut batch);
@@ -340,6 +432,12 @@ impl Engine {
             }
         }
         self.store_version(&wf)?;
+        let spec = wf.loaded.decl.broadcast.clone().unwrap_or_default();
+        // Seeds of a tested broadcast see the arms as the testers do.
+        let arms = spec.test_share.map(|_| {
+            let names: Vec<String> = spec.arms.iter().map(|(a, _)| a.clone()).collect();
+            (arm_weights(&names, None), "seed")
+        });
         let batch = self.store.next_id()?;
         let mut runs = Vec::new();
         let (tx, rx) = mpsc::channel();
@@ -351,6 +449,7 @@ impl Engine {
                     version: wf.clone(),
                     contact: c.clone(),
                     run: Some(run.clone()),
+                    arms: arms.clone(),
                     done: tx.clone(),
                 },
             )?;
@@ -388,7 +487,14 @@ impl Engine {
             None => {
                 let arms: Vec<(String, u32)> =
                     spec.arms.iter().map(|(a, _)| (a.clone(), 1)).collect();
-                let arm = crate::engine::pick_variant(&contact.id, name, &arms);
+                // Once a test is decided, the rest of the audience gets the winner.
+                let decided = self.broadcast_record(name)?.and_then(|r| {
+                    let t = r.test?;
+                    let d = t.decision?;
+                    (!is_tester(name, &contact.id, t.share)).then_some(d.winner)
+                });
+                let arm = decided
+                    .unwrap_or_else(|| crate::engine::pick_variant(&contact.id, name, &arms));
                 let t = spec
                     .arms
                     .iter()
@@ -411,37 +517,224 @@ impl Engine {
     pub fn broadcast_progress(&self, record: &BroadcastRecord) -> Result<Progress, EngineError> {
         let mut p = Progress {
             recipients: record.recipients,
-            started: record.dispatched,
             ..Default::default()
         };
+        let test = record.test.as_ref();
         let mut from = 0;
         loop {
             let page = self.store.recipients(&record.name, from, PAGE)?;
             let Some((last, _)) = page.last() else { break };
             from = last + 1;
             for (seq, contact) in page {
-                if seq >= record.dispatched {
-                    return Ok(p);
-                }
-                let live = self.live_contact(&contact)?;
-                let run = match &live {
-                    Some(c) => self.store.run(&run_id(&record.name, &c.id))?,
-                    None => None,
-                };
-                let run = match run {
-                    Some(r) => r,
-                    None => match self.store.run(&run_id(&record.name, &contact))? {
-                        Some(r) => r,
-                        None => {
-                            p.gone += 1;
-                            continue;
+                // Whether this recipient's run is meant to be started by now.
+                let (due, held) = match test {
+                    None if seq >= record.dispatched => return Ok(p),
+                    None => (true, false),
+                    Some(t) => {
+                        let tester = is_tester(&record.name, &contact, t.share);
+                        match (&t.decision, tester) {
+                            (None, true) => (
+                                t.testers_started_at.is_some() || seq < record.dispatched,
+                                false,
+                            ),
+                            (None, false) => (false, record.status != BroadcastStatus::Cancelled),
+                            (Some(_), true) => (true, false),
+                            (Some(_), false) => (
+                                record.status == BroadcastStatus::Completed
+                                    || seq < record.dispatched,
+                                false,
+                            ),
                         }
-                    },
+                    }
                 };
-                count_run(&mut p, &run, &self.store.journal(&run.id)?);
+                match self.recipient_run(&record.name, &contact)? {
+                    Some(run) => {
+                        p.started += 1;
+                        count_run(&mut p, &run, &self.store.journal(&run.id)?);
+                    }
+                    None if due => {
+                        p.started += 1;
+                        p.gone += 1;
+                    }
+                    None if held => p.held += 1,
+                    None => {}
+                }
             }
         }
         Ok(p)
+    }
+
+    /// A recipient's run: under the contact it is now (after a merge) or the one the snapshot
+    /// names.
+    fn recipient_run(
+        &self,
+        broadcast: &str,
+        contact: &str,
+    ) -> Result<Option<crate::model::Run>, EngineError> {
+        if let Some(c) = self.live_contact(contact)? {
+            if let Some(r) = self.store.run(&run_id(broadcast, &c.id))? {
+                return Ok(Some(r));
+            }
+        }
+        Ok(self.store.run(&run_id(broadcast, contact))?)
+    }
+
+    /// Each arm's numbers among the testers of a broadcast's A/B test: which arm each
+    /// tester's run took, whether its message was sent, and whether it reached the metric
+    /// (a human open or click of that message, or the broadcast's goal).
+    pub fn test_results(
+        &self,
+        record: &BroadcastRecord,
+    ) -> Result<BTreeMap<String, ArmResult>, EngineError> {
+        let Some(t) = &record.test else {
+            return Ok(BTreeMap::new());
+        };
+        let mut out: BTreeMap<String, ArmResult> = t
+            .arms
+            .iter()
+            .map(|a| (a.clone(), ArmResult::default()))
+            .collect();
+        let channel = record.channel.clone().unwrap_or_default();
+        let hit_event = format!("{channel}_{}", t.metric);
+        let fact_prefix = format!("engagement:{channel}:");
+        let mut from = 0;
+        loop {
+            let page = self.store.recipients(&record.name, from, PAGE)?;
+            let Some((last, _)) = page.last() else { break };
+            from = last + 1;
+            for (_, contact) in page {
+                if !is_tester(&record.name, &contact, t.share) {
+                    continue;
+                }
+                let Some(run) = self.recipient_run(&record.name, &contact)? else {
+                    continue;
+                };
+                let journal = self.store.journal(&run.id)?;
+                let Some(arm) = journal
+                    .iter()
+                    .find(|s| s.kind == "variant" && s.status == StepStatus::Done)
+                    .and_then(|s| s.result.as_str())
+                else {
+                    continue;
+                };
+                let Some(result) = out.get_mut(arm) else {
+                    continue;
+                };
+                result.testers += 1;
+                let sent = journal.iter().any(|s| {
+                    s.kind == "send"
+                        && s.status == StepStatus::Done
+                        && s.result.get("status").and_then(Value::as_str) != Some("skipped")
+                });
+                if !sent {
+                    continue;
+                }
+                result.sent += 1;
+                let reached = match t.metric.as_str() {
+                    "converted" => run.converted_at.is_some(),
+                    // Herald's own facts only (a client cannot send these messageIds).
+                    _ => self.store.events_of(&run.contact)?.iter().any(|e| {
+                        e.event == hit_event
+                            && e.properties.get("run").and_then(Value::as_str) == Some(&run.id)
+                            && e.message_id
+                                .as_deref()
+                                .is_some_and(|m| m.starts_with(&fact_prefix))
+                    }),
+                };
+                result.reached += u64::from(reached);
+            }
+        }
+        for r in out.values_mut() {
+            r.rate = if r.sent == 0 {
+                0.0
+            } else {
+                r.reached as f64 / r.sent as f64
+            };
+        }
+        Ok(out)
+    }
+
+    /// Decide a testing broadcast's A/B test now: `arm` when an operator names one, else the
+    /// arm with the highest rate of the declared metric (a tie goes to the arm first by
+    /// name). The rest of the audience then receives the winner.
+    pub fn decide_broadcast(
+        &self,
+        name: &str,
+        arm: Option<&str>,
+    ) -> Result<BroadcastRecord, EngineError> {
+        self.decide(name, arm, "operator")
+    }
+
+    fn decide(
+        &self,
+        name: &str,
+        arm: Option<&str>,
+        by: &str,
+    ) -> Result<BroadcastRecord, EngineError> {
+        let r = self.broadcast_record(name)?.ok_or_else(|| {
+            EngineError::Invalid(format!("broadcast \"{name}\" is not scheduled"))
+        })?;
+        let Some(t) = &r.test else {
+            return Err(EngineError::Invalid(format!(
+                "broadcast \"{name}\" has no A/B test (declare .test_share(...) and .winner(...))"
+            )));
+        };
+        if r.status != BroadcastStatus::Testing {
+            return Err(EngineError::Invalid(format!(
+                "broadcast \"{name}\" is {}: a test is decided once every tester's message is started (status testing)",
+                status_name(r.status)
+            )));
+        }
+        if let Some(a) = arm {
+            if !t.arms.iter().any(|x| x == a) {
+                return Err(EngineError::Invalid(format!(
+                    "broadcast \"{name}\" has no arm \"{a}\" (its arms: {})",
+                    t.arms.join(", ")
+                )));
+            }
+        }
+        let results = self.test_results(&r)?;
+        let winner = match arm {
+            Some(a) => a.to_string(),
+            None => {
+                let mut best: Option<(&String, f64)> = None;
+                for a in &t.arms {
+                    let rate = results.get(a).map(|x| x.rate).unwrap_or(0.0);
+                    if best.is_none_or(|(_, b)| rate > b) {
+                        best = Some((a, rate));
+                    }
+                }
+                best.map(|(a, _)| a.clone()).unwrap_or_default()
+            }
+        };
+        let now = self.clock.now_ms();
+        let decision = TestDecision {
+            winner: winner.clone(),
+            decided_at: now,
+            by: by.to_string(),
+            arms: results,
+        };
+        let moved = self.advance_with(name, BroadcastStatus::Testing, Vec::new(), |r| {
+            if let Some(t) = r.test.as_mut() {
+                t.decision = Some(decision);
+            }
+            r.status = BroadcastStatus::Sending;
+            r.dispatched = 0;
+        })?;
+        if !moved {
+            return Err(EngineError::Invalid(format!(
+                "broadcast \"{name}\" changed while its test was being decided; try again"
+            )));
+        }
+        tracing::info!(
+            broadcast = name,
+            winner,
+            by,
+            "broadcast test decided; sending the winner to the rest"
+        );
+        self.broadcaster.poke();
+        self.broadcast_record(name)?
+            .ok_or_else(|| EngineError::Invalid(format!("broadcast \"{name}\" vanished")))
     }
 
     /// Start the broadcaster thread.
@@ -487,6 +780,23 @@ impl Engine {
                 }
                 BroadcastStatus::Snapshotting => self.snapshot_page(&r)?,
                 BroadcastStatus::Sending => self.dispatch_page(&r)?,
+                BroadcastStatus::Testing => {
+                    let due = r.test.as_ref().and_then(AbTest::due_at);
+                    match due {
+                        Some(due) if due <= self.clock.now_ms() => {
+                            match self.decide(&r.name, None, "metric") {
+                                Ok(_) => true,
+                                // An operator decided or paused it meanwhile.
+                                Err(EngineError::Invalid(e)) => {
+                                    tracing::debug!(broadcast = r.name, e, "not decided");
+                                    false
+                                }
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        _ => false,
+                    }
+                }
                 _ => false,
             };
         }
@@ -597,6 +907,27 @@ impl Engine {
         let page = self.store.recipients(&r.name, r.dispatched, limit)?;
         if page.is_empty() {
             let name = r.name.clone();
+            if let Some(t) = r.test.as_ref().filter(|t| t.decision.is_none()) {
+                // The testers' runs are all started: the test's clock starts.
+                let now = self.clock.now_ms();
+                let due = now.saturating_add(t.after_ms);
+                let moved =
+                    self.advance_with(&name, BroadcastStatus::Sending, Vec::new(), |r| {
+                        r.status = BroadcastStatus::Testing;
+                        r.dispatched = 0;
+                        if let Some(t) = r.test.as_mut() {
+                            t.testers_started_at = Some(now);
+                        }
+                    })?;
+                if moved {
+                    tracing::info!(
+                        broadcast = name,
+                        decided_at = due,
+                        "broadcast testers started; the winner is decided then"
+                    );
+                }
+                return Ok(false);
+            }
             let done = self.advance_with(&name, BroadcastStatus::Sending, Vec::new(), |r| {
                 r.status = BroadcastStatus::Completed;
                 r.finished_at = Some(self.clock.now_ms());
@@ -613,17 +944,37 @@ impl Engine {
         let version = self.pinned_version(r)?;
         let started = Instant::now();
         let (tx, rx) = mpsc::channel();
-        let n = page.len();
-        for (_, contact) in &page {
+        // An A/B test's first pass starts the testers with every arm; its second pass the
+        // rest with the winner.
+        // (weights, phase) of the runs, and (share, whether testers are wanted).
+        let (arms, pass) = match &r.test {
+            None => (None, None),
+            Some(t) => match &t.decision {
+                None => (
+                    Some((arm_weights(&t.arms, None), "test")),
+                    Some((t.share, true)),
+                ),
+                Some(d) => (
+                    Some((arm_weights(&t.arms, Some(&d.winner)), "winner")),
+                    Some((t.share, false)),
+                ),
+            },
+        };
+        let take =
+            |c: &str| pass.is_none_or(|(share, testers)| is_tester(&r.name, c, share) == testers);
+        let mut n = 0;
+        for (_, contact) in page.iter().filter(|(_, c)| take(c)) {
             self.send_job(
                 contact,
                 Job::Broadcast {
                     version: version.clone(),
                     contact: contact.clone(),
                     run: None,
+                    arms: arms.clone(),
                     done: tx.clone(),
                 },
             )?;
+            n += 1;
         }
         drop(tx);
         let mut failed = 0;
@@ -677,6 +1028,7 @@ impl Engine {
         version: &WorkflowVersion,
         contact: &str,
         run: Option<String>,
+        arms: Option<(Value, &'static str)>,
     ) -> Result<(), EngineError> {
         let Some(c) = self.live_contact(contact)? else {
             return Ok(());
@@ -684,11 +1036,32 @@ impl Engine {
         let name = &version.loaded.decl.name;
         let seed = run.is_some();
         let id = run.unwrap_or_else(|| run_id(name, &c.id));
+        let mut properties = json!({"broadcast": name, "seed": seed});
+        if let Some((weights, phase)) = arms {
+            properties["arms"] = weights;
+            properties["phase"] = json!(phase);
+        }
         let trigger = json!({"type": "broadcast", "event": "broadcast",
-            "properties": {"broadcast": name, "seed": seed}, "timestamp": self.clock.now_ms()});
+            "properties": properties, "timestamp": self.clock.now_ms()});
         self.start_run(version, &c, trigger, id, false)?;
         Ok(())
     }
+}
+
+/// The weights a tested broadcast's run picks its arm with: every arm evenly, or the
+/// winner's alone.
+fn arm_weights(arms: &[String], winner: Option<&str>) -> Value {
+    Value::Object(
+        arms.iter()
+            .map(|a| {
+                let w = match winner {
+                    Some(w) => u32::from(w == a),
+                    None => 1,
+                };
+                (a.clone(), json!(w))
+            })
+            .collect(),
+    )
 }
 
 fn count_run(p: &mut Progress, run: &crate::model::Run, journal: &[crate::model::Step]) {
@@ -737,5 +1110,6 @@ pub fn status_name(s: BroadcastStatus) -> &'static str {
         BroadcastStatus::Paused => "paused",
         BroadcastStatus::Cancelled => "cancelled",
         BroadcastStatus::Completed => "completed",
+        BroadcastStatus::Testing => "testing",
     }
 }

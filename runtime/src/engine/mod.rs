@@ -225,6 +225,8 @@ pub(crate) enum Job {
         version: Arc<WorkflowVersion>,
         contact: String,
         run: Option<String>,
+        /// An A/B-tested broadcast's arm weights for this recipient, and its phase.
+        arms: Option<(Value, &'static str)>,
         done: mpsc::Sender<bool>,
     },
     /// An operator sends a dead letter again.

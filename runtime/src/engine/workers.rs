@@ -322,11 +322,12 @@ impl Engine {
                 version,
                 contact,
                 run,
+                arms,
                 done,
             } => {
                 let result = self.guard(
                     || format!("broadcast {} for {contact}", version.loaded.decl.name),
-                    || self.start_broadcast_run(&version, &contact, run),
+                    || self.start_broadcast_run(&version, &contact, run, arms),
                 );
                 let ok = match result {
                     Ok(Ok(())) => true,

@@ -67,9 +67,12 @@ pub(super) async fn broadcast_detail(
             ));
         };
         let progress = shared.engine.broadcast_progress(&r)?;
-        Ok(Json(
-            json!({"name": name, "status": status_name(r.status), "record": record_json(&r), "progress": progress}),
-        ))
+        let mut out = json!({"name": name, "status": status_name(r.status), "record": record_json(&r), "progress": progress});
+        // An undecided test: each arm's numbers so far.
+        if r.test.as_ref().is_some_and(|t| t.decision.is_none()) {
+            out["test_results"] = json!(shared.engine.test_results(&r)?);
+        }
+        Ok(Json(out))
     })
     .await?
 }
@@ -122,12 +125,41 @@ pub(super) async fn control_broadcast(
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no action \"{action}\": use schedule, pause, resume, cancel, test or preview"),
+            format!("no action \"{action}\": use schedule, pause, resume, cancel, decide, test or preview"),
         ));
     }
     blocking(move || -> ApiResult<Json<Value>> {
         Ok(Json(record_json(
             &shared.engine.control_broadcast(&name, &action)?,
+        )))
+    })
+    .await?
+}
+
+#[derive(Deserialize)]
+struct DecideBody {
+    /// The winning arm; without it the declared metric decides.
+    #[serde(default)]
+    arm: Option<String>,
+}
+
+/// `POST /v1/broadcasts/{name}/decide` `{"arm": "b"}` (optional): decide a testing
+/// broadcast's A/B test now and send the winner to the rest of its audience.
+pub(super) async fn decide_broadcast(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    blocking(move || -> ApiResult<Json<Value>> {
+        let body: DecideBody = if body.is_empty() {
+            DecideBody { arm: None }
+        } else {
+            parse_json(&body)?
+        };
+        Ok(Json(record_json(
+            &shared.engine.decide_broadcast(&name, body.arm.as_deref())?,
         )))
     })
     .await?

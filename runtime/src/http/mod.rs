@@ -186,6 +186,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/broadcasts/{name}", get(broadcast_detail))
         .route("/v1/broadcasts/{name}/schedule", post(schedule_broadcast))
         .route("/v1/broadcasts/{name}/test", post(test_broadcast))
+        .route("/v1/broadcasts/{name}/decide", post(decide_broadcast))
         .route("/v1/broadcasts/{name}/preview", get(preview_broadcast))
         .route("/v1/broadcasts/{name}/{action}", post(control_broadcast))
         .route("/v1/reload", post(reload))

@@ -249,6 +249,23 @@ pub fn validate(
         }
     };
     let message_id = id_field(&raw, "messageId");
+    // Herald names the facts it records itself (opens, clicks, provider callbacks) with these
+    // prefixes: a client cannot claim one, so it can neither forge such a fact nor shadow a
+    // real one in the dedupe window.
+    if let Some(id) = &message_id {
+        if RESERVED_MESSAGE_ID_PREFIXES
+            .iter()
+            .any(|p| id.starts_with(p))
+        {
+            return Err(invalid(
+                "reserved_message_id",
+                at(format!(
+                    "\"messageId\" may not start with {}: Herald names its own facts so",
+                    RESERVED_MESSAGE_ID_PREFIXES.join(" or ")
+                )),
+            ));
+        }
+    }
     Ok(Message {
         index: index.unwrap_or(0),
         kind,
@@ -260,6 +277,9 @@ pub fn validate(
         contact: None,
     })
 }
+
+/// `messageId` prefixes only Herald gives (engagement facts, provider callbacks, imports).
+pub const RESERVED_MESSAGE_ID_PREFIXES: [&str; 2] = ["engagement:", "webhook:"];
 
 /// The kinds of provider event a channel reports, seen as `<channel>_<kind>` events.
 pub const CHANNEL_EVENT_KINDS: [&str; 7] = [
