@@ -215,3 +215,51 @@ fn herald_check_refuses_a_cap_without_a_window_and_quiet_hours_on_an_unknown_cha
     assert!(text.contains("channel `push`"), "{text}");
     assert!(text.contains("`9` is not a time of day"), "{text}");
 }
+
+#[test]
+fn sends_decided_at_the_same_moment_are_counted_against_each_other_by_a_cap() {
+    // Five journeys send a marketing email on the same event while the channel is paused:
+    // when it resumes, the dispatcher takes the five at once. A cap of three lets exactly
+    // three through, however the decisions interleave.
+    let p = project("workflow(\"w\").on_event(\"never\");\nfn run(contact, trigger) {}\n");
+    for k in 1..=5 {
+        p.workflow(
+            &format!("promo{k}.rhai"),
+            &format!(
+                "workflow(\"promo{k}\").on_event(\"go\");\nfn run(contact, trigger) {{\n    \
+                 send(\"email\", \"promo\", #{{ n: {k} }});\n}}\n"
+            ),
+        );
+    }
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.set_clock(1_796_716_800_000);
+    c.identify("cy", json!({"email": "cy@example.com"}));
+    let (s, b) = c.admin_post("/v1/channels/email/pause", json!({}));
+    assert_eq!(s, 200, "{b}");
+    c.track("cy", "go", json!({}));
+    eventually("the five sends wait in the paused channel", || {
+        let (_, b) = c.admin_get("/v1/channels");
+        let queued: u64 = b["channels"]["email"]["queued"]
+            .as_object()
+            .map(|lanes| lanes.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        (queued == 5).then_some(())
+    });
+    let (s, b) = c.admin_post("/v1/channels/email/resume", json!({}));
+    assert_eq!(s, 200, "{b}");
+    let outcomes = eventually("every send is decided", || {
+        let mut out = Vec::new();
+        for r in c.runs_of("cy") {
+            let s = step(&c, r["id"].as_str().unwrap(), 0);
+            match s["result"]["status"].as_str() {
+                Some(status @ ("sent" | "deferred")) => out.push(status.to_string()),
+                _ => return None,
+            }
+        }
+        (out.len() == 5).then_some(out)
+    });
+    let sent = outcomes.iter().filter(|s| *s == "sent").count();
+    assert_eq!(sent, 3, "{outcomes:?}");
+    assert_eq!(p.outbox("email").len(), 3);
+}

@@ -136,6 +136,55 @@ pub struct Policy<'a> {
     pub store: &'a dyn Store,
     /// The project's topics.
     pub settings: &'a ConsentSettings,
+    /// Sends passed by the caps whose results are not recorded yet, and this send's key:
+    /// counted as sent, so two sends decided at once cannot both pass a cap.
+    pub holds: Option<(&'a CapHolds, &'a str)>,
+}
+
+/// Marketing sends the frequency caps let through whose result is not in the journal yet.
+/// The cap decision and the hold are taken under one lock, so sends to one contact decided
+/// at the same moment (two channels, or one dispatch batch) are counted against each other.
+#[derive(Debug, Default)]
+pub struct CapHolds {
+    inner: std::sync::Mutex<HoldMap>,
+}
+
+#[derive(Debug, Default)]
+struct HoldMap {
+    /// contact → (send key, time it was let through, channel).
+    by_contact: std::collections::HashMap<String, Vec<(String, i64, String)>>,
+    /// send key → contact.
+    by_key: std::collections::HashMap<String, String>,
+}
+
+impl CapHolds {
+    /// The send's result is recorded (sent, failed, skipped or deferred): the journal
+    /// counts it from now on.
+    pub fn release(&self, key: &str) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(contact) = m.by_key.remove(key) {
+            if let Some(list) = m.by_contact.get_mut(&contact) {
+                list.retain(|(k, _, _)| k != key);
+                if list.is_empty() {
+                    m.by_contact.remove(&contact);
+                }
+            }
+        }
+    }
+
+    /// Sends held now.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_key
+            .len()
+    }
+
+    /// No send is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Policy<'_> {
@@ -221,13 +270,29 @@ impl Policy<'_> {
             return Ok(Decision::Send);
         }
         let widest = caps.iter().map(|c| c.window_ms()).max().unwrap_or(0);
+        // Held from the count to the hold, so a send decided meanwhile sees this one.
+        let mut holds = self
+            .holds
+            .map(|(h, key)| (h.inner.lock().unwrap_or_else(|e| e.into_inner()), key));
         // The contact's marketing messages sent within the widest window: (time, channel).
         let mut sent: Vec<(i64, String)> = Vec::new();
+        let mut recorded: std::collections::HashSet<String> = Default::default();
         for run in self.store.runs_of_contact(&message.contact)? {
             if run.updated_at < now - widest {
                 continue;
             }
-            for step in self.store.journal(&run.id)? {
+            for (i, step) in self.store.journal(&run.id)?.into_iter().enumerate() {
+                // A result in the journal: the hold (if any) no longer needs counting.
+                if step.kind == "send"
+                    && matches!(
+                        step.status,
+                        crate::model::StepStatus::Done
+                            | crate::model::StepStatus::Failed
+                            | crate::model::StepStatus::Ambiguous
+                    )
+                {
+                    recorded.insert(format!("{}:{i}", run.id));
+                }
                 let at = step.finished_at.unwrap_or(0);
                 let marketing = step
                     .input
@@ -247,6 +312,14 @@ impl Policy<'_> {
                         .unwrap_or("")
                         .to_string();
                     sent.push((at, ch));
+                }
+            }
+        }
+        // Let through but not recorded yet: counted as sent.
+        if let Some((m, own)) = &holds {
+            for (key, at, channel) in m.by_contact.get(&message.contact).into_iter().flatten() {
+                if key != own && !recorded.contains(key) && *at > now - widest {
+                    sent.push((*at, channel.clone()));
                 }
             }
         }
@@ -286,7 +359,21 @@ impl Policy<'_> {
                 rule: "frequency_cap",
                 reason,
             },
-            None => Decision::Send,
+            None => {
+                if let Some((m, key)) = holds.as_mut() {
+                    let m = &mut **m;
+                    if m.by_key
+                        .insert(key.to_string(), message.contact.clone())
+                        .is_none()
+                    {
+                        m.by_contact
+                            .entry(message.contact.clone())
+                            .or_default()
+                            .push((key.to_string(), now, message.channel.clone()));
+                    }
+                }
+                Decision::Send
+            }
         })
     }
 }

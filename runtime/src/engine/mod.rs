@@ -327,6 +327,8 @@ pub struct Engine {
     pub delivery: Arc<DeliveryStage>,
     /// The broadcasts' thread and the lock over their records.
     pub(crate) broadcaster: Arc<crate::broadcast::Broadcaster>,
+    /// Marketing sends the caps let through whose results are not recorded yet.
+    pub(crate) cap_holds: crate::consent::CapHolds,
 }
 
 /// Accepted events handed to the workers and not processed yet. Ingest waits for room before
@@ -455,6 +457,7 @@ impl Engine {
             backlog,
             delivery,
             broadcaster: Default::default(),
+            cap_holds: Default::default(),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         let sink: Arc<dyn Sink> = engine.clone();
@@ -786,6 +789,7 @@ impl Sink for Engine {
         let policy = crate::consent::Policy {
             store: self.store.as_ref(),
             settings: &state.consent,
+            holds: Some((&self.cap_holds, &send.key)),
         };
         match policy.decide(message, send.intent.priority, self.clock.now_ms()) {
             Ok(d) => d,

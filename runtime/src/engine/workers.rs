@@ -388,6 +388,7 @@ impl Engine {
                     tracing::error!(key, error = %e, "recording a send's result failed; the next start settles it");
                 }
                 self.delivery.release(&key);
+                self.cap_holds.release(&key);
             }
         }
     }
