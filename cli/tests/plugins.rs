@@ -466,6 +466,45 @@ fn a_channel_config_that_breaks_the_plugins_schema_is_refused_with_where() {
 }
 
 #[test]
+fn a_dkim_key_path_is_the_projects_and_an_unsuitable_key_fails_the_check() {
+    let p = TestProject::new(
+        "[channels.mail]\nplugin = \"bundled:smtp-email\"\nconfig = { from_address = \"news@shop.example\" }\n\
+         [channels.mail.smtp]\nhost = \"127.0.0.1\"\nport = 2525\nsecurity = \"none\"\n\
+         [channels.mail.smtp.dkim]\ndomain = \"shop.example\"\nselector = \"s1\"\nprivate_key = \"keys/dkim.pem\"\n",
+    );
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/host/tests/fixtures/dkim");
+    let key = p.path().join("keys/dkim.pem");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    // `herald check` runs elsewhere than the project: the relative key path is the project's.
+    let check = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("check")
+            .arg(p.path())
+            .env("XDG_CACHE_HOME", p.path().join(".cache"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    std::fs::copy(fixtures.join("rsa2048.pem"), &key).unwrap();
+    let (ok, text) = check();
+    assert!(ok, "{text}");
+
+    std::fs::copy(fixtures.join("ed25519.pem"), &key).unwrap();
+    let (ok, text) = check();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("channel \"mail\": smtp.dkim: the private key is an Ed25519 key, but `algorithm` is rsa-sha256"),
+        "{text}"
+    );
+}
+
+#[test]
 fn plugin_pack_writes_the_components_digest_and_schema_into_the_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let packaged = herald_bundled::packaged_dir().join("webhook");

@@ -16,6 +16,13 @@
 //! username = "herald"
 //! password = "env:SMTP_PASSWORD"
 //! connections = 4                        # connections kept open to the relay
+//!
+//! [channels.email.smtp.dkim]             # optional: DKIM-sign every message before DATA
+//! domain = "shop.example"                # d=; messages whose From is not in it go unsigned
+//! selector = "herald2026"                # s=; the key is published at herald2026._domainkey.shop.example
+//! private_key = "keys/dkim.pem"          # PEM path (relative: to the project), or env:VAR / file:PATH
+//! algorithm = "rsa-sha256"               # or ed25519-sha256
+//! # headers = ["From", "To", "Subject"]  # signed header fields (default: see DkimConfig::headers)
 //! ```
 //!
 //! Secret values are references: `env:NAME` (environment variable),
@@ -84,6 +91,46 @@ pub struct SmtpConfig {
     /// channel's delivery `concurrency` unless that is set.
     #[serde(default = "default_smtp_connections")]
     pub connections: usize,
+    /// DKIM signing of every message submitted to this relay (`[channels.X.smtp.dkim]`).
+    #[serde(default)]
+    pub dkim: Option<DkimConfig>,
+}
+
+/// `[channels.X.smtp.dkim]`: the plugin host signs each message it submits to the relay
+/// (RFC 6376, relaxed/relaxed canonicalization) when the message's From domain is `domain`
+/// or a subdomain of it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// The signing domain (`d=`).
+    pub domain: String,
+    /// The selector (`s=`): the public key is published as a TXT record at
+    /// `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// The private key in PEM form (PKCS#8, or PKCS#1 for RSA): a file path, relative to the
+    /// project directory, or a secret reference (`env:VAR` holding the PEM itself, or
+    /// `file:PATH` read like other secrets).
+    pub private_key: String,
+    /// `rsa-sha256` (default) or `ed25519-sha256`; the key must be of that kind.
+    #[serde(default)]
+    pub algorithm: DkimAlgorithmConfig,
+    /// Header fields to sign (`h=`), in addition to the DKIM-Signature itself; each one is
+    /// signed as often as it occurs in the message, and `From` must be among them. Default:
+    /// From, To, Subject, Date, Message-ID, MIME-Version, Content-Type, Reply-To,
+    /// List-Unsubscribe, List-Unsubscribe-Post, Cc.
+    pub headers: Option<Vec<String>>,
+}
+
+/// A DKIM signing algorithm in config form.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum DkimAlgorithmConfig {
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 6376); an RSA key of 2048 bits or more.
+    #[default]
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    /// Ed25519 over the SHA-256 hash (RFC 8463).
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
 }
 
 fn default_smtp_port() -> u16 {
@@ -156,6 +203,9 @@ pub enum GrantConfigError {
         /// OS error.
         message: String,
     },
+    /// The `[smtp.dkim]` table cannot be used (empty domain, unreadable or unsuitable key, …).
+    #[error("smtp.dkim: {0}")]
+    Dkim(String),
 }
 
 /// Resolve an `env:` / `file:` secret reference.

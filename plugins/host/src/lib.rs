@@ -18,7 +18,8 @@
 //! * capabilities: HTTP to manifest-declared or operator-granted hosts only,
 //!   public addresses only unless granted, secrets substituted by name on the
 //!   way out and scrubbed on the way in; SMTP submission through the
-//!   operator's relay ([`smtp_client`]: pooled persistent connections);
+//!   operator's relay ([`smtp_client`]: pooled persistent connections), each
+//!   message DKIM-signed when the relay's grant configures a key ([`dkim`]);
 //!   HMAC-SHA256 keyed by secret name; config lookup; structured logging.
 //!   WASI is linked for `std` but grants nothing: no files, no environment,
 //!   no sockets.
@@ -35,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod compat;
+pub mod dkim;
 mod error;
 pub mod grant_config;
 mod host;
@@ -69,6 +71,7 @@ pub(crate) mod bindings_v1 {
     });
 }
 
+pub use dkim::{DkimAlgorithm, DkimSigner};
 pub use error::{PluginError, SendError};
 pub use grant_config::{GrantConfig, GrantConfigExt};
 pub use host::{HostOptions, LoadedPlugin, PluginHost, PoolingOptions};

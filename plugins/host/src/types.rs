@@ -1,7 +1,10 @@
 //! Host-side data types of the plugin API (the Rust face of `herald:channel@0.2.0`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::dkim::DkimSigner;
 
 /// What the operator grants one plugin instance (one configured channel).
 #[derive(Debug, Clone, Default)]
@@ -53,6 +56,9 @@ pub struct SmtpRelay {
     /// (default 4). Messages submitted at the same time beyond these open
     /// further connections, which are closed afterwards; 0 keeps none open.
     pub connections: usize,
+    /// DKIM signing of each submitted message whose From domain is aligned with the
+    /// signer's domain (`None`: messages are submitted as the plugin made them).
+    pub dkim: Option<Arc<DkimSigner>>,
 }
 
 impl SmtpRelay {
@@ -65,6 +71,7 @@ impl SmtpRelay {
             credentials: None,
             timeout: Duration::from_secs(30),
             connections: 4,
+            dkim: None,
         }
     }
 }

@@ -40,9 +40,10 @@ impl PluginLoader {
         grant: &herald_plugin_host::GrantConfig,
     ) -> Result<PluginChannel, String> {
         use herald_plugin_host::GrantConfigExt as _;
+        // Relative paths in the grant (the DKIM key) are the project's, like the plugin's.
         let grant = grant
             .clone()
-            .into_grant()
+            .into_grant_relative_to(project)
             .map_err(|e| format!("channel \"{name}\": {e}"))?;
         let plugin = match spec.strip_prefix("bundled:") {
             Some(id) => {
