@@ -19,6 +19,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 mod authoring;
 mod bench;
 mod broadcasts;
+mod reports;
 
 /// `herald --version`: the release, the channel plugin API it hosts, and the connectors it
 /// carries.
@@ -150,6 +151,17 @@ enum Command {
     Broadcast {
         #[command(subcommand)]
         command: broadcasts::BroadcastCommand,
+    },
+    /// Numbers of the running daemon: a workflow's or a broadcast's sends, opens, clicks,
+    /// bounces, complaints, unsubscribes and conversions, and their rates.
+    Report {
+        #[command(subcommand)]
+        command: reports::ReportCommand,
+    },
+    /// The analytics behind the reports: rebuild check, facts export.
+    Analytics {
+        #[command(subcommand)]
+        command: reports::AnalyticsCommand,
     },
     /// Why a contact got (or did not get) a message: the decision trace, oldest first.
     Why {
@@ -710,6 +722,8 @@ fn main() -> ExitCode {
             remote,
         } => preview(&template, &contact, &channel, &vars, &remote),
         Command::Broadcast { command } => broadcasts::run(command),
+        Command::Report { command } => reports::report(command),
+        Command::Analytics { command } => reports::analytics(command),
         Command::Why {
             contact,
             json,

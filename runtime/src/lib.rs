@@ -14,6 +14,7 @@
 //! - [`reload`]: watching the project and swapping in a new version;
 //! - [`daemon`]: the wiring of all of it into a running process.
 
+pub mod analytics;
 pub mod audience;
 pub mod broadcast;
 pub mod channels;

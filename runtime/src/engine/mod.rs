@@ -329,6 +329,8 @@ pub struct Engine {
     pub(crate) broadcaster: Arc<crate::broadcast::Broadcaster>,
     /// Marketing sends the caps let through whose results are not recorded yet.
     pub(crate) cap_holds: crate::consent::CapHolds,
+    /// The analytics fold.
+    pub analytics: Arc<crate::analytics::Folder>,
 }
 
 /// Accepted events handed to the workers and not processed yet. Ingest waits for room before
@@ -458,6 +460,7 @@ impl Engine {
             delivery,
             broadcaster: Default::default(),
             cap_holds: Default::default(),
+            analytics: Default::default(),
         });
         let _ = engine.me.set(Arc::downgrade(&engine));
         let sink: Arc<dyn Sink> = engine.clone();
@@ -495,6 +498,8 @@ impl Engine {
         engine.start_backfill();
         let broadcasts = engine.start_broadcaster();
         engine.threads.locked().push(broadcasts);
+        let fold = engine.analytics.start(Arc::downgrade(&engine.store));
+        engine.threads.locked().push(fold);
         Ok(engine)
     }
 
@@ -740,6 +745,7 @@ impl Engine {
     /// finish what is queued, and flush.
     pub fn shutdown(&self) {
         self.broadcaster.stop();
+        self.analytics.stop();
         self.delivery.shutdown();
         self.workers.locked().clear();
         let threads = std::mem::take(&mut *self.threads.locked());

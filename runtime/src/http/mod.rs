@@ -27,13 +27,14 @@ mod ingest;
 mod ops;
 mod preferences;
 pub mod rate;
+mod reports;
 pub mod serve;
 mod webhooks;
 
 #[allow(unused_imports)]
 use self::{
     admin::*, broadcasts::*, consent::*, engagement::*, ingest::*, ops::*, preferences::*,
-    webhooks::*,
+    reports::*, webhooks::*,
 };
 
 /// A JSON error response: `{"error": {"code": "...", "message": "..."}}`. The ingest endpoints
@@ -182,6 +183,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/import/contacts", post(import_contacts))
         .route("/v1/webhooks/{channel}", post(provider_webhook))
         .route("/v1/workflows/{name}/runs", post(start_run))
+        .route("/v1/reports/workflows/{name}", get(workflow_report))
+        .route("/v1/reports/broadcasts/{name}", get(broadcast_report))
+        .route("/v1/reports/{dimension}", get(dimension_report))
+        .route("/v1/export/facts", get(export_facts))
+        .route("/v1/analytics/rebuild", post(rebuild_analytics))
         .route("/v1/broadcasts", get(list_broadcasts))
         .route("/v1/broadcasts/{name}", get(broadcast_detail))
         .route("/v1/broadcasts/{name}/schedule", post(schedule_broadcast))

@@ -175,6 +175,16 @@ pub enum Write {
         /// Contact ids, in order.
         contacts: Vec<String>,
     },
+    /// A put (`value: Some`) or remove in the analytics keyspace (pending facts, folded
+    /// facts, counters; see `crate::analytics`), read with
+    /// [`Store::analytics_get`](super::Store::analytics_get) and
+    /// [`Store::analytics_scan`](super::Store::analytics_scan).
+    Analytics {
+        /// The key.
+        key: Vec<u8>,
+        /// The value; `None` removes the key.
+        value: Option<Vec<u8>>,
+    },
 }
 
 /// Writes that [`Store::apply`] makes land together: after a crash, every one of them is

@@ -233,11 +233,12 @@ pub(super) enum TreeId {
     Consent = 14,
     Suppression = 15,
     Recipients = 16,
+    Analytics = 17,
 }
 
 impl TreeId {
     /// Every tree, in number order.
-    const ALL: [TreeId; 17] = [
+    const ALL: [TreeId; 18] = [
         TreeId::Contacts,
         TreeId::Identities,
         TreeId::Events,
@@ -255,6 +256,7 @@ impl TreeId {
         TreeId::Consent,
         TreeId::Suppression,
         TreeId::Recipients,
+        TreeId::Analytics,
     ];
 }
 

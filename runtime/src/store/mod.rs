@@ -340,6 +340,18 @@ pub trait Store: Send + Sync + 'static {
     /// Drop a broadcast's audience snapshot (once it has finished).
     fn clear_recipients(&self, broadcast: &str) -> StoreResult<()>;
 
+    /// A value of the analytics keyspace (written with [`Write::Analytics`]).
+    fn analytics_get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Entries of the analytics keyspace whose key starts with `prefix`, in key order, from
+    /// key `from` (inclusive) on, at most `limit`.
+    fn analytics_scan(
+        &self,
+        prefix: &[u8],
+        from: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
+
     /// A contact's consent records, one per topic it has one for, in topic order
     /// (written with [`Write::Consent`]).
     fn consent(&self, contact: &str) -> StoreResult<Vec<ConsentRecord>>;

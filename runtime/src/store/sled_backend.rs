@@ -44,6 +44,8 @@ pub struct SledStore {
     pub(super) consent: sled::Tree,
     /// Broadcast audience snapshots (`broadcast \0 seq`).
     pub(super) recipients: sled::Tree,
+    /// Analytics: pending facts, the folded facts' log, counters (`crate::analytics`).
+    pub(super) analytics: sled::Tree,
     /// Suppressed addresses per channel (`channel \0 address`).
     pub(super) suppression: sled::Tree,
     /// Commit records of write batches being applied (see [`SledStore::apply`]).
@@ -202,6 +204,7 @@ impl SledStore {
             meta,
             consent: t("consent")?,
             recipients: t("recipients")?,
+            analytics: t("analytics")?,
             suppression: t("suppression")?,
             batches: t("batches")?,
             db,
@@ -285,6 +288,7 @@ impl SledStore {
             TreeId::Consent => &self.consent,
             TreeId::Suppression => &self.suppression,
             TreeId::Recipients => &self.recipients,
+            TreeId::Analytics => &self.analytics,
         }
     }
 
@@ -293,6 +297,11 @@ impl SledStore {
     fn ops(&self, batch: &WriteBatch) -> StoreResult<Vec<RawOp>> {
         let mut ops = Vec::with_capacity(batch.len());
         for w in batch.writes() {
+            // A record that notes an analytics fact carries it, written first (see
+            // `crate::analytics`).
+            if let Some(Write::Analytics { key, value }) = crate::analytics::pending_for(w) {
+                ops.push(analytics_op(key, value));
+            }
             match w {
                 Write::Contact(c) => ops.push(contact_op(c)?),
                 Write::Identity { kind, id, contact } => ops.push(identity_op(*kind, id, contact)),
@@ -372,6 +381,9 @@ impl SledStore {
                     first,
                     contacts,
                 } => ops.extend(recipients_ops(broadcast, *first, contacts)),
+                Write::Analytics { key, value } => {
+                    ops.push(analytics_op(key.clone(), value.clone()))
+                }
             }
         }
         Ok(ops)
@@ -420,6 +432,17 @@ impl SledStore {
             let (k, v) = item?;
             if v.as_ref() == contact.as_bytes() {
                 ops.push(gone(TreeId::Recipients, &k));
+            }
+        }
+        // The analytics log keeps the contact's facts (the counts stay) without naming it.
+        for item in self.analytics.scan_prefix(b"f\0") {
+            let (k, v) = item?;
+            if let Ok(mut f) = serde_json::from_slice::<crate::analytics::FoldedFact>(&v) {
+                if f.contact == contact {
+                    f.contact = String::new();
+                    f.fact.run = String::new();
+                    ops.push(put(TreeId::Analytics, k.to_vec(), serde_json::to_vec(&f)?));
+                }
             }
         }
         // Records shared with other contacts are written again without this one.
@@ -672,7 +695,12 @@ impl Store for SledStore {
     }
 
     fn put_event(&self, contact: &str, event: &Event) -> StoreResult<()> {
-        self.write_ops(&[event_op(contact, event)?], false)
+        let mut batch = WriteBatch::new();
+        batch.push(Write::Event {
+            contact: contact.to_string(),
+            event: event.clone(),
+        });
+        self.write_ops(&self.ops(&batch)?, false)
     }
 
     fn event(&self, contact: &str, seq: u64) -> StoreResult<Option<Event>> {
@@ -769,11 +797,16 @@ impl Store for SledStore {
         // re-entry policy's question) is written once, before the run's first record: a crash
         // in between leaves an index key without a run, which readers skip, never a run
         // without its key.
-        self.write_ops(&[run_index_op(run), run_op(run)?], false)
+        let fact = with_fact(&Write::Run(run.clone()));
+        self.write_ops(
+            &[fact, vec![run_index_op(run), run_op(run)?]].concat(),
+            false,
+        )
     }
 
     fn put_run(&self, run: &Run) -> StoreResult<()> {
-        self.write_ops(&[run_op(run)?], false)
+        let fact = with_fact(&Write::Run(run.clone()));
+        self.write_ops(&[fact, vec![run_op(run)?]].concat(), false)
     }
 
     fn runs_of_contact(&self, contact: &str) -> StoreResult<Vec<Run>> {
@@ -819,7 +852,11 @@ impl Store for SledStore {
     }
 
     fn put_step(&self, run: &str, step: &Step) -> StoreResult<()> {
-        self.write_ops(&[step_op(run, step)?], false)
+        let fact = with_fact(&Write::Step {
+            run: run.to_string(),
+            step: step.clone(),
+        });
+        self.write_ops(&[fact, vec![step_op(run, step)?]].concat(), false)
     }
 
     fn set_timer(&self, timer: &Timer) -> StoreResult<()> {
@@ -1082,6 +1119,28 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn analytics_get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.analytics.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn analytics_scan(
+        &self,
+        prefix: &[u8],
+        from: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let start = from.unwrap_or(prefix).to_vec();
+        let mut out = Vec::new();
+        for item in self.analytics.range(start..) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     fn clear_recipients(&self, broadcast: &str) -> StoreResult<()> {
         let keys: Vec<sled::IVec> = self
             .recipients
@@ -1166,5 +1225,21 @@ impl CountCheckpoint for SledStore {
 
     fn take_segments(&self) -> Option<BTreeMap<String, i64>> {
         self.checkpointed_segments.locked().take()
+    }
+}
+
+/// An analytics keyspace put or remove.
+fn analytics_op(key: Vec<u8>, value: Option<Vec<u8>>) -> RawOp {
+    match value {
+        Some(v) => put(TreeId::Analytics, key, v),
+        None => remove(TreeId::Analytics, key),
+    }
+}
+
+/// The pending-fact op a single-record write carries (none, or one).
+fn with_fact(w: &Write) -> Vec<RawOp> {
+    match crate::analytics::pending_for(w) {
+        Some(Write::Analytics { key, value }) => vec![analytics_op(key, value)],
+        _ => Vec::new(),
     }
 }

@@ -1,0 +1,323 @@
+//! `herald report` and `herald analytics`: the running daemon's numbers (from its analytics
+//! counters) as a table, JSON or CSV; the facts export; the rebuild check.
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::{call, Remote};
+
+#[derive(Subcommand)]
+pub enum ReportCommand {
+    /// A workflow: totals, per script version, per step (stable keys) and per variant.
+    Workflow {
+        /// The workflow's name.
+        name: String,
+        #[command(flatten)]
+        opts: ReportOpts,
+    },
+    /// A broadcast: totals and per arm.
+    Broadcast {
+        /// The broadcast's name.
+        name: String,
+        #[command(flatten)]
+        opts: ReportOpts,
+    },
+    /// Every channel.
+    Channels {
+        #[command(flatten)]
+        opts: ReportOpts,
+    },
+    /// Deliverability by recipient domain.
+    Domains {
+        #[command(flatten)]
+        opts: ReportOpts,
+    },
+    /// Every template.
+    Templates {
+        #[command(flatten)]
+        opts: ReportOpts,
+    },
+}
+
+/// How a report is printed.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// The API's JSON.
+    Json,
+    /// One row per line, a header first.
+    Csv,
+}
+
+#[derive(Args)]
+pub struct ReportOpts {
+    /// Start of the period (RFC 3339 or ms since the epoch); default: everything.
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the period (exclusive).
+    #[arg(long)]
+    to: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    /// Same as `--format json`.
+    #[arg(long)]
+    json: bool,
+    /// Same as `--format csv`.
+    #[arg(long)]
+    csv: bool,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+impl ReportOpts {
+    fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else if self.csv {
+            Format::Csv
+        } else {
+            self.format
+        }
+    }
+
+    fn query(&self) -> String {
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let mut q = Vec::new();
+        if let Some(f) = &self.from {
+            q.push(format!("from={}", enc(f)));
+        }
+        if let Some(t) = &self.to {
+            q.push(format!("to={}", enc(t)));
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum AnalyticsCommand {
+    /// Derive every fact again from the stored journals, timelines and runs and compare
+    /// the fold with the live counters (exit status 1 when they differ).
+    Rebuild {
+        /// Replace the live counters with the rebuilt ones.
+        #[arg(long)]
+        write: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print message and engagement facts as NDJSON, from a cursor (for warehouses).
+    Export {
+        /// The cursor the last export printed on stderr (0: from the start).
+        #[arg(long, default_value = "0")]
+        after: String,
+        /// At most this many facts.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// The columns of a table or CSV report.
+const COLUMNS: [(&str, &str); 12] = [
+    ("sent", "count"),
+    ("skipped", "count"),
+    ("failed", "count"),
+    ("delivered", "count"),
+    ("opened", "count"),
+    ("clicked", "count"),
+    ("bounced", "count"),
+    ("complained", "count"),
+    ("unsubscribed", "count"),
+    ("converted", "count"),
+    ("open_rate", "rate"),
+    ("click_rate", "rate"),
+];
+
+/// Rows of a report: (section, key, numbers).
+fn rows(v: &Value) -> Vec<(String, String, Value)> {
+    let mut out = Vec::new();
+    if v["totals"].is_object() {
+        out.push(("total".into(), String::new(), v["totals"].clone()));
+    }
+    for section in ["versions", "steps", "variants", "arms", "rows"] {
+        for (k, n) in v[section].as_object().into_iter().flatten() {
+            let name = match section {
+                "versions" => "version",
+                "steps" => "step",
+                "variants" => "variant",
+                "arms" => "arm",
+                _ => "",
+            };
+            out.push((name.to_string(), k.clone(), n.clone()));
+        }
+    }
+    out
+}
+
+fn cell(n: &Value, (name, kind): (&str, &str)) -> String {
+    match kind {
+        "rate" => format!("{:.1}%", n["rates"][name].as_f64().unwrap_or(0.0) * 100.0),
+        _ => n["counts"][name].as_u64().unwrap_or(0).to_string(),
+    }
+}
+
+fn print(v: &Value, format: Format) {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Format::Csv => {
+            let mut header = vec!["section".to_string(), "key".to_string()];
+            header.extend(COLUMNS.iter().map(|(n, _)| n.to_string()));
+            println!("{}", header.join(","));
+            for (section, key, n) in rows(v) {
+                let mut line = vec![section, csv_field(&key)];
+                for c in COLUMNS {
+                    line.push(match c.1 {
+                        "rate" => format!("{:.4}", n["rates"][c.0].as_f64().unwrap_or(0.0)),
+                        _ => cell(&n, c),
+                    });
+                }
+                println!("{}", line.join(","));
+            }
+        }
+        Format::Table => {
+            let rows = rows(v);
+            let width = rows
+                .iter()
+                .map(|(s, k, _)| s.len() + k.len() + 1)
+                .max()
+                .unwrap_or(5)
+                .max(5);
+            let mut head = format!("{:<width$}", "");
+            for (name, _) in COLUMNS {
+                head.push_str(&format!(" {:>12}", name.to_uppercase()));
+            }
+            println!("{head}");
+            for (section, key, n) in rows {
+                let label = if key.is_empty() {
+                    section
+                } else {
+                    format!("{section} {key}")
+                };
+                let mut line = format!("{label:<width$}");
+                for c in COLUMNS {
+                    line.push_str(&format!(" {:>12}", cell(&n, c)));
+                }
+                println!("{line}");
+            }
+        }
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn get(remote: &Remote, path: &str) -> Result<Value> {
+    let (url, token) = remote.resolve()?;
+    call(
+        ureq::get(&format!("{url}{path}")).set("authorization", &format!("Bearer {token}")),
+        None,
+    )
+}
+
+fn name_path(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+pub fn report(command: ReportCommand) -> Result<bool> {
+    let (path, opts) = match &command {
+        ReportCommand::Workflow { name, opts } => {
+            (format!("/v1/reports/workflows/{}", name_path(name)), opts)
+        }
+        ReportCommand::Broadcast { name, opts } => {
+            (format!("/v1/reports/broadcasts/{}", name_path(name)), opts)
+        }
+        ReportCommand::Channels { opts } => ("/v1/reports/channels".to_string(), opts),
+        ReportCommand::Domains { opts } => ("/v1/reports/domains".to_string(), opts),
+        ReportCommand::Templates { opts } => ("/v1/reports/templates".to_string(), opts),
+    };
+    let v = get(&opts.remote, &format!("{path}{}", opts.query()))?;
+    print(&v, opts.format());
+    Ok(true)
+}
+
+pub fn analytics(command: AnalyticsCommand) -> Result<bool> {
+    match command {
+        AnalyticsCommand::Rebuild { write, remote } => {
+            let (url, token) = remote.resolve()?;
+            let v = call(
+                ureq::post(&format!("{url}/v1/analytics/rebuild"))
+                    .set("authorization", &format!("Bearer {token}")),
+                Some((
+                    "application/json",
+                    json!({ "write": write }).to_string().as_bytes(),
+                )),
+            )?;
+            let differences = v["differences"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{} facts rebuilt from the stored records into {} counters",
+                v["facts"], v["counters"]
+            );
+            if differences.is_empty() {
+                println!("the live counters equal the rebuilt ones");
+                return Ok(true);
+            }
+            println!("{} counters differ:", differences.len());
+            for d in differences.iter().take(50) {
+                println!(
+                    "  {}: live {}, rebuilt {}",
+                    d["counter"].as_str().unwrap_or(""),
+                    d["live"],
+                    d["rebuilt"]
+                );
+            }
+            if write {
+                println!("the live counters are now the rebuilt ones");
+                return Ok(true);
+            }
+            Ok(false)
+        }
+        AnalyticsCommand::Export {
+            after,
+            limit,
+            remote,
+        } => {
+            let (url, token) = remote.resolve()?;
+            let response = ureq::get(&format!(
+                "{url}/v1/export/facts?after={}&limit={limit}",
+                name_path(&after)
+            ))
+            .set("authorization", &format!("Bearer {token}"))
+            .call();
+            match response {
+                Ok(r) => {
+                    let next = r.header("x-herald-next-cursor").unwrap_or("").to_string();
+                    print!("{}", r.into_string()?);
+                    eprintln!("next cursor: {next}");
+                    Ok(true)
+                }
+                Err(ureq::Error::Status(code, r)) => {
+                    let v: Value = r.into_json().unwrap_or_default();
+                    bail!(
+                        "HTTP {code}: {}",
+                        v["error"]["message"].as_str().unwrap_or("request failed")
+                    )
+                }
+                Err(e) => bail!("cannot reach the daemon: {e} (is `herald run` running?)"),
+            }
+        }
+    }
+}

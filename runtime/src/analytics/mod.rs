@@ -1,0 +1,844 @@
+//! Analytics: message and engagement facts, folded into counters as they arrive.
+//!
+//! **Facts.** The store itself notes a *pending fact* in the same write batch as the record
+//! it comes from, written before it (so whenever the record is stored, so is its fact):
+//!
+//! * a send step that reaches its result: `sent`, `skipped` (by the delivery policy) or
+//!   `failed`;
+//! * an engagement or provider fact on a contact's timeline, recognised by the `messageId`s
+//!   only Herald gives (`engagement:…`, `webhook:…`): `delivered`, `opened`, `clicked`,
+//!   `machine_opened`, `machine_clicked`, `bounced`, `complained`, `unsubscribed`, `replied`;
+//! * a run that reached its goal: `converted`.
+//!
+//! Every fact has a deterministic id (`send:RUN:STEP`, the event's `messageId`,
+//! `converted:RUN`), so a record written again after a crash notes the same fact again and it
+//! is counted once.
+//!
+//! **The fold.** One thread takes pending facts in pages, adds what they are about (the run's
+//! workflow, script version and broadcast, the stable key of the step, the variants the run
+//! took, channel, template, recipient domain), and writes in **one atomic batch**: the new
+//! counter values, the enriched facts in an append-only log (`f` + sequence: the export
+//! stream), a marker per fact id, and the removal of the pending entries. A crash repeats a
+//! page at most, and the markers keep it from counting twice; the counters always equal a
+//! fold of the facts already logged. `rebuild` derives the facts again from the journals,
+//! timelines and runs, folds them into fresh counters and compares.
+//!
+//! **Counters** are kept per scope (a workflow, a version, a step, a variant, a broadcast,
+//! an arm, a channel, a template, a recipient domain), per metric, in total and per hour.
+//! Unique clicks count a message's first human click; `clicks` counts every link's.
+//! A broadcast's seed sends (its tests) stay out of every number.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::model::{Event, Run, RunStatus, Step, StepStatus};
+use crate::store::{Store, StoreError, Write, WriteBatch};
+use crate::sync::LockExt as _;
+
+/// Key prefix of a pending fact (`p` `\0` id).
+const PENDING: &[u8] = b"p\0";
+/// Key prefix of a folded fact's marker (`d` `\0` id → sequence).
+const FOLDED: &[u8] = b"d\0";
+/// Key prefix of a unique marker (`u` `\0` message `\0` metric).
+const UNIQUE: &[u8] = b"u\0";
+/// Key prefix of the folded facts' log (`f` `\0` sequence, u64 BE).
+const LOG: &[u8] = b"f\0";
+/// Key prefix of a counter (`c` `\0` scope `\0` metric `\0` bucket).
+const COUNTER: &[u8] = b"c\0";
+/// The last sequence number of the log.
+const LAST_SEQ: &[u8] = b"s";
+/// Pending facts folded per batch.
+const PAGE: usize = 2000;
+/// The bucket of a counter's total.
+const TOTAL: &str = "total";
+/// One hour, in ms.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// The kinds of fact an event on a timeline can be (`<channel>_<kind>`).
+const EVENT_KINDS: [&str; 9] = [
+    "delivered",
+    "opened",
+    "clicked",
+    "machine_opened",
+    "machine_clicked",
+    "bounced",
+    "complained",
+    "unsubscribed",
+    "replied",
+];
+
+/// The metrics a report shows, in order.
+pub const METRICS: [&str; 16] = [
+    "sent",
+    "skipped",
+    "failed",
+    "delivered",
+    "opened",
+    "machine_opened",
+    "clicked",
+    "clicks",
+    "machine_clicked",
+    "bounced",
+    "bounced_hard",
+    "bounced_soft",
+    "complained",
+    "unsubscribed",
+    "replied",
+    "converted",
+];
+
+/// A fact as the store notes it, before the fold adds what it is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fact {
+    /// Deterministic id: the same fact noted twice is counted once.
+    pub id: String,
+    /// `sent`, `skipped`, `failed`, `opened`, … or `converted`.
+    pub kind: String,
+    /// When it happened (ms).
+    pub at: i64,
+    /// The run it belongs to.
+    pub run: String,
+    /// The journal step of the message, when it is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    /// The channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// A click's link name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// A bounce's type (`hard`, `soft`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce: Option<String>,
+    /// A skip's rule (`consent`, `suppression`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+impl Fact {
+    fn pending_write(&self) -> Write {
+        Write::Analytics {
+            key: [PENDING, self.id.as_bytes()].concat(),
+            value: Some(serde_json::to_vec(self).expect("a fact serializes")),
+        }
+    }
+}
+
+/// The fact a send step's record notes, once the step has its result.
+pub fn fact_of_step(run: &str, step: &Step) -> Option<Fact> {
+    if step.kind != "send" {
+        return None;
+    }
+    let kind = match step.status {
+        StepStatus::Done => match step.result.get("status").and_then(Value::as_str) {
+            Some("skipped") => "skipped",
+            _ => "sent",
+        },
+        StepStatus::Failed => "failed",
+        _ => return None,
+    };
+    Some(Fact {
+        id: format!("send:{run}:{}", step.seq),
+        kind: kind.into(),
+        at: step.finished_at.unwrap_or(step.started_at),
+        run: run.to_string(),
+        step: Some(step.seq),
+        channel: step
+            .input
+            .get("channel")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        link: None,
+        bounce: None,
+        rule: step
+            .result
+            .get("rule")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    })
+}
+
+/// The fact an event on a contact's timeline notes: only Herald's own engagement and
+/// provider facts (their `messageId`s cannot come from a client).
+pub fn fact_of_event(event: &Event) -> Option<Fact> {
+    let id = event.message_id.as_deref()?;
+    if !crate::ingest::RESERVED_MESSAGE_ID_PREFIXES
+        .iter()
+        .any(|p| id.starts_with(p))
+    {
+        return None;
+    }
+    let channel = event.properties.get("channel").and_then(Value::as_str)?;
+    let kind = event.event.strip_prefix(channel)?.strip_prefix('_')?;
+    if !EVENT_KINDS.contains(&kind) {
+        return None;
+    }
+    let run = event.properties.get("run").and_then(Value::as_str)?;
+    let text = |k: &str| {
+        event
+            .properties
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    Some(Fact {
+        id: id.to_string(),
+        kind: kind.to_string(),
+        at: event.timestamp,
+        run: run.to_string(),
+        step: event
+            .properties
+            .get("step")
+            .and_then(Value::as_u64)
+            .map(|s| s as u32),
+        channel: Some(channel.to_string()),
+        link: text("link").or_else(|| text("url")),
+        bounce: text("bounce_type"),
+        rule: None,
+    })
+}
+
+/// The fact a run's record notes once it reached its goal.
+pub fn fact_of_run(run: &Run) -> Option<Fact> {
+    if run.status != RunStatus::Converted {
+        return None;
+    }
+    Some(Fact {
+        id: format!("converted:{}", run.id),
+        kind: "converted".into(),
+        at: run.converted_at.unwrap_or(run.updated_at),
+        run: run.id.clone(),
+        step: None,
+        channel: None,
+        link: None,
+        bounce: None,
+        rule: None,
+    })
+}
+
+/// The pending-fact write that goes before `write` in its batch, if it notes one.
+pub fn pending_for(write: &Write) -> Option<Write> {
+    let fact = match write {
+        Write::Step { run, step } => fact_of_step(run, step),
+        Write::Event { event, .. } => fact_of_event(event),
+        Write::Run(run) | Write::NewRun(run) => fact_of_run(run),
+        _ => None,
+    }?;
+    Some(fact.pending_write())
+}
+
+/// A fact with what it is about, as the log keeps it and the export streams it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoldedFact {
+    /// Position in the log.
+    pub seq: u64,
+    /// The fact.
+    #[serde(flatten)]
+    pub fact: Fact,
+    /// The run's contact (empty once erased).
+    pub contact: String,
+    /// The run's workflow (or broadcast).
+    pub workflow: String,
+    /// The run's script version.
+    pub version: String,
+    /// The broadcast, when the run is a broadcast's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<String>,
+    /// The step's stable key (kind, channel, template and occurrence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_key: Option<String>,
+    /// The template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The recipient's domain (email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The variants the run took before the step (experiment → arm).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, String>,
+}
+
+/// What a fact is about, read from its run; `None` when it counts nowhere (a broadcast's
+/// seed send, or a run that is gone).
+fn enrich(store: &dyn Store, fact: &Fact) -> Result<Option<FoldedFact>, StoreError> {
+    let Some(run) = store.run(&fact.run)? else {
+        return Ok(None);
+    };
+    let broadcast = (run.trigger["type"] == "broadcast").then(|| run.workflow.clone());
+    if broadcast.is_some() && run.trigger["properties"]["seed"] == true {
+        return Ok(None);
+    }
+    let journal = store.journal(&run.id)?;
+    let upto = fact.step.map_or(journal.len(), |s| s as usize);
+    let variants = journal
+        .iter()
+        .take(upto)
+        .filter(|s| s.kind == "variant" && s.status == StepStatus::Done)
+        .filter_map(|s| Some((s.name.clone(), s.result.as_str()?.to_string())))
+        .collect();
+    let step = fact.step.and_then(|s| journal.get(s as usize));
+    let channel_of = |s: &Step| {
+        s.input
+            .get("channel")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    // Stable across script versions: kind, channel and template (or name), and which
+    // occurrence of those in the run.
+    let base = |s: &Step| match s.input.get("template").and_then(Value::as_str) {
+        Some(t) => format!("{}/{}/{t}", s.kind, channel_of(s)),
+        None => format!("{}/{}", s.kind, s.name),
+    };
+    let step_key = step.map(|s| {
+        let key = base(s);
+        let occurrence = journal
+            .iter()
+            .take(s.seq as usize + 1)
+            .filter(|o| base(o) == key)
+            .count();
+        format!("{key}#{occurrence}")
+    });
+    // A send step's input is the message as it was rendered.
+    let template = step.filter(|s| s.kind == "send").and_then(|s| {
+        s.input
+            .get("template")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let domain = step
+        .and_then(|s| s.input.get("to"))
+        .and_then(Value::as_str)
+        .and_then(|to| to.rsplit_once('@'))
+        .map(|(_, d)| d.trim().trim_end_matches('>').to_ascii_lowercase())
+        .filter(|d| !d.is_empty());
+    Ok(Some(FoldedFact {
+        seq: 0,
+        fact: fact.clone(),
+        contact: run.contact.clone(),
+        workflow: run.workflow.clone(),
+        version: run.script_hash.clone(),
+        broadcast,
+        step_key,
+        template,
+        domain,
+        variants,
+    }))
+}
+
+/// The scopes a fact counts in.
+fn scopes(f: &FoldedFact) -> Vec<String> {
+    let mut out = Vec::new();
+    let short: String = f.version.chars().take(12).collect();
+    match &f.broadcast {
+        Some(b) => {
+            out.push(format!("broadcast:{b}"));
+            if let Some(arm) = f.variants.get(b) {
+                out.push(format!("arm:{b}:{arm}"));
+            }
+        }
+        None => {
+            out.push(format!("workflow:{}", f.workflow));
+            out.push(format!("version:{}@{short}", f.workflow));
+            if let Some(k) = &f.step_key {
+                out.push(format!("step:{}@{short}:{k}", f.workflow));
+            }
+            for (exp, arm) in &f.variants {
+                out.push(format!("variant:{}:{exp}:{arm}", f.workflow));
+            }
+        }
+    }
+    if let Some(c) = f.fact.channel.as_deref().filter(|c| !c.is_empty()) {
+        out.push(format!("channel:{c}"));
+    }
+    if let Some(t) = &f.template {
+        out.push(format!("template:{t}"));
+    }
+    if let Some(d) = &f.domain {
+        out.push(format!("domain:{d}"));
+    }
+    out
+}
+
+/// The metrics a fact adds one to; `first` says whether it is the message's first of its
+/// kind (unique opens and clicks).
+fn metrics(f: &FoldedFact, first: bool) -> Vec<&'static str> {
+    match f.fact.kind.as_str() {
+        "sent" => vec!["sent"],
+        "skipped" => vec!["skipped"],
+        "failed" => vec!["failed"],
+        "delivered" => vec!["delivered"],
+        "opened" if first => vec!["opened"],
+        "clicked" if first => vec!["clicked", "clicks"],
+        "clicked" => vec!["clicks"],
+        "machine_opened" => vec!["machine_opened"],
+        "machine_clicked" => vec!["machine_clicked"],
+        "bounced" => match f.fact.bounce.as_deref() {
+            Some("hard") => vec!["bounced", "bounced_hard"],
+            Some("soft") => vec!["bounced", "bounced_soft"],
+            _ => vec!["bounced"],
+        },
+        "complained" => vec!["complained"],
+        "unsubscribed" => vec!["unsubscribed"],
+        "replied" => vec!["replied"],
+        "converted" => vec!["converted"],
+        _ => Vec::new(),
+    }
+}
+
+/// The key of a message's unique marker for a metric (`opened`, `clicked`).
+fn unique_key(f: &FoldedFact) -> Option<String> {
+    matches!(f.fact.kind.as_str(), "opened" | "clicked").then(|| {
+        format!(
+            "{}:{}\0{}",
+            f.fact.run,
+            f.fact.step.unwrap_or(0),
+            f.fact.kind
+        )
+    })
+}
+
+fn counter_key(scope: &str, metric: &str, bucket: &str) -> Vec<u8> {
+    [
+        COUNTER,
+        scope.as_bytes(),
+        b"\0",
+        metric.as_bytes(),
+        b"\0",
+        bucket.as_bytes(),
+    ]
+    .concat()
+}
+
+fn hour_bucket(at: i64) -> String {
+    format!("h{}", at.div_euclid(HOUR_MS))
+}
+
+/// Counter deltas, by counter key.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Counts(pub BTreeMap<Vec<u8>, u64>);
+
+impl Counts {
+    fn add(&mut self, f: &FoldedFact, first: bool) {
+        let hour = hour_bucket(f.fact.at);
+        for m in metrics(f, first) {
+            for s in scopes(f) {
+                *self.0.entry(counter_key(&s, m, TOTAL)).or_default() += 1;
+                *self.0.entry(counter_key(&s, m, &hour)).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn u64_of(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = bytes.len().min(8);
+    b[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    u64::from_be_bytes(b)
+}
+
+/// The fold thread's shared state.
+#[derive(Default)]
+pub struct Folder {
+    lock: Mutex<()>,
+    wake: Condvar,
+    woken: Mutex<bool>,
+    stop: AtomicBool,
+}
+
+impl Folder {
+    /// Stop the fold thread (after its current page).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.poke();
+    }
+
+    /// Ask for a fold now.
+    pub fn poke(&self) {
+        *self.woken.locked() = true;
+        self.wake.notify_all();
+    }
+
+    fn sleep(&self, timeout: Duration) {
+        let mut woken = self.woken.locked();
+        if !*woken {
+            woken = self
+                .wake
+                .wait_timeout(woken, timeout)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        *woken = false;
+    }
+
+    /// Start the fold thread over `store`; it stops with [`Folder::stop`] or when the
+    /// store is dropped.
+    pub fn start(self: &Arc<Self>, store: Weak<dyn Store>) -> std::thread::JoinHandle<()> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("herald-analytics".into())
+            .spawn(move || loop {
+                if me.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let Some(store) = store.upgrade() else { return };
+                let more = match me.fold_page(store.as_ref()) {
+                    Ok(n) => n == PAGE,
+                    Err(e) => {
+                        tracing::error!(error = %e, "folding analytics facts failed; tried again");
+                        false
+                    }
+                };
+                drop(store);
+                if !more {
+                    me.sleep(Duration::from_millis(250));
+                }
+            })
+            .expect("spawn the analytics fold")
+    }
+
+    /// Fold one page of pending facts; returns how many were taken.
+    pub fn fold_page(&self, store: &dyn Store) -> Result<usize, StoreError> {
+        let _g = self.lock.locked();
+        let mut pending = store.analytics_scan(PENDING, None, PAGE)?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let taken = pending.len();
+        // In the order they happened (as a rebuild folds them), so a message's first open
+        // or click lands in the hour it happened.
+        let at_of = |v: &[u8]| {
+            serde_json::from_slice::<Fact>(v)
+                .map(|f| (f.at, f.id))
+                .unwrap_or_default()
+        };
+        pending.sort_by_cached_key(|(_, v)| at_of(v));
+        let mut seq = store.analytics_get(LAST_SEQ)?.map_or(0, |v| u64_of(&v));
+        let mut counts = Counts::default();
+        let mut batch = WriteBatch::new();
+        let mut seen_now: HashSet<Vec<u8>> = HashSet::new();
+        let mut unique_now: HashSet<String> = HashSet::new();
+        for (key, value) in &pending {
+            batch.push(Write::Analytics {
+                key: key.clone(),
+                value: None,
+            });
+            let id = &key[PENDING.len()..];
+            let marker = [FOLDED, id].concat();
+            if !seen_now.insert(marker.clone()) || store.analytics_get(&marker)?.is_some() {
+                continue;
+            }
+            let fact: Fact = match serde_json::from_slice(value) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable pending fact dropped");
+                    continue;
+                }
+            };
+            let Some(mut folded) = enrich(store, &fact)? else {
+                batch.push(Write::Analytics {
+                    key: marker,
+                    value: Some(0u64.to_be_bytes().to_vec()),
+                });
+                continue;
+            };
+            let first = match unique_key(&folded) {
+                Some(u) => {
+                    let k = [UNIQUE, u.as_bytes()].concat();
+                    let first = !unique_now.contains(&u) && store.analytics_get(&k)?.is_none();
+                    if first {
+                        unique_now.insert(u);
+                        batch.push(Write::Analytics {
+                            key: k,
+                            value: Some(vec![1]),
+                        });
+                    }
+                    first
+                }
+                None => true,
+            };
+            seq += 1;
+            folded.seq = seq;
+            counts.add(&folded, first);
+            batch.push(Write::Analytics {
+                key: marker,
+                value: Some(seq.to_be_bytes().to_vec()),
+            });
+            batch.push(Write::Analytics {
+                key: [LOG, &seq.to_be_bytes()].concat(),
+                value: Some(serde_json::to_vec(&folded).expect("a fact serializes")),
+            });
+        }
+        for (key, delta) in counts.0 {
+            let now = store.analytics_get(&key)?.map_or(0, |v| u64_of(&v));
+            batch.push(Write::Analytics {
+                key,
+                value: Some((now + delta).to_be_bytes().to_vec()),
+            });
+        }
+        batch.push(Write::Analytics {
+            key: LAST_SEQ.to_vec(),
+            value: Some(seq.to_be_bytes().to_vec()),
+        });
+        store.apply(&batch)?;
+        Ok(taken)
+    }
+
+    /// Fold every pending fact now (reports and rebuilds call it first).
+    pub fn fold_all(&self, store: &dyn Store) -> Result<(), StoreError> {
+        while self.fold_page(store)? == PAGE {}
+        Ok(())
+    }
+
+    /// Derive every fact again from the journals, timelines and runs, fold them into fresh
+    /// counters, and compare with the live ones. With `write`, the live counters become the
+    /// rebuilt ones.
+    pub fn rebuild(&self, store: &dyn Store, write: bool) -> Result<Rebuild, StoreError> {
+        self.fold_all(store)?;
+        let _g = self.lock.locked();
+        let mut facts: Vec<Fact> = Vec::new();
+        let mut runs = Vec::new();
+        store.scan_runs(&mut |r| {
+            runs.push(r);
+            true
+        })?;
+        let mut contacts = HashSet::new();
+        for run in &runs {
+            contacts.insert(run.contact.clone());
+            for step in store.journal(&run.id)? {
+                facts.extend(fact_of_step(&run.id, &step));
+            }
+            facts.extend(fact_of_run(run));
+        }
+        for contact in contacts {
+            for e in store.events_of(&contact)? {
+                facts.extend(fact_of_event(&e));
+            }
+        }
+        // In the order they happened, so the first open or click of a message is the one
+        // the fold saw first.
+        facts.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+        let mut ids = HashSet::new();
+        let mut unique = HashSet::new();
+        let mut counts = Counts::default();
+        let mut folded_facts = 0;
+        for fact in facts {
+            if !ids.insert(fact.id.clone()) {
+                continue;
+            }
+            let Some(f) = enrich(store, &fact)? else {
+                continue;
+            };
+            let first = unique_key(&f).is_none_or(|u| unique.insert(u));
+            counts.add(&f, first);
+            folded_facts += 1;
+        }
+        let live: BTreeMap<Vec<u8>, u64> = store
+            .analytics_scan(COUNTER, None, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| (k, u64_of(&v)))
+            .collect();
+        let mut differences = Vec::new();
+        for key in live
+            .keys()
+            .chain(counts.0.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let (l, r) = (
+                live.get(key).copied().unwrap_or(0),
+                counts.0.get(key).copied().unwrap_or(0),
+            );
+            if l != r {
+                differences.push(json!({
+                    "counter": String::from_utf8_lossy(&key[COUNTER.len()..]).replace('\0', " "),
+                    "live": l,
+                    "rebuilt": r,
+                }));
+            }
+        }
+        if write {
+            let mut batch = WriteBatch::new();
+            for key in live.keys() {
+                batch.push(Write::Analytics {
+                    key: key.clone(),
+                    value: None,
+                });
+            }
+            for (key, n) in &counts.0 {
+                batch.push(Write::Analytics {
+                    key: key.clone(),
+                    value: Some(n.to_be_bytes().to_vec()),
+                });
+            }
+            store.apply(&batch)?;
+        }
+        Ok(Rebuild {
+            facts: folded_facts,
+            counters: counts.0.len(),
+            differences,
+            written: write,
+        })
+    }
+}
+
+/// What a rebuild found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rebuild {
+    /// Facts derived from the stored records (seed sends and gone runs left out).
+    pub facts: usize,
+    /// Counters they make.
+    pub counters: usize,
+    /// Counters whose live value differs from the rebuilt one.
+    pub differences: Vec<Value>,
+    /// Whether the live counters were replaced.
+    pub written: bool,
+}
+
+/// One scope's numbers over a period: each metric's count and the rates derived from them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Numbers {
+    /// Count per metric (every metric, zeros included).
+    pub counts: BTreeMap<String, u64>,
+    /// Rates per message sent: `open_rate`, `click_rate`, `click_to_open_rate`,
+    /// `bounce_rate`, `complaint_rate`, `unsubscribe_rate`, `conversion_rate`, and
+    /// `delivery_rate` where providers report deliveries.
+    pub rates: BTreeMap<String, f64>,
+}
+
+impl Numbers {
+    fn derive(&mut self) {
+        let c = |m: &str| self.counts.get(m).copied().unwrap_or(0) as f64;
+        let sent = c("sent");
+        let ratio = |n: f64, d: f64| if d > 0.0 { n / d } else { 0.0 };
+        let mut rates = BTreeMap::new();
+        rates.insert("open_rate".into(), ratio(c("opened"), sent));
+        rates.insert("click_rate".into(), ratio(c("clicked"), sent));
+        rates.insert(
+            "click_to_open_rate".into(),
+            ratio(c("clicked"), c("opened")),
+        );
+        rates.insert("bounce_rate".into(), ratio(c("bounced"), sent));
+        rates.insert("complaint_rate".into(), ratio(c("complained"), sent));
+        rates.insert("unsubscribe_rate".into(), ratio(c("unsubscribed"), sent));
+        rates.insert("conversion_rate".into(), ratio(c("converted"), sent));
+        if c("delivered") > 0.0 {
+            rates.insert("delivery_rate".into(), ratio(c("delivered"), sent));
+        }
+        self.rates = rates;
+    }
+}
+
+/// A period of a report: hours `[from, to)`, or everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Period {
+    /// Start (ms), inclusive.
+    pub from: Option<i64>,
+    /// End (ms), exclusive.
+    pub to: Option<i64>,
+}
+
+/// Every scope starting with `prefix` (e.g. `arm:spring:`) and its numbers over `period`.
+pub fn numbers_by_scope(
+    store: &dyn Store,
+    prefix: &str,
+    period: Period,
+) -> Result<BTreeMap<String, Numbers>, StoreError> {
+    let key_prefix = [COUNTER, prefix.as_bytes()].concat();
+    let mut out: BTreeMap<String, Numbers> = BTreeMap::new();
+    let whole = period.from.is_none() && period.to.is_none();
+    for (key, value) in store.analytics_scan(&key_prefix, None, usize::MAX)? {
+        let rest = String::from_utf8_lossy(&key[COUNTER.len()..]).into_owned();
+        let mut parts = rest.rsplitn(3, '\0');
+        let (Some(bucket), Some(metric), Some(scope)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let take = if whole {
+            bucket == TOTAL
+        } else {
+            match bucket.strip_prefix('h').and_then(|h| h.parse::<i64>().ok()) {
+                Some(h) => {
+                    let at = h * HOUR_MS;
+                    period
+                        .from
+                        .is_none_or(|f| at >= f.div_euclid(HOUR_MS) * HOUR_MS)
+                        && period.to.is_none_or(|t| at < t)
+                }
+                None => false,
+            }
+        };
+        let n = out.entry(scope.to_string()).or_default();
+        for m in METRICS {
+            n.counts.entry(m.to_string()).or_insert(0);
+        }
+        if take {
+            *n.counts.entry(metric.to_string()).or_default() += u64_of(&value);
+        }
+    }
+    for n in out.values_mut() {
+        n.derive();
+    }
+    Ok(out)
+}
+
+/// One scope's numbers over `period` (zeros when nothing was counted).
+pub fn numbers(store: &dyn Store, scope: &str, period: Period) -> Result<Numbers, StoreError> {
+    let mut all = numbers_by_scope(store, &format!("{scope}\0"), period)?;
+    let mut n = all.remove(scope).unwrap_or_default();
+    for m in METRICS {
+        n.counts.entry(m.to_string()).or_insert(0);
+    }
+    n.derive();
+    Ok(n)
+}
+
+/// A scope's hourly series of `metric` over `period`: (hour start in ms, count), hours
+/// without any left out.
+pub fn series(
+    store: &dyn Store,
+    scope: &str,
+    metric: &str,
+    period: Period,
+) -> Result<Vec<(i64, u64)>, StoreError> {
+    let key_prefix = counter_key(scope, metric, "h");
+    let mut out = Vec::new();
+    for (key, value) in store.analytics_scan(&key_prefix, None, usize::MAX)? {
+        let Some(h) = std::str::from_utf8(&key[key_prefix.len()..])
+            .ok()
+            .and_then(|h| h.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let at = h * HOUR_MS;
+        if period
+            .from
+            .is_none_or(|f| at >= f.div_euclid(HOUR_MS) * HOUR_MS)
+            && period.to.is_none_or(|t| at < t)
+        {
+            out.push((at, u64_of(&value)));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Folded facts after sequence `after`, at most `limit`, in log order (the export stream).
+pub fn facts_after(
+    store: &dyn Store,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<FoldedFact>, StoreError> {
+    let start = [LOG, &after.saturating_add(1).to_be_bytes()].concat();
+    let mut out = Vec::new();
+    for (_, value) in store.analytics_scan(LOG, Some(&start), limit)? {
+        if let Ok(f) = serde_json::from_slice(&value) {
+            out.push(f);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,292 @@
+//! The reports API: a workflow's, a broadcast's, the channels' and the recipient domains'
+//! numbers from the analytics counters, the facts export stream, and the rebuild check.
+
+#[allow(unused_imports)]
+use super::*;
+
+use std::collections::BTreeMap;
+
+use crate::analytics::{self, Numbers, Period};
+
+#[derive(Deserialize, Default)]
+pub(super) struct ReportQuery {
+    /// Start of the period: RFC 3339 or ms since the epoch.
+    #[serde(default)]
+    from: Option<String>,
+    /// End of the period (exclusive).
+    #[serde(default)]
+    to: Option<String>,
+    /// A metric whose hourly series the report adds (`sent`, `opened`, …).
+    #[serde(default)]
+    series: Option<String>,
+}
+
+fn instant(name: &str, s: &str) -> ApiResult<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    herald_dsl::engine::parse_rfc3339_ms(s).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{name}: \"{s}\" is neither an RFC 3339 instant nor ms since the epoch"),
+        )
+    })
+}
+
+impl ReportQuery {
+    fn period(&self) -> ApiResult<Period> {
+        let p = Period {
+            from: self
+                .from
+                .as_deref()
+                .map(|s| instant("from", s))
+                .transpose()?,
+            to: self.to.as_deref().map(|s| instant("to", s)).transpose()?,
+        };
+        if let (Some(f), Some(t)) = (p.from, p.to) {
+            if t <= f {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "to must come after from",
+                ));
+            }
+        }
+        Ok(p)
+    }
+
+    fn metric(&self) -> ApiResult<Option<String>> {
+        match &self.series {
+            None => Ok(None),
+            Some(m) if analytics::METRICS.contains(&m.as_str()) => Ok(Some(m.clone())),
+            Some(m) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "series: no metric \"{m}\" (one of {})",
+                    analytics::METRICS.join(", ")
+                ),
+            )),
+        }
+    }
+}
+
+fn period_json(p: Period) -> Value {
+    json!({"from": p.from, "to": p.to})
+}
+
+/// Scopes under `prefix`, keyed by what follows it.
+fn by_suffix(
+    store: &dyn crate::store::Store,
+    prefix: &str,
+    period: Period,
+) -> ApiResult<BTreeMap<String, Numbers>> {
+    Ok(analytics::numbers_by_scope(store, prefix, period)?
+        .into_iter()
+        .filter_map(|(scope, n)| Some((scope.strip_prefix(prefix)?.to_string(), n)))
+        .collect())
+}
+
+fn series_json(
+    store: &dyn crate::store::Store,
+    scope: &str,
+    metric: Option<String>,
+    period: Period,
+) -> ApiResult<Value> {
+    Ok(match metric {
+        Some(m) => {
+            let points: Vec<Value> = analytics::series(store, scope, &m, period)?
+                .into_iter()
+                .map(|(at, n)| json!({"hour": at, "count": n}))
+                .collect();
+            json!({"metric": m, "hourly": points})
+        }
+        None => Value::Null,
+    })
+}
+
+fn not_found(what: &str, name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no {what} named \"{name}\""),
+    )
+}
+
+/// `GET /v1/reports/workflows/{name}?from=&to=&series=`: totals, per version, per step
+/// (stable keys) and per variant.
+pub(super) async fn workflow_report(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let period = q.period()?;
+    let metric = q.metric()?;
+    blocking(move || -> ApiResult<Json<Value>> {
+        let store = shared.engine.store.as_ref();
+        shared.engine.analytics.fold_all(store)?;
+        let scope = format!("workflow:{name}");
+        let known = shared.engine.state().workflows.contains_key(&name)
+            || !analytics::numbers_by_scope(store, &format!("{scope}\0"), Period::default())?
+                .is_empty();
+        if !known {
+            return Err(not_found("workflow", &name));
+        }
+        let versions = by_suffix(store, &format!("version:{name}@"), period)?;
+        let steps = by_suffix(store, &format!("step:{name}@"), period)?;
+        let variants = by_suffix(store, &format!("variant:{name}:"), period)?;
+        Ok(Json(json!({
+            "workflow": name,
+            "period": period_json(period),
+            "totals": analytics::numbers(store, &scope, period)?,
+            "versions": versions,
+            "steps": steps,
+            "variants": variants,
+            "series": series_json(store, &scope, metric, period)?,
+        })))
+    })
+    .await?
+}
+
+/// `GET /v1/reports/broadcasts/{name}?from=&to=&series=`: totals and per arm.
+pub(super) async fn broadcast_report(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let period = q.period()?;
+    let metric = q.metric()?;
+    blocking(move || -> ApiResult<Json<Value>> {
+        let store = shared.engine.store.as_ref();
+        shared.engine.analytics.fold_all(store)?;
+        let known = shared.engine.state().broadcasts.contains_key(&name)
+            || shared.engine.broadcast_record(&name)?.is_some();
+        if !known {
+            return Err(not_found("broadcast", &name));
+        }
+        let scope = format!("broadcast:{name}");
+        Ok(Json(json!({
+            "broadcast": name,
+            "period": period_json(period),
+            "totals": analytics::numbers(store, &scope, period)?,
+            "arms": by_suffix(store, &format!("arm:{name}:"), period)?,
+            "series": series_json(store, &scope, metric, period)?,
+        })))
+    })
+    .await?
+}
+
+/// `GET /v1/reports/channels` and `GET /v1/reports/domains` (deliverability by recipient
+/// domain), `?from=&to=`.
+pub(super) async fn dimension_report(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(dimension): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let prefix = match dimension.as_str() {
+        "channels" => "channel:",
+        "domains" => "domain:",
+        "templates" => "template:",
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no report \"{other}\": use workflows/NAME, broadcasts/NAME, channels, domains or templates"),
+            ))
+        }
+    };
+    let period = q.period()?;
+    blocking(move || -> ApiResult<Json<Value>> {
+        let store = shared.engine.store.as_ref();
+        shared.engine.analytics.fold_all(store)?;
+        Ok(Json(json!({
+            "report": dimension,
+            "period": period_json(period),
+            "rows": by_suffix(store, prefix, period)?,
+        })))
+    })
+    .await?
+}
+
+#[derive(Deserialize)]
+pub(super) struct ExportQuery {
+    /// The last sequence number already loaded (0: from the start).
+    #[serde(default)]
+    after: Option<String>,
+    /// At most this many facts (default 10,000, at most 100,000).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /v1/export/facts?after=&limit=`: message and engagement facts as NDJSON, in log
+/// order; `x-herald-next-cursor` is the `after` of the next call.
+pub(super) async fn export_facts(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<ExportQuery>,
+) -> ApiResult<Response> {
+    check_admin(&shared, &headers)?;
+    let after = match q.after.as_deref() {
+        None | Some("") => 0,
+        Some(s) => s.parse::<u64>().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_cursor",
+                format!("after: \"{s}\" is not a cursor (the x-herald-next-cursor of the last call, or 0)"),
+            )
+        })?,
+    };
+    let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
+    blocking(move || -> ApiResult<Response> {
+        let store = shared.engine.store.as_ref();
+        shared.engine.analytics.fold_all(store)?;
+        let facts = analytics::facts_after(store, after, limit)?;
+        let next = facts.last().map_or(after, |f| f.seq);
+        let mut body = String::new();
+        for f in &facts {
+            body.push_str(&serde_json::to_string(f).unwrap_or_default());
+            body.push('\n');
+        }
+        let mut response = ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
+        response
+            .headers_mut()
+            .insert("x-herald-next-cursor", header::HeaderValue::from(next));
+        Ok(response)
+    })
+    .await?
+}
+
+#[derive(Deserialize, Default)]
+struct RebuildBody {
+    /// Replace the live counters with the rebuilt ones (default: only compare).
+    #[serde(default)]
+    write: bool,
+}
+
+/// `POST /v1/analytics/rebuild` `{"write": false}`: derive the facts again from the stored
+/// journals, timelines and runs and compare their fold with the live counters.
+pub(super) async fn rebuild_analytics(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let body: RebuildBody = if body.is_empty() {
+        RebuildBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    blocking(move || -> ApiResult<Json<Value>> {
+        let store = shared.engine.store.as_ref();
+        let r = shared.engine.analytics.rebuild(store, body.write)?;
+        Ok(Json(json!(r)))
+    })
+    .await?
+}
