@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// README's figure is for 1,000,000.
     #[arg(long, default_value_t = 100_000)]
     broadcast: usize,
+    /// Contacts of the analytics benchmark: each sends `go` (a run that sends one email) and
+    /// `bought` (its goal), with analytics on and off (0 skips it).
+    #[arg(long, default_value_t = 5_000)]
+    analytics: usize,
     /// Recipients of the same broadcast through the webhook plugin to a loopback receiver
     /// answering after `--provider-latency-ms` (0 skips it).
     #[arg(long, default_value_t = 20_000)]
@@ -325,6 +329,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("workflow activations         {act:>12.0} runs/s      (ingest + trigger + render + outbox send + completion)");
     d.shutdown();
 
+    if args.analytics > 0 {
+        analytics_overhead(args.analytics, args.batch, args.clients)?;
+    }
     if args.broadcast > 0 {
         broadcasts(&args, act)?;
     }
@@ -984,4 +991,78 @@ fn send_rate(table: &str, n: usize, batch: usize, clients: usize, label: &str) -
     }
     println!("  mean ambiguous window        {window:>11.1} ms        ({label}: from the dispatch mark, durable before the call, to the recorded result)");
     Ok(rate)
+}
+
+/// Events per second through ingest, a run with one send per contact and its goal, with
+/// analytics on and off: best of interleaved rounds each.
+fn analytics_overhead(n: usize, batch: usize, clients: usize) -> Result<()> {
+    let workflow = "workflow(\"bench\").on_event(\"go\").goal(\"bought\", days(1));\nfn run(contact, trigger) {\n    send(\"email\", \"hello\");\n}\n";
+    let (mut on, mut off) = (0f64, 0f64);
+    for _ in 0..ROUNDS {
+        for enabled in [true, false] {
+            let dir = tempfile::tempdir()?;
+            project(dir.path(), workflow)?;
+            let toml = std::fs::read_to_string(dir.path().join("herald.toml"))?;
+            std::fs::write(
+                dir.path().join("herald.toml"),
+                format!("{toml}\n[analytics]\nenabled = {enabled}\n"),
+            )?;
+            let d = start_daemon(dir.path(), false)?;
+            let url = format!("{}/v1/batch", d.url());
+            let start = Instant::now();
+            let per_client = n.div_ceil(clients);
+            let handles: Vec<_> = (0..clients)
+                .map(|c| {
+                    let url = url.clone();
+                    std::thread::spawn(move || -> Result<()> {
+                        let agent = ureq::AgentBuilder::new()
+                            .timeout(Duration::from_secs(60))
+                            .build();
+                        let users: Vec<usize> = (0..per_client).collect();
+                        for chunk in users.chunks((batch / 2).max(1)) {
+                            let msgs: Vec<_> = chunk
+                                .iter()
+                                .flat_map(|u| {
+                                    let user = format!("a{c}-{u}");
+                                    [
+                                        json!({"type": "identify", "userId": user, "traits": {"email": format!("{user}@example.com")}}),
+                                        json!({"type": "track", "userId": user, "event": "go"}),
+                                        json!({"type": "track", "userId": user, "event": "bought", "properties": {"revenue": 9}}),
+                                    ]
+                                })
+                                .collect();
+                            post(&agent, &url, &json!({ "batch": msgs }).to_string())?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+            }
+            let runs = per_client * clients;
+            wait_for_runs(&d, "bench", runs, "converted")?;
+            if enabled {
+                // Counted too: every send and conversion folded.
+                d.shared
+                    .engine
+                    .analytics
+                    .fold_all(d.shared.engine.store.as_ref())?;
+            }
+            let rate = (3 * runs) as f64 / start.elapsed().as_secs_f64();
+            if enabled {
+                on = on.max(rate);
+            } else {
+                off = off.max(rate);
+            }
+            d.shutdown();
+        }
+    }
+    println!("events with analytics on     {on:>12.0} events/s    (identify, `go` starting a run that sends one email, its goal `bought`; counted and folded; best of {ROUNDS} rounds)");
+    println!(
+        "events with analytics off    {off:>12.0} events/s    ratio on/off: {:.2} (target >= 0.80)",
+        on / off
+    );
+    Ok(())
 }

@@ -377,3 +377,26 @@ fn the_rebuilt_numbers_equal_the_live_ones_after_a_sigkill_in_the_middle_of_send
         "{text}"
     );
 }
+
+#[test]
+fn with_analytics_off_nothing_is_counted_and_reports_are_zeros() {
+    let p = project();
+    let toml = std::fs::read_to_string(p.path().join("herald.toml")).unwrap();
+    std::fs::write(
+        p.path().join("herald.toml"),
+        format!("{toml}\n[analytics]\nenabled = false\n"),
+    )
+    .unwrap();
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.identify("z", json!({"email": "z@example.com"}));
+    c.track("z", "signup", json!({}));
+    eventually("both messages are out", || {
+        (p.outbox("email").len() == 2).then_some(())
+    });
+    let (s, r) = c.admin_get("/v1/reports/workflows/hello");
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["totals"]["counts"]["sent"], 0, "{r}");
+    let (_, _, lines) = export(&c, "0");
+    assert!(lines.is_empty(), "{lines:?}");
+}

@@ -65,6 +65,25 @@ pub struct Config {
     /// `[policy]`: the delivery policy every send passes.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// `[analytics]`: the facts and counters behind the reports.
+    #[serde(default)]
+    pub analytics: AnalyticsConfig,
+}
+
+/// `[analytics]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsConfig {
+    /// Note a fact with every send result, engagement event and conversion and keep the
+    /// report counters (default true). Off, reports stay at zero; a restart applies it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig { enabled: true }
+    }
 }
 
 /// The topic of messages that are never marketing (a receipt, a password reset): consent

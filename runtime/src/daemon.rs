@@ -258,6 +258,7 @@ impl RunningDaemon {
                 source,
             },
         )?;
+        store.set_notes_facts(project.config.analytics.enabled);
         let store: Arc<dyn Store> = Arc::new(store);
         let clock: Arc<dyn Clock> = if opts.test_clock {
             let start = std::env::var("HERALD_TEST_CLOCK_START")

@@ -46,6 +46,8 @@ pub struct SledStore {
     pub(super) recipients: sled::Tree,
     /// Analytics: pending facts, the folded facts' log, counters (`crate::analytics`).
     pub(super) analytics: sled::Tree,
+    /// Whether records note their analytics facts (`[analytics] enabled`).
+    pub(super) facts: std::sync::atomic::AtomicBool,
     /// Suppressed addresses per channel (`channel \0 address`).
     pub(super) suppression: sled::Tree,
     /// Commit records of write batches being applied (see [`SledStore::apply`]).
@@ -205,6 +207,7 @@ impl SledStore {
             consent: t("consent")?,
             recipients: t("recipients")?,
             analytics: t("analytics")?,
+            facts: std::sync::atomic::AtomicBool::new(true),
             suppression: t("suppression")?,
             batches: t("batches")?,
             db,
@@ -299,8 +302,10 @@ impl SledStore {
         for w in batch.writes() {
             // A record that notes an analytics fact carries it, written first (see
             // `crate::analytics`).
-            if let Some(Write::Analytics { key, value }) = crate::analytics::pending_for(w) {
-                ops.push(analytics_op(key, value));
+            if self.notes_facts() {
+                if let Some(Write::Analytics { key, value }) = crate::analytics::pending_for(w) {
+                    ops.push(analytics_op(key, value));
+                }
             }
             match w {
                 Write::Contact(c) => ops.push(contact_op(c)?),
@@ -797,7 +802,7 @@ impl Store for SledStore {
         // re-entry policy's question) is written once, before the run's first record: a crash
         // in between leaves an index key without a run, which readers skip, never a run
         // without its key.
-        let fact = with_fact(&Write::Run(run.clone()));
+        let fact = self.with_fact(&Write::Run(run.clone()));
         self.write_ops(
             &[fact, vec![run_index_op(run), run_op(run)?]].concat(),
             false,
@@ -805,7 +810,7 @@ impl Store for SledStore {
     }
 
     fn put_run(&self, run: &Run) -> StoreResult<()> {
-        let fact = with_fact(&Write::Run(run.clone()));
+        let fact = self.with_fact(&Write::Run(run.clone()));
         self.write_ops(&[fact, vec![run_op(run)?]].concat(), false)
     }
 
@@ -852,7 +857,7 @@ impl Store for SledStore {
     }
 
     fn put_step(&self, run: &str, step: &Step) -> StoreResult<()> {
-        let fact = with_fact(&Write::Step {
+        let fact = self.with_fact(&Write::Step {
             run: run.to_string(),
             step: step.clone(),
         });
@@ -1236,10 +1241,24 @@ fn analytics_op(key: Vec<u8>, value: Option<Vec<u8>>) -> RawOp {
     }
 }
 
-/// The pending-fact op a single-record write carries (none, or one).
-fn with_fact(w: &Write) -> Vec<RawOp> {
-    match crate::analytics::pending_for(w) {
-        Some(Write::Analytics { key, value }) => vec![analytics_op(key, value)],
-        _ => Vec::new(),
+impl SledStore {
+    /// Note analytics facts with the records they come from (on by default).
+    pub fn set_notes_facts(&self, on: bool) {
+        self.facts.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn notes_facts(&self) -> bool {
+        self.facts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The pending-fact op a single-record write carries (none, or one).
+    fn with_fact(&self, w: &Write) -> Vec<RawOp> {
+        if !self.notes_facts() {
+            return Vec::new();
+        }
+        match crate::analytics::pending_for(w) {
+            Some(Write::Analytics { key, value }) => vec![analytics_op(key, value)],
+            _ => Vec::new(),
+        }
     }
 }
