@@ -23,6 +23,25 @@ pub enum ReportCommand {
         #[command(flatten)]
         opts: ReportOpts,
     },
+    /// A broadcast's arms, or a workflow's `variant(...)`, as an experiment: each arm's rate
+    /// with its 95 % interval, the probability to beat the control, and the sequential
+    /// test's always-valid p-value and decision.
+    Experiment {
+        /// The broadcast (or, with `--variant`, the workflow).
+        name: String,
+        /// The workflow's experiment: the name given to `variant(...)`.
+        #[arg(long)]
+        variant: Option<String>,
+        /// `opened`, `clicked` or `converted` (default: a tested broadcast's own metric, else
+        /// `clicked`).
+        #[arg(long)]
+        metric: Option<String>,
+        /// The control arm (default: the first by name).
+        #[arg(long)]
+        control: Option<String>,
+        #[command(flatten)]
+        opts: ReportOpts,
+    },
     /// Every channel.
     Channels {
         #[command(flatten)]
@@ -237,7 +256,103 @@ fn name_path(name: &str) -> String {
     percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+fn print_experiment(v: &Value, format: Format) {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let a = &v["analysis"];
+    let csv = format == Format::Csv;
+    if csv {
+        println!(
+            "arm,sent,reached,rate,interval_low,interval_high,probability_to_beat_control,p_value"
+        );
+    } else {
+        println!(
+            "experiment by {} (control {}, alpha {})",
+            v["metric"].as_str().unwrap_or(""),
+            a["control"].as_str().unwrap_or(""),
+            a["alpha"]
+        );
+        println!(
+            "{:<12} {:>8} {:>8} {:>8} {:>17} {:>9} {:>9}",
+            "ARM", "SENT", "REACHED", "RATE", "95% INTERVAL", "P(BEAT)", "P-VALUE"
+        );
+    }
+    let pct = |x: &Value| {
+        x.as_f64()
+            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0))
+    };
+    for arm in a["arms"].as_array().into_iter().flatten() {
+        let i = &arm["interval"];
+        if csv {
+            println!(
+                "{},{},{},{},{},{},{},{}",
+                csv_field(arm["arm"].as_str().unwrap_or("")),
+                arm["sent"],
+                arm["reached"],
+                arm["rate"],
+                i[0],
+                i[1],
+                arm["probability_to_beat_control"],
+                arm["p_value"]
+            );
+        } else {
+            println!(
+                "{:<12} {:>8} {:>8} {:>8} {:>17} {:>9} {:>9}",
+                arm["arm"].as_str().unwrap_or(""),
+                arm["sent"],
+                arm["reached"],
+                pct(&arm["rate"]),
+                format!("{} – {}", pct(&i[0]), pct(&i[1])),
+                pct(&arm["probability_to_beat_control"]),
+                arm["p_value"]
+                    .as_f64()
+                    .map_or("-".to_string(), |p| format!("{p:.4}"))
+            );
+        }
+    }
+    if !csv {
+        match a["winner"].as_str() {
+            Some(w) => println!("the sequential test picks arm {w}"),
+            None => println!("undecided: no arm is ahead of every other at this level yet"),
+        }
+        if let Some(w) = v["decision"]["winner"].as_str() {
+            println!(
+                "the broadcast sent arm {w} to the rest (decided by {})",
+                v["decision"]["by"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
 pub fn report(command: ReportCommand) -> Result<bool> {
+    if let ReportCommand::Experiment {
+        name,
+        variant,
+        metric,
+        control,
+        opts,
+    } = &command
+    {
+        let mut q = Vec::new();
+        for (k, v) in [("metric", metric), ("control", control)] {
+            if let Some(v) = v {
+                q.push(format!("{k}={}", name_path(v)));
+            }
+        }
+        let path = match variant {
+            Some(exp) => format!(
+                "/v1/reports/workflows/{}/experiments/{}",
+                name_path(name),
+                name_path(exp)
+            ),
+            None => format!("/v1/reports/broadcasts/{}/experiment", name_path(name)),
+        };
+        let v = get(&opts.remote, &format!("{path}?{}", q.join("&")))?;
+        print_experiment(&v, opts.format());
+        return Ok(true);
+    }
     let (path, opts) = match &command {
         ReportCommand::Workflow { name, opts } => {
             (format!("/v1/reports/workflows/{}", name_path(name)), opts)
@@ -248,6 +363,7 @@ pub fn report(command: ReportCommand) -> Result<bool> {
         ReportCommand::Channels { opts } => ("/v1/reports/channels".to_string(), opts),
         ReportCommand::Domains { opts } => ("/v1/reports/domains".to_string(), opts),
         ReportCommand::Templates { opts } => ("/v1/reports/templates".to_string(), opts),
+        ReportCommand::Experiment { .. } => unreachable!("answered above"),
     };
     let v = get(&opts.remote, &format!("{path}{}", opts.query()))?;
     print(&v, opts.format());

@@ -303,6 +303,22 @@ fn a_workflows_report_follows_steps_by_stable_key_and_variants_and_refuses_unkno
     assert_eq!(by_arm, 20, "every send counted under its run's arm: {r}");
     assert_eq!(r["versions"].as_object().unwrap().len(), 1, "{r}");
 
+    let (s, x) = c.admin_get("/v1/reports/workflows/hello/experiments/tone?metric=opened");
+    assert_eq!(s, 200, "{x}");
+    let sent: u64 = x["analysis"]["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["sent"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sent, 20, "{x}");
+    assert_eq!(
+        x["analysis"]["winner"],
+        Value::Null,
+        "no opens, no winner: {x}"
+    );
+    let (s, b) = c.admin_get("/v1/reports/workflows/hello/experiments/mood");
+    assert_eq!(s, 404, "{b}");
     let (s, b) = c.admin_get("/v1/reports/workflows/nope");
     assert_eq!(s, 404, "{b}");
     assert!(b["error"]["message"]
@@ -399,4 +415,147 @@ fn with_analytics_off_nothing_is_counted_and_reports_are_zeros() {
     assert_eq!(r["totals"]["counts"]["sent"], 0, "{r}");
     let (_, _, lines) = export(&c, "0");
     assert!(lines.is_empty(), "{lines:?}");
+}
+
+#[test]
+fn a_tested_broadcast_is_decided_by_the_sequential_test_and_its_experiment_report_has_the_numbers()
+{
+    const N: usize = 800;
+    let p = project();
+    std::fs::write(
+        p.path().join("broadcasts/trial.rhai"),
+        "broadcast(\"trial\").audience(\"readers\").channel(\"email\")\n    \
+         .arms(#{ a: \"duo_a\", b: \"duo_b\" }).topic(\"newsletter\")\n    \
+         .goal(\"order_completed\", days(3))\n    \
+         .test_share(50).winner(\"converted\", days(2));\n",
+    )
+    .unwrap();
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.set_clock(1_796_724_000_000);
+    let people: Vec<Value> = (0..N)
+        .map(|i| {
+            json!({"type": "identify", "userId": format!("t{i}"),
+                "traits": {"email": format!("t{i}@example.com"), "reads": true}})
+        })
+        .collect();
+    for chunk in people.chunks(200) {
+        let (s, b) = c.ingest("/v1/batch", &json!({ "batch": chunk }).to_string());
+        assert_eq!(s, 200, "{b}");
+    }
+    eventually("the segment has its readers", || {
+        let (_, b) = c.admin_get("/v1/segments/readers");
+        (b["size"] == N).then_some(())
+    });
+    let (s, b) = c.admin_post("/v1/broadcasts/trial/schedule", json!({}));
+    assert_eq!(s, 200, "{b}");
+    eventually("the testers' messages are sent", || {
+        let (_, d) = c.admin_get("/v1/broadcasts/trial");
+        let p = &d["progress"];
+        (d["status"] == "testing" && p["queued"] == 0 && p["waiting"] == 0).then_some(())
+    });
+    // Three in five of arm b's testers order, one in five of arm a's.
+    let mut want: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut orders = Vec::new();
+    for m in p.outbox("email") {
+        let to = m["to"].as_str().unwrap();
+        let i: usize = to[1..to.find('@').unwrap()].parse().unwrap();
+        let arm = if m["subject"] == "Arm a" { "a" } else { "b" };
+        let e = want.entry(arm.to_string()).or_default();
+        e.0 += 1;
+        let buys = if arm == "b" {
+            i % 5 < 3
+        } else {
+            i.is_multiple_of(5)
+        };
+        if buys {
+            e.1 += 1;
+            orders.push(
+                json!({"type": "track", "userId": format!("t{i}"), "event": "order_completed"}),
+            );
+        }
+    }
+    let testers: u64 = want.values().map(|e| e.0).sum();
+    for chunk in orders.chunks(200) {
+        let (s, b) = c.ingest("/v1/batch", &json!({ "batch": chunk }).to_string());
+        assert_eq!(s, 200, "{b}");
+    }
+    // Long before its two days, the sequential test decides, and the rest get arm b.
+    let done = eventually("the winner reaches the rest", || {
+        let (_, d) = c.admin_get("/v1/broadcasts/trial");
+        (d["status"] == "completed" && d["progress"]["sent"] == N).then_some(d)
+    });
+    let decision = &done["record"]["test"]["decision"];
+    assert_eq!(decision["winner"], "b", "{done}");
+    assert_eq!(decision["by"], "sequential test", "{done}");
+    let (s, x) = c.admin_get("/v1/reports/broadcasts/trial/experiment");
+    assert_eq!(s, 200, "{x}");
+    assert_eq!(x["metric"], "converted", "the test's own metric: {x}");
+    let arms = x["analysis"]["arms"].as_array().unwrap();
+    assert_eq!(arms[0]["arm"], "a", "the control first: {x}");
+    let (na, xa) = want["a"];
+    let (nb, xb) = want["b"];
+    assert_eq!(
+        (arms[0]["sent"].as_u64(), arms[0]["reached"].as_u64()),
+        (Some(na), Some(xa)),
+        "{x}"
+    );
+    assert_eq!(
+        (arms[1]["sent"].as_u64(), arms[1]["reached"].as_u64()),
+        (Some(nb), Some(xb)),
+        "{x}"
+    );
+    use herald_runtime::analytics::experiments as stats;
+    let p_beat = arms[1]["probability_to_beat_control"].as_f64().unwrap();
+    assert!(
+        (p_beat - stats::probability_b_beats_a(xa, na, xb, nb)).abs() < 1e-12,
+        "{x}"
+    );
+    assert!(p_beat > 0.999, "{x}");
+    let interval: Vec<f64> = arms[1]["interval"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(interval, stats::wilson(xb, nb).to_vec(), "{x}");
+    assert!(arms[1]["p_value"].as_f64().unwrap() <= 0.05, "{x}");
+    let rest_b = p
+        .outbox("email")
+        .iter()
+        .filter(|m| m["subject"] == "Arm b")
+        .count() as u64;
+    assert_eq!(
+        rest_b,
+        nb + (N as u64 - testers),
+        "every non-tester received the winner"
+    );
+    let (_, report) = c.admin_get("/v1/reports/broadcasts/trial");
+    assert_eq!(
+        report["rest"]["counts"]["sent"],
+        N as u64 - testers,
+        "{report}"
+    );
+    assert_eq!(report["totals"]["counts"]["sent"], N, "{report}");
+    let out = std::process::Command::new(herald_bin())
+        .args(["report", "experiment", "trial"])
+        .args(["--dir", p.path().to_str().unwrap(), "--url", &c.base])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("the sequential test picks arm b"), "{text}");
+    assert!(
+        text.contains("the broadcast sent arm b to the rest (decided by sequential test)"),
+        "{text}"
+    );
+    let (s, b) = c.admin_get("/v1/reports/broadcasts/trial/experiment?metric=glances");
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = c.admin_get("/v1/reports/broadcasts/trial/experiment?control=z");
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = c.admin_get("/v1/reports/broadcasts/duo/experiment");
+    assert_eq!(
+        s, 200,
+        "an untested broadcast with arms is an experiment too: {b}"
+    );
 }

@@ -28,6 +28,8 @@
 //! Unique clicks count a message's first human click; `clicks` counts every link's.
 //! A broadcast's seed sends (its tests) stay out of every number.
 
+pub mod experiments;
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -249,6 +251,9 @@ pub struct FoldedFact {
     /// The broadcast, when the run is a broadcast's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<String>,
+    /// A tested broadcast's phase: `test` (a tester) or `winner` (the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     /// The step's stable key (kind, channel, template and occurrence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_key: Option<String>,
@@ -324,6 +329,9 @@ fn enrich(store: &dyn Store, fact: &Fact) -> Result<Option<FoldedFact>, StoreErr
         workflow: run.workflow.clone(),
         version: run.script_hash.clone(),
         broadcast,
+        phase: run.trigger["properties"]["phase"]
+            .as_str()
+            .map(str::to_string),
         step_key,
         template,
         domain,
@@ -338,7 +346,10 @@ fn scopes(f: &FoldedFact) -> Vec<String> {
     match &f.broadcast {
         Some(b) => {
             out.push(format!("broadcast:{b}"));
-            if let Some(arm) = f.variants.get(b) {
+            // An experiment's arms are its testers; the winner's sends to the rest apart.
+            if f.phase.as_deref() == Some("winner") {
+                out.push(format!("rest:{b}"));
+            } else if let Some(arm) = f.variants.get(b) {
                 out.push(format!("arm:{b}:{arm}"));
             }
         }
@@ -824,6 +835,25 @@ pub fn series(
         }
     }
     out.sort();
+    Ok(out)
+}
+
+/// The arms of an experiment from the counters: for each (arm, scope), the messages sent
+/// and how many reached `metric`, over everything counted.
+pub fn arm_data(
+    store: &dyn Store,
+    arms: &[(String, String)],
+    metric: &str,
+) -> Result<Vec<experiments::ArmData>, StoreError> {
+    let mut out = Vec::new();
+    for (arm, scope) in arms {
+        let n = numbers(store, scope, Period::default())?;
+        out.push(experiments::ArmData {
+            arm: arm.clone(),
+            sent: n.counts.get("sent").copied().unwrap_or(0),
+            reached: n.counts.get(metric).copied().unwrap_or(0),
+        });
+    }
     Ok(out)
 }
 

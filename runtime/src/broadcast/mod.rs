@@ -654,6 +654,31 @@ impl Engine {
         Ok(out)
     }
 
+    /// The arm the sequential test picks among a testing broadcast's testers, from the
+    /// analytics counters (none while analytics is off or the test is undecided).
+    pub(crate) fn sequential_winner(
+        &self,
+        r: &BroadcastRecord,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(t) = r.test.as_ref().filter(|t| t.decision.is_none()) else {
+            return Ok(None);
+        };
+        if !self.store.notes_facts() {
+            return Ok(None);
+        }
+        self.analytics.fold_all(self.store.as_ref())?;
+        let arms: Vec<(String, String)> = t
+            .arms
+            .iter()
+            .map(|a| (a.clone(), format!("arm:{}:{a}", r.name)))
+            .collect();
+        let data = crate::analytics::arm_data(self.store.as_ref(), &arms, &t.metric)?;
+        Ok(crate::analytics::experiments::decide(
+            &data,
+            crate::analytics::experiments::ALPHA,
+        ))
+    }
+
     /// Decide a testing broadcast's A/B test now: `arm` when an operator names one, else the
     /// arm with the highest rate of the declared metric (a tie goes to the arm first by
     /// name). The rest of the audience then receives the winner.
@@ -782,6 +807,17 @@ impl Engine {
                 BroadcastStatus::Sending => self.dispatch_page(&r)?,
                 BroadcastStatus::Testing => {
                     let due = r.test.as_ref().and_then(AbTest::due_at);
+                    // Before its time, the sequential test may already say which arm wins.
+                    if let Some(w) = self.sequential_winner(&r)? {
+                        return match self.decide(&r.name, Some(&w), "sequential test") {
+                            Ok(_) => Ok(Duration::ZERO),
+                            Err(EngineError::Invalid(e)) => {
+                                tracing::debug!(broadcast = r.name, e, "not decided");
+                                Ok(Duration::from_millis(200))
+                            }
+                            Err(e) => Err(e),
+                        };
+                    }
                     match due {
                         Some(due) if due <= self.clock.now_ms() => {
                             match self.decide(&r.name, None, "metric") {

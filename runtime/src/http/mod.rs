@@ -184,7 +184,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/webhooks/{channel}", post(provider_webhook))
         .route("/v1/workflows/{name}/runs", post(start_run))
         .route("/v1/reports/workflows/{name}", get(workflow_report))
+        .route(
+            "/v1/reports/workflows/{name}/experiments/{experiment}",
+            get(workflow_experiment),
+        )
         .route("/v1/reports/broadcasts/{name}", get(broadcast_report))
+        .route(
+            "/v1/reports/broadcasts/{name}/experiment",
+            get(broadcast_experiment),
+        )
         .route("/v1/reports/{dimension}", get(dimension_report))
         .route("/v1/export/facts", get(export_facts))
         .route("/v1/analytics/rebuild", post(rebuild_analytics))

@@ -175,6 +175,9 @@ pub(super) async fn broadcast_report(
             "period": period_json(period),
             "totals": analytics::numbers(store, &scope, period)?,
             "arms": by_suffix(store, &format!("arm:{name}:"), period)?,
+            // A tested broadcast's winner sent to the rest of its audience.
+            "rest": analytics::numbers_by_scope(store, &format!("rest:{name}\0"), period)?
+                .remove(&format!("rest:{name}")),
             "series": series_json(store, &scope, metric, period)?,
         })))
     })
@@ -287,6 +290,170 @@ pub(super) async fn rebuild_analytics(
         let store = shared.engine.store.as_ref();
         let r = shared.engine.analytics.rebuild(store, body.write)?;
         Ok(Json(json!(r)))
+    })
+    .await?
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct ExperimentQuery {
+    /// `opened`, `clicked` or `converted` (default: a tested broadcast's own metric, else
+    /// `clicked`).
+    #[serde(default)]
+    metric: Option<String>,
+    /// The control arm (default: the first by name).
+    #[serde(default)]
+    control: Option<String>,
+    /// Significance level of the sequential test (default 0.05).
+    #[serde(default)]
+    alpha: Option<f64>,
+}
+
+impl ExperimentQuery {
+    fn metric(&self, default: &str) -> ApiResult<String> {
+        let m = self.metric.clone().unwrap_or_else(|| default.to_string());
+        if !herald_dsl::WINNER_METRICS.contains(&m.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "metric: an experiment is measured by {}, not \"{m}\"",
+                    herald_dsl::WINNER_METRICS.join(", ")
+                ),
+            ));
+        }
+        Ok(m)
+    }
+
+    fn alpha(&self) -> ApiResult<f64> {
+        match self.alpha {
+            None => Ok(analytics::experiments::ALPHA),
+            Some(a) if a > 0.0 && a < 0.5 => Ok(a),
+            Some(a) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("alpha: a significance level between 0 and 0.5, not {a}"),
+            )),
+        }
+    }
+}
+
+fn experiment_json(
+    store: &dyn crate::store::Store,
+    arms: Vec<(String, String)>,
+    metric: &str,
+    q: &ExperimentQuery,
+    alpha: f64,
+) -> ApiResult<Value> {
+    let data = analytics::arm_data(store, &arms, metric)?;
+    let control = q
+        .control
+        .clone()
+        .or_else(|| arms.first().map(|(a, _)| a.clone()))
+        .unwrap_or_default();
+    if !arms.iter().any(|(a, _)| *a == control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("control: no arm \"{control}\""),
+        ));
+    }
+    let analysis = analytics::experiments::analyse(&data, &control, alpha);
+    Ok(json!({"metric": metric, "analysis": analysis}))
+}
+
+/// `GET /v1/reports/broadcasts/{name}/experiment?metric=&control=&alpha=`: a broadcast's
+/// arms as an experiment.
+pub(super) async fn broadcast_experiment(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<ExperimentQuery>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let alpha = q.alpha()?;
+    blocking(move || -> ApiResult<Json<Value>> {
+        let store = shared.engine.store.as_ref();
+        shared.engine.analytics.fold_all(store)?;
+        let record = shared.engine.broadcast_record(&name)?;
+        let spec = shared
+            .engine
+            .state()
+            .broadcasts
+            .get(&name)
+            .and_then(|w| w.loaded.decl.broadcast.clone());
+        let arms: Vec<String> = match (&record, &spec) {
+            (Some(r), _) if r.test.is_some() => r.test.as_ref().unwrap().arms.clone(),
+            (_, Some(s)) => s.arms.iter().map(|(a, _)| a.clone()).collect(),
+            (Some(_), None) => {
+                analytics::numbers_by_scope(store, &format!("arm:{name}:"), Period::default())?
+                    .keys()
+                    .filter_map(|k| k.strip_prefix(&format!("arm:{name}:")).map(str::to_string))
+                    .collect()
+            }
+            (None, None) => return Err(not_found("broadcast", &name)),
+        };
+        if arms.len() < 2 {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("broadcast \"{name}\" has no arms: it is not an experiment"),
+            ));
+        }
+        let default_metric = record
+            .as_ref()
+            .and_then(|r| r.test.as_ref().map(|t| t.metric.clone()))
+            .unwrap_or_else(|| "clicked".into());
+        let metric = q.metric(&default_metric)?;
+        let scoped = arms
+            .into_iter()
+            .map(|a| (a.clone(), format!("arm:{name}:{a}")))
+            .collect();
+        let mut out = experiment_json(store, scoped, &metric, &q, alpha)?;
+        out["broadcast"] = json!(name);
+        if let Some(d) = record.and_then(|r| r.test.and_then(|t| t.decision)) {
+            out["decision"] = json!(d);
+        }
+        Ok(Json(out))
+    })
+    .await?
+}
+
+/// `GET /v1/reports/workflows/{name}/experiments/{experiment}?metric=&control=&alpha=`: a
+/// workflow's `variant(experiment, ...)` as an experiment.
+pub(super) async fn workflow_experiment(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((name, experiment)): Path<(String, String)>,
+    Query(q): Query<ExperimentQuery>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let alpha = q.alpha()?;
+    let metric = q.metric("clicked")?;
+    blocking(move || -> ApiResult<Json<Value>> {
+        let store = shared.engine.store.as_ref();
+        shared.engine.analytics.fold_all(store)?;
+        let prefix = format!("variant:{name}:{experiment}:");
+        let arms: Vec<(String, String)> =
+            analytics::numbers_by_scope(store, &prefix, Period::default())?
+                .keys()
+                .filter_map(|k| Some((k.strip_prefix(&prefix)?.to_string(), k.clone())))
+                .collect();
+        if arms.is_empty() {
+            let known = shared.engine.state().workflows.contains_key(&name);
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                if known {
+                    format!("workflow \"{name}\" has counted nothing for an experiment \"{experiment}\" (its `variant(\"{experiment}\", ...)`)")
+                } else {
+                    format!("no workflow named \"{name}\"")
+                },
+            ));
+        }
+        let mut out = experiment_json(store, arms, &metric, &q, alpha)?;
+        out["workflow"] = json!(name);
+        out["experiment"] = json!(experiment);
+        Ok(Json(out))
     })
     .await?
 }

@@ -340,6 +340,11 @@ pub trait Store: Send + Sync + 'static {
     /// Drop a broadcast's audience snapshot (once it has finished).
     fn clear_recipients(&self, broadcast: &str) -> StoreResult<()>;
 
+    /// Whether records note their analytics facts (`[analytics] enabled`).
+    fn notes_facts(&self) -> bool {
+        false
+    }
+
     /// A value of the analytics keyspace (written with [`Write::Analytics`]).
     fn analytics_get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
 

@@ -1124,6 +1124,10 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn notes_facts(&self) -> bool {
+        SledStore::notes_facts(self)
+    }
+
     fn analytics_get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
         Ok(self.analytics.get(key)?.map(|v| v.to_vec()))
     }
