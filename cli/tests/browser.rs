@@ -148,3 +148,184 @@ fn a_person_leaves_one_topic_in_a_real_browser_without_javascript_and_the_page_p
         .collect();
     assert_eq!(templates, ["news", "launch"]);
 }
+
+/// Width and height of a PNG file (from its IHDR chunk).
+fn png_size(path: &str) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG", "{path}");
+    let n = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    (n(16), n(20))
+}
+
+#[test]
+fn the_dashboard_shows_a_known_data_set_refuses_strangers_and_fits_a_phone_and_a_laptop() {
+    let Some(modules) = tools() else { return };
+    let p = TestProject::new("[topics.newsletter]\nlabel = \"Newsletter\"\n\n");
+    for name in ["welcome", "nudge", "tips"] {
+        p.template(name, "---\ntopic: transactional\nsubject: x\n---\nx");
+    }
+    for arm in ["a", "b"] {
+        p.template(
+            &format!("duo_{arm}"),
+            &format!("---\ntopic: newsletter\nsubject: Arm {arm}\n---\nText {arm}."),
+        );
+    }
+    p.segment(
+        "readers.rhai",
+        "segment(\"readers\");\nfn matches(contact) {\n    contact.reads == true\n}\n",
+    );
+    p.workflow(
+        "hello.rhai",
+        "workflow(\"hello\").on_event(\"signup\");\nfn run(contact, trigger) {\n    \
+         let tone = variant(\"tone\", [\"warm\", \"plain\"]);\n    send(\"email\", \"welcome\");\n    \
+         send(\"email\", \"tips\");\n}\n",
+    );
+    std::fs::create_dir_all(p.path().join("broadcasts")).unwrap();
+    std::fs::write(
+        p.path().join("broadcasts/duo.rhai"),
+        "broadcast(\"duo\").audience(\"readers\").channel(\"email\")\n    \
+         .arms(#{ a: \"duo_a\", b: \"duo_b\" }).topic(\"newsletter\")\n    \
+         .goal(\"order_completed\", days(3));\n",
+    )
+    .unwrap();
+    let d = p.start();
+    let c = Client::new(d.url());
+    // The known data set: 6 sign-ups (12 welcome-series sends), 8 readers (8 broadcast
+    // sends), 3 of whom order.
+    for i in 0..6 {
+        c.identify(
+            &format!("s{i}"),
+            json!({"email": format!("s{i}@signup.example")}),
+        );
+        c.track(&format!("s{i}"), "signup", json!({}));
+    }
+    for i in 0..8 {
+        c.identify(
+            &format!("r{i}"),
+            json!({"email": format!("r{i}@reader.example"), "reads": true}),
+        );
+    }
+    eventually("the segment has its readers", || {
+        let (_, b) = c.admin_get("/v1/segments/readers");
+        (b["size"] == 8).then_some(())
+    });
+    let (s, b) = c.admin_post("/v1/broadcasts/duo/schedule", json!({}));
+    assert_eq!(s, 200, "{b}");
+    eventually("every message is out", || {
+        (p.outbox("email").len() == 20).then_some(())
+    });
+    for i in 0..3 {
+        c.track(&format!("r{i}"), "order_completed", json!({}));
+    }
+    eventually("the conversions are counted", || {
+        let (_, r) = c.admin_get("/v1/reports/broadcasts/duo");
+        (r["totals"]["counts"]["converted"] == 3).then_some(())
+    });
+
+    let shots = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/browser/dashboard.cjs"
+        ))
+        .args([
+            c.base.as_str(),
+            TOKEN,
+            shots.path().to_str().unwrap(),
+            "/dashboard",
+            "/dashboard/broadcasts/duo",
+            "/dashboard/workflows/hello",
+        ])
+        .env("HERALD_BROWSER_MODULES", &modules)
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "the browser script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["refused"]["status"], 401, "no session, no dashboard");
+    let refused = r["refused"]["html"].as_str().unwrap();
+    assert!(
+        refused.contains("Sign in") && !refused.contains("Workflows"),
+        "{refused}"
+    );
+    assert_eq!(r["signedIn"]["status"], 200, "{r}");
+    assert_eq!(r["cookie"]["httpOnly"], true, "{}", r["cookie"]);
+    assert_eq!(r["cookie"]["sameSite"], "Strict", "{}", r["cookie"]);
+
+    let pages = r["pages"].as_array().unwrap();
+    assert_eq!(pages.len(), 6);
+    let metric = |page: &Value, row: &str, m: &str| -> String {
+        page["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x[0] == row && x[1] == m)
+            .map(|x| x[2].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{row} {m} in {}", page["metrics"]))
+    };
+    for page in pages {
+        let (width, status) = (page["width"].as_u64().unwrap(), page["status"].as_u64());
+        assert_eq!(status, Some(200), "{}", page["path"]);
+        assert!(
+            page["scrollWidth"].as_u64().unwrap() <= page["innerWidth"].as_u64().unwrap(),
+            "{} overflows at {width}px: {} > {}",
+            page["path"],
+            page["scrollWidth"],
+            page["innerWidth"]
+        );
+        let (w, _) = png_size(page["shot"].as_str().unwrap());
+        assert_eq!(
+            u64::from(w),
+            width,
+            "the full-page screenshot is as wide as the screen"
+        );
+        assert!(
+            page["bytes"].as_u64().unwrap() < 96 * 1024,
+            "{} weighs {} bytes",
+            page["path"],
+            page["bytes"]
+        );
+        match page["path"].as_str().unwrap() {
+            "/dashboard" => {
+                assert_eq!(metric(page, "", "sent"), "20", "all messages");
+                assert_eq!(metric(page, "hello", "sent"), "12");
+                assert_eq!(metric(page, "duo", "sent"), "8");
+                assert_eq!(metric(page, "duo", "converted"), "3");
+                assert_eq!(metric(page, "signup.example", "sent"), "12");
+                assert_eq!(metric(page, "reader.example", "sent"), "8");
+                assert_eq!(metric(page, "readers", "members"), "8");
+            }
+            "/dashboard/broadcasts/duo" => {
+                let a: u64 = metric(page, "a", "sent").parse().unwrap();
+                let b: u64 = metric(page, "b", "sent").parse().unwrap();
+                assert_eq!(a + b, 8, "{}", page["metrics"]);
+                let reached: u64 = metric(page, "a", "reached").parse::<u64>().unwrap()
+                    + metric(page, "b", "reached").parse::<u64>().unwrap();
+                assert_eq!(reached, 0, "nobody clicked: {}", page["metrics"]);
+            }
+            "/dashboard/workflows/hello" => {
+                let steps: Vec<&Value> = page["metrics"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|x| x[0].as_str().unwrap().starts_with("send/email/"))
+                    .collect();
+                assert_eq!(steps.len(), 2, "{}", page["metrics"]);
+                assert!(steps.iter().all(|x| x[2] == "6"), "{steps:?}");
+                let text = page["text"].as_str().unwrap();
+                assert!(text.contains("Experiment tone"), "{text}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(r["violations"], json!([]), "axe-core: {}", r["violations"]);
+    for url in r["requests"].as_array().unwrap() {
+        assert!(
+            url.as_str().unwrap().starts_with("http://127.0.0.1:"),
+            "only loopback: {url}"
+        );
+    }
+}

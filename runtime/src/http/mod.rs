@@ -22,6 +22,7 @@ use crate::store::IdKind;
 mod admin;
 mod broadcasts;
 mod consent;
+mod dashboard;
 mod engagement;
 mod ingest;
 mod ops;
@@ -33,8 +34,8 @@ mod webhooks;
 
 #[allow(unused_imports)]
 use self::{
-    admin::*, broadcasts::*, consent::*, engagement::*, ingest::*, ops::*, preferences::*,
-    reports::*, webhooks::*,
+    admin::*, broadcasts::*, consent::*, dashboard::*, engagement::*, ingest::*, ops::*,
+    preferences::*, reports::*, webhooks::*,
 };
 
 /// A JSON error response: `{"error": {"code": "...", "message": "..."}}`. The ingest endpoints
@@ -183,6 +184,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/import/contacts", post(import_contacts))
         .route("/v1/webhooks/{channel}", post(provider_webhook))
         .route("/v1/workflows/{name}/runs", post(start_run))
+        .route(
+            "/dashboard/login",
+            get(dashboard_login_form).post(dashboard_login),
+        )
+        .route("/dashboard/logout", post(dashboard_logout))
+        .route("/dashboard", get(dashboard_overview))
+        .route("/dashboard/workflows/{name}", get(dashboard_workflow))
+        .route("/dashboard/broadcasts/{name}", get(dashboard_broadcast))
         .route("/v1/reports/workflows/{name}", get(workflow_report))
         .route(
             "/v1/reports/workflows/{name}/experiments/{experiment}",

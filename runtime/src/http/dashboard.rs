@@ -1,0 +1,663 @@
+//! The dashboard: server-rendered pages of the analytics counters, for people.
+//!
+//! - `GET /dashboard/login` shows a form; `POST /dashboard/login` exchanges an admin or
+//!   read-only token for a session cookie (HttpOnly, SameSite=Strict, `Secure` behind an https
+//!   public URL; signed with the link keys, valid 12 hours); `POST /dashboard/logout` ends it.
+//! - `GET /dashboard` (overview: workflows, broadcasts, deliverability by recipient domain,
+//!   segment sizes), `GET /dashboard/workflows/{name}` (hourly series, the steps of each
+//!   version as a funnel, experiments), `GET /dashboard/broadcasts/{name}` (arms with their
+//!   intervals, the decision). Without a session every page answers 401 with the login form.
+//!
+//! Plain HTML and inline SVG: no script, no asset from anywhere else (the CSP says so), under
+//! [`PAGE_BUDGET`] bytes, readable from a phone's width up.
+
+#[allow(unused_imports)]
+use super::*;
+
+use std::collections::BTreeMap;
+
+use crate::analytics::{self, experiments, Numbers, Period};
+
+/// The session cookie's name.
+const COOKIE: &str = "herald_dashboard";
+/// The link-key token kind of a session.
+const SESSION: u8 = 6;
+/// How long a session lasts.
+const SESSION_MS: i64 = 12 * 3_600_000;
+/// Longest session token accepted.
+const MAX_SESSION_TOKEN: usize = 256;
+/// A dashboard page stays under this many bytes (tested).
+pub const PAGE_BUDGET: usize = 96 * 1024;
+/// A login form body larger than this is refused.
+const MAX_FORM_BYTES: usize = 4096;
+
+fn esc(s: &str) -> String {
+    html_escape::encode_text(s).into_owned()
+}
+
+fn attr(s: &str) -> String {
+    html_escape::encode_double_quoted_attribute(s).into_owned()
+}
+
+fn path_part(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn page(status: StatusCode, html: String, cookie: Option<String>) -> Response {
+    if html.len() > PAGE_BUDGET {
+        tracing::warn!(
+            bytes = html.len(),
+            budget = PAGE_BUDGET,
+            "a dashboard page is over its weight budget"
+        );
+    }
+    let mut r = (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'",
+            ),
+        ],
+        html,
+    )
+        .into_response();
+    if let Some(c) = cookie {
+        if let Ok(v) = header::HeaderValue::from_str(&c) {
+            r.headers_mut().insert(header::SET_COOKIE, v);
+        }
+    }
+    r
+}
+
+const STYLE: &str = "\
+*{box-sizing:border-box}\
+body{font-family:system-ui,sans-serif;margin:0;color:#1a1a1a;background:#f6f6f4;line-height:1.45}\
+header{background:#1a1a1a;color:#fff;padding:.6rem 1rem;display:flex;flex-wrap:wrap;gap:.5rem 1rem;align-items:center}\
+header a{color:#fff}header form{margin-left:auto}\
+main{max-width:72rem;margin:0 auto;padding:1rem}\
+h1{font-size:1.4rem;margin:.5rem 0 1rem}h2{font-size:1.1rem;margin:1.5rem 0 .5rem}\
+section{background:#fff;border:1px solid #d6d6d0;border-radius:8px;padding:.75rem 1rem;margin-bottom:1rem}\
+.scroll{overflow-x:auto;max-width:100%}\
+table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}\
+th,td{padding:.3rem .5rem;text-align:right;border-bottom:1px solid #e4e4de;white-space:nowrap}\
+th:first-child,td:first-child{text-align:left;white-space:normal;overflow-wrap:anywhere;min-width:9rem}\
+figure{margin:0}\
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(8.5rem,1fr));gap:.5rem}\
+.card{border:1px solid #e4e4de;border-radius:6px;padding:.4rem .6rem}.card b{display:block;font-size:1.3rem}\
+svg{max-width:100%;height:auto;display:block}\
+.muted{color:#555}.win{color:#1b5e20;font-weight:600}\
+button,input{font:inherit}input{padding:.4rem;border:1px solid #767676;border-radius:4px;width:100%;max-width:24rem}\
+button{padding:.4rem .9rem;border-radius:4px;border:1px solid #1a1a1a;background:#1a1a1a;color:#fff;cursor:pointer}\
+header button{background:#fff;color:#1a1a1a}\
+.error{background:#fdecea;border:1px solid #b71c1c;padding:.5rem 1rem;border-radius:6px}";
+
+fn layout(title: &str, body: &str, signed_in: bool) -> String {
+    let nav = if signed_in {
+        "<a href=\"/dashboard\">Overview</a><form method=\"post\" action=\"/dashboard/logout\"><button>Sign out</button></form>"
+    } else {
+        ""
+    };
+    format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <meta name=\"robots\" content=\"noindex\">\n<title>{t} · Herald</title>\n<style>{STYLE}</style>\n</head>\n\
+         <body>\n<header><strong>Herald</strong>{nav}</header>\n<main>\n<h1>{t}</h1>\n{body}\n</main>\n</body>\n</html>\n",
+        t = esc(title)
+    )
+}
+
+fn login_page(status: StatusCode, error: Option<&str>) -> Response {
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    let body = format!(
+        "<section>{error}<form method=\"post\" action=\"/dashboard/login\">\
+         <p><label for=\"token\">Admin or read-only token</label><br>\
+         <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required></p>\
+         <p><button>Sign in</button></p></form></section>"
+    );
+    page(status, layout("Sign in", &body, false), None)
+}
+
+/// The session of the request's cookie, if it is valid and not expired.
+fn session(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(token) = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")))
+    else {
+        return false;
+    };
+    let keys = shared.engine.link_keys();
+    match keys.verify_parts(SESSION, token, 1, MAX_SESSION_TOKEN) {
+        Ok(parts) => parts[0]
+            .parse::<i64>()
+            .is_ok_and(|until| until > shared.engine.clock.now_ms()),
+        Err(_) => false,
+    }
+}
+
+fn secure(shared: &Shared) -> &'static str {
+    if shared.engine.public_url().starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// `GET /dashboard/login`.
+pub(super) async fn dashboard_login_form() -> Response {
+    login_page(StatusCode::OK, None)
+}
+
+/// `POST /dashboard/login` (`token=…`): a session cookie for a valid token.
+pub(super) async fn dashboard_login(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    if body.len() > MAX_FORM_BYTES {
+        return login_page(StatusCode::PAYLOAD_TOO_LARGE, Some("That is not a token."));
+    }
+    let token = form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if shared.credentials().token_scope(token.trim()).is_none() {
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            Some("That token is not valid here."),
+        );
+    }
+    let until = shared.engine.clock.now_ms() + SESSION_MS;
+    let session = shared
+        .engine
+        .link_keys()
+        .sign_parts(SESSION, &[&until.to_string()]);
+    let cookie = format!(
+        "{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={}{}",
+        SESSION_MS / 1000,
+        secure(&shared)
+    );
+    let mut r = page(StatusCode::SEE_OTHER, String::new(), Some(cookie));
+    r.headers_mut().insert(
+        header::LOCATION,
+        header::HeaderValue::from_static("/dashboard"),
+    );
+    r
+}
+
+/// `POST /dashboard/logout`.
+pub(super) async fn dashboard_logout(State(shared): State<Arc<Shared>>) -> Response {
+    let cookie = format!(
+        "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age=0{}",
+        secure(&shared)
+    );
+    let mut r = page(StatusCode::SEE_OTHER, String::new(), Some(cookie));
+    r.headers_mut().insert(
+        header::LOCATION,
+        header::HeaderValue::from_static("/dashboard/login"),
+    );
+    r
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+fn count(n: &Numbers, m: &str) -> u64 {
+    n.counts.get(m).copied().unwrap_or(0)
+}
+
+fn rate(n: &Numbers, r: &str) -> f64 {
+    n.rates.get(r).copied().unwrap_or(0.0)
+}
+
+/// Headline numbers as cards.
+fn cards(n: &Numbers) -> String {
+    let mut out = String::from("<div class=\"cards\">");
+    for (label, metric, value) in [
+        ("Sent", "sent", count(n, "sent").to_string()),
+        ("Opened", "opened", count(n, "opened").to_string()),
+        ("Open rate", "open_rate", pct(rate(n, "open_rate"))),
+        ("Clicked", "clicked", count(n, "clicked").to_string()),
+        ("Click rate", "click_rate", pct(rate(n, "click_rate"))),
+        ("Converted", "converted", count(n, "converted").to_string()),
+        ("Bounced", "bounced", count(n, "bounced").to_string()),
+        (
+            "Unsubscribed",
+            "unsubscribed",
+            count(n, "unsubscribed").to_string(),
+        ),
+    ] {
+        out.push_str(&format!(
+            "<div class=\"card\"><span class=\"muted\">{label}</span><b data-metric=\"{metric}\">{value}</b></div>"
+        ));
+    }
+    out.push_str("</div>");
+    out
+}
+
+/// A table of rows of numbers: (label, link, numbers).
+fn table(caption: &str, rows: &[(String, Option<String>, &Numbers)]) -> String {
+    if rows.is_empty() {
+        return format!("<p class=\"muted\">No {} yet.</p>", esc(caption));
+    }
+    let mut out = format!(
+        "<div class=\"scroll\"><table aria-label=\"{}\"><thead><tr><th scope=\"col\">Name</th>\
+         <th scope=\"col\">Sent</th><th scope=\"col\">Open rate</th><th scope=\"col\">Click rate</th>\
+         <th scope=\"col\">Converted</th><th scope=\"col\">Bounced</th><th scope=\"col\">Complaints</th>\
+         <th scope=\"col\">Unsubscribed</th></tr></thead><tbody>",
+        attr(caption)
+    );
+    for (label, link, n) in rows {
+        let name = match link {
+            Some(l) => format!("<a href=\"{}\">{}</a>", attr(l), esc(label)),
+            None => esc(label),
+        };
+        out.push_str(&format!(
+            "<tr data-row=\"{}\"><th scope=\"row\">{name}</th><td data-metric=\"sent\">{}</td><td>{}</td><td>{}</td>\
+             <td data-metric=\"converted\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            attr(label),
+            count(n, "sent"),
+            pct(rate(n, "open_rate")),
+            pct(rate(n, "click_rate")),
+            count(n, "converted"),
+            count(n, "bounced"),
+            count(n, "complained"),
+            count(n, "unsubscribed"),
+        ));
+    }
+    out.push_str("</tbody></table></div>");
+    out
+}
+
+/// An hourly series as SVG bars, with the total in words for screen readers.
+fn series_chart(title: &str, points: &[(i64, u64)]) -> String {
+    if points.is_empty() {
+        return format!("<p class=\"muted\">No {} yet.</p>", esc(title));
+    }
+    let first = points.first().map(|p| p.0).unwrap_or(0);
+    let last = points.last().map(|p| p.0).unwrap_or(0);
+    let hours = ((last - first) / analytics::HOUR_MS + 1).clamp(1, 24 * 90) as usize;
+    let max = points.iter().map(|p| p.1).max().unwrap_or(1).max(1) as f64;
+    let (w, h) = (600.0, 120.0);
+    let bar = w / hours as f64;
+    let mut bars = String::new();
+    for (at, n) in points {
+        let i = ((at - first) / analytics::HOUR_MS) as f64;
+        if i as usize >= hours {
+            continue;
+        }
+        let bh = (*n as f64 / max * (h - 10.0)).max(1.0);
+        bars.push_str(&format!(
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#2f5d8a\"><title>{n}</title></rect>",
+            i * bar,
+            h - bh,
+            (bar - 1.0).max(0.5),
+        ));
+    }
+    let total: u64 = points.iter().map(|p| p.1).sum();
+    format!(
+        "<figure><svg viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{} per hour: {total} in {} hours\">{bars}</svg>\
+         <figcaption class=\"muted\">{} per hour, {} to {} (UTC)</figcaption></figure>",
+        attr(title),
+        hours,
+        esc(title),
+        crate::clock::iso(first),
+        crate::clock::iso(last + analytics::HOUR_MS),
+    )
+}
+
+/// Steps of one version as a funnel: a bar per step, as long as its sends.
+fn funnel(steps: &[(String, &Numbers)]) -> String {
+    let max = steps
+        .iter()
+        .map(|(_, n)| count(n, "sent"))
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let mut out = String::from("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Step</th><th scope=\"col\">Sent</th><th scope=\"col\">Opened</th><th scope=\"col\">Clicked</th><th scope=\"col\" style=\"width:40%\">Reach</th></tr></thead><tbody>");
+    for (key, n) in steps {
+        let sent = count(n, "sent");
+        out.push_str(&format!(
+            "<tr data-step=\"{}\"><th scope=\"row\">{}</th><td data-metric=\"sent\">{sent}</td><td>{}</td><td>{}</td>\
+             <td><svg viewBox=\"0 0 100 8\" role=\"img\" aria-label=\"{sent} sent\"><rect width=\"{:.1}\" height=\"8\" fill=\"#2f5d8a\"/></svg></td></tr>",
+            attr(key),
+            esc(key),
+            count(n, "opened"),
+            count(n, "clicked"),
+            sent as f64 / max * 100.0
+        ));
+    }
+    out.push_str("</tbody></table></div>");
+    out
+}
+
+/// An experiment: each arm's rate with its interval drawn, and the test's pick.
+fn experiment(title: &str, a: &experiments::Analysis, metric: &str) -> String {
+    let mut out = format!(
+        "<h2>{}</h2><div class=\"scroll\"><table><thead><tr><th scope=\"col\">Arm</th><th scope=\"col\">Sent</th>\
+         <th scope=\"col\">{}</th><th scope=\"col\">Rate</th><th scope=\"col\" style=\"width:30%\">95% interval</th>\
+         <th scope=\"col\">P(beat {})</th><th scope=\"col\">p-value</th></tr></thead><tbody>",
+        esc(title),
+        esc(metric),
+        esc(&a.control)
+    );
+    for arm in &a.arms {
+        let [lo, hi] = arm.interval;
+        out.push_str(&format!(
+            "<tr data-arm=\"{}\"><th scope=\"row\">{}</th><td data-metric=\"sent\">{}</td><td data-metric=\"reached\">{}</td><td>{}</td>\
+             <td><svg viewBox=\"0 0 100 10\" role=\"img\" aria-label=\"{} to {}\"><line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"5\" y2=\"5\" stroke=\"#1a1a1a\" stroke-width=\"2\"/>\
+             <circle cx=\"{:.1}\" cy=\"5\" r=\"2.5\" fill=\"#2f5d8a\"/></svg></td><td>{}</td><td>{}</td></tr>",
+            attr(&arm.arm),
+            esc(&arm.arm),
+            arm.sent,
+            arm.reached,
+            pct(arm.rate),
+            pct(lo),
+            pct(hi),
+            lo * 100.0,
+            hi * 100.0,
+            arm.rate * 100.0,
+            arm.probability_to_beat_control.map_or("–".into(), pct),
+            arm.p_value.map_or("–".into(), |p| format!("{p:.3}")),
+        ));
+    }
+    out.push_str("</tbody></table></div>");
+    out.push_str(&match &a.winner {
+        Some(w) => format!(
+            "<p class=\"win\" data-winner=\"{}\">The sequential test picks arm {}.</p>",
+            attr(w),
+            esc(w)
+        ),
+        None => {
+            "<p class=\"muted\">Undecided: no arm leads every other at this level yet.</p>".into()
+        }
+    });
+    out
+}
+
+fn unauthorized() -> Response {
+    login_page(
+        StatusCode::UNAUTHORIZED,
+        Some("Sign in to see the dashboard."),
+    )
+}
+
+fn failed(e: impl std::fmt::Display) -> Response {
+    page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        layout(
+            "Something failed",
+            &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
+            true,
+        ),
+        None,
+    )
+}
+
+/// `GET /dashboard`.
+pub(super) async fn dashboard_overview(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Response {
+    if !session(&shared, &headers) {
+        return unauthorized();
+    }
+    let out = tokio::task::spawn_blocking(move || -> Result<String, crate::store::StoreError> {
+        let store = shared.engine.store.as_ref();
+        shared.engine.analytics.fold_all(store)?;
+        let all = Period::default();
+        let state = shared.engine.state();
+        let workflows = analytics::numbers_by_scope(store, "workflow:", all)?;
+        let broadcasts = analytics::numbers_by_scope(store, "broadcast:", all)?;
+        let domains = analytics::numbers_by_scope(store, "domain:", all)?;
+        let empty = Numbers::default();
+        let mut names: Vec<String> = state.workflows.keys().cloned().collect();
+        names.extend(workflows.keys().filter_map(|k| k.strip_prefix("workflow:").map(String::from)));
+        names.sort();
+        names.dedup();
+        let wf_rows: Vec<_> = names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    Some(format!("/dashboard/workflows/{}", path_part(n))),
+                    workflows.get(&format!("workflow:{n}")).unwrap_or(&empty),
+                )
+            })
+            .collect();
+        let mut bnames: Vec<String> = state.broadcasts.keys().cloned().collect();
+        bnames.extend(broadcasts.keys().filter_map(|k| k.strip_prefix("broadcast:").map(String::from)));
+        bnames.sort();
+        bnames.dedup();
+        let bc_rows: Vec<_> = bnames
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    Some(format!("/dashboard/broadcasts/{}", path_part(n))),
+                    broadcasts.get(&format!("broadcast:{n}")).unwrap_or(&empty),
+                )
+            })
+            .collect();
+        let dom_rows: Vec<_> = domains
+            .iter()
+            .map(|(k, n)| (k.trim_start_matches("domain:").to_string(), None, n))
+            .collect();
+        let total = workflows.values().chain(broadcasts.values()).fold(
+            Numbers::default(),
+            |mut t, n| {
+                for (m, v) in &n.counts {
+                    *t.counts.entry(m.clone()).or_default() += v;
+                }
+                t
+            },
+        );
+        let mut total = total;
+        let sent = count(&total, "sent") as f64;
+        let r = |m: &str, t: &Numbers| if sent > 0.0 { count(t, m) as f64 / sent } else { 0.0 };
+        total.rates.insert("open_rate".into(), r("opened", &total));
+        total.rates.insert("click_rate".into(), r("clicked", &total));
+        let mut segs = String::from("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Segment</th><th scope=\"col\">Members</th></tr></thead><tbody>");
+        for (name, size) in shared.engine.segment_sizes() {
+            segs.push_str(&format!(
+                "<tr data-segment=\"{}\"><th scope=\"row\">{}</th><td data-metric=\"members\">{size}</td></tr>",
+                attr(&name),
+                esc(&name)
+            ));
+        }
+        segs.push_str("</tbody></table></div>");
+        let body = format!(
+            "<section aria-labelledby=\"all\"><h2 id=\"all\">All messages</h2>{}</section>\
+             <section aria-labelledby=\"wf\"><h2 id=\"wf\">Workflows</h2>{}</section>\
+             <section aria-labelledby=\"bc\"><h2 id=\"bc\">Broadcasts</h2>{}</section>\
+             <section aria-labelledby=\"dom\"><h2 id=\"dom\">Deliverability by recipient domain</h2>{}</section>\
+             <section aria-labelledby=\"seg\"><h2 id=\"seg\">Segments</h2>{segs}</section>",
+            cards(&total),
+            table("workflows", &wf_rows),
+            table("broadcasts", &bc_rows),
+            table("domains", &dom_rows),
+        );
+        Ok(layout("Overview", &body, true))
+    })
+    .await;
+    match out {
+        Ok(Ok(html)) => page(StatusCode::OK, html, None),
+        Ok(Err(e)) => failed(e),
+        Err(e) => failed(e),
+    }
+}
+
+/// `GET /dashboard/workflows/{name}`.
+pub(super) async fn dashboard_workflow(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if !session(&shared, &headers) {
+        return unauthorized();
+    }
+    let out = tokio::task::spawn_blocking(
+        move || -> Result<Option<String>, crate::store::StoreError> {
+            let store = shared.engine.store.as_ref();
+            shared.engine.analytics.fold_all(store)?;
+            let all = Period::default();
+            let scope = format!("workflow:{name}");
+            let totals = analytics::numbers(store, &scope, all)?;
+            let known = shared.engine.state().workflows.contains_key(&name);
+            if !known && count(&totals, "sent") == 0 {
+                return Ok(None);
+            }
+            let mut body = format!("<section>{}</section>", cards(&totals));
+            for metric in ["sent", "opened", "clicked"] {
+                let points = analytics::series(store, &scope, metric, all)?;
+                body.push_str(&format!(
+                    "<section><h2>{} per hour</h2>{}</section>",
+                    esc(&metric[..1].to_uppercase()) + &metric[1..],
+                    series_chart(metric, &points)
+                ));
+            }
+            // The steps of each version, by their stable keys.
+            let steps = analytics::numbers_by_scope(store, &format!("step:{name}@"), all)?;
+            let mut by_version: BTreeMap<String, Vec<(String, &Numbers)>> = BTreeMap::new();
+            for (k, n) in &steps {
+                let rest = k.trim_start_matches(&format!("step:{name}@"));
+                if let Some((version, key)) = rest.split_once(':') {
+                    by_version
+                        .entry(version.to_string())
+                        .or_default()
+                        .push((key.to_string(), n));
+                }
+            }
+            for (version, rows) in &mut by_version {
+                rows.sort_by(|a, b| {
+                    count(b.1, "sent")
+                        .cmp(&count(a.1, "sent"))
+                        .then(a.0.cmp(&b.0))
+                });
+                body.push_str(&format!(
+                    "<section><h2>Steps of version {}</h2>{}</section>",
+                    esc(version),
+                    funnel(rows)
+                ));
+            }
+            // Experiments: the workflow's variant(...) calls.
+            let variants = analytics::numbers_by_scope(store, &format!("variant:{name}:"), all)?;
+            let mut exps: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+            for k in variants.keys() {
+                let rest = k.trim_start_matches(&format!("variant:{name}:"));
+                if let Some((exp, arm)) = rest.rsplit_once(':') {
+                    exps.entry(exp.to_string())
+                        .or_default()
+                        .push((arm.to_string(), k.clone()));
+                }
+            }
+            for (exp, arms) in exps {
+                for metric in ["clicked", "converted"] {
+                    let data = analytics::arm_data(store, &arms, metric)?;
+                    let control = arms.first().map(|a| a.0.clone()).unwrap_or_default();
+                    let a = experiments::analyse(&data, &control, experiments::ALPHA);
+                    body.push_str(&format!(
+                        "<section>{}</section>",
+                        experiment(&format!("Experiment {exp}, by {metric}"), &a, metric)
+                    ));
+                }
+            }
+            Ok(Some(layout(&format!("Workflow {name}"), &body, true)))
+        },
+    )
+    .await;
+    match out {
+        Ok(Ok(Some(html))) => page(StatusCode::OK, html, None),
+        Ok(Ok(None)) => page(
+            StatusCode::NOT_FOUND,
+            layout("Not found", "<p>No such workflow.</p>", true),
+            None,
+        ),
+        Ok(Err(e)) => failed(e),
+        Err(e) => failed(e),
+    }
+}
+
+/// `GET /dashboard/broadcasts/{name}`.
+pub(super) async fn dashboard_broadcast(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if !session(&shared, &headers) {
+        return unauthorized();
+    }
+    let out = tokio::task::spawn_blocking(move || -> Result<Option<String>, crate::engine::EngineError> {
+        let store = shared.engine.store.as_ref();
+        shared.engine.analytics.fold_all(store)?;
+        let all = Period::default();
+        let record = shared.engine.broadcast_record(&name)?;
+        let spec = shared
+            .engine
+            .state()
+            .broadcasts
+            .get(&name)
+            .and_then(|w| w.loaded.decl.broadcast.clone());
+        if record.is_none() && spec.is_none() {
+            return Ok(None);
+        }
+        let scope = format!("broadcast:{name}");
+        let totals = analytics::numbers(store, &scope, all)?;
+        let status = record
+            .as_ref()
+            .map_or("draft", |r| crate::broadcast::status_name(r.status));
+        let mut body = format!(
+            "<p>Status: <strong data-status=\"{status}\">{status}</strong></p><section>{}</section>",
+            cards(&totals)
+        );
+        let points = analytics::series(store, &scope, "sent", all)?;
+        body.push_str(&format!("<section><h2>Sent per hour</h2>{}</section>", series_chart("sent", &points)));
+        let arms: Vec<String> = match (&record, &spec) {
+            (Some(r), _) if r.test.is_some() => r.test.as_ref().map(|t| t.arms.clone()).unwrap_or_default(),
+            (_, Some(s)) => s.arms.iter().map(|(a, _)| a.clone()).collect(),
+            _ => Vec::new(),
+        };
+        if arms.len() >= 2 {
+            let metric = record
+                .as_ref()
+                .and_then(|r| r.test.as_ref().map(|t| t.metric.clone()))
+                .unwrap_or_else(|| "clicked".into());
+            let scoped: Vec<(String, String)> = arms
+                .iter()
+                .map(|a| (a.clone(), format!("arm:{name}:{a}")))
+                .collect();
+            let data = analytics::arm_data(store, &scoped, &metric)?;
+            let a = experiments::analyse(&data, &arms[0], experiments::ALPHA);
+            body.push_str(&format!(
+                "<section>{}</section>",
+                experiment(&format!("Arms, by {metric}"), &a, &metric)
+            ));
+            if let Some(d) = record.as_ref().and_then(|r| r.test.as_ref()).and_then(|t| t.decision.as_ref()) {
+                body.push_str(&format!(
+                    "<section><p class=\"win\" data-decision=\"{}\">Arm {} went to the rest of the audience (decided by {}).</p></section>",
+                    attr(&d.winner),
+                    esc(&d.winner),
+                    esc(&d.by)
+                ));
+            }
+        }
+        Ok(Some(layout(&format!("Broadcast {name}"), &body, true)))
+    })
+    .await;
+    match out {
+        Ok(Ok(Some(html))) => page(StatusCode::OK, html, None),
+        Ok(Ok(None)) => page(
+            StatusCode::NOT_FOUND,
+            layout("Not found", "<p>No such broadcast.</p>", true),
+            None,
+        ),
+        Ok(Err(e)) => failed(e),
+        Err(e) => failed(e),
+    }
+}
