@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// `bought` (its goal), with analytics on and off (0 skips it).
     #[arg(long, default_value_t = 5_000)]
     analytics: usize,
+    /// Facts fed straight into the analytics fold for the report query benchmark: one
+    /// workflow with 5 versions × 20 steps × 4 variants over 90 days (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    report_facts: usize,
     /// Recipients of the same broadcast through the webhook plugin to a loopback receiver
     /// answering after `--provider-latency-ms` (0 skips it).
     #[arg(long, default_value_t = 20_000)]
@@ -331,6 +335,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     if args.analytics > 0 {
         analytics_overhead(args.analytics, args.batch, args.clients)?;
+    }
+    if args.report_facts > 0 {
+        report_query(args.report_facts)?;
     }
     if args.broadcast > 0 {
         broadcasts(&args, act)?;
@@ -1064,5 +1071,98 @@ fn analytics_overhead(n: usize, batch: usize, clients: usize) -> Result<()> {
         "events with analytics off    {off:>12.0} events/s    ratio on/off: {:.2} (target >= 0.80)",
         on / off
     );
+    Ok(())
+}
+
+/// Fold `n` facts of one workflow (5 versions × 20 steps × 4 variants, spread over 90 days)
+/// straight into the analytics counters of a fresh store, then time the named report query:
+/// the workflow's hourly series of sends over the 90 days, and its per-step totals.
+fn report_query(n: usize) -> Result<()> {
+    use herald_runtime::analytics::{self, Counts, Fact, FoldedFact, Period, HOUR_MS};
+    let dir = tempfile::tempdir()?;
+    let store = herald_runtime::store::SledStore::open(dir.path(), 64 << 20)?;
+    let end = 1_796_724_000_000i64;
+    let span = 90 * 24 * HOUR_MS;
+    let start_at = end - span;
+    let mut shapes = Vec::new();
+    for v in 0..5 {
+        for step in 0..20 {
+            for arm in 0..4 {
+                shapes.push(FoldedFact {
+                    seq: 0,
+                    fact: Fact {
+                        id: String::new(),
+                        kind: String::new(),
+                        at: 0,
+                        run: String::new(),
+                        step: Some(step),
+                        channel: Some("email".into()),
+                        link: None,
+                        bounce: None,
+                        rule: None,
+                    },
+                    contact: String::new(),
+                    workflow: "onboarding".into(),
+                    version: format!("{v}{}", "a".repeat(63)),
+                    broadcast: None,
+                    phase: None,
+                    step_key: Some(format!("send/email/step{step}#1")),
+                    template: Some(format!("step{step}")),
+                    domain: Some("example.com".into()),
+                    variants: [("subject".to_string(), format!("arm{arm}"))].into(),
+                });
+            }
+        }
+    }
+    let kinds = [
+        "sent",
+        "sent",
+        "sent",
+        "sent",
+        "sent",
+        "opened",
+        "opened",
+        "clicked",
+        "converted",
+        "delivered",
+    ];
+    let fold = Instant::now();
+    let mut counts = Counts::default();
+    for i in 0..n {
+        let f = &mut shapes[i % 400];
+        f.fact.kind.clear();
+        f.fact.kind.push_str(kinds[(i / 400) % kinds.len()]);
+        f.fact.at = start_at + (i as i64).wrapping_mul(7_919_000) % span;
+        counts.add(f, true);
+        if counts.0.len() >= 1_000_000 {
+            std::mem::take(&mut counts).apply(&store)?;
+        }
+    }
+    counts.apply(&store)?;
+    let folded = fold.elapsed().as_secs_f64();
+    let period = Period {
+        from: Some(start_at),
+        to: Some(end),
+    };
+    let mut best = f64::MAX;
+    let mut points = 0;
+    for _ in 0..5 {
+        let q = Instant::now();
+        points = analytics::series(&store, "workflow:onboarding", "sent", period)?.len();
+        best = best.min(q.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut steps_ms = f64::MAX;
+    let mut steps = 0;
+    for _ in 0..5 {
+        let q = Instant::now();
+        steps = analytics::numbers_by_scope(&store, "step:onboarding@", Period::default())?.len();
+        steps_ms = steps_ms.min(q.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "analytics fold               {:>12.0} facts/s     ({n} facts of 5 versions x 20 steps x 4 variants over 90 days, fed straight into the fold)",
+        n as f64 / folded
+    );
+    println!("report query, hourly series  {best:>12.1} ms          {points} hours of one workflow's sends over 90 days (target < 200 ms)");
+    println!("report query, step totals    {steps_ms:>12.1} ms          {steps} steps (5 versions x 20) with every metric");
     Ok(())
 }

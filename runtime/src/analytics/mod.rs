@@ -50,14 +50,14 @@ const FOLDED: &[u8] = b"d\0";
 const UNIQUE: &[u8] = b"u\0";
 /// Key prefix of the folded facts' log (`f` `\0` sequence, u64 BE).
 const LOG: &[u8] = b"f\0";
-/// Key prefix of a counter (`c` `\0` scope `\0` metric `\0` bucket).
+/// Key prefix of an hourly counter (`c` `\0` scope `\0` metric `\0` hour, ten digits).
 const COUNTER: &[u8] = b"c\0";
+/// Key prefix of a total counter (`t` `\0` scope `\0` metric).
+const TOTALS: &[u8] = b"t\0";
 /// The last sequence number of the log.
 const LAST_SEQ: &[u8] = b"s";
 /// Pending facts folded per batch.
 const PAGE: usize = 2000;
-/// The bucket of a counter's total.
-const TOTAL: &str = "total";
 /// One hour, in ms.
 pub const HOUR_MS: i64 = 3_600_000;
 
@@ -414,20 +414,15 @@ fn unique_key(f: &FoldedFact) -> Option<String> {
     })
 }
 
-fn counter_key(scope: &str, metric: &str, bucket: &str) -> Vec<u8> {
-    [
-        COUNTER,
-        scope.as_bytes(),
-        b"\0",
-        metric.as_bytes(),
-        b"\0",
-        bucket.as_bytes(),
-    ]
-    .concat()
+fn total_key(scope: &str, metric: &str) -> Vec<u8> {
+    [TOTALS, scope.as_bytes(), b"\0", metric.as_bytes()].concat()
 }
 
-fn hour_bucket(at: i64) -> String {
-    format!("h{}", at.div_euclid(HOUR_MS))
+/// The key of an hourly counter (hours since the epoch, ten digits so they sort in order).
+fn hour_key(scope: &str, metric: &str, hour: i64) -> Vec<u8> {
+    let mut k = [COUNTER, scope.as_bytes(), b"\0", metric.as_bytes(), b"\0"].concat();
+    k.extend_from_slice(format!("{hour:010}").as_bytes());
+    k
 }
 
 /// Counter deltas, by counter key.
@@ -435,14 +430,30 @@ fn hour_bucket(at: i64) -> String {
 pub struct Counts(pub BTreeMap<Vec<u8>, u64>);
 
 impl Counts {
-    fn add(&mut self, f: &FoldedFact, first: bool) {
-        let hour = hour_bucket(f.fact.at);
+    /// Count `f` (`first`: the message's first open or click) in every scope it belongs to,
+    /// in total and in its hour.
+    pub fn add(&mut self, f: &FoldedFact, first: bool) {
+        let hour = f.fact.at.div_euclid(HOUR_MS);
         for m in metrics(f, first) {
             for s in scopes(f) {
-                *self.0.entry(counter_key(&s, m, TOTAL)).or_default() += 1;
-                *self.0.entry(counter_key(&s, m, &hour)).or_default() += 1;
+                *self.0.entry(total_key(&s, m)).or_default() += 1;
+                *self.0.entry(hour_key(&s, m, hour)).or_default() += 1;
             }
         }
+    }
+
+    /// Add these counts to the stored counters, in one batch (the benchmark feeds the fold
+    /// this way; the fold thread writes its counts with its facts' log).
+    pub fn apply(self, store: &dyn Store) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::new();
+        for (key, delta) in self.0 {
+            let now = store.analytics_get(&key)?.map_or(0, |v| u64_of(&v));
+            batch.push(Write::Analytics {
+                key,
+                value: Some((now + delta).to_be_bytes().to_vec()),
+            });
+        }
+        store.apply(&batch)
     }
 }
 
@@ -652,6 +663,7 @@ impl Folder {
         let live: BTreeMap<Vec<u8>, u64> = store
             .analytics_scan(COUNTER, None, usize::MAX)?
             .into_iter()
+            .chain(store.analytics_scan(TOTALS, None, usize::MAX)?)
             .map(|(k, v)| (k, u64_of(&v)))
             .collect();
         let mut differences = Vec::new();
@@ -666,7 +678,7 @@ impl Folder {
             );
             if l != r {
                 differences.push(json!({
-                    "counter": String::from_utf8_lossy(&key[COUNTER.len()..]).replace('\0', " "),
+                    "counter": String::from_utf8_lossy(&key[2..]).replace('\0', " "),
                     "live": l,
                     "rebuilt": r,
                 }));
@@ -753,48 +765,64 @@ pub struct Period {
     pub to: Option<i64>,
 }
 
-/// Every scope starting with `prefix` (e.g. `arm:spring:`) and its numbers over `period`.
+/// Every scope starting with `prefix` (e.g. `arm:spring:`) and its numbers over `period`:
+/// the totals when the period is everything, else the sum of its hours.
 pub fn numbers_by_scope(
     store: &dyn Store,
     prefix: &str,
     period: Period,
 ) -> Result<BTreeMap<String, Numbers>, StoreError> {
-    let key_prefix = [COUNTER, prefix.as_bytes()].concat();
     let mut out: BTreeMap<String, Numbers> = BTreeMap::new();
     let whole = period.from.is_none() && period.to.is_none();
-    for (key, value) in store.analytics_scan(&key_prefix, None, usize::MAX)? {
-        let rest = String::from_utf8_lossy(&key[COUNTER.len()..]).into_owned();
-        let mut parts = rest.rsplitn(3, '\0');
-        let (Some(bucket), Some(metric), Some(scope)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let take = if whole {
-            bucket == TOTAL
-        } else {
-            match bucket.strip_prefix('h').and_then(|h| h.parse::<i64>().ok()) {
-                Some(h) => {
-                    let at = h * HOUR_MS;
-                    period
-                        .from
-                        .is_none_or(|f| at >= f.div_euclid(HOUR_MS) * HOUR_MS)
-                        && period.to.is_none_or(|t| at < t)
-                }
-                None => false,
+    let mut add = |scope: &str, metric: &str, n: u64| {
+        let e = out.entry(scope.to_string()).or_default();
+        if e.counts.is_empty() {
+            for m in METRICS {
+                e.counts.insert(m.to_string(), 0);
             }
-        };
-        let n = out.entry(scope.to_string()).or_default();
-        for m in METRICS {
-            n.counts.entry(m.to_string()).or_insert(0);
         }
-        if take {
-            *n.counts.entry(metric.to_string()).or_default() += u64_of(&value);
+        *e.counts.entry(metric.to_string()).or_default() += n;
+    };
+    if whole {
+        let key_prefix = [TOTALS, prefix.as_bytes()].concat();
+        for (key, value) in store.analytics_scan(&key_prefix, None, usize::MAX)? {
+            let rest = String::from_utf8_lossy(&key[TOTALS.len()..]).into_owned();
+            if let Some((scope, metric)) = rest.rsplit_once('\0') {
+                add(scope, metric, u64_of(&value));
+            }
+        }
+    } else {
+        let (from, to) = hour_range(period);
+        let key_prefix = [COUNTER, prefix.as_bytes()].concat();
+        for (key, value) in store.analytics_scan(&key_prefix, None, usize::MAX)? {
+            let rest = String::from_utf8_lossy(&key[COUNTER.len()..]).into_owned();
+            let mut parts = rest.rsplitn(3, '\0');
+            let (Some(hour), Some(metric), Some(scope)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            match hour.parse::<i64>() {
+                Ok(h) if h >= from && h < to => add(scope, metric, u64_of(&value)),
+                // Scopes with nothing in the period still show, with zeros.
+                _ => add(scope, metric, 0),
+            }
         }
     }
     for n in out.values_mut() {
         n.derive();
     }
     Ok(out)
+}
+
+/// The hours `[from, to)` of a period.
+fn hour_range(period: Period) -> (i64, i64) {
+    (
+        period.from.map_or(i64::MIN, |f| f.div_euclid(HOUR_MS)),
+        period
+            .to
+            .map_or(i64::MAX, |t| (t + HOUR_MS - 1).div_euclid(HOUR_MS)),
+    )
 }
 
 /// One scope's numbers over `period` (zeros when nothing was counted).
@@ -809,32 +837,29 @@ pub fn numbers(store: &dyn Store, scope: &str, period: Period) -> Result<Numbers
 }
 
 /// A scope's hourly series of `metric` over `period`: (hour start in ms, count), hours
-/// without any left out.
+/// without any left out. Reads only the period's keys.
 pub fn series(
     store: &dyn Store,
     scope: &str,
     metric: &str,
     period: Period,
 ) -> Result<Vec<(i64, u64)>, StoreError> {
-    let key_prefix = counter_key(scope, metric, "h");
+    let (from, to) = hour_range(period);
+    let prefix = [COUNTER, scope.as_bytes(), b"\0", metric.as_bytes(), b"\0"].concat();
+    let start = hour_key(scope, metric, from.max(0));
     let mut out = Vec::new();
-    for (key, value) in store.analytics_scan(&key_prefix, None, usize::MAX)? {
-        let Some(h) = std::str::from_utf8(&key[key_prefix.len()..])
+    for (key, value) in store.analytics_scan(&prefix, Some(&start), usize::MAX)? {
+        let Some(h) = std::str::from_utf8(&key[prefix.len()..])
             .ok()
             .and_then(|h| h.parse::<i64>().ok())
         else {
             continue;
         };
-        let at = h * HOUR_MS;
-        if period
-            .from
-            .is_none_or(|f| at >= f.div_euclid(HOUR_MS) * HOUR_MS)
-            && period.to.is_none_or(|t| at < t)
-        {
-            out.push((at, u64_of(&value)));
+        if h >= to {
+            break;
         }
+        out.push((h * HOUR_MS, u64_of(&value)));
     }
-    out.sort();
     Ok(out)
 }
 
