@@ -1100,6 +1100,7 @@ fn report_query(n: usize) -> Result<()> {
                         link: None,
                         bounce: None,
                         rule: None,
+                        revenue: None,
                     },
                     contact: String::new(),
                     workflow: "onboarding".into(),

@@ -197,6 +197,20 @@ fn a_broadcasts_report_counts_exactly_the_sends_opens_clicks_and_conversions_tha
         json!([{"hour": t0, "count": N}]),
         "every send in the hour it happened"
     );
+    // Each order carried 5 USD of revenue.
+    assert_eq!(
+        report["totals"]["revenue"]["USD"].as_f64(),
+        Some(5.0 * total.converted as f64),
+        "{report}"
+    );
+    // This hour against the one before it.
+    let (_, hour) = c.admin_get(&format!(
+        "/v1/reports/broadcasts/duo?from={t0}&to={}",
+        t0 + 3_600_000
+    ));
+    assert_eq!(hour["totals"]["counts"]["sent"], N, "{hour}");
+    assert_eq!(hour["previous"]["totals"]["counts"]["sent"], 0, "{hour}");
+    assert_eq!(hour["previous"]["period"]["from"], t0 - 3_600_000, "{hour}");
     // The channel and the recipients' domain see the same sends.
     let (_, domains) = c.admin_get("/v1/reports/domains");
     assert_eq!(

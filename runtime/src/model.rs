@@ -264,6 +264,10 @@ pub struct Run {
     /// When the goal was reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub converted_at: Option<i64>,
+    /// The revenue the goal event carried (Segment's `revenue`), in minor units (cents), and
+    /// its `currency` (default USD, as in Segment's spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revenue: Option<(i64, String)>,
     /// Script output (`print`), most recent last, bounded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<String>,
@@ -302,6 +306,7 @@ impl Run {
             error_line: None,
             activations: 0,
             converted_at: None,
+            revenue: None,
             logs: Vec::new(),
             failed_activations: 0,
         }

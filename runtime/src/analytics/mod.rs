@@ -120,6 +120,9 @@ pub struct Fact {
     /// A skip's rule (`consent`, `suppression`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// A conversion's revenue: minor units (cents) and currency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revenue: Option<(i64, String)>,
 }
 
 impl Fact {
@@ -157,6 +160,7 @@ pub fn fact_of_step(run: &str, step: &Step) -> Option<Fact> {
             .map(str::to_string),
         link: None,
         bounce: None,
+        revenue: None,
         rule: step
             .result
             .get("rule")
@@ -202,6 +206,7 @@ pub fn fact_of_event(event: &Event) -> Option<Fact> {
         link: text("link").or_else(|| text("url")),
         bounce: text("bounce_type"),
         rule: None,
+        revenue: None,
     })
 }
 
@@ -220,6 +225,7 @@ pub fn fact_of_run(run: &Run) -> Option<Fact> {
         link: None,
         bounce: None,
         rule: None,
+        revenue: run.revenue.clone(),
     })
 }
 
@@ -438,6 +444,14 @@ impl Counts {
             for s in scopes(f) {
                 *self.0.entry(total_key(&s, m)).or_default() += 1;
                 *self.0.entry(hour_key(&s, m, hour)).or_default() += 1;
+            }
+        }
+        // Revenue sums minor units per currency (refunds, negative, are not counted).
+        if let Some((cents, currency)) = f.fact.revenue.as_ref().filter(|(c, _)| *c > 0) {
+            let m = format!("revenue:{currency}");
+            for s in scopes(f) {
+                *self.0.entry(total_key(&s, &m)).or_default() += *cents as u64;
+                *self.0.entry(hour_key(&s, &m, hour)).or_default() += *cents as u64;
             }
         }
     }
@@ -731,6 +745,8 @@ pub struct Numbers {
     /// `bounce_rate`, `complaint_rate`, `unsubscribe_rate`, `conversion_rate`, and
     /// `delivery_rate` where providers report deliveries.
     pub rates: BTreeMap<String, f64>,
+    /// Revenue of the conversions, per currency (in major units: 12.5 is 12.50).
+    pub revenue: BTreeMap<String, f64>,
 }
 
 impl Numbers {
@@ -753,6 +769,15 @@ impl Numbers {
             rates.insert("delivery_rate".into(), ratio(c("delivered"), sent));
         }
         self.rates = rates;
+        let mut revenue = BTreeMap::new();
+        self.counts.retain(|k, v| match k.strip_prefix("revenue:") {
+            Some(currency) => {
+                revenue.insert(currency.to_string(), *v as f64 / 100.0);
+                false
+            }
+            None => true,
+        });
+        self.revenue.extend(revenue);
     }
 }
 

@@ -93,7 +93,7 @@ impl Engine {
                 if goal.event == event.event
                     && event.timestamp.max(event.received_at) - run.created_at <= goal.window_ms
                 {
-                    self.convert(run)?;
+                    self.convert(run, &event)?;
                 }
             }
         }
@@ -131,12 +131,27 @@ impl Engine {
         self.activate(&w.run)
     }
 
-    pub(super) fn convert(&self, mut run: Run) -> Result<(), EngineError> {
+    pub(super) fn convert(&self, mut run: Run, event: &Event) -> Result<(), EngineError> {
         let now = self.clock.now_ms();
         self.cancel_pending(&mut run)?;
         let from = run.status;
         run.status = RunStatus::Converted;
         run.converted_at = Some(now);
+        // Segment's `revenue` (a number, or a numeric string) in `currency` (default USD).
+        let p = &event.properties;
+        let amount = p.get("revenue").and_then(|r| {
+            r.as_f64()
+                .or_else(|| r.as_str().and_then(|s| s.trim().parse::<f64>().ok()))
+        });
+        run.revenue = amount.filter(|a| a.is_finite() && a.abs() < 1e13).map(|a| {
+            let currency = p
+                .get("currency")
+                .and_then(Value::as_str)
+                .map(|c| c.trim().to_ascii_uppercase())
+                .filter(|c| c.len() == 3 && c.chars().all(|ch| ch.is_ascii_alphabetic()))
+                .unwrap_or_else(|| "USD".into());
+            ((a * 100.0).round() as i64, currency)
+        });
         run.updated_at = now;
         self.store.put_run(&run)?;
         self.metrics.run_status(Some(from), RunStatus::Converted);

@@ -76,6 +76,26 @@ fn period_json(p: Period) -> Value {
     json!({"from": p.from, "to": p.to})
 }
 
+/// The period of the same length just before `p`, when `p` has both ends.
+fn previous(p: Period) -> Option<Period> {
+    let (from, to) = (p.from?, p.to?);
+    Some(Period {
+        from: Some(from - (to - from)),
+        to: Some(from),
+    })
+}
+
+/// A scope's totals over the previous period, for comparison (null without one).
+fn previous_json(store: &dyn crate::store::Store, scope: &str, p: Period) -> ApiResult<Value> {
+    Ok(match previous(p) {
+        Some(prev) => json!({
+            "period": period_json(prev),
+            "totals": analytics::numbers(store, scope, prev)?,
+        }),
+        None => Value::Null,
+    })
+}
+
 /// Scopes under `prefix`, keyed by what follows it.
 fn by_suffix(
     store: &dyn crate::store::Store,
@@ -146,6 +166,7 @@ pub(super) async fn workflow_report(
             "steps": steps,
             "variants": variants,
             "series": series_json(store, &scope, metric, period)?,
+            "previous": previous_json(store, &scope, period)?,
         })))
     })
     .await?
@@ -179,6 +200,7 @@ pub(super) async fn broadcast_report(
             "rest": analytics::numbers_by_scope(store, &format!("rest:{name}\0"), period)?
                 .remove(&format!("rest:{name}")),
             "series": series_json(store, &scope, metric, period)?,
+            "previous": previous_json(store, &scope, period)?,
         })))
     })
     .await?
