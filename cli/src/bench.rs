@@ -1107,6 +1107,7 @@ fn report_query(n: usize) -> Result<()> {
                     version: format!("{v}{}", "a".repeat(63)),
                     broadcast: None,
                     phase: None,
+                    holdout: false,
                     step_key: Some(format!("send/email/step{step}#1")),
                     template: Some(format!("step{step}")),
                     domain: Some("example.com".into()),

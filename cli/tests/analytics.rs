@@ -225,8 +225,10 @@ fn a_broadcasts_report_counts_exactly_the_sends_opens_clicks_and_conversions_tha
     assert_eq!(empty["totals"]["rates"]["open_rate"], 0.0, "{empty}");
 
     // The facts export: everything once, then nothing after the cursor.
-    let facts = (total.sent + total.opened + total.machine_opened + total.clicked + total.converted)
-        as usize;
+    // Each recipient's run started and sent; then the opens, clicks and conversions.
+    let facts =
+        (2 * total.sent + total.opened + total.machine_opened + total.clicked + total.converted)
+            as usize;
     let (status, next, lines) = export(&c, "0");
     assert_eq!(status, 200);
     assert_eq!(lines.len(), facts, "{lines:?}");
@@ -394,7 +396,11 @@ fn the_rebuilt_numbers_equal_the_live_ones_after_a_sigkill_in_the_middle_of_send
     let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
     assert_eq!(s, 200, "{rebuilt}");
     assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
-    assert_eq!(rebuilt["facts"], 2 * N, "{rebuilt}");
+    assert_eq!(
+        rebuilt["facts"],
+        3 * N,
+        "{rebuilt}: each run started and sent two"
+    );
     let out = std::process::Command::new(herald_bin())
         .args(["analytics", "rebuild"])
         .args(["--dir", p.path().to_str().unwrap(), "--url", &c.base])
@@ -572,4 +578,87 @@ fn a_tested_broadcast_is_decided_by_the_sequential_test_and_its_experiment_repor
         s, 200,
         "an untested broadcast with arms is an experiment too: {b}"
     );
+}
+
+#[test]
+fn a_holdout_group_sends_nothing_still_converts_and_gives_the_journeys_lift() {
+    const N: usize = 80;
+    let p = project();
+    p.workflow(
+        "promo.rhai",
+        "workflow(\"promo\").on_event(\"joined\").holdout(25).goal(\"bought\", days(7));\n\
+         fn run(contact, trigger) {\n    send(\"email\", \"duo_a\");\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    let batch: Vec<Value> = (0..N)
+        .flat_map(|i| {
+            [
+                json!({"type": "identify", "userId": format!("h{i}"),
+                    "traits": {"email": format!("h{i}@example.net")}}),
+                json!({"type": "track", "userId": format!("h{i}"), "event": "joined"}),
+            ]
+        })
+        .collect();
+    let (s, b) = c.ingest("/v1/batch", &json!({ "batch": batch }).to_string());
+    assert_eq!(s, 200, "{b}");
+    let report = eventually("every run decided its send", || {
+        let (_, r) = c.admin_get("/v1/reports/workflows/promo");
+        let held = r["holdout"]["totals"]["counts"]["held_out"]
+            .as_u64()
+            .unwrap_or(0);
+        (r["totals"]["counts"]["sent"].as_u64().unwrap_or(0) + held == N as u64).then_some(r)
+    });
+    let held = report["holdout"]["totals"]["counts"]["held_out"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        held > 0 && held < N as u64 / 2,
+        "about a quarter held out: {report}"
+    );
+    assert_eq!(
+        p.outbox("email").len() as u64,
+        N as u64 - held,
+        "the holdout receives nothing"
+    );
+    // Everyone in the holdout buys; one in two of the others.
+    let mut held_out = Vec::new();
+    for i in 0..N {
+        let user = format!("h{i}");
+        let run = &c.runs_of(&user)[0];
+        let (_, r) = c.admin_get(&format!("/v1/runs/{}", run["id"].as_str().unwrap()));
+        if r["journal"][0]["result"]["rule"] == "holdout" {
+            held_out.push(i);
+        }
+    }
+    assert_eq!(held_out.len() as u64, held);
+    let mut treated_buys = 0;
+    for i in 0..N {
+        let holdout = held_out.contains(&i);
+        if holdout || i % 2 == 0 {
+            c.track(&format!("h{i}"), "bought", json!({}));
+            treated_buys += u64::from(!holdout);
+        }
+    }
+    let r = eventually("the conversions are counted", || {
+        let (_, r) = c.admin_get("/v1/reports/workflows/promo");
+        let total = r["totals"]["counts"]["converted"].as_u64().unwrap_or(0)
+            + r["holdout"]["totals"]["counts"]["converted"]
+                .as_u64()
+                .unwrap_or(0);
+        (total == held + treated_buys).then_some(r)
+    });
+    assert_eq!(r["holdout"]["totals"]["counts"]["converted"], held, "{r}");
+    assert_eq!(r["holdout"]["totals"]["counts"]["started"], held, "{r}");
+    assert_eq!(r["totals"]["counts"]["converted"], treated_buys, "{r}");
+    let lift = &r["holdout"]["lift"]["arms"];
+    assert_eq!(lift[0]["arm"], "holdout", "{r}");
+    assert_eq!(lift[1]["arm"], "treated", "{r}");
+    assert!(
+        lift[1]["difference"].as_f64().unwrap() < 0.0,
+        "this journey does worse than nothing: {r}"
+    );
+    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
+    assert_eq!(s, 200, "{rebuilt}");
+    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
 }

@@ -273,6 +273,28 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
               contact gets one arm (an even, deterministic split), recorded on its run.",
     },
     DslFunction {
+        name: "holdout",
+        method: true,
+        on: "Workflow",
+        overloads: &[&[("percent", Int)]],
+        returns: "Workflow",
+        context: Context::Declaration,
+        doc: "Hold out this percent of the runs (1 to 50, deterministic per contact): their \
+              sends are skipped (rule `holdout`) but their goal still counts, so the report \
+              shows the journey's lift over doing nothing.",
+    },
+    DslFunction {
+        name: "holdout",
+        method: true,
+        on: "Broadcast",
+        overloads: &[&[("percent", Int)]],
+        returns: "Broadcast",
+        context: Context::Declaration,
+        doc: "Hold out this percent of the recipients (1 to 50, deterministic per contact): \
+              they receive nothing but their goal still counts, so the report shows the \
+              broadcast's lift over not sending it.",
+    },
+    DslFunction {
         name: "test_share",
         method: true,
         on: "Broadcast",

@@ -137,6 +137,10 @@ pub struct WorkflowDecl {
     /// a workflow: who it goes to and what it sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<BroadcastSpec>,
+    /// Percent of the runs (1–50) held out: they send nothing but still track the goal, so
+    /// the lift of the whole journey or broadcast can be measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<u32>,
 }
 
 /// When a broadcast sends, as its file declares it (`.send_at(...)`).
@@ -236,6 +240,7 @@ impl WorkflowDecl {
             priority: Priority::Normal,
             line,
             broadcast: None,
+            holdout: None,
         }
     }
 

@@ -499,6 +499,16 @@ fn register_declarations(engine: &mut Engine) {
             Ok(b.update(|d| d.priority = priority))
         },
     );
+    engine.register_fn(
+        "holdout",
+        |ctx: NativeCallContext,
+         b: &mut WorkflowBuilder,
+         percent: i64|
+         -> Result<WorkflowBuilder, Box<EvalAltResult>> {
+            let p = holdout_percent(&ctx, percent)?;
+            Ok(b.update(|d| d.holdout = Some(p)))
+        },
+    );
     engine.register_fn("reentry", |b: &mut WorkflowBuilder, cooldown: i64| {
         b.update(|d| {
             d.reentry = Reentry::After {
@@ -506,6 +516,19 @@ fn register_declarations(engine: &mut Engine) {
             }
         })
     });
+}
+
+/// A holdout share: 1 to 50 percent.
+fn holdout_percent(ctx: &NativeCallContext, percent: i64) -> Result<u32, Box<EvalAltResult>> {
+    if !(1..=50).contains(&percent) {
+        return Err(runtime_error(
+            format!(
+                "holdout is the percent of runs that send nothing, from 1 to 50; got {percent}"
+            ),
+            ctx.call_position(),
+        ));
+    }
+    Ok(percent as u32)
 }
 
 /// `broadcast(name)` and its methods (files in `broadcasts/`).
@@ -617,6 +640,16 @@ fn register_broadcasts(engine: &mut Engine) {
                 ));
             }
             Ok(b.update(|s| s.arms = out))
+        },
+    );
+    engine.register_fn(
+        "holdout",
+        |ctx: NativeCallContext,
+         b: &mut BroadcastBuilder,
+         percent: i64|
+         -> Result<BroadcastBuilder, Box<EvalAltResult>> {
+            let p = holdout_percent(&ctx, percent)?;
+            Ok(b.update_decl(|d| d.holdout = Some(p)))
         },
     );
     engine.register_fn(

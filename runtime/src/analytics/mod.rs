@@ -75,9 +75,11 @@ const EVENT_KINDS: [&str; 9] = [
 ];
 
 /// The metrics a report shows, in order.
-pub const METRICS: [&str; 16] = [
+pub const METRICS: [&str; 18] = [
+    "started",
     "sent",
     "skipped",
+    "held_out",
     "failed",
     "delivered",
     "opened",
@@ -210,6 +212,22 @@ pub fn fact_of_event(event: &Event) -> Option<Fact> {
     })
 }
 
+/// The fact a new run's first record notes: it started.
+pub fn fact_of_new_run(run: &Run) -> Option<Fact> {
+    Some(Fact {
+        id: format!("started:{}", run.id),
+        kind: "started".into(),
+        at: run.created_at,
+        run: run.id.clone(),
+        step: None,
+        channel: None,
+        link: None,
+        bounce: None,
+        rule: None,
+        revenue: None,
+    })
+}
+
 /// The fact a run's record notes once it reached its goal.
 pub fn fact_of_run(run: &Run) -> Option<Fact> {
     if run.status != RunStatus::Converted {
@@ -229,12 +247,23 @@ pub fn fact_of_run(run: &Run) -> Option<Fact> {
     })
 }
 
+/// Whether `contact`'s run of `workflow` is in its holdout group of `share` percent
+/// (deterministic per contact and workflow).
+pub fn in_holdout(workflow: &str, contact: &str, share: u32) -> bool {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{contact}\u{1f}{workflow}\u{1f}holdout").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(b) % 100 < u64::from(share)
+}
+
 /// The pending-fact write that goes before `write` in its batch, if it notes one.
 pub fn pending_for(write: &Write) -> Option<Write> {
     let fact = match write {
         Write::Step { run, step } => fact_of_step(run, step),
         Write::Event { event, .. } => fact_of_event(event),
-        Write::Run(run) | Write::NewRun(run) => fact_of_run(run),
+        Write::NewRun(run) => fact_of_new_run(run),
+        Write::Run(run) => fact_of_run(run),
         _ => None,
     }?;
     Some(fact.pending_write())
@@ -260,6 +289,9 @@ pub struct FoldedFact {
     /// A tested broadcast's phase: `test` (a tester) or `winner` (the rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// The run is in its workflow's or broadcast's holdout group.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holdout: bool,
     /// The step's stable key (kind, channel, template and occurrence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_key: Option<String>,
@@ -274,18 +306,45 @@ pub struct FoldedFact {
     pub variants: BTreeMap<String, String>,
 }
 
-/// What a fact is about, read from its run; `None` when it counts nowhere (a broadcast's
-/// seed send, or a run that is gone).
-fn enrich(store: &dyn Store, fact: &Fact) -> Result<Option<FoldedFact>, StoreError> {
+/// What a fact is about, read from its run.
+enum Enriched {
+    /// Counted with these dimensions.
+    Counts(Box<FoldedFact>),
+    /// Counted nowhere: a broadcast's seed send.
+    Nowhere,
+    /// Its run is not readable yet (the fact is written just before its record): later.
+    NotYet,
+}
+
+fn enrich(store: &dyn Store, fact: &Fact) -> Result<Enriched, StoreError> {
+    // A fact is written before the record it comes from, so the fold can see it first; an
+    // erasure removes the pending facts of the runs it erases, so a run that is missing
+    // here is one about to be written.
     let Some(run) = store.run(&fact.run)? else {
-        return Ok(None);
+        return Ok(Enriched::NotYet);
     };
     let broadcast = (run.trigger["type"] == "broadcast").then(|| run.workflow.clone());
     if broadcast.is_some() && run.trigger["properties"]["seed"] == true {
-        return Ok(None);
+        return Ok(Enriched::Nowhere);
     }
     let journal = store.journal(&run.id)?;
-    let upto = fact.step.map_or(journal.len(), |s| s as usize);
+    // Likewise a send's result is written just after its fact.
+    if matches!(fact.kind.as_str(), "sent" | "skipped" | "failed") {
+        let recorded = fact
+            .step
+            .and_then(|s| journal.get(s as usize))
+            .is_some_and(|s| matches!(s.status, StepStatus::Done | StepStatus::Failed));
+        if !recorded {
+            return Ok(Enriched::NotYet);
+        }
+    }
+    // The variants taken before the fact: before its step, none at a run's start (later
+    // ones may be journaled by the time the fold reads it), all at its end.
+    let upto = match (fact.step, fact.kind.as_str()) {
+        (Some(s), _) => s as usize,
+        (None, "started") => 0,
+        (None, _) => journal.len(),
+    };
     let variants = journal
         .iter()
         .take(upto)
@@ -328,7 +387,7 @@ fn enrich(store: &dyn Store, fact: &Fact) -> Result<Option<FoldedFact>, StoreErr
         .and_then(|to| to.rsplit_once('@'))
         .map(|(_, d)| d.trim().trim_end_matches('>').to_ascii_lowercase())
         .filter(|d| !d.is_empty());
-    Ok(Some(FoldedFact {
+    Ok(Enriched::Counts(Box::new(FoldedFact {
         seq: 0,
         fact: fact.clone(),
         contact: run.contact.clone(),
@@ -338,16 +397,25 @@ fn enrich(store: &dyn Store, fact: &Fact) -> Result<Option<FoldedFact>, StoreErr
         phase: run.trigger["properties"]["phase"]
             .as_str()
             .map(str::to_string),
+        holdout: run.trigger["holdout"] == true,
         step_key,
         template,
         domain,
         variants,
-    }))
+    })))
 }
 
 /// The scopes a fact counts in.
 fn scopes(f: &FoldedFact) -> Vec<String> {
     let mut out = Vec::new();
+    // A holdout run counts only in its workflow's or broadcast's holdout scope.
+    if f.holdout {
+        out.push(match &f.broadcast {
+            Some(b) => format!("holdout:broadcast:{b}"),
+            None => format!("holdout:workflow:{}", f.workflow),
+        });
+        return out;
+    }
     let short: String = f.version.chars().take(12).collect();
     match &f.broadcast {
         Some(b) => {
@@ -386,7 +454,9 @@ fn scopes(f: &FoldedFact) -> Vec<String> {
 /// kind (unique opens and clicks).
 fn metrics(f: &FoldedFact, first: bool) -> Vec<&'static str> {
     match f.fact.kind.as_str() {
+        "started" => vec!["started"],
         "sent" => vec!["sent"],
+        "skipped" if f.fact.rule.as_deref() == Some("holdout") => vec!["held_out"],
         "skipped" => vec!["skipped"],
         "failed" => vec!["failed"],
         "delivered" => vec!["delivered"],
@@ -538,7 +608,8 @@ impl Folder {
             .expect("spawn the analytics fold")
     }
 
-    /// Fold one page of pending facts; returns how many were taken.
+    /// Fold one page of pending facts; returns how many were taken (a fact whose run is not
+    /// written yet stays pending).
     pub fn fold_page(&self, store: &dyn Store) -> Result<usize, StoreError> {
         let _g = self.lock.locked();
         let mut pending = store.analytics_scan(PENDING, None, PAGE)?;
@@ -546,6 +617,7 @@ impl Folder {
             return Ok(0);
         }
         let taken = pending.len();
+        let mut kept = 0;
         // In the order they happened (as a rebuild folds them), so a message's first open
         // or click lands in the hour it happened.
         let at_of = |v: &[u8]| {
@@ -576,12 +648,25 @@ impl Folder {
                     continue;
                 }
             };
-            let Some(mut folded) = enrich(store, &fact)? else {
-                batch.push(Write::Analytics {
-                    key: marker,
-                    value: Some(0u64.to_be_bytes().to_vec()),
-                });
-                continue;
+            let mut folded = match enrich(store, &fact)? {
+                Enriched::Counts(f) => *f,
+                Enriched::Nowhere => {
+                    batch.push(Write::Analytics {
+                        key: marker,
+                        value: Some(0u64.to_be_bytes().to_vec()),
+                    });
+                    continue;
+                }
+                Enriched::NotYet => {
+                    // Stays pending: undo its removal from this batch.
+                    batch.push(Write::Analytics {
+                        key: key.clone(),
+                        value: Some(value.clone()),
+                    });
+                    seen_now.remove(&marker);
+                    kept += 1;
+                    continue;
+                }
             };
             let first = match unique_key(&folded) {
                 Some(u) => {
@@ -622,7 +707,7 @@ impl Folder {
             value: Some(seq.to_be_bytes().to_vec()),
         });
         store.apply(&batch)?;
-        Ok(taken)
+        Ok(taken - kept)
     }
 
     /// Fold every pending fact now (reports and rebuilds call it first).
@@ -646,6 +731,7 @@ impl Folder {
         let mut contacts = HashSet::new();
         for run in &runs {
             contacts.insert(run.contact.clone());
+            facts.extend(fact_of_new_run(run));
             for step in store.journal(&run.id)? {
                 facts.extend(fact_of_step(&run.id, &step));
             }
@@ -667,7 +753,7 @@ impl Folder {
             if !ids.insert(fact.id.clone()) {
                 continue;
             }
-            let Some(f) = enrich(store, &fact)? else {
+            let Enriched::Counts(f) = enrich(store, &fact)? else {
                 continue;
             };
             let first = unique_key(&f).is_none_or(|u| unique.insert(u));

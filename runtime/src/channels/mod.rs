@@ -109,6 +109,9 @@ pub struct OutboundMessage {
     /// it (consent and suppression still do).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub seed: bool,
+    /// The run is in its workflow's or broadcast's holdout group: the message is not sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holdout: bool,
 }
 
 /// The unsubscribe links of a message (`List-Unsubscribe`, and a link in the body).
@@ -157,6 +160,8 @@ struct OutboundRecord {
     tracked: bool,
     #[serde(default)]
     seed: bool,
+    #[serde(default)]
+    holdout: bool,
 }
 
 impl From<OutboundRecord> for OutboundMessage {
@@ -186,6 +191,7 @@ impl From<OutboundRecord> for OutboundMessage {
             unsubscribe: r.unsubscribe,
             tracked: r.tracked,
             seed: r.seed,
+            holdout: r.holdout,
         }
     }
 }

@@ -199,6 +199,13 @@ impl Policy<'_> {
         if message.template.is_none() {
             return Ok(Decision::Send);
         }
+        if message.holdout {
+            return Ok(Decision::Skip {
+                rule: "holdout",
+                reason: "the run is in the holdout group: it sends nothing, its goal still counts"
+                    .into(),
+            });
+        }
         if let Some(to) = message.to.as_deref().filter(|t| !t.trim().is_empty()) {
             let address = normalize_address(to);
             if let Some(s) = self.store.suppression(&message.channel, &address)? {

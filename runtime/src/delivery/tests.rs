@@ -120,6 +120,7 @@ fn send(key: &str, priority: Priority) -> QueuedSend {
             unsubscribe: None,
             tracked: false,
             seed: false,
+            holdout: false,
         })),
     }
 }

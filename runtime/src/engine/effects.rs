@@ -159,6 +159,7 @@ impl RunHost {
             tracked: false,
             seed: st.run.trigger["type"] == "broadcast"
                 && st.run.trigger["properties"]["seed"] == true,
+            holdout: st.run.trigger["holdout"] == true,
         };
         if let Some(template) = template {
             // The topic the template names (or the project's default), and for a marketing

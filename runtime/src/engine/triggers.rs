@@ -246,6 +246,14 @@ impl Engine {
                 }
             }
         }
+        // A declared share of the runs is held out (never a broadcast's seed send).
+        let mut trigger = trigger;
+        if let Some(share) = wf.loaded.decl.holdout {
+            let seed = trigger["properties"]["seed"] == true;
+            if !seed && crate::analytics::in_holdout(name, &contact.id, share) {
+                trigger["holdout"] = json!(true);
+            }
+        }
         let run = Run::new(
             run_id.clone(),
             name.clone(),

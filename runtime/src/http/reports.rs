@@ -85,6 +85,29 @@ fn previous(p: Period) -> Option<Period> {
     })
 }
 
+/// The holdout group of a workflow or broadcast (`scope`: `workflow:NAME` or
+/// `broadcast:NAME`) and the lift over it: conversions per run started, treated against held
+/// out, as an experiment (null without a holdout).
+fn holdout_json(store: &dyn crate::store::Store, scope: &str, p: Period) -> ApiResult<Value> {
+    let held = analytics::numbers(store, &format!("holdout:{scope}"), p)?;
+    let started = |n: &Numbers| n.counts.get("started").copied().unwrap_or(0);
+    if started(&held) == 0 {
+        return Ok(Value::Null);
+    }
+    let treated = analytics::numbers(store, scope, p)?;
+    let arm = |name: &str, n: &Numbers| analytics::experiments::ArmData {
+        arm: name.to_string(),
+        sent: started(n),
+        reached: n.counts.get("converted").copied().unwrap_or(0),
+    };
+    let lift = analytics::experiments::analyse(
+        &[arm("holdout", &held), arm("treated", &treated)],
+        "holdout",
+        analytics::experiments::ALPHA,
+    );
+    Ok(json!({"totals": held, "lift": lift}))
+}
+
 /// A scope's totals over the previous period, for comparison (null without one).
 fn previous_json(store: &dyn crate::store::Store, scope: &str, p: Period) -> ApiResult<Value> {
     Ok(match previous(p) {
@@ -167,6 +190,7 @@ pub(super) async fn workflow_report(
             "variants": variants,
             "series": series_json(store, &scope, metric, period)?,
             "previous": previous_json(store, &scope, period)?,
+            "holdout": holdout_json(store, &scope, period)?,
         })))
     })
     .await?
@@ -201,6 +225,7 @@ pub(super) async fn broadcast_report(
                 .remove(&format!("rest:{name}")),
             "series": series_json(store, &scope, metric, period)?,
             "previous": previous_json(store, &scope, period)?,
+            "holdout": holdout_json(store, &scope, period)?,
         })))
     })
     .await?

@@ -419,6 +419,16 @@ impl SledStore {
             }
             runs.insert(run);
         }
+        // Pending analytics facts of the erased runs go with them (the fold waits for a
+        // fact's run to appear otherwise).
+        for item in self.analytics.scan_prefix(b"p\0") {
+            let (k, v) = item?;
+            if let Ok(f) = serde_json::from_slice::<crate::analytics::Fact>(&v) {
+                if runs.contains(&f.run) {
+                    ops.push(gone(TreeId::Analytics, &k));
+                }
+            }
+        }
         for item in self.outbox.iter() {
             let (k, v) = item?;
             let intent: Intent = dec(&v)?;
@@ -802,7 +812,7 @@ impl Store for SledStore {
         // re-entry policy's question) is written once, before the run's first record: a crash
         // in between leaves an index key without a run, which readers skip, never a run
         // without its key.
-        let fact = self.with_fact(&Write::Run(run.clone()));
+        let fact = self.with_fact(&Write::NewRun(run.clone()));
         self.write_ops(
             &[fact, vec![run_index_op(run), run_op(run)?]].concat(),
             false,
