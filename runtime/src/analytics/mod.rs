@@ -316,18 +316,57 @@ enum Enriched {
     NotYet,
 }
 
-fn enrich(store: &dyn Store, fact: &Fact) -> Result<Enriched, StoreError> {
+/// Runs and journals read while folding one page: a run's facts often come together.
+#[derive(Default)]
+struct RunCache {
+    runs: std::collections::HashMap<String, Option<std::rc::Rc<Run>>>,
+    journals: std::collections::HashMap<String, std::rc::Rc<Vec<Step>>>,
+}
+
+impl RunCache {
+    fn run(&mut self, store: &dyn Store, id: &str) -> Result<Option<std::rc::Rc<Run>>, StoreError> {
+        if let Some(r) = self.runs.get(id) {
+            return Ok(r.clone());
+        }
+        let r = store.run(id)?.map(std::rc::Rc::new);
+        // A missing run is not remembered: it may be written in a moment.
+        if r.is_some() {
+            self.runs.insert(id.to_string(), r.clone());
+        }
+        Ok(r)
+    }
+
+    fn journal(
+        &mut self,
+        store: &dyn Store,
+        id: &str,
+    ) -> Result<std::rc::Rc<Vec<Step>>, StoreError> {
+        if let Some(j) = self.journals.get(id) {
+            return Ok(j.clone());
+        }
+        let j = std::rc::Rc::new(store.journal(id)?);
+        self.journals.insert(id.to_string(), j.clone());
+        Ok(j)
+    }
+}
+
+fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enriched, StoreError> {
     // A fact is written before the record it comes from, so the fold can see it first; an
     // erasure removes the pending facts of the runs it erases, so a run that is missing
     // here is one about to be written.
-    let Some(run) = store.run(&fact.run)? else {
+    let Some(run) = cache.run(store, &fact.run)? else {
         return Ok(Enriched::NotYet);
     };
     let broadcast = (run.trigger["type"] == "broadcast").then(|| run.workflow.clone());
     if broadcast.is_some() && run.trigger["properties"]["seed"] == true {
         return Ok(Enriched::Nowhere);
     }
-    let journal = store.journal(&run.id)?;
+    // A run's start needs nothing of its journal.
+    let journal = if fact.kind == "started" {
+        std::rc::Rc::new(Vec::new())
+    } else {
+        cache.journal(store, &run.id)?
+    };
     // Likewise a send's result is written just after its fact.
     if matches!(fact.kind.as_str(), "sent" | "skipped" | "failed") {
         let recorded = fact
@@ -335,6 +374,8 @@ fn enrich(store: &dyn Store, fact: &Fact) -> Result<Enriched, StoreError> {
             .and_then(|s| journal.get(s as usize))
             .is_some_and(|s| matches!(s.status, StepStatus::Done | StepStatus::Failed));
         if !recorded {
+            // Read it again next time.
+            cache.journals.remove(&run.id);
             return Ok(Enriched::NotYet);
         }
     }
@@ -630,6 +671,7 @@ impl Folder {
         let mut counts = Counts::default();
         let mut batch = WriteBatch::new();
         let mut seen_now: HashSet<Vec<u8>> = HashSet::new();
+        let mut cache = RunCache::default();
         let mut unique_now: HashSet<String> = HashSet::new();
         for (key, value) in &pending {
             batch.push(Write::Analytics {
@@ -648,7 +690,7 @@ impl Folder {
                     continue;
                 }
             };
-            let mut folded = match enrich(store, &fact)? {
+            let mut folded = match enrich(store, &fact, &mut cache)? {
                 Enriched::Counts(f) => *f,
                 Enriched::Nowhere => {
                     batch.push(Write::Analytics {
@@ -747,13 +789,17 @@ impl Folder {
         facts.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
         let mut ids = HashSet::new();
         let mut unique = HashSet::new();
+        let mut cache = RunCache::default();
         let mut counts = Counts::default();
         let mut folded_facts = 0;
         for fact in facts {
             if !ids.insert(fact.id.clone()) {
                 continue;
             }
-            let Enriched::Counts(f) = enrich(store, &fact)? else {
+            if cache.runs.len() > 10_000 {
+                cache = RunCache::default();
+            }
+            let Enriched::Counts(f) = enrich(store, &fact, &mut cache)? else {
                 continue;
             };
             let first = unique_key(&f).is_none_or(|u| unique.insert(u));
