@@ -318,6 +318,22 @@ fn a_workflows_report_follows_steps_by_stable_key_and_variants_and_refuses_unkno
         .sum();
     assert_eq!(by_arm, 20, "every send counted under its run's arm: {r}");
     assert_eq!(r["versions"].as_object().unwrap().len(), 1, "{r}");
+    // The same counters for Prometheus, per workflow and channel.
+    let metrics = ureq::get(&format!("{}/metrics", c.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics
+            .contains("herald_messages_total{kind=\"workflow\",name=\"hello\",metric=\"sent\"} 20"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("herald_messages_total{kind=\"channel\",name=\"email\",metric=\"sent\"} 20"),
+        "{metrics}"
+    );
 
     let (s, x) = c.admin_get("/v1/reports/workflows/hello/experiments/tone?metric=opened");
     assert_eq!(s, 200, "{x}");

@@ -50,6 +50,7 @@ pub(super) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             ),
         ]);
         render_channels(&mut body, &shared.engine.delivery.status());
+        render_analytics(&mut body, shared.engine.store.as_ref());
         body.push_str("# HELP herald_segment_size Current members of each segment.\n# TYPE herald_segment_size gauge\n");
         for (name, size) in shared.engine.segment_sizes() {
             body.push_str(&format!(
@@ -60,6 +61,37 @@ pub(super) async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     })
     .await
     .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The analytics counters per workflow, broadcast and channel (not per step or variant, to
+/// keep the label sets few), as Prometheus counters.
+fn render_analytics(body: &mut String, store: &dyn crate::store::Store) {
+    use std::fmt::Write as _;
+    let label = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let _ = writeln!(body, "# HELP herald_messages_total Messages and their engagement counted by the analytics, per workflow, broadcast and channel.\n# TYPE herald_messages_total counter");
+    for kind in ["workflow", "broadcast", "channel"] {
+        let Ok(scopes) = crate::analytics::numbers_by_scope(
+            store,
+            &format!("{kind}:"),
+            crate::analytics::Period::default(),
+        ) else {
+            continue;
+        };
+        for (scope, n) in scopes {
+            let name = scope.strip_prefix(&format!("{kind}:")).unwrap_or(&scope);
+            for (metric, v) in &n.counts {
+                let _ = writeln!(
+                    body,
+                    "herald_messages_total{{kind=\"{kind}\",name=\"{}\",metric=\"{metric}\"}} {v}",
+                    label(name)
+                );
+            }
+        }
+    }
 }
 
 /// The delivery stage's gauges and counters, per channel.
