@@ -1101,6 +1101,7 @@ fn report_query(n: usize) -> Result<()> {
                         bounce: None,
                         rule: None,
                         revenue: None,
+                        credit: None,
                     },
                     contact: String::new(),
                     workflow: "onboarding".into(),

@@ -678,3 +678,50 @@ fn a_holdout_group_sends_nothing_still_converts_and_gives_the_journeys_lift() {
     assert_eq!(s, 200, "{rebuilt}");
     assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
 }
+
+#[test]
+fn one_goal_event_after_two_journeys_gives_its_credit_and_revenue_to_the_last_touch() {
+    let p = project();
+    for (name, wait) in [("first", ""), ("second", "    wait(hours(1));\n")] {
+        p.workflow(
+            &format!("{name}.rhai"),
+            &format!(
+                "workflow(\"{name}\").on_event(\"joined\").goal(\"bought\", days(7));\n\
+                 fn run(contact, trigger) {{\n{wait}    send(\"email\", \"welcome\");\n}}\n"
+            ),
+        );
+    }
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.set_clock(1_796_724_000_000);
+    c.identify("lt", json!({"email": "lt@example.com"}));
+    c.track("lt", "joined", json!({}));
+    eventually("the first journey's message is out", || {
+        (p.outbox("email").len() == 1).then_some(())
+    });
+    c.advance(2 * 3_600_000);
+    eventually("the second journey's message is out", || {
+        (p.outbox("email").len() == 2).then_some(())
+    });
+    c.advance(60_000);
+    c.track(
+        "lt",
+        "bought",
+        json!({"revenue": "10.00", "currency": "eur"}),
+    );
+    let report = |name: &str| {
+        eventually("the conversion is counted", || {
+            let (_, r) = c.admin_get(&format!("/v1/reports/workflows/{name}"));
+            (r["totals"]["counts"]["converted"] == 1).then_some(r)
+        })
+    };
+    let (first, second) = (report("first"), report("second"));
+    // Both journeys reached their goal; the credit and the revenue go to the last touch.
+    assert_eq!(first["totals"]["attributed"], 0.0, "{first}");
+    assert_eq!(second["totals"]["attributed"], 1.0, "{second}");
+    assert_eq!(first["totals"]["revenue"], json!({}), "{first}");
+    assert_eq!(second["totals"]["revenue"]["EUR"], 10.0, "{second}");
+    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
+    assert_eq!(s, 200, "{rebuilt}");
+    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
+}

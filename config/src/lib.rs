@@ -78,12 +78,33 @@ pub struct AnalyticsConfig {
     /// report counters (default true). Off, reports stay at zero; a restart applies it.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// How one goal event that converts runs of several workflows and broadcasts shares its
+    /// credit (and revenue) among them: `last_touch` (default: the run whose message came
+    /// last), `first_touch`, or `even`.
+    #[serde(default)]
+    pub attribution: Attribution,
 }
 
 impl Default for AnalyticsConfig {
     fn default() -> Self {
-        AnalyticsConfig { enabled: true }
+        AnalyticsConfig {
+            enabled: true,
+            attribution: Attribution::default(),
+        }
     }
+}
+
+/// An attribution model (`[analytics] attribution`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribution {
+    /// The run whose message came last gets the credit.
+    #[default]
+    LastTouch,
+    /// The run whose message came first gets the credit.
+    FirstTouch,
+    /// Every converted run gets an equal share.
+    Even,
 }
 
 /// The topic of messages that are never marketing (a receipt, a password reset): consent

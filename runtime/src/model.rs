@@ -268,6 +268,10 @@ pub struct Run {
     /// its `currency` (default USD, as in Segment's spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revenue: Option<(i64, String)>,
+    /// This run's share of its goal event's credit, in thousandths (`[analytics]
+    /// attribution`): 1000 when it converted alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit: Option<u32>,
     /// Script output (`print`), most recent last, bounded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<String>,
@@ -307,6 +311,7 @@ impl Run {
             activations: 0,
             converted_at: None,
             revenue: None,
+            credit: None,
             logs: Vec::new(),
             failed_activations: 0,
         }

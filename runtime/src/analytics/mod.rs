@@ -125,6 +125,9 @@ pub struct Fact {
     /// A conversion's revenue: minor units (cents) and currency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revenue: Option<(i64, String)>,
+    /// A conversion's share of its goal event's credit, in thousandths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit: Option<u32>,
 }
 
 impl Fact {
@@ -163,6 +166,7 @@ pub fn fact_of_step(run: &str, step: &Step) -> Option<Fact> {
         link: None,
         bounce: None,
         revenue: None,
+        credit: None,
         rule: step
             .result
             .get("rule")
@@ -209,6 +213,7 @@ pub fn fact_of_event(event: &Event) -> Option<Fact> {
         bounce: text("bounce_type"),
         rule: None,
         revenue: None,
+        credit: None,
     })
 }
 
@@ -225,6 +230,7 @@ pub fn fact_of_new_run(run: &Run) -> Option<Fact> {
         bounce: None,
         rule: None,
         revenue: None,
+        credit: None,
     })
 }
 
@@ -244,6 +250,7 @@ pub fn fact_of_run(run: &Run) -> Option<Fact> {
         bounce: None,
         rule: None,
         revenue: run.revenue.clone(),
+        credit: Some(run.credit.unwrap_or(1000)),
     })
 }
 
@@ -557,12 +564,20 @@ impl Counts {
                 *self.0.entry(hour_key(&s, m, hour)).or_default() += 1;
             }
         }
-        // Revenue sums minor units per currency (refunds, negative, are not counted).
-        if let Some((cents, currency)) = f.fact.revenue.as_ref().filter(|(c, _)| *c > 0) {
-            let m = format!("revenue:{currency}");
-            for s in scopes(f) {
-                *self.0.entry(total_key(&s, &m)).or_default() += *cents as u64;
-                *self.0.entry(hour_key(&s, &m, hour)).or_default() += *cents as u64;
+        // A conversion's share of its goal event (thousandths), and its revenue by that share
+        // in minor units per currency (refunds, negative, are not counted): summed over
+        // workflows and broadcasts, one goal event counts once.
+        if let Some(credit) = f.fact.credit {
+            let mut sums = vec![("attributed".to_string(), u64::from(credit))];
+            if let Some((cents, currency)) = f.fact.revenue.as_ref().filter(|(c, _)| *c > 0) {
+                let share = (*cents as u128 * u128::from(credit) + 500) / 1000;
+                sums.push((format!("revenue:{currency}"), share as u64));
+            }
+            for (m, v) in sums.iter().filter(|(_, v)| *v > 0) {
+                for s in scopes(f) {
+                    *self.0.entry(total_key(&s, m)).or_default() += v;
+                    *self.0.entry(hour_key(&s, m, hour)).or_default() += v;
+                }
             }
         }
     }
@@ -877,8 +892,12 @@ pub struct Numbers {
     /// `bounce_rate`, `complaint_rate`, `unsubscribe_rate`, `conversion_rate`, and
     /// `delivery_rate` where providers report deliveries.
     pub rates: BTreeMap<String, f64>,
-    /// Revenue of the conversions, per currency (in major units: 12.5 is 12.50).
+    /// Revenue of the conversions, per currency (in major units: 12.5 is 12.50), by their
+    /// share of each goal event (`[analytics] attribution`).
     pub revenue: BTreeMap<String, f64>,
+    /// Conversions by their share of each goal event: one goal event adds up to 1 over all
+    /// workflows and broadcasts, however many of their runs it converted.
+    pub attributed: f64,
 }
 
 impl Numbers {
@@ -902,13 +921,23 @@ impl Numbers {
         }
         self.rates = rates;
         let mut revenue = BTreeMap::new();
-        self.counts.retain(|k, v| match k.strip_prefix("revenue:") {
-            Some(currency) => {
-                revenue.insert(currency.to_string(), *v as f64 / 100.0);
-                false
+        let mut attributed = None;
+        self.counts.retain(|k, v| {
+            if k == "attributed" {
+                attributed = Some(*v as f64 / 1000.0);
+                return false;
             }
-            None => true,
+            match k.strip_prefix("revenue:") {
+                Some(currency) => {
+                    revenue.insert(currency.to_string(), *v as f64 / 100.0);
+                    false
+                }
+                None => true,
+            }
         });
+        if let Some(a) = attributed {
+            self.attributed = a;
+        }
         self.revenue.extend(revenue);
     }
 }

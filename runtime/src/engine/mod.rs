@@ -105,6 +105,8 @@ pub struct ProjectState {
     pub consent: Arc<crate::consent::ConsentSettings>,
     /// Broadcasts by name, as the project's files say now (a scheduled one is pinned).
     pub broadcasts: BTreeMap<String, Arc<WorkflowVersion>>,
+    /// How a goal event's credit is shared among the runs it converts.
+    pub attribution: herald_config::Attribution,
 }
 
 impl ProjectState {
@@ -182,6 +184,7 @@ impl ProjectState {
             scoring: project.scoring.clone(),
             broadcasts: project.broadcasts.clone(),
             plugins: loaded_plugins,
+            attribution: project.config.analytics.attribution,
             consent: Arc::new(crate::consent::ConsentSettings::from_config(
                 &project.config,
             )),

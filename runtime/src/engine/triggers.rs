@@ -82,6 +82,7 @@ impl Engine {
         } else {
             Vec::new()
         };
+        let mut converting = Vec::new();
         for run in runs {
             if run.status.is_terminal() && run.status != RunStatus::Completed {
                 continue;
@@ -93,9 +94,15 @@ impl Engine {
                 if goal.event == event.event
                     && event.timestamp.max(event.received_at) - run.created_at <= goal.window_ms
                 {
-                    self.convert(run, &event)?;
+                    converting.push(run);
                 }
             }
+        }
+        // One goal event's credit is shared among the runs it converts, by the declared
+        // model, so the workflows' and broadcasts' attributed conversions add up to one.
+        let credits = self.credits(&converting)?;
+        for (run, credit) in converting.into_iter().zip(credits) {
+            self.convert(run, &event, credit)?;
         }
         // 3. Triggers.
         let state = self.state();
@@ -131,8 +138,82 @@ impl Engine {
         self.activate(&w.run)
     }
 
-    pub(super) fn convert(&self, mut run: Run, event: &Event) -> Result<(), EngineError> {
+    /// Each converting run's share (thousandths) of one goal event's credit: by the time of
+    /// its last (or first) message sent, or evenly (`[analytics] attribution`). Runs that
+    /// sent nothing get credit only when none of them did.
+    fn credits(&self, runs: &[Run]) -> Result<Vec<u32>, EngineError> {
+        if runs.len() <= 1 {
+            return Ok(vec![1000; runs.len()]);
+        }
+        let model = self.state().attribution;
+        let mut touches = Vec::with_capacity(runs.len());
+        for r in runs {
+            let sent: Vec<i64> = self
+                .store
+                .journal(&r.id)?
+                .iter()
+                .filter(|s| {
+                    s.kind == "send"
+                        && s.status == StepStatus::Done
+                        && s.result.get("status").and_then(Value::as_str) == Some("sent")
+                })
+                .filter_map(|s| s.finished_at)
+                .collect();
+            touches.push(match model {
+                herald_config::Attribution::FirstTouch => sent.iter().min().copied(),
+                _ => sent.iter().max().copied(),
+            });
+        }
+        let any = touches.iter().any(Option::is_some);
+        let eligible: Vec<bool> = touches.iter().map(|t| t.is_some() || !any).collect();
+        let n = eligible.iter().filter(|e| **e).count().max(1) as u32;
+        Ok(match model {
+            herald_config::Attribution::Even => {
+                // Thousandths that add up to 1000: the remainder to the first ones.
+                let (each, mut rest) = (1000 / n, 1000 % n);
+                eligible
+                    .iter()
+                    .map(|e| {
+                        if !e {
+                            return 0;
+                        }
+                        let extra = u32::from(rest > 0);
+                        rest = rest.saturating_sub(1);
+                        each + extra
+                    })
+                    .collect()
+            }
+            m => {
+                let key = |i: usize| touches[i].unwrap_or(runs[i].created_at);
+                let pick = (0..runs.len())
+                    .filter(|i| eligible[*i])
+                    .reduce(|a, b| {
+                        let better = match m {
+                            herald_config::Attribution::FirstTouch => key(b) < key(a),
+                            _ => key(b) > key(a),
+                        };
+                        if better {
+                            b
+                        } else {
+                            a
+                        }
+                    })
+                    .unwrap_or(0);
+                (0..runs.len())
+                    .map(|i| if i == pick { 1000 } else { 0 })
+                    .collect()
+            }
+        })
+    }
+
+    pub(super) fn convert(
+        &self,
+        mut run: Run,
+        event: &Event,
+        credit: u32,
+    ) -> Result<(), EngineError> {
         let now = self.clock.now_ms();
+        run.credit = Some(credit);
         self.cancel_pending(&mut run)?;
         let from = run.status;
         run.status = RunStatus::Converted;
