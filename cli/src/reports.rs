@@ -421,7 +421,8 @@ pub fn analytics(command: AnalyticsCommand) -> Result<bool> {
             match response {
                 Ok(r) => {
                     let next = r.header("x-herald-next-cursor").unwrap_or("").to_string();
-                    print!("{}", r.into_string()?);
+                    // Streamed: an export can be larger than a string read is allowed to be.
+                    std::io::copy(&mut r.into_reader(), &mut std::io::stdout().lock())?;
                     eprintln!("next cursor: {next}");
                     Ok(true)
                 }

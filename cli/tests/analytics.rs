@@ -725,3 +725,51 @@ fn one_goal_event_after_two_journeys_gives_its_credit_and_revenue_to_the_last_to
     assert_eq!(s, 200, "{rebuilt}");
     assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
 }
+
+#[test]
+fn the_dashboard_needs_a_session_from_a_valid_token_and_refuses_a_forged_cookie() {
+    let p = project();
+    let d = p.start();
+    let c = Client::new(d.url());
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let login = |token: &str| {
+        let r = agent
+            .post(&format!("{}/dashboard/login", c.base))
+            .set("content-type", "application/x-www-form-urlencoded")
+            .send_string(&format!("token={token}"));
+        match r {
+            Ok(r) => (r.status(), r.header("set-cookie").map(str::to_string)),
+            Err(ureq::Error::Status(s, r)) => (s, r.header("set-cookie").map(str::to_string)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let page = |cookie: Option<&str>| {
+        let mut req = agent.get(&format!("{}/dashboard", c.base));
+        if let Some(cookie) = cookie {
+            req = req.set("cookie", cookie);
+        }
+        match req.call() {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(login("not-the-token"), (401, None));
+    let (s, cookie) = login(TOKEN);
+    assert_eq!(s, 303);
+    let cookie = cookie.unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let (s, html) = page(Some(&pair));
+    assert_eq!(s, 200, "{html}");
+    assert!(html.contains("Overview"), "{html}");
+    assert_eq!(page(None).0, 401);
+    let mut forged = pair.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(page(Some(&forged)).0, 401, "a changed cookie is refused");
+    assert_eq!(page(Some("herald_dashboard=")).0, 401);
+}

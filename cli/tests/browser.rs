@@ -221,6 +221,11 @@ fn the_dashboard_shows_a_known_data_set_refuses_strangers_and_fits_a_phone_and_a
         let (_, r) = c.admin_get("/v1/reports/broadcasts/duo");
         (r["totals"]["counts"]["converted"] == 3).then_some(())
     });
+    // A message is in the outbox a moment before its result is recorded (and counted).
+    eventually("every send is counted", || {
+        let (_, r) = c.admin_get("/v1/reports/workflows/hello");
+        (r["totals"]["counts"]["sent"] == 12).then_some(())
+    });
 
     let shots = tempfile::tempdir().unwrap();
     let out = std::process::Command::new("node")

@@ -73,6 +73,7 @@ pub fn wilson(x: u64, n: u64) -> [f64; 2] {
     if n == 0 {
         return [0.0, 1.0];
     }
+    let x = x.min(n);
     let z = Normal::standard().inverse_cdf(0.975);
     let (n, p) = (n as f64, x as f64 / n as f64);
     let z2 = z * z;
@@ -84,6 +85,17 @@ pub fn wilson(x: u64, n: u64) -> [f64; 2] {
 /// P(p_b > p_a) for p_a ~ Beta(1 + xa, 1 + na - xa) and p_b ~ Beta(1 + xb, 1 + nb - xb):
 /// the exact finite sum over the integer first parameter of b's posterior.
 pub fn probability_b_beats_a(xa: u64, na: u64, xb: u64, nb: u64) -> f64 {
+    let (xa, xb) = (xa.min(na), xb.min(nb));
+    // The sum has a term per success of b: with fewer successes on a's side, sum over those
+    // (P(b > a) = 1 - P(a > b); ties have no mass).
+    if xa < xb {
+        return (1.0 - beta_sum(xb, nb, xa, na)).clamp(0.0, 1.0);
+    }
+    beta_sum(xa, na, xb, nb)
+}
+
+/// The finite sum behind [`probability_b_beats_a`], over b's successes.
+fn beta_sum(xa: u64, na: u64, xb: u64, nb: u64) -> f64 {
     let (aa, ba) = (1.0 + xa as f64, 1.0 + na.saturating_sub(xa) as f64);
     let (ab, bb) = (1.0 + xb as f64, 1.0 + nb.saturating_sub(xb) as f64);
     let base = ln_beta(aa, ba);

@@ -58,6 +58,8 @@ const TOTALS: &[u8] = b"t\0";
 const LAST_SEQ: &[u8] = b"s";
 /// Pending facts folded per batch.
 const PAGE: usize = 2000;
+/// Pages one [`Folder::fold_all`] folds at most.
+pub const FOLD_ALL_PAGES: usize = 50;
 /// One hour, in ms.
 pub const HOUR_MS: i64 = 3_600_000;
 
@@ -608,6 +610,9 @@ fn u64_of(bytes: &[u8]) -> u64 {
 #[derive(Default)]
 pub struct Folder {
     lock: Mutex<()>,
+    /// Where the next page's scan starts when the last full page had facts waiting for
+    /// their records (so they cannot hold back the facts behind them).
+    after: Mutex<Option<Vec<u8>>>,
     wake: Condvar,
     woken: Mutex<bool>,
     stop: AtomicBool,
@@ -668,9 +673,16 @@ impl Folder {
     /// written yet stays pending).
     pub fn fold_page(&self, store: &dyn Store) -> Result<usize, StoreError> {
         let _g = self.lock.locked();
-        let mut pending = store.analytics_scan(PENDING, None, PAGE)?;
+        let from = self.after.locked().take();
+        let mut pending = store.analytics_scan(PENDING, from.as_deref(), PAGE)?;
         if pending.is_empty() {
             return Ok(0);
+        }
+        if pending.len() == PAGE {
+            // A full page: the next one starts after it, then from the front again.
+            if let Some((last, _)) = pending.last() {
+                *self.after.locked() = Some([last.as_slice(), b"\0"].concat());
+            }
         }
         let taken = pending.len();
         let mut kept = 0;
@@ -689,25 +701,28 @@ impl Folder {
         let mut cache = RunCache::default();
         let mut unique_now: HashSet<String> = HashSet::new();
         for (key, value) in &pending {
-            batch.push(Write::Analytics {
-                key: key.clone(),
-                value: None,
-            });
             let id = &key[PENDING.len()..];
             let marker = [FOLDED, id].concat();
+            let done = Write::Analytics {
+                key: key.clone(),
+                value: None,
+            };
             if !seen_now.insert(marker.clone()) || store.analytics_get(&marker)?.is_some() {
+                batch.push(done);
                 continue;
             }
             let fact: Fact = match serde_json::from_slice(value) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(error = %e, "unreadable pending fact dropped");
+                    batch.push(done);
                     continue;
                 }
             };
             let mut folded = match enrich(store, &fact, &mut cache)? {
                 Enriched::Counts(f) => *f,
                 Enriched::Nowhere => {
+                    batch.push(done);
                     batch.push(Write::Analytics {
                         key: marker,
                         value: Some(0u64.to_be_bytes().to_vec()),
@@ -715,16 +730,13 @@ impl Folder {
                     continue;
                 }
                 Enriched::NotYet => {
-                    // Stays pending: undo its removal from this batch.
-                    batch.push(Write::Analytics {
-                        key: key.clone(),
-                        value: Some(value.clone()),
-                    });
+                    // Stays pending, untouched.
                     seen_now.remove(&marker);
                     kept += 1;
                     continue;
                 }
             };
+            batch.push(done);
             let first = match unique_key(&folded) {
                 Some(u) => {
                     let k = [UNIQUE, u.as_bytes()].concat();
@@ -759,6 +771,9 @@ impl Folder {
                 value: Some((now + delta).to_be_bytes().to_vec()),
             });
         }
+        if batch.is_empty() {
+            return Ok(0);
+        }
         batch.push(Write::Analytics {
             key: LAST_SEQ.to_vec(),
             value: Some(seq.to_be_bytes().to_vec()),
@@ -767,10 +782,20 @@ impl Folder {
         Ok(taken - kept)
     }
 
-    /// Fold every pending fact now (reports and rebuilds call it first).
+    /// Fold the pending facts now (reports and rebuilds call it first): at most
+    /// [`FOLD_ALL_PAGES`] pages, so a reader under a steady stream of facts is not held.
     pub fn fold_all(&self, store: &dyn Store) -> Result<(), StoreError> {
-        while self.fold_page(store)? == PAGE {}
+        for _ in 0..FOLD_ALL_PAGES {
+            if self.fold_page(store)? < PAGE {
+                break;
+            }
+        }
         Ok(())
+    }
+
+    /// Hold the fold (an erasure rewrites the facts' log meanwhile).
+    pub fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.locked()
     }
 
     /// Derive every fact again from the journals, timelines and runs, fold them into fresh

@@ -149,7 +149,8 @@ pub struct TestDecision {
     pub winner: String,
     /// When it was decided.
     pub decided_at: i64,
-    /// `metric` (the declared rule when due) or `operator` (`herald broadcast decide`).
+    /// `metric` (the declared rule when due), `sequential test` (the analytics' test picked
+    /// a winner before then) or `operator` (`herald broadcast decide`).
     pub by: String,
     /// Each arm's numbers when it was decided.
     pub arms: BTreeMap<String, ArmResult>,

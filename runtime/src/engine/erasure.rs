@@ -124,7 +124,11 @@ impl Engine {
                     value: now.clone(),
                 });
             }
+            // The fold writes nothing that names the contact while its facts are rewritten.
+            self.analytics.fold_all(self.store.as_ref())?;
+            let held = self.analytics.hold();
             self.store.apply(&batch)?;
+            drop(held);
             self.relinks
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.suppressed

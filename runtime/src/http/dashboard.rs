@@ -124,6 +124,22 @@ fn login_page(status: StatusCode, error: Option<&str>) -> Response {
     page(status, layout("Sign in", &body, false), None)
 }
 
+/// A token's fingerprint, kept in its sessions: a session ends when its token is no longer
+/// in `[auth]` (rotated or removed).
+fn fingerprint(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(format!("herald-dashboard\u{1f}{token}").as_bytes())[..12])
+}
+
+/// Whether a management token with this fingerprint is still configured.
+fn still_valid(shared: &Shared, print: &str) -> bool {
+    let c = shared.credentials();
+    c.admin_token
+        .iter()
+        .chain(c.read_tokens.iter())
+        .any(|t| fingerprint(t) == print)
+}
+
 /// The session of the request's cookie, if it is valid and not expired.
 fn session(shared: &Shared, headers: &HeaderMap) -> bool {
     let Some(token) = headers
@@ -136,10 +152,13 @@ fn session(shared: &Shared, headers: &HeaderMap) -> bool {
         return false;
     };
     let keys = shared.engine.link_keys();
-    match keys.verify_parts(SESSION, token, 1, MAX_SESSION_TOKEN) {
-        Ok(parts) => parts[0]
-            .parse::<i64>()
-            .is_ok_and(|until| until > shared.engine.clock.now_ms()),
+    match keys.verify_parts(SESSION, token, 2, MAX_SESSION_TOKEN) {
+        Ok(parts) => {
+            parts[0]
+                .parse::<i64>()
+                .is_ok_and(|until| until > shared.engine.clock.now_ms())
+                && still_valid(shared, &parts[1])
+        }
         Err(_) => false,
     }
 }
@@ -176,7 +195,7 @@ pub(super) async fn dashboard_login(State(shared): State<Arc<Shared>>, body: Byt
     let session = shared
         .engine
         .link_keys()
-        .sign_parts(SESSION, &[&until.to_string()]);
+        .sign_parts(SESSION, &[&until.to_string(), &fingerprint(token.trim())]);
     let cookie = format!(
         "{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={}{}",
         SESSION_MS / 1000,
@@ -515,7 +534,13 @@ pub(super) async fn dashboard_workflow(
             }
             let mut body = format!("<section>{}</section>", cards(&totals));
             for metric in ["sent", "opened", "clicked"] {
-                let points = analytics::series(store, &scope, metric, all)?;
+                let now = shared.engine.clock.now_ms();
+                // The last 90 days.
+                let recent = Period {
+                    from: Some(now - 90 * 24 * analytics::HOUR_MS),
+                    to: Some(now + analytics::HOUR_MS),
+                };
+                let points = analytics::series(store, &scope, metric, recent)?;
                 body.push_str(&format!(
                     "<section><h2>{} per hour</h2>{}</section>",
                     esc(&metric[..1].to_uppercase()) + &metric[1..],
@@ -616,7 +641,12 @@ pub(super) async fn dashboard_broadcast(
             "<p>Status: <strong data-status=\"{status}\">{status}</strong></p><section>{}</section>",
             cards(&totals)
         );
-        let points = analytics::series(store, &scope, "sent", all)?;
+        let now = shared.engine.clock.now_ms();
+        let recent = Period {
+            from: Some(now - 90 * 24 * analytics::HOUR_MS),
+            to: Some(now + analytics::HOUR_MS),
+        };
+        let points = analytics::series(store, &scope, "sent", recent)?;
         body.push_str(&format!("<section><h2>Sent per hour</h2>{}</section>", series_chart("sent", &points)));
         let arms: Vec<String> = match (&record, &spec) {
             (Some(r), _) if r.test.is_some() => r.test.as_ref().map(|t| t.arms.clone()).unwrap_or_default(),

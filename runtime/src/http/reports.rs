@@ -21,17 +21,27 @@ pub(super) struct ReportQuery {
     series: Option<String>,
 }
 
+/// Instants a report accepts: 1970 to 9999, so period arithmetic cannot overflow.
+const LATEST_MS: i64 = 253_402_300_799_999;
+
 fn instant(name: &str, s: &str) -> ApiResult<i64> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
-    }
-    herald_dsl::engine::parse_rfc3339_ms(s).ok_or_else(|| {
-        ApiError::new(
+    let ms = match s.parse::<i64>() {
+        Ok(ms) => Some(ms),
+        Err(_) => herald_dsl::engine::parse_rfc3339_ms(s),
+    };
+    match ms {
+        Some(ms) if (0..=LATEST_MS).contains(&ms) => Ok(ms),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{name}: \"{s}\" is outside the years 1970 to 9999"),
+        )),
+        None => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             format!("{name}: \"{s}\" is neither an RFC 3339 instant nor ms since the epoch"),
-        )
-    })
+        )),
+    }
 }
 
 impl ReportQuery {
@@ -80,7 +90,7 @@ fn period_json(p: Period) -> Value {
 fn previous(p: Period) -> Option<Period> {
     let (from, to) = (p.from?, p.to?);
     Some(Period {
-        from: Some(from - (to - from)),
+        from: Some(from.saturating_sub(to - from).max(0)),
         to: Some(from),
     })
 }

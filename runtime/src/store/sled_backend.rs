@@ -449,14 +449,27 @@ impl SledStore {
                 ops.push(gone(TreeId::Recipients, &k));
             }
         }
-        // The analytics log keeps the contact's facts (the counts stay) without naming it.
+        // The analytics log keeps the contact's facts (the counts stay) without anything that
+        // names it (a broadcast's run id holds the contact id; a click its URL); its facts'
+        // markers go (their runs are gone, so the facts cannot be noted again).
         for item in self.analytics.scan_prefix(b"f\0") {
             let (k, v) = item?;
             if let Ok(mut f) = serde_json::from_slice::<crate::analytics::FoldedFact>(&v) {
-                if f.contact == contact {
+                if f.contact == contact || runs.contains(&f.fact.run) {
                     f.contact = String::new();
                     f.fact.run = String::new();
+                    f.fact.id = String::new();
+                    f.fact.link = None;
                     ops.push(put(TreeId::Analytics, k.to_vec(), serde_json::to_vec(&f)?));
+                }
+            }
+        }
+        for prefix in [&b"d\0"[..], &b"u\0"[..]] {
+            for item in self.analytics.scan_prefix(prefix) {
+                let (k, _) = item?;
+                let key = String::from_utf8_lossy(&k[2..]);
+                if runs.iter().any(|r| key.contains(r.as_str())) {
+                    ops.push(gone(TreeId::Analytics, &k));
                 }
             }
         }
