@@ -773,3 +773,85 @@ fn the_dashboard_needs_a_session_from_a_valid_token_and_refuses_a_forged_cookie(
     assert_eq!(page(Some(&forged)).0, 401, "a changed cookie is refused");
     assert_eq!(page(Some("herald_dashboard=")).0, 401);
 }
+
+#[test]
+fn a_bandit_shifts_new_contacts_to_the_arm_that_converts_and_a_contact_keeps_its_arm() {
+    let p = project();
+    p.workflow(
+        "pick.rhai",
+        "workflow(\"pick\").on_event(\"came\").reentry(\"always\").goal(\"bought\", days(7));\n\
+         fn run(contact, trigger) {\n    \
+         let s = bandit(\"subject\", [\"a\", \"b\"], \"converted\");\n    \
+         send(\"email\", if s == \"a\" { \"duo_a\" } else { \"duo_b\" });\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    let wave = |prefix: &str| {
+        let batch: Vec<Value> = (0..40)
+            .flat_map(|i| {
+                [
+                    json!({"type": "identify", "userId": format!("{prefix}{i}"),
+                        "traits": {"email": format!("{prefix}{i}@example.org")}}),
+                    json!({"type": "track", "userId": format!("{prefix}{i}"), "event": "came"}),
+                ]
+            })
+            .collect();
+        let (s, b) = c.ingest("/v1/batch", &json!({ "batch": batch }).to_string());
+        assert_eq!(s, 200, "{b}");
+    };
+    let arms_of = |prefix: &str| -> BTreeMap<String, String> {
+        p.outbox("email")
+            .iter()
+            .filter(|m| m["to"].as_str().unwrap().starts_with(prefix))
+            .map(|m| {
+                let arm = if m["subject"] == "Arm a" { "a" } else { "b" };
+                (m["to"].as_str().unwrap().to_string(), arm.to_string())
+            })
+            .collect()
+    };
+    // First wave: nothing known yet, both arms are tried.
+    wave("w");
+    let first = eventually("the first wave is sent and counted", || {
+        let (_, r) = c.admin_get("/v1/reports/workflows/pick");
+        let arms = arms_of("w");
+        (r["totals"]["counts"]["sent"] == 40 && arms.len() == 40).then_some(arms)
+    });
+    let b_first = first.values().filter(|a| *a == "b").count();
+    assert!(b_first > 0 && b_first < 40, "both arms tried: {first:?}");
+    // Everyone who got arm b buys; nobody with arm a does.
+    for (to, arm) in &first {
+        if arm == "b" {
+            c.track(to.split('@').next().unwrap(), "bought", json!({}));
+        }
+    }
+    eventually("the conversions are counted for arm b", || {
+        let (_, x) = c.admin_get("/v1/reports/workflows/pick/experiments/subject?metric=converted");
+        let arms = x["analysis"]["arms"].as_array()?.clone();
+        let b = arms.iter().find(|a| a["arm"] == "b")?;
+        (b["reached"] == b_first).then_some(())
+    });
+    // Second wave: the evidence sends new contacts to arm b.
+    wave("v");
+    let second = eventually("the second wave is sent", || {
+        let arms = arms_of("v");
+        (arms.len() == 40).then_some(arms)
+    });
+    let b_second = second.values().filter(|a| *a == "b").count();
+    assert!(
+        b_second >= 38,
+        "traffic moved to the better arm: {b_second} of 40 got b"
+    );
+    // A first-wave contact given arm a comes back and keeps it.
+    let (to, _) = first.iter().find(|(_, a)| *a == "a").unwrap();
+    let user = to.split('@').next().unwrap().to_string();
+    c.track(&user, "came", json!({}));
+    let runs = eventually("the second run is there", || {
+        let runs = c.runs_of(&user);
+        (runs.len() == 2).then_some(runs)
+    });
+    for r in runs {
+        let (_, run) = c.admin_get(&format!("/v1/runs/{}", r["id"].as_str().unwrap()));
+        assert_eq!(run["journal"][0]["result"], "a", "{run}");
+        assert_eq!(run["journal"][0]["input"]["bandit"], "converted", "{run}");
+    }
+}

@@ -455,6 +455,18 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
               and experiment, and recorded on the run.",
     },
     DslFunction {
+        name: "bandit",
+        method: false,
+        on: "",
+        overloads: &[&[("name", ArgType::String), ("arms", Arms), ("metric", ArgType::String)]],
+        returns: "string",
+        context: Context::Step,
+        doc: "Like `variant(name, arms)`, but traffic shifts to the better arms as evidence \
+              accumulates (Thompson sampling on the workflow's counters of `metric`: \
+              `\"opened\"`, `\"clicked\"` or `\"converted\"`, per message sent). A contact keeps \
+              the arm it was given, on re-entry too; the choice is journaled, so replay returns it.",
+    },
+    DslFunction {
         name: "exit",
         method: false,
         on: "",

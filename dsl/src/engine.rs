@@ -954,6 +954,34 @@ fn register_steps(engine: &mut Engine) {
                 StepCall::Variant {
                     name: name.to_string(),
                     arms,
+                    bandit: None,
+                },
+            )
+        },
+    );
+    engine.register_fn(
+        "bandit",
+        |ctx: NativeCallContext,
+         name: ImmutableString,
+         arms: Dynamic,
+         metric: ImmutableString|
+         -> Result<Dynamic, Box<EvalAltResult>> {
+            let arms = parse_arms(&ctx, &arms)?;
+            if !decl::WINNER_METRICS.contains(&metric.as_str()) {
+                return Err(runtime_error(
+                    format!(
+                        "a bandit learns from {}; got \"{metric}\"",
+                        decl::WINNER_METRICS.join(", ")
+                    ),
+                    ctx.call_position(),
+                ));
+            }
+            step(
+                &ctx,
+                StepCall::Variant {
+                    name: name.to_string(),
+                    arms,
+                    bandit: Some(metric.to_string()),
                 },
             )
         },

@@ -55,10 +55,12 @@ pub enum StepCall {
     Now,
     /// `random()`.
     Random,
-    /// `variant(name, arms)`; arms are (name, weight).
+    /// `variant(name, arms)`; arms are (name, weight). `bandit(name, arms, metric)` is a
+    /// variant whose arm is chosen by Thompson sampling on `metric`.
     Variant {
         name: String,
         arms: Vec<(String, u32)>,
+        bandit: Option<String>,
     },
 }
 

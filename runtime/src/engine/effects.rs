@@ -282,10 +282,16 @@ impl RunHost {
                 let step = self.new_step(st, &call, line, Value::Null);
                 record(st, self, step, json!(rand::random::<f64>()))
             }
-            StepCall::Variant { name, arms } => {
-                let arm = pick_variant(&st.run.contact, name, arms);
-                let input =
+            StepCall::Variant { name, arms, bandit } => {
+                let arm = match bandit {
+                    None => pick_variant(&st.run.contact, name, arms),
+                    Some(metric) => self.engine.bandit_arm(&st.run, name, arms, metric)?,
+                };
+                let mut input =
                     json!({"arms": arms.iter().map(|(n, w)| json!([n, w])).collect::<Vec<_>>()});
+                if let Some(metric) = bandit {
+                    input["bandit"] = json!(metric);
+                }
                 let step = self.new_step(st, &call, line, input);
                 record(st, self, step, json!(arm))
             }
