@@ -368,6 +368,7 @@ fn every_documented_function_is_registered_with_every_overload() {
                 .iter()
                 .map(|(n, t)| match (f.name, *n) {
                     ("consent", "status") => "\"subscribed\"",
+                    ("bandit", "metric") => "\"clicked\"",
                     _ => sample(*t),
                 })
                 .collect();
