@@ -1091,17 +1091,9 @@ fn report_query(n: usize) -> Result<()> {
                 shapes.push(FoldedFact {
                     seq: 0,
                     fact: Fact {
-                        id: String::new(),
-                        kind: String::new(),
-                        at: 0,
-                        run: String::new(),
                         step: Some(step),
                         channel: Some("email".into()),
-                        link: None,
-                        bounce: None,
-                        rule: None,
-                        revenue: None,
-                        credit: None,
+                        ..Default::default()
                     },
                     contact: String::new(),
                     workflow: "onboarding".into(),

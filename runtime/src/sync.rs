@@ -122,3 +122,32 @@ mod tests {
         assert_eq!(*rw.read_locked(), 6);
     }
 }
+
+/// A background thread's wake-up: it sleeps until poked or a timeout passes; a poke while it
+/// works is kept for its next sleep.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    wake: std::sync::Condvar,
+    woken: Mutex<bool>,
+}
+
+impl Wakeup {
+    /// Wake the sleeper now (or make its next sleep return at once).
+    pub fn poke(&self) {
+        *self.woken.locked() = true;
+        self.wake.notify_all();
+    }
+
+    /// Sleep until poked or `timeout` passes.
+    pub fn sleep(&self, timeout: std::time::Duration) {
+        let mut woken = self.woken.locked();
+        if !*woken {
+            woken = self
+                .wake
+                .wait_timeout(woken, timeout)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        *woken = false;
+    }
+}

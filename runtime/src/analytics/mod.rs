@@ -32,7 +32,7 @@ pub mod experiments;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -99,7 +99,7 @@ pub const METRICS: [&str; 18] = [
 ];
 
 /// A fact as the store notes it, before the fold adds what it is about.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Fact {
     /// Deterministic id: the same fact noted twice is counted once.
     pub id: String,
@@ -165,15 +165,12 @@ pub fn fact_of_step(run: &str, step: &Step) -> Option<Fact> {
             .get("channel")
             .and_then(Value::as_str)
             .map(str::to_string),
-        link: None,
-        bounce: None,
-        revenue: None,
-        credit: None,
         rule: step
             .result
             .get("rule")
             .and_then(Value::as_str)
             .map(str::to_string),
+        ..Default::default()
     })
 }
 
@@ -213,9 +210,7 @@ pub fn fact_of_event(event: &Event) -> Option<Fact> {
         channel: Some(channel.to_string()),
         link: text("link").or_else(|| text("url")),
         bounce: text("bounce_type"),
-        rule: None,
-        revenue: None,
-        credit: None,
+        ..Default::default()
     })
 }
 
@@ -226,13 +221,7 @@ pub fn fact_of_new_run(run: &Run) -> Option<Fact> {
         kind: "started".into(),
         at: run.created_at,
         run: run.id.clone(),
-        step: None,
-        channel: None,
-        link: None,
-        bounce: None,
-        rule: None,
-        revenue: None,
-        credit: None,
+        ..Default::default()
     })
 }
 
@@ -246,24 +235,17 @@ pub fn fact_of_run(run: &Run) -> Option<Fact> {
         kind: "converted".into(),
         at: run.converted_at.unwrap_or(run.updated_at),
         run: run.id.clone(),
-        step: None,
-        channel: None,
-        link: None,
-        bounce: None,
-        rule: None,
         revenue: run.revenue.clone(),
         credit: Some(run.credit.unwrap_or(1000)),
+        ..Default::default()
     })
 }
 
 /// Whether `contact`'s run of `workflow` is in its holdout group of `share` percent
 /// (deterministic per contact and workflow).
 pub fn in_holdout(workflow: &str, contact: &str, share: u32) -> bool {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{contact}\u{1f}{workflow}\u{1f}holdout").as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(b) % 100 < u64::from(share)
+    crate::engine::stable_point(contact, &format!("{workflow}\u{1f}holdout")) % 100
+        < u64::from(share)
 }
 
 /// The pending-fact write that goes before `write` in its batch, if it notes one.
@@ -613,8 +595,7 @@ pub struct Folder {
     /// Where the next page's scan starts when the last full page had facts waiting for
     /// their records (so they cannot hold back the facts behind them).
     after: Mutex<Option<Vec<u8>>>,
-    wake: Condvar,
-    woken: Mutex<bool>,
+    wakeup: crate::sync::Wakeup,
     stop: AtomicBool,
 }
 
@@ -627,20 +608,11 @@ impl Folder {
 
     /// Ask for a fold now.
     pub fn poke(&self) {
-        *self.woken.locked() = true;
-        self.wake.notify_all();
+        self.wakeup.poke();
     }
 
     fn sleep(&self, timeout: Duration) {
-        let mut woken = self.woken.locked();
-        if !*woken {
-            woken = self
-                .wake
-                .wait_timeout(woken, timeout)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
-        *woken = false;
+        self.wakeup.sleep(timeout);
     }
 
     /// Start the fold thread over `store`; it stops with [`Folder::stop`] or when the
@@ -1039,12 +1011,15 @@ fn hour_range(period: Period) -> (i64, i64) {
 /// One scope's numbers over `period` (zeros when nothing was counted).
 pub fn numbers(store: &dyn Store, scope: &str, period: Period) -> Result<Numbers, StoreError> {
     let mut all = numbers_by_scope(store, &format!("{scope}\0"), period)?;
-    let mut n = all.remove(scope).unwrap_or_default();
-    for m in METRICS {
-        n.counts.entry(m.to_string()).or_insert(0);
-    }
-    n.derive();
-    Ok(n)
+    // Found: already complete and derived; not found: zeros.
+    Ok(all.remove(scope).unwrap_or_else(|| {
+        let mut n = Numbers::default();
+        for m in METRICS {
+            n.counts.insert(m.to_string(), 0);
+        }
+        n.derive();
+        n
+    }))
 }
 
 /// A scope's hourly series of `metric` over `period`: (hour start in ms, count), hours

@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -172,11 +172,7 @@ pub struct ArmResult {
 /// Whether `contact` (as the snapshot names it) is among broadcast `name`'s testers: a
 /// deterministic `share` percent of the recipients.
 pub fn is_tester(name: &str, contact: &str, share: u32) -> bool {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("{contact}\u{1f}{name}\u{1f}test").as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(b) % 100 < u64::from(share)
+    crate::engine::stable_point(contact, &format!("{name}\u{1f}test")) % 100 < u64::from(share)
 }
 
 /// The `meta` key of a broadcast's record.
@@ -200,27 +196,17 @@ const MAX_QUEUED: usize = 20_000;
 #[derive(Default)]
 pub struct Broadcaster {
     lock: Mutex<()>,
-    wake: Condvar,
-    woken: Mutex<bool>,
+    wakeup: crate::sync::Wakeup,
     stop: AtomicBool,
 }
 
 impl Broadcaster {
     fn poke(&self) {
-        *self.woken.locked() = true;
-        self.wake.notify_all();
+        self.wakeup.poke();
     }
 
     fn sleep(&self, timeout: Duration) {
-        let mut woken = self.woken.locked();
-        if !*woken {
-            woken = self
-                .wake
-                .wait_timeout(woken, timeout)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
-        *woken = false;
+        self.wakeup.sleep(timeout);
     }
 
     /// Stop the broadcaster thread (at its next page).

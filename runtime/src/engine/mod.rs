@@ -55,7 +55,7 @@ use self::{
 pub use operators::{BulkResolve, DeadLetter, Matched};
 pub use rendering::template_globals;
 pub use timers::next_local_time;
-pub use variants::pick_variant;
+pub use variants::{pick_variant, stable_point};
 pub(crate) use workers::{
     audience_state, current_worker, log_segment_change, put_audience_state, shard_of,
 };

@@ -3,13 +3,19 @@
 #[allow(unused_imports)]
 use super::*;
 
-/// Deterministic arm choice: the same contact always gets the same arm of an experiment.
-pub fn pick_variant(contact: &str, experiment: &str, arms: &[(String, u32)]) -> String {
-    let digest = Sha256::digest(format!("{contact}\u{1f}{experiment}").as_bytes());
+/// A contact's stable point for `key` (an experiment, a broadcast's test, a holdout): the
+/// same contact and key always give the same number.
+pub fn stable_point(contact: &str, key: &str) -> u64 {
+    let digest = Sha256::digest(format!("{contact}\u{1f}{key}").as_bytes());
     let mut b = [0u8; 8];
     b.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// Deterministic arm choice: the same contact always gets the same arm of an experiment.
+pub fn pick_variant(contact: &str, experiment: &str, arms: &[(String, u32)]) -> String {
     let total: u64 = arms.iter().map(|(_, w)| *w as u64).sum();
-    let mut point = u64::from_be_bytes(b) % total.max(1);
+    let mut point = stable_point(contact, experiment) % total.max(1);
     for (name, w) in arms {
         if point < *w as u64 {
             return name.clone();

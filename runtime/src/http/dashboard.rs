@@ -261,7 +261,7 @@ fn cards(n: &Numbers) -> String {
 }
 
 /// A table of rows of numbers: (label, link, numbers).
-fn table(caption: &str, rows: &[(String, Option<String>, &Numbers)]) -> String {
+fn table(caption: &str, rows: &[(String, Option<String>, Numbers)]) -> String {
     if rows.is_empty() {
         return format!("<p class=\"muted\">No {} yet.</p>", esc(caption));
     }
@@ -435,38 +435,27 @@ pub(super) async fn dashboard_overview(
         let workflows = analytics::numbers_by_scope(store, "workflow:", all)?;
         let broadcasts = analytics::numbers_by_scope(store, "broadcast:", all)?;
         let domains = analytics::numbers_by_scope(store, "domain:", all)?;
-        let empty = Numbers::default();
-        let mut names: Vec<String> = state.workflows.keys().cloned().collect();
-        names.extend(workflows.keys().filter_map(|k| k.strip_prefix("workflow:").map(String::from)));
-        names.sort();
-        names.dedup();
-        let wf_rows: Vec<_> = names
-            .iter()
-            .map(|n| {
-                (
-                    n.clone(),
-                    Some(format!("/dashboard/workflows/{}", path_part(n))),
-                    workflows.get(&format!("workflow:{n}")).unwrap_or(&empty),
-                )
-            })
-            .collect();
-        let mut bnames: Vec<String> = state.broadcasts.keys().cloned().collect();
-        bnames.extend(broadcasts.keys().filter_map(|k| k.strip_prefix("broadcast:").map(String::from)));
-        bnames.sort();
-        bnames.dedup();
-        let bc_rows: Vec<_> = bnames
-            .iter()
-            .map(|n| {
-                (
-                    n.clone(),
-                    Some(format!("/dashboard/broadcasts/{}", path_part(n))),
-                    broadcasts.get(&format!("broadcast:{n}")).unwrap_or(&empty),
-                )
-            })
-            .collect();
+        // Every workflow (or broadcast) the project has or the counters name, linked to its page.
+        let rows = |kind: &str, known: Vec<&String>, counted: &'_ BTreeMap<String, Numbers>| {
+            let prefix = format!("{kind}:");
+            let mut names: Vec<String> = known.into_iter().cloned().collect();
+            names.extend(counted.keys().filter_map(|k| k.strip_prefix(&prefix).map(String::from)));
+            names.sort();
+            names.dedup();
+            names
+                .into_iter()
+                .map(|n| {
+                    let link = format!("/dashboard/{kind}s/{}", path_part(&n));
+                    let numbers = counted.get(&format!("{prefix}{n}")).cloned().unwrap_or_default();
+                    (n, Some(link), numbers)
+                })
+                .collect::<Vec<_>>()
+        };
+        let wf_rows = rows("workflow", state.workflows.keys().collect(), &workflows);
+        let bc_rows = rows("broadcast", state.broadcasts.keys().collect(), &broadcasts);
         let dom_rows: Vec<_> = domains
             .iter()
-            .map(|(k, n)| (k.trim_start_matches("domain:").to_string(), None, n))
+            .map(|(k, n)| (k.trim_start_matches("domain:").to_string(), None, n.clone()))
             .collect();
         let total = workflows.values().chain(broadcasts.values()).fold(
             Numbers::default(),
