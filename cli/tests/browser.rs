@@ -223,8 +223,9 @@ fn the_dashboard_shows_a_known_data_set_refuses_strangers_and_fits_a_phone_and_a
     });
     // A message is in the outbox a moment before its result is recorded (and counted).
     eventually("every send is counted", || {
-        let (_, r) = c.admin_get("/v1/reports/workflows/hello");
-        (r["totals"]["counts"]["sent"] == 12).then_some(())
+        let (_, w) = c.admin_get("/v1/reports/workflows/hello");
+        let (_, b) = c.admin_get("/v1/reports/broadcasts/duo");
+        (w["totals"]["counts"]["sent"] == 12 && b["totals"]["counts"]["sent"] == 8).then_some(())
     });
 
     let shots = tempfile::tempdir().unwrap();
