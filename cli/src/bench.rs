@@ -1102,6 +1102,10 @@ fn report_query(n: usize) -> Result<()> {
                     phase: None,
                     holdout: false,
                     step_key: Some(format!("send/email/step{step}#1")),
+                    from_key: Some(match step {
+                        0 => "start".to_string(),
+                        s => format!("send/email/step{}#1", s - 1),
+                    }),
                     template: Some(format!("step{step}")),
                     domain: Some("example.com".into()),
                     variants: [("subject".to_string(), format!("arm{arm}"))].into(),

@@ -236,6 +236,50 @@ fn print(v: &Value, format: Format) {
     }
 }
 
+/// A workflow report's funnels, one table per script version.
+fn print_funnel(v: &Value) {
+    for (version, steps) in v["funnel"].as_object().into_iter().flatten() {
+        let steps = steps.as_array().cloned().unwrap_or_default();
+        if steps.is_empty() {
+            continue;
+        }
+        let width = steps
+            .iter()
+            .filter_map(|s| s["key"].as_str())
+            .map(str::len)
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        println!();
+        println!("funnel of version {version}");
+        println!(
+            "{:<width$} {:>8} {:>8} {:>9} {:>6}  {:<24} NEXT",
+            "STEP", "REACHED", "SENT", "TIMED OUT", "HERE", "ENDED HERE"
+        );
+        let pairs = |o: &Value| {
+            o.as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, n)| format!("{k} {}", n.as_u64().unwrap_or(0)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for s in steps {
+            let n = |k: &str| s[k].as_u64().unwrap_or(0);
+            println!(
+                "{:<width$} {:>8} {:>8} {:>9} {:>6}  {:<24} {}",
+                s["key"].as_str().unwrap_or(""),
+                n("reached"),
+                n("sent"),
+                n("timed_out"),
+                n("here"),
+                pairs(&s["ended"]),
+                pairs(&s["next"]),
+            );
+        }
+    }
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -367,6 +411,9 @@ pub fn report(command: ReportCommand) -> Result<bool> {
     };
     let v = get(&opts.remote, &format!("{path}{}", opts.query()))?;
     print(&v, opts.format());
+    if opts.format() == Format::Table {
+        print_funnel(&v);
+    }
     Ok(true)
 }
 

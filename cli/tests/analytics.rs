@@ -225,7 +225,8 @@ fn a_broadcasts_report_counts_exactly_the_sends_opens_clicks_and_conversions_tha
     assert_eq!(empty["totals"]["rates"]["open_rate"], 0.0, "{empty}");
 
     // The facts export: everything once, then nothing after the cursor.
-    // Each recipient's run started and sent; then the opens, clicks and conversions.
+    // Each recipient's run started and sent (a broadcast has no funnel: its runs' arm and
+    // end are not facts); then the opens, clicks and conversions.
     let facts =
         (2 * total.sent + total.opened + total.machine_opened + total.clicked + total.converted)
             as usize;
@@ -304,11 +305,14 @@ fn a_workflows_report_follows_steps_by_stable_key_and_variants_and_refuses_unkno
     });
     let steps = r["steps"].as_object().unwrap();
     let keys: Vec<&String> = steps.keys().collect();
-    assert_eq!(keys.len(), 2, "{r}");
+    assert_eq!(keys.len(), 3, "{r}");
     assert!(keys[0].ends_with(":send/email/welcome#1"), "{keys:?}");
     assert!(keys[1].ends_with(":send/email/welcome#2"), "{keys:?}");
-    for (_, n) in steps {
-        assert_eq!(n["counts"]["sent"], 10, "{r}");
+    assert!(keys[2].ends_with(":variant/tone#1"), "{keys:?}");
+    for (k, n) in steps {
+        let sends = if k.contains(":send/") { 10 } else { 0 };
+        assert_eq!(n["counts"]["sent"], sends, "{r}");
+        assert_eq!(n["counts"]["reached"], 10, "{r}");
     }
     let variants = r["variants"].as_object().unwrap();
     let by_arm: u64 = variants
@@ -403,10 +407,11 @@ fn the_rebuilt_numbers_equal_the_live_ones_after_a_sigkill_in_the_middle_of_send
     daemon.kill9();
     daemon = Process::start(p.path(), &[]);
     let c = &daemon.client;
-    let r = eventually("every run sent both messages", || {
+    let r = eventually("every run sent both messages and completed", || {
         let (s, r) = c.admin_get("/v1/reports/workflows/hello");
         assert_eq!(s, 200, "{r}");
-        (r["totals"]["counts"]["sent"] == 2 * N).then_some(r)
+        (r["totals"]["counts"]["sent"] == 2 * N && r["totals"]["counts"]["completed"] == N)
+            .then_some(r)
     });
     assert_eq!(r["totals"]["counts"]["failed"], 0, "{r}");
     let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
@@ -414,8 +419,8 @@ fn the_rebuilt_numbers_equal_the_live_ones_after_a_sigkill_in_the_middle_of_send
     assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
     assert_eq!(
         rebuilt["facts"],
-        3 * N,
-        "{rebuilt}: each run started and sent two"
+        5 * N,
+        "{rebuilt}: each run started, took its variant, sent two and completed"
     );
     let out = std::process::Command::new(herald_bin())
         .args(["analytics", "rebuild"])
@@ -854,4 +859,127 @@ fn a_bandit_shifts_new_contacts_to_the_arm_that_converts_and_a_contact_keeps_its
         assert_eq!(run["journal"][0]["result"], "a", "{run}");
         assert_eq!(run["journal"][0]["input"]["bandit"], "converted", "{run}");
     }
+}
+
+/// A report's funnel (one version's), by step key.
+fn funnel_steps(r: &Value) -> BTreeMap<String, Value> {
+    let versions = r["funnel"].as_object().unwrap();
+    assert_eq!(versions.len(), 1, "{r}");
+    versions
+        .values()
+        .next()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["key"].as_str().unwrap().to_string(), s.clone()))
+        .collect()
+}
+
+#[test]
+fn a_workflows_funnel_shows_where_runs_went_waited_timed_out_and_ended() {
+    let p = project();
+    p.workflow(
+        "cart.rhai",
+        "workflow(\"cart\").on_event(\"cart_abandoned\");\nfn run(contact, trigger) {\n    \
+         send(\"email\", \"nudge\");\n    let order = wait_for(\"order_completed\", hours(4));\n    \
+         if order != () {\n        exit(\"ordered\");\n    }\n    send(\"email\", \"tips\");\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.set_clock(1_796_724_000_000);
+    for i in 0..10 {
+        c.identify(
+            &format!("f{i}"),
+            json!({"email": format!("f{i}@shop.example")}),
+        );
+        c.track(&format!("f{i}"), "cart_abandoned", json!({}));
+    }
+    eventually("every nudge is out", || {
+        (p.outbox("email").len() == 10).then_some(())
+    });
+    for i in 0..4 {
+        c.track(&format!("f{i}"), "order_completed", json!({}));
+    }
+    // Four ordered and left at the wait; six still wait there.
+    let r = eventually("the orders end four runs", || {
+        let (s, r) = c.admin_get("/v1/reports/workflows/cart");
+        assert_eq!(s, 200, "{r}");
+        let steps = funnel_steps(&r);
+        let wait = steps.get("wait_for/order_completed#1")?;
+        (wait["ended"]["exited"] == 4 && wait["reached"] == 10).then_some(r)
+    });
+    let steps = funnel_steps(&r);
+    assert_eq!(steps["wait_for/order_completed#1"]["here"], 6, "{r}");
+    assert_eq!(steps["wait_for/order_completed#1"]["timed_out"], 0, "{r}");
+    assert_eq!(r["totals"]["counts"]["exited"], 4, "{r}");
+
+    // The others' waits time out; they get the tips and complete.
+    c.advance(5 * 3_600_000);
+    eventually("the tips are out", || {
+        (p.outbox("email").len() == 16).then_some(())
+    });
+    let r = eventually("the funnel has every run's end", || {
+        let (_, r) = c.admin_get("/v1/reports/workflows/cart");
+        (r["totals"]["counts"]["completed"] == 6).then_some(r)
+    });
+    let order: Vec<String> = r["funnel"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "send/email/nudge#1",
+            "wait_for/order_completed#1",
+            "send/email/tips#1"
+        ],
+        "in the order runs take them: {r}"
+    );
+    let steps = funnel_steps(&r);
+    let nudge = &steps["send/email/nudge#1"];
+    assert_eq!(nudge["reached"], 10, "{r}");
+    assert_eq!(nudge["sent"], 10, "{r}");
+    assert_eq!(nudge["next"], json!({"wait_for/order_completed#1": 10}));
+    let wait = &steps["wait_for/order_completed#1"];
+    assert_eq!(wait["reached"], 10, "{r}");
+    assert_eq!(wait["timed_out"], 6, "{r}");
+    assert_eq!(wait["here"], 0, "{r}");
+    assert_eq!(wait["next"], json!({"send/email/tips#1": 6}));
+    assert_eq!(wait["ended"], json!({"exited": 4}));
+    let tips = &steps["send/email/tips#1"];
+    assert_eq!(tips["reached"], 6, "{r}");
+    assert_eq!(tips["sent"], 6, "{r}");
+    assert_eq!(tips["ended"], json!({"completed": 6}));
+    assert_eq!(tips["next"], json!({}));
+    assert_eq!(r["totals"]["counts"]["exited"], 4, "{r}");
+    assert_eq!(r["totals"]["counts"]["started"], 10, "{r}");
+
+    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
+    assert_eq!(s, 200, "{rebuilt}");
+    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
+
+    let out = std::process::Command::new(herald_bin())
+        .args(["report", "workflow", "cart"])
+        .args(["--dir", p.path().to_str().unwrap(), "--url", &c.base])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("funnel of version"), "{text}");
+    let wait_line = text
+        .lines()
+        .find(|l| l.starts_with("wait_for/order_completed#1"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        wait_line.contains("exited 4") && wait_line.contains("send/email/tips#1 6"),
+        "{wait_line}"
+    );
 }

@@ -221,11 +221,15 @@ fn the_dashboard_shows_a_known_data_set_refuses_strangers_and_fits_a_phone_and_a
         let (_, r) = c.admin_get("/v1/reports/broadcasts/duo");
         (r["totals"]["counts"]["converted"] == 3).then_some(())
     });
-    // A message is in the outbox a moment before its result is recorded (and counted).
-    eventually("every send is counted", || {
+    // A message is in the outbox a moment before its result is recorded (and counted), and
+    // a run's end after that.
+    eventually("every send and every run's end is counted", || {
         let (_, w) = c.admin_get("/v1/reports/workflows/hello");
         let (_, b) = c.admin_get("/v1/reports/broadcasts/duo");
-        (w["totals"]["counts"]["sent"] == 12 && b["totals"]["counts"]["sent"] == 8).then_some(())
+        (w["totals"]["counts"]["sent"] == 12
+            && w["totals"]["counts"]["completed"] == 6
+            && b["totals"]["counts"]["sent"] == 8)
+            .then_some(())
     });
 
     let shots = tempfile::tempdir().unwrap();
@@ -313,14 +317,27 @@ fn the_dashboard_shows_a_known_data_set_refuses_strangers_and_fits_a_phone_and_a
                 assert_eq!(reached, 0, "nobody clicked: {}", page["metrics"]);
             }
             "/dashboard/workflows/hello" => {
-                let steps: Vec<&Value> = page["metrics"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|x| x[0].as_str().unwrap().starts_with("send/email/"))
-                    .collect();
-                assert_eq!(steps.len(), 2, "{}", page["metrics"]);
-                assert!(steps.iter().all(|x| x[2] == "6"), "{steps:?}");
+                // The funnel: the variant, then both sends, six runs through each; they
+                // all completed at the last.
+                let m = |step: &str, name: &str| metric(page, step, name);
+                for step in [
+                    "variant/tone#1",
+                    "send/email/welcome#1",
+                    "send/email/tips#1",
+                ] {
+                    assert_eq!(m(step, "reached"), "6", "{step}: {}", page["metrics"]);
+                    assert_eq!(m(step, "here"), "0", "{step}: {}", page["metrics"]);
+                }
+                for step in ["send/email/welcome#1", "send/email/tips#1"] {
+                    assert_eq!(m(step, "sent"), "6", "{step}: {}", page["metrics"]);
+                }
+                assert_eq!(m("send/email/tips#1", "ended"), "6", "{}", page["metrics"]);
+                assert_eq!(
+                    m("send/email/welcome#1", "ended"),
+                    "0",
+                    "{}",
+                    page["metrics"]
+                );
                 let text = page["text"].as_str().unwrap();
                 assert!(text.contains("Experiment tone"), "{text}");
             }

@@ -272,6 +272,10 @@ pub struct Run {
     /// attribution`): 1000 when it converted alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credit: Option<u32>,
+    /// How and when the run first ended without its goal (`completed`, `exited`, `failed`),
+    /// kept when it converts later or an operator retries it: the funnel counts it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<(RunStatus, i64)>,
     /// Script output (`print`), most recent last, bounded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<String>,
@@ -312,6 +316,7 @@ impl Run {
             converted_at: None,
             revenue: None,
             credit: None,
+            ended: None,
             logs: Vec::new(),
             failed_activations: 0,
         }

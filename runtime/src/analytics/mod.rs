@@ -8,7 +8,10 @@
 //! * an engagement or provider fact on a contact's timeline, recognised by the `messageId`s
 //!   only Herald gives (`engagement:…`, `webhook:…`): `delivered`, `opened`, `clicked`,
 //!   `machine_opened`, `machine_clicked`, `bounced`, `complained`, `unsubscribed`, `replied`;
-//! * a run that reached its goal: `converted`.
+//! * a run's start (`started`), its goal reached (`converted`), and how a workflow run first
+//!   ended otherwise (`completed`, `exited`, `run_failed`);
+//! * for a workflow's funnel, every other step's arrival (`reached`: a wait as soon as it
+//!   began) and a `wait_for` that timed out (`timed_out`).
 //!
 //! Every fact has a deterministic id (`send:RUN:STEP`, the event's `messageId`,
 //! `converted:RUN`), so a record written again after a crash notes the same fact again and it
@@ -77,7 +80,7 @@ const EVENT_KINDS: [&str; 9] = [
 ];
 
 /// The metrics a report shows, in order.
-pub const METRICS: [&str; 18] = [
+pub const METRICS: [&str; 21] = [
     "started",
     "sent",
     "skipped",
@@ -96,6 +99,9 @@ pub const METRICS: [&str; 18] = [
     "unsubscribed",
     "replied",
     "converted",
+    "completed",
+    "exited",
+    "run_failed",
 ];
 
 /// A fact as the store notes it, before the fold adds what it is about.
@@ -133,12 +139,66 @@ pub struct Fact {
 }
 
 impl Fact {
+    /// The pending entry the store writes for it: key and value.
+    pub fn pending_entry(&self) -> (Vec<u8>, Vec<u8>) {
+        (
+            [PENDING, self.id.as_bytes()].concat(),
+            serde_json::to_vec(self).expect("a fact serializes"),
+        )
+    }
+
     fn pending_write(&self) -> Write {
+        let (key, value) = self.pending_entry();
         Write::Analytics {
-            key: [PENDING, self.id.as_bytes()].concat(),
-            value: Some(serde_json::to_vec(self).expect("a fact serializes")),
+            key,
+            value: Some(value),
         }
     }
+}
+
+/// The kinds of journal step a workflow's funnel shows (`now()` and `random()` are reads,
+/// not steps a person would name).
+pub const FUNNEL_KINDS: [&str; 8] = [
+    "send",
+    "action",
+    "wait",
+    "wait_until",
+    "wait_for",
+    "update",
+    "consent",
+    "variant",
+];
+
+/// The facts a step's record notes: a send's result once it has one (`sent`, `skipped`,
+/// `failed`); for the funnel, any other step's arrival (`reached`, as soon as it is
+/// recorded: a run waiting there has reached it) and a `wait_for` that timed out.
+pub fn facts_of_step(run: &str, step: &Step) -> Vec<Fact> {
+    if step.kind == "send" {
+        return fact_of_step(run, step).into_iter().collect();
+    }
+    // A broadcast's steps are no journey's: no funnel (and a million facts fewer).
+    if !FUNNEL_KINDS.contains(&step.kind.as_str()) || crate::broadcast::is_recipient_run(run) {
+        return Vec::new();
+    }
+    let mut out = vec![Fact {
+        id: format!("reached:{run}:{}", step.seq),
+        kind: "reached".into(),
+        at: step.started_at,
+        run: run.to_string(),
+        step: Some(step.seq),
+        ..Default::default()
+    }];
+    if step.kind == "wait_for" && step.status == StepStatus::Done && step.result.is_null() {
+        out.push(Fact {
+            id: format!("timed_out:{run}:{}", step.seq),
+            kind: "timed_out".into(),
+            at: step.finished_at.unwrap_or(step.started_at),
+            run: run.to_string(),
+            step: Some(step.seq),
+            ..Default::default()
+        });
+    }
+    out
 }
 
 /// The fact a send step's record notes, once the step has its result.
@@ -225,6 +285,37 @@ pub fn fact_of_new_run(run: &Run) -> Option<Fact> {
     })
 }
 
+/// The fact a workflow run's record notes once it ended without reaching its goal:
+/// `completed`, `exited` or `run_failed` (counted at the step where it ended, for the
+/// funnel; a broadcast's runs have none).
+pub fn fact_of_end(run: &Run) -> Option<Fact> {
+    if run.trigger["type"] == "broadcast" {
+        return None;
+    }
+    let (status, at) = run.ended?;
+    let kind = match status {
+        RunStatus::Completed => "completed",
+        RunStatus::Exited => "exited",
+        RunStatus::Failed => "run_failed",
+        _ => return None,
+    };
+    Some(Fact {
+        id: format!("ended:{}", run.id),
+        kind: kind.into(),
+        at,
+        run: run.id.clone(),
+        ..Default::default()
+    })
+}
+
+/// The facts a run's record notes: that it converted, or how it ended otherwise.
+pub fn facts_of_run(run: &Run) -> Vec<Fact> {
+    fact_of_run(run)
+        .into_iter()
+        .chain(fact_of_end(run))
+        .collect()
+}
+
 /// The fact a run's record notes once it reached its goal.
 pub fn fact_of_run(run: &Run) -> Option<Fact> {
     if run.status != RunStatus::Converted {
@@ -248,16 +339,16 @@ pub fn in_holdout(workflow: &str, contact: &str, share: u32) -> bool {
         < u64::from(share)
 }
 
-/// The pending-fact write that goes before `write` in its batch, if it notes one.
-pub fn pending_for(write: &Write) -> Option<Write> {
-    let fact = match write {
-        Write::Step { run, step } => fact_of_step(run, step),
-        Write::Event { event, .. } => fact_of_event(event),
-        Write::NewRun(run) => fact_of_new_run(run),
-        Write::Run(run) => fact_of_run(run),
-        _ => None,
-    }?;
-    Some(fact.pending_write())
+/// The pending-fact writes that go before `write` in its batch (most records note none).
+pub fn pending_for(write: &Write) -> Vec<Write> {
+    let facts: Vec<Fact> = match write {
+        Write::Step { run, step } => facts_of_step(run, step),
+        Write::Event { event, .. } => fact_of_event(event).into_iter().collect(),
+        Write::NewRun(run) => fact_of_new_run(run).into_iter().collect(),
+        Write::Run(run) => facts_of_run(run),
+        _ => Vec::new(),
+    };
+    facts.iter().map(Fact::pending_write).collect()
 }
 
 /// A fact with what it is about, as the log keeps it and the export streams it.
@@ -286,6 +377,10 @@ pub struct FoldedFact {
     /// The step's stable key (kind, channel, template and occurrence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_key: Option<String>,
+    /// For a step's arrival (a funnel step reached, a send's result): the stable key of the
+    /// step the run came from, `start` for its first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_key: Option<String>,
     /// The template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
@@ -358,17 +453,22 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
     } else {
         cache.journal(store, &run.id)?
     };
-    // Likewise a send's result is written just after its fact.
-    if matches!(fact.kind.as_str(), "sent" | "skipped" | "failed") {
-        let recorded = fact
+    // Likewise a step's record (a send's result, a wait's end) is written just after its
+    // fact, and a run's end.
+    let recorded = match fact.kind.as_str() {
+        "sent" | "skipped" | "failed" | "timed_out" => fact
             .step
             .and_then(|s| journal.get(s as usize))
-            .is_some_and(|s| matches!(s.status, StepStatus::Done | StepStatus::Failed));
-        if !recorded {
-            // Read it again next time.
-            cache.journals.remove(&run.id);
-            return Ok(Enriched::NotYet);
-        }
+            .is_some_and(|s| matches!(s.status, StepStatus::Done | StepStatus::Failed)),
+        "reached" => fact.step.is_some_and(|s| (s as usize) < journal.len()),
+        "completed" | "exited" | "run_failed" => run.ended.is_some(),
+        _ => true,
+    };
+    if !recorded {
+        // Read them again next time.
+        cache.journals.remove(&run.id);
+        cache.runs.remove(&run.id);
+        return Ok(Enriched::NotYet);
     }
     // The variants taken before the fact: before its step, none at a run's start (later
     // ones may be journaled by the time the fold reads it), all at its end.
@@ -397,7 +497,7 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
         Some(t) => format!("{}/{}/{t}", s.kind, channel_of(s)),
         None => format!("{}/{}", s.kind, s.name),
     };
-    let step_key = step.map(|s| {
+    let key_of = |s: &Step| {
         let key = base(s);
         let occurrence = journal
             .iter()
@@ -405,7 +505,25 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
             .filter(|o| base(o) == key)
             .count();
         format!("{key}#{occurrence}")
-    });
+    };
+    let in_funnel = |s: &&Step| FUNNEL_KINDS.contains(&s.kind.as_str());
+    // A run's end counts at the last step it reached.
+    let step_key = match fact.kind.as_str() {
+        "completed" | "exited" | "run_failed" => journal.iter().rev().find(in_funnel).map(key_of),
+        _ => step.map(key_of),
+    };
+    // A step's arrival comes from the step before it (`start` for the first).
+    let from_key = match (fact.kind.as_str(), step) {
+        ("reached" | "sent" | "skipped" | "failed", Some(s)) => Some(
+            journal
+                .iter()
+                .take(s.seq as usize)
+                .rev()
+                .find(in_funnel)
+                .map_or_else(|| "start".to_string(), key_of),
+        ),
+        _ => None,
+    };
     // A send step's input is the message as it was rendered.
     let template = step.filter(|s| s.kind == "send").and_then(|s| {
         s.input
@@ -431,6 +549,7 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
             .map(str::to_string),
         holdout: run.trigger["holdout"] == true,
         step_key,
+        from_key,
         template,
         domain,
         variants,
@@ -506,9 +625,18 @@ fn metrics(f: &FoldedFact, first: bool) -> Vec<&'static str> {
         "unsubscribed" => vec!["unsubscribed"],
         "replied" => vec!["replied"],
         "converted" => vec!["converted"],
+        "reached" => vec!["reached"],
+        "timed_out" => vec!["timed_out"],
+        "completed" => vec!["completed"],
+        "exited" => vec!["exited"],
+        "run_failed" => vec!["run_failed"],
         _ => Vec::new(),
     }
 }
+
+/// Metrics only a workflow's steps have (a step's arrival is no message: it does not count
+/// for a channel or the workflow as a whole).
+const STEP_ONLY: [&str; 2] = ["reached", "timed_out"];
 
 /// The key of a message's unique marker for a metric (`opened`, `clicked`).
 fn unique_key(f: &FoldedFact) -> Option<String> {
@@ -542,10 +670,27 @@ impl Counts {
     /// in total and in its hour.
     pub fn add(&mut self, f: &FoldedFact, first: bool) {
         let hour = f.fact.at.div_euclid(HOUR_MS);
+        let scopes = scopes(f);
+        let mut bump = |s: &str, m: &str| {
+            *self.0.entry(total_key(s, m)).or_default() += 1;
+            *self.0.entry(hour_key(s, m, hour)).or_default() += 1;
+        };
         for m in metrics(f, first) {
-            for s in scopes(f) {
-                *self.0.entry(total_key(&s, m)).or_default() += 1;
-                *self.0.entry(hour_key(&s, m, hour)).or_default() += 1;
+            for s in &scopes {
+                if !STEP_ONLY.contains(&m) || s.starts_with("step:") {
+                    bump(s, m);
+                }
+            }
+        }
+        // The funnel: a step's arrival (a send's result is its send step's) counts as
+        // `reached` for the step and as a move from the step before it.
+        if let (Some(from), Some(to)) = (&f.from_key, &f.step_key) {
+            if let Some(step_scope) = scopes.iter().find(|s| s.starts_with("step:")) {
+                if f.fact.kind != "reached" {
+                    bump(step_scope, "reached");
+                }
+                let short: String = f.version.chars().take(12).collect();
+                bump(&format!("flow:{}@{short}:{from}", f.workflow), to);
             }
         }
         // A conversion's share of its goal event (thousandths), and its revenue by that share
@@ -558,9 +703,9 @@ impl Counts {
                 sums.push((format!("revenue:{currency}"), share as u64));
             }
             for (m, v) in sums.iter().filter(|(_, v)| *v > 0) {
-                for s in scopes(f) {
-                    *self.0.entry(total_key(&s, m)).or_default() += v;
-                    *self.0.entry(hour_key(&s, m, hour)).or_default() += v;
+                for s in &scopes {
+                    *self.0.entry(total_key(s, m)).or_default() += v;
+                    *self.0.entry(hour_key(s, m, hour)).or_default() += v;
                 }
             }
         }
@@ -787,9 +932,9 @@ impl Folder {
             contacts.insert(run.contact.clone());
             facts.extend(fact_of_new_run(run));
             for step in store.journal(&run.id)? {
-                facts.extend(fact_of_step(&run.id, &step));
+                facts.extend(facts_of_step(&run.id, &step));
             }
-            facts.extend(fact_of_run(run));
+            facts.extend(facts_of_run(run));
         }
         for contact in contacts {
             for e in store.events_of(&contact)? {
@@ -1020,6 +1165,118 @@ pub fn numbers(store: &dyn Store, scope: &str, period: Period) -> Result<Numbers
         n.derive();
         n
     }))
+}
+
+/// One step of a workflow version's funnel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FunnelStep {
+    /// The step's stable key (`send/email/welcome#1`, `wait_for/order_completed#1`, …).
+    pub key: String,
+    /// Runs that reached it (a wait's as soon as it began).
+    pub reached: u64,
+    /// Of a send step: sent, skipped by the delivery policy, failed, held out.
+    pub sent: u64,
+    /// See `sent`.
+    pub skipped: u64,
+    /// See `sent`.
+    pub failed: u64,
+    /// Of a `wait_for`: runs whose wait ended without the event.
+    pub timed_out: u64,
+    /// Runs that went on from here, by the step they went to.
+    pub next: BTreeMap<String, u64>,
+    /// Runs that ended here: `completed` (the script returned), `exited`, `run_failed`.
+    pub ended: BTreeMap<String, u64>,
+    /// Runs still here (waiting, or their next step not recorded yet): reached, less those
+    /// that went on or ended. Over a period, runs that arrived in it and have not moved on
+    /// within it.
+    pub here: u64,
+}
+
+/// A workflow's funnel per script version (short hash): its steps in the order runs take
+/// them (the most travelled way first), each with its arrivals, moves and ends over `period`.
+pub fn funnel(
+    store: &dyn Store,
+    workflow: &str,
+    period: Period,
+) -> Result<BTreeMap<String, Vec<FunnelStep>>, StoreError> {
+    let steps = numbers_by_scope(store, &format!("step:{workflow}@"), period)?;
+    let moves = numbers_by_scope(store, &format!("flow:{workflow}@"), period)?;
+    let mut versions: BTreeMap<String, BTreeMap<String, FunnelStep>> = BTreeMap::new();
+    for (scope, n) in &steps {
+        let rest = &scope[format!("step:{workflow}@").len()..];
+        let Some((version, key)) = rest.split_once(':') else {
+            continue;
+        };
+        let c = |m: &str| n.counts.get(m).copied().unwrap_or(0);
+        let ended = ["completed", "exited", "run_failed"]
+            .into_iter()
+            .filter(|m| c(m) > 0)
+            .map(|m| (m.to_string(), c(m)))
+            .collect();
+        versions.entry(version.to_string()).or_default().insert(
+            key.to_string(),
+            FunnelStep {
+                key: key.to_string(),
+                reached: c("reached"),
+                sent: c("sent"),
+                skipped: c("skipped") + c("held_out"),
+                failed: c("failed"),
+                timed_out: c("timed_out"),
+                ended,
+                ..Default::default()
+            },
+        );
+    }
+    let mut starts: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (scope, n) in &moves {
+        let rest = &scope[format!("flow:{workflow}@").len()..];
+        let Some((version, from)) = rest.split_once(':') else {
+            continue;
+        };
+        // A move's metric is the step it went to (keys have a `#`, metrics do not).
+        let to: BTreeMap<String, u64> = n
+            .counts
+            .iter()
+            .filter(|(k, v)| k.contains('#') && **v > 0)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if from == "start" {
+            starts.insert(version.to_string(), to);
+        } else if let Some(step) = versions
+            .get_mut(version)
+            .and_then(|steps| steps.get_mut(from))
+        {
+            step.next = to;
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (version, mut steps) in versions {
+        for s in steps.values_mut() {
+            let gone = s.next.values().sum::<u64>() + s.ended.values().sum::<u64>();
+            s.here = s.reached.saturating_sub(gone);
+        }
+        // In the order runs take them: from the start along the most travelled moves
+        // first; steps no move leads to (none in a whole count) after them.
+        let mut order: Vec<String> = Vec::new();
+        let mut queue: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        let by_count = |m: &BTreeMap<String, u64>| {
+            let mut v: Vec<(String, u64)> = m.iter().map(|(k, n)| (k.clone(), *n)).collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            v.into_iter().map(|(k, _)| k).collect::<Vec<_>>()
+        };
+        queue.extend(by_count(starts.get(&version).unwrap_or(&BTreeMap::new())));
+        while let Some(k) = queue.pop_front() {
+            if order.contains(&k) || !steps.contains_key(&k) {
+                continue;
+            }
+            queue.extend(by_count(&steps[&k].next));
+            order.push(k);
+        }
+        let mut ordered: Vec<FunnelStep> = order.iter().filter_map(|k| steps.remove(k)).collect();
+        ordered.extend(steps.into_values());
+        out.insert(version, ordered);
+    }
+    Ok(out)
 }
 
 /// A scope's hourly series of `metric` over `period`: (hour start in ms, count), hours

@@ -185,6 +185,16 @@ pub fn run_id(broadcast: &str, contact: &str) -> String {
     format!("bc-{broadcast}-{contact}")
 }
 
+/// Whether `id` is a run a broadcast started for a recipient ([`run_id`]: `bc-NAME-` and a
+/// contact id, which workflow runs' ids never end with).
+pub fn is_recipient_run(id: &str) -> bool {
+    id.starts_with("bc-")
+        && !id.contains("-after-")
+        && id.rsplit_once('-').is_some_and(|(_, c)| {
+            c.len() == 14 && c.starts_with("c_") && c[2..].bytes().all(|b| b.is_ascii_hexdigit())
+        })
+}
+
 /// A seed list may name at most this many contacts.
 pub const MAX_SEEDS: usize = 50;
 /// Contacts looked at per snapshot page, and recipients started per dispatch page.
@@ -1134,5 +1144,21 @@ pub fn status_name(s: BroadcastStatus) -> &'static str {
         BroadcastStatus::Cancelled => "cancelled",
         BroadcastStatus::Completed => "completed",
         BroadcastStatus::Testing => "testing",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recipient_run_is_told_from_a_workflow_run_named_like_one() {
+        assert!(is_recipient_run(&run_id("spring", "c_00000000002a")));
+        assert!(is_recipient_run(&run_id("spring-sale", "c_00000000002a")));
+        // A workflow called `bc-promo`: its event, manual and chained runs.
+        assert!(!is_recipient_run("bc-promo-000000000000002a"));
+        assert!(!is_recipient_run("bc-promo-m0000000000002a"));
+        assert!(!is_recipient_run("bc-promo-after-bc-spring-c_00000000002a"));
+        assert!(!is_recipient_run("welcome-000000000000002a"));
     }
 }

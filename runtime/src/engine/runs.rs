@@ -309,6 +309,14 @@ impl Engine {
         run.reason = reason;
         run.error_line = line;
         run.updated_at = self.clock.now_ms();
+        // How it first ended stays (a later conversion or retry does not change it).
+        if matches!(
+            to,
+            RunStatus::Completed | RunStatus::Exited | RunStatus::Failed
+        ) && run.ended.is_none()
+        {
+            run.ended = Some((to, run.updated_at));
+        }
         self.store.put_run(run)?;
         if from != to {
             self.metrics.run_status(Some(from), to);

@@ -331,25 +331,41 @@ fn series_chart(title: &str, points: &[(i64, u64)]) -> String {
     )
 }
 
-/// Steps of one version as a funnel: a bar per step, as long as its sends.
-fn funnel(steps: &[(String, &Numbers)]) -> String {
-    let max = steps
-        .iter()
-        .map(|(_, n)| count(n, "sent"))
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
-    let mut out = String::from("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Step</th><th scope=\"col\">Sent</th><th scope=\"col\">Opened</th><th scope=\"col\">Clicked</th><th scope=\"col\" style=\"width:40%\">Reach</th></tr></thead><tbody>");
-    for (key, n) in steps {
-        let sent = count(n, "sent");
+/// One version's funnel: a row per step in the order runs take them, a bar as long as its
+/// arrivals, where runs went next and where they ended.
+fn funnel(steps: &[analytics::FunnelStep]) -> String {
+    let max = steps.iter().map(|s| s.reached).max().unwrap_or(0).max(1) as f64;
+    let pairs = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, n)| format!("{} {n}", esc(k)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = String::from(
+        "<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Step</th>\
+         <th scope=\"col\">Reached</th><th scope=\"col\">Sent</th>\
+         <th scope=\"col\">Timed out</th><th scope=\"col\">Still here</th>\
+         <th scope=\"col\">Ended here</th><th scope=\"col\">Went on to</th>\
+         <th scope=\"col\" style=\"width:25%\">Reach</th></tr></thead><tbody>",
+    );
+    for s in steps {
+        let ended: u64 = s.ended.values().sum();
         out.push_str(&format!(
-            "<tr data-step=\"{}\"><th scope=\"row\">{}</th><td data-metric=\"sent\">{sent}</td><td>{}</td><td>{}</td>\
-             <td><svg viewBox=\"0 0 100 8\" role=\"img\" aria-label=\"{sent} sent\"><rect width=\"{:.1}\" height=\"8\" fill=\"#2f5d8a\"/></svg></td></tr>",
-            attr(key),
-            esc(key),
-            count(n, "opened"),
-            count(n, "clicked"),
-            sent as f64 / max * 100.0
+            "<tr data-step=\"{}\"><th scope=\"row\">{}</th><td data-metric=\"reached\">{}</td>\
+             <td data-metric=\"sent\">{}</td><td data-metric=\"timed_out\">{}</td>\
+             <td data-metric=\"here\">{}</td><td data-metric=\"ended\" title=\"{}\">{ended}</td>\
+             <td>{}</td><td><svg viewBox=\"0 0 100 8\" role=\"img\" aria-label=\"{} reached\">\
+             <rect width=\"{:.1}\" height=\"8\" fill=\"#2f5d8a\"/></svg></td></tr>",
+            attr(&s.key),
+            esc(&s.key),
+            s.reached,
+            s.sent,
+            s.timed_out,
+            s.here,
+            attr(&pairs(&s.ended)),
+            pairs(&s.next),
+            s.reached,
+            s.reached as f64 / max * 100.0
         ));
     }
     out.push_str("</tbody></table></div>");
@@ -537,27 +553,11 @@ pub(super) async fn dashboard_workflow(
                 ));
             }
             // The steps of each version, by their stable keys.
-            let steps = analytics::numbers_by_scope(store, &format!("step:{name}@"), all)?;
-            let mut by_version: BTreeMap<String, Vec<(String, &Numbers)>> = BTreeMap::new();
-            for (k, n) in &steps {
-                let rest = k.trim_start_matches(&format!("step:{name}@"));
-                if let Some((version, key)) = rest.split_once(':') {
-                    by_version
-                        .entry(version.to_string())
-                        .or_default()
-                        .push((key.to_string(), n));
-                }
-            }
-            for (version, rows) in &mut by_version {
-                rows.sort_by(|a, b| {
-                    count(b.1, "sent")
-                        .cmp(&count(a.1, "sent"))
-                        .then(a.0.cmp(&b.0))
-                });
+            for (version, steps) in analytics::funnel(store, &name, all)? {
                 body.push_str(&format!(
-                    "<section><h2>Steps of version {}</h2>{}</section>",
-                    esc(version),
-                    funnel(rows)
+                    "<section><h2>Funnel of version {}</h2>{}</section>",
+                    esc(&version),
+                    funnel(&steps)
                 ));
             }
             // Experiments: the workflow's variant(...) calls.

@@ -168,7 +168,7 @@ fn not_found(what: &str, name: &str) -> ApiError {
 }
 
 /// `GET /v1/reports/workflows/{name}?from=&to=&series=`: totals, per version, per step
-/// (stable keys) and per variant.
+/// (stable keys), per variant, and each version's funnel.
 pub(super) async fn workflow_report(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -191,6 +191,7 @@ pub(super) async fn workflow_report(
         let versions = by_suffix(store, &format!("version:{name}@"), period)?;
         let steps = by_suffix(store, &format!("step:{name}@"), period)?;
         let variants = by_suffix(store, &format!("variant:{name}:"), period)?;
+        let funnel = analytics::funnel(store, &name, period)?;
         Ok(Json(json!({
             "workflow": name,
             "period": period_json(period),
@@ -198,6 +199,7 @@ pub(super) async fn workflow_report(
             "versions": versions,
             "steps": steps,
             "variants": variants,
+            "funnel": funnel,
             "series": series_json(store, &scope, metric, period)?,
             "previous": previous_json(store, &scope, period)?,
             "holdout": holdout_json(store, &scope, period)?,

@@ -303,8 +303,10 @@ impl SledStore {
             // A record that notes an analytics fact carries it, written first (see
             // `crate::analytics`).
             if self.notes_facts() {
-                if let Some(Write::Analytics { key, value }) = crate::analytics::pending_for(w) {
-                    ops.push(analytics_op(key, value));
+                for fact in crate::analytics::pending_for(w) {
+                    if let Write::Analytics { key, value } = fact {
+                        ops.push(analytics_op(key, value));
+                    }
                 }
             }
             match w {
@@ -825,7 +827,7 @@ impl Store for SledStore {
         // re-entry policy's question) is written once, before the run's first record: a crash
         // in between leaves an index key without a run, which readers skip, never a run
         // without its key.
-        let fact = self.with_fact(&Write::NewRun(run.clone()));
+        let fact = self.fact_ops(|| crate::analytics::fact_of_new_run(run).into_iter().collect());
         self.write_ops(
             &[fact, vec![run_index_op(run), run_op(run)?]].concat(),
             false,
@@ -833,7 +835,7 @@ impl Store for SledStore {
     }
 
     fn put_run(&self, run: &Run) -> StoreResult<()> {
-        let fact = self.with_fact(&Write::Run(run.clone()));
+        let fact = self.fact_ops(|| crate::analytics::facts_of_run(run));
         self.write_ops(&[fact, vec![run_op(run)?]].concat(), false)
     }
 
@@ -880,10 +882,7 @@ impl Store for SledStore {
     }
 
     fn put_step(&self, run: &str, step: &Step) -> StoreResult<()> {
-        let fact = self.with_fact(&Write::Step {
-            run: run.to_string(),
-            step: step.clone(),
-        });
+        let fact = self.fact_ops(|| crate::analytics::facts_of_step(run, step));
         self.write_ops(&[fact, vec![step_op(run, step)?]].concat(), false)
     }
 
@@ -1278,14 +1277,17 @@ impl SledStore {
         self.facts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The pending-fact op a single-record write carries (none, or one).
-    fn with_fact(&self, w: &Write) -> Vec<RawOp> {
+    /// The pending-fact ops a single-record write carries (most: none).
+    fn fact_ops(&self, facts: impl FnOnce() -> Vec<crate::analytics::Fact>) -> Vec<RawOp> {
         if !self.notes_facts() {
             return Vec::new();
         }
-        match crate::analytics::pending_for(w) {
-            Some(Write::Analytics { key, value }) => vec![analytics_op(key, value)],
-            _ => Vec::new(),
-        }
+        facts()
+            .iter()
+            .map(|f| {
+                let (key, value) = f.pending_entry();
+                analytics_op(key, Some(value))
+            })
+            .collect()
     }
 }
