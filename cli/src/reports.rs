@@ -9,7 +9,8 @@ use crate::{call, Remote};
 
 #[derive(Subcommand)]
 pub enum ReportCommand {
-    /// A workflow: totals, per script version, per step (stable keys) and per variant.
+    /// A workflow: totals, per script version, per step (stable keys), per variant, and each
+    /// version's funnel.
     Workflow {
         /// The workflow's name.
         name: String,
@@ -54,6 +55,13 @@ pub enum ReportCommand {
     },
     /// Every template.
     Templates {
+        #[command(flatten)]
+        opts: ReportOpts,
+    },
+    /// A segment's size at the end of each day, with the day's entries and exits.
+    Segment {
+        /// The segment's name.
+        name: String,
         #[command(flatten)]
         opts: ReportOpts,
     },
@@ -236,6 +244,44 @@ fn print(v: &Value, format: Format) {
     }
 }
 
+/// A segment's sizes per day.
+fn print_sizes(v: &Value, format: Format) {
+    let days = v["days"].as_array().cloned().unwrap_or_default();
+    let n = |d: &Value, k: &str| d[k].as_i64().unwrap_or(0);
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Format::Csv => {
+            println!("day,size,entered,exited");
+            for d in &days {
+                let day = d["day"].as_str().unwrap_or("");
+                let (size, entered, exited) = (n(d, "size"), n(d, "entered"), n(d, "exited"));
+                println!("{day},{size},{entered},{exited}");
+            }
+        }
+        Format::Table => {
+            println!(
+                "segment {} ({} members now; days in {})",
+                v["segment"].as_str().unwrap_or(""),
+                v["members"],
+                v["timezone"].as_str().unwrap_or("UTC")
+            );
+            println!(
+                "{:<10} {:>10} {:>10} {:>10}",
+                "DAY", "SIZE", "ENTERED", "EXITED"
+            );
+            for d in &days {
+                println!(
+                    "{:<10} {:>10} {:>10} {:>10}",
+                    d["day"].as_str().unwrap_or(""),
+                    n(d, "size"),
+                    n(d, "entered"),
+                    n(d, "exited")
+                );
+            }
+        }
+    }
+}
+
 /// A workflow report's funnels, one table per script version.
 fn print_funnel(v: &Value) {
     for (version, steps) in v["funnel"].as_object().into_iter().flatten() {
@@ -407,6 +453,14 @@ pub fn report(command: ReportCommand) -> Result<bool> {
         ReportCommand::Channels { opts } => ("/v1/reports/channels".to_string(), opts),
         ReportCommand::Domains { opts } => ("/v1/reports/domains".to_string(), opts),
         ReportCommand::Templates { opts } => ("/v1/reports/templates".to_string(), opts),
+        ReportCommand::Segment { name, opts } => {
+            let v = get(
+                &opts.remote,
+                &format!("/v1/reports/segments/{}{}", name_path(name), opts.query()),
+            )?;
+            print_sizes(&v, opts.format());
+            return Ok(true);
+        }
         ReportCommand::Experiment { .. } => unreachable!("answered above"),
     };
     let v = get(&opts.remote, &format!("{path}{}", opts.query()))?;

@@ -983,3 +983,170 @@ fn a_workflows_funnel_shows_where_runs_went_waited_timed_out_and_ended() {
         "{wait_line}"
     );
 }
+
+/// Append `toml` to the project's `herald.toml`.
+fn add_config(p: &TestProject, toml: &str) {
+    let path = p.path().join("herald.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(toml);
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_segments_size_is_reported_per_day_in_the_projects_timezone() {
+    let p = project();
+    add_config(&p, "\n[analytics]\ntimezone = \"America/New_York\"\n");
+    let d = p.start();
+    let c = Client::new(d.url());
+    // 2026-12-08 10:00 in New York (15:00 UTC).
+    let day1 = 1_796_742_000_000;
+    c.set_clock(day1);
+    for i in 0..5 {
+        c.identify(&format!("m{i}"), json!({"reads": true}));
+    }
+    eventually("five readers", || {
+        let (_, b) = c.admin_get("/v1/segments/readers");
+        (b["size"] == 5).then_some(())
+    });
+    // The next local day: three join, two leave.
+    c.advance(24 * 3_600_000);
+    for i in 5..8 {
+        c.identify(&format!("m{i}"), json!({"reads": true}));
+    }
+    for i in 0..2 {
+        c.identify(&format!("m{i}"), json!({"reads": false}));
+    }
+    eventually("six readers", || {
+        let (_, b) = c.admin_get("/v1/segments/readers");
+        (b["size"] == 6).then_some(())
+    });
+    c.advance(24 * 3_600_000);
+    let r = eventually("three days of sizes", || {
+        let (s, r) = c.admin_get("/v1/reports/segments/readers");
+        assert_eq!(s, 200, "{r}");
+        (r["days"].as_array().unwrap().len() == 3 && r["days"][1]["exited"] == 2).then_some(r)
+    });
+    assert_eq!(r["timezone"], "America/New_York", "{r}");
+    assert_eq!(r["members"], 6, "{r}");
+    let days: Vec<(String, i64, i64, i64)> = r["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["day"].as_str().unwrap().to_string(),
+                d["size"].as_i64().unwrap(),
+                d["entered"].as_i64().unwrap(),
+                d["exited"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        days,
+        [
+            ("2026-12-08".to_string(), 5, 5, 0),
+            ("2026-12-09".to_string(), 6, 3, 2),
+            ("2026-12-10".to_string(), 6, 0, 0),
+        ],
+        "{r}"
+    );
+    // A period: the middle day alone.
+    let (s, mid) = c.admin_get(
+        "/v1/reports/segments/readers?from=2026-12-09T12:00:00Z&to=2026-12-10T00:00:00Z",
+    );
+    assert_eq!(s, 200, "{mid}");
+    assert_eq!(mid["days"].as_array().unwrap().len(), 1, "{mid}");
+    assert_eq!(mid["days"][0]["size"], 6, "{mid}");
+    let (s, b) = c.admin_get("/v1/reports/segments/nope");
+    assert_eq!(s, 404, "{b}");
+    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
+    assert_eq!(s, 200, "{rebuilt}");
+    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
+    let out = std::process::Command::new(herald_bin())
+        .args(["report", "segment", "readers"])
+        .args(["--dir", p.path().to_str().unwrap(), "--url", &c.base])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["2026-12-09", "6", "3", "2"]),
+        "{text}"
+    );
+}
+
+#[test]
+fn old_hours_are_rolled_up_into_days_and_reports_over_them_stay_equal() {
+    let p = project();
+    add_config(&p, "\n[analytics]\nhourly_days = 2\n");
+    let d = p.start();
+    let c = Client::new(d.url());
+    let t0 = 1_796_724_000_000; // 2026-12-08 10:00 UTC
+    c.set_clock(t0);
+    for i in 0..4 {
+        c.identify(
+            &format!("o{i}"),
+            json!({"email": format!("o{i}@example.com")}),
+        );
+        c.track(&format!("o{i}"), "signup", json!({}));
+    }
+    let day = "from=2026-12-08T00:00:00Z&to=2026-12-09T00:00:00Z";
+    let before = eventually("every message is counted", || {
+        let (_, r) = c.admin_get(&format!("/v1/reports/workflows/hello?{day}&series=sent"));
+        (r["totals"]["counts"]["sent"] == 8).then_some(r)
+    });
+    assert_eq!(before["series"]["hourly"][0]["count"], 8, "{before}");
+    // Five days on, the hours are past the retention: the fold thread rolls them up.
+    c.advance(5 * 24 * 3_600_000);
+    let after = eventually("the hours are rolled up", || {
+        let (_, r) = c.admin_get(&format!("/v1/reports/workflows/hello?{day}&series=sent"));
+        (r["series"]["hourly"] == json!([])).then_some(r)
+    });
+    assert_eq!(
+        after["totals"]["counts"]["sent"], 8,
+        "the day still counts: {after}"
+    );
+    let (_, daily) = c.admin_get(&format!(
+        "/v1/reports/workflows/hello?{day}&series=sent&by=day"
+    ));
+    assert_eq!(
+        daily["series"]["daily"],
+        json!([{"day": "2026-12-08", "start": 1_796_688_000_000i64, "count": 8}]),
+        "{daily}"
+    );
+    let (_, all) = c.admin_get("/v1/reports/workflows/hello");
+    assert_eq!(all["totals"]["counts"]["sent"], 8, "{all}");
+    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
+    assert_eq!(s, 200, "{rebuilt}");
+    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
+    let (s, b) = c.admin_get("/v1/reports/workflows/hello?series=sent&by=week");
+    assert_eq!(s, 400, "{b}");
+}
+
+#[test]
+fn an_unknown_timezone_or_a_too_short_retention_is_a_check_error() {
+    let p = project();
+    add_config(
+        &p,
+        "\n[analytics]\ntimezone = \"Mars/Olympus\"\nhourly_days = 1\n",
+    );
+    let out = std::process::Command::new(herald_bin())
+        .args(["check", p.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("\"Mars/Olympus\" is not an IANA timezone"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hourly counters for at least 2 days"),
+        "{text}"
+    );
+}

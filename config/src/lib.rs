@@ -83,6 +83,21 @@ pub struct AnalyticsConfig {
     /// last), `first_touch`, or `even`.
     #[serde(default)]
     pub attribution: Attribution,
+    /// The project's timezone (IANA name, default `UTC`): where a report's days begin and end.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Days the hourly counters are kept (default 90, at least 2); older hours are rolled up
+    /// into daily counters (days in `timezone`), so a report over them is per day.
+    #[serde(default = "default_hourly_days")]
+    pub hourly_days: u32,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn default_hourly_days() -> u32 {
+    90
 }
 
 impl Default for AnalyticsConfig {
@@ -90,6 +105,8 @@ impl Default for AnalyticsConfig {
         AnalyticsConfig {
             enabled: true,
             attribution: Attribution::default(),
+            timezone: default_timezone(),
+            hourly_days: default_hourly_days(),
         }
     }
 }

@@ -405,6 +405,29 @@ fn check_config(sources: &dyn Sources, report: &mut CheckReport) -> Option<Confi
             }
         }
     }
+    if config.analytics.timezone.parse::<chrono_tz::Tz>().is_err() {
+        let tz = &config.analytics.timezone;
+        let d = Diagnostic::error(
+            CONFIG_INVALID,
+            file,
+            range_of(&text, &format!("\"{tz}\"")),
+            format!(
+                "[analytics] timezone: \"{tz}\" is not an IANA timezone (e.g. \"Europe/Berlin\")"
+            ),
+        )
+        .with_label("unknown timezone");
+        report.push(file, &text, d);
+    }
+    if config.analytics.hourly_days < 2 {
+        let d = Diagnostic::error(
+            CONFIG_INVALID,
+            file,
+            range_of(&text, "hourly_days"),
+            "[analytics] hourly_days: keep the hourly counters for at least 2 days",
+        )
+        .with_label("too short");
+        report.push(file, &text, d);
+    }
     for problem in topic_problems(&config) {
         let d = Diagnostic::error(CONFIG_INVALID, file, range_of(&text, &problem.0), problem.1)
             .with_label("topics");

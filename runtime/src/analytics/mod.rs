@@ -32,6 +32,7 @@
 //! A broadcast's seed sends (its tests) stay out of every number.
 
 pub mod experiments;
+pub mod rollup;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +42,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::model::{Event, Run, RunStatus, Step, StepStatus};
+use crate::model::{Event, Run, RunStatus, SegmentChange, Step, StepStatus};
 use crate::store::{Store, StoreError, Write, WriteBatch};
 use crate::sync::LockExt as _;
 
@@ -136,6 +137,46 @@ pub struct Fact {
     /// A conversion's share of its goal event's credit, in thousandths.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credit: Option<u32>,
+    /// Of a `segment` fact: the segment, and how many contacts entered and left it in the
+    /// hour (`at`) by one record of its change log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+    /// See `segment`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub entered: u64,
+    /// See `segment`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exited: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The facts a record of a segment's change log notes: per hour it spans, how many entered
+/// and left (the fold counts them; they are not message facts, so not in the export).
+pub fn facts_of_segment(segment: &str, seq: u64, changes: &[SegmentChange]) -> Vec<Fact> {
+    let mut by_hour: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
+    for c in changes {
+        let e = by_hour.entry(c.at.div_euclid(HOUR_MS)).or_default();
+        if c.entered {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+    by_hour
+        .into_iter()
+        .map(|(hour, (entered, exited))| Fact {
+            id: format!("segment:{seq:016x}:{hour}"),
+            kind: "segment".into(),
+            at: hour * HOUR_MS,
+            segment: Some(segment.to_string()),
+            entered,
+            exited,
+            ..Default::default()
+        })
+        .collect()
 }
 
 impl Fact {
@@ -711,6 +752,20 @@ impl Counts {
         }
     }
 
+    /// Count a segment fact's entries and exits under `segment:NAME`, in total and in its
+    /// hour.
+    pub fn add_segment(&mut self, f: &Fact) {
+        let Some(segment) = &f.segment else { return };
+        let scope = format!("segment:{segment}");
+        let hour = f.at.div_euclid(HOUR_MS);
+        for (m, n) in [("entered", f.entered), ("exited", f.exited)] {
+            if n > 0 {
+                *self.0.entry(total_key(&scope, m)).or_default() += n;
+                *self.0.entry(hour_key(&scope, m, hour)).or_default() += n;
+            }
+        }
+    }
+
     /// Add these counts to the stored counters, in one batch (the benchmark feeds the fold
     /// this way; the fold thread writes its counts with its facts' log).
     pub fn apply(self, store: &dyn Store) -> Result<(), StoreError> {
@@ -733,6 +788,34 @@ fn u64_of(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// How reports count days: the project's timezone and how long hours are kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Days {
+    /// Where days begin and end.
+    pub tz: chrono_tz::Tz,
+    /// Hourly counters older than this many days are rolled up into days.
+    pub hourly_days: u32,
+}
+
+impl Default for Days {
+    fn default() -> Self {
+        Days {
+            tz: chrono_tz::UTC,
+            hourly_days: 90,
+        }
+    }
+}
+
+impl Days {
+    /// From `[analytics]` (an unknown timezone, which `herald check` refuses, is UTC).
+    pub fn from_config(c: &herald_config::AnalyticsConfig) -> Days {
+        Days {
+            tz: c.timezone.parse().unwrap_or(chrono_tz::UTC),
+            hourly_days: c.hourly_days.max(2),
+        }
+    }
+}
+
 /// The fold thread's shared state.
 #[derive(Default)]
 pub struct Folder {
@@ -742,6 +825,9 @@ pub struct Folder {
     after: Mutex<Option<Vec<u8>>>,
     wakeup: crate::sync::Wakeup,
     stop: AtomicBool,
+    days: Mutex<Days>,
+    /// When the fold thread last rolled hours up (clock ms).
+    rolled_at: Mutex<Option<i64>>,
 }
 
 impl Folder {
@@ -760,9 +846,40 @@ impl Folder {
         self.wakeup.sleep(timeout);
     }
 
+    /// Set the project's timezone and hourly retention (at start and on reload).
+    pub fn configure(&self, days: Days) {
+        *self.days.locked() = days;
+    }
+
+    /// The project's timezone and hourly retention.
+    pub fn days(&self) -> Days {
+        *self.days.locked()
+    }
+
+    /// Roll the hourly counters older than the retention into days now.
+    pub fn roll_up(&self, store: &dyn Store, now: i64) -> Result<rollup::RollUp, StoreError> {
+        let days = self.days();
+        let _g = self.lock.locked();
+        let before = rollup::boundary(now, days.hourly_days, days.tz);
+        let done = rollup::roll_up(store, before, days.tz)?;
+        *self.rolled_at.locked() = Some(now);
+        if done.hours > 0 {
+            tracing::info!(
+                hours = done.hours,
+                before,
+                "hourly counters rolled up into days"
+            );
+        }
+        Ok(done)
+    }
+
     /// Start the fold thread over `store`; it stops with [`Folder::stop`] or when the
-    /// store is dropped.
-    pub fn start(self: &Arc<Self>, store: Weak<dyn Store>) -> std::thread::JoinHandle<()> {
+    /// store is dropped. Once an hour (by `clock`) it rolls old hours up into days.
+    pub fn start(
+        self: &Arc<Self>,
+        store: Weak<dyn Store>,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> std::thread::JoinHandle<()> {
         let me = self.clone();
         std::thread::Builder::new()
             .name("herald-analytics".into())
@@ -778,6 +895,13 @@ impl Folder {
                         false
                     }
                 };
+                let now = clock.now_ms();
+                let due = me.rolled_at.locked().is_none_or(|at| now - at >= HOUR_MS || now < at);
+                if !more && due {
+                    if let Err(e) = me.roll_up(store.as_ref(), now) {
+                        tracing::error!(error = %e, "rolling up hourly counters failed; tried again");
+                    }
+                }
                 drop(store);
                 if !more {
                     me.sleep(Duration::from_millis(250));
@@ -836,6 +960,16 @@ impl Folder {
                     continue;
                 }
             };
+            if fact.kind == "segment" {
+                // Counted, not logged: the export is of messages and engagement.
+                counts.add_segment(&fact);
+                batch.push(done);
+                batch.push(Write::Analytics {
+                    key: marker,
+                    value: Some(0u64.to_be_bytes().to_vec()),
+                });
+                continue;
+            }
             let mut folded = match enrich(store, &fact, &mut cache)? {
                 Enriched::Counts(f) => *f,
                 Enriched::Nowhere => {
@@ -941,6 +1075,10 @@ impl Folder {
                 facts.extend(fact_of_event(&e));
             }
         }
+        store.scan_segment_log(&mut |segment, seq, changes| {
+            facts.extend(facts_of_segment(segment, seq, changes));
+            true
+        })?;
         // In the order they happened, so the first open or click of a message is the one
         // the fold saw first.
         facts.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
@@ -949,8 +1087,14 @@ impl Folder {
         let mut cache = RunCache::default();
         let mut counts = Counts::default();
         let mut folded_facts = 0;
+        let mut segment_facts = 0;
         for fact in facts {
             if !ids.insert(fact.id.clone()) {
+                continue;
+            }
+            if fact.kind == "segment" {
+                counts.add_segment(&fact);
+                segment_facts += 1;
                 continue;
             }
             if cache.runs.len() > 10_000 {
@@ -963,10 +1107,13 @@ impl Folder {
             counts.add(&f, first);
             folded_facts += 1;
         }
+        // The hours the live counters have rolled into days, likewise.
+        rollup::roll_counts(&mut counts.0, rollup::rolled(store)?, self.days().tz);
         let live: BTreeMap<Vec<u8>, u64> = store
             .analytics_scan(COUNTER, None, usize::MAX)?
             .into_iter()
             .chain(store.analytics_scan(TOTALS, None, usize::MAX)?)
+            .chain(store.analytics_scan(rollup::DAILY, None, usize::MAX)?)
             .map(|(k, v)| (k, u64_of(&v)))
             .collect();
         let mut differences = Vec::new();
@@ -1005,6 +1152,7 @@ impl Folder {
         }
         Ok(Rebuild {
             facts: folded_facts,
+            segment_facts,
             counters: counts.0.len(),
             differences,
             written: write,
@@ -1015,8 +1163,11 @@ impl Folder {
 /// What a rebuild found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rebuild {
-    /// Facts derived from the stored records (seed sends and gone runs left out).
+    /// Message, engagement and run facts derived from the stored records (seed sends and
+    /// gone runs left out).
     pub facts: usize,
+    /// Segment facts (entries and exits per change-log record and hour).
+    pub segment_facts: usize,
     /// Counters they make.
     pub counters: usize,
     /// Counters whose live value differs from the rebuilt one.
@@ -1135,6 +1286,10 @@ pub fn numbers_by_scope(
                 // Scopes with nothing in the period still show, with zeros.
                 _ => add(scope, metric, 0),
             }
+        }
+        // Days rolled up from hours: those that start in the period.
+        for (scope, metric, _, n) in rollup::days_in(store, prefix.as_bytes(), period)? {
+            add(&scope, &metric, n);
         }
     }
     for n in out.values_mut() {

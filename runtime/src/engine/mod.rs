@@ -107,6 +107,8 @@ pub struct ProjectState {
     pub broadcasts: BTreeMap<String, Arc<WorkflowVersion>>,
     /// How a goal event's credit is shared among the runs it converts.
     pub attribution: herald_config::Attribution,
+    /// The project's timezone and hourly retention (`[analytics]`).
+    pub days: crate::analytics::Days,
 }
 
 impl ProjectState {
@@ -185,6 +187,7 @@ impl ProjectState {
             broadcasts: project.broadcasts.clone(),
             plugins: loaded_plugins,
             attribution: project.config.analytics.attribution,
+            days: crate::analytics::Days::from_config(&project.config.analytics),
             consent: Arc::new(crate::consent::ConsentSettings::from_config(
                 &project.config,
             )),
@@ -465,6 +468,7 @@ impl Engine {
             cap_holds: Default::default(),
             analytics: Default::default(),
         });
+        engine.analytics.configure(engine.state().days);
         let _ = engine.me.set(Arc::downgrade(&engine));
         let sink: Arc<dyn Sink> = engine.clone();
         engine.delivery.set_sink(Arc::downgrade(&sink));
@@ -501,7 +505,9 @@ impl Engine {
         engine.start_backfill();
         let broadcasts = engine.start_broadcaster();
         engine.threads.locked().push(broadcasts);
-        let fold = engine.analytics.start(Arc::downgrade(&engine.store));
+        let fold = engine
+            .analytics
+            .start(Arc::downgrade(&engine.store), engine.clock.clone());
         engine.threads.locked().push(fold);
         Ok(engine)
     }
@@ -610,6 +616,7 @@ impl Engine {
             }
         }
         self.configure_delivery(&new);
+        self.analytics.configure(new.days);
         *self.state.write_locked() = new;
         self.store_versions()?;
         if let Some(me) = self.me.get().and_then(|w| w.upgrade()) {

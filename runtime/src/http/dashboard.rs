@@ -331,6 +331,30 @@ fn series_chart(title: &str, points: &[(i64, u64)]) -> String {
     )
 }
 
+/// A segment's size per day as a line (inline SVG, no script).
+fn sparkline(name: &str, days: &[analytics::rollup::SizePoint]) -> String {
+    let max = days.iter().map(|d| d.size).max().unwrap_or(0).max(1) as f64;
+    let step = 100.0 / (days.len().max(2) - 1) as f64;
+    let points: Vec<String> = days
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            format!(
+                "{:.1},{:.1}",
+                i as f64 * step,
+                20.0 - d.size as f64 / max * 18.0
+            )
+        })
+        .collect();
+    format!(
+        "<svg viewBox=\"0 0 100 21\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"{} over {} days\">\
+         <polyline points=\"{}\" fill=\"none\" stroke=\"#2f5d8a\" stroke-width=\"1.5\" vector-effect=\"non-scaling-stroke\"/></svg>",
+        attr(name),
+        days.len(),
+        points.join(" ")
+    )
+}
+
 /// One version's funnel: a row per step in the order runs take them, a bar as long as its
 /// arrivals, where runs went next and where they ended.
 fn funnel(steps: &[analytics::FunnelStep]) -> String {
@@ -487,12 +511,22 @@ pub(super) async fn dashboard_overview(
         let r = |m: &str, t: &Numbers| if sent > 0.0 { count(t, m) as f64 / sent } else { 0.0 };
         total.rates.insert("open_rate".into(), r("opened", &total));
         total.rates.insert("click_rate".into(), r("clicked", &total));
-        let mut segs = String::from("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Segment</th><th scope=\"col\">Members</th></tr></thead><tbody>");
+        let mut segs = String::from("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Segment</th><th scope=\"col\">Members</th><th scope=\"col\">30 days ago</th><th scope=\"col\" style=\"width:40%\">Size over 30 days</th></tr></thead><tbody>");
+        let now = shared.engine.clock.now_ms();
+        let tz = shared.engine.analytics.days().tz;
+        let month = Period {
+            from: Some(now - 29 * analytics::rollup::DAY_MS),
+            to: None,
+        };
         for (name, size) in shared.engine.segment_sizes() {
+            let days = analytics::rollup::segment_sizes(store, &name, size, month, now, tz)?;
+            let then = days.first().map_or(size, |d| d.size);
             segs.push_str(&format!(
-                "<tr data-segment=\"{}\"><th scope=\"row\">{}</th><td data-metric=\"members\">{size}</td></tr>",
+                "<tr data-segment=\"{}\"><th scope=\"row\">{}</th><td data-metric=\"members\">{size}</td>\
+                 <td data-metric=\"size_30_days_ago\">{then}</td><td>{}</td></tr>",
                 attr(&name),
-                esc(&name)
+                esc(&name),
+                sparkline(&name, &days),
             ));
         }
         segs.push_str("</tbody></table></div>");

@@ -202,6 +202,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/v1/reports/broadcasts/{name}/experiment",
             get(broadcast_experiment),
         )
+        .route("/v1/reports/segments/{name}", get(segment_report))
         .route("/v1/reports/{dimension}", get(dimension_report))
         .route("/v1/export/facts", get(export_facts))
         .route("/v1/analytics/rebuild", post(rebuild_analytics))

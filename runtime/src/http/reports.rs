@@ -16,9 +16,12 @@ pub(super) struct ReportQuery {
     /// End of the period (exclusive).
     #[serde(default)]
     to: Option<String>,
-    /// A metric whose hourly series the report adds (`sent`, `opened`, …).
+    /// A metric whose series the report adds (`sent`, `opened`, …).
     #[serde(default)]
     series: Option<String>,
+    /// The series' points: `hour` (default) or `day` (in `[analytics] timezone`).
+    #[serde(default)]
+    by: Option<String>,
 }
 
 /// Instants a report accepts: 1970 to 9999, so period arithmetic cannot overflow.
@@ -66,10 +69,22 @@ impl ReportQuery {
         Ok(p)
     }
 
-    fn metric(&self) -> ApiResult<Option<String>> {
+    /// The series asked for: its metric, and whether per day.
+    fn metric(&self) -> ApiResult<Option<(String, bool)>> {
+        let by_day = match self.by.as_deref() {
+            None | Some("hour") => false,
+            Some("day") => true,
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    format!("by: \"{other}\" is neither hour nor day"),
+                ))
+            }
+        };
         match &self.series {
             None => Ok(None),
-            Some(m) if analytics::METRICS.contains(&m.as_str()) => Ok(Some(m.clone())),
+            Some(m) if analytics::METRICS.contains(&m.as_str()) => Ok(Some((m.clone(), by_day))),
             Some(m) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
@@ -144,16 +159,26 @@ fn by_suffix(
 fn series_json(
     store: &dyn crate::store::Store,
     scope: &str,
-    metric: Option<String>,
+    metric: Option<(String, bool)>,
     period: Period,
+    tz: chrono_tz::Tz,
 ) -> ApiResult<Value> {
     Ok(match metric {
-        Some(m) => {
+        Some((m, false)) => {
             let points: Vec<Value> = analytics::series(store, scope, &m, period)?
                 .into_iter()
                 .map(|(at, n)| json!({"hour": at, "count": n}))
                 .collect();
             json!({"metric": m, "hourly": points})
+        }
+        Some((m, true)) => {
+            let points: Vec<Value> = analytics::rollup::daily_series(store, scope, &m, period, tz)?
+                .into_iter()
+                .map(|(at, n)| {
+                    json!({"day": analytics::rollup::date_of(at, tz), "start": at, "count": n})
+                })
+                .collect();
+            json!({"metric": m, "timezone": tz.name(), "daily": points})
         }
         None => Value::Null,
     })
@@ -200,9 +225,40 @@ pub(super) async fn workflow_report(
             "steps": steps,
             "variants": variants,
             "funnel": funnel,
-            "series": series_json(store, &scope, metric, period)?,
+            "series": series_json(store, &scope, metric, period, shared.engine.analytics.days().tz)?,
             "previous": previous_json(store, &scope, period)?,
             "holdout": holdout_json(store, &scope, period)?,
+        })))
+    })
+    .await?
+}
+
+/// `GET /v1/reports/segments/{name}?from=&to=`: the segment's size at the end of each day
+/// (`[analytics] timezone`), with the day's entries and exits.
+pub(super) async fn segment_report(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<ReportQuery>,
+) -> ApiResult<Json<Value>> {
+    check_admin(&shared, &headers)?;
+    let period = q.period()?;
+    blocking(move || -> ApiResult<Json<Value>> {
+        let store = shared.engine.store.as_ref();
+        // Folded first: the size now then includes no change the counters lack.
+        shared.engine.analytics.fold_all(store)?;
+        let Some(members) = shared.engine.segment_sizes().get(&name).copied() else {
+            return Err(not_found("segment", &name));
+        };
+        let tz = shared.engine.analytics.days().tz;
+        let now = shared.engine.clock.now_ms();
+        let days = analytics::rollup::segment_sizes(store, &name, members, period, now, tz)?;
+        Ok(Json(json!({
+            "segment": name,
+            "members": members,
+            "timezone": tz.name(),
+            "period": period_json(period),
+            "days": days,
         })))
     })
     .await?
@@ -235,7 +291,7 @@ pub(super) async fn broadcast_report(
             // A tested broadcast's winner sent to the rest of its audience.
             "rest": analytics::numbers_by_scope(store, &format!("rest:{name}\0"), period)?
                 .remove(&format!("rest:{name}")),
-            "series": series_json(store, &scope, metric, period)?,
+            "series": series_json(store, &scope, metric, period, shared.engine.analytics.days().tz)?,
             "previous": previous_json(store, &scope, period)?,
             "holdout": holdout_json(store, &scope, period)?,
         })))

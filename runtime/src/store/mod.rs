@@ -300,6 +300,12 @@ pub trait Store: Send + Sync + 'static {
     fn log_segment_changes(&self, segment: &str, changes: &[SegmentChange]) -> StoreResult<()>;
     /// Most recent entries and exits of a segment, newest first.
     fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>>;
+    /// Every record of every segment's change log, in key order (segment, then sequence):
+    /// `f(segment, sequence, changes)` until it returns false (an analytics rebuild).
+    fn scan_segment_log(
+        &self,
+        f: &mut dyn FnMut(&str, u64, &[SegmentChange]) -> bool,
+    ) -> StoreResult<()>;
     /// A contact's audience state.
     fn audience(&self, contact: &str) -> StoreResult<Option<AudienceState>>;
     /// Write a contact's audience state.

@@ -372,6 +372,9 @@ impl SledStore {
                 Write::SegmentChanges { segment, changes } => {
                     if !changes.is_empty() {
                         let seq = self.db.generate_id()?;
+                        ops.extend(self.fact_ops(|| {
+                            crate::analytics::facts_of_segment(segment, seq, changes)
+                        }));
                         ops.push(segment_changes_op(segment, seq, changes));
                     }
                 }
@@ -1050,8 +1053,40 @@ impl Store for SledStore {
         }
         // Ordered by a sequence number, not the time: the newest change is the last written
         // even if the clock stepped back in between.
-        let op = segment_changes_op(segment, self.db.generate_id()?, changes);
-        self.write_ops(&[op], false)
+        let seq = self.db.generate_id()?;
+        let mut ops = self.fact_ops(|| crate::analytics::facts_of_segment(segment, seq, changes));
+        ops.push(segment_changes_op(segment, seq, changes));
+        self.write_ops(&ops, false)
+    }
+
+    fn scan_segment_log(
+        &self,
+        f: &mut dyn FnMut(&str, u64, &[SegmentChange]) -> bool,
+    ) -> StoreResult<()> {
+        for r in self.segment_log.iter() {
+            let (k, v) = r?;
+            let Some(end) = k.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let segment = String::from_utf8_lossy(&k[..end]);
+            let Some(seq) = k.get(end + 1..end + 9) else {
+                continue;
+            };
+            let seq = u64::from_be_bytes(seq.try_into().expect("eight bytes"));
+            let changes = if k.len() > end + 9 {
+                vec![SegmentChange {
+                    at: v.get(1..9).map(time_from_key).unwrap_or(0),
+                    contact: String::from_utf8_lossy(&k[end + 9..]).into_owned(),
+                    entered: v.first() == Some(&1),
+                }]
+            } else {
+                decode_changes(&v)?
+            };
+            if !f(&segment, seq, &changes) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn segment_changes(&self, segment: &str, limit: usize) -> StoreResult<Vec<SegmentChange>> {
