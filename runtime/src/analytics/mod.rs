@@ -61,7 +61,7 @@ const TOTALS: &[u8] = b"t\0";
 /// The last sequence number of the log.
 const LAST_SEQ: &[u8] = b"s";
 /// Pending facts folded per batch.
-const PAGE: usize = 2000;
+const PAGE: usize = 1000;
 /// Pages one [`Folder::fold_all`] folds at most.
 pub const FOLD_ALL_PAGES: usize = 50;
 /// One hour, in ms.
@@ -929,19 +929,22 @@ impl Folder {
         let mut kept = 0;
         // In the order they happened (as a rebuild folds them), so a message's first open
         // or click lands in the hour it happened.
-        let at_of = |v: &[u8]| {
-            serde_json::from_slice::<Fact>(v)
-                .map(|f| (f.at, f.id))
-                .unwrap_or_default()
-        };
-        pending.sort_by_cached_key(|(_, v)| at_of(v));
+        let mut pending: Vec<(Vec<u8>, Result<Fact, serde_json::Error>)> = pending
+            .into_iter()
+            .map(|(k, v)| {
+                let fact = serde_json::from_slice::<Fact>(&v);
+                (k, fact)
+            })
+            .collect();
+        pending.sort_by_cached_key(|(_, f)| f.as_ref().map(|f| (f.at, f.id.clone())).ok());
         let mut seq = store.analytics_get(LAST_SEQ)?.map_or(0, |v| u64_of(&v));
         let mut counts = Counts::default();
         let mut batch = WriteBatch::new();
         let mut seen_now: HashSet<Vec<u8>> = HashSet::new();
         let mut cache = RunCache::default();
         let mut unique_now: HashSet<String> = HashSet::new();
-        for (key, value) in &pending {
+        let mut logged: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for (key, fact) in pending {
             let id = &key[PENDING.len()..];
             let marker = [FOLDED, id].concat();
             let done = Write::Analytics {
@@ -952,7 +955,7 @@ impl Folder {
                 batch.push(done);
                 continue;
             }
-            let fact: Fact = match serde_json::from_slice(value) {
+            let fact: Fact = match fact {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(error = %e, "unreadable pending fact dropped");
@@ -1010,10 +1013,10 @@ impl Folder {
                 key: marker,
                 value: Some(seq.to_be_bytes().to_vec()),
             });
-            batch.push(Write::Analytics {
-                key: [LOG, &seq.to_be_bytes()].concat(),
-                value: Some(serde_json::to_vec(&folded).expect("a fact serializes")),
-            });
+            logged.push((
+                [LOG, &seq.to_be_bytes()].concat(),
+                serde_json::to_vec(&folded).expect("a fact serializes"),
+            ));
         }
         for (key, delta) in counts.0 {
             let now = store.analytics_get(&key)?.map_or(0, |v| u64_of(&v));
@@ -1029,6 +1032,10 @@ impl Folder {
             key: LAST_SEQ.to_vec(),
             value: Some(seq.to_be_bytes().to_vec()),
         });
+        // The log's new entries first, on their own: past the last sequence, nobody reads
+        // them until the batch moves it (after a crash in between, the next fold writes the
+        // same sequence numbers again). The batch's commit record stays small.
+        store.put_analytics(logged)?;
         store.apply(&batch)?;
         Ok(taken - kept)
     }
@@ -1486,9 +1493,14 @@ pub fn facts_after(
     after: u64,
     limit: usize,
 ) -> Result<Vec<FoldedFact>, StoreError> {
+    // Entries past the last sequence are a fold's not yet committed.
+    let last = store.analytics_get(LAST_SEQ)?.map_or(0, |v| u64_of(&v));
     let start = [LOG, &after.saturating_add(1).to_be_bytes()].concat();
     let mut out = Vec::new();
-    for (_, value) in store.analytics_scan(LOG, Some(&start), limit)? {
+    for (key, value) in store.analytics_scan(LOG, Some(&start), limit)? {
+        if key.get(LOG.len()..).map_or(0, u64_of) > last {
+            break;
+        }
         if let Ok(f) = serde_json::from_slice(&value) {
             out.push(f);
         }

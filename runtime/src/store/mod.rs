@@ -354,6 +354,20 @@ pub trait Store: Send + Sync + 'static {
     /// A value of the analytics keyspace (written with [`Write::Analytics`]).
     fn analytics_get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;
 
+    /// Put entries of the analytics keyspace, each its own write, in order (not atomic
+    /// together: for records a later atomic batch makes visible).
+    fn put_analytics(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<()> {
+        for (key, value) in entries {
+            let mut batch = WriteBatch::new();
+            batch.push(Write::Analytics {
+                key,
+                value: Some(value),
+            });
+            self.apply(&batch)?;
+        }
+        Ok(())
+    }
+
     /// Entries of the analytics keyspace whose key starts with `prefix`, in key order, from
     /// key `from` (inclusive) on, at most `limit`.
     fn analytics_scan(

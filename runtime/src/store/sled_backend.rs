@@ -1185,6 +1185,14 @@ impl Store for SledStore {
         SledStore::notes_facts(self)
     }
 
+    fn put_analytics(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> StoreResult<()> {
+        let ops: Vec<RawOp> = entries
+            .into_iter()
+            .map(|(k, v)| analytics_op(k, Some(v)))
+            .collect();
+        self.write_ops(&ops, false)
+    }
+
     fn analytics_get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
         Ok(self.analytics.get(key)?.map(|v| v.to_vec()))
     }
