@@ -520,9 +520,9 @@ impl Engine {
             return Ok(());
         };
         // A result for an older attempt of the step changes nothing.
-        let Some(mut step) = self
-            .store
-            .journal(&o.run)?
+        let journal = self.store.journal(&o.run)?;
+        let last_step = journal.len() == o.step as usize + 1;
+        let Some(mut step) = journal
             .into_iter()
             .nth(o.step as usize)
             .filter(|s| s.status == StepStatus::Queued && s.attempts == o.attempt)
@@ -629,17 +629,30 @@ impl Engine {
         }
         // The run goes on from here: marked running with its step, so that a crash before the
         // activation below has written the run leaves one the next start resumes, not a run
-        // waiting on a send that is already recorded.
+        // waiting on a send that is already recorded. A broadcast's own script (no `fn run`)
+        // returns after its send: its run completes with the result, without activating it
+        // again only to replay what is recorded.
         let mut run = run;
         let from = run.status;
-        if from != RunStatus::Running {
+        let completes = step.status == StepStatus::Done
+            && last_step
+            && run.wake_at.is_none()
+            && self.ends_with_its_send(&run);
+        if completes {
+            run.status = RunStatus::Completed;
+            run.updated_at = now;
+            run.activations += 1;
+            run.failed_activations = 0;
+            run.ended.get_or_insert((RunStatus::Completed, now));
+            batch.push(Write::Run(run.clone()));
+        } else if from != RunStatus::Running {
             run.status = RunStatus::Running;
             run.updated_at = now;
             batch.push(Write::Run(run.clone()));
         }
         self.store.apply(&batch)?;
-        if from != RunStatus::Running {
-            self.metrics.run_status(Some(from), RunStatus::Running);
+        if run.status != from {
+            self.metrics.run_status(Some(from), run.status);
         }
         if let Some(since) = o.dispatched {
             self.delivery.note_window(&o.channel, since);
@@ -647,6 +660,21 @@ impl Engine {
         // The result is in the store: the same step may be queued again from here on (a
         // retry that is due at once).
         self.delivery.release(&o.key);
+        if completes {
+            return self.after_completion(&run);
+        }
         self.activate(&run.id)
+    }
+
+    /// Whether `run` is a broadcast recipient's whose script is the broadcast's own (its
+    /// arm, then its send): nothing follows the send.
+    fn ends_with_its_send(&self, run: &Run) -> bool {
+        run.trigger["type"] == "broadcast"
+            && self.version(&run.script_hash).is_ok_and(|w| {
+                w.decl
+                    .broadcast
+                    .as_ref()
+                    .is_some_and(|b| !b.custom_run && b.channel.is_some())
+            })
     }
 }

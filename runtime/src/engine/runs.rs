@@ -163,6 +163,23 @@ impl Engine {
         fired: Option<i64>,
     ) -> Result<(), EngineError> {
         let run = self.store.run(run_id)?;
+        self.activate_run(run_id, run, fired, None)
+    }
+
+    /// The first activation of a run just created (nothing of it to read back: no journal).
+    pub(super) fn activate_new(&self, run: Run) -> Result<(), EngineError> {
+        let id = run.id.clone();
+        self.activate_run(&id, Some(run), None, Some(Vec::new()))
+    }
+
+    /// Activate `run` as read (`journal`: its journal, when known without a read).
+    fn activate_run(
+        &self,
+        run_id: &str,
+        run: Option<Run>,
+        fired: Option<i64>,
+        journal: Option<Vec<crate::model::Step>>,
+    ) -> Result<(), EngineError> {
         let waits_on = run
             .as_ref()
             .filter(|r| !r.status.is_terminal())
@@ -200,7 +217,10 @@ impl Engine {
                 return Ok(());
             }
         };
-        let journal = self.store.journal(&run.id)?;
+        let journal = match journal {
+            Some(j) => j,
+            None => self.store.journal(&run.id)?,
+        };
         let state = RunState {
             now: self.clock.now_ms(),
             snapshot: run.start_contact.clone(),

@@ -353,7 +353,7 @@ impl Engine {
             contact = contact.id.as_str(),
             "run started"
         );
-        self.activate(&run_id)?;
+        self.activate_new(run)?;
         Ok(true)
     }
 }
