@@ -915,7 +915,7 @@ impl Folder {
     pub fn fold_page(&self, store: &dyn Store) -> Result<usize, StoreError> {
         let _g = self.lock.locked();
         let from = self.after.locked().take();
-        let mut pending = store.analytics_scan(PENDING, from.as_deref(), PAGE)?;
+        let pending = store.analytics_scan(PENDING, from.as_deref(), PAGE)?;
         if pending.is_empty() {
             return Ok(0);
         }
