@@ -17,6 +17,7 @@
 //! | H010 | unknown operation of a channel |
 //! | H030 | broadcast declaration missing or repeated, or a workflow in `broadcasts/` |
 //! | H031 | a broadcast's message is incomplete or contradictory |
+//! | H032 | a workflow's or broadcast's name has a character reports key numbers by (`:`, `@`) or a control character |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -202,6 +203,7 @@ pub fn check_script(
                 );
             }
             let decl = decls[0].clone();
+            diagnostics.extend(name_problem("workflow", &decl, file, source));
             if let Some(project) = project {
                 lint_triggers(&decl, file, source, project, &mut diagnostics);
             }
@@ -323,6 +325,7 @@ pub fn check_broadcast(
         );
         return fail(diagnostics);
     };
+    diagnostics.extend(name_problem("broadcast", decl, file, source));
     for extra in &broadcasts[1..] {
         diagnostics.push(
             Diagnostic::error(
@@ -435,6 +438,31 @@ pub fn check_broadcast(
 
 /// `fn run` of a broadcast that defines none: wait for the local send time when there is one,
 /// pick the arm, send.
+/// A workflow's or broadcast's name must not hold the characters its numbers are keyed by
+/// (`workflow:NAME`, `version:NAME@…`, `variant:NAME:…`): two names would share counters.
+fn name_problem(what: &str, decl: &WorkflowDecl, file: &str, source: &str) -> Option<Diagnostic> {
+    let bad = decl
+        .name
+        .chars()
+        .find(|c| matches!(c, ':' | '@') || c.is_control())?;
+    let range = match source.find(&format!("\"{}\"", decl.name)) {
+        Some(at) => at..at + decl.name.len() + 2,
+        None => line_range(source, decl.line),
+    };
+    Some(
+        Diagnostic::error(
+            "H032",
+            file,
+            range,
+            format!("{what} \"{}\" has {bad:?} in its name", decl.name),
+        )
+        .with_label("not allowed in a name")
+        .with_help(
+            "use letters, digits, `_`, `-` or `.`: reports key their numbers by `:` and `@`",
+        ),
+    )
+}
+
 fn generated_run(name: &str, channel: &str, spec: &crate::decl::BroadcastSpec) -> String {
     let lit = |s: &str| serde_json::Value::String(s.to_string()).to_string();
     let mut body = String::new();

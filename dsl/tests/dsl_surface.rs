@@ -511,3 +511,39 @@ fn workflow_and_segment_names_with_control_characters_are_refused() {
         report.diagnostics
     );
 }
+
+#[test]
+fn a_name_with_a_colon_or_an_at_sign_is_refused_because_reports_key_numbers_by_them() {
+    let engine = build_engine(&Limits::default());
+    let report = check_script(
+        &engine,
+        "workflows/w.rhai",
+        "workflow(\"promo:b\").manual();\nfn run(contact, trigger) {}\n",
+        None,
+    );
+    let h032: Vec<_> = report
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == "H032")
+        .collect();
+    assert_eq!(h032.len(), 1, "{:?}", report.diagnostics);
+    assert!(h032[0].message.contains("\"promo:b\" has ':'"), "{h032:?}");
+    let report = herald_dsl::check_broadcast(
+        &engine,
+        "broadcasts/b.rhai",
+        "broadcast(\"news@dec\").channel(\"email\").template(\"t\");\n",
+        None,
+    );
+    assert!(
+        report.diagnostics.iter().any(|d| d.code == "H032"),
+        "{:?}",
+        report.diagnostics
+    );
+    let fine = check_script(
+        &engine,
+        "workflows/w.rhai",
+        "workflow(\"promo-b.2026_dec\").manual();\nfn run(contact, trigger) {}\n",
+        None,
+    );
+    assert!(!fine.diagnostics.iter().any(|d| d.code == "H032"));
+}

@@ -828,7 +828,12 @@ pub struct Folder {
     days: Mutex<Days>,
     /// When the fold thread last rolled hours up (clock ms).
     rolled_at: Mutex<Option<i64>>,
+    /// Pending facts whose record was not readable yet, since when (this process's time).
+    waiting: Mutex<std::collections::HashMap<Vec<u8>, std::time::Instant>>,
 }
+
+/// How long a pending fact may wait for its record before it is dropped as an orphan.
+const ORPHAN_AFTER: Duration = Duration::from_secs(600);
 
 impl Folder {
     /// Stop the fold thread (after its current page).
@@ -984,13 +989,37 @@ impl Folder {
                     continue;
                 }
                 Enriched::NotYet => {
-                    // Stays pending, untouched.
+                    // Stays pending, untouched, unless its record has not come for a long
+                    // while: then it never will (a crash between the two writes), and the
+                    // fact is dropped rather than read again on every page forever.
+                    let since = *self
+                        .waiting
+                        .locked()
+                        .entry(key.clone())
+                        .or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= ORPHAN_AFTER {
+                        tracing::warn!(
+                            fact = fact.id,
+                            run = fact.run,
+                            "a pending fact whose record never came is dropped"
+                        );
+                        self.waiting.locked().remove(&key);
+                        batch.push(done);
+                        batch.push(Write::Analytics {
+                            key: marker,
+                            value: Some(0u64.to_be_bytes().to_vec()),
+                        });
+                        continue;
+                    }
                     seen_now.remove(&marker);
                     kept += 1;
                     continue;
                 }
             };
             batch.push(done);
+            if !self.waiting.locked().is_empty() {
+                self.waiting.locked().remove(&key);
+            }
             let first = match unique_key(&folded) {
                 Some(u) => {
                     let k = [UNIQUE, u.as_bytes()].concat();
@@ -1506,4 +1535,49 @@ pub fn facts_after(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    #[test]
+    fn a_pending_fact_whose_run_never_comes_is_kept_a_while_then_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let orphan = Fact {
+            id: "started:gone-run".into(),
+            kind: "started".into(),
+            at: 1,
+            run: "gone-run".into(),
+            ..Default::default()
+        };
+        let mut batch = WriteBatch::new();
+        batch.push(orphan.pending_write());
+        store.apply(&batch).unwrap();
+        let folder = Folder::default();
+        assert_eq!(folder.fold_page(&store).unwrap(), 0, "it waits for its run");
+        assert!(store
+            .analytics_get(&orphan.pending_entry().0)
+            .unwrap()
+            .is_some());
+        // Long after: dropped, marked as counted nowhere.
+        for since in folder.waiting.locked().values_mut() {
+            *since = std::time::Instant::now()
+                .checked_sub(ORPHAN_AFTER)
+                .expect("the machine has been up that long");
+        }
+        folder.fold_page(&store).unwrap();
+        assert!(store
+            .analytics_get(&orphan.pending_entry().0)
+            .unwrap()
+            .is_none());
+        let marker = [FOLDED, orphan.id.as_bytes()].concat();
+        assert_eq!(
+            store.analytics_get(&marker).unwrap(),
+            Some(0u64.to_be_bytes().to_vec())
+        );
+        assert!(folder.waiting.locked().is_empty());
+    }
 }
