@@ -353,6 +353,18 @@ fn a_workflows_report_follows_steps_by_stable_key_and_variants_and_refuses_unkno
         Value::Null,
         "no opens, no winner: {x}"
     );
+    // Conversions are per run: the trials are the runs each arm was given (ten), not the
+    // messages (twenty).
+    let (s, x) = c.admin_get("/v1/reports/workflows/hello/experiments/tone?metric=converted");
+    assert_eq!(s, 200, "{x}");
+    assert_eq!(x["trials"], "runs", "{x}");
+    let runs: u64 = x["analysis"]["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["sent"].as_u64().unwrap())
+        .sum();
+    assert_eq!(runs, 10, "{x}");
     let (s, b) = c.admin_get("/v1/reports/workflows/hello/experiments/mood");
     assert_eq!(s, 404, "{b}");
     let (s, b) = c.admin_get("/v1/reports/workflows/nope");

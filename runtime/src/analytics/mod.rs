@@ -511,9 +511,11 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
         cache.runs.remove(&run.id);
         return Ok(Enriched::NotYet);
     }
-    // The variants taken before the fact: before its step, none at a run's start (later
-    // ones may be journaled by the time the fold reads it), all at its end.
+    // The variants taken before the fact: before its step (a variant step's arrival: with
+    // its own choice, the run's assignment), none at a run's start (later ones may be
+    // journaled by the time the fold reads it), all at its end.
     let upto = match (fact.step, fact.kind.as_str()) {
+        (Some(s), "reached") => s as usize + 1,
         (Some(s), _) => s as usize,
         (None, "started") => 0,
         (None, _) => journal.len(),
@@ -721,6 +723,22 @@ impl Counts {
                 if !STEP_ONLY.contains(&m) || s.starts_with("step:") {
                     bump(s, m);
                 }
+            }
+        }
+        // A variant's arm taken: the run counts as `assigned` to it (an experiment's trials
+        // for a per-run metric such as `converted`).
+        if f.fact.kind == "reached" {
+            let exp = f
+                .step_key
+                .as_deref()
+                .and_then(|k| k.strip_prefix("variant/"))
+                .and_then(|k| k.rsplit_once('#'))
+                .map(|(name, _)| name);
+            if let Some(arm) = exp.and_then(|e| f.variants.get(e).map(|a| (e, a))) {
+                bump(
+                    &format!("variant:{}:{}:{}", f.workflow, arm.0, arm.1),
+                    "assigned",
+                );
             }
         }
         // The funnel: a step's arrival (a send's result is its send step's) counts as
@@ -1497,8 +1515,9 @@ pub fn series(
     Ok(out)
 }
 
-/// The arms of an experiment from the counters: for each (arm, scope), the messages sent
-/// and how many reached `metric`, over everything counted.
+/// The arms of an experiment from the counters: for each (arm, scope), its trials and how
+/// many reached `metric`, over everything counted. The trials are the messages sent, or for
+/// `converted` the runs assigned to the arm where a workflow's variant counts them.
 pub fn arm_data(
     store: &dyn Store,
     arms: &[(String, String)],
@@ -1507,10 +1526,15 @@ pub fn arm_data(
     let mut out = Vec::new();
     for (arm, scope) in arms {
         let n = numbers(store, scope, Period::default())?;
+        let count = |m: &str| n.counts.get(m).copied().unwrap_or(0);
+        let trials = match count("assigned") {
+            runs if metric == "converted" && runs > 0 => runs,
+            _ => count("sent"),
+        };
         out.push(experiments::ArmData {
             arm: arm.clone(),
-            sent: n.counts.get("sent").copied().unwrap_or(0),
-            reached: n.counts.get(metric).copied().unwrap_or(0),
+            sent: trials,
+            reached: count(metric),
         });
     }
     Ok(out)

@@ -473,7 +473,17 @@ fn experiment_json(
         ));
     }
     let analysis = analytics::experiments::analyse(&data, &control, alpha);
-    Ok(json!({"metric": metric, "analysis": analysis}))
+    // Conversions are per run: where a workflow's variant counts its runs, they are the
+    // trials (`sent` in each arm), else the messages sent.
+    let mut per_run = false;
+    if metric == "converted" {
+        for (_, scope) in &arms {
+            let n = analytics::numbers(store, scope, Period::default())?;
+            per_run |= n.counts.get("assigned").copied().unwrap_or(0) > 0;
+        }
+    }
+    let trials = if per_run { "runs" } else { "messages" };
+    Ok(json!({"metric": metric, "trials": trials, "analysis": analysis}))
 }
 
 /// `GET /v1/reports/broadcasts/{name}/experiment?metric=&control=&alpha=`: a broadcast's
