@@ -199,6 +199,8 @@ pub fn is_recipient_run(id: &str) -> bool {
 pub const MAX_SEEDS: usize = 50;
 /// Contacts looked at per snapshot page, and recipients started per dispatch page.
 const PAGE: usize = 1000;
+/// Recipients a worker starts in one job.
+const RECIPIENTS_PER_JOB: usize = 100;
 /// The broadcaster waits while a channel has this many bulk sends queued.
 const MAX_QUEUED: usize = 20_000;
 
@@ -444,8 +446,7 @@ impl Engine {
                 c,
                 Job::Broadcast {
                     version: wf.clone(),
-                    contact: c.clone(),
-                    run: Some(run.clone()),
+                    recipients: vec![(c.clone(), Some(run.clone()))],
                     arms: arms.clone(),
                     done: tx.clone(),
                 },
@@ -454,7 +455,7 @@ impl Engine {
         }
         drop(tx);
         for _ in 0..contacts.len() {
-            if !rx.recv().map_err(|_| EngineError::Stopped)? {
+            if rx.recv().map_err(|_| EngineError::Stopped)? > 0 {
                 return Err(EngineError::Invalid(
                     "a seed send could not be started (see the log)".into(),
                 ));
@@ -995,24 +996,36 @@ impl Engine {
         };
         let take =
             |c: &str| pass.is_none_or(|(share, testers)| is_tester(&r.name, c, share) == testers);
+        // One job per worker with its recipients of the page, in the page's order.
+        let mut by_worker: BTreeMap<usize, Vec<(String, Option<String>)>> = BTreeMap::new();
         let mut n = 0;
         for (_, contact) in page.iter().filter(|(_, c)| take(c)) {
-            self.send_job(
-                contact,
-                Job::Broadcast {
-                    version: version.clone(),
-                    contact: contact.clone(),
-                    run: None,
-                    arms: arms.clone(),
-                    done: tx.clone(),
-                },
-            )?;
+            by_worker
+                .entry(self.worker_of(contact))
+                .or_default()
+                .push((contact.clone(), None));
             n += 1;
+        }
+        // In jobs of a hundred, so the send results a worker serves between jobs wait little.
+        let mut jobs = 0;
+        for (worker, recipients) in by_worker {
+            for chunk in recipients.chunks(RECIPIENTS_PER_JOB) {
+                self.send_job_to(
+                    worker,
+                    Job::Broadcast {
+                        version: version.clone(),
+                        recipients: chunk.to_vec(),
+                        arms: arms.clone(),
+                        done: tx.clone(),
+                    },
+                )?;
+                jobs += 1;
+            }
         }
         drop(tx);
         let mut failed = 0;
-        for _ in 0..n {
-            failed += usize::from(!rx.recv().map_err(|_| EngineError::Stopped)?);
+        for _ in 0..jobs {
+            failed += rx.recv().map_err(|_| EngineError::Stopped)?;
         }
         if failed > 0 {
             // The cursor stays: the page is started again (its started runs are not).

@@ -227,13 +227,14 @@ pub(crate) enum Job {
     },
     /// Start a broadcast's run for a recipient (`run`: a seed send's run id); `done` is told
     /// once it is written.
+    /// Start a broadcast's runs for recipients of one worker: (contact, run id for a seed
+    /// send); `done` gets how many could not be started.
     Broadcast {
         version: Arc<WorkflowVersion>,
-        contact: String,
-        run: Option<String>,
-        /// An A/B-tested broadcast's arm weights for this recipient, and its phase.
+        recipients: Vec<(String, Option<String>)>,
+        /// An A/B-tested broadcast's arm weights for these recipients, and their phase.
         arms: Option<(Value, &'static str)>,
-        done: mpsc::Sender<bool>,
+        done: mpsc::Sender<usize>,
     },
     /// An operator sends a dead letter again.
     Retry {
@@ -673,6 +674,21 @@ impl Engine {
             .locked()
             .insert(hash.to_string(), loaded.clone());
         Ok(loaded)
+    }
+
+    /// The worker whose queue serves `contact`.
+    pub(crate) fn worker_of(&self, contact: &str) -> usize {
+        shard_of(contact, self.worker_count)
+    }
+
+    /// Hand `job` to worker `index` (its contacts are that worker's).
+    pub(crate) fn send_job_to(&self, index: usize, job: Job) -> Result<(), EngineError> {
+        let workers = self.workers.locked();
+        workers
+            .get(index)
+            .ok_or(EngineError::Stopped)?
+            .send(job)
+            .map_err(|_| EngineError::Stopped)
     }
 
     pub(crate) fn send_job(&self, contact: &str, job: Job) -> Result<(), EngineError> {

@@ -320,27 +320,29 @@ impl Engine {
             }
             Job::Broadcast {
                 version,
-                contact,
-                run,
+                recipients,
                 arms,
                 done,
             } => {
-                let result = self.guard(
-                    || format!("broadcast {} for {contact}", version.loaded.decl.name),
-                    || self.start_broadcast_run(&version, &contact, run, arms),
-                );
-                let ok = match result {
-                    Ok(Ok(())) => true,
-                    Ok(Err(e)) => {
-                        tracing::error!(contact, error = %e, "starting a broadcast run failed");
-                        false
+                let mut failed = 0;
+                for (contact, run) in recipients {
+                    let result = self.guard(
+                        || format!("broadcast {} for {contact}", version.loaded.decl.name),
+                        || self.start_broadcast_run(&version, &contact, run, arms.clone()),
+                    );
+                    match result {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(contact, error = %e, "starting a broadcast run failed");
+                            failed += 1;
+                        }
+                        Err(panic) => {
+                            tracing::error!(contact, panic, "starting a broadcast run panicked");
+                            failed += 1;
+                        }
                     }
-                    Err(panic) => {
-                        tracing::error!(contact, panic, "starting a broadcast run panicked");
-                        false
-                    }
-                };
-                let _ = done.send(ok);
+                }
+                let _ = done.send(failed);
             }
             Job::Erase { contact, reply } => {
                 let result = self
