@@ -558,6 +558,8 @@ fn a_broadcast_killed_again_and_again_reaches_every_recipient_exactly_once() {
     let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "nobody twice: {twice:?}");
     assert_eq!(progress["sent"], N, "{d}");
+    // Read again (its settled pages from memory now): the same numbers.
+    assert_eq!(detail(&c, "spring")["progress"], *progress);
 }
 
 /// `herald ARGS --dir PROJECT --url DAEMON`: (success, stdout, stderr).

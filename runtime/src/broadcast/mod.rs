@@ -210,9 +210,30 @@ pub struct Broadcaster {
     lock: Mutex<()>,
     wakeup: crate::sync::Wakeup,
     stop: AtomicBool,
+    /// Per broadcast (without a test), the progress of its first pages of recipients whose
+    /// runs have all ended: a page of ended runs does not change (but for an operator's
+    /// retry, which forgets it), so a big broadcast's progress reads only the rest.
+    settled: Mutex<std::collections::HashMap<String, Settled>>,
+}
+
+/// See [`Broadcaster::settled`].
+#[derive(Debug, Clone, Default)]
+struct Settled {
+    /// The schedule it belongs to (a broadcast scheduled again starts afresh).
+    scheduled_at: i64,
+    /// The first recipient (snapshot sequence) not in `part`.
+    upto: u64,
+    /// The progress of the recipients before it.
+    part: Progress,
 }
 
 impl Broadcaster {
+    /// Forget what is known of settled recipients (an operator changed a run that had
+    /// ended).
+    pub(crate) fn forget_progress(&self) {
+        self.settled.locked().clear();
+    }
+
     fn poke(&self) {
         self.wakeup.poke();
     }
@@ -513,16 +534,24 @@ impl Engine {
     /// Where each recipient's message is. Reads every started recipient's run (the analytics
     /// counters will make this incremental).
     pub fn broadcast_progress(&self, record: &BroadcastRecord) -> Result<Progress, EngineError> {
-        let mut p = Progress {
-            recipients: record.recipients,
-            ..Default::default()
-        };
         let test = record.test.as_ref();
-        let mut from = 0;
+        // Start after the pages already settled (a broadcast without a test).
+        let memo = match test {
+            None => self.broadcaster.settled.locked().get(&record.name).cloned(),
+            Some(_) => None,
+        }
+        .filter(|m| m.scheduled_at == record.scheduled_at && m.upto <= record.dispatched)
+        .unwrap_or_default();
+        let mut p = memo.part;
+        p.recipients = record.recipients;
+        let mut from = memo.upto;
+        let mut settling = test.is_none();
         loop {
             let page = self.store.recipients(&record.name, from, PAGE)?;
             let Some((last, _)) = page.last() else { break };
+            let full = page.len() == PAGE && last + 1 <= record.dispatched;
             from = last + 1;
+            let mut page_settled = true;
             for (seq, contact) in page {
                 // Whether this recipient's run is meant to be started by now.
                 let (due, held) = match test {
@@ -547,16 +576,35 @@ impl Engine {
                 };
                 match self.recipient_run(&record.name, &contact)? {
                     Some(run) => {
+                        page_settled &= matches!(
+                            run.status,
+                            RunStatus::Completed
+                                | RunStatus::Converted
+                                | RunStatus::Exited
+                                | RunStatus::Failed
+                        );
                         p.started += 1;
                         count_run(&mut p, &run, &self.store.journal(&run.id)?);
                     }
                     None if due => {
+                        page_settled = false;
                         p.started += 1;
                         p.gone += 1;
                     }
                     None if held => p.held += 1,
-                    None => {}
+                    None => page_settled = false,
                 }
+            }
+            settling &= page_settled && full;
+            if settling {
+                self.broadcaster.settled.locked().insert(
+                    record.name.clone(),
+                    Settled {
+                        scheduled_at: record.scheduled_at,
+                        upto: from,
+                        part: p.clone(),
+                    },
+                );
             }
         }
         Ok(p)

@@ -182,6 +182,8 @@ impl Engine {
     }
 
     pub(super) fn retry_inner(&self, run_id: &str) -> Result<(), String> {
+        // A broadcast's progress counted this run as ended.
+        self.broadcaster.forget_progress();
         let mut run = self
             .store
             .run(run_id)
