@@ -549,7 +549,7 @@ impl Engine {
         loop {
             let page = self.store.recipients(&record.name, from, PAGE)?;
             let Some((last, _)) = page.last() else { break };
-            let full = page.len() == PAGE && last + 1 <= record.dispatched;
+            let full = page.len() == PAGE && *last < record.dispatched;
             from = last + 1;
             let mut page_settled = true;
             for (seq, contact) in page {
