@@ -115,6 +115,31 @@ fn check(n: &Value, e: Expect, what: &str) {
     );
 }
 
+/// `herald analytics rebuild` through the API: the rebuilt numbers equal the live ones.
+/// Returns what it found.
+fn rebuilt_equal(c: &Client) -> Value {
+    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
+    assert_eq!(s, 200, "{rebuilt}");
+    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
+    rebuilt
+}
+
+/// Run `herald ARGS` against the daemon of `p`; it succeeds; its standard output.
+fn herald_cli(p: &TestProject, c: &Client, args: &[&str]) -> String {
+    let out = std::process::Command::new(herald_bin())
+        .args(args)
+        .args(["--dir", p.path().to_str().unwrap(), "--url", &c.base])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 #[test]
 fn a_broadcasts_report_counts_exactly_the_sends_opens_clicks_and_conversions_that_happened() {
     const N: usize = 60;
@@ -243,9 +268,7 @@ fn a_broadcasts_report_counts_exactly_the_sends_opens_clicks_and_conversions_tha
     assert_eq!(status, 400, "a malformed cursor");
 
     // Rebuilt from the journals, timelines and runs: the same numbers.
-    let (s, r) = c.admin_post("/v1/analytics/rebuild", json!({}));
-    assert_eq!(s, 200, "{r}");
-    assert_eq!(r["differences"], json!([]), "{r}");
+    let r = rebuilt_equal(&c);
     assert_eq!(r["facts"], facts, "{r}");
 
     // The CLI prints the same rows.
@@ -426,21 +449,13 @@ fn the_rebuilt_numbers_equal_the_live_ones_after_a_sigkill_in_the_middle_of_send
             .then_some(r)
     });
     assert_eq!(r["totals"]["counts"]["failed"], 0, "{r}");
-    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
-    assert_eq!(s, 200, "{rebuilt}");
-    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
+    let rebuilt = rebuilt_equal(c);
     assert_eq!(
         rebuilt["facts"],
         5 * N,
         "{rebuilt}: each run started, took its variant, sent two and completed"
     );
-    let out = std::process::Command::new(herald_bin())
-        .args(["analytics", "rebuild"])
-        .args(["--dir", p.path().to_str().unwrap(), "--url", &c.base])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = herald_cli(&p, c, &["analytics", "rebuild"]);
     assert!(
         text.contains("the live counters equal the rebuilt ones"),
         "{text}"
@@ -590,13 +605,7 @@ fn a_tested_broadcast_is_decided_by_the_sequential_test_and_its_experiment_repor
         "{report}"
     );
     assert_eq!(report["totals"]["counts"]["sent"], N, "{report}");
-    let out = std::process::Command::new(herald_bin())
-        .args(["report", "experiment", "trial"])
-        .args(["--dir", p.path().to_str().unwrap(), "--url", &c.base])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = herald_cli(&p, &c, &["report", "experiment", "trial"]);
     assert!(text.contains("the sequential test picks arm b"), "{text}");
     assert!(
         text.contains("the broadcast sent arm b to the rest (decided by sequential test)"),
@@ -691,9 +700,7 @@ fn a_holdout_group_sends_nothing_still_converts_and_gives_the_journeys_lift() {
         lift[1]["difference"].as_f64().unwrap() < 0.0,
         "this journey does worse than nothing: {r}"
     );
-    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
-    assert_eq!(s, 200, "{rebuilt}");
-    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
+    rebuilt_equal(&c);
 }
 
 #[test]
@@ -738,9 +745,7 @@ fn one_goal_event_after_two_journeys_gives_its_credit_and_revenue_to_the_last_to
     assert_eq!(second["totals"]["attributed"], 1.0, "{second}");
     assert_eq!(first["totals"]["revenue"], json!({}), "{first}");
     assert_eq!(second["totals"]["revenue"]["EUR"], 10.0, "{second}");
-    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
-    assert_eq!(s, 200, "{rebuilt}");
-    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
+    rebuilt_equal(&c);
 }
 
 #[test]
@@ -974,17 +979,9 @@ fn a_workflows_funnel_shows_where_runs_went_waited_timed_out_and_ended() {
     assert_eq!(r["totals"]["counts"]["exited"], 4, "{r}");
     assert_eq!(r["totals"]["counts"]["started"], 10, "{r}");
 
-    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
-    assert_eq!(s, 200, "{rebuilt}");
-    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
+    rebuilt_equal(&c);
 
-    let out = std::process::Command::new(herald_bin())
-        .args(["report", "workflow", "cart"])
-        .args(["--dir", p.path().to_str().unwrap(), "--url", &c.base])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = herald_cli(&p, &c, &["report", "workflow", "cart"]);
     assert!(text.contains("funnel of version"), "{text}");
     let wait_line = text
         .lines()
@@ -1071,16 +1068,8 @@ fn a_segments_size_is_reported_per_day_in_the_projects_timezone() {
     assert_eq!(mid["days"][0]["size"], 6, "{mid}");
     let (s, b) = c.admin_get("/v1/reports/segments/nope");
     assert_eq!(s, 404, "{b}");
-    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
-    assert_eq!(s, 200, "{rebuilt}");
-    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
-    let out = std::process::Command::new(herald_bin())
-        .args(["report", "segment", "readers"])
-        .args(["--dir", p.path().to_str().unwrap(), "--url", &c.base])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    rebuilt_equal(&c);
+    let text = herald_cli(&p, &c, &["report", "segment", "readers"]);
     assert!(
         text.lines()
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["2026-12-09", "6", "3", "2"]),
@@ -1129,9 +1118,7 @@ fn old_hours_are_rolled_up_into_days_and_reports_over_them_stay_equal() {
     );
     let (_, all) = c.admin_get("/v1/reports/workflows/hello");
     assert_eq!(all["totals"]["counts"]["sent"], 8, "{all}");
-    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
-    assert_eq!(s, 200, "{rebuilt}");
-    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
+    rebuilt_equal(&c);
     let (s, b) = c.admin_get("/v1/reports/workflows/hello?series=sent&by=week");
     assert_eq!(s, 400, "{b}");
 }
