@@ -140,6 +140,30 @@ fn herald_cli(p: &TestProject, c: &Client, args: &[&str]) -> String {
     text
 }
 
+/// The dashboard page at `path`, signed in with the admin token: its HTML.
+fn dashboard_page(c: &Client, path: &str) -> String {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let r = agent
+        .post(&format!("{}/dashboard/login", c.base))
+        .set("content-type", "application/x-www-form-urlencoded")
+        .send_string(&format!("token={TOKEN}"))
+        .unwrap();
+    let cookie = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    agent
+        .get(&format!("{}{path}", c.base))
+        .set("cookie", &cookie)
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap()
+}
+
 #[test]
 fn a_broadcasts_report_counts_exactly_the_sends_opens_clicks_and_conversions_that_happened() {
     const N: usize = 60;
@@ -1118,6 +1142,10 @@ fn old_hours_are_rolled_up_into_days_and_reports_over_them_stay_equal() {
     );
     let (_, all) = c.admin_get("/v1/reports/workflows/hello");
     assert_eq!(all["totals"]["counts"]["sent"], 8, "{all}");
+    // The dashboard charts the rolled-up day (per day), not the hours that are gone.
+    let html = dashboard_page(&c, "/dashboard/workflows/hello");
+    assert!(html.contains("Sent per day"), "{html}");
+    assert!(html.contains("sent per day: 8 in"), "{html}");
     rebuilt_equal(&c);
     let (s, b) = c.admin_get("/v1/reports/workflows/hello?series=sent&by=week");
     assert_eq!(s, 400, "{b}");

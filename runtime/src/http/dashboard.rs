@@ -295,39 +295,106 @@ fn table(caption: &str, rows: &[(String, Option<String>, Numbers)]) -> String {
 }
 
 /// An hourly series as SVG bars, with the total in words for screen readers.
-fn series_chart(title: &str, points: &[(i64, u64)]) -> String {
+/// A scope's `metric` over the last 90 days for a chart: per hour while it spans a week or
+/// less and its hours are all kept, else per day in the project's timezone.
+fn chart_points(
+    shared: &Shared,
+    scope: &str,
+    metric: &str,
+) -> Result<(Vec<(i64, u64)>, Unit), crate::store::StoreError> {
+    let store = shared.engine.store.as_ref();
+    let days = shared.engine.analytics.days();
+    let now = shared.engine.clock.now_ms();
+    let recent = Period {
+        from: Some(now - 90 * analytics::rollup::DAY_MS),
+        to: Some(now + analytics::HOUR_MS),
+    };
+    let hourly = analytics::series(store, scope, metric, recent)?;
+    let span = match (hourly.first(), hourly.last()) {
+        (Some(a), Some(b)) => b.0 - a.0,
+        _ => 0,
+    };
+    let rolled = now - i64::from(days.hourly_days) * analytics::rollup::DAY_MS
+        > now - 90 * analytics::rollup::DAY_MS;
+    let daily = analytics::rollup::daily_series(store, scope, metric, recent, days.tz)?;
+    let rolled_shown =
+        rolled && daily.iter().map(|d| d.1).sum::<u64>() > hourly.iter().map(|h| h.1).sum::<u64>();
+    if span <= 7 * analytics::rollup::DAY_MS && !rolled_shown {
+        Ok((hourly, Unit::Hour))
+    } else {
+        Ok((daily, Unit::Day(days.tz)))
+    }
+}
+
+/// A chart's bars: hours, or days in a timezone.
+#[derive(Clone, Copy)]
+enum Unit {
+    Hour,
+    Day(chrono_tz::Tz),
+}
+
+impl Unit {
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Hour => "hour",
+            Unit::Day(_) => "day",
+        }
+    }
+
+    /// How many bars from `first` to `at` (days: 23 to 25 hours each, counted by date).
+    fn index(self, first: i64, at: i64) -> usize {
+        match self {
+            Unit::Hour => ((at - first) / analytics::HOUR_MS).max(0) as usize,
+            Unit::Day(_) => ((at - first + analytics::rollup::DAY_MS / 2)
+                / analytics::rollup::DAY_MS)
+                .max(0) as usize,
+        }
+    }
+}
+
+fn series_chart(title: &str, points: &[(i64, u64)], unit: Unit) -> String {
     if points.is_empty() {
         return format!("<p class=\"muted\">No {} yet.</p>", esc(title));
     }
     let first = points.first().map(|p| p.0).unwrap_or(0);
     let last = points.last().map(|p| p.0).unwrap_or(0);
-    let hours = ((last - first) / analytics::HOUR_MS + 1).clamp(1, 24 * 90) as usize;
+    let n = (unit.index(first, last) + 1).clamp(1, 24 * 90);
     let max = points.iter().map(|p| p.1).max().unwrap_or(1).max(1) as f64;
     let (w, h) = (600.0, 120.0);
-    let bar = w / hours as f64;
+    let bar = w / n as f64;
     let mut bars = String::new();
-    for (at, n) in points {
-        let i = ((at - first) / analytics::HOUR_MS) as f64;
-        if i as usize >= hours {
+    for (at, count) in points {
+        let i = unit.index(first, *at);
+        if i >= n {
             continue;
         }
-        let bh = (*n as f64 / max * (h - 10.0)).max(1.0);
+        let bh = (*count as f64 / max * (h - 10.0)).max(1.0);
         bars.push_str(&format!(
-            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#2f5d8a\"><title>{n}</title></rect>",
-            i * bar,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#2f5d8a\"><title>{count}</title></rect>",
+            i as f64 * bar,
             h - bh,
             (bar - 1.0).max(0.5),
         ));
     }
     let total: u64 = points.iter().map(|p| p.1).sum();
+    let (from, to, zone) = match unit {
+        Unit::Hour => (
+            crate::clock::iso(first),
+            crate::clock::iso(last + analytics::HOUR_MS),
+            "UTC".to_string(),
+        ),
+        Unit::Day(tz) => (
+            analytics::rollup::date_of(first, tz),
+            analytics::rollup::date_of(last, tz),
+            tz.name().to_string(),
+        ),
+    };
+    let per = unit.name();
     format!(
-        "<figure><svg viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{} per hour: {total} in {} hours\">{bars}</svg>\
-         <figcaption class=\"muted\">{} per hour, {} to {} (UTC)</figcaption></figure>",
+        "<figure><svg viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{} per {per}: {total} in {n} {per}s\">{bars}</svg>\
+         <figcaption class=\"muted\">{} per {per}, {from} to {to} ({zone})</figcaption></figure>",
         attr(title),
-        hours,
         esc(title),
-        crate::clock::iso(first),
-        crate::clock::iso(last + analytics::HOUR_MS),
     )
 }
 
@@ -573,17 +640,13 @@ pub(super) async fn dashboard_workflow(
             }
             let mut body = format!("<section>{}</section>", cards(&totals));
             for metric in ["sent", "opened", "clicked"] {
-                let now = shared.engine.clock.now_ms();
                 // The last 90 days.
-                let recent = Period {
-                    from: Some(now - 90 * 24 * analytics::HOUR_MS),
-                    to: Some(now + analytics::HOUR_MS),
-                };
-                let points = analytics::series(store, &scope, metric, recent)?;
+                let (points, unit) = chart_points(&shared, &scope, metric)?;
                 body.push_str(&format!(
-                    "<section><h2>{} per hour</h2>{}</section>",
+                    "<section><h2>{} per {}</h2>{}</section>",
                     esc(&metric[..1].to_uppercase()) + &metric[1..],
-                    series_chart(metric, &points)
+                    unit.name(),
+                    series_chart(metric, &points, unit)
                 ));
             }
             // The steps of each version, by their stable keys.
@@ -664,13 +727,12 @@ pub(super) async fn dashboard_broadcast(
             "<p>Status: <strong data-status=\"{status}\">{status}</strong></p><section>{}</section>",
             cards(&totals)
         );
-        let now = shared.engine.clock.now_ms();
-        let recent = Period {
-            from: Some(now - 90 * 24 * analytics::HOUR_MS),
-            to: Some(now + analytics::HOUR_MS),
-        };
-        let points = analytics::series(store, &scope, "sent", recent)?;
-        body.push_str(&format!("<section><h2>Sent per hour</h2>{}</section>", series_chart("sent", &points)));
+        let (points, unit) = chart_points(&shared, &scope, "sent")?;
+        body.push_str(&format!(
+            "<section><h2>Sent per {}</h2>{}</section>",
+            unit.name(),
+            series_chart("sent", &points, unit)
+        ));
         let arms: Vec<String> = match (&record, &spec) {
             (Some(r), _) if r.test.is_some() => r.test.as_ref().map(|t| t.arms.clone()).unwrap_or_default(),
             (_, Some(s)) => s.arms.iter().map(|(a, _)| a.clone()).collect(),
