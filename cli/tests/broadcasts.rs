@@ -738,7 +738,17 @@ fn testing(c: &Client, name: &str) -> Value {
 
 #[test]
 fn an_ab_test_sends_the_arms_to_its_share_and_the_winner_by_conversions_to_the_rest() {
-    let p = project("");
+    ab_test_by_conversions("");
+}
+
+/// The same decision from the runs themselves when there are no analytics counters.
+#[test]
+fn an_ab_test_without_analytics_is_decided_by_the_same_numbers() {
+    ab_test_by_conversions("[analytics]\nenabled = false\n");
+}
+
+fn ab_test_by_conversions(extra: &str) {
+    let p = project(extra);
     broadcast(&p, "duel.rhai", DUEL);
     let d = p.start();
     let c = Client::new(d.url());

@@ -159,7 +159,8 @@ pub struct TestDecision {
 /// One arm's numbers among the testers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArmResult {
-    /// Testers whose run took this arm.
+    /// Testers whose run took this arm and whose message has a result (sent, skipped or
+    /// failed).
     pub testers: u64,
     /// Messages of this arm the provider accepted.
     pub sent: u64,
@@ -627,7 +628,8 @@ impl Engine {
 
     /// Each arm's numbers among the testers of a broadcast's A/B test: which arm each
     /// tester's run took, whether its message was sent, and whether it reached the metric
-    /// (a human open or click of that message, or the broadcast's goal).
+    /// (a human open or click of that message, or the broadcast's goal). From the arms'
+    /// analytics counters (folded first), or without analytics from every tester's run.
     pub fn test_results(
         &self,
         record: &BroadcastRecord,
@@ -640,6 +642,26 @@ impl Engine {
             .iter()
             .map(|a| (a.clone(), ArmResult::default()))
             .collect();
+        // With analytics, the arms' counters have it all (the testers are the arm's scope:
+        // the rest's sends count apart); without, every tester's run and timeline is read.
+        if self.store.notes_facts() {
+            let store = self.store.as_ref();
+            self.analytics.fold_all(store)?;
+            for (arm, r) in out.iter_mut() {
+                let scope = format!("arm:{}:{arm}", record.name);
+                let n = crate::analytics::numbers(store, &scope, Default::default())?;
+                let c = |m: &str| n.counts.get(m).copied().unwrap_or(0);
+                r.testers = c("sent") + c("skipped") + c("failed");
+                r.sent = c("sent");
+                r.reached = c(&t.metric).min(r.sent);
+                r.rate = if r.sent == 0 {
+                    0.0
+                } else {
+                    r.reached as f64 / r.sent as f64
+                };
+            }
+            return Ok(out);
+        }
         let channel = record.channel.clone().unwrap_or_default();
         let hit_event = format!("{channel}_{}", t.metric);
         let fact_prefix = format!("engagement:{channel}:");
@@ -666,10 +688,12 @@ impl Engine {
                 let Some(result) = out.get_mut(arm) else {
                     continue;
                 };
-                result.testers += 1;
-                let sent = journal.iter().any(|s| {
-                    s.kind == "send"
-                        && s.status == StepStatus::Done
+                let sends = || journal.iter().filter(|s| s.kind == "send");
+                if sends().any(|s| matches!(s.status, StepStatus::Done | StepStatus::Failed)) {
+                    result.testers += 1;
+                }
+                let sent = sends().any(|s| {
+                    s.status == StepStatus::Done
                         && s.result.get("status").and_then(Value::as_str) != Some("skipped")
                 });
                 if !sent {
