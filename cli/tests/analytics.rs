@@ -922,7 +922,8 @@ fn a_workflows_funnel_shows_where_runs_went_waited_timed_out_and_ended() {
     let p = project();
     p.workflow(
         "cart.rhai",
-        "workflow(\"cart\").on_event(\"cart_abandoned\");\nfn run(contact, trigger) {\n    \
+        "workflow(\"cart\").on_event(\"cart_abandoned\").goal(\"bought\", days(1));\n\
+         fn run(contact, trigger) {\n    \
          send(\"email\", \"nudge\");\n    let order = wait_for(\"order_completed\", hours(4));\n    \
          if order != () {\n        exit(\"ordered\");\n    }\n    send(\"email\", \"tips\");\n}\n",
     );
@@ -942,27 +943,33 @@ fn a_workflows_funnel_shows_where_runs_went_waited_timed_out_and_ended() {
     for i in 0..4 {
         c.track(&format!("f{i}"), "order_completed", json!({}));
     }
-    // Four ordered and left at the wait; six still wait there.
-    let r = eventually("the orders end four runs", || {
+    // One reaches the workflow's goal while it waits.
+    c.track("f4", "bought", json!({}));
+    // Four ordered and left at the wait, one converted there; five still wait there.
+    let r = eventually("the orders end four runs and the goal one", || {
         let (s, r) = c.admin_get("/v1/reports/workflows/cart");
         assert_eq!(s, 200, "{r}");
         let steps = funnel_steps(&r);
         let wait = steps.get("wait_for/order_completed#1")?;
-        (wait["ended"]["exited"] == 4 && wait["reached"] == 10).then_some(r)
+        (wait["ended"]["exited"] == 4
+            && wait["ended"]["goal_reached"] == 1
+            && wait["reached"] == 10)
+            .then_some(r)
     });
     let steps = funnel_steps(&r);
-    assert_eq!(steps["wait_for/order_completed#1"]["here"], 6, "{r}");
+    assert_eq!(steps["wait_for/order_completed#1"]["here"], 5, "{r}");
+    assert_eq!(r["totals"]["counts"]["converted"], 1, "{r}");
     assert_eq!(steps["wait_for/order_completed#1"]["timed_out"], 0, "{r}");
     assert_eq!(r["totals"]["counts"]["exited"], 4, "{r}");
 
     // The others' waits time out; they get the tips and complete.
     c.advance(5 * 3_600_000);
     eventually("the tips are out", || {
-        (p.outbox("email").len() == 16).then_some(())
+        (p.outbox("email").len() == 15).then_some(())
     });
     let r = eventually("the funnel has every run's end", || {
         let (_, r) = c.admin_get("/v1/reports/workflows/cart");
-        (r["totals"]["counts"]["completed"] == 6).then_some(r)
+        (r["totals"]["counts"]["completed"] == 5).then_some(r)
     });
     let order: Vec<String> = r["funnel"]
         .as_object()
@@ -991,14 +998,14 @@ fn a_workflows_funnel_shows_where_runs_went_waited_timed_out_and_ended() {
     assert_eq!(nudge["next"], json!({"wait_for/order_completed#1": 10}));
     let wait = &steps["wait_for/order_completed#1"];
     assert_eq!(wait["reached"], 10, "{r}");
-    assert_eq!(wait["timed_out"], 6, "{r}");
+    assert_eq!(wait["timed_out"], 5, "{r}");
     assert_eq!(wait["here"], 0, "{r}");
-    assert_eq!(wait["next"], json!({"send/email/tips#1": 6}));
-    assert_eq!(wait["ended"], json!({"exited": 4}));
+    assert_eq!(wait["next"], json!({"send/email/tips#1": 5}));
+    assert_eq!(wait["ended"], json!({"exited": 4, "goal_reached": 1}));
     let tips = &steps["send/email/tips#1"];
-    assert_eq!(tips["reached"], 6, "{r}");
-    assert_eq!(tips["sent"], 6, "{r}");
-    assert_eq!(tips["ended"], json!({"completed": 6}));
+    assert_eq!(tips["reached"], 5, "{r}");
+    assert_eq!(tips["sent"], 5, "{r}");
+    assert_eq!(tips["ended"], json!({"completed": 5}));
     assert_eq!(tips["next"], json!({}));
     assert_eq!(r["totals"]["counts"]["exited"], 4, "{r}");
     assert_eq!(r["totals"]["counts"]["started"], 10, "{r}");
@@ -1012,7 +1019,7 @@ fn a_workflows_funnel_shows_where_runs_went_waited_timed_out_and_ended() {
         .find(|l| l.starts_with("wait_for/order_completed#1"))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(
-        wait_line.contains("exited 4") && wait_line.contains("send/email/tips#1 6"),
+        wait_line.contains("exited 4") && wait_line.contains("send/email/tips#1 5"),
         "{wait_line}"
     );
 }

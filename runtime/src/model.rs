@@ -272,8 +272,9 @@ pub struct Run {
     /// attribution`): 1000 when it converted alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credit: Option<u32>,
-    /// How and when the run first ended without its goal (`completed`, `exited`, `failed`),
-    /// kept when it converts later or an operator retries it: the funnel counts it there.
+    /// How and when the run first ended (`completed`, `exited`, `failed`, or `converted`
+    /// when its goal ended it on its way), kept when it converts later or an operator
+    /// retries it: the funnel counts it at the step it ended at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<(RunStatus, i64)>,
     /// Script output (`print`), most recent last, bounded.

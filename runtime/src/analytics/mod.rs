@@ -9,7 +9,7 @@
 //!   only Herald gives (`engagement:…`, `webhook:…`): `delivered`, `opened`, `clicked`,
 //!   `machine_opened`, `machine_clicked`, `bounced`, `complained`, `unsubscribed`, `replied`;
 //! * a run's start (`started`), its goal reached (`converted`), and how a workflow run first
-//!   ended otherwise (`completed`, `exited`, `run_failed`);
+//!   ended (`completed`, `exited`, `run_failed`, or `goal_reached` on its way);
 //! * for a workflow's funnel, every other step's arrival (`reached`: a wait as soon as it
 //!   began) and a `wait_for` that timed out (`timed_out`).
 //!
@@ -326,9 +326,9 @@ pub fn fact_of_new_run(run: &Run) -> Option<Fact> {
     })
 }
 
-/// The fact a workflow run's record notes once it ended without reaching its goal:
-/// `completed`, `exited` or `run_failed` (counted at the step where it ended, for the
-/// funnel; a broadcast's runs have none).
+/// The fact a workflow run's record notes once it first ended: `completed`, `exited`,
+/// `run_failed`, or `goal_reached` when its goal ended it on its way (counted at the step
+/// where it ended, for the funnel; a broadcast's runs have none).
 pub fn fact_of_end(run: &Run) -> Option<Fact> {
     if run.trigger["type"] == "broadcast" {
         return None;
@@ -338,6 +338,8 @@ pub fn fact_of_end(run: &Run) -> Option<Fact> {
         RunStatus::Completed => "completed",
         RunStatus::Exited => "exited",
         RunStatus::Failed => "run_failed",
+        // Its goal reached on its way (its `converted` fact counts the conversion).
+        RunStatus::Converted => "goal_reached",
         _ => return None,
     };
     Some(Fact {
@@ -502,7 +504,7 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
             .and_then(|s| journal.get(s as usize))
             .is_some_and(|s| matches!(s.status, StepStatus::Done | StepStatus::Failed)),
         "reached" => fact.step.is_some_and(|s| (s as usize) < journal.len()),
-        "completed" | "exited" | "run_failed" => run.ended.is_some(),
+        "completed" | "exited" | "run_failed" | "goal_reached" => run.ended.is_some(),
         _ => true,
     };
     if !recorded {
@@ -552,7 +554,9 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
     let in_funnel = |s: &&Step| FUNNEL_KINDS.contains(&s.kind.as_str());
     // A run's end counts at the last step it reached.
     let step_key = match fact.kind.as_str() {
-        "completed" | "exited" | "run_failed" => journal.iter().rev().find(in_funnel).map(key_of),
+        "completed" | "exited" | "run_failed" | "goal_reached" => {
+            journal.iter().rev().find(in_funnel).map(key_of)
+        }
         _ => step.map(key_of),
     };
     // A step's arrival comes from the step before it (`start` for the first).
@@ -673,13 +677,14 @@ fn metrics(f: &FoldedFact, first: bool) -> Vec<&'static str> {
         "completed" => vec!["completed"],
         "exited" => vec!["exited"],
         "run_failed" => vec!["run_failed"],
+        "goal_reached" => vec!["goal_reached"],
         _ => Vec::new(),
     }
 }
 
 /// Metrics only a workflow's steps have (a step's arrival is no message: it does not count
 /// for a channel or the workflow as a whole).
-const STEP_ONLY: [&str; 2] = ["reached", "timed_out"];
+const STEP_ONLY: [&str; 3] = ["reached", "timed_out", "goal_reached"];
 
 /// The key of a message's unique marker for a metric (`opened`, `clicked`).
 fn unique_key(f: &FoldedFact) -> Option<String> {
@@ -1393,7 +1398,8 @@ pub struct FunnelStep {
     pub timed_out: u64,
     /// Runs that went on from here, by the step they went to.
     pub next: BTreeMap<String, u64>,
-    /// Runs that ended here: `completed` (the script returned), `exited`, `run_failed`.
+    /// Runs that ended here: `completed` (the script returned), `exited`, `run_failed`, or
+    /// `goal_reached` (converted on their way).
     pub ended: BTreeMap<String, u64>,
     /// Runs still here (waiting, or their next step not recorded yet): reached, less those
     /// that went on or ended. Over a period, runs that arrived in it and have not moved on
@@ -1417,7 +1423,7 @@ pub fn funnel(
             continue;
         };
         let c = |m: &str| n.counts.get(m).copied().unwrap_or(0);
-        let ended = ["completed", "exited", "run_failed"]
+        let ended = ["completed", "exited", "run_failed", "goal_reached"]
             .into_iter()
             .filter(|m| c(m) > 0)
             .map(|m| (m.to_string(), c(m)))

@@ -218,6 +218,8 @@ impl Engine {
         let from = run.status;
         run.status = RunStatus::Converted;
         run.converted_at = Some(now);
+        // A run still on its way ends here (one that had ended keeps how it ended).
+        run.ended.get_or_insert((RunStatus::Converted, now));
         // Segment's `revenue` (a number, or a numeric string) in `currency` (default USD).
         let p = &event.properties;
         let amount = p.get("revenue").and_then(|r| {
