@@ -471,3 +471,35 @@ fn a_send_that_failed_for_good_is_listed_as_a_dead_letter_and_sent_again() {
     let (status, again) = c.admin_post(&format!("/v1/runs/{id}/retry"), json!({}));
     assert_eq!(status, 422, "a completed run is not a dead letter: {again}");
 }
+
+#[test]
+fn a_call_the_provider_accepts_after_the_runs_goal_is_recorded_as_sent() {
+    let gate = Gate::start(false);
+    let p = hook_project(&gate.url, "");
+    p.workflow(
+        "offer.rhai",
+        "workflow(\"offer\").on_event(\"browsed\").goal(\"bought\", days(1));\n\
+         fn run(contact, trigger) {\n    action(\"hook\", \"event\", #{ n: 1 });\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.track("o1", "browsed", json!({}));
+    // The call is at the provider, held there; meanwhile the goal ends the run.
+    eventually("the call is at the provider", || {
+        (gate.held() == 1).then_some(())
+    });
+    c.track("o1", "bought", json!({}));
+    eventually("the run converted", || {
+        (c.runs_of("o1")[0]["status"] == "converted").then_some(())
+    });
+    gate.open();
+    let run = c.runs_of("o1")[0]["id"].as_str().unwrap().to_string();
+    // The provider accepted it: the step says so (it counts), and the run stays converted.
+    let detail = eventually("the call's result is recorded", || {
+        let (_, r) = c.admin_get(&format!("/v1/runs/{run}"));
+        (r["journal"][0]["status"] == "done").then_some(r)
+    });
+    assert_eq!(detail["journal"][0]["result"]["status"], "sent", "{detail}");
+    assert_eq!(detail["status"], "converted", "{detail}");
+    assert_eq!(gate.bodies().len(), 1);
+}

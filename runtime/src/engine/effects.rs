@@ -514,11 +514,16 @@ impl Engine {
     }
 
     pub(super) fn record_delivery(&self, o: &Outcome) -> Result<(), EngineError> {
-        // A run that ended (or is gone) owes nothing for its send but the intent's removal.
-        let Some(run) = self.store.run(&o.run)?.filter(|r| !r.status.is_terminal()) else {
+        // A run that ended (or is gone) owes nothing for its send but the intent's removal,
+        // and, when its goal ended it while the send was out, the send's record: the message
+        // went, and it counts (the run is not activated again).
+        let Some(run) = self.store.run(&o.run)? else {
             self.store.remove_intent(&o.key)?;
             return Ok(());
         };
+        if run.status.is_terminal() {
+            return self.record_after_the_end(&run, o);
+        }
         // A result for an older attempt of the step changes nothing.
         let journal = self.store.journal(&o.run)?;
         let last_step = journal.len() == o.step as usize + 1;
@@ -664,6 +669,42 @@ impl Engine {
             return self.after_completion(&run);
         }
         self.activate(&run.id)
+    }
+
+    /// A send's result for a run that has ended: a converted run's message that the provider
+    /// accepted is recorded as sent with its intent's removal (one batch); anything else only
+    /// removes the intent.
+    fn record_after_the_end(&self, run: &Run, o: &Outcome) -> Result<(), EngineError> {
+        let step = match (&o.result, run.status) {
+            (Ok(d), RunStatus::Converted) => self
+                .store
+                .journal(&run.id)?
+                .into_iter()
+                .nth(o.step as usize)
+                .filter(|s| s.status == StepStatus::Queued && s.attempts == o.attempt)
+                .map(|s| (s, d)),
+            _ => None,
+        };
+        let Some((mut step, d)) = step else {
+            self.store.remove_intent(&o.key)?;
+            return Ok(());
+        };
+        if o.called {
+            self.metrics.send(&o.channel, "sent");
+        }
+        step.finished_at = Some(self.clock.now_ms());
+        self.mark_sent(run, &mut step, &o.key, &o.channel, d)?;
+        let mut batch = WriteBatch::new();
+        batch.push(Write::Step {
+            run: run.id.clone(),
+            step,
+        });
+        batch.push(Write::IntentDone { key: o.key.clone() });
+        self.store.apply(&batch)?;
+        if let Some(since) = o.dispatched {
+            self.delivery.note_window(&o.channel, since);
+        }
+        Ok(())
     }
 
     /// Whether `run` is a broadcast recipient's whose script is the broadcast's own (its
