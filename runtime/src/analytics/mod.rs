@@ -887,9 +887,8 @@ impl Folder {
     /// Roll the hourly counters older than the retention into days now.
     pub fn roll_up(&self, store: &dyn Store, now: i64) -> Result<rollup::RollUp, StoreError> {
         let days = self.days();
-        let _g = self.lock.locked();
         let before = rollup::boundary(now, days.hourly_days, days.tz);
-        let done = rollup::roll_up(store, before, days.tz)?;
+        let done = rollup::roll_up(store, before, days.tz, &self.lock)?;
         *self.rolled_at.locked() = Some(now);
         if done.hours > 0 {
             tracing::info!(
@@ -1040,9 +1039,7 @@ impl Folder {
                 }
             };
             batch.push(done);
-            if !self.waiting.locked().is_empty() {
-                self.waiting.locked().remove(&key);
-            }
+            self.waiting.locked().remove(&key);
             let first = match unique_key(&folded) {
                 Some(u) => {
                     let k = [UNIQUE, u.as_bytes()].concat();
@@ -1529,12 +1526,25 @@ pub fn arm_data(
     arms: &[(String, String)],
     metric: &str,
 ) -> Result<Vec<experiments::ArmData>, StoreError> {
+    Ok(arm_trials(store, arms, metric)?.0)
+}
+
+/// [`arm_data`], and whether its trials are runs (true) or messages.
+pub fn arm_trials(
+    store: &dyn Store,
+    arms: &[(String, String)],
+    metric: &str,
+) -> Result<(Vec<experiments::ArmData>, bool), StoreError> {
     let mut out = Vec::new();
+    let mut per_run = false;
     for (arm, scope) in arms {
         let n = numbers(store, scope, Period::default())?;
         let count = |m: &str| n.counts.get(m).copied().unwrap_or(0);
         let trials = match count("assigned") {
-            runs if metric == "converted" && runs > 0 => runs,
+            runs if metric == "converted" && runs > 0 => {
+                per_run = true;
+                runs
+            }
             _ => count("sent"),
         };
         out.push(experiments::ArmData {
@@ -1543,7 +1553,7 @@ pub fn arm_data(
             reached: count(metric),
         });
     }
-    Ok(out)
+    Ok((out, per_run))
 }
 
 /// Folded facts after sequence `after`, at most `limit`, in log order (the export stream).

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::{u64_of, Period, COUNTER, HOUR_MS};
 use crate::store::{Store, StoreError, Write, WriteBatch};
+use crate::sync::LockExt as _;
 
 /// Key prefix of a daily counter.
 pub(super) const DAILY: &[u8] = b"y\0";
@@ -89,12 +90,19 @@ pub fn boundary(now: i64, hourly_days: u32, tz: Tz) -> i64 {
     day_start(now - i64::from(hourly_days) * DAY_MS, tz)
 }
 
-/// Roll every hourly counter before `before` into its day (`tz`), a page per batch. The
-/// caller holds the fold's lock.
-pub(super) fn roll_up(store: &dyn Store, before: i64, tz: Tz) -> Result<RollUp, StoreError> {
+/// Roll every hourly counter before `before` into its day (`tz`), a page per batch, each
+/// under `lock` (the fold's: it may write counters of those hours meanwhile, not during a
+/// page).
+pub(super) fn roll_up(
+    store: &dyn Store,
+    before: i64,
+    tz: Tz,
+    lock: &std::sync::Mutex<()>,
+) -> Result<RollUp, StoreError> {
     let mut out = RollUp { before, hours: 0 };
     let mut from: Option<Vec<u8>> = None;
     loop {
+        let _page = lock.locked();
         let page = store.analytics_scan(COUNTER, from.as_deref(), PAGE)?;
         let full = page.len() == PAGE;
         if let Some((last, _)) = page.last() {
@@ -141,7 +149,7 @@ pub(super) fn roll_up(store: &dyn Store, before: i64, tz: Tz) -> Result<RollUp, 
 }
 
 /// Where the last rollup rolled to (0: never).
-pub(super) fn rolled(store: &dyn Store) -> Result<i64, StoreError> {
+pub(crate) fn rolled(store: &dyn Store) -> Result<i64, StoreError> {
     Ok(store
         .analytics_get(ROLLED)?
         .map_or(0, |v| u64_of(&v) as i64))

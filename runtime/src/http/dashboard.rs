@@ -296,7 +296,8 @@ fn table(caption: &str, rows: &[(String, Option<String>, Numbers)]) -> String {
 
 /// An hourly series as SVG bars, with the total in words for screen readers.
 /// A scope's `metric` over the last 90 days for a chart: per hour while it spans a week or
-/// less and its hours are all kept, else per day in the project's timezone.
+/// less and none of the window is rolled up into days, else per day in the project's
+/// timezone.
 fn chart_points(
     shared: &Shared,
     scope: &str,
@@ -309,21 +310,19 @@ fn chart_points(
         from: Some(now - 90 * analytics::rollup::DAY_MS),
         to: Some(now + analytics::HOUR_MS),
     };
-    let hourly = analytics::series(store, scope, metric, recent)?;
-    let span = match (hourly.first(), hourly.last()) {
-        (Some(a), Some(b)) => b.0 - a.0,
-        _ => 0,
-    };
-    let rolled = now - i64::from(days.hourly_days) * analytics::rollup::DAY_MS
-        > now - 90 * analytics::rollup::DAY_MS;
-    let daily = analytics::rollup::daily_series(store, scope, metric, recent, days.tz)?;
-    let rolled_shown =
-        rolled && daily.iter().map(|d| d.1).sum::<u64>() > hourly.iter().map(|h| h.1).sum::<u64>();
-    if span <= 7 * analytics::rollup::DAY_MS && !rolled_shown {
-        Ok((hourly, Unit::Hour))
-    } else {
-        Ok((daily, Unit::Day(days.tz)))
+    // Per hour only where every hour of the window is kept: nothing rolled up within it.
+    if analytics::rollup::rolled(store)? <= now - 90 * analytics::rollup::DAY_MS {
+        let hourly = analytics::series(store, scope, metric, recent)?;
+        let span = match (hourly.first(), hourly.last()) {
+            (Some(a), Some(b)) => b.0 - a.0,
+            _ => 0,
+        };
+        if span <= 7 * analytics::rollup::DAY_MS {
+            return Ok((hourly, Unit::Hour));
+        }
     }
+    let daily = analytics::rollup::daily_series(store, scope, metric, recent, days.tz)?;
+    Ok((daily, Unit::Day(days.tz)))
 }
 
 /// A chart's bars: hours, or days in a timezone.

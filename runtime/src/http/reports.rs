@@ -459,7 +459,7 @@ fn experiment_json(
     q: &ExperimentQuery,
     alpha: f64,
 ) -> ApiResult<Value> {
-    let data = analytics::arm_data(store, &arms, metric)?;
+    let (data, per_run) = analytics::arm_trials(store, &arms, metric)?;
     let control = q
         .control
         .clone()
@@ -475,13 +475,6 @@ fn experiment_json(
     let analysis = analytics::experiments::analyse(&data, &control, alpha);
     // Conversions are per run: where a workflow's variant counts its runs, they are the
     // trials (`sent` in each arm), else the messages sent.
-    let mut per_run = false;
-    if metric == "converted" {
-        for (_, scope) in &arms {
-            let n = analytics::numbers(store, scope, Period::default())?;
-            per_run |= n.counts.get("assigned").copied().unwrap_or(0) > 0;
-        }
-    }
     let trials = if per_run { "runs" } else { "messages" };
     Ok(json!({"metric": metric, "trials": trials, "analysis": analysis}))
 }
