@@ -51,21 +51,11 @@ fn page(status: StatusCode, html: String, cookie: Option<String>) -> Response {
             "a dashboard page is over its weight budget"
         );
     }
-    let mut r = (
+    let mut r = html_page(
         status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-            (header::X_FRAME_OPTIONS, "DENY"),
-            (header::REFERRER_POLICY, "no-referrer"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'",
-            ),
-        ],
         html,
-    )
-        .into_response();
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'",
+    );
     if let Some(c) = cookie {
         if let Ok(v) = header::HeaderValue::from_str(&c) {
             r.headers_mut().insert(header::SET_COOKIE, v);

@@ -269,3 +269,19 @@ pub fn router(shared: Arc<Shared>) -> Router {
         ))
         .with_state(shared)
 }
+
+/// A page answer: HTML, never cached, never framed, nothing loaded from elsewhere.
+fn html_page(status: StatusCode, html: String, csp: &'static str) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CONTENT_SECURITY_POLICY, csp),
+        ],
+        html,
+    )
+        .into_response()
+}

@@ -22,23 +22,13 @@ use crate::store::{Write, WriteBatch};
 /// A form body larger than this is refused.
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
-/// A page answer: HTML, never cached, never framed.
+/// The preference page's answer.
 fn page(status: StatusCode, html: String) -> Response {
-    (
+    html_page(
         status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-            (header::X_FRAME_OPTIONS, "DENY"),
-            (header::REFERRER_POLICY, "no-referrer"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-            ),
-        ],
         html,
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
     )
-        .into_response()
 }
 
 fn esc(s: &str) -> String {
