@@ -47,15 +47,26 @@ impl RunHost {
             answered: None,
         };
         let mut batch = WriteBatch::new();
-        batch
-            .push(Write::Step {
+        // The first call of a step not yet recorded: both keys are new (a crash before the
+        // batch is in takes both back; nothing went to the channel).
+        if step.attempts == 1 && step.seq as usize >= st.journal.len() {
+            batch.push(Write::NewEffect {
                 run: st.run.id.clone(),
                 step: step.clone(),
-            })
-            .push(Write::Intent {
                 key: key.clone(),
                 intent: intent.clone(),
             });
+        } else {
+            batch
+                .push(Write::Step {
+                    run: st.run.id.clone(),
+                    step: step.clone(),
+                })
+                .push(Write::Intent {
+                    key: key.clone(),
+                    intent: intent.clone(),
+                });
+        }
         if let Err(e) = self.store().apply(&batch) {
             st.store_error = Some(e);
             return Err(Interrupt::Park(

@@ -135,6 +135,20 @@ pub enum Write {
         /// The intent.
         intent: Intent,
     },
+    /// A send's (or action's) first attempt: its step, queued, and its intent, both under
+    /// keys no record had (the step's first record, the intent of its first call), so a crash
+    /// takes them back rather than finishing them and the batch's commit record holds only
+    /// their keys. Nothing has gone to the channel before the batch is in.
+    NewEffect {
+        /// The run.
+        run: String,
+        /// The queued step.
+        step: Step,
+        /// The effect's idempotency key.
+        key: String,
+        /// The intent.
+        intent: Intent,
+    },
     /// [`Store::remove_intent`].
     IntentDone {
         /// The effect's idempotency key.

@@ -297,7 +297,7 @@ impl SledStore {
 
     /// The tree operations a batch comes to, each record encoded as its single-write method
     /// stores it (the same `codec` builders).
-    fn ops(&self, batch: &WriteBatch) -> StoreResult<Vec<RawOp>> {
+    pub(super) fn ops(&self, batch: &WriteBatch) -> StoreResult<Vec<RawOp>> {
         let mut ops = Vec::with_capacity(batch.len());
         for w in batch.writes() {
             // A record that notes an analytics fact carries it, written first (see
@@ -382,6 +382,21 @@ impl SledStore {
                     ops.push(audience_op(contact, encoded.clone()))
                 }
                 Write::Intent { key, intent } => ops.push(intent_op(key, intent)?),
+                Write::NewEffect {
+                    run,
+                    step,
+                    key,
+                    intent,
+                } => ops.extend([
+                    RawOp {
+                        fresh: true,
+                        ..step_op(run, step)?
+                    },
+                    RawOp {
+                        fresh: true,
+                        ..intent_op(key, intent)?
+                    },
+                ]),
                 Write::IntentDone { key } => ops.push(intent_done_op(key)),
                 Write::Consent { contact, record } => ops.push(consent_op(contact, record)?),
                 Write::Suppress(sup) => ops.push(suppress_op(sup)?),

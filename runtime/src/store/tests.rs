@@ -444,3 +444,79 @@ fn a_cut_off_batch_of_new_records_is_taken_back_and_any_other_is_finished() {
     assert_eq!(s.meta("m").unwrap().as_deref(), Some("v"));
     assert!(s.batches.is_empty());
 }
+
+#[test]
+fn a_sends_first_attempt_is_recorded_with_its_keys_only_and_a_crash_takes_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let step = Step {
+        seq: 0,
+        kind: "send".into(),
+        name: "email".into(),
+        input: serde_json::json!({"channel": "email", "body": "x".repeat(2_000)}),
+        status: crate::model::StepStatus::Queued,
+        result: serde_json::Value::Null,
+        error: None,
+        attempts: 1,
+        due_at: None,
+        contact: None,
+        idempotency_key: Some("r1:0".into()),
+        line: None,
+        started_at: 5,
+        finished_at: None,
+        label: None,
+    };
+    let intent = Intent {
+        run: "r1".into(),
+        step: 0,
+        channel: "email".into(),
+        at: 5,
+        dispatched_at: None,
+        priority: Default::default(),
+        answered: None,
+    };
+    let mut batch = WriteBatch::new();
+    batch.push(Write::NewEffect {
+        run: "r1".into(),
+        step: step.clone(),
+        key: "r1:0".into(),
+        intent: intent.clone(),
+    });
+    {
+        let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let ops = s.ops(&batch).unwrap();
+        assert_eq!(ops.len(), 2);
+        assert!(ops.iter().all(|o| o.fresh), "both keys are new");
+        // Its commit record names the two keys, not the rendered message.
+        let record = encode_undo(&ops);
+        assert!(record.len() < 100, "{} bytes", record.len());
+        // Applied whole, it reads as a queued step and its intent.
+        s.apply(&batch).unwrap();
+        assert_eq!(s.journal("r1").unwrap(), vec![step.clone()]);
+        assert_eq!(s.intent("r1:0").unwrap(), Some(intent.clone()));
+        // The next send's batch cut off by a crash after its step.
+        let mut next = step.clone();
+        next.seq = 1;
+        let mut second = WriteBatch::new();
+        second.push(Write::NewEffect {
+            run: "r1".into(),
+            step: next,
+            key: "r1:1".into(),
+            intent,
+        });
+        let ops = s.ops(&second).unwrap();
+        s.batches
+            .insert(9u64.to_be_bytes(), encode_undo(&ops))
+            .unwrap();
+        s.apply_ops(&ops[..1]).unwrap();
+        s.flush().unwrap();
+    }
+    let s = SledStore::open(dir.path(), 8 << 20).unwrap();
+    assert_eq!(
+        s.journal("r1").unwrap(),
+        vec![step],
+        "the cut-off step is taken back, the one before stays"
+    );
+    assert!(s.intent("r1:1").unwrap().is_none());
+    assert!(s.intent("r1:0").unwrap().is_some());
+    assert!(s.batches.is_empty());
+}
