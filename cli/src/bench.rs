@@ -1109,6 +1109,7 @@ fn report_query(n: usize) -> Result<()> {
                     template: Some(format!("step{step}")),
                     domain: Some("example.com".into()),
                     variants: [("subject".to_string(), format!("arm{arm}"))].into(),
+                    experiment: None,
                 });
             }
         }

@@ -902,6 +902,107 @@ fn a_bandit_shifts_new_contacts_to_the_arm_that_converts_and_a_contact_keeps_its
     }
 }
 
+#[test]
+fn a_labelled_step_keeps_its_numbers_when_its_template_changes_in_a_new_version() {
+    let p = project();
+    let script = |template: &str| {
+        format!(
+            "workflow(\"relabel\").on_event(\"join\");\nfn run(contact, trigger) {{\n    \
+             label(\"pick\");\n    let tone = variant(\"mood\", [\"calm\", \"bold\"]);\n    \
+             label(\"hello\");\n    send(\"email\", \"{template}\");\n    send(\"email\", \"tips\");\n}}\n"
+        )
+    };
+    p.workflow("relabel.rhai", &script("welcome"));
+    let d = p.start();
+    let c = Client::new(d.url());
+    for i in 0..4 {
+        c.identify(
+            &format!("l{i}"),
+            json!({"email": format!("l{i}@shop.example")}),
+        );
+        c.track(&format!("l{i}"), "join", json!({}));
+    }
+    eventually("the first version's runs sent both", || {
+        let (_, r) = c.admin_get("/v1/reports/workflows/relabel");
+        (r["totals"]["counts"]["sent"] == 8).then_some(())
+    });
+    // The welcome message is replaced by another template under the same label.
+    p.workflow("relabel.rhai", &script("nudge"));
+    let (s, b) = c.admin_post("/v1/reload", json!({}));
+    assert_eq!(s, 200, "{b}");
+    for i in 4..7 {
+        c.identify(
+            &format!("l{i}"),
+            json!({"email": format!("l{i}@shop.example")}),
+        );
+        c.track(&format!("l{i}"), "join", json!({}));
+    }
+    let r = eventually("the second version's runs sent both", || {
+        let (_, r) = c.admin_get("/v1/reports/workflows/relabel");
+        (r["totals"]["counts"]["sent"] == 14).then_some(r)
+    });
+    assert_eq!(r["versions"].as_object().unwrap().len(), 2, "{r}");
+    // Each version's funnel has the labelled steps under their labels, the unlabelled one
+    // under its kind, channel and template.
+    let funnel = r["funnel"].as_object().unwrap();
+    assert_eq!(funnel.len(), 2, "{r}");
+    let mut reached = BTreeMap::new();
+    for steps in funnel.values() {
+        let keys: Vec<&str> = steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, ["pick#1", "hello#1", "send/email/tips#1"], "{r}");
+        for s in steps.as_array().unwrap() {
+            *reached
+                .entry(s["key"].as_str().unwrap().to_string())
+                .or_insert(0) += s["reached"].as_u64().unwrap();
+        }
+        let hello = steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == "hello#1")
+            .unwrap();
+        assert_eq!(hello["sent"], hello["reached"], "{r}");
+        assert_eq!(
+            hello["next"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            ["send/email/tips#1"],
+            "{r}"
+        );
+    }
+    assert_eq!(
+        reached["hello#1"], 7,
+        "both versions' sends under the label: {reached:?}"
+    );
+    // The step's numbers per version follow the label too.
+    let steps = r["steps"].as_object().unwrap();
+    let hello: Vec<u64> = steps
+        .iter()
+        .filter(|(k, _)| k.ends_with(":hello#1"))
+        .map(|(_, n)| n["counts"]["sent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(hello.iter().sum::<u64>(), 7, "{r}");
+    assert_eq!(hello.len(), 2, "one per version: {r}");
+    // A labelled variant step still gives each run its arm: conversions count runs.
+    let (s, x) = c.admin_get("/v1/reports/workflows/relabel/experiments/mood?metric=converted");
+    assert_eq!(s, 200, "{x}");
+    let runs: u64 = x["analysis"]["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["sent"].as_u64().unwrap())
+        .sum();
+    assert_eq!(runs, 7, "{x}");
+    rebuilt_equal(&c);
+}
+
 /// A report's funnel (one version's), by step key.
 fn funnel_steps(r: &Value) -> BTreeMap<String, Value> {
     let versions = r["funnel"].as_object().unwrap();

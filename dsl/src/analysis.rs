@@ -18,6 +18,7 @@
 //! | H030 | broadcast declaration missing or repeated, or a workflow in `broadcasts/` |
 //! | H031 | a broadcast's message is incomplete or contradictory |
 //! | H032 | a workflow's or broadcast's name has a character reports key numbers by (`:`, `@`) or a control character |
+//! | H033 | a step label that is not 1 to 64 letters, digits, `_`, `-` or `.` |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -718,6 +719,17 @@ fn lint_calls(
                     .with_label(format!("this is {lit}"))
                     .with_help(format!("expected {}", f.signatures().join(" or "))),
                 );
+            }
+        }
+        if name == "label" {
+            if let Some(Expr::StringConstant(label, lpos)) = args.first() {
+                if let Some(problem) = crate::host::label_problem(label) {
+                    out.push(
+                        Diagnostic::error("H033", file, pos_range(source, *lpos), problem)
+                            .with_label("not a step label")
+                            .with_help("reports key a step's numbers by its label"),
+                    );
+                }
             }
         }
         if let Some(project) = project {

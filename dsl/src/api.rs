@@ -435,6 +435,19 @@ pub static DSL_FUNCTIONS: &[DslFunction] = &[
               step runs so that replays see the same value.",
     },
     DslFunction {
+        name: "label",
+        method: false,
+        on: "",
+        overloads: &[&[("name", ArgType::String)]],
+        returns: "()",
+        context: Context::Step,
+        doc: "Name the next step for reports: `label(\"welcome\"); send(\"email\", \"welcome_v2\");`. \
+              A step's numbers are kept under a key that lasts through edits of the script \
+              (its kind, channel, template and occurrence); a label replaces that key, so a step \
+              whose template or channel changes keeps its numbers, and two versions of a journey \
+              compare on it. 1 to 64 letters, digits, `_`, `-` or `.`.",
+    },
+    DslFunction {
         name: "random",
         method: false,
         on: "",

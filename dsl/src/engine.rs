@@ -818,6 +818,22 @@ fn parse_local_time(s: &str) -> Option<(u32, u32)> {
 
 fn register_steps(engine: &mut Engine) {
     engine.register_fn(
+        "label",
+        |ctx: NativeCallContext, name: ImmutableString| -> Result<(), Box<EvalAltResult>> {
+            let pos = ctx.call_position();
+            if let Some(problem) = crate::host::label_problem(&name) {
+                return Err(runtime_error(problem, pos));
+            }
+            match current_host(|h| h.label(&name)) {
+                Some(()) => Ok(()),
+                None => Err(runtime_error(
+                    "`label` names a workflow step: call it inside `fn run(contact, trigger)`",
+                    pos,
+                )),
+            }
+        },
+    );
+    engine.register_fn(
         "send",
         |ctx: NativeCallContext, channel: ImmutableString, template: ImmutableString| {
             step(

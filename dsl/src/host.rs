@@ -132,6 +132,25 @@ pub enum Interrupt {
     Fail(String),
 }
 
+/// Why `name` cannot be a step label, if it cannot: a label is 1 to 64 letters, digits, `_`,
+/// `-` or `.` (reports key a step's numbers by it, next to `/`, `#`, `:` and `@`).
+pub fn label_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("a step label cannot be empty".into());
+    }
+    if name.chars().count() > 64 {
+        return Some(format!(
+            "step label \"{name}\" is longer than 64 characters"
+        ));
+    }
+    let bad = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))?;
+    Some(format!(
+        "step label \"{name}\" has {bad:?}: use letters, digits, `_`, `-` or `.`"
+    ))
+}
+
 /// Implemented by the durable engine for one activation of one run.
 pub trait Host {
     /// Perform or replay one step. `line` is the 1-based script line of the call, if known.
@@ -140,6 +159,11 @@ pub trait Host {
     fn contact_attr(&mut self, key: &str) -> Value;
     /// A line printed by the script with `print` or `debug`.
     fn log(&mut self, message: &str);
+    /// `label(name)`: the next step the script takes is reported under `name` (checked with
+    /// [`label_problem`]). Hosts that keep no reports ignore it.
+    fn label(&mut self, name: &str) {
+        let _ = name;
+    }
     /// Answer a behaviour query. Only segment evaluation supports these.
     fn query(&mut self, query: Query) -> Result<Value, Interrupt> {
         let name = match query {

@@ -29,7 +29,7 @@ pub use decl::{
 };
 pub use diagnostic::{render_diagnostics, Diagnostic, Severity};
 pub use engine::{build_engine, run_activation, ActivationEnd, Limits};
-pub use host::{with_host, Host, Interrupt, Query, StepCall, WaitTarget};
+pub use host::{label_problem, with_host, Host, Interrupt, Query, StepCall, WaitTarget};
 pub use segment::{
     check_scoring, check_segment, evaluate_segment, LoadedScoring, LoadedSegment, SegmentDeps,
 };

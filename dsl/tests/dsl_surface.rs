@@ -547,3 +547,76 @@ fn a_name_with_a_colon_or_an_at_sign_is_refused_because_reports_key_numbers_by_t
     );
     assert!(!fine.diagnostics.iter().any(|d| d.code == "H032"));
 }
+
+/// A host that keeps the labels it is given, with the step each came before.
+#[derive(Clone, Default)]
+struct LabelHost {
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Host for LabelHost {
+    fn step(&mut self, call: StepCall, _line: Option<usize>) -> Result<Value, Interrupt> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("step {}", call.kind()));
+        Ok(Value::Null)
+    }
+    fn contact_attr(&mut self, _key: &str) -> Value {
+        Value::Null
+    }
+    fn log(&mut self, _message: &str) {}
+    fn label(&mut self, name: &str) {
+        self.seen.lock().unwrap().push(format!("label {name}"));
+    }
+}
+
+#[test]
+fn a_label_goes_to_the_host_before_the_step_it_names_and_a_bad_one_is_refused() {
+    let source = "workflow(\"w\").manual();\nfn run(contact, trigger) {\n    label(\"welcome.v2\");\n    send(\"email\", \"welcome\");\n    wait(days(1));\n}\n";
+    let host = LabelHost::default();
+    let limits = Limits::default();
+    let engine = build_engine(&limits);
+    let wf = load_workflow(&engine, "wf.rhai", source).expect("loads");
+    let (end, _) = with_host(Box::new(host.clone()), || {
+        run_activation(&engine, &wf.ast, &json!({}), &limits)
+    });
+    assert_eq!(end, ActivationEnd::Completed);
+    assert_eq!(
+        *host.seen.lock().unwrap(),
+        ["label welcome.v2", "step send", "step wait"]
+    );
+    // At run time, a computed label that cannot key numbers fails the run with the reason.
+    let bad = "workflow(\"w\").manual();\nfn run(contact, trigger) {\n    label(trigger.name);\n    send(\"email\", \"welcome\");\n}\n";
+    let wf = load_workflow(&engine, "wf.rhai", bad).expect("loads");
+    let (end, _) = with_host(Box::new(LabelHost::default()), || {
+        run_activation(&engine, &wf.ast, &json!({"name": "a/b"}), &limits)
+    });
+    match end {
+        ActivationEnd::Failed { message, line, .. } => {
+            assert!(message.contains("step label \"a/b\" has '/'"), "{message}");
+            assert_eq!(line, Some(3));
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    // `herald check` refuses a literal one (H033) and takes a good one.
+    let report = check_script(
+        &engine,
+        "workflows/w.rhai",
+        "workflow(\"w\").manual();\nfn run(contact, trigger) {\n    label(\"step:1\");\n    label(\"\");\n    label(\"ok_1.b-2\");\n}\n",
+        None,
+    );
+    let h033: Vec<_> = report
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == "H033")
+        .map(|d| d.message.clone())
+        .collect();
+    assert_eq!(
+        h033,
+        [
+            "step label \"step:1\" has ':': use letters, digits, `_`, `-` or `.`",
+            "a step label cannot be empty"
+        ]
+    );
+}

@@ -384,6 +384,10 @@ pub struct Step {
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
+    /// The script's `label(...)` for it: reports key its numbers by this instead of its
+    /// kind, channel and template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// A run waiting for an event.

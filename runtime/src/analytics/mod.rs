@@ -385,7 +385,7 @@ pub fn in_holdout(workflow: &str, contact: &str, share: u32) -> bool {
 /// The pending-fact writes that go before `write` in its batch (most records note none).
 pub fn pending_for(write: &Write) -> Vec<Write> {
     let facts: Vec<Fact> = match write {
-        Write::Step { run, step } => facts_of_step(run, step),
+        Write::Step { run, step } | Write::NewEffect { run, step, .. } => facts_of_step(run, step),
         Write::Event { event, .. } => fact_of_event(event).into_iter().collect(),
         Write::NewRun(run) => fact_of_new_run(run).into_iter().collect(),
         Write::Run(run) => facts_of_run(run),
@@ -433,6 +433,9 @@ pub struct FoldedFact {
     /// The variants the run took before the step (experiment → arm).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variants: BTreeMap<String, String>,
+    /// Of a variant step's arrival: its experiment (the run is assigned an arm of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
 }
 
 /// What a fact is about, read from its run.
@@ -538,9 +541,11 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
     };
     // Stable across script versions: kind, channel and template (or name), and which
     // occurrence of those in the run.
-    let base = |s: &Step| match s.input.get("template").and_then(Value::as_str) {
-        Some(t) => format!("{}/{}/{t}", s.kind, channel_of(s)),
-        None => format!("{}/{}", s.kind, s.name),
+    // A label the script gave the step replaces the rest (labels have no `/`, keys do).
+    let base = |s: &Step| match (&s.label, s.input.get("template").and_then(Value::as_str)) {
+        (Some(label), _) => label.clone(),
+        (None, Some(t)) => format!("{}/{}/{t}", s.kind, channel_of(s)),
+        (None, None) => format!("{}/{}", s.kind, s.name),
     };
     let key_of = |s: &Step| {
         let key = base(s);
@@ -600,6 +605,9 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
         template,
         domain,
         variants,
+        experiment: step
+            .filter(|s| s.kind == "variant" && fact.kind == "reached")
+            .map(|s| s.name.clone()),
     })))
 }
 
@@ -733,12 +741,7 @@ impl Counts {
         // A variant's arm taken: the run counts as `assigned` to it (an experiment's trials
         // for a per-run metric such as `converted`).
         if f.fact.kind == "reached" {
-            let exp = f
-                .step_key
-                .as_deref()
-                .and_then(|k| k.strip_prefix("variant/"))
-                .and_then(|k| k.rsplit_once('#'))
-                .map(|(name, _)| name);
+            let exp = f.experiment.as_deref();
             if let Some(arm) = exp.and_then(|e| f.variants.get(e).map(|a| (e, a))) {
                 bump(
                     &format!("variant:{}:{}:{}", f.workflow, arm.0, arm.1),

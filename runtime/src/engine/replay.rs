@@ -14,6 +14,10 @@ pub(super) struct RunState {
     pub(super) wake: Option<i64>,
     pub(super) logs: Vec<String>,
     pub(super) store_error: Option<StoreError>,
+    /// The script's `label(...)` waiting for its step.
+    pub(super) label: Option<String>,
+    /// The label of the step being taken (the one before it, taken from `label`).
+    pub(super) step_label: Option<String>,
 }
 
 impl RunState {
@@ -62,6 +66,8 @@ impl Host for RunHost {
                 "storage failed earlier in this activation".into(),
             ));
         }
+        // A label names the step that follows it, recorded or new.
+        st.step_label = st.label.take();
         if let Some(rec) = st.journal.get(st.cursor).cloned() {
             return self.replay(&mut st, rec, &call);
         }
@@ -74,6 +80,10 @@ impl Host for RunHost {
             return st.snapshot.clone();
         }
         st.snapshot.get(key).cloned().unwrap_or(Value::Null)
+    }
+
+    fn label(&mut self, name: &str) {
+        self.state.borrow_mut().label = Some(name.to_string());
     }
 
     fn log(&mut self, message: &str) {
@@ -127,6 +137,7 @@ impl RunHost {
             line,
             started_at: st.now,
             finished_at: Some(st.now),
+            label: st.step_label.clone(),
         }
     }
 

@@ -230,6 +230,8 @@ impl Engine {
             wake: None,
             logs: Vec::new(),
             store_error: None,
+            label: None,
+            step_label: None,
         };
         let shared = Rc::new(RefCell::new(state));
         let me = self

@@ -171,6 +171,7 @@ fn step(seq: u32, at: i64) -> Step {
         line: None,
         started_at: at,
         finished_at: None,
+        label: None,
     }
 }
 
