@@ -473,6 +473,47 @@ fn a_send_that_failed_for_good_is_listed_as_a_dead_letter_and_sent_again() {
 }
 
 #[test]
+fn a_dead_letter_sent_again_counts_as_sent_instead_of_failed_and_the_rebuild_agrees() {
+    let recorder = Recorder::start(vec![400, 200]);
+    let p = hook_project(&recorder.url, "");
+    p.template("note", "---\nsubject: Note\n---\nHello.");
+    p.workflow(
+        "ping.rhai",
+        "workflow(\"ping\").on_event(\"ping\");\nfn run(contact, trigger) {\n    send(\"hook\", \"note\");\n}\n",
+    );
+    let d = p.start();
+    let c = Client::new(d.url());
+    c.track("bea", "ping", json!({}));
+    let run = c.only_run("bea");
+    let id = run["id"].as_str().unwrap().to_string();
+    c.run_reaches(&id, "failed", 1);
+    let counts = |c: &Client| {
+        let (s, r) = c.admin_get("/v1/reports/workflows/ping");
+        assert_eq!(s, 200, "{r}");
+        r["totals"]["counts"].clone()
+    };
+    eventually("the failure is counted", || {
+        (counts(&c)["failed"] == 1).then_some(())
+    });
+    let (status, body) = c.admin_post(&format!("/v1/runs/{id}/retry"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    c.run_reaches(&id, "completed", 1);
+    let n = eventually(
+        "the send is counted as sent, the failure taken back",
+        || {
+            let n = counts(&c);
+            (n["sent"] == 1).then_some(n)
+        },
+    );
+    assert_eq!(n["failed"], 0, "{n}");
+    assert_eq!(recorder.count(), 2);
+    // Counted as the journal tells it: a rebuild finds the same numbers.
+    let (s, rebuilt) = c.admin_post("/v1/analytics/rebuild", json!({}));
+    assert_eq!(s, 200, "{rebuilt}");
+    assert_eq!(rebuilt["differences"], json!([]), "{rebuilt}");
+}
+
+#[test]
 fn a_call_the_provider_accepts_after_the_runs_goal_is_recorded_as_sent() {
     let gate = Gate::start(false);
     let p = hook_project(&gate.url, "");

@@ -717,6 +717,29 @@ fn hour_key(scope: &str, metric: &str, hour: i64) -> Vec<u8> {
     k
 }
 
+/// The failure a send's fact replaces: `fact` is a send's result noted again after its
+/// failure was folded (at log sequence `seq`) — a success, or a later failure, once an
+/// operator sent the dead letter again. `None`: the same fact noted twice, counted once.
+fn failure_replaced_by(
+    store: &dyn Store,
+    fact: &Fact,
+    seq: u64,
+) -> Result<Option<FoldedFact>, StoreError> {
+    if seq == 0 || !matches!(fact.kind.as_str(), "sent" | "skipped" | "failed") {
+        return Ok(None);
+    }
+    let Some(bytes) = store.analytics_get(&[LOG, &seq.to_be_bytes()].concat())? else {
+        return Ok(None);
+    };
+    let Ok(old) = serde_json::from_slice::<FoldedFact>(&bytes) else {
+        return Ok(None);
+    };
+    let replaced = old.fact.id == fact.id
+        && old.fact.kind == "failed"
+        && (fact.kind != "failed" || fact.at > old.fact.at);
+    Ok(replaced.then_some(old))
+}
+
 /// Counter deltas, by counter key.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Counts(pub BTreeMap<Vec<u8>, u64>);
@@ -969,6 +992,8 @@ impl Folder {
         pending.sort_by_cached_key(|(_, f)| f.as_ref().map(|f| (f.at, f.id.clone())).ok());
         let mut seq = store.analytics_get(LAST_SEQ)?.map_or(0, |v| u64_of(&v));
         let mut counts = Counts::default();
+        // Counts of failures a send's later result replaces.
+        let mut taken_back = Counts::default();
         let mut batch = WriteBatch::new();
         let mut seen_now: HashSet<Vec<u8>> = HashSet::new();
         let mut cache = RunCache::default();
@@ -981,7 +1006,7 @@ impl Folder {
                 key: key.clone(),
                 value: None,
             };
-            if !seen_now.insert(marker.clone()) || store.analytics_get(&marker)?.is_some() {
+            if !seen_now.insert(marker.clone()) {
                 batch.push(done);
                 continue;
             }
@@ -993,6 +1018,18 @@ impl Folder {
                     continue;
                 }
             };
+            // Folded before: counted once, unless it is a send's new result after its
+            // failure (an operator sent the dead letter again), which replaces the failure.
+            let mut replaces = None;
+            if let Some(m) = store.analytics_get(&marker)? {
+                match failure_replaced_by(store, &fact, u64_of(&m))? {
+                    Some(old) => replaces = Some(old),
+                    None => {
+                        batch.push(done);
+                        continue;
+                    }
+                }
+            }
             if fact.kind == "segment" {
                 // Counted, not logged: the export is of messages and engagement.
                 counts.add_segment(&fact);
@@ -1060,6 +1097,9 @@ impl Folder {
             };
             seq += 1;
             folded.seq = seq;
+            if let Some(old) = &replaces {
+                taken_back.add(old, true);
+            }
             counts.add(&folded, first);
             batch.push(Write::Analytics {
                 key: marker,
@@ -1070,11 +1110,38 @@ impl Folder {
                 serde_json::to_vec(&folded).expect("a fact serializes"),
             ));
         }
-        for (key, delta) in counts.0 {
+        let keys: std::collections::BTreeSet<&Vec<u8>> =
+            counts.0.keys().chain(taken_back.0.keys()).collect();
+        // What an hour no longer holds (rolled up into its day since) is taken from the day.
+        let mut from_days: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        let tz = self.days().tz;
+        for key in keys {
+            let add = counts.0.get(key).copied().unwrap_or(0);
+            let sub = taken_back.0.get(key).copied().unwrap_or(0);
+            let now = store.analytics_get(key)?.map_or(0, |v| u64_of(&v)) + add;
+            if sub > now {
+                if let Some((scope, metric, at)) =
+                    rollup::parse_counter(key).filter(|_| key.starts_with(COUNTER))
+                {
+                    *from_days
+                        .entry(rollup::daily_key(
+                            &scope,
+                            &metric,
+                            rollup::day_start(at, tz),
+                        ))
+                        .or_default() += sub - now;
+                }
+            }
+            batch.push(Write::Analytics {
+                key: key.clone(),
+                value: Some(now.saturating_sub(sub).to_be_bytes().to_vec()),
+            });
+        }
+        for (key, sub) in from_days {
             let now = store.analytics_get(&key)?.map_or(0, |v| u64_of(&v));
             batch.push(Write::Analytics {
                 key,
-                value: Some((now + delta).to_be_bytes().to_vec()),
+                value: Some(now.saturating_sub(sub).to_be_bytes().to_vec()),
             });
         }
         if batch.is_empty() {
@@ -1622,5 +1689,80 @@ mod tests {
             Some(0u64.to_be_bytes().to_vec())
         );
         assert!(folder.waiting.locked().is_empty());
+    }
+    #[test]
+    fn a_send_that_succeeds_after_its_failure_takes_the_failure_back_from_its_rolled_up_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        store.set_notes_facts(true);
+        let at = 1_796_724_000_000;
+        let run = Run::new(
+            "r1".into(),
+            "wf".into(),
+            "h".repeat(64),
+            "c1".into(),
+            serde_json::json!({"type": "event"}),
+            serde_json::json!({}),
+            at,
+        );
+        store.create_run(&run).unwrap();
+        let mut step = Step {
+            seq: 0,
+            kind: "send".into(),
+            name: "email:t".into(),
+            input: serde_json::json!({"channel": "email", "template": "t"}),
+            status: StepStatus::Failed,
+            result: Value::Null,
+            error: Some("HTTP 400".into()),
+            attempts: 3,
+            due_at: None,
+            contact: None,
+            idempotency_key: Some("r1:0".into()),
+            line: None,
+            started_at: at,
+            finished_at: Some(at),
+            label: None,
+        };
+        store.put_step("r1", &step).unwrap();
+        let folder = Folder::default();
+        folder.fold_all(&store).unwrap();
+        let total = |m: &str| {
+            numbers(&store, "workflow:wf", Period::default())
+                .unwrap()
+                .counts
+                .get(m)
+                .copied()
+                .unwrap_or(0)
+        };
+        assert_eq!((total("failed"), total("sent")), (1, 0));
+        // A hundred days on, the failure's hour is rolled into its day.
+        let later = at + 100 * 24 * HOUR_MS;
+        assert!(folder.roll_up(&store, later).unwrap().hours > 0);
+        let day = rollup::daily_key(
+            "workflow:wf",
+            "failed",
+            rollup::day_start(at, chrono_tz::UTC),
+        );
+        assert_eq!(
+            store.analytics_get(&day).unwrap().map(|v| u64_of(&v)),
+            Some(1)
+        );
+        // Sent again by an operator, it goes: the failure is taken back from its day.
+        step.status = StepStatus::Done;
+        step.error = None;
+        step.attempts = 1;
+        step.result = serde_json::json!({"status": "sent"});
+        step.finished_at = Some(later);
+        store.put_step("r1", &step).unwrap();
+        folder.fold_all(&store).unwrap();
+        assert_eq!((total("failed"), total("sent")), (0, 1));
+        assert_eq!(
+            store.analytics_get(&day).unwrap().map(|v| u64_of(&v)),
+            Some(0)
+        );
+        // The same result noted again is counted once.
+        store.put_step("r1", &step).unwrap();
+        folder.fold_all(&store).unwrap();
+        assert_eq!((total("failed"), total("sent")), (0, 1));
     }
 }
