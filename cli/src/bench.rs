@@ -1110,6 +1110,7 @@ fn report_query(n: usize) -> Result<()> {
                     domain: Some("example.com".into()),
                     variants: [("subject".to_string(), format!("arm{arm}"))].into(),
                     experiment: None,
+                    goal_step: None,
                 });
             }
         }
