@@ -701,6 +701,24 @@ fn metrics(f: &FoldedFact, first: bool) -> Vec<&'static str> {
     }
 }
 
+/// Kinds that are counted but not logged: a run's start, its funnel arrivals and its end
+/// are no message or engagement facts, which the log keeps for the export.
+const UNLOGGED: [&str; 7] = [
+    "started",
+    "reached",
+    "timed_out",
+    "completed",
+    "exited",
+    "run_failed",
+    "goal_reached",
+];
+
+/// A run's start is noted once (its record is created once, under an id no other run has),
+/// so it needs no marker to be counted once.
+fn noted_once(kind: &str) -> bool {
+    kind == "started"
+}
+
 /// Metrics only a workflow's steps have (a step's arrival is no message: it does not count
 /// for a channel or the workflow as a whole).
 const STEP_ONLY: [&str; 3] = ["reached", "timed_out", "goal_reached"];
@@ -1037,7 +1055,12 @@ impl Folder {
             // Folded before: counted once, unless it is a send's new result after its
             // failure (an operator sent the dead letter again), which replaces the failure.
             let mut replaces = None;
-            if let Some(m) = store.analytics_get(&marker)? {
+            let marked = !noted_once(&fact.kind);
+            if let Some(m) = marked
+                .then(|| store.analytics_get(&marker))
+                .transpose()?
+                .flatten()
+            {
                 match failure_replaced_by(store, &fact, u64_of(&m))? {
                     Some(old) => replaces = Some(old),
                     None => {
@@ -1111,20 +1134,29 @@ impl Folder {
                 }
                 None => true,
             };
-            seq += 1;
-            folded.seq = seq;
+            let logs = !UNLOGGED.contains(&folded.fact.kind.as_str());
+            if logs {
+                seq += 1;
+                folded.seq = seq;
+            }
             if let Some(old) = &replaces {
                 taken_back.add(old, true);
             }
             counts.add(&folded, first);
-            batch.push(Write::Analytics {
-                key: marker,
-                value: Some(seq.to_be_bytes().to_vec()),
-            });
-            logged.push((
-                [LOG, &seq.to_be_bytes()].concat(),
-                serde_json::to_vec(&folded).expect("a fact serializes"),
-            ));
+            if marked {
+                // Its log sequence (0: not logged).
+                let at = if logs { seq } else { 0 };
+                batch.push(Write::Analytics {
+                    key: marker,
+                    value: Some(at.to_be_bytes().to_vec()),
+                });
+            }
+            if logs {
+                logged.push((
+                    [LOG, &seq.to_be_bytes()].concat(),
+                    serde_json::to_vec(&folded).expect("a fact serializes"),
+                ));
+            }
         }
         let keys: std::collections::BTreeSet<&Vec<u8>> =
             counts.0.keys().chain(taken_back.0.keys()).collect();
