@@ -21,10 +21,12 @@
 //! **The fold.** One thread takes pending facts in pages, adds what they are about (the run's
 //! workflow, script version and broadcast, the stable key of the step, the variants the run
 //! took, channel, template, recipient domain), and writes in **one atomic batch**: the new
-//! counter values, the enriched facts in an append-only log (`f` + sequence: the export
-//! stream), a marker per fact id, and the removal of the pending entries. A crash repeats a
+//! counter values, the enriched message and engagement facts in an append-only log (`f` +
+//! sequence: the export stream; a run's start, funnel arrivals and end are counted, not
+//! logged), a marker per fact id (none for a run's start, noted once), and the removal of
+//! the pending entries. A crash repeats a
 //! page at most, and the markers keep it from counting twice; the counters always equal a
-//! fold of the facts already logged. `rebuild` derives the facts again from the journals,
+//! fold of the facts whose pending entries are gone. `rebuild` derives the facts again from the journals,
 //! timelines and runs, folds them into fresh counters and compares.
 //!
 //! **Counters** are kept per scope (a workflow, a version, a step, a variant, a broadcast,
