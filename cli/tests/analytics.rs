@@ -56,6 +56,16 @@ fn project() -> TestProject {
     p
 }
 
+/// Contacts `PREFIX0`, `PREFIX1`, … (by `range`), each with an address at shop.example, send
+/// `event`.
+fn arrive(c: &Client, prefix: &str, range: std::ops::Range<usize>, event: &str) {
+    for i in range {
+        let user = format!("{prefix}{i}");
+        c.identify(&user, json!({"email": format!("{user}@shop.example")}));
+        c.track(&user, event, json!({}));
+    }
+}
+
 /// GET a tracked link's path on the daemon with a user agent: the status.
 fn fetch(c: &Client, url: &str, agent: &str) -> u16 {
     let path = url.strip_prefix("https://herald.example.com").unwrap();
@@ -341,13 +351,7 @@ fn a_workflows_report_follows_steps_by_stable_key_and_variants_and_refuses_unkno
     let p = project();
     let d = p.start();
     let c = Client::new(d.url());
-    for i in 0..10 {
-        c.identify(
-            &format!("w{i}"),
-            json!({"email": format!("w{i}@shop.example")}),
-        );
-        c.track(&format!("w{i}"), "signup", json!({}));
-    }
+    arrive(&c, "w", 0..10, "signup");
     let r = eventually("every run sent both messages", || {
         let (s, r) = c.admin_get("/v1/reports/workflows/hello");
         assert_eq!(s, 200, "{r}");
@@ -922,13 +926,7 @@ fn a_labelled_step_keeps_its_numbers_when_its_template_changes_in_a_new_version(
     p.workflow("relabel.rhai", &script("welcome"));
     let d = p.start();
     let c = Client::new(d.url());
-    for i in 0..4 {
-        c.identify(
-            &format!("l{i}"),
-            json!({"email": format!("l{i}@shop.example")}),
-        );
-        c.track(&format!("l{i}"), "join", json!({}));
-    }
+    arrive(&c, "l", 0..4, "join");
     eventually("the first version's runs sent both", || {
         let (_, r) = c.admin_get("/v1/reports/workflows/relabel");
         (r["totals"]["counts"]["sent"] == 8).then_some(())
@@ -937,13 +935,7 @@ fn a_labelled_step_keeps_its_numbers_when_its_template_changes_in_a_new_version(
     p.workflow("relabel.rhai", &script("nudge"));
     let (s, b) = c.admin_post("/v1/reload", json!({}));
     assert_eq!(s, 200, "{b}");
-    for i in 4..7 {
-        c.identify(
-            &format!("l{i}"),
-            json!({"email": format!("l{i}@shop.example")}),
-        );
-        c.track(&format!("l{i}"), "join", json!({}));
-    }
+    arrive(&c, "l", 4..7, "join");
     let r = eventually("the second version's runs sent both", || {
         let (_, r) = c.admin_get("/v1/reports/workflows/relabel");
         (r["totals"]["counts"]["sent"] == 14).then_some(r)
@@ -1038,13 +1030,7 @@ fn a_workflows_funnel_shows_where_runs_went_waited_timed_out_and_ended() {
     let d = p.start();
     let c = Client::new(d.url());
     c.set_clock(1_796_724_000_000);
-    for i in 0..10 {
-        c.identify(
-            &format!("f{i}"),
-            json!({"email": format!("f{i}@shop.example")}),
-        );
-        c.track(&format!("f{i}"), "cart_abandoned", json!({}));
-    }
+    arrive(&c, "f", 0..10, "cart_abandoned");
     eventually("every nudge is out", || {
         (p.outbox("email").len() == 10).then_some(())
     });

@@ -625,6 +625,15 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
 }
 
 /// The scopes a fact counts in.
+impl FoldedFact {
+    /// Its workflow and script version as scopes name them: `NAME@` and the version's first
+    /// twelve characters.
+    fn versioned(&self) -> String {
+        let short: String = self.version.chars().take(12).collect();
+        format!("{}@{short}", self.workflow)
+    }
+}
+
 fn scopes(f: &FoldedFact) -> Vec<String> {
     let mut out = Vec::new();
     // A holdout run counts only in its workflow's or broadcast's holdout scope.
@@ -635,7 +644,6 @@ fn scopes(f: &FoldedFact) -> Vec<String> {
         });
         return out;
     }
-    let short: String = f.version.chars().take(12).collect();
     match &f.broadcast {
         Some(b) => {
             out.push(format!("broadcast:{b}"));
@@ -648,9 +656,10 @@ fn scopes(f: &FoldedFact) -> Vec<String> {
         }
         None => {
             out.push(format!("workflow:{}", f.workflow));
-            out.push(format!("version:{}@{short}", f.workflow));
+            let versioned = f.versioned();
+            out.push(format!("version:{versioned}"));
             if let Some(k) = &f.step_key {
-                out.push(format!("step:{}@{short}:{k}", f.workflow));
+                out.push(format!("step:{versioned}:{k}"));
             }
             for (exp, arm) in &f.variants {
                 out.push(format!("variant:{}:{exp}:{arm}", f.workflow));
@@ -805,8 +814,7 @@ impl Counts {
         }
         // A conversion that ended its run on its way: where it ended, for the funnel.
         if let (Some(k), false) = (&f.goal_step, f.holdout) {
-            let short: String = f.version.chars().take(12).collect();
-            bump(&format!("step:{}@{short}:{k}", f.workflow), "goal_reached");
+            bump(&format!("step:{}:{k}", f.versioned()), "goal_reached");
         }
         // The funnel: a step's arrival (a send's result is its send step's) counts as
         // `reached` for the step and as a move from the step before it.
@@ -815,8 +823,7 @@ impl Counts {
                 if f.fact.kind != "reached" {
                     bump(step_scope, "reached");
                 }
-                let short: String = f.version.chars().take(12).collect();
-                bump(&format!("flow:{}@{short}:{from}", f.workflow), to);
+                bump(&format!("flow:{}:{from}", f.versioned()), to);
             }
         }
         // A conversion's share of its goal event (thousandths), and its revenue by that share
@@ -1062,11 +1069,12 @@ impl Folder {
             // failure (an operator sent the dead letter again), which replaces the failure.
             let mut replaces = None;
             let marked = !noted_once(&fact.kind);
-            if let Some(m) = marked
-                .then(|| store.analytics_get(&marker))
-                .transpose()?
-                .flatten()
-            {
+            let folded_before = if marked {
+                store.analytics_get(&marker)?
+            } else {
+                None
+            };
+            if let Some(m) = folded_before {
                 match failure_replaced_by(store, &fact, u64_of(&m))? {
                     Some(old) => replaces = Some(old),
                     None => {
