@@ -125,8 +125,19 @@ pub fn sequential_p_value(xa: u64, na: u64, xb: u64, nb: u64, tau: f64) -> f64 {
     (-ln_lambda).exp().min(1.0)
 }
 
-/// Analyse an experiment's arms against `control` (the first arm when it is not one of them).
+/// Analyse an experiment's arms against `control` (the first arm when it is not one of them),
+/// looking once, at these numbers.
 pub fn analyse(arms: &[ArmData], control: &str, alpha: f64) -> Analysis {
+    analyse_looks(std::slice::from_ref(&arms.to_vec()), control, alpha)
+}
+
+/// Analyse an experiment looked at several times, oldest look first, the last the current
+/// numbers: rates, intervals and probabilities from the last; each arm's p-value the least
+/// over the looks (an always-valid p-value never rises again: the test's error rate holds
+/// at every look, so the smallest is as valid as any); the winner the first look's that
+/// decides (the sequential test stops there, and later looks do not take it back).
+pub fn analyse_looks(looks: &[Vec<ArmData>], control: &str, alpha: f64) -> Analysis {
+    let arms: &[ArmData] = looks.last().map_or(&[], Vec::as_slice);
     let control = arms
         .iter()
         .find(|a| a.arm == control)
@@ -156,17 +167,32 @@ pub fn analyse(arms: &[ArmData], control: &str, alpha: f64) -> Analysis {
                 probability_to_beat_control: vs
                     .map(|c| probability_b_beats_a(c.reached, c.sent, a.reached, a.sent)),
                 difference: vs.map(|c| rate(a) - rate(c)),
-                p_value: vs.map(|c| sequential_p_value(c.reached, c.sent, a.reached, a.sent, TAU)),
+                p_value: vs.map(|c| least_p_value(looks, &c.arm, &a.arm)),
             }
         })
         .collect();
-    let winner = decide(arms, alpha);
+    let winner = looks.iter().find_map(|look| decide(look, alpha));
     Analysis {
         control,
         alpha,
         arms: stats,
         winner,
     }
+}
+
+/// The least always-valid p-value of `arm` against `control` over the looks (1 where
+/// neither was counted).
+fn least_p_value(looks: &[Vec<ArmData>], control: &str, arm: &str) -> f64 {
+    looks
+        .iter()
+        .filter_map(|look| {
+            let c = look.iter().find(|a| a.arm == control)?;
+            let a = look.iter().find(|x| x.arm == arm)?;
+            Some(sequential_p_value(
+                c.reached, c.sent, a.reached, a.sent, TAU,
+            ))
+        })
+        .fold(1.0, f64::min)
 }
 
 /// The arm with the best rate once its difference to every other arm is significant
@@ -299,6 +325,43 @@ mod tests {
         let power = found as f64 / runs as f64;
         eprintln!("power: {power}");
         assert!(power >= 0.9, "power {power} < 0.9");
+    }
+
+    #[test]
+    fn a_difference_significant_at_an_earlier_look_keeps_its_p_value_and_its_winner() {
+        let look = |na: u64, xa: u64, nb: u64, xb: u64| {
+            vec![
+                ArmData {
+                    arm: "a".into(),
+                    sent: na,
+                    reached: xa,
+                },
+                ArmData {
+                    arm: "b".into(),
+                    sent: nb,
+                    reached: xb,
+                },
+            ]
+        };
+        // Clearly apart after 300 messages each, then alike after many more.
+        let early = look(300, 30, 300, 90);
+        let now = look(5000, 1000, 5000, 1010);
+        let at_early = sequential_p_value(30, 300, 90, 300, TAU);
+        let at_now = sequential_p_value(1000, 5000, 1010, 5000, TAU);
+        assert!(at_early < 0.001 && at_now > 0.5, "{at_early} {at_now}");
+        // Looked at only now, nothing is significant.
+        let once = analyse(&now, "a", ALPHA);
+        assert_eq!(once.winner, None);
+        assert_eq!(once.arms[1].p_value, Some(at_now));
+        // Looked at along the way, the test stopped early and its p-value does not rise.
+        let looks = [look(50, 5, 50, 9), early, now];
+        let seq = analyse_looks(&looks, "a", ALPHA);
+        assert_eq!(seq.winner.as_deref(), Some("b"));
+        assert_eq!(seq.arms[1].p_value, Some(at_early));
+        // Rates and intervals are the current numbers'.
+        assert_eq!(seq.arms[1].sent, 5000);
+        assert_eq!(seq.arms[1].rate, once.arms[1].rate);
+        assert_eq!(seq.arms[1].interval, once.arms[1].interval);
     }
 
     #[test]

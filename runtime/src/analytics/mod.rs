@@ -1688,6 +1688,65 @@ pub fn arm_trials(
     Ok((out, per_run))
 }
 
+/// The looks at an experiment its counters allow: the arms' cumulative data (as
+/// [`arm_trials`] counts them) after each hour in which any of them counted something (each
+/// day, where hours are rolled up into days), the last look the totals; and whether the
+/// trials are runs. The sequential test's p-value is the least over these looks, and its
+/// decision the first look's that makes one (see [`experiments::analyse_looks`]).
+pub fn arm_looks(
+    store: &dyn Store,
+    arms: &[(String, String)],
+    metric: &str,
+) -> Result<(Vec<Vec<experiments::ArmData>>, bool), StoreError> {
+    let (totals, per_run) = arm_trials(store, arms, metric)?;
+    let trials = if per_run { "assigned" } else { "sent" };
+    // Per arm, per bucket start: (trials, reached) counted in it.
+    let mut buckets: BTreeMap<i64, Vec<(u64, u64)>> = BTreeMap::new();
+    for (i, (_, scope)) in arms.iter().enumerate() {
+        for (which, m) in [(0, trials), (1, metric)] {
+            let prefix = [scope.as_bytes(), b"\0", m.as_bytes(), b"\0"].concat();
+            let days = rollup::days_in(store, &prefix, Period::default())?
+                .into_iter()
+                .filter(|(s, mm, _, _)| s == scope && mm == m)
+                .map(|(_, _, at, n)| (at, n));
+            for (at, n) in series(store, scope, m, Period::default())?
+                .into_iter()
+                .chain(days)
+            {
+                let b = buckets
+                    .entry(at)
+                    .or_insert_with(|| vec![(0, 0); arms.len()]);
+                if which == 0 {
+                    b[i].0 += n;
+                } else {
+                    b[i].1 += n;
+                }
+            }
+        }
+    }
+    let mut looks = Vec::with_capacity(buckets.len() + 1);
+    let mut sums = vec![(0u64, 0u64); arms.len()];
+    for counted in buckets.values() {
+        for (sum, (t, r)) in sums.iter_mut().zip(counted) {
+            sum.0 += t;
+            sum.1 += r;
+        }
+        looks.push(
+            totals
+                .iter()
+                .zip(&sums)
+                .map(|(a, (t, r))| experiments::ArmData {
+                    arm: a.arm.clone(),
+                    sent: *t,
+                    reached: *r,
+                })
+                .collect(),
+        );
+    }
+    looks.push(totals);
+    Ok((looks, per_run))
+}
+
 /// Folded facts after sequence `after`, at most `limit`, in log order (the export stream).
 pub fn facts_after(
     store: &dyn Store,
@@ -1752,6 +1811,86 @@ mod tests {
         );
         assert!(folder.waiting.locked().is_empty());
     }
+    #[test]
+    fn an_experiments_looks_are_its_cumulative_numbers_hour_by_hour_then_its_totals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let at = 1_796_724_000_000;
+        let fact = |kind: &str, arm: &str, hour: i64| FoldedFact {
+            seq: 0,
+            fact: Fact {
+                id: String::new(),
+                kind: kind.into(),
+                at: at + hour * HOUR_MS,
+                run: String::new(),
+                channel: Some("email".into()),
+                ..Default::default()
+            },
+            contact: String::new(),
+            workflow: "spring".into(),
+            version: "h".repeat(64),
+            broadcast: Some("spring".into()),
+            phase: Some("test".into()),
+            holdout: false,
+            step_key: None,
+            from_key: None,
+            template: None,
+            domain: None,
+            variants: [("spring".to_string(), arm.to_string())].into(),
+            experiment: None,
+            goal_step: None,
+        };
+        let mut counts = Counts::default();
+        // Hour 0: a sends 3 (1 clicked), b sends 2; hour 5: b sends 1 more and 2 click.
+        for (kind, arm, hour) in [
+            ("sent", "a", 0),
+            ("sent", "a", 0),
+            ("sent", "a", 0),
+            ("clicked", "a", 0),
+            ("sent", "b", 0),
+            ("sent", "b", 0),
+            ("sent", "b", 5),
+            ("clicked", "b", 5),
+            ("clicked", "b", 5),
+        ] {
+            counts.add(&fact(kind, arm, hour), true);
+        }
+        counts.apply(&store).unwrap();
+        let arms = [
+            ("a".to_string(), "arm:spring:a".to_string()),
+            ("b".to_string(), "arm:spring:b".to_string()),
+        ];
+        let numbers = |looks: &[Vec<experiments::ArmData>]| {
+            looks
+                .iter()
+                .map(|l| l.iter().map(|a| (a.sent, a.reached)).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        let (looks, per_run) = arm_looks(&store, &arms, "clicked").unwrap();
+        assert!(!per_run);
+        assert_eq!(
+            numbers(&looks),
+            [
+                vec![(3, 1), (2, 0)],
+                vec![(3, 1), (3, 2)],
+                vec![(3, 1), (3, 2)]
+            ]
+        );
+        // Rolled up into days, the hours' looks become one per day.
+        let folder = Folder::default();
+        assert!(
+            folder
+                .roll_up(&store, at + 100 * 24 * HOUR_MS)
+                .unwrap()
+                .hours
+                > 0
+        );
+        let (looks, _) = arm_looks(&store, &arms, "clicked").unwrap();
+        assert_eq!(numbers(&looks).last(), Some(&vec![(3, 1), (3, 2)]));
+        assert!(looks.len() <= 3, "{:?}", numbers(&looks));
+        assert_eq!(numbers(&looks)[looks.len() - 2], vec![(3, 1), (3, 2)]);
+    }
+
     #[test]
     fn a_send_that_succeeds_after_its_failure_takes_the_failure_back_from_its_rolled_up_day() {
         let dir = tempfile::tempdir().unwrap();

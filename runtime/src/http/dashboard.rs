@@ -659,9 +659,9 @@ pub(super) async fn dashboard_workflow(
             }
             for (exp, arms) in exps {
                 for metric in ["clicked", "converted"] {
-                    let data = analytics::arm_data(store, &arms, metric)?;
+                    let (looks, _) = analytics::arm_looks(store, &arms, metric)?;
                     let control = arms.first().map(|a| a.0.clone()).unwrap_or_default();
-                    let a = experiments::analyse(&data, &control, experiments::ALPHA);
+                    let a = experiments::analyse_looks(&looks, &control, experiments::ALPHA);
                     body.push_str(&format!(
                         "<section>{}</section>",
                         experiment(&format!("Experiment {exp}, by {metric}"), &a, metric)
@@ -736,8 +736,8 @@ pub(super) async fn dashboard_broadcast(
                 .iter()
                 .map(|a| (a.clone(), format!("arm:{name}:{a}")))
                 .collect();
-            let data = analytics::arm_data(store, &scoped, &metric)?;
-            let a = experiments::analyse(&data, &arms[0], experiments::ALPHA);
+            let (looks, _) = analytics::arm_looks(store, &scoped, &metric)?;
+            let a = experiments::analyse_looks(&looks, &arms[0], experiments::ALPHA);
             body.push_str(&format!(
                 "<section>{}</section>",
                 experiment(&format!("Arms, by {metric}"), &a, &metric)

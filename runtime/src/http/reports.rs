@@ -459,7 +459,7 @@ fn experiment_json(
     q: &ExperimentQuery,
     alpha: f64,
 ) -> ApiResult<Value> {
-    let (data, per_run) = analytics::arm_trials(store, &arms, metric)?;
+    let (looks, per_run) = analytics::arm_looks(store, &arms, metric)?;
     let control = q
         .control
         .clone()
@@ -472,7 +472,7 @@ fn experiment_json(
             format!("control: no arm \"{control}\""),
         ));
     }
-    let analysis = analytics::experiments::analyse(&data, &control, alpha);
+    let analysis = analytics::experiments::analyse_looks(&looks, &control, alpha);
     // Conversions are per run: where a workflow's variant counts its runs, they are the
     // trials (`sent` in each arm), else the messages sent.
     let trials = if per_run { "runs" } else { "messages" };
