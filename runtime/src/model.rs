@@ -228,6 +228,207 @@ impl RunStatus {
     }
 }
 
+/// What the analytics fold reads of a run: the fields it counts by, decoded without the rest
+/// (the contact's snapshot, the trigger's other properties, the logs).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub id: String,
+    /// Workflow (or broadcast) name.
+    pub workflow: String,
+    /// Script version.
+    pub script_hash: String,
+    /// Contact id.
+    pub contact: String,
+    /// How it first ended, if it did.
+    #[serde(default)]
+    pub ended: Option<(RunStatus, i64)>,
+    /// What started it, in part.
+    #[serde(default)]
+    pub trigger: TriggerSummary,
+}
+
+/// The parts of a run's trigger the fold reads.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct TriggerSummary {
+    /// `event`, `broadcast`, `manual`, ...
+    #[serde(rename = "type", default)]
+    pub kind: Option<Value>,
+    /// The run is in its holdout group (`true`).
+    #[serde(default)]
+    pub holdout: Option<Value>,
+    /// Of the trigger's properties, a broadcast's `seed` and `phase`.
+    #[serde(default)]
+    pub properties: Option<TriggerProperties>,
+}
+
+/// A broadcast run's own trigger properties (read from an object only: an event's
+/// properties of another shape have neither).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TriggerProperties {
+    /// A seed-list test send.
+    pub seed: Option<Value>,
+    /// A tested broadcast's phase (`test`, `winner`).
+    pub phase: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for TriggerProperties {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = TriggerProperties;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TriggerProperties, A::Error> {
+                let mut out = TriggerProperties::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "seed" => {
+                            out.seed = Some(map.next_value::<Value>()?).filter(|v| !v.is_null())
+                        }
+                        "phase" => {
+                            out.phase = Some(map.next_value::<Value>()?).filter(|v| !v.is_null())
+                        }
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+impl RunSummary {
+    /// The summary of a run read whole.
+    pub fn of(run: &Run) -> RunSummary {
+        let t = &run.trigger;
+        let some = |v: &Value| (!v.is_null()).then(|| v.clone());
+        RunSummary {
+            id: run.id.clone(),
+            workflow: run.workflow.clone(),
+            script_hash: run.script_hash.clone(),
+            contact: run.contact.clone(),
+            ended: run.ended,
+            trigger: TriggerSummary {
+                kind: some(&t["type"]),
+                holdout: some(&t["holdout"]),
+                properties: t["properties"].is_object().then(|| TriggerProperties {
+                    seed: some(&t["properties"]["seed"]),
+                    phase: some(&t["properties"]["phase"]),
+                }),
+            },
+        }
+    }
+
+    /// A broadcast's run.
+    pub fn is_broadcast(&self) -> bool {
+        self.trigger.kind.as_ref().and_then(Value::as_str) == Some("broadcast")
+    }
+
+    /// A broadcast's seed-list test send.
+    pub fn is_seed(&self) -> bool {
+        self.trigger
+            .properties
+            .as_ref()
+            .and_then(|p| p.seed.as_ref())
+            == Some(&Value::Bool(true))
+    }
+
+    /// In its workflow's or broadcast's holdout group.
+    pub fn in_holdout(&self) -> bool {
+        self.trigger.holdout == Some(Value::Bool(true))
+    }
+
+    /// A tested broadcast's phase.
+    pub fn phase(&self) -> Option<String> {
+        self.trigger
+            .properties
+            .as_ref()
+            .and_then(|p| p.phase.as_ref())
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+}
+
+/// What the analytics fold reads of a journal step: its kind, name, label and state, its
+/// result, and of its input the channel, template and recipient (not the rendered message).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StepSummary {
+    /// Position in the journal.
+    pub seq: u32,
+    /// `send`, `wait`, `variant`, ...
+    pub kind: String,
+    /// The step's name.
+    pub name: String,
+    /// Channel, template and recipient of its input.
+    #[serde(default)]
+    pub input: InputSummary,
+    /// State.
+    pub status: StepStatus,
+    /// Result.
+    #[serde(default)]
+    pub result: Value,
+    /// The label the script gave it.
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// A step input's channel, template and recipient.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct InputSummary {
+    /// Channel.
+    #[serde(default)]
+    pub channel: Option<Value>,
+    /// Template.
+    #[serde(default)]
+    pub template: Option<Value>,
+    /// Recipient address.
+    #[serde(default)]
+    pub to: Option<Value>,
+}
+
+impl InputSummary {
+    /// The channel, when it is text.
+    pub fn channel(&self) -> Option<&str> {
+        self.channel.as_ref().and_then(Value::as_str)
+    }
+    /// The template, when it is text.
+    pub fn template(&self) -> Option<&str> {
+        self.template.as_ref().and_then(Value::as_str)
+    }
+    /// The recipient, when it is text.
+    pub fn to(&self) -> Option<&str> {
+        self.to.as_ref().and_then(Value::as_str)
+    }
+}
+
+impl StepSummary {
+    /// The summary of a step read whole.
+    pub fn of(step: &Step) -> StepSummary {
+        let some = |k: &str| step.input.get(k).filter(|v| !v.is_null()).cloned();
+        StepSummary {
+            seq: step.seq,
+            kind: step.kind.clone(),
+            name: step.name.clone(),
+            input: InputSummary {
+                channel: some("channel"),
+                template: some("template"),
+                to: some("to"),
+            },
+            status: step.status,
+            result: step.result.clone(),
+            label: step.label.clone(),
+        }
+    }
+}
+
 /// One run of one workflow for one contact.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Run {

@@ -45,7 +45,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::model::{Event, Run, RunStatus, SegmentChange, Step, StepStatus};
+use crate::model::{
+    Event, Run, RunStatus, RunSummary, SegmentChange, Step, StepStatus, StepSummary,
+};
 use crate::store::{Store, StoreError, Write, WriteBatch};
 use crate::sync::LockExt as _;
 
@@ -454,19 +456,31 @@ enum Enriched {
     NotYet,
 }
 
+/// What one page of the fold did.
+struct Folded {
+    /// Facts folded.
+    folded: usize,
+    /// More may be pending: the page was full, or it continued after a full one.
+    more: bool,
+}
+
 /// Runs and journals read while folding one page: a run's facts often come together.
 #[derive(Default)]
 struct RunCache {
-    runs: std::collections::HashMap<String, Option<std::rc::Rc<Run>>>,
-    journals: std::collections::HashMap<String, std::rc::Rc<Vec<Step>>>,
+    runs: std::collections::HashMap<String, Option<std::rc::Rc<RunSummary>>>,
+    journals: std::collections::HashMap<String, std::rc::Rc<Vec<StepSummary>>>,
 }
 
 impl RunCache {
-    fn run(&mut self, store: &dyn Store, id: &str) -> Result<Option<std::rc::Rc<Run>>, StoreError> {
+    fn run(
+        &mut self,
+        store: &dyn Store,
+        id: &str,
+    ) -> Result<Option<std::rc::Rc<RunSummary>>, StoreError> {
         if let Some(r) = self.runs.get(id) {
             return Ok(r.clone());
         }
-        let r = store.run(id)?.map(std::rc::Rc::new);
+        let r = store.run_summary(id)?.map(std::rc::Rc::new);
         // A missing run is not remembered: it may be written in a moment.
         if r.is_some() {
             self.runs.insert(id.to_string(), r.clone());
@@ -478,11 +492,11 @@ impl RunCache {
         &mut self,
         store: &dyn Store,
         id: &str,
-    ) -> Result<std::rc::Rc<Vec<Step>>, StoreError> {
+    ) -> Result<std::rc::Rc<Vec<StepSummary>>, StoreError> {
         if let Some(j) = self.journals.get(id) {
             return Ok(j.clone());
         }
-        let j = std::rc::Rc::new(store.journal(id)?);
+        let j = std::rc::Rc::new(store.journal_summary(id)?);
         self.journals.insert(id.to_string(), j.clone());
         Ok(j)
     }
@@ -495,8 +509,8 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
     let Some(run) = cache.run(store, &fact.run)? else {
         return Ok(Enriched::NotYet);
     };
-    let broadcast = (run.trigger["type"] == "broadcast").then(|| run.workflow.clone());
-    if broadcast.is_some() && run.trigger["properties"]["seed"] == true {
+    let broadcast = run.is_broadcast().then(|| run.workflow.clone());
+    if broadcast.is_some() && run.is_seed() {
         return Ok(Enriched::Nowhere);
     }
     // A run's start needs nothing of its journal.
@@ -538,22 +552,16 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
         .filter_map(|s| Some((s.name.clone(), s.result.as_str()?.to_string())))
         .collect();
     let step = fact.step.and_then(|s| journal.get(s as usize));
-    let channel_of = |s: &Step| {
-        s.input
-            .get("channel")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
+    let channel_of = |s: &StepSummary| s.input.channel().unwrap_or("").to_string();
     // Stable across script versions: kind, channel and template (or name), and which
     // occurrence of those in the run.
     // A label the script gave the step replaces the rest (labels have no `/`, keys do).
-    let base = |s: &Step| match (&s.label, s.input.get("template").and_then(Value::as_str)) {
+    let base = |s: &StepSummary| match (&s.label, s.input.template()) {
         (Some(label), _) => label.clone(),
         (None, Some(t)) => format!("{}/{}/{t}", s.kind, channel_of(s)),
         (None, None) => format!("{}/{}", s.kind, s.name),
     };
-    let key_of = |s: &Step| {
+    let key_of = |s: &StepSummary| {
         let key = base(s);
         let occurrence = journal
             .iter()
@@ -562,7 +570,7 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
             .count();
         format!("{key}#{occurrence}")
     };
-    let in_funnel = |s: &&Step| FUNNEL_KINDS.contains(&s.kind.as_str());
+    let in_funnel = |s: &&StepSummary| FUNNEL_KINDS.contains(&s.kind.as_str());
     // A run's end counts at the last step it reached.
     let step_key = match fact.kind.as_str() {
         "completed" | "exited" | "run_failed" | "goal_reached" => {
@@ -589,15 +597,12 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
         _ => None,
     };
     // A send step's input is the message as it was rendered.
-    let template = step.filter(|s| s.kind == "send").and_then(|s| {
-        s.input
-            .get("template")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    });
+    let template = step
+        .filter(|s| s.kind == "send")
+        .and_then(|s| s.input.template())
+        .map(str::to_string);
     let domain = step
-        .and_then(|s| s.input.get("to"))
-        .and_then(Value::as_str)
+        .and_then(|s| s.input.to())
         .and_then(|to| to.rsplit_once('@'))
         .map(|(_, d)| d.trim().trim_end_matches('>').to_ascii_lowercase())
         .filter(|d| !d.is_empty());
@@ -608,10 +613,8 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
         workflow: run.workflow.clone(),
         version: run.script_hash.clone(),
         broadcast,
-        phase: run.trigger["properties"]["phase"]
-            .as_str()
-            .map(str::to_string),
-        holdout: run.trigger["holdout"] == true,
+        phase: run.phase(),
+        holdout: run.in_holdout(),
         step_key,
         from_key,
         template,
@@ -988,8 +991,8 @@ impl Folder {
                     return;
                 }
                 let Some(store) = store.upgrade() else { return };
-                let more = match me.fold_page(store.as_ref()) {
-                    Ok(n) => n == PAGE,
+                let more = match me.fold_next(store.as_ref()) {
+                    Ok(page) => page.more,
                     Err(e) => {
                         tracing::error!(error = %e, "folding analytics facts failed; tried again");
                         false
@@ -1013,8 +1016,24 @@ impl Folder {
     /// Fold one page of pending facts; returns how many were taken (a fact whose run is not
     /// written yet stays pending).
     pub fn fold_page(&self, store: &dyn Store) -> Result<usize, StoreError> {
+        Ok(self.fold_next(store)?.folded)
+    }
+
+    /// Fold the next page of pending facts: how many it folded, and whether more may be
+    /// waiting (the page was full, or it started after an earlier full page, so the pending
+    /// facts before it are still to be looked at).
+    fn fold_next(&self, store: &dyn Store) -> Result<Folded, StoreError> {
         let _g = self.lock.locked();
         let from = self.after.locked().take();
+        let continued = from.is_some();
+        let folded = self.fold_from(store, from)?;
+        Ok(Folded {
+            more: continued || self.after.locked().is_some(),
+            folded,
+        })
+    }
+
+    fn fold_from(&self, store: &dyn Store, from: Option<Vec<u8>>) -> Result<usize, StoreError> {
         let pending = store.analytics_scan(PENDING, from.as_deref(), PAGE)?;
         if pending.is_empty() {
             return Ok(0);
@@ -1225,7 +1244,7 @@ impl Folder {
     /// [`FOLD_ALL_PAGES`] pages, so a reader under a steady stream of facts is not held.
     pub fn fold_all(&self, store: &dyn Store) -> Result<(), StoreError> {
         for _ in 0..FOLD_ALL_PAGES {
-            if self.fold_page(store)? < PAGE {
+            if !self.fold_next(store)?.more {
                 break;
             }
         }
@@ -1889,6 +1908,44 @@ mod tests {
         assert_eq!(numbers(&looks).last(), Some(&vec![(3, 1), (3, 2)]));
         assert!(looks.len() <= 3, "{:?}", numbers(&looks));
         assert_eq!(numbers(&looks)[looks.len() - 2], vec![(3, 1), (3, 2)]);
+    }
+
+    #[test]
+    fn fold_all_folds_the_facts_before_a_page_it_continues_from_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let write = |prefix: &str, n: usize| {
+            let mut batch = WriteBatch::new();
+            for i in 0..n {
+                let fact = Fact {
+                    id: format!("{prefix}{i:05}"),
+                    kind: "segment".into(),
+                    at: HOUR_MS,
+                    segment: Some("vip".into()),
+                    entered: 1,
+                    ..Default::default()
+                };
+                batch.push(fact.pending_write());
+            }
+            store.apply(&batch).unwrap();
+        };
+        let entered = || {
+            numbers(&store, "segment:vip", Period::default())
+                .unwrap()
+                .counts
+                .get("entered")
+                .copied()
+                .unwrap_or(0)
+        };
+        write("m", PAGE + PAGE / 2);
+        let folder = Folder::default();
+        // A full page: the next one continues after it.
+        assert_eq!(folder.fold_page(&store).unwrap(), PAGE);
+        // Meanwhile facts arrive that sort before where it continues.
+        write("a", 300);
+        folder.fold_all(&store).unwrap();
+        assert_eq!(entered(), (PAGE + PAGE / 2 + 300) as u64);
+        assert!(store.analytics_scan(PENDING, None, 1).unwrap().is_empty());
     }
 
     #[test]

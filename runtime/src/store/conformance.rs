@@ -20,6 +20,7 @@ pub fn check_all(open: &mut dyn FnMut() -> Box<dyn Store>) {
     events_stay_in_order_per_contact(open().as_ref());
     inbox_records_come_back_oldest_first_until_done(open().as_ref());
     runs_journals_and_entries(open().as_ref());
+    summaries_read_what_the_whole_records_say(open().as_ref());
     timers_come_back_due_first_and_are_counted(open().as_ref());
     a_batch_is_visible_whole_once_applied(open().as_ref());
     a_batch_moves_a_merged_contacts_timeline_and_waits(open().as_ref());
@@ -268,6 +269,70 @@ pub fn runs_journals_and_entries(s: &dyn Store) {
     s.put_step("r1", &step(0, 100)).unwrap();
     let seqs: Vec<u32> = s.journal("r1").unwrap().iter().map(|st| st.seq).collect();
     assert_eq!(seqs, [0, 1]);
+}
+
+/// A run's and a journal's summaries (what the analytics fold reads) say what the whole
+/// records say, whatever shape a trigger's properties have.
+pub fn summaries_read_what_the_whole_records_say(s: &dyn Store) {
+    let triggers = [
+        json!({"type": "broadcast", "holdout": true,
+               "properties": {"broadcast": "b", "seed": true, "phase": "test", "arms": {"a": 1}}}),
+        json!({"type": "event", "event": "go",
+               "properties": {"seed": "yes", "phase": 3, "nested": {"phase": "x"}}}),
+        json!({"type": "event", "event": "go", "properties": [true, "winner"]}),
+        json!({"type": "manual", "properties": null}),
+        json!({"type": 7}),
+    ];
+    for (i, trigger) in triggers.into_iter().enumerate() {
+        let id = format!("sum{i}");
+        let mut r = run(&id, "c1", 100);
+        r.trigger = trigger;
+        r.start_contact = json!({"traits": {"first_name": "Ada"}});
+        if i == 0 {
+            r.ended = Some((RunStatus::Converted, 150));
+        }
+        s.create_run(&r).unwrap();
+        assert_eq!(
+            s.run_summary(&id).unwrap(),
+            Some(RunSummary::of(&r)),
+            "trigger {}",
+            r.trigger
+        );
+    }
+    assert_eq!(s.run_summary("no-such-run").unwrap(), None);
+    let summary = s.run_summary("sum0").unwrap().unwrap();
+    assert!(summary.is_broadcast() && summary.is_seed() && summary.in_holdout());
+    assert_eq!(summary.phase().as_deref(), Some("test"));
+    let other = s.run_summary("sum2").unwrap().unwrap();
+    assert!(!other.is_seed() && other.phase().is_none());
+
+    let mut send = step(0, 100);
+    send.kind = "send".into();
+    send.name = "email:news".into();
+    send.input = json!({"channel": "email", "template": "news", "to": "Ada <ada@example.com>",
+                        "html": "<p>A long rendered message</p>", "body": "text"});
+    send.status = StepStatus::Done;
+    send.result = json!({"status": "sent"});
+    send.label = Some("news".into());
+    let mut variant = step(1, 100);
+    variant.kind = "variant".into();
+    variant.name = "subject".into();
+    variant.status = StepStatus::Done;
+    variant.result = json!("b");
+    let mut odd = step(2, 100);
+    odd.input = Value::Null;
+    for st in [&send, &variant, &odd] {
+        s.put_step("sum0", st).unwrap();
+    }
+    let whole: Vec<StepSummary> = s
+        .journal("sum0")
+        .unwrap()
+        .iter()
+        .map(StepSummary::of)
+        .collect();
+    assert_eq!(s.journal_summary("sum0").unwrap(), whole);
+    assert_eq!(whole[0].input.to(), Some("Ada <ada@example.com>"));
+    assert_eq!(whole[0].input.template(), Some("news"));
 }
 
 /// Timers come back earliest first, only once due, and are counted exactly.

@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use crate::model::{
     AudienceState, ConsentRecord, Contact, Entry, Event, EventFact, InboxItem, Intent,
-    ProviderMessage, Run, ScriptVersion, SegmentChange, Step, Suppression, WaitReg,
+    ProviderMessage, Run, RunSummary, ScriptVersion, SegmentChange, Step, StepSummary, Suppression,
+    WaitReg,
 };
 
 mod batch;
@@ -234,6 +235,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// A run's journal, in step order.
     fn journal(&self, run: &str) -> StoreResult<Vec<Step>>;
+    /// What the analytics fold reads of a run (a backend may decode only that).
+    fn run_summary(&self, id: &str) -> StoreResult<Option<RunSummary>> {
+        Ok(self.run(id)?.map(|r| RunSummary::of(&r)))
+    }
+    /// What the analytics fold reads of a run's journal, in step order (a backend may
+    /// decode only that, not the rendered messages).
+    fn journal_summary(&self, run: &str) -> StoreResult<Vec<StepSummary>> {
+        Ok(self.journal(run)?.iter().map(StepSummary::of).collect())
+    }
     /// Write one journal step.
     fn put_step(&self, run: &str, step: &Step) -> StoreResult<()>;
 

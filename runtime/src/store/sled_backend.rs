@@ -899,6 +899,31 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn run_summary(&self, id: &str) -> StoreResult<Option<RunSummary>> {
+        let Some(b) = self.runs.get(id)? else {
+            return Ok(None);
+        };
+        // Decoded in part; a record the summary cannot read (a trigger of another shape)
+        // whole.
+        match serde_json::from_slice::<RunSummary>(&b) {
+            Ok(s) => Ok(Some(s)),
+            Err(_) => Ok(Some(RunSummary::of(&dec::<Run>(&b)?))),
+        }
+    }
+
+    fn journal_summary(&self, run: &str) -> StoreResult<Vec<StepSummary>> {
+        self.journal
+            .scan_prefix(prefix(run))
+            .map(|r| {
+                let b = r?.1;
+                match serde_json::from_slice::<StepSummary>(&b) {
+                    Ok(s) => Ok(s),
+                    Err(_) => Ok(StepSummary::of(&dec::<Step>(&b)?)),
+                }
+            })
+            .collect()
+    }
+
     fn put_step(&self, run: &str, step: &Step) -> StoreResult<()> {
         let fact = self.fact_ops(|| crate::analytics::facts_of_step(run, step));
         self.write_ops(&[fact, vec![step_op(run, step)?]].concat(), false)
