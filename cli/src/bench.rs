@@ -1000,11 +1000,15 @@ fn send_rate(table: &str, n: usize, batch: usize, clients: usize, label: &str) -
     Ok(rate)
 }
 
-/// Events per second through ingest, a run with one send per contact and its goal, with
-/// analytics on and off: best of interleaved rounds each.
+/// Events per second with analytics on and off (best of interleaved rounds each), in a stated
+/// mix: per contact an `identify` and a `go` that starts a run sending one tracked HTML email;
+/// then, a minute later on the test clock, half of the messages opened (their pixel fetched),
+/// a fifth clicked (their link followed, one request each, as mail clients make them) and a
+/// tenth of the contacts sending the goal `bought`.
 fn analytics_overhead(n: usize, batch: usize, clients: usize) -> Result<()> {
     let workflow = "workflow(\"bench\").on_event(\"go\").goal(\"bought\", days(1));\nfn run(contact, trigger) {\n    send(\"email\", \"hello\");\n}\n";
     let (mut on, mut off) = (0f64, 0f64);
+    let mut mix = (0, 0, 0, 0);
     for _ in 0..ROUNDS {
         for enabled in [true, false] {
             let dir = tempfile::tempdir()?;
@@ -1012,52 +1016,124 @@ fn analytics_overhead(n: usize, batch: usize, clients: usize) -> Result<()> {
             let toml = std::fs::read_to_string(dir.path().join("herald.toml"))?;
             std::fs::write(
                 dir.path().join("herald.toml"),
-                format!("{toml}\n[analytics]\nenabled = {enabled}\n"),
+                format!("{toml}\n[server]\npublic_url = \"{TRACKED}\"\n\n[analytics]\nenabled = {enabled}\n"),
             )?;
-            let d = start_daemon(dir.path(), false)?;
-            let url = format!("{}/v1/batch", d.url());
-            let start = Instant::now();
+            std::fs::write(
+                dir.path().join("templates/hello.html"),
+                "<p>Hello {{ contact.first_name }}!</p>\n<p><a href=\"https://shop.example/spring\">See what is new</a></p>\n",
+            )?;
+            let d = RunningDaemon::start(Options {
+                project: dir.path().into(),
+                listen: Some("127.0.0.1:0".into()),
+                data: None,
+                test_clock: true,
+                watch: false,
+            })?;
+            let base = d.url();
             let per_client = n.div_ceil(clients);
-            let handles: Vec<_> = (0..clients)
-                .map(|c| {
-                    let url = url.clone();
-                    std::thread::spawn(move || -> Result<()> {
-                        let agent = ureq::AgentBuilder::new()
-                            .timeout(Duration::from_secs(60))
-                            .build();
-                        let users: Vec<usize> = (0..per_client).collect();
-                        for chunk in users.chunks((batch / 2).max(1)) {
-                            let msgs: Vec<_> = chunk
-                                .iter()
-                                .flat_map(|u| {
-                                    let user = format!("a{c}-{u}");
-                                    [
-                                        json!({"type": "identify", "userId": user, "traits": {"email": format!("{user}@example.com")}}),
-                                        json!({"type": "track", "userId": user, "event": "go"}),
-                                        json!({"type": "track", "userId": user, "event": "bought", "properties": {"revenue": 9}}),
-                                    ]
-                                })
-                                .collect();
-                            post(&agent, &url, &json!({ "batch": msgs }).to_string())?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
-            }
             let runs = per_client * clients;
-            wait_for_runs(&d, "bench", runs, "converted")?;
+            // Each client posts its contacts' `identify` and `go`, then the sends go out.
+            let started = Instant::now();
+            let posted = per_client_threads(clients, |c, agent| {
+                let users: Vec<usize> = (0..per_client).collect();
+                for chunk in users.chunks((batch / 2).max(1)) {
+                    let msgs: Vec<_> = chunk
+                        .iter()
+                        .flat_map(|u| {
+                            let user = format!("a{c}-{u}");
+                            [
+                                json!({"type": "identify", "userId": user, "traits": {"email": format!("{user}@example.com"), "first_name": "Ada"}}),
+                                json!({"type": "track", "userId": user, "event": "go"}),
+                            ]
+                        })
+                        .collect();
+                    post(
+                        agent,
+                        &format!("{base}/v1/batch"),
+                        &json!({ "batch": msgs }).to_string(),
+                    )?;
+                }
+                Ok(())
+            });
+            posted?;
+            wait_for_runs(&d, "bench", runs, "completed")?;
+            let sending = started.elapsed();
+            // Untimed: a minute passes (engagement sooner than ten seconds after a send is a
+            // machine's), and the mailboxes read their messages.
+            ureq::post(&format!("{base}/v1/test/clock"))
+                .set("authorization", &format!("Bearer {TOKEN}"))
+                .send_json(json!({"advance_ms": 60_000}))
+                .map_err(|e| anyhow::anyhow!("advancing the test clock: {e}"))?;
+            let links = tracked_links(&dir.path().join("outbox.jsonl"))?;
+            if links.len() != runs {
+                anyhow::bail!(
+                    "{} tracked messages in the outbox, {runs} expected",
+                    links.len()
+                );
+            }
+            let opens: Vec<String> = links.iter().step_by(2).map(|(o, _)| o.clone()).collect();
+            let clicks: Vec<String> = links.iter().step_by(5).map(|(_, c)| c.clone()).collect();
+            let buyers = (0..per_client).step_by(10).count() * clients;
+            let started = Instant::now();
+            let engaged = per_client_threads(clients, |c, agent| {
+                let quiet = ureq::AgentBuilder::new()
+                    .redirects(0)
+                    .timeout(Duration::from_secs(60))
+                    .build();
+                for url in opens.iter().chain(&clicks).skip(c).step_by(clients) {
+                    let path = url.strip_prefix(TRACKED).unwrap_or(url);
+                    match quiet
+                        .get(&format!("{base}{path}"))
+                        .set("user-agent", MAIL_CLIENT)
+                        .call()
+                    {
+                        Ok(r) if r.status() == 200 => {}
+                        Err(ureq::Error::Status(302, _)) => {}
+                        Ok(r) if r.status() == 302 => {}
+                        other => anyhow::bail!("GET {path}: {:?}", other.map(|r| r.status())),
+                    }
+                }
+                let users: Vec<usize> = (0..per_client).step_by(10).collect();
+                for chunk in users.chunks(batch.max(1)) {
+                    let msgs: Vec<_> = chunk
+                        .iter()
+                        .map(|u| json!({"type": "track", "userId": format!("a{c}-{u}"), "event": "bought", "properties": {"revenue": 9}}))
+                        .collect();
+                    post(
+                        agent,
+                        &format!("{base}/v1/batch"),
+                        &json!({ "batch": msgs }).to_string(),
+                    )?;
+                }
+                Ok(())
+            });
+            engaged?;
+            wait_for_runs(&d, "bench", buyers, "converted")?;
             if enabled {
-                // Counted too: every send and conversion folded.
+                // Counted too: every send, open, click and conversion folded.
                 d.shared
                     .engine
                     .analytics
                     .fold_all(d.shared.engine.store.as_ref())?;
+                let totals = herald_runtime::analytics::numbers(
+                    d.shared.engine.store.as_ref(),
+                    "workflow:bench",
+                    herald_runtime::analytics::Period::default(),
+                )?;
+                let count = |m: &str| totals.counts.get(m).copied().unwrap_or(0) as usize;
+                if (
+                    count("sent"),
+                    count("opened"),
+                    count("clicked"),
+                    count("converted"),
+                ) != (runs, opens.len(), clicks.len(), buyers)
+                {
+                    anyhow::bail!("analytics counted {:?}", totals.counts);
+                }
             }
-            let rate = (3 * runs) as f64 / start.elapsed().as_secs_f64();
+            let events = 2 * runs + opens.len() + clicks.len() + buyers;
+            mix = (runs, opens.len(), clicks.len(), buyers);
+            let rate = events as f64 / (sending + started.elapsed()).as_secs_f64();
             if enabled {
                 on = on.max(rate);
             } else {
@@ -1066,12 +1142,72 @@ fn analytics_overhead(n: usize, batch: usize, clients: usize) -> Result<()> {
             d.shutdown();
         }
     }
-    println!("events with analytics on     {on:>12.0} events/s    (identify, `go` starting a run that sends one email, its goal `bought`; counted and folded; best of {ROUNDS} rounds)");
+    let (runs, opens, clicks, buyers) = mix;
+    println!("events with analytics on     {on:>12.0} events/s    (per round: {runs} identify and {runs} `go`, each run sending a tracked HTML email; {opens} opens and {clicks} clicks by their links; {buyers} goal events; counted and folded; best of {ROUNDS} rounds)");
     println!(
         "events with analytics off    {off:>12.0} events/s    ratio on/off: {:.2} (target >= 0.80)",
         on / off
     );
     Ok(())
+}
+
+/// The base of the tracked links in the analytics benchmark's messages (the daemon's public
+/// URL; requests go to its listening address with the same path).
+const TRACKED: &str = "http://herald.bench";
+
+/// A mail client's user agent (not a proxy's or a scanner's).
+const MAIL_CLIENT: &str =
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120 Safari/537.36";
+
+/// Run `f(client index, agent)` on `clients` threads at once; the first error, if any.
+fn per_client_threads(
+    clients: usize,
+    f: impl Fn(usize, &ureq::Agent) -> Result<()> + Sync,
+) -> Result<()> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let f = &f;
+                s.spawn(move || {
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout(Duration::from_secs(60))
+                        .build();
+                    f(c, &agent)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+            })
+            .collect::<Result<Vec<()>>>()
+            .map(|_| ())
+    })
+}
+
+/// Each message's open pixel and click link, in the outbox's order.
+fn tracked_links(outbox: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(outbox)?;
+    let find = |html: &str, prefix: &str| -> Option<String> {
+        let i = html.find(prefix)?;
+        let rest = &html[i..];
+        Some(rest[..rest.find('"')?].to_string())
+    };
+    text.lines()
+        .map(|line| {
+            let m: serde_json::Value = serde_json::from_str(line)?;
+            let html = m["html"].as_str().unwrap_or_default();
+            match (
+                find(html, &format!("{TRACKED}/o/")),
+                find(html, &format!("{TRACKED}/c/")),
+            ) {
+                (Some(o), Some(c)) => Ok((o, c)),
+                _ => anyhow::bail!("a message without its pixel and tracked link: {html}"),
+            }
+        })
+        .collect()
 }
 
 /// Fold `n` facts of one workflow (5 versions × 20 steps × 4 variants, spread over 90 days)
