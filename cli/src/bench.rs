@@ -1110,25 +1110,35 @@ fn analytics_overhead(n: usize, batch: usize, clients: usize) -> Result<()> {
             engaged?;
             wait_for_runs(&d, "bench", buyers, "converted")?;
             if enabled {
-                // Counted too: every send, open, click and conversion folded.
-                d.shared
-                    .engine
-                    .analytics
-                    .fold_all(d.shared.engine.store.as_ref())?;
-                let totals = herald_runtime::analytics::numbers(
-                    d.shared.engine.store.as_ref(),
-                    "workflow:bench",
-                    herald_runtime::analytics::Period::default(),
-                )?;
-                let count = |m: &str| totals.counts.get(m).copied().unwrap_or(0) as usize;
-                if (
-                    count("sent"),
-                    count("opened"),
-                    count("clicked"),
-                    count("converted"),
-                ) != (runs, opens.len(), clicks.len(), buyers)
-                {
-                    anyhow::bail!("analytics counted {:?}", totals.counts);
+                // Counted too: every send, open, click and conversion folded (`fold_all`
+                // takes at most 50 pages at a time; a large backlog takes more calls).
+                let store = d.shared.engine.store.as_ref();
+                let want = (runs, opens.len(), clicks.len(), buyers);
+                let mut counted = None;
+                for _ in 0..1000 {
+                    d.shared.engine.analytics.fold_all(store)?;
+                    let totals = herald_runtime::analytics::numbers(
+                        store,
+                        "workflow:bench",
+                        herald_runtime::analytics::Period::default(),
+                    )?;
+                    let count = |m: &str| totals.counts.get(m).copied().unwrap_or(0) as usize;
+                    let now = (
+                        count("sent"),
+                        count("opened"),
+                        count("clicked"),
+                        count("converted"),
+                    );
+                    if now == want || counted == Some(now) {
+                        counted = Some(now);
+                        break;
+                    }
+                    counted = Some(now);
+                }
+                if counted != Some(want) {
+                    anyhow::bail!(
+                        "analytics counted (sent, opened, clicked, converted) {counted:?}, {want:?} happened"
+                    );
                 }
             }
             let events = 2 * runs + opens.len() + clicks.len() + buyers;

@@ -244,7 +244,7 @@ pub struct RunSummary {
     #[serde(default)]
     pub ended: Option<(RunStatus, i64)>,
     /// What started it, in part.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "map_only")]
     pub trigger: TriggerSummary,
 }
 
@@ -260,6 +260,23 @@ pub struct TriggerSummary {
     /// Of the trigger's properties, a broadcast's `seed` and `phase`.
     #[serde(default)]
     pub properties: Option<TriggerProperties>,
+}
+
+/// Deserialize `T` from an object only: a derived `Deserialize` also reads an array by
+/// position, which a summary must never mistake for the fields it names (the whole record
+/// is read instead).
+fn map_only<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    struct Fields<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_map(Fields(std::marker::PhantomData))
 }
 
 /// A broadcast run's own trigger properties (read from an object only: an event's
@@ -368,7 +385,7 @@ pub struct StepSummary {
     /// The step's name.
     pub name: String,
     /// Channel, template and recipient of its input.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "map_only")]
     pub input: InputSummary,
     /// State.
     pub status: StepStatus,

@@ -180,17 +180,19 @@ pub fn analyse_looks(looks: &[Vec<ArmData>], control: &str, alpha: f64) -> Analy
     }
 }
 
-/// The least always-valid p-value of `arm` against `control` over the looks (1 where
-/// neither was counted).
+/// The least always-valid p-value of `arm` against `control` over the looks where both had
+/// at least [`MIN_SENT`] messages (the test's normal approximation needs them, as its
+/// decisions do), and the current one (the last look) whatever its size.
 fn least_p_value(looks: &[Vec<ArmData>], control: &str, arm: &str) -> f64 {
+    let last = looks.len().saturating_sub(1);
     looks
         .iter()
-        .filter_map(|look| {
+        .enumerate()
+        .filter_map(|(i, look)| {
             let c = look.iter().find(|a| a.arm == control)?;
             let a = look.iter().find(|x| x.arm == arm)?;
-            Some(sequential_p_value(
-                c.reached, c.sent, a.reached, a.sent, TAU,
-            ))
+            (i == last || (c.sent >= MIN_SENT && a.sent >= MIN_SENT))
+                .then(|| sequential_p_value(c.reached, c.sent, a.reached, a.sent, TAU))
         })
         .fold(1.0, f64::min)
 }
@@ -353,8 +355,12 @@ mod tests {
         let once = analyse(&now, "a", ALPHA);
         assert_eq!(once.winner, None);
         assert_eq!(once.arms[1].p_value, Some(at_now));
-        // Looked at along the way, the test stopped early and its p-value does not rise.
-        let looks = [look(50, 5, 50, 9), early, now];
+        // Looked at along the way, the test stopped early and its p-value does not rise; a
+        // look too small for the test (nineteen of b's first twenty messages reached it, one of a's)
+        // does not count.
+        let tiny = look(20, 1, 20, 19);
+        assert!(sequential_p_value(1, 20, 19, 20, TAU) < at_early);
+        let looks = [tiny, look(50, 5, 50, 9), early, now];
         let seq = analyse_looks(&looks, "a", ALPHA);
         assert_eq!(seq.winner.as_deref(), Some("b"));
         assert_eq!(seq.arms[1].p_value, Some(at_early));

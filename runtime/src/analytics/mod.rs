@@ -460,7 +460,7 @@ enum Enriched {
 struct Folded {
     /// Facts folded.
     folded: usize,
-    /// More may be pending: the page was full, or it continued after a full one.
+    /// More may be pending (see [`Folder::fold_next`]).
     more: bool,
 }
 
@@ -1020,15 +1020,18 @@ impl Folder {
     }
 
     /// Fold the next page of pending facts: how many it folded, and whether more may be
-    /// waiting (the page was full, or it started after an earlier full page, so the pending
-    /// facts before it are still to be looked at).
+    /// waiting. A page that started after an earlier full page always says more (the facts
+    /// before it are still to be looked at: the next page starts from the front); a page
+    /// from the front says more when it was full and folded something (a full page of facts
+    /// still waiting for their records is no reason to go on without a rest).
     fn fold_next(&self, store: &dyn Store) -> Result<Folded, StoreError> {
         let _g = self.lock.locked();
         let from = self.after.locked().take();
         let continued = from.is_some();
         let folded = self.fold_from(store, from)?;
+        let full = self.after.locked().is_some();
         Ok(Folded {
-            more: continued || self.after.locked().is_some(),
+            more: continued || (full && folded > 0),
             folded,
         })
     }
@@ -1691,20 +1694,24 @@ pub fn arm_trials(
     for (arm, scope) in arms {
         let n = numbers(store, scope, Period::default())?;
         let count = |m: &str| n.counts.get(m).copied().unwrap_or(0);
-        let trials = match count("assigned") {
-            runs if metric == "converted" && runs > 0 => {
-                per_run = true;
-                runs
-            }
-            _ => count("sent"),
-        };
+        let trials = per_arm_trials(&n, metric);
+        per_run |= trials == "assigned";
         out.push(experiments::ArmData {
             arm: arm.clone(),
-            sent: trials,
+            sent: count(trials),
             reached: count(metric),
         });
     }
     Ok((out, per_run))
+}
+
+/// The metric an arm's trials are: for `converted`, the runs assigned to it where a
+/// workflow's variant counts them; else the messages sent.
+fn per_arm_trials(n: &Numbers, metric: &str) -> &'static str {
+    match n.counts.get("assigned").copied().unwrap_or(0) {
+        runs if metric == "converted" && runs > 0 => "assigned",
+        _ => "sent",
+    }
 }
 
 /// The looks at an experiment its counters allow: the arms' cumulative data (as
@@ -1718,10 +1725,11 @@ pub fn arm_looks(
     metric: &str,
 ) -> Result<(Vec<Vec<experiments::ArmData>>, bool), StoreError> {
     let (totals, per_run) = arm_trials(store, arms, metric)?;
-    let trials = if per_run { "assigned" } else { "sent" };
     // Per arm, per bucket start: (trials, reached) counted in it.
     let mut buckets: BTreeMap<i64, Vec<(u64, u64)>> = BTreeMap::new();
     for (i, (_, scope)) in arms.iter().enumerate() {
+        // The arm's trials as `arm_trials` chose them.
+        let trials = per_arm_trials(&numbers(store, scope, Period::default())?, metric);
         for (which, m) in [(0, trials), (1, metric)] {
             let prefix = [scope.as_bytes(), b"\0", m.as_bytes(), b"\0"].concat();
             let days = rollup::days_in(store, &prefix, Period::default())?
@@ -1908,6 +1916,35 @@ mod tests {
         assert_eq!(numbers(&looks).last(), Some(&vec![(3, 1), (3, 2)]));
         assert!(looks.len() <= 3, "{:?}", numbers(&looks));
         assert_eq!(numbers(&looks)[looks.len() - 2], vec![(3, 1), (3, 2)]);
+    }
+
+    #[test]
+    fn a_full_page_of_facts_waiting_for_their_runs_lets_the_fold_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let mut batch = WriteBatch::new();
+        for i in 0..PAGE {
+            let orphan = Fact {
+                id: format!("started:gone-{i:05}"),
+                kind: "started".into(),
+                at: 1,
+                run: format!("gone-{i:05}"),
+                ..Default::default()
+            };
+            batch.push(orphan.pending_write());
+        }
+        store.apply(&batch).unwrap();
+        let folder = Folder::default();
+        let page = folder.fold_next(&store).unwrap();
+        assert_eq!((page.folded, page.more), (0, false));
+        // The page after it (past those facts) goes on to the front again once.
+        assert!(folder.fold_next(&store).unwrap().more);
+        assert!(!folder.fold_next(&store).unwrap().more);
+        folder.fold_all(&store).unwrap();
+        assert_eq!(
+            store.analytics_scan(PENDING, None, PAGE + 1).unwrap().len(),
+            PAGE
+        );
     }
 
     #[test]

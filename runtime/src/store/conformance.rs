@@ -282,6 +282,7 @@ pub fn summaries_read_what_the_whole_records_say(s: &dyn Store) {
         json!({"type": "event", "event": "go", "properties": [true, "winner"]}),
         json!({"type": "manual", "properties": null}),
         json!({"type": 7}),
+        json!(["broadcast", true, {"seed": true}]),
     ];
     for (i, trigger) in triggers.into_iter().enumerate() {
         let id = format!("sum{i}");
@@ -321,7 +322,9 @@ pub fn summaries_read_what_the_whole_records_say(s: &dyn Store) {
     variant.result = json!("b");
     let mut odd = step(2, 100);
     odd.input = Value::Null;
-    for st in [&send, &variant, &odd] {
+    let mut listed = step(3, 100);
+    listed.input = json!(["email", "news", "ada@example.com"]);
+    for st in [&send, &variant, &odd, &listed] {
         s.put_step("sum0", st).unwrap();
     }
     let whole: Vec<StepSummary> = s
