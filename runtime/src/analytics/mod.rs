@@ -1689,29 +1689,34 @@ pub fn arm_trials(
     arms: &[(String, String)],
     metric: &str,
 ) -> Result<(Vec<experiments::ArmData>, bool), StoreError> {
-    let mut out = Vec::new();
-    let mut per_run = false;
-    for (arm, scope) in arms {
-        let n = numbers(store, scope, Period::default())?;
-        let count = |m: &str| n.counts.get(m).copied().unwrap_or(0);
-        let trials = per_arm_trials(&n, metric);
-        per_run |= trials == "assigned";
-        out.push(experiments::ArmData {
-            arm: arm.clone(),
-            sent: count(trials),
-            reached: count(metric),
-        });
-    }
-    Ok((out, per_run))
+    let totals = arm_totals(store, arms, metric)?;
+    let per_run = totals.iter().any(|(_, trials)| *trials == "assigned");
+    Ok((totals.into_iter().map(|(a, _)| a).collect(), per_run))
 }
 
-/// The metric an arm's trials are: for `converted`, the runs assigned to it where a
-/// workflow's variant counts them; else the messages sent.
-fn per_arm_trials(n: &Numbers, metric: &str) -> &'static str {
-    match n.counts.get("assigned").copied().unwrap_or(0) {
-        runs if metric == "converted" && runs > 0 => "assigned",
-        _ => "sent",
-    }
+/// Each arm's totals, with the metric its trials are: for `converted`, the runs assigned to
+/// it where a workflow's variant counts them; else the messages sent.
+fn arm_totals(
+    store: &dyn Store,
+    arms: &[(String, String)],
+    metric: &str,
+) -> Result<Vec<(experiments::ArmData, &'static str)>, StoreError> {
+    arms.iter()
+        .map(|(arm, scope)| {
+            let n = numbers(store, scope, Period::default())?;
+            let count = |m: &str| n.counts.get(m).copied().unwrap_or(0);
+            let trials = match count("assigned") {
+                runs if metric == "converted" && runs > 0 => "assigned",
+                _ => "sent",
+            };
+            let data = experiments::ArmData {
+                arm: arm.clone(),
+                sent: count(trials),
+                reached: count(metric),
+            };
+            Ok((data, trials))
+        })
+        .collect()
 }
 
 /// The looks at an experiment its counters allow: the arms' cumulative data (as
@@ -1724,45 +1729,38 @@ pub fn arm_looks(
     arms: &[(String, String)],
     metric: &str,
 ) -> Result<(Vec<Vec<experiments::ArmData>>, bool), StoreError> {
-    let (totals, per_run) = arm_trials(store, arms, metric)?;
-    // Per arm, per bucket start: (trials, reached) counted in it.
-    let mut buckets: BTreeMap<i64, Vec<(u64, u64)>> = BTreeMap::new();
-    for (i, (_, scope)) in arms.iter().enumerate() {
-        // The arm's trials as `arm_trials` chose them.
-        let trials = per_arm_trials(&numbers(store, scope, Period::default())?, metric);
-        for (which, m) in [(0, trials), (1, metric)] {
+    let totals = arm_totals(store, arms, metric)?;
+    let per_run = totals.iter().any(|(_, trials)| *trials == "assigned");
+    // Per bucket start, per arm: [trials, reached] counted in it.
+    let mut buckets: BTreeMap<i64, Vec<[u64; 2]>> = BTreeMap::new();
+    for (i, ((_, scope), (_, trials))) in arms.iter().zip(&totals).enumerate() {
+        for (which, m) in [*trials, metric].into_iter().enumerate() {
             let prefix = [scope.as_bytes(), b"\0", m.as_bytes(), b"\0"].concat();
             let days = rollup::days_in(store, &prefix, Period::default())?
                 .into_iter()
-                .filter(|(s, mm, _, _)| s == scope && mm == m)
                 .map(|(_, _, at, n)| (at, n));
             for (at, n) in series(store, scope, m, Period::default())?
                 .into_iter()
                 .chain(days)
             {
-                let b = buckets
+                buckets
                     .entry(at)
-                    .or_insert_with(|| vec![(0, 0); arms.len()]);
-                if which == 0 {
-                    b[i].0 += n;
-                } else {
-                    b[i].1 += n;
-                }
+                    .or_insert_with(|| vec![[0, 0]; arms.len()])[i][which] += n;
             }
         }
     }
     let mut looks = Vec::with_capacity(buckets.len() + 1);
-    let mut sums = vec![(0u64, 0u64); arms.len()];
+    let mut sums = vec![[0u64, 0u64]; arms.len()];
     for counted in buckets.values() {
-        for (sum, (t, r)) in sums.iter_mut().zip(counted) {
-            sum.0 += t;
-            sum.1 += r;
+        for (sum, [t, r]) in sums.iter_mut().zip(counted) {
+            sum[0] += t;
+            sum[1] += r;
         }
         looks.push(
             totals
                 .iter()
                 .zip(&sums)
-                .map(|(a, (t, r))| experiments::ArmData {
+                .map(|((a, _), [t, r])| experiments::ArmData {
                     arm: a.arm.clone(),
                     sent: *t,
                     reached: *r,
@@ -1770,7 +1768,7 @@ pub fn arm_looks(
                 .collect(),
         );
     }
-    looks.push(totals);
+    looks.push(totals.into_iter().map(|(a, _)| a).collect());
     Ok((looks, per_run))
 }
 
