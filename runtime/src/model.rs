@@ -258,7 +258,7 @@ pub struct TriggerSummary {
     #[serde(default)]
     pub holdout: Option<Value>,
     /// Of the trigger's properties, a broadcast's `seed` and `phase`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "map_only_or_null")]
     pub properties: Option<TriggerProperties>,
 }
 
@@ -279,47 +279,29 @@ fn map_only<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Resu
     d.deserialize_map(Fields(std::marker::PhantomData))
 }
 
-/// A broadcast run's own trigger properties (read from an object only: an event's
-/// properties of another shape have neither).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TriggerProperties {
-    /// A seed-list test send.
-    pub seed: Option<Value>,
-    /// A tested broadcast's phase (`test`, `winner`).
-    pub phase: Option<Value>,
+/// [`map_only`], or `None` for null.
+fn map_only_or_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    struct Object<T>(T);
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            map_only(d).map(Object)
+        }
+    }
+    Ok(Option::<Object<T>>::deserialize(d)?.map(|o| o.0))
 }
 
-impl<'de> Deserialize<'de> for TriggerProperties {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Fields;
-        impl<'de> serde::de::Visitor<'de> for Fields {
-            type Value = TriggerProperties;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<TriggerProperties, A::Error> {
-                let mut out = TriggerProperties::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    match key.as_ref() {
-                        "seed" => {
-                            out.seed = Some(map.next_value::<Value>()?).filter(|v| !v.is_null())
-                        }
-                        "phase" => {
-                            out.phase = Some(map.next_value::<Value>()?).filter(|v| !v.is_null())
-                        }
-                        _ => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_map(Fields)
-    }
+/// A broadcast run's own trigger properties (read from an object only: an event's
+/// properties of another shape have neither).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct TriggerProperties {
+    /// A seed-list test send.
+    #[serde(default)]
+    pub seed: Option<Value>,
+    /// A tested broadcast's phase (`test`, `winner`).
+    #[serde(default)]
+    pub phase: Option<Value>,
 }
 
 impl RunSummary {
