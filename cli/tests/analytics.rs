@@ -395,12 +395,7 @@ fn a_workflows_report_follows_steps_by_stable_key_and_variants_and_refuses_unkno
 
     let (s, x) = c.admin_get("/v1/reports/workflows/hello/experiments/tone?metric=opened");
     assert_eq!(s, 200, "{x}");
-    let sent: u64 = x["analysis"]["arms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["sent"].as_u64().unwrap())
-        .sum();
+    let sent = trials(&x);
     assert_eq!(sent, 20, "{x}");
     assert_eq!(
         x["analysis"]["winner"],
@@ -412,12 +407,7 @@ fn a_workflows_report_follows_steps_by_stable_key_and_variants_and_refuses_unkno
     let (s, x) = c.admin_get("/v1/reports/workflows/hello/experiments/tone?metric=converted");
     assert_eq!(s, 200, "{x}");
     assert_eq!(x["trials"], "runs", "{x}");
-    let runs: u64 = x["analysis"]["arms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["sent"].as_u64().unwrap())
-        .sum();
+    let runs = trials(&x);
     assert_eq!(runs, 10, "{x}");
     let (s, b) = c.admin_get("/v1/reports/workflows/hello/experiments/mood");
     assert_eq!(s, 404, "{b}");
@@ -992,14 +982,19 @@ fn a_labelled_step_keeps_its_numbers_when_its_template_changes_in_a_new_version(
     // A labelled variant step still gives each run its arm: conversions count runs.
     let (s, x) = c.admin_get("/v1/reports/workflows/relabel/experiments/mood?metric=converted");
     assert_eq!(s, 200, "{x}");
-    let runs: u64 = x["analysis"]["arms"]
+    let runs = trials(&x);
+    assert_eq!(runs, 7, "{x}");
+    rebuilt_equal(&c);
+}
+
+/// An experiment report's trials over all its arms.
+fn trials(x: &Value) -> u64 {
+    x["analysis"]["arms"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a["sent"].as_u64().unwrap())
-        .sum();
-    assert_eq!(runs, 7, "{x}");
-    rebuilt_equal(&c);
+        .sum()
 }
 
 /// A report's funnel (one version's), by step key.
