@@ -1,7 +1,8 @@
 //! Analytics: message and engagement facts, folded into counters as they arrive.
 //!
-//! **Facts.** The store itself notes a *pending fact* in the same write batch as the record
-//! it comes from, written before it (so whenever the record is stored, so is its fact):
+//! **Facts.** The store itself notes a *fact* in the same write batch as the record it comes
+//! from (so whenever the record is stored, so is its fact), into the open *generation* of
+//! facts:
 //!
 //! * a send step that reaches its result: `sent`, `skipped` (by the delivery policy) or
 //!   `failed`;
@@ -18,16 +19,20 @@
 //! `converted:RUN`), so a record written again after a crash notes the same fact again and it
 //! is counted once.
 //!
-//! **The fold.** One thread takes pending facts in pages, adds what they are about (the run's
-//! workflow, script version and broadcast, the stable key of the step, the variants the run
-//! took, channel, template, recipient domain), and writes in **one atomic batch**: the new
-//! counter values, the enriched message and engagement facts in an append-only log (`f` +
-//! sequence: the export stream; a run's start, funnel arrivals and end are counted, not
-//! logged), a marker per fact id (none for a run's start, noted once), and the removal of
-//! the pending entries. A crash repeats a
-//! page at most, and the markers keep it from counting twice; the counters always equal a
-//! fold of the facts whose pending entries are gone. `rebuild` derives the facts again from the journals,
-//! timelines and runs, folds them into fresh counters and compares.
+//! **The fold.** One thread seals the open generation (writers note into a new one, and the
+//! sealing waits for the writes under way, so every fact of a sealed generation has its
+//! record stored or never will), takes its facts in pages, adds what they are about (the
+//! run's workflow, script version and broadcast, the stable key of the step, the variants
+//! the run took, channel, template, recipient domain), and writes in **one atomic batch**:
+//! the new counter values, the enriched message and engagement facts in an append-only log
+//! (`f` + sequence: the export stream; a run's start, funnel arrivals and end are counted,
+//! not logged), a marker per fact id (none for a run's start, noted once), and the cursor
+//! (the generation and the last fact id folded). A folded generation is dropped whole, at
+//! the cost of its pages: no fact is removed one by one. A crash repeats nothing: the fold
+//! goes on after the cursor, and the markers keep a fact noted again (in a later
+//! generation) from counting twice; the counters always equal a fold of the facts up to the
+//! cursor. `rebuild` derives the facts again from the journals, timelines and runs, folds
+//! them into fresh counters and compares.
 //!
 //! **Counters** are kept per scope (a workflow, a version, a step, a variant, a broadcast,
 //! an arm, a channel, a template, a recipient domain), per metric, in total and per hour.
@@ -51,8 +56,9 @@ use crate::model::{
 use crate::store::{Store, StoreError, Write, WriteBatch};
 use crate::sync::LockExt as _;
 
-/// Key prefix of a pending fact (`p` `\0` id).
-const PENDING: &[u8] = b"p\0";
+/// The fold's cursor: the generation of facts it is folding (u64 BE) and the id of the last
+/// fact it folded there.
+const CURSOR: &[u8] = b"g";
 /// Key prefix of a folded fact's marker (`d` `\0` id → sequence).
 const FOLDED: &[u8] = b"d\0";
 /// Key prefix of a unique marker (`u` `\0` message `\0` metric).
@@ -182,24 +188,6 @@ pub fn facts_of_segment(segment: &str, seq: u64, changes: &[SegmentChange]) -> V
             ..Default::default()
         })
         .collect()
-}
-
-impl Fact {
-    /// The pending entry the store writes for it: key and value.
-    pub fn pending_entry(&self) -> (Vec<u8>, Vec<u8>) {
-        (
-            [PENDING, self.id.as_bytes()].concat(),
-            serde_json::to_vec(self).expect("a fact serializes"),
-        )
-    }
-
-    fn pending_write(&self) -> Write {
-        let (key, value) = self.pending_entry();
-        Write::Analytics {
-            key,
-            value: Some(value),
-        }
-    }
 }
 
 /// The kinds of journal step a workflow's funnel shows (`now()` and `random()` are reads,
@@ -386,16 +374,15 @@ pub fn in_holdout(workflow: &str, contact: &str, share: u32) -> bool {
         < u64::from(share)
 }
 
-/// The pending-fact writes that go before `write` in its batch (most records note none).
-pub fn pending_for(write: &Write) -> Vec<Write> {
-    let facts: Vec<Fact> = match write {
+/// The facts `write`'s record notes (most records note none).
+pub fn facts_for(write: &Write) -> Vec<Fact> {
+    match write {
         Write::Step { run, step } | Write::NewEffect { run, step, .. } => facts_of_step(run, step),
         Write::Event { event, .. } => fact_of_event(event).into_iter().collect(),
         Write::NewRun(run) => fact_of_new_run(run).into_iter().collect(),
         Write::Run(run) => facts_of_run(run),
         _ => Vec::new(),
-    };
-    facts.iter().map(Fact::pending_write).collect()
+    }
 }
 
 /// A fact with what it is about, as the log keeps it and the export streams it.
@@ -452,16 +439,21 @@ enum Enriched {
     Counts(Box<FoldedFact>),
     /// Counted nowhere: a broadcast's seed send.
     Nowhere,
-    /// Its run is not readable yet (the fact is written just before its record): later.
-    NotYet,
+    /// Its record is not stored (a crash between a single-record write's fact and record,
+    /// or a run erased since): it never will be, as the fold reads sealed generations only.
+    Orphan,
 }
 
 /// What one page of the fold did.
 struct Folded {
     /// Facts folded.
     folded: usize,
-    /// More may be pending (see [`Folder::fold_next`]).
+    /// The sealed generation has more pages, or another sealed one waits.
     more: bool,
+    /// This page sealed the open generation first.
+    sealed: bool,
+    /// Nothing was noted since the last seal: nothing to fold.
+    idle: bool,
 }
 
 /// Runs and journals read while folding one page: a run's facts often come together.
@@ -503,11 +495,10 @@ impl RunCache {
 }
 
 fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enriched, StoreError> {
-    // A fact is written before the record it comes from, so the fold can see it first; an
-    // erasure removes the pending facts of the runs it erases, so a run that is missing
-    // here is one about to be written.
+    // A fact is written with the record it comes from, and the fold reads a generation once
+    // its writes are done: a run missing here never came (or was erased since).
     let Some(run) = cache.run(store, &fact.run)? else {
-        return Ok(Enriched::NotYet);
+        return Ok(Enriched::Orphan);
     };
     let broadcast = run.is_broadcast().then(|| run.workflow.clone());
     if broadcast.is_some() && run.is_seed() {
@@ -519,8 +510,9 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
     } else {
         cache.journal(store, &run.id)?
     };
-    // Likewise a step's record (a send's result, a wait's end) is written just after its
-    // fact, and a run's end.
+    // Likewise a step's record (a send's result, a wait's end), and a run's end. (A failed
+    // send being sent again is queued: its failure is left out, and its new result counts
+    // as if it had replaced it.)
     let recorded = match fact.kind.as_str() {
         "sent" | "skipped" | "failed" | "timed_out" => fact
             .step
@@ -531,10 +523,7 @@ fn enrich(store: &dyn Store, fact: &Fact, cache: &mut RunCache) -> Result<Enrich
         _ => true,
     };
     if !recorded {
-        // Read them again next time.
-        cache.journals.remove(&run.id);
-        cache.runs.remove(&run.id);
-        return Ok(Enriched::NotYet);
+        return Ok(Enriched::Orphan);
     }
     // The variants taken before the fact: before its step (a variant step's arrival: with
     // its own choice, the run's assignment), none at a run's start (later ones may be
@@ -915,24 +904,17 @@ impl Days {
 #[derive(Default)]
 pub struct Folder {
     lock: Mutex<()>,
-    /// Where the next page's scan starts when the last full page had facts waiting for
-    /// their records (so they cannot hold back the facts behind them).
-    after: Mutex<Option<Vec<u8>>>,
     wakeup: crate::sync::Wakeup,
     stop: AtomicBool,
     days: Mutex<Days>,
     /// When the fold thread last rolled hours up (clock ms).
     rolled_at: Mutex<Option<i64>>,
-    /// Pending facts whose record was not readable yet, since when (this process's time).
-    waiting: Mutex<std::collections::HashMap<Vec<u8>, std::time::Instant>>,
 }
 
-/// How long the fold thread rests after a page that was not full: short, so counters lag
-/// the facts by little and no backlog builds up for a reader's `fold_all` to fold alone.
+/// How long the fold thread rests once it has folded every sealed generation: short, so
+/// counters lag the facts by little and no backlog builds up for a reader's `fold_all` to
+/// fold alone; long enough that a generation gathers facts worth sealing.
 const IDLE: Duration = Duration::from_millis(50);
-
-/// How long a pending fact may wait for its record before it is dropped as an orphan.
-const ORPHAN_AFTER: Duration = Duration::from_secs(600);
 
 impl Folder {
     /// Stop the fold thread (after its current page).
@@ -1013,77 +995,100 @@ impl Folder {
             .expect("spawn the analytics fold")
     }
 
-    /// Fold one page of pending facts; returns how many were taken (a fact whose run is not
-    /// written yet stays pending).
+    /// Fold one page of noted facts (sealing the open generation first when no sealed one
+    /// is left); returns how many were folded.
     pub fn fold_page(&self, store: &dyn Store) -> Result<usize, StoreError> {
         Ok(self.fold_next(store)?.folded)
     }
 
-    /// Fold the next page of pending facts: how many it folded, and whether more may be
-    /// waiting. A page that started after an earlier full page always says more (the facts
-    /// before it are still to be looked at: the next page starts from the front); a page
-    /// from the front says more when it was full and folded something (a full page of facts
-    /// still waiting for their records is no reason to go on without a rest).
+    /// Fold the next page of the oldest sealed generation of facts, sealing the open one
+    /// first when none is left. A page that is not full ends its generation (no writer
+    /// adds to a sealed one), which is then dropped whole.
     fn fold_next(&self, store: &dyn Store) -> Result<Folded, StoreError> {
         let _g = self.lock.locked();
-        let from = self.after.locked().take();
-        let continued = from.is_some();
-        let folded = self.fold_from(store, from)?;
-        let full = self.after.locked().is_some();
+        let mut sealed = false;
+        let generation = match store.sealed_facts()? {
+            Some(g) => g,
+            None => {
+                if !store.seal_facts()? {
+                    return Ok(Folded {
+                        folded: 0,
+                        more: false,
+                        sealed: false,
+                        idle: true,
+                    });
+                }
+                sealed = true;
+                match store.sealed_facts()? {
+                    Some(g) => g,
+                    None => {
+                        return Err(StoreError::Backend(
+                            "a sealed generation of facts is missing".into(),
+                        ))
+                    }
+                }
+            }
+        };
+        // Where the fold stopped in this generation, if it was folding it.
+        let after = store.analytics_get(CURSOR)?.and_then(|c| {
+            let (g, id) = c.split_first_chunk::<8>()?;
+            (u64::from_be_bytes(*g) == generation).then(|| id.to_vec())
+        });
+        let page = store.facts_of(generation, after.as_deref(), PAGE)?;
+        let taken = page.len();
+        let folded = self.fold_facts(store, generation, page)?;
+        let more = if taken < PAGE {
+            store.drop_facts(generation)?;
+            store.sealed_facts()?.is_some()
+        } else {
+            true
+        };
         Ok(Folded {
-            more: continued || (full && folded > 0),
             folded,
+            more,
+            sealed,
+            idle: false,
         })
     }
 
-    fn fold_from(&self, store: &dyn Store, from: Option<Vec<u8>>) -> Result<usize, StoreError> {
-        let pending = store.analytics_scan(PENDING, from.as_deref(), PAGE)?;
-        if pending.is_empty() {
+    /// Fold one page of a sealed generation's facts (id, fact) in one batch, the cursor
+    /// moved past its last; returns how many were counted somewhere.
+    fn fold_facts(
+        &self,
+        store: &dyn Store,
+        generation: u64,
+        page: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<usize, StoreError> {
+        let Some(last) = page.last().map(|(id, _)| id.clone()) else {
             return Ok(0);
-        }
-        if pending.len() == PAGE {
-            // A full page: the next one starts after it, then from the front again.
-            if let Some((last, _)) = pending.last() {
-                *self.after.locked() = Some([last.as_slice(), b"\0"].concat());
-            }
-        }
-        let taken = pending.len();
-        let mut kept = 0;
+        };
+        let taken = page.len();
+        let mut dropped = 0;
         // In the order they happened (as a rebuild folds them), so a message's first open
         // or click lands in the hour it happened.
-        let mut pending: Vec<(Vec<u8>, Result<Fact, serde_json::Error>)> = pending
+        let mut page: Vec<(Vec<u8>, Result<Fact, serde_json::Error>)> = page
             .into_iter()
             .map(|(k, v)| {
                 let fact = serde_json::from_slice::<Fact>(&v);
                 (k, fact)
             })
             .collect();
-        pending.sort_by_cached_key(|(_, f)| f.as_ref().map(|f| (f.at, f.id.clone())).ok());
+        page.sort_by_cached_key(|(_, f)| f.as_ref().map(|f| (f.at, f.id.clone())).ok());
         let mut seq = store.analytics_get(LAST_SEQ)?.map_or(0, |v| u64_of(&v));
         let mut counts = Counts::default();
         // Counts of failures a send's later result replaces.
         let mut taken_back = Counts::default();
-        let mut batch = WriteBatch::new();
-        let mut seen_now: HashSet<Vec<u8>> = HashSet::new();
+        let mut batch = WriteBatch::with_capacity(2 * taken + 64);
         let mut cache = RunCache::default();
         let mut unique_now: HashSet<String> = HashSet::new();
         let mut logged: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        for (key, fact) in pending {
-            let id = &key[PENDING.len()..];
-            let marker = [FOLDED, id].concat();
-            let done = Write::Analytics {
-                key: key.clone(),
-                value: None,
-            };
-            if !seen_now.insert(marker.clone()) {
-                batch.push(done);
-                continue;
-            }
+        for (id, fact) in page {
+            let marker = [FOLDED, &id].concat();
             let fact: Fact = match fact {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::warn!(error = %e, "unreadable pending fact dropped");
-                    batch.push(done);
+                    tracing::warn!(error = %e, "unreadable analytics fact dropped");
+                    dropped += 1;
                     continue;
                 }
             };
@@ -1099,16 +1104,12 @@ impl Folder {
             if let Some(m) = folded_before {
                 match failure_replaced_by(store, &fact, u64_of(&m))? {
                     Some(old) => replaces = Some(old),
-                    None => {
-                        batch.push(done);
-                        continue;
-                    }
+                    None => continue,
                 }
             }
             if fact.kind == "segment" {
                 // Counted, not logged: the export is of messages and engagement.
                 counts.add_segment(&fact);
-                batch.push(done);
                 batch.push(Write::Analytics {
                     key: marker,
                     value: Some(0u64.to_be_bytes().to_vec()),
@@ -1118,43 +1119,24 @@ impl Folder {
             let mut folded = match enrich(store, &fact, &mut cache)? {
                 Enriched::Counts(f) => *f,
                 Enriched::Nowhere => {
-                    batch.push(done);
                     batch.push(Write::Analytics {
                         key: marker,
                         value: Some(0u64.to_be_bytes().to_vec()),
                     });
                     continue;
                 }
-                Enriched::NotYet => {
-                    // Stays pending, untouched, unless its record has not come for a long
-                    // while: then it never will (a crash between the two writes), and the
-                    // fact is dropped rather than read again on every page forever.
-                    let since = *self
-                        .waiting
-                        .locked()
-                        .entry(key.clone())
-                        .or_insert_with(std::time::Instant::now);
-                    if since.elapsed() >= ORPHAN_AFTER {
-                        tracing::warn!(
-                            fact = fact.id,
-                            run = fact.run,
-                            "a pending fact whose record never came is dropped"
-                        );
-                        self.waiting.locked().remove(&key);
-                        batch.push(done);
-                        batch.push(Write::Analytics {
-                            key: marker,
-                            value: Some(0u64.to_be_bytes().to_vec()),
-                        });
-                        continue;
-                    }
-                    seen_now.remove(&marker);
-                    kept += 1;
+                Enriched::Orphan => {
+                    // No marker: should the fact be noted again with its record (a write
+                    // done again after a crash), it counts then.
+                    tracing::warn!(
+                        fact = fact.id,
+                        run = fact.run,
+                        "an analytics fact whose record never came is dropped"
+                    );
+                    dropped += 1;
                     continue;
                 }
             };
-            batch.push(done);
-            self.waiting.locked().remove(&key);
             let first = match unique_key(&folded) {
                 Some(u) => {
                     let k = [UNIQUE, u.as_bytes()].concat();
@@ -1228,26 +1210,31 @@ impl Folder {
                 value: Some(now.saturating_sub(sub).to_be_bytes().to_vec()),
             });
         }
-        if batch.is_empty() {
-            return Ok(0);
-        }
         batch.push(Write::Analytics {
             key: LAST_SEQ.to_vec(),
             value: Some(seq.to_be_bytes().to_vec()),
+        });
+        batch.push(Write::Analytics {
+            key: CURSOR.to_vec(),
+            value: Some([&generation.to_be_bytes()[..], &last].concat()),
         });
         // The log's new entries first, on their own: past the last sequence, nobody reads
         // them until the batch moves it (after a crash in between, the next fold writes the
         // same sequence numbers again). The batch's commit record stays small.
         store.put_analytics(logged)?;
         store.apply(&batch)?;
-        Ok(taken - kept)
+        Ok(taken - dropped)
     }
 
-    /// Fold the pending facts now (reports and rebuilds call it first): at most
-    /// [`FOLD_ALL_PAGES`] pages, so a reader under a steady stream of facts is not held.
+    /// Fold the facts noted so far now (reports and rebuilds call it first): every sealed
+    /// generation, then the open one sealed and folded, at most [`FOLD_ALL_PAGES`] pages, so
+    /// a reader under a steady stream of facts is not held.
     pub fn fold_all(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let mut sealed = false;
         for _ in 0..FOLD_ALL_PAGES {
-            if !self.fold_next(store)?.more {
+            let page = self.fold_next(store)?;
+            sealed |= page.sealed;
+            if page.idle || (sealed && !page.more) {
                 break;
             }
         }
@@ -1799,43 +1786,36 @@ mod tests {
     use crate::store::SledStore;
 
     #[test]
-    fn a_pending_fact_whose_run_never_comes_is_kept_a_while_then_dropped() {
+    fn a_fact_whose_run_never_came_is_dropped_with_its_generation_and_leaves_no_marker() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), 8 << 20).unwrap();
         let orphan = Fact {
-            id: "started:gone-run".into(),
-            kind: "started".into(),
+            id: "send:gone-run:0".into(),
+            kind: "sent".into(),
             at: 1,
             run: "gone-run".into(),
+            step: Some(0),
             ..Default::default()
         };
         let mut batch = WriteBatch::new();
-        batch.push(orphan.pending_write());
+        batch.push(Write::Fact(orphan.clone()));
         store.apply(&batch).unwrap();
         let folder = Folder::default();
-        assert_eq!(folder.fold_page(&store).unwrap(), 0, "it waits for its run");
-        assert!(store
-            .analytics_get(&orphan.pending_entry().0)
-            .unwrap()
-            .is_some());
-        // Long after: dropped, marked as counted nowhere.
-        for since in folder.waiting.locked().values_mut() {
-            *since = std::time::Instant::now()
-                .checked_sub(ORPHAN_AFTER)
-                .expect("the machine has been up that long");
-        }
-        folder.fold_page(&store).unwrap();
-        assert!(store
-            .analytics_get(&orphan.pending_entry().0)
-            .unwrap()
-            .is_none());
-        let marker = [FOLDED, orphan.id.as_bytes()].concat();
+        assert_eq!(folder.fold_page(&store).unwrap(), 0, "counted nowhere");
         assert_eq!(
-            store.analytics_get(&marker).unwrap(),
-            Some(0u64.to_be_bytes().to_vec())
+            store.sealed_facts().unwrap(),
+            None,
+            "its generation is gone"
         );
-        assert!(folder.waiting.locked().is_empty());
+        // Noted again with its record (a write done again after a crash), it would count.
+        let marker = [FOLDED, orphan.id.as_bytes()].concat();
+        assert_eq!(store.analytics_get(&marker).unwrap(), None);
+        assert!(
+            folder.fold_next(&store).unwrap().idle,
+            "nothing left to fold"
+        );
     }
+
     #[test]
     fn an_experiments_looks_are_its_cumulative_numbers_hour_by_hour_then_its_totals() {
         let dir = tempfile::tempdir().unwrap();
@@ -1916,71 +1896,115 @@ mod tests {
         assert_eq!(numbers(&looks)[looks.len() - 2], vec![(3, 1), (3, 2)]);
     }
 
-    #[test]
-    fn a_full_page_of_facts_waiting_for_their_runs_lets_the_fold_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+    /// Segment facts of `segment:vip`, `n` of them with ids `PREFIX00000`…, noted in one batch.
+    fn note_segment_facts(store: &SledStore, prefix: &str, n: usize) {
         let mut batch = WriteBatch::new();
-        for i in 0..PAGE {
-            let orphan = Fact {
-                id: format!("started:gone-{i:05}"),
-                kind: "started".into(),
-                at: 1,
-                run: format!("gone-{i:05}"),
+        for i in 0..n {
+            batch.push(Write::Fact(Fact {
+                id: format!("{prefix}{i:05}"),
+                kind: "segment".into(),
+                at: HOUR_MS,
+                segment: Some("vip".into()),
+                entered: 1,
                 ..Default::default()
-            };
-            batch.push(orphan.pending_write());
+            }));
         }
         store.apply(&batch).unwrap();
-        let folder = Folder::default();
-        let page = folder.fold_next(&store).unwrap();
-        assert_eq!((page.folded, page.more), (0, false));
-        // The page after it (past those facts) goes on to the front again once.
-        assert!(folder.fold_next(&store).unwrap().more);
-        assert!(!folder.fold_next(&store).unwrap().more);
-        folder.fold_all(&store).unwrap();
-        assert_eq!(
-            store.analytics_scan(PENDING, None, PAGE + 1).unwrap().len(),
-            PAGE
-        );
+    }
+
+    fn vip_entered(store: &SledStore) -> u64 {
+        numbers(store, "segment:vip", Period::default())
+            .unwrap()
+            .counts
+            .get("entered")
+            .copied()
+            .unwrap_or(0)
     }
 
     #[test]
-    fn fold_all_folds_the_facts_before_a_page_it_continues_from_too() {
+    fn fold_all_folds_every_fact_noted_before_it_in_a_generation_begun_or_not() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), 8 << 20).unwrap();
-        let write = |prefix: &str, n: usize| {
+        note_segment_facts(&store, "m", PAGE + PAGE / 2);
+        let folder = Folder::default();
+        // The open generation is sealed, and its first page folded.
+        assert_eq!(folder.fold_page(&store).unwrap(), PAGE);
+        let begun = store.sealed_facts().unwrap();
+        assert!(begun.is_some());
+        // Meanwhile facts go into the new open generation.
+        note_segment_facts(&store, "a", 300);
+        folder.fold_all(&store).unwrap();
+        assert_eq!(vip_entered(&store), (PAGE + PAGE / 2 + 300) as u64);
+        assert_eq!(store.sealed_facts().unwrap(), None);
+        assert!(store.facts_of(begun.unwrap(), None, 1).unwrap().is_empty());
+        // Nothing noted since: the next fold has nothing to do.
+        assert!(folder.fold_next(&store).unwrap().idle);
+    }
+
+    #[test]
+    fn after_a_crash_in_the_middle_of_a_generation_the_fold_goes_on_after_its_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = PAGE + 200;
+        {
+            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            store.set_notes_facts(true);
+            for i in 0..runs {
+                let run = Run::new(
+                    format!("r{i:05}"),
+                    "wf".into(),
+                    "h".repeat(64),
+                    format!("c{i}"),
+                    serde_json::json!({"type": "event"}),
+                    serde_json::json!({}),
+                    HOUR_MS,
+                );
+                store.create_run(&run).unwrap();
+            }
+            // One page folded (a run's start has no marker: only the cursor keeps it from
+            // being counted again), then the process dies before the generation is done.
+            assert_eq!(Folder::default().fold_page(&store).unwrap(), PAGE);
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        Folder::default().fold_all(&store).unwrap();
+        let started = numbers(&store, "workflow:wf", Period::default())
+            .unwrap()
+            .counts
+            .get("started")
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(started, runs as u64);
+        assert_eq!(store.sealed_facts().unwrap(), None);
+    }
+
+    #[test]
+    fn facts_a_former_herald_left_pending_are_folded_after_an_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            // The former layout: pending facts in the analytics keyspace.
             let mut batch = WriteBatch::new();
-            for i in 0..n {
+            for i in 0..5 {
                 let fact = Fact {
-                    id: format!("{prefix}{i:05}"),
+                    id: format!("old{i}"),
                     kind: "segment".into(),
                     at: HOUR_MS,
                     segment: Some("vip".into()),
                     entered: 1,
                     ..Default::default()
                 };
-                batch.push(fact.pending_write());
+                batch.push(Write::Analytics {
+                    key: [b"p\0".as_slice(), fact.id.as_bytes()].concat(),
+                    value: Some(serde_json::to_vec(&fact).unwrap()),
+                });
             }
             store.apply(&batch).unwrap();
-        };
-        let entered = || {
-            numbers(&store, "segment:vip", Period::default())
-                .unwrap()
-                .counts
-                .get("entered")
-                .copied()
-                .unwrap_or(0)
-        };
-        write("m", PAGE + PAGE / 2);
-        let folder = Folder::default();
-        // A full page: the next one continues after it.
-        assert_eq!(folder.fold_page(&store).unwrap(), PAGE);
-        // Meanwhile facts arrive that sort before where it continues.
-        write("a", 300);
-        folder.fold_all(&store).unwrap();
-        assert_eq!(entered(), (PAGE + PAGE / 2 + 300) as u64);
-        assert!(store.analytics_scan(PENDING, None, 1).unwrap().is_empty());
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        assert!(store.analytics_scan(b"p\0", None, 1).unwrap().is_empty());
+        Folder::default().fold_all(&store).unwrap();
+        assert_eq!(vip_entered(&store), 5);
     }
 
     #[test]

@@ -199,6 +199,9 @@ pub enum Write {
         /// The value; `None` removes the key.
         value: Option<Vec<u8>>,
     },
+    /// An analytics fact, noted in the open generation of facts (records note theirs
+    /// themselves; this notes one no record does, such as a test's).
+    Fact(crate::analytics::Fact),
 }
 
 /// Writes that [`Store::apply`] makes land together: after a crash, every one of them is
@@ -212,6 +215,13 @@ impl WriteBatch {
     /// An empty batch.
     pub fn new() -> Self {
         WriteBatch::default()
+    }
+
+    /// An empty batch with room for `n` writes.
+    pub fn with_capacity(n: usize) -> Self {
+        WriteBatch {
+            writes: Vec::with_capacity(n),
+        }
     }
 
     /// Add a write.

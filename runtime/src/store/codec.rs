@@ -234,11 +234,14 @@ pub(super) enum TreeId {
     Suppression = 15,
     Recipients = 16,
     Analytics = 17,
+    /// A generation of noted analytics facts: the key is the generation (u64 BE) and the
+    /// fact's id, the tree `facts-GENERATION` (see [`SledStore::seal_facts`](super::Store::seal_facts)).
+    Facts = 18,
 }
 
 impl TreeId {
     /// Every tree, in number order.
-    const ALL: [TreeId; 18] = [
+    const ALL: [TreeId; 19] = [
         TreeId::Contacts,
         TreeId::Identities,
         TreeId::Events,
@@ -257,6 +260,7 @@ impl TreeId {
         TreeId::Suppression,
         TreeId::Recipients,
         TreeId::Analytics,
+        TreeId::Facts,
     ];
 }
 

@@ -8,7 +8,7 @@
 use crate::sync::LockExt as _;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use serde::de::DeserializeOwned;
@@ -360,6 +360,28 @@ pub trait Store: Send + Sync + 'static {
     fn notes_facts(&self) -> bool {
         false
     }
+
+    /// Seal the open generation of noted analytics facts if it holds any: writes note their
+    /// facts into a new generation from then on, and this returns once every write noting
+    /// into the sealed one is done (so each of its facts has its record stored, or never
+    /// will). Whether a generation was sealed.
+    fn seal_facts(&self) -> StoreResult<bool>;
+
+    /// The oldest sealed generation of noted facts, if there is one.
+    fn sealed_facts(&self) -> StoreResult<Option<u64>>;
+
+    /// The facts of a sealed `generation` as (id, fact as JSON), in id order, after id
+    /// `after`, at most `limit`.
+    fn facts_of(
+        &self,
+        generation: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Drop a sealed generation the fold has taken whole, at the cost of its pages rather
+    /// than of its facts.
+    fn drop_facts(&self, generation: u64) -> StoreResult<()>;
 
     /// A value of the analytics keyspace (written with [`Write::Analytics`]).
     fn analytics_get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>>;

@@ -48,6 +48,14 @@ pub struct SledStore {
     pub(super) analytics: sled::Tree,
     /// Whether records note their analytics facts (`[analytics] enabled`).
     pub(super) facts: std::sync::atomic::AtomicBool,
+    /// The generations of noted analytics facts, one tree each (`facts-` and the generation
+    /// in hex): the open one (`fact_generation`) and sealed ones waiting for the fold.
+    pub(super) fact_trees: std::sync::RwLock<BTreeMap<u64, sled::Tree>>,
+    /// The open generation: writes note their facts into it.
+    pub(super) fact_generation: AtomicU64,
+    /// Writes noting facts under way, per generation's parity (sealing one waits for its
+    /// writers; at most two generations have writers at a time).
+    pub(super) fact_writers: [AtomicUsize; 2],
     /// Suppressed addresses per channel (`channel \0 address`).
     pub(super) suppression: sled::Tree,
     /// Commit records of write batches being applied (see [`SledStore::apply`]).
@@ -208,12 +216,118 @@ impl SledStore {
             recipients: t("recipients")?,
             analytics: t("analytics")?,
             facts: std::sync::atomic::AtomicBool::new(true),
+            fact_trees: std::sync::RwLock::new(fact_trees(&db)?),
+            fact_generation: AtomicU64::new(0),
+            fact_writers: [AtomicUsize::new(0), AtomicUsize::new(0)],
             suppression: t("suppression")?,
             batches: t("batches")?,
             db,
         }
         .with_cut_off_batches_completed()?
-        .with_legacy_message_ids_moved()
+        .with_legacy_message_ids_moved()?
+        .with_legacy_pending_facts_moved()?
+        .with_fact_generation_opened()
+    }
+
+    /// Facts the analytics fold had not taken when a Herald that kept them in the analytics
+    /// tree (`p` `\0` id) stopped go into a sealed generation of their own, atomically.
+    fn with_legacy_pending_facts_moved(self) -> StoreResult<Self> {
+        let mut ops = Vec::new();
+        let generation = self.next_fact_generation();
+        for item in self.analytics.scan_prefix(b"p\0") {
+            let (k, v) = item?;
+            ops.push(put(
+                TreeId::Facts,
+                [&generation.to_be_bytes()[..], &k[2..]].concat(),
+                v.to_vec(),
+            ));
+            ops.push(remove(TreeId::Analytics, k.to_vec()));
+        }
+        if !ops.is_empty() {
+            self.write_ops(&ops, true)?;
+            tracing::info!(
+                facts = ops.len() / 2,
+                "pending analytics facts moved into a generation of their own"
+            );
+        }
+        Ok(self)
+    }
+
+    /// A fresh generation for this process's writes: every generation a crash or a stop left
+    /// behind is sealed (no writer of it is left), and the fold takes them oldest first.
+    fn with_fact_generation_opened(self) -> StoreResult<Self> {
+        let generation = self.next_fact_generation();
+        self.fact_tree(generation, true)?;
+        self.fact_generation.store(generation, Ordering::SeqCst);
+        Ok(self)
+    }
+
+    /// The generation after the newest one stored.
+    fn next_fact_generation(&self) -> u64 {
+        self.fact_trees
+            .read()
+            .expect("fact trees")
+            .keys()
+            .next_back()
+            .map_or(1, |g| g + 1)
+    }
+
+    /// The tree of a generation of facts; `create`: opened if there is none (a write
+    /// replayed at open, the open generation), otherwise `None` (dropped since).
+    fn fact_tree(&self, generation: u64, create: bool) -> StoreResult<Option<sled::Tree>> {
+        if let Some(t) = self.fact_trees.read().expect("fact trees").get(&generation) {
+            return Ok(Some(t.clone()));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let mut trees = self.fact_trees.write().expect("fact trees");
+        let tree = match trees.get(&generation) {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.db.open_tree(fact_tree_name(generation))?;
+                trees.insert(generation, t.clone());
+                t
+            }
+        };
+        Ok(Some(tree))
+    }
+
+    /// Register a write that notes facts: the generation it notes them in, which cannot be
+    /// sealed until [`SledStore::fact_writer_done`].
+    fn fact_writer(&self) -> u64 {
+        loop {
+            let g = self.fact_generation.load(Ordering::SeqCst);
+            let writers = &self.fact_writers[(g % 2) as usize];
+            writers.fetch_add(1, Ordering::SeqCst);
+            if self.fact_generation.load(Ordering::SeqCst) == g {
+                return g;
+            }
+            // Sealed meanwhile: note into the new one.
+            writers.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn fact_writer_done(&self, generation: u64) {
+        self.fact_writers[(generation % 2) as usize].fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Write `ops` with the facts their records note (appended: the fold reads a generation
+    /// only once it is sealed and its writes are done, so their order does not matter).
+    fn write_noting(
+        &self,
+        mut ops: Vec<RawOp>,
+        facts: Vec<crate::analytics::Fact>,
+        atomic: bool,
+    ) -> StoreResult<()> {
+        if facts.is_empty() {
+            return self.write_ops(&ops, atomic);
+        }
+        let generation = self.fact_writer();
+        ops.extend(facts.iter().map(|f| fact_op(generation, f)));
+        let written = self.write_ops(&ops, atomic);
+        self.fact_writer_done(generation);
+        written
     }
 
     /// A batch whose commit record survived a crash is applied again, whole (its writes are
@@ -292,22 +406,24 @@ impl SledStore {
             TreeId::Suppression => &self.suppression,
             TreeId::Recipients => &self.recipients,
             TreeId::Analytics => &self.analytics,
+            // One tree per generation: see `apply_fact_op`.
+            TreeId::Facts => unreachable!("noted facts are written to their generation's tree"),
         }
     }
 
     /// The tree operations a batch comes to, each record encoded as its single-write method
     /// stores it (the same `codec` builders).
-    pub(super) fn ops(&self, batch: &WriteBatch) -> StoreResult<Vec<RawOp>> {
+    /// The facts are those the batch's records note (see `crate::analytics`), to be written
+    /// with them ([`SledStore::write_noting`]).
+    pub(super) fn ops(
+        &self,
+        batch: &WriteBatch,
+    ) -> StoreResult<(Vec<RawOp>, Vec<crate::analytics::Fact>)> {
         let mut ops = Vec::with_capacity(batch.len());
+        let mut facts = Vec::new();
         for w in batch.writes() {
-            // A record that notes an analytics fact carries it, written first (see
-            // `crate::analytics`).
             if self.notes_facts() {
-                for fact in crate::analytics::pending_for(w) {
-                    if let Write::Analytics { key, value } = fact {
-                        ops.push(analytics_op(key, value));
-                    }
-                }
+                facts.extend(crate::analytics::facts_for(w));
             }
             match w {
                 Write::Contact(c) => ops.push(contact_op(c)?),
@@ -372,9 +488,11 @@ impl SledStore {
                 Write::SegmentChanges { segment, changes } => {
                     if !changes.is_empty() {
                         let seq = self.db.generate_id()?;
-                        ops.extend(self.fact_ops(|| {
-                            crate::analytics::facts_of_segment(segment, seq, changes)
-                        }));
+                        facts.extend(
+                            self.noted(|| {
+                                crate::analytics::facts_of_segment(segment, seq, changes)
+                            }),
+                        );
                         ops.push(segment_changes_op(segment, seq, changes));
                     }
                 }
@@ -409,9 +527,14 @@ impl SledStore {
                 Write::Analytics { key, value } => {
                     ops.push(analytics_op(key.clone(), value.clone()))
                 }
+                Write::Fact(fact) => {
+                    if self.notes_facts() {
+                        facts.push(fact.clone());
+                    }
+                }
             }
         }
-        Ok(ops)
+        Ok((ops, facts))
     }
 
     /// The removes (and rewrites of shared records) that erase a contact from every tree.
@@ -441,11 +564,23 @@ impl SledStore {
         }
         // Pending analytics facts of the erased runs go with them (the fold waits for a
         // fact's run to appear otherwise).
-        for item in self.analytics.scan_prefix(b"p\0") {
-            let (k, v) = item?;
-            if let Ok(f) = serde_json::from_slice::<crate::analytics::Fact>(&v) {
-                if runs.contains(&f.run) {
-                    ops.push(gone(TreeId::Analytics, &k));
+        let generations: Vec<(u64, sled::Tree)> = self
+            .fact_trees
+            .read()
+            .expect("fact trees")
+            .iter()
+            .map(|(g, t)| (*g, t.clone()))
+            .collect();
+        for (generation, tree) in generations {
+            for item in tree.iter() {
+                let (k, v) = item?;
+                if let Ok(f) = serde_json::from_slice::<crate::analytics::Fact>(&v) {
+                    if runs.contains(&f.run) {
+                        ops.push(gone(
+                            TreeId::Facts,
+                            &[&generation.to_be_bytes()[..], &k].concat(),
+                        ));
+                    }
                 }
             }
         }
@@ -601,6 +736,10 @@ impl SledStore {
     /// Apply tree operations, keeping the running counts exact.
     pub(super) fn apply_ops(&self, ops: &[RawOp]) -> StoreResult<()> {
         for op in ops {
+            if op.tree == TreeId::Facts {
+                self.apply_fact_op(op)?;
+                continue;
+            }
             let tree = self.tree(op.tree);
             let before = match &op.value {
                 Some(v) => tree.insert(&op.key, v.as_slice())?,
@@ -619,6 +758,25 @@ impl SledStore {
                 };
             }
         }
+        Ok(())
+    }
+
+    /// A noted fact's put or remove in its generation's tree (a remove in a generation
+    /// dropped since has nothing left to remove).
+    fn apply_fact_op(&self, op: &RawOp) -> StoreResult<()> {
+        let Some((generation, id)) = op.key.split_first_chunk::<8>() else {
+            return Err(StoreError::Corrupt(
+                "a noted fact's key has no generation".into(),
+            ));
+        };
+        let Some(tree) = self.fact_tree(u64::from_be_bytes(*generation), op.value.is_some())?
+        else {
+            return Ok(());
+        };
+        match &op.value {
+            Some(v) => tree.insert(id, v.as_slice())?,
+            None => tree.remove(id)?,
+        };
         Ok(())
     }
 
@@ -707,7 +865,8 @@ impl Store for SledStore {
     /// used: once used, they make every other write in the process pay for concurrency
     /// control.
     fn apply(&self, batch: &WriteBatch) -> StoreResult<()> {
-        self.write_ops(&self.ops(batch)?, true)
+        let (ops, facts) = self.ops(batch)?;
+        self.write_noting(ops, facts, true)
     }
 
     fn next_id(&self) -> StoreResult<u64> {
@@ -748,7 +907,8 @@ impl Store for SledStore {
             contact: contact.to_string(),
             event: event.clone(),
         });
-        self.write_ops(&self.ops(&batch)?, false)
+        let (ops, facts) = self.ops(&batch)?;
+        self.write_noting(ops, facts, false)
     }
 
     fn event(&self, contact: &str, seq: u64) -> StoreResult<Option<Event>> {
@@ -845,16 +1005,13 @@ impl Store for SledStore {
         // re-entry policy's question) is written once, before the run's first record: a crash
         // in between leaves an index key without a run, which readers skip, never a run
         // without its key.
-        let fact = self.fact_ops(|| crate::analytics::fact_of_new_run(run).into_iter().collect());
-        self.write_ops(
-            &[fact, vec![run_index_op(run), run_op(run)?]].concat(),
-            false,
-        )
+        let facts = self.noted(|| crate::analytics::fact_of_new_run(run).into_iter().collect());
+        self.write_noting(vec![run_index_op(run), run_op(run)?], facts, false)
     }
 
     fn put_run(&self, run: &Run) -> StoreResult<()> {
-        let fact = self.fact_ops(|| crate::analytics::facts_of_run(run));
-        self.write_ops(&[fact, vec![run_op(run)?]].concat(), false)
+        let facts = self.noted(|| crate::analytics::facts_of_run(run));
+        self.write_noting(vec![run_op(run)?], facts, false)
     }
 
     fn runs_of_contact(&self, contact: &str) -> StoreResult<Vec<Run>> {
@@ -925,8 +1082,8 @@ impl Store for SledStore {
     }
 
     fn put_step(&self, run: &str, step: &Step) -> StoreResult<()> {
-        let fact = self.fact_ops(|| crate::analytics::facts_of_step(run, step));
-        self.write_ops(&[fact, vec![step_op(run, step)?]].concat(), false)
+        let facts = self.noted(|| crate::analytics::facts_of_step(run, step));
+        self.write_noting(vec![step_op(run, step)?], facts, false)
     }
 
     fn set_timer(&self, timer: &Timer) -> StoreResult<()> {
@@ -1094,9 +1251,12 @@ impl Store for SledStore {
         // Ordered by a sequence number, not the time: the newest change is the last written
         // even if the clock stepped back in between.
         let seq = self.db.generate_id()?;
-        let mut ops = self.fact_ops(|| crate::analytics::facts_of_segment(segment, seq, changes));
-        ops.push(segment_changes_op(segment, seq, changes));
-        self.write_ops(&ops, false)
+        let facts = self.noted(|| crate::analytics::facts_of_segment(segment, seq, changes));
+        self.write_noting(
+            vec![segment_changes_op(segment, seq, changes)],
+            facts,
+            false,
+        )
     }
 
     fn scan_segment_log(
@@ -1233,6 +1393,75 @@ impl Store for SledStore {
         self.write_ops(&ops, false)
     }
 
+    fn seal_facts(&self) -> StoreResult<bool> {
+        let open = self.fact_generation.load(Ordering::SeqCst);
+        if self.fact_tree(open, true)?.is_none_or(|t| t.is_empty()) {
+            return Ok(false);
+        }
+        self.fact_tree(open + 1, true)?;
+        self.fact_generation.store(open + 1, Ordering::SeqCst);
+        // The writes noting into the sealed generation finish (a write registers, then
+        // checks the generation is still open, so none starts after this point).
+        let writers = &self.fact_writers[(open % 2) as usize];
+        while writers.load(Ordering::SeqCst) != 0 {
+            std::thread::yield_now();
+        }
+        Ok(true)
+    }
+
+    fn sealed_facts(&self) -> StoreResult<Option<u64>> {
+        let open = self.fact_generation.load(Ordering::SeqCst);
+        Ok(self
+            .fact_trees
+            .read()
+            .expect("fact trees")
+            .keys()
+            .next()
+            .copied()
+            .filter(|g| *g < open))
+    }
+
+    fn facts_of(
+        &self,
+        generation: u64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let Some(tree) = self.fact_tree(generation, false)? else {
+            return Ok(Vec::new());
+        };
+        let range = match after {
+            Some(a) => {
+                tree.range::<&[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            None => tree.iter(),
+        };
+        range
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn drop_facts(&self, generation: u64) -> StoreResult<()> {
+        if generation >= self.fact_generation.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend(format!(
+                "generation {generation} of noted facts is still open"
+            )));
+        }
+        let removed = self
+            .fact_trees
+            .write()
+            .expect("fact trees")
+            .remove(&generation);
+        if removed.is_some() {
+            self.db.drop_tree(fact_tree_name(generation))?;
+        }
+        Ok(())
+    }
+
     fn analytics_get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
         Ok(self.analytics.get(key)?.map(|v| v.to_vec()))
     }
@@ -1360,17 +1589,49 @@ impl SledStore {
         self.facts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The pending-fact ops a single-record write carries (most: none).
-    fn fact_ops(&self, facts: impl FnOnce() -> Vec<crate::analytics::Fact>) -> Vec<RawOp> {
+    /// The facts a single-record write notes (most: none).
+    fn noted(
+        &self,
+        facts: impl FnOnce() -> Vec<crate::analytics::Fact>,
+    ) -> Vec<crate::analytics::Fact> {
         if !self.notes_facts() {
             return Vec::new();
         }
         facts()
-            .iter()
-            .map(|f| {
-                let (key, value) = f.pending_entry();
-                analytics_op(key, Some(value))
-            })
-            .collect()
+    }
+}
+
+/// The tree of a generation of noted facts.
+fn fact_tree_name(generation: u64) -> String {
+    format!("facts-{generation:016x}")
+}
+
+/// The generations of noted facts stored in `db`, by generation.
+fn fact_trees(db: &sled::Db) -> StoreResult<BTreeMap<u64, sled::Tree>> {
+    let mut trees = BTreeMap::new();
+    for name in db.tree_names() {
+        let Some(hex) = name.strip_prefix(b"facts-") else {
+            continue;
+        };
+        if let Some(g) = std::str::from_utf8(hex)
+            .ok()
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        {
+            trees.insert(g, db.open_tree(&name)?);
+        }
+    }
+    Ok(trees)
+}
+
+/// A noted fact's put in `generation` (a fresh key there: a crash that takes its batch back
+/// takes the fact back too).
+fn fact_op(generation: u64, fact: &crate::analytics::Fact) -> RawOp {
+    RawOp {
+        fresh: true,
+        ..put(
+            TreeId::Facts,
+            [&generation.to_be_bytes()[..], fact.id.as_bytes()].concat(),
+            serde_json::to_vec(fact).expect("a fact serializes"),
+        )
     }
 }

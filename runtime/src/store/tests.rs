@@ -483,8 +483,9 @@ fn a_sends_first_attempt_is_recorded_with_its_keys_only_and_a_crash_takes_it_bac
     });
     {
         let s = SledStore::open(dir.path(), 8 << 20).unwrap();
-        let ops = s.ops(&batch).unwrap();
+        let (ops, facts) = s.ops(&batch).unwrap();
         assert_eq!(ops.len(), 2);
+        assert!(facts.is_empty(), "a queued send notes no fact");
         assert!(ops.iter().all(|o| o.fresh), "both keys are new");
         // Its commit record names the two keys, not the rendered message.
         let record = encode_undo(&ops);
@@ -503,7 +504,7 @@ fn a_sends_first_attempt_is_recorded_with_its_keys_only_and_a_crash_takes_it_bac
             key: "r1:1".into(),
             intent,
         });
-        let ops = s.ops(&second).unwrap();
+        let (ops, _) = s.ops(&second).unwrap();
         s.batches
             .insert(9u64.to_be_bytes(), encode_undo(&ops))
             .unwrap();
