@@ -1978,6 +1978,67 @@ mod tests {
     }
 
     #[test]
+    fn facts_noted_while_the_fold_seals_generations_are_each_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SledStore::open(dir.path(), 8 << 20).unwrap());
+        store.set_notes_facts(true);
+        let folder = std::sync::Arc::new(Folder::default());
+        let (writers, per_writer) = (4, 1500);
+        let writing = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(writers));
+        // The fold seals and folds as fast as it can while the writers note runs' starts
+        // (no marker: a start folded twice, or one lost in a sealed generation, shows).
+        let fold = {
+            let (store, folder, writing) = (store.clone(), folder.clone(), writing.clone());
+            std::thread::spawn(move || {
+                let mut seals = 0;
+                while writing.load(Ordering::SeqCst) > 0 {
+                    if folder.fold_next(store.as_ref()).unwrap().sealed {
+                        seals += 1;
+                    }
+                }
+                seals
+            })
+        };
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let (store, writing) = (store.clone(), writing.clone());
+                std::thread::spawn(move || {
+                    for i in 0..per_writer {
+                        let run = Run::new(
+                            format!("r{w}-{i:05}"),
+                            "wf".into(),
+                            "h".repeat(64),
+                            format!("c{w}-{i}"),
+                            serde_json::json!({"type": "event"}),
+                            serde_json::json!({}),
+                            HOUR_MS,
+                        );
+                        store.create_run(&run).unwrap();
+                    }
+                    writing.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let seals = fold.join().unwrap();
+        folder.fold_all(store.as_ref()).unwrap();
+        let started = numbers(store.as_ref(), "workflow:wf", Period::default())
+            .unwrap()
+            .counts
+            .get("started")
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(
+            started,
+            (writers * per_writer) as u64,
+            "after {seals} seals"
+        );
+        assert_eq!(store.sealed_facts().unwrap(), None);
+    }
+
+    #[test]
     fn facts_a_former_herald_left_pending_are_folded_after_an_upgrade() {
         let dir = tempfile::tempdir().unwrap();
         {
