@@ -71,7 +71,7 @@ const COUNTER: &[u8] = b"c\0";
 const TOTALS: &[u8] = b"t\0";
 /// The last sequence number of the log.
 const LAST_SEQ: &[u8] = b"s";
-/// Pending facts folded per batch.
+/// Noted facts folded per batch.
 const PAGE: usize = 1000;
 /// Pages one [`Folder::fold_all`] folds at most.
 pub const FOLD_ALL_PAGES: usize = 50;
@@ -1030,10 +1030,22 @@ impl Folder {
             }
         };
         // Where the fold stopped in this generation, if it was folding it.
-        let after = store.analytics_get(CURSOR)?.and_then(|c| {
+        let cursor = store.analytics_get(CURSOR)?.and_then(|c| {
             let (g, id) = c.split_first_chunk::<8>()?;
-            (u64::from_be_bytes(*g) == generation).then(|| id.to_vec())
+            Some((u64::from_be_bytes(*g), id.to_vec()))
         });
+        if cursor.as_ref().is_some_and(|(g, _)| *g > generation) {
+            // Folded whole before a later one (generations are folded oldest first), yet
+            // still here (its drop failed): dropped now, not folded again.
+            store.drop_facts(generation)?;
+            return Ok(Folded {
+                folded: 0,
+                more: true,
+                sealed,
+                idle: false,
+            });
+        }
+        let after = cursor.filter(|(g, _)| *g == generation).map(|(_, id)| id);
         let page = store.facts_of(generation, after.as_deref(), PAGE)?;
         let taken = page.len();
         let folded = self.fold_facts(store, generation, page)?;
@@ -1224,6 +1236,17 @@ impl Folder {
         store.put_analytics(logged)?;
         store.apply(&batch)?;
         Ok(taken - dropped)
+    }
+
+    /// Fold every generation a stop or a crash left behind, whole, before the engine replays
+    /// anything: a fact whose record a crash cut off is dropped as an orphan before the
+    /// record can be written again (with its fact, in the new generation).
+    pub fn fold_left_behind(&self, store: &dyn Store) -> Result<usize, StoreError> {
+        let mut folded = 0;
+        while store.sealed_facts()?.is_some() {
+            folded += self.fold_next(store)?.folded;
+        }
+        Ok(folded)
     }
 
     /// Fold the facts noted so far now (reports and rebuilds call it first): every sealed
@@ -2035,6 +2058,75 @@ mod tests {
             (writers * per_writer) as u64,
             "after {seals} seals"
         );
+        assert_eq!(store.sealed_facts().unwrap(), None);
+    }
+
+    fn started(store: &SledStore) -> u64 {
+        numbers(store, "workflow:wf", Period::default())
+            .unwrap()
+            .counts
+            .get("started")
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn run_of_wf(id: &str) -> Run {
+        Run::new(
+            id.into(),
+            "wf".into(),
+            "h".repeat(64),
+            "c1".into(),
+            serde_json::json!({"type": "event"}),
+            serde_json::json!({}),
+            HOUR_MS,
+        )
+    }
+
+    #[test]
+    fn a_start_a_crash_cut_off_from_its_run_is_dropped_before_the_run_is_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            // The fact written, then the crash: its run never was.
+            let mut batch = WriteBatch::new();
+            batch.push(Write::Fact(fact_of_new_run(&run_of_wf("r1")).unwrap()));
+            store.apply(&batch).unwrap();
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        store.set_notes_facts(true);
+        let folder = Folder::default();
+        // At start, before the engine replays the event that starts it again.
+        assert_eq!(folder.fold_left_behind(&store).unwrap(), 0);
+        store.create_run(&run_of_wf("r1")).unwrap();
+        folder.fold_all(&store).unwrap();
+        assert_eq!(started(&store), 1);
+    }
+
+    #[test]
+    fn a_generation_folded_before_the_cursor_moved_on_is_dropped_not_folded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+            store.set_notes_facts(true);
+            store.create_run(&run_of_wf("r1")).unwrap();
+            let folder = Folder::default();
+            folder.fold_all(&store).unwrap();
+            store.create_run(&run_of_wf("r2")).unwrap();
+            folder.fold_all(&store).unwrap();
+            assert_eq!(started(&store), 2);
+            // The first generation back (a drop that did not happen), its fact with it.
+            let old = store.db().open_tree("facts-0000000000000001").unwrap();
+            old.insert(
+                "started:r1",
+                serde_json::to_vec(&fact_of_new_run(&run_of_wf("r1")).unwrap()).unwrap(),
+            )
+            .unwrap();
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 8 << 20).unwrap();
+        Folder::default().fold_all(&store).unwrap();
+        assert_eq!(started(&store), 2);
         assert_eq!(store.sealed_facts().unwrap(), None);
     }
 

@@ -502,6 +502,10 @@ impl Engine {
                 .store(true, std::sync::atomic::Ordering::Release),
             Err(e) => tracing::error!(error = %e, "counting runs and segment members failed"),
         }
+        let left = engine.analytics.fold_left_behind(engine.store.as_ref())?;
+        if left > 0 {
+            tracing::info!(facts = left, "analytics facts left by the last run folded");
+        }
         engine.recover()?;
         engine.start_backfill();
         let broadcasts = engine.start_broadcaster();

@@ -189,8 +189,8 @@ pub enum Write {
         /// Contact ids, in order.
         contacts: Vec<String>,
     },
-    /// A put (`value: Some`) or remove in the analytics keyspace (pending facts, folded
-    /// facts, counters; see `crate::analytics`), read with
+    /// A put (`value: Some`) or remove in the analytics keyspace (the fold's cursor and
+    /// markers, folded facts, counters; see `crate::analytics`), read with
     /// [`Store::analytics_get`](super::Store::analytics_get) and
     /// [`Store::analytics_scan`](super::Store::analytics_scan).
     Analytics {

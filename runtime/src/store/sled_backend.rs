@@ -44,7 +44,8 @@ pub struct SledStore {
     pub(super) consent: sled::Tree,
     /// Broadcast audience snapshots (`broadcast \0 seq`).
     pub(super) recipients: sled::Tree,
-    /// Analytics: pending facts, the folded facts' log, counters (`crate::analytics`).
+    /// Analytics: the fold's cursor and markers, the folded facts' log, counters
+    /// (`crate::analytics`; noted facts wait in their generation's tree).
     pub(super) analytics: sled::Tree,
     /// Whether records note their analytics facts (`[analytics] enabled`).
     pub(super) facts: std::sync::atomic::AtomicBool,
@@ -294,40 +295,42 @@ impl SledStore {
     }
 
     /// Register a write that notes facts: the generation it notes them in, which cannot be
-    /// sealed until [`SledStore::fact_writer_done`].
-    fn fact_writer(&self) -> u64 {
+    /// sealed until the returned guard is dropped (however the write ends, a panic too).
+    fn fact_writer(&self) -> FactWriter<'_> {
         loop {
-            let g = self.fact_generation.load(Ordering::SeqCst);
-            let writers = &self.fact_writers[(g % 2) as usize];
+            let generation = self.fact_generation.load(Ordering::SeqCst);
+            let writers = &self.fact_writers[(generation % 2) as usize];
             writers.fetch_add(1, Ordering::SeqCst);
-            if self.fact_generation.load(Ordering::SeqCst) == g {
-                return g;
+            if self.fact_generation.load(Ordering::SeqCst) == generation {
+                return FactWriter {
+                    generation,
+                    writers,
+                };
             }
             // Sealed meanwhile: note into the new one.
             writers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
-    fn fact_writer_done(&self, generation: u64) {
-        self.fact_writers[(generation % 2) as usize].fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Write `ops` with the facts their records note (appended: the fold reads a generation
-    /// only once it is sealed and its writes are done, so their order does not matter).
+    /// Write `ops` with the facts their records note, the facts first: a single-record write
+    /// (not atomic) cut off by a crash leaves a fact without its record, which the fold drops
+    /// as an orphan, never a record without its fact. (Generations left by a crash are folded
+    /// before the engine replays anything, so an orphan is dropped before its record can be
+    /// written again.)
     fn write_noting(
         &self,
-        mut ops: Vec<RawOp>,
+        ops: Vec<RawOp>,
         facts: Vec<crate::analytics::Fact>,
         atomic: bool,
     ) -> StoreResult<()> {
         if facts.is_empty() {
             return self.write_ops(&ops, atomic);
         }
-        let generation = self.fact_writer();
-        ops.extend(facts.iter().map(|f| fact_op(generation, f)));
-        let written = self.write_ops(&ops, atomic);
-        self.fact_writer_done(generation);
-        written
+        let writer = self.fact_writer();
+        let mut all: Vec<RawOp> = Vec::with_capacity(facts.len() + ops.len());
+        all.extend(facts.iter().map(|f| fact_op(writer.generation, f)));
+        all.extend(ops);
+        self.write_ops(&all, atomic)
     }
 
     /// A batch whose commit record survived a crash is applied again, whole (its writes are
@@ -562,8 +565,8 @@ impl SledStore {
             }
             runs.insert(run);
         }
-        // Pending analytics facts of the erased runs go with them (the fold waits for a
-        // fact's run to appear otherwise).
+        // Analytics facts of the erased runs not folded yet go with them, from every
+        // generation (they name the runs; the fold would drop them as orphans anyway).
         let generations: Vec<(u64, sled::Tree)> = self
             .fact_trees
             .read()
@@ -1403,8 +1406,14 @@ impl Store for SledStore {
         // The writes noting into the sealed generation finish (a write registers, then
         // checks the generation is still open, so none starts after this point).
         let writers = &self.fact_writers[(open % 2) as usize];
+        let mut spins = 0u32;
         while writers.load(Ordering::SeqCst) != 0 {
-            std::thread::yield_now();
+            spins += 1;
+            if spins < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
         }
         Ok(true)
     }
@@ -1451,14 +1460,12 @@ impl Store for SledStore {
                 "generation {generation} of noted facts is still open"
             )));
         }
-        let removed = self
-            .fact_trees
+        // Dropped first, then forgotten: should the drop fail, the fold drops it again.
+        self.db.drop_tree(fact_tree_name(generation))?;
+        self.fact_trees
             .write()
             .expect("fact trees")
             .remove(&generation);
-        if removed.is_some() {
-            self.db.drop_tree(fact_tree_name(generation))?;
-        }
         Ok(())
     }
 
@@ -1598,6 +1605,18 @@ impl SledStore {
             return Vec::new();
         }
         facts()
+    }
+}
+
+/// A write registered as noting facts into `generation` (see [`SledStore::fact_writer`]).
+struct FactWriter<'a> {
+    generation: u64,
+    writers: &'a AtomicUsize,
+}
+
+impl Drop for FactWriter<'_> {
+    fn drop(&mut self) {
+        self.writers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
