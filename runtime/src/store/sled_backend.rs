@@ -1255,10 +1255,13 @@ impl Store for SledStore {
         // even if the clock stepped back in between.
         let seq = self.db.generate_id()?;
         let facts = self.noted(|| crate::analytics::facts_of_segment(segment, seq, changes));
+        // With its facts, atomic: a segment fact is counted without a record to check, so a
+        // crash must take both back or keep both (both are new keys: an undo record).
+        let atomic = !facts.is_empty();
         self.write_noting(
             vec![segment_changes_op(segment, seq, changes)],
             facts,
-            false,
+            atomic,
         )
     }
 
