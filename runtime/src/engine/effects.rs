@@ -490,7 +490,7 @@ impl Engine {
     /// Record what came of a send (on the contact's worker) and continue the run: a result
     /// for a run that ended, or for an older attempt of the step, changes nothing.
     /// A send step the provider accepted: done, with the provider's answer as its result, and
-    /// the provider's id mapped to it for later callbacks.
+    /// the provider's id mapped to it for later callbacks (in `batch`, with the step).
     pub(super) fn mark_sent(
         &self,
         run: &crate::model::Run,
@@ -498,16 +498,20 @@ impl Engine {
         key: &str,
         channel: &str,
         d: &crate::channels::Delivery,
-    ) -> Result<(), crate::store::StoreError> {
+        batch: &mut WriteBatch,
+    ) {
         if let Some(pid) = &d.provider_id {
             // Provider callbacks name the provider's id: remember whose message it was.
-            let owner = crate::model::ProviderMessage {
-                contact: run.contact.clone(),
-                run: run.id.clone(),
-                step: step.seq,
-                key: key.to_string(),
-            };
-            self.store.put_provider_message(channel, pid, &owner)?;
+            batch.push(Write::ProviderMessage {
+                channel: channel.to_string(),
+                provider_id: pid.clone(),
+                owner: crate::model::ProviderMessage {
+                    contact: run.contact.clone(),
+                    run: run.id.clone(),
+                    step: step.seq,
+                    key: key.to_string(),
+                },
+            });
         }
         step.status = StepStatus::Done;
         step.error = None;
@@ -521,7 +525,6 @@ impl Engine {
             "provider_id": d.provider_id,
             "detail": d.detail,
         });
-        Ok(())
     }
 
     pub(super) fn record_delivery(&self, o: &Outcome) -> Result<(), EngineError> {
@@ -558,13 +561,14 @@ impl Engine {
         }
         let now = self.clock.now_ms();
         step.finished_at = Some(now);
+        let mut batch = WriteBatch::new();
         match &o.result {
             Ok(d) => {
                 // A send that waited on the policy keeps the deferral in its result.
                 let deferred = (step.result.get("status").and_then(Value::as_str)
                     == Some("deferred"))
                 .then(|| step.result.clone());
-                self.mark_sent(&run, &mut step, &o.key, &o.channel, d)?;
+                self.mark_sent(&run, &mut step, &o.key, &o.channel, d, &mut batch);
                 if let (Some(mut was), Some(result)) = (deferred, step.result.as_object_mut()) {
                     if let Some(w) = was.as_object_mut() {
                         w.remove("status");
@@ -635,7 +639,6 @@ impl Engine {
                 });
             }
         }
-        let mut batch = WriteBatch::new();
         batch.push(Write::Step {
             run: run.id.clone(),
             step: step.clone(),
@@ -704,8 +707,8 @@ impl Engine {
             self.metrics.send(&o.channel, "sent");
         }
         step.finished_at = Some(self.clock.now_ms());
-        self.mark_sent(run, &mut step, &o.key, &o.channel, d)?;
         let mut batch = WriteBatch::new();
+        self.mark_sent(run, &mut step, &o.key, &o.channel, d, &mut batch);
         batch.push(Write::Step {
             run: run.id.clone(),
             step,

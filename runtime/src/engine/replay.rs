@@ -272,20 +272,17 @@ impl RunHost {
         };
         // The step and the intent's removal in one batch: never a done step whose intent
         // could send it again, nor a removed intent under a queued step.
-        let marked = self
-            .engine
-            .mark_sent(&st.run, &mut step, key, &channel, &delivery)
-            .and_then(|_| {
-                let mut batch = crate::store::WriteBatch::new();
-                batch.push(crate::store::Write::Step {
-                    run: st.run.id.clone(),
-                    step: step.clone(),
-                });
-                batch.push(crate::store::Write::IntentDone {
-                    key: key.to_string(),
-                });
-                self.store().apply(&batch)
-            });
+        let mut batch = crate::store::WriteBatch::new();
+        self.engine
+            .mark_sent(&st.run, &mut step, key, &channel, &delivery, &mut batch);
+        batch.push(crate::store::Write::Step {
+            run: st.run.id.clone(),
+            step: step.clone(),
+        });
+        batch.push(crate::store::Write::IntentDone {
+            key: key.to_string(),
+        });
+        let marked = self.store().apply(&batch);
         if let Err(e) = marked {
             st.store_error = Some(e);
             return Err(Interrupt::Park(

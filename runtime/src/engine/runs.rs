@@ -348,24 +348,32 @@ impl Engine {
 
     pub(super) fn after_completion(&self, run: &Run) -> Result<(), EngineError> {
         let state = self.state();
+        let chained: Vec<_> = state
+            .workflows
+            .values()
+            .filter(|wf| {
+                wf.loaded.decl.triggers.iter().any(
+                    |t| matches!(t, Trigger::WorkflowCompleted { workflow } if *workflow == run.workflow),
+                )
+            })
+            .collect();
+        // Most runs start nothing: the contact is read only when one does.
+        if chained.is_empty() {
+            return Ok(());
+        }
         let Some(contact) = self.live_contact(&run.contact)? else {
             return Ok(());
         };
-        for wf in state.workflows.values() {
-            let chained = wf.loaded.decl.triggers.iter().any(
-                |t| matches!(t, Trigger::WorkflowCompleted { workflow } if *workflow == run.workflow),
-            );
-            if chained {
-                let trigger = json!({"type": "workflow_completed", "event": "workflow_completed",
-                    "properties": {"workflow": run.workflow, "run": run.id}, "timestamp": self.clock.now_ms()});
-                self.start_run(
-                    wf,
-                    &contact,
-                    trigger,
-                    format!("{}-after-{}", wf.loaded.decl.name, run.id),
-                    true,
-                )?;
-            }
+        for wf in chained {
+            let trigger = json!({"type": "workflow_completed", "event": "workflow_completed",
+                "properties": {"workflow": run.workflow, "run": run.id}, "timestamp": self.clock.now_ms()});
+            self.start_run(
+                wf,
+                &contact,
+                trigger,
+                format!("{}-after-{}", wf.loaded.decl.name, run.id),
+                true,
+            )?;
         }
         Ok(())
     }

@@ -154,6 +154,15 @@ pub enum Write {
         /// The effect's idempotency key.
         key: String,
     },
+    /// [`Store::put_provider_message`]: whose message a provider's id names.
+    ProviderMessage {
+        /// The channel the provider serves.
+        channel: String,
+        /// The provider's message id.
+        provider_id: String,
+        /// The run, step and contact it belongs to.
+        owner: ProviderMessage,
+    },
     /// [`Store::put_meta`].
     Meta {
         /// The setting.

@@ -496,6 +496,17 @@ pub(super) fn clear_timer_op(due: i64, target: &TimerTarget) -> RawOp {
 }
 
 /// A small setting.
+/// Whose message a provider's id names: JSON in `meta` under `pmsg:<channel>:<provider id>`
+/// (layout 5).
+pub(super) fn provider_message_op(
+    channel: &str,
+    provider_id: &str,
+    owner: &ProviderMessage,
+) -> StoreResult<RawOp> {
+    let value = serde_json::to_string(owner)?;
+    Ok(meta_op(&format!("pmsg:{channel}:{provider_id}"), &value))
+}
+
 pub(super) fn meta_op(key: &str, value: &str) -> RawOp {
     put(
         TreeId::Meta,

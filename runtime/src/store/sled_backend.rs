@@ -488,6 +488,11 @@ impl SledStore {
                 Write::Timer(t) => ops.push(timer_op(t)),
                 Write::ClearTimer { due, target } => ops.push(clear_timer_op(*due, target)),
                 Write::Meta { key, value } => ops.push(meta_op(key, value)),
+                Write::ProviderMessage {
+                    channel,
+                    provider_id,
+                    owner,
+                } => ops.push(provider_message_op(channel, provider_id, owner)?),
                 Write::SegmentChanges { segment, changes } => {
                     if !changes.is_empty() {
                         let seq = self.db.generate_id()?;
@@ -1324,9 +1329,7 @@ impl Store for SledStore {
         provider_id: &str,
         owner: &ProviderMessage,
     ) -> StoreResult<()> {
-        // Stored as JSON in `meta` under `pmsg:<channel>:<provider id>` (layout 5).
-        let value = serde_json::to_string(owner)?;
-        self.put_meta(&format!("pmsg:{channel}:{provider_id}"), &value)
+        self.write_ops(&[provider_message_op(channel, provider_id, owner)?], false)
     }
 
     fn provider_message(
