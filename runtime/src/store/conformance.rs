@@ -476,8 +476,18 @@ pub fn a_batch_is_visible_whole_once_applied(s: &dyn Store) {
                 answered: None,
             },
         })
-        .push(Write::IntentDone { key: "r0:0".into() });
-    assert_eq!(b.len(), 15);
+        .push(Write::IntentDone { key: "r0:0".into() })
+        .push(Write::ProviderMessage {
+            channel: "email".into(),
+            provider_id: "pm-1".into(),
+            owner: ProviderMessage {
+                contact: "c1".into(),
+                run: "r1".into(),
+                step: 1,
+                key: "r1:1".into(),
+            },
+        });
+    assert_eq!(b.len(), 16);
     s.apply(&b).unwrap();
     assert_eq!(s.contact_count().unwrap(), 1);
     assert_eq!(
@@ -497,6 +507,9 @@ pub fn a_batch_is_visible_whole_once_applied(s: &dyn Store) {
     assert_eq!(s.timer_count().unwrap(), 1);
     assert_eq!(s.next_timer().unwrap(), Some(900));
     assert_eq!(s.meta("conformance").unwrap().as_deref(), Some("yes"));
+    let owner = s.provider_message("email", "pm-1").unwrap().unwrap();
+    assert_eq!((owner.run.as_str(), owner.step), ("r1", 1));
+    assert_eq!(s.provider_message("sms", "pm-1").unwrap(), None);
     assert_eq!(s.members("vip", 10).unwrap(), ["c1"]);
     assert_eq!(s.audience("c1").unwrap().unwrap().score, 7.0);
     let intent = s.intent("r1:1").unwrap().unwrap();
