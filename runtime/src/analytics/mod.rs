@@ -1972,15 +1972,7 @@ mod tests {
             let store = SledStore::open(dir.path(), 8 << 20).unwrap();
             store.set_notes_facts(true);
             for i in 0..runs {
-                let run = Run::new(
-                    format!("r{i:05}"),
-                    "wf".into(),
-                    "h".repeat(64),
-                    format!("c{i}"),
-                    serde_json::json!({"type": "event"}),
-                    serde_json::json!({}),
-                    HOUR_MS,
-                );
+                let run = run_of_wf_for(&format!("r{i:05}"), &format!("c{i}"));
                 store.create_run(&run).unwrap();
             }
             // One page folded (a run's start has no marker: only the cursor keeps it from
@@ -2027,15 +2019,7 @@ mod tests {
                 let (store, writing) = (store.clone(), writing.clone());
                 std::thread::spawn(move || {
                     for i in 0..per_writer {
-                        let run = Run::new(
-                            format!("r{w}-{i:05}"),
-                            "wf".into(),
-                            "h".repeat(64),
-                            format!("c{w}-{i}"),
-                            serde_json::json!({"type": "event"}),
-                            serde_json::json!({}),
-                            HOUR_MS,
-                        );
+                        let run = run_of_wf_for(&format!("r{w}-{i:05}"), &format!("c{w}-{i}"));
                         store.create_run(&run).unwrap();
                     }
                     writing.fetch_sub(1, Ordering::SeqCst);
@@ -2070,16 +2054,21 @@ mod tests {
             .unwrap_or(0)
     }
 
-    fn run_of_wf(id: &str) -> Run {
+    /// A run of workflow `wf`, started at the first hour, for `contact`.
+    fn run_of_wf_for(id: &str, contact: &str) -> Run {
         Run::new(
             id.into(),
             "wf".into(),
             "h".repeat(64),
-            "c1".into(),
+            contact.into(),
             serde_json::json!({"type": "event"}),
             serde_json::json!({}),
             HOUR_MS,
         )
+    }
+
+    fn run_of_wf(id: &str) -> Run {
+        run_of_wf_for(id, "c1")
     }
 
     #[test]
