@@ -154,7 +154,7 @@ pub enum Write {
         /// The effect's idempotency key.
         key: String,
     },
-    /// [`Store::put_provider_message`]: whose message a provider's id names.
+    /// Whose message a provider's id names, read with [`Store::provider_message`].
     ProviderMessage {
         /// The channel the provider serves.
         channel: String,

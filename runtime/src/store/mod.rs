@@ -324,14 +324,8 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Write a contact's audience state encoded by [`enc_audience`].
     fn put_audience_encoded(&self, contact: &str, encoded: Vec<u8>) -> StoreResult<()>;
-    /// Remember whose message the provider's id `provider_id` on `channel` names.
-    fn put_provider_message(
-        &self,
-        channel: &str,
-        provider_id: &str,
-        owner: &ProviderMessage,
-    ) -> StoreResult<()>;
-    /// Whose message the provider's id `provider_id` on `channel` names, if Herald sent it.
+    /// Whose message the provider's id `provider_id` on `channel` names, if Herald sent it
+    /// (written with the send's result: [`Write::ProviderMessage`]).
     fn provider_message(
         &self,
         channel: &str,

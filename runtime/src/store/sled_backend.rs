@@ -1323,15 +1323,6 @@ impl Store for SledStore {
         self.write_ops(&[audience_op(contact, encoded)], false)
     }
 
-    fn put_provider_message(
-        &self,
-        channel: &str,
-        provider_id: &str,
-        owner: &ProviderMessage,
-    ) -> StoreResult<()> {
-        self.write_ops(&[provider_message_op(channel, provider_id, owner)?], false)
-    }
-
     fn provider_message(
         &self,
         channel: &str,
